@@ -1,0 +1,44 @@
+"""Helpers every adapter uses: refusing unknown quirks, weight layout, rotary frequencies."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import Tensor
+
+from circuitfind.errors import UnsupportedModelError
+
+SUPPORTED = ("gpt2", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "gemma2")
+
+
+def refuse(config, field: str, ok: Callable[[object], bool], why: str = "") -> None:
+    """Raise UnsupportedModelError if `config.field` is set to something the adapter cannot model."""
+    value = getattr(config, field, None)
+    if value is not None and not ok(value):
+        raise UnsupportedModelError(
+            f"{config.model_type} config has {field}={value!r}, which circuitfind does not model"
+            f"{': ' + why if why else ''}. Supported families: {', '.join(SUPPORTED)}; "
+            "open an issue with the config if you need it.")
+
+
+def linear_t(linear) -> Tensor:
+    """A torch.nn.Linear weight [out, in] → canonical layout [in, out]."""
+    return linear.weight.detach().t().contiguous()
+
+
+def rotary_of(rotary_emb, config) -> tuple[Tensor, float]:
+    """inv_freq and attention scaling from a Hugging Face rotary module (all static RoPE types)."""
+    rope_type = getattr(rotary_emb, "rope_type", "default")
+    if "dynamic" in str(rope_type) or rope_type == "longrope":
+        raise UnsupportedModelError(
+            f"{config.model_type} uses rope_type={rope_type!r}, whose frequencies change with the "
+            "sequence length; circuitfind supports default, linear, llama3 and yarn rotary scaling")
+    return rotary_emb.original_inv_freq.detach().clone().float(), float(rotary_emb.attention_scaling)
+
+
+def layer_types(config) -> tuple[int, ...]:
+    """Indices of the sliding-window layers, from `config.layer_types` where the family has it."""
+    types = getattr(config, "layer_types", None) or ()
+    return tuple(i for i, t in enumerate(types) if t == "sliding_attention")
+
+

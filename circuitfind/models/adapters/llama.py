@@ -1,0 +1,45 @@
+"""Llama, Mistral, Qwen2, Qwen3: RMSNorm, rotary (incl. static scaling), grouped-query attention
+kept grouped, SwiGLU; Qwen2's q/k/v bias; Qwen3's q/k norm; Mistral/Qwen2 sliding windows."""
+
+from __future__ import annotations
+
+from circuitfind.models.adapters.common import layer_types, linear_t, refuse, rotary_of
+from circuitfind.models.canonical import CanonicalConfig
+
+
+def convert(hf):
+    c = hf.config
+    refuse(c, "pretraining_tp", lambda v: v == 1, "tensor-parallel weight slicing")
+    h, kv = c.num_attention_heads, c.num_key_value_heads or c.num_attention_heads
+    dh = getattr(c, "head_dim", None) or c.hidden_size // h
+    attn0 = hf.model.layers[0].self_attn
+    qkv_bias, out_bias = attn0.q_proj.bias is not None, attn0.o_proj.bias is not None
+    mlp_bias = hf.model.layers[0].mlp.gate_proj.bias is not None
+    refuse(c, "mlp_bias", lambda v: v is False, "gated MLP with biases")
+    sliding = layer_types(c)
+    if c.model_type == "mistral" and getattr(c, "sliding_window", None):
+        sliding = tuple(range(c.num_hidden_layers))
+    inv_freq, scaling = rotary_of(hf.model.rotary_emb, c)
+    cfg = CanonicalConfig(
+        family=c.model_type, n_layers=c.num_hidden_layers, d_model=c.hidden_size, n_heads=h, n_kv_heads=kv,
+        d_head=dh, d_mlp=c.intermediate_size, d_vocab=c.vocab_size, n_ctx=c.max_position_embeddings,
+        act_fn=c.hidden_act, gated_mlp=True, norm="rmsnorm", norm_eps=c.rms_norm_eps, positional="rotary",
+        rotary_dim=2 * inv_freq.numel(), qk_norm=c.model_type == "qwen3",
+        sliding_window=getattr(c, "sliding_window", None) if sliding else None, sliding_layers=sliding)
+    m = hf.model
+    state = {"W_E": m.embed_tokens.weight, "ln_final.w": m.norm.weight, "W_U": hf.lm_head.weight.t()}
+    for l, blk in enumerate(m.layers):
+        p, a = f"blocks.{l}.", blk.self_attn
+        state |= {p + "ln1.w": blk.input_layernorm.weight, p + "ln2.w": blk.post_attention_layernorm.weight,
+                  p + "attn.w_q": linear_t(a.q_proj), p + "attn.w_k": linear_t(a.k_proj),
+                  p + "attn.w_v": linear_t(a.v_proj), p + "attn.w_o": linear_t(a.o_proj),
+                  p + "mlp.w_gate": linear_t(blk.mlp.gate_proj), p + "mlp.w_in": linear_t(blk.mlp.up_proj),
+                  p + "mlp.w_out": linear_t(blk.mlp.down_proj)}
+        if qkv_bias:
+            state |= {p + "attn.b_q": a.q_proj.bias, p + "attn.b_k": a.k_proj.bias, p + "attn.b_v": a.v_proj.bias}
+        if out_bias:
+            state[p + "attn.b_o"] = a.o_proj.bias
+        if cfg.qk_norm:
+            state |= {p + "attn.q_norm.w": a.q_norm.weight, p + "attn.k_norm.w": a.k_norm.weight}
+    flags = dict(qkv_bias=qkv_bias, out_bias=out_bias, mlp_bias=mlp_bias, unembed_bias=False)
+    return cfg, flags, state, (inv_freq, scaling)

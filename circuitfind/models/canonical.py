@@ -1,0 +1,508 @@
+"""The canonical decomposed transformer that every architecture is converted into.
+
+embed → blocks (attention as explicit per-head weights, MLP) → final norm → unembed.
+A family's quirks are data in `CanonicalConfig` (parallel attention+MLP, post-norms, soft-capping,
+q/k-norm, sliding windows, ...), never subclasses. The forward reproduces the source Hugging Face
+model's logits (see tests/test_parity.py).
+
+Weights are stored in the layout that makes the plain forward fast (`w_q: [d_model, head*d_head]`)
+and exposed per head with TransformerLens names (`W_Q: [head, d_model, d_head]`).
+
+Hook points (TransformerLens names) can read or replace activations:
+
+    with model.hooks({"blocks.0.attn.hook_z": lambda z, name: z * 0}):
+        logits = model(tokens)
+    logits, cache = model.run_with_cache(tokens, names_filter=lambda n: "resid" in n)
+
+The engine (`circuitfind.engine`) reuses the per-layer primitives below (`Attention.attend`,
+`MLP.forward`, `Norm.forward`) on tensors with extra leading dimensions; they accept any.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from circuitfind.errors import ConfigError
+
+HookFn = Callable[[Tensor, str], "Tensor | None"]
+
+ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "gelu": F.gelu,
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_fast": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+    "silu": F.silu,
+}
+
+
+@dataclass(frozen=True)
+class CanonicalConfig:
+    """Everything the canonical forward needs to know about an architecture."""
+
+    family: str
+    n_layers: int
+    d_model: int
+    n_heads: int
+    n_kv_heads: int
+    d_head: int
+    d_mlp: int
+    d_vocab: int
+    n_ctx: int
+    act_fn: str
+    gated_mlp: bool = False
+    norm: str = "layernorm"  # "layernorm" | "rmsnorm" | "none"
+    norm_eps: float = 1e-5
+    norm_offset: float = 0.0  # Gemma's RMSNorm multiplies by (1 + w)
+    positional: str = "learned"  # "learned" | "rotary" | "none"
+    rotary_dim: int = 0
+    parallel: bool = False  # attention and MLP read the same residual (GPT-NeoX)
+    post_norms: bool = False  # norm on each block's output before it joins the residual (Gemma 2)
+    qk_norm: bool = False  # RMSNorm over d_head on queries and keys (Qwen3)
+    attn_scale: float | None = None  # multiplies q·k; None means 1/sqrt(d_head)
+    attn_softcap: float | None = None
+    final_softcap: float | None = None
+    sliding_window: int | None = None
+    sliding_layers: tuple[int, ...] = ()
+    embed_scale: float = 1.0
+    prepend_bos: bool = False  # circuitfind adds BOS itself when the tokenizer does not
+    extras: dict = field(default_factory=dict, compare=False)
+
+    def __post_init__(self):
+        if self.act_fn not in ACTIVATIONS:
+            raise ConfigError(f"activation {self.act_fn!r} is unknown; known: {sorted(ACTIVATIONS)}")
+        if self.n_heads % self.n_kv_heads:
+            raise ConfigError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
+
+    @property
+    def scale(self) -> float:
+        return self.attn_scale if self.attn_scale is not None else 1.0 / math.sqrt(self.d_head)
+
+    @property
+    def group_size(self) -> int:
+        return self.n_heads // self.n_kv_heads
+
+
+class Norm(nn.Module):
+    """LayerNorm, RMSNorm (optionally `(offset + w)`-scaled) or identity, over the last dimension."""
+
+    def __init__(self, kind: str, d: int, eps: float, offset: float = 0.0, bias: bool = True):
+        super().__init__()
+        self.kind, self.eps, self.offset = kind, eps, offset
+        self.w = nn.Parameter(torch.ones(d)) if kind != "none" else None
+        self.b = nn.Parameter(torch.zeros(d)) if kind == "layernorm" and bias else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.kind == "none":
+            return x
+        if self.kind == "layernorm":
+            return F.layer_norm(x, x.shape[-1:], self.w, self.b, self.eps)
+        x32 = x.float()
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (normed * (self.offset + self.w.float())).to(x.dtype)
+
+
+def _linear(d_in: int, d_out: int) -> nn.Parameter:
+    return nn.Parameter(torch.empty(d_in, d_out).normal_(std=0.02))
+
+
+def _maybe_bias(d: int, present: bool) -> nn.Parameter | None:
+    return nn.Parameter(torch.zeros(d)) if present else None
+
+
+class Attention(nn.Module):
+    """Multi-head (optionally grouped-query) attention with per-head weights.
+
+    Stored: w_q [d_model, head*d_head], w_k/w_v [d_model, kv_head*d_head], w_o [head*d_head, d_model].
+    """
+
+    def __init__(self, cfg: CanonicalConfig, layer: int, qkv_bias: bool, out_bias: bool):
+        super().__init__()
+        self.cfg, self.layer = cfg, layer
+        d, h, kv, dh = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.d_head
+        self.w_q, self.w_k, self.w_v = _linear(d, h * dh), _linear(d, kv * dh), _linear(d, kv * dh)
+        self.b_q, self.b_k, self.b_v = (_maybe_bias(n * dh, qkv_bias) for n in (h, kv, kv))
+        self.w_o, self.b_o = _linear(h * dh, d), _maybe_bias(d, out_bias)
+        rms = lambda n: Norm("rmsnorm", n, cfg.norm_eps, cfg.norm_offset)  # noqa: E731
+        self.q_norm = rms(dh) if cfg.qk_norm else None
+        self.k_norm = rms(dh) if cfg.qk_norm else None
+        self.post_norm = rms(d) if cfg.post_norms else None
+        self.sliding = layer in cfg.sliding_layers
+
+    # Per-head views with TransformerLens names and shapes.
+    @property
+    def W_Q(self) -> Tensor:  # [head, d_model, d_head]
+        return self.w_q.view(self.cfg.d_model, -1, self.cfg.d_head).permute(1, 0, 2)
+
+    @property
+    def W_K(self) -> Tensor:  # [kv_head, d_model, d_head]
+        return self.w_k.view(self.cfg.d_model, -1, self.cfg.d_head).permute(1, 0, 2)
+
+    @property
+    def W_V(self) -> Tensor:  # [kv_head, d_model, d_head]
+        return self.w_v.view(self.cfg.d_model, -1, self.cfg.d_head).permute(1, 0, 2)
+
+    @property
+    def W_O(self) -> Tensor:  # [head, d_head, d_model]
+        return self.w_o.view(self.cfg.n_heads, self.cfg.d_head, self.cfg.d_model)
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, rope: tuple[Tensor, Tensor] | None,
+               allowed: Tensor, want_pattern: bool = False) -> tuple[Tensor, Tensor | None]:
+        """Attention from projected queries/keys/values to per-head mixed values.
+
+        q: [..., head, pos, d_head]; k, v: [..., head or kv_head, pos, d_head] (biases added).
+        rope: (cos, sin) broadcastable to [..., pos, rotary_dim]; allowed: bool, broadcastable to
+        [..., head, q_pos, k_pos]. Returns z [..., head, pos, d_head] and, if asked, the pattern.
+        """
+        cfg = self.cfg
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q, k = apply_rotary(q, rope), apply_rotary(k, rope)
+        if k.shape[-3] != q.shape[-3]:
+            k = k.repeat_interleave(q.shape[-3] // k.shape[-3], dim=-3)
+            v = v.repeat_interleave(q.shape[-3] // v.shape[-3], dim=-3)
+        if not want_pattern and cfg.attn_softcap is None:
+            z = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=cfg.scale)
+            return z, None
+        scores = (q @ k.transpose(-1, -2)) * cfg.scale
+        if cfg.attn_softcap is not None:
+            scores = torch.tanh(scores / cfg.attn_softcap) * cfg.attn_softcap
+        scores = scores.masked_fill(~allowed, float("-inf"))
+        pattern = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+        return pattern @ v, pattern
+
+
+class MLP(nn.Module):
+    """Dense or gated MLP: out = act(x W_gate) * (x W_in) W_out (gated) or act(x W_in) W_out."""
+
+    def __init__(self, cfg: CanonicalConfig, bias: bool):
+        super().__init__()
+        self.cfg = cfg
+        self.w_in, self.b_in = _linear(cfg.d_model, cfg.d_mlp), _maybe_bias(cfg.d_mlp, bias)
+        self.w_gate = _linear(cfg.d_model, cfg.d_mlp) if cfg.gated_mlp else None
+        self.w_out, self.b_out = _linear(cfg.d_mlp, cfg.d_model), _maybe_bias(cfg.d_model, bias)
+        self.post_norm = Norm("rmsnorm", cfg.d_model, cfg.norm_eps, cfg.norm_offset) if cfg.post_norms else None
+        self.act = ACTIVATIONS[cfg.act_fn]
+
+    def hidden(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """x [..., d_model] (normed) → (pre-activation, post-activation), each [..., d_mlp]."""
+        up = x @ self.w_in if self.b_in is None else torch.addmm(self.b_in, x.flatten(0, -2), self.w_in).view(*x.shape[:-1], -1)
+        if self.w_gate is None:
+            return up, self.act(up)
+        gate = x @ self.w_gate
+        return gate, self.act(gate) * up
+
+    def output(self, post: Tensor) -> Tensor:
+        """post [..., d_mlp] → block output [..., d_model] (bias excluded, post-norm included).
+
+        The bias is a constant of the residual stream and belongs to no sender; see `block_bias`.
+        """
+        out = post @ self.w_out
+        return out if self.post_norm is None else self.post_norm(out)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: CanonicalConfig, layer: int, qkv_bias: bool, out_bias: bool, mlp_bias: bool):
+        super().__init__()
+        ln = lambda: Norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.norm_offset)  # noqa: E731
+        self.ln1, self.attn = ln(), Attention(cfg, layer, qkv_bias, out_bias)
+        self.ln2, self.mlp = ln(), MLP(cfg, mlp_bias)
+
+
+def apply_rotary(x: Tensor, rope: tuple[Tensor, Tensor]) -> Tensor:
+    """Rotate the first rotary_dim features of x [..., pos, d_head] (rotate-half convention)."""
+    cos, sin = rope
+    rot = cos.shape[-1]
+    x_rot, x_pass = x[..., :rot], x[..., rot:]
+    x1, x2 = x_rot[..., : rot // 2], x_rot[..., rot // 2:]
+    rotated = x_rot * cos + torch.cat((-x2, x1), dim=-1) * sin
+    return torch.cat((rotated, x_pass), dim=-1) if x_pass.shape[-1] else rotated
+
+
+class CircuitModel(nn.Module):
+    """A transformer in canonical form, with hook points and tokenizer helpers.
+
+    `model(tokens, attention_mask)` returns logits [batch, pos, vocab]. Padding (left or right)
+    is honoured: positions count real tokens only, and padded keys are never attended to.
+    """
+
+    def __init__(self, cfg: CanonicalConfig, *, qkv_bias: bool, out_bias: bool, mlp_bias: bool,
+                 unembed_bias: bool, tokenizer=None, name: str = ""):
+        super().__init__()
+        self.cfg, self.tokenizer, self.name = cfg, tokenizer, name or cfg.family
+        self.W_E = nn.Parameter(torch.empty(cfg.d_vocab, cfg.d_model).normal_(std=0.02))
+        self.W_pos = nn.Parameter(torch.zeros(cfg.n_ctx, cfg.d_model)) if cfg.positional == "learned" else None
+        self.blocks = nn.ModuleList(Block(cfg, l, qkv_bias, out_bias, mlp_bias) for l in range(cfg.n_layers))
+        self.ln_final = Norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.norm_offset)
+        self.W_U = nn.Parameter(torch.empty(cfg.d_model, cfg.d_vocab).normal_(std=0.02))
+        self.b_U = _maybe_bias(cfg.d_vocab, unembed_bias)
+        self.register_buffer("inv_freq", torch.zeros(cfg.rotary_dim // 2), persistent=False)
+        self.rope_scaling = 1.0
+        self._hook_fns: dict[str, list[HookFn]] = {}
+        self._graph = None
+
+    # ------------------------------------------------------------------ pieces the engine reuses
+    @property
+    def graph(self):
+        """The edge graph of this model (`circuitfind.graph.Graph`), built once from the config."""
+        if self._graph is None:
+            from circuitfind.graph import Graph  # the graph sits above models in the import chain
+            self._graph = Graph.from_config(self.cfg)
+        return self._graph
+
+    @property
+    def device(self) -> torch.device:
+        return self.W_E.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.W_E.dtype
+
+    def positions(self, attention_mask: Tensor) -> Tensor:
+        """Position ids [batch, pos] counting real tokens only (left padding starts at 0)."""
+        return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+    def embed(self, tokens: Tensor, positions: Tensor) -> Tensor:
+        """tokens, positions [batch, pos] → the `input` sender's output [batch, pos, d_model]."""
+        x = self.W_E[tokens]
+        if self.cfg.embed_scale != 1.0:
+            x = x * torch.tensor(self.cfg.embed_scale, dtype=x.dtype)
+        x = self._hook("hook_embed", x)
+        if self.W_pos is not None:
+            x = x + self._hook("hook_pos_embed", self.W_pos[positions])
+        return x
+
+    def rope(self, positions: Tensor) -> tuple[Tensor, Tensor] | None:
+        """(cos, sin), each [batch, pos, rotary_dim], or None without rotary positions."""
+        if self.cfg.positional != "rotary":
+            return None
+        freqs = positions[..., None].float() * self.inv_freq.float()
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return ((emb.cos() * self.rope_scaling).to(self.dtype), (emb.sin() * self.rope_scaling).to(self.dtype))
+
+    def allowed(self, attention_mask: Tensor, layer: int) -> Tensor:
+        """Which keys each query may attend to: bool [batch, 1, q_pos, k_pos].
+
+        Causal, padded keys excluded, sliding window where the layer has one. Every position may
+        attend to itself, so padded query rows stay finite (their outputs are never read).
+        """
+        p = attention_mask.shape[-1]
+        idx = torch.arange(p, device=attention_mask.device)
+        rel = idx[:, None] - idx[None, :]  # q - k
+        ok = rel >= 0
+        if layer in self.cfg.sliding_layers and self.cfg.sliding_window is not None:
+            ok = ok & (rel < self.cfg.sliding_window)
+        ok = ok[None] & attention_mask.bool()[:, None, :]
+        return (ok | torch.eye(p, dtype=torch.bool, device=ok.device))[:, None]
+
+    def block_bias(self, layer: int, kind: str) -> Tensor | None:
+        """The constant a block adds to the residual stream ("attn": b_O, "mlp": b_out), or None."""
+        block = self.blocks[layer]
+        if kind == "attn":
+            return block.attn.b_o if block.attn.post_norm is None else None
+        return block.mlp.b_out if block.mlp.post_norm is None else None
+
+    def unembed(self, resid: Tensor) -> Tensor:
+        """resid [..., d_model] → logits [..., vocab] (final norm, unembedding, soft-capping)."""
+        x = self._hook("ln_final.hook_normalized", self.ln_final(resid))
+        logits = x @ self.W_U
+        if self.b_U is not None:
+            logits = logits + self.b_U
+        if self.cfg.final_softcap is not None:
+            logits = torch.tanh(logits / self.cfg.final_softcap) * self.cfg.final_softcap
+        return logits
+
+    # ------------------------------------------------------------------ the plain forward
+    def forward(self, tokens: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """tokens [batch, pos] (int), attention_mask [batch, pos] (1 = real) → logits [batch, pos, vocab]."""
+        tokens = self._check_tokens(tokens)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(tokens)
+        positions = self.positions(attention_mask)
+        rope = self.rope(positions)
+        rope = None if rope is None else (rope[0][:, None], rope[1][:, None])  # broadcast over heads
+        resid = self.embed(tokens, positions)
+        for l, block in enumerate(self.blocks):
+            resid = self._block_forward(l, block, resid, rope, self.allowed(attention_mask, l))
+        return self.unembed(resid)
+
+    def _block_forward(self, l: int, block: Block, resid: Tensor, rope, allowed: Tensor) -> Tensor:
+        resid = self._hook(f"blocks.{l}.hook_resid_pre", resid)
+        attn_out = self._hook(f"blocks.{l}.hook_attn_out", self._attn_forward(l, block.attn, block.ln1(resid), rope, allowed))
+        mlp_in = resid if self.cfg.parallel else resid + attn_out
+        if not self.cfg.parallel:
+            resid = self._hook(f"blocks.{l}.hook_resid_mid", mlp_in)
+        pre, post = block.mlp.hidden(block.ln2(mlp_in))
+        self._hook(f"blocks.{l}.mlp.hook_pre", pre)
+        post = self._hook(f"blocks.{l}.mlp.hook_post", post)
+        mlp_out = block.mlp.output(post)
+        if block.mlp.b_out is not None and block.mlp.post_norm is None:
+            mlp_out = mlp_out + block.mlp.b_out
+        mlp_out = self._hook(f"blocks.{l}.hook_mlp_out", mlp_out)
+        resid = (resid + attn_out if self.cfg.parallel else resid) + mlp_out
+        return self._hook(f"blocks.{l}.hook_resid_post", resid)
+
+    def _attn_forward(self, l: int, attn: Attention, x: Tensor, rope, allowed: Tensor) -> Tensor:
+        """x [batch, pos, d_model] (normed) → attention block output [batch, pos, d_model]."""
+        b, p, _ = x.shape
+        dh, name = self.cfg.d_head, f"blocks.{l}.attn"
+        q, k, v = (y.view(b, p, -1, dh) for y in _project(x, attn))
+        q, k, v = (self._hook(f"{name}.hook_{n}", t).transpose(1, 2) for n, t in zip("qkv", (q, k, v)))
+        want_pattern = f"{name}.hook_pattern" in self._hook_fns
+        z, pattern = attn.attend(q, k, v, rope, allowed, want_pattern)
+        if pattern is not None:
+            self._hook(f"{name}.hook_pattern", pattern)
+        z = self._hook(f"{name}.hook_z", z.transpose(1, 2))  # [batch, pos, head, d_head]
+        if f"{name}.hook_result" in self._hook_fns:
+            result = self._hook(f"{name}.hook_result", torch.einsum("bphe,hed->bphd", z, attn.W_O))
+            out = result.sum(-2)
+        else:
+            out = z.reshape(b, p, -1) @ attn.w_o
+        if attn.post_norm is not None:
+            return attn.post_norm(out)
+        return out if attn.b_o is None else out + attn.b_o
+
+    def _check_tokens(self, tokens: Tensor) -> Tensor:
+        if not isinstance(tokens, Tensor) or tokens.dtype not in (torch.int64, torch.int32):
+            raise ConfigError(f"tokens must be an integer tensor [batch, pos]; got {type(tokens).__name__}"
+                              f"{'' if not isinstance(tokens, Tensor) else ' of ' + str(tokens.dtype)} "
+                              "(use model.to_tokens(text) to tokenize)")
+        if tokens.ndim == 1:
+            tokens = tokens[None]
+        if tokens.shape[-1] > self.cfg.n_ctx:
+            raise ConfigError(f"{tokens.shape[-1]} tokens exceed the model's context of {self.cfg.n_ctx}")
+        return tokens
+
+    # ------------------------------------------------------------------ hooks
+    def _hook(self, name: str, x: Tensor) -> Tensor:
+        for fn in self._hook_fns.get(name, ()):
+            out = fn(x, name)
+            if out is not None:
+                x = out
+        return x
+
+    @contextlib.contextmanager
+    def hooks(self, fns: Mapping[str, HookFn] | list[tuple[str, HookFn]]) -> Iterator["CircuitModel"]:
+        """Add forward hooks for the duration of a `with` block.
+
+        A hook is `fn(activation, name)`; returning a tensor replaces the activation, returning
+        None only reads it. Unknown names raise, so a typo cannot silently do nothing.
+        """
+        items = list(fns.items()) if isinstance(fns, Mapping) else list(fns)
+        known = set(self.hook_names())
+        for name, _ in items:
+            if name not in known:
+                raise ConfigError(f"unknown hook point {name!r}; e.g. {sorted(known)[:6]} (see model.hook_names())")
+        for name, fn in items:
+            self._hook_fns.setdefault(name, []).append(fn)
+        try:
+            yield self
+        finally:
+            for name, fn in items:
+                self._hook_fns[name].remove(fn)
+                if not self._hook_fns[name]:
+                    del self._hook_fns[name]
+
+    def hook_names(self) -> list[str]:
+        names = ["hook_embed", "ln_final.hook_normalized"] + (["hook_pos_embed"] if self.W_pos is not None else [])
+        per_layer = ["hook_resid_pre", "hook_attn_out", "hook_mlp_out", "hook_resid_post", "mlp.hook_pre",
+                     "mlp.hook_post"] + [f"attn.hook_{n}" for n in ("q", "k", "v", "z", "pattern", "result")]
+        if not self.cfg.parallel:
+            per_layer.append("hook_resid_mid")
+        return names + [f"blocks.{l}.{n}" for l in range(self.cfg.n_layers) for n in per_layer]
+
+    @torch.no_grad()
+    def run_with_cache(self, tokens: Tensor, attention_mask: Tensor | None = None,
+                       names_filter: Callable[[str], bool] | list[str] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """Run the model and return (logits, {hook name: activation}) for the hooks that pass the filter."""
+        if names_filter is None:
+            names = self.hook_names()
+        elif callable(names_filter):
+            names = [n for n in self.hook_names() if names_filter(n)]
+        else:
+            names = list(names_filter)
+        cache: dict[str, Tensor] = {}
+        with self.hooks([(n, lambda x, name: cache.__setitem__(name, x.detach())) for n in names]):
+            logits = self(tokens, attention_mask)
+        return logits, cache
+
+    # ------------------------------------------------------------------ tokenizer helpers
+    def to_tokens(self, text: str | list[str], prepend_bos: bool | None = None,
+                  padding_side: str = "right", return_attention_mask: bool = False):
+        """Text → token ids [batch, pos] (padded), adding BOS as the family does.
+
+        With `return_attention_mask=True`, returns (tokens, attention_mask).
+        """
+        tok = self._need_tokenizer()
+        texts = [text] if isinstance(text, str) else list(text)
+        ids = [tok(t, add_special_tokens=True)["input_ids"] for t in texts]
+        bos = tok.bos_token_id
+        if (self.cfg.prepend_bos if prepend_bos is None else prepend_bos) and bos is not None:
+            ids = [s if s[:1] == [bos] else [bos] + s for s in ids]
+        elif prepend_bos is False and bos is not None:
+            ids = [s[1:] if s[:1] == [bos] else s for s in ids]
+        return pad_token_ids(ids, self.pad_token_id, padding_side, return_attention_mask)
+
+    def to_str_tokens(self, text_or_tokens) -> list[str] | list[list[str]]:
+        """Each token as its own string (one list per prompt)."""
+        tok = self._need_tokenizer()
+        tokens = self.to_tokens(text_or_tokens) if isinstance(text_or_tokens, (str, list)) else text_or_tokens
+        rows = [[tok.decode([int(t)]) for t in row] for row in tokens.reshape(-1, tokens.shape[-1])]
+        return rows[0] if tokens.ndim == 1 or (isinstance(text_or_tokens, str)) else rows
+
+    def to_string(self, tokens: Tensor) -> str | list[str]:
+        tok = self._need_tokenizer()
+        if tokens.ndim == 1:
+            return tok.decode(tokens.tolist())
+        return [tok.decode(row.tolist()) for row in tokens]
+
+    @property
+    def pad_token_id(self) -> int:
+        tok = self.tokenizer
+        if tok is None:
+            return 0
+        for cand in (tok.pad_token_id, tok.eos_token_id, tok.bos_token_id):
+            if cand is not None:
+                return cand
+        return 0
+
+    def _need_tokenizer(self):
+        if self.tokenizer is None:
+            raise ConfigError(f"model {self.name!r} has no tokenizer; pass token ids instead of text")
+        return self.tokenizer
+
+    def __repr__(self) -> str:
+        c = self.cfg
+        return (f"CircuitModel({self.name!r}: {c.family}, {c.n_layers} layers, {c.n_heads} heads"
+                f"{f' ({c.n_kv_heads} kv)' if c.n_kv_heads != c.n_heads else ''}, d_model {c.d_model})")
+
+
+def _project(x: Tensor, attn: Attention) -> tuple[Tensor, Tensor, Tensor]:
+    """x [..., d_model] → q [..., head*d_head], k, v [..., kv_head*d_head], biases added."""
+    out = []
+    for w, b in ((attn.w_q, attn.b_q), (attn.w_k, attn.b_k), (attn.w_v, attn.b_v)):
+        y = x @ w
+        out.append(y if b is None else y + b)
+    return out[0], out[1], out[2]
+
+
+def pad_token_ids(ids: list[list[int]], pad_id: int, padding_side: str = "right",
+                  return_attention_mask: bool = False):
+    """Pad lists of token ids into tokens [batch, pos] (and attention_mask if asked)."""
+    if padding_side not in ("left", "right"):
+        raise ConfigError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    width = max(len(s) for s in ids)
+    tokens = torch.full((len(ids), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for i, s in enumerate(ids):
+        sl = slice(0, len(s)) if padding_side == "right" else slice(width - len(s), width)
+        tokens[i, sl], mask[i, sl] = torch.tensor(s, dtype=torch.long), 1
+    return (tokens, mask) if return_attention_mask else tokens

@@ -1,0 +1,195 @@
+"""`load_model`: any Hugging Face causal LM (hub id, local directory, loaded model, or a state
+dict plus config) converted once into a `CircuitModel`.
+
+Safety: never `trust_remote_code`; safetensors preferred; `torch.load` only with
+`weights_only=True`. Everything the user named is validated before weights are read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from circuitfind.errors import ConfigError, ModelLoadError, ModelNotFoundError, UnsupportedModelError
+from circuitfind.models.adapters import ADAPTERS, SUPPORTED
+from circuitfind.models.canonical import CircuitModel
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float64": torch.float64, "float16": torch.float16,
+          "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def resolve_dtype(dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype) and dtype.is_floating_point:
+        return dtype
+    if isinstance(dtype, str) and dtype.removeprefix("torch.") in DTYPES:
+        return DTYPES[dtype.removeprefix("torch.")]
+    raise ConfigError(f"dtype {dtype!r} is not a floating-point dtype; use one of {sorted(DTYPES)}")
+
+
+def resolve_device(device) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ConfigError(f"device {device!r} is not a device name ({e}); use 'cpu', 'cuda', 'cuda:0' or 'mps'") from None
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise ConfigError(f"device {device!r} is not available here ({torch.cuda.device_count()} CUDA devices); use 'cpu'")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {device!r} is not available here; use 'cpu'")
+    return dev
+
+
+def load_model(name_or_path: str | os.PathLike | None = None, *, hf_model=None, state_dict=None, config=None,
+               tokenizer=None, dtype=torch.float32, device="cpu") -> CircuitModel:
+    """Load a model and convert it to canonical form.
+
+    name_or_path: a zoo name (`circuitfind zoo`), a local directory (saved or fine-tuned
+        checkpoint with config.json), or a Hugging Face hub id (needs the weights cached or a network).
+    hf_model: an already-loaded `transformers.PreTrainedModel`.
+    state_dict + config: weights (a dict of tensors, or a .safetensors/.pt/.bin path) for a
+        `transformers` config (object, dict, or path/hub id of one), the way fine-tuned weights
+        are often shared.
+    """
+    dtype, device = resolve_dtype(dtype), resolve_device(device)
+    given = [x is not None for x in (name_or_path, hf_model, state_dict)]
+    if sum(given) != 1:
+        raise ConfigError("pass exactly one of name_or_path, hf_model=, or state_dict= (with config=)")
+    name = str(name_or_path) if name_or_path is not None else ""
+    if name_or_path is not None:
+        from circuitfind.models import zoo  # the zoo knows shipped and named models
+        entry = zoo.lookup(name)
+        if entry is not None:
+            return zoo.load_entry(entry, dtype=dtype, device=device)
+        hf_model, tokenizer = _from_pretrained(name, tokenizer)
+    elif state_dict is not None:
+        hf_model = _from_state_dict(state_dict, config)
+    return from_hf(hf_model, tokenizer=tokenizer, name=name or getattr(hf_model.config, "_name_or_path", ""),
+                   dtype=dtype, device=device)
+
+
+def from_hf(hf_model, *, tokenizer=None, name: str = "", dtype=torch.float32, device="cpu") -> CircuitModel:
+    """Convert an already-loaded Hugging Face causal LM into a `CircuitModel`."""
+    dtype, device = resolve_dtype(dtype), resolve_device(device)
+    model_type = getattr(getattr(hf_model, "config", None), "model_type", None)
+    if model_type not in ADAPTERS:
+        raise UnsupportedModelError(f"architecture {model_type!r} has no circuitfind adapter; supported: {', '.join(SUPPORTED)}")
+    cfg, flags, state, rotary = ADAPTERS[model_type](hf_model)
+    with torch.device("meta"):
+        model = CircuitModel(cfg, tokenizer=tokenizer, name=name, **flags)
+    state = {k: v.detach().to(torch.float32) for k, v in state.items()}
+    model.load_state_dict(state, strict=True, assign=True)
+    if rotary is not None:
+        model.inv_freq = rotary[0]
+        model.rope_scaling = rotary[1]
+    else:
+        model.inv_freq = torch.zeros(0)
+    return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
+def _from_pretrained(name: str, tokenizer):
+    import transformers
+
+    path = Path(name).expanduser()
+    looks_local = path.exists() or name.startswith((".", "/", "~")) or os.sep + os.sep in name
+    if looks_local:
+        if not path.is_dir():
+            raise ModelNotFoundError(f"model directory {str(path)!r} does not exist; pass a directory holding "
+                                     "config.json and weights, a hub id, or a zoo name (see `circuitfind zoo`)")
+        if not (path / "config.json").exists():
+            raise ModelNotFoundError(f"directory {str(path)!r} has no config.json; save the model with "
+                                     "`save_pretrained(dir)` or pass state_dict= and config=")
+        model_type = json.loads((path / "config.json").read_text()).get("model_type")
+        _check_supported(model_type, str(path))
+    elif not _looks_like_hub_id(name):
+        raise ModelNotFoundError(f"{name!r} is neither a zoo name, a local directory nor a hub id; "
+                                 "run `circuitfind zoo` to list known models")
+    try:
+        config = transformers.AutoConfig.from_pretrained(name, trust_remote_code=False)
+    except (OSError, ValueError) as e:
+        raise ModelNotFoundError(f"cannot load the config of {name!r}: the model is not in the local Hugging Face "
+                                 "cache and the hub cannot be reached. Fetch it once online with "
+                                 f"`huggingface-cli download {name}` (or pass a local directory). ({e})") from None
+    _check_supported(config.model_type, name)
+    try:
+        hf = transformers.AutoModelForCausalLM.from_pretrained(name, config=config, trust_remote_code=False,
+                                                               dtype=torch.float32)
+    except (OSError, ValueError) as e:
+        raise ModelNotFoundError(f"cannot load the weights of {name!r} ({e}); fetch them with "
+                                 f"`huggingface-cli download {name}` or pass a local directory") from None
+    if tokenizer is None:
+        try:
+            tokenizer = transformers.AutoTokenizer.from_pretrained(name, trust_remote_code=False)
+        except (OSError, ValueError, TypeError):
+            log.warning("no tokenizer found for %s; pass token ids instead of text", name)
+    return hf, tokenizer
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    parts = name.split("/")
+    return 1 <= len(parts) <= 2 and all(p and all(ch.isalnum() or ch in "-_." for ch in p) for p in parts)
+
+
+def _check_supported(model_type, where: str) -> None:
+    if model_type not in ADAPTERS:
+        raise UnsupportedModelError(f"{where} is a {model_type!r} model, which circuitfind has no adapter for; "
+                                    f"supported: {', '.join(SUPPORTED)}")
+
+
+def _from_state_dict(state_dict, config):
+    import transformers
+
+    if config is None:
+        raise ConfigError("state_dict= needs config= (a transformers config, a dict, or the path/hub id of one)")
+    if isinstance(config, dict):
+        config = dict(config)
+        model_type = config.pop("model_type", None)
+        _check_supported(model_type, "config")
+        config = transformers.AutoConfig.for_model(model_type, **config)
+    elif isinstance(config, (str, os.PathLike)):
+        config = transformers.AutoConfig.from_pretrained(str(config), trust_remote_code=False)
+    _check_supported(getattr(config, "model_type", None), "config")
+    if isinstance(state_dict, (str, os.PathLike)):
+        state_dict = read_weights(Path(state_dict))
+    with torch.device("meta"):
+        hf = transformers.AutoModelForCausalLM.from_config(config)
+    expected = hf.state_dict()
+    for key, value in state_dict.items():
+        if key in expected and tuple(expected[key].shape) != tuple(value.shape):
+            raise ModelLoadError(f"state dict tensor {key!r} has shape {tuple(value.shape)} but the config expects "
+                                 f"{tuple(expected[key].shape)}; is this the config these weights were trained with?")
+    missing = [k for k in expected if k not in state_dict and not _is_tied(hf, k)]
+    if missing:
+        raise ModelLoadError(f"state dict lacks {len(missing)} tensors the config needs, first {missing[0]!r}")
+    unexpected = [k for k in state_dict if k not in expected]
+    if unexpected:
+        raise ModelLoadError(f"state dict has {len(unexpected)} tensors the config does not know, first {unexpected[0]!r}")
+    hf.load_state_dict(state_dict, strict=False, assign=True)
+    if getattr(config, "tie_word_embeddings", False):
+        hf.tie_weights()
+    return hf.eval()
+
+
+def _is_tied(hf, key: str) -> bool:
+    return key.endswith(("lm_head.weight",)) and bool(getattr(hf.config, "tie_word_embeddings", False))
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """Read a weights file: safetensors, or a torch pickle under `weights_only=True` (never arbitrary code)."""
+    if not path.exists():
+        raise ModelNotFoundError(f"weights file {str(path)!r} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        return load_file(str(path))
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 — any unpickling failure means: refuse the file
+        raise ModelLoadError(f"refused to load {str(path)!r}: it is not a plain tensor pickle and circuitfind never "
+                             f"runs code from weight files ({type(e).__name__}). Convert it to safetensors.") from None
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ModelLoadError(f"{str(path)!r} does not hold a dict of tensors (got {type(obj).__name__})")
+    return obj

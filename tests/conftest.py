@@ -1,0 +1,69 @@
+"""Shared fixtures: deterministic seeding, tiny random models of every supported family."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+VOCAB = 97
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+
+
+def _jitter(model: torch.nn.Module, scale: float = 0.1) -> torch.nn.Module:
+    """Perturb every parameter, so norms ≠ 1 and biases ≠ 0 and no term can hide."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * scale)
+    return model
+
+
+def tiny_config(family: str, **overrides):
+    """A tiny config of each supported family, built offline from its transformers config class."""
+    common = dict(vocab_size=VOCAB, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    llama_like = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=128, **common)
+    make = {
+        "gpt2": lambda: transformers.GPT2Config(n_layer=2, n_head=4, n_embd=32, n_positions=128, **common),
+        "gpt_neox": lambda: transformers.GPTNeoXConfig(
+            hidden_size=32, num_attention_heads=4, num_hidden_layers=2, intermediate_size=64,
+            max_position_embeddings=128, rotary_pct=0.5, use_parallel_residual=True, **common),
+        "llama": lambda: transformers.LlamaConfig(
+            **llama_like, rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                        "high_freq_factor": 4.0, "original_max_position_embeddings": 16}),
+        "mistral": lambda: transformers.MistralConfig(**llama_like, sliding_window=4),
+        "qwen2": lambda: transformers.Qwen2Config(**llama_like),
+        "qwen3": lambda: transformers.Qwen3Config(**llama_like, head_dim=16),
+        "gemma2": lambda: transformers.Gemma2Config(
+            **llama_like, head_dim=8, query_pre_attn_scalar=12, sliding_window=4,
+            attn_logit_softcapping=5.0, final_logit_softcapping=3.0),
+    }[family]
+    cfg = make()
+    for k, v in overrides.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+FAMILIES = ["gpt2", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "gemma2"]
+
+
+def tiny_hf(family: str, **overrides):
+    torch.manual_seed(0)
+    cfg = tiny_config(family, **overrides)
+    hf = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
+    return _jitter(hf).eval()
+
+
+@pytest.fixture(params=FAMILIES)
+def family(request):
+    return request.param

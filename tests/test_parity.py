@@ -1,0 +1,61 @@
+"""The canonical forward reproduces Hugging Face logits for every supported family."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import circuitfind as cf
+from tests.conftest import VOCAB, tiny_hf
+
+TOL = 1e-4
+
+
+def _hf_logits(hf, tokens, mask):
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        return hf(input_ids=tokens, attention_mask=mask, position_ids=positions).logits
+
+
+def _padded_batch(lengths, side):
+    g = torch.Generator().manual_seed(3)
+    rows = [torch.randint(3, VOCAB, (n,), generator=g).tolist() for n in lengths]
+    from circuitfind.models.canonical import pad_token_ids
+    return rows, *pad_token_ids(rows, 0, side, return_attention_mask=True)
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_canonical_logits_match_hugging_face(family, side):
+    hf = tiny_hf(family)
+    model = cf.from_hf(hf)
+    rows, tokens, mask = _padded_batch([11, 7, 3], side)
+    expected = _hf_logits(hf, tokens, mask)
+    got = model(tokens, mask)
+    real = mask.bool()
+    assert (got[real] - expected[real]).abs().max().item() <= TOL
+
+
+def test_padded_prompt_equals_prompt_alone(family):
+    model = cf.from_hf(tiny_hf(family))
+    rows, tokens, mask = _padded_batch([12, 5], "left")
+    alone = model(torch.tensor([rows[1]]))
+    padded = model(tokens, mask)[1, -5:]
+    assert (alone[0] - padded).abs().max().item() <= TOL
+    rows, tokens, mask = _padded_batch([12, 5], "right")
+    assert (alone[0] - model(tokens, mask)[1, :5]).abs().max().item() <= TOL
+
+
+def test_sliding_window_changes_the_result():
+    """A parity test that cannot fail on short windows would prove nothing: check the window bites."""
+    hf = tiny_hf("mistral")
+    model = cf.from_hf(hf)
+    tokens = torch.randint(3, VOCAB, (1, 12))
+    hf.config.sliding_window = None
+    wide = cf.from_hf(hf)
+    assert (model(tokens)[0, -1] - wide(tokens)[0, -1]).abs().max() > 1e-3
+
+
+def test_dtype_round_trip():
+    model = cf.from_hf(tiny_hf("llama"), dtype="bfloat16")
+    assert model.W_E.dtype == torch.bfloat16
+    assert model(torch.randint(3, VOCAB, (2, 6))).dtype == torch.bfloat16
