@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-import random
+import os
 
-import numpy as np
-import pytest
-import torch
-import transformers
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network; read at import time
+
+import random  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
 
 VOCAB = 97
 

@@ -1,0 +1,58 @@
+"""Shared benchmark helpers: a GPT-2-small-sized random model, timing and peak memory."""
+
+from __future__ import annotations
+
+import gc
+import os
+import resource
+import statistics
+import time
+
+import psutil
+import torch
+import transformers
+
+
+def gpt2_small_random(seed: int = 0):
+    """A random model with GPT-2 small's shape (12 layers, 12 heads, d_model 768, vocab 50257)."""
+    torch.manual_seed(seed)
+    cfg = transformers.GPT2Config(bos_token_id=0, eos_token_id=0)
+    return transformers.GPT2LMHeadModel(cfg).eval()
+
+
+def timeit(fn, repeat: int = 5, warmup: int = 2) -> float:
+    """Median wall time of fn() in seconds."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def peak_memory(fn) -> int:
+    """Peak resident memory that one call of fn() adds, in bytes.
+
+    Runs fn in a forked child, so the allocator holds no memory freed by earlier runs, and reads the
+    child's own high-water mark (ru_maxrss) against its resident size at the start.
+    """
+    gc.collect()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        os.close(read)
+        base = psutil.Process().memory_info().rss
+        fn()
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        os.write(write, str(max(peak - base, 0)).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as f:
+        value = int(f.read() or 0)
+    os.waitpid(pid, 0)
+    return value
+
+
+__all__ = ["gpt2_small_random", "timeit", "peak_memory"]

@@ -1,0 +1,89 @@
+"""Loading: local directories, state dicts, safety, and clear errors for bad input."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+
+import circuitfind as cf
+from tests.conftest import VOCAB, tiny_config, tiny_hf
+
+
+def test_local_directory_round_trip(tmp_path):
+    hf = tiny_hf("qwen2")
+    hf.save_pretrained(tmp_path / "ckpt")
+    model = cf.load_model(str(tmp_path / "ckpt"))
+    tokens = torch.randint(3, VOCAB, (2, 5))
+    with torch.no_grad():
+        assert (model(tokens) - hf(tokens).logits).abs().max() < 1e-4
+
+
+def test_state_dict_with_config(tmp_path):
+    hf = tiny_hf("gpt2")
+    tokens = torch.randint(3, VOCAB, (2, 5))
+    for sd in (hf.state_dict(), tmp_path / "w.pt"):
+        if not isinstance(sd, dict):
+            torch.save(hf.state_dict(), sd)
+        model = cf.load_model(state_dict=sd, config=hf.config)
+        with torch.no_grad():
+            assert (model(tokens) - hf(tokens).logits).abs().max() < 1e-4
+
+
+class _Evil:
+    def __reduce__(self):
+        return (exec, ("open('/tmp/circuitfind-pwned', 'w').write('x')",))
+
+
+def test_malicious_pickle_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    path.write_bytes(pickle.dumps({"transformer.wte.weight": _Evil()}))
+    with pytest.raises(cf.ModelLoadError, match="refused"):
+        cf.load_model(state_dict=path, config=tiny_config("gpt2"))
+    assert not __import__("os").path.exists("/tmp/circuitfind-pwned")
+
+
+def test_state_dict_shape_mismatch_names_the_tensor():
+    sd = tiny_hf("gpt2").state_dict()
+    sd["transformer.h.1.mlp.c_fc.weight"] = torch.zeros(3, 3)
+    with pytest.raises(cf.ModelLoadError, match="transformer.h.1.mlp.c_fc.weight"):
+        cf.load_model(state_dict=sd, config=tiny_config("gpt2"))
+
+
+@pytest.mark.parametrize("bad, error, match", [
+    ("/no/such/dir", cf.ModelNotFoundError, "does not exist"),
+    ("not a model name!", cf.ModelNotFoundError, "neither a zoo name"),
+])
+def test_bad_names(bad, error, match):
+    with pytest.raises(error, match=match):
+        cf.load_model(bad)
+
+
+def test_directory_without_config(tmp_path):
+    with pytest.raises(cf.ModelNotFoundError, match="no config.json"):
+        cf.load_model(str(tmp_path))
+
+
+def test_unsupported_architecture(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "bert"}')
+    with pytest.raises(cf.UnsupportedModelError, match="supported: gpt2"):
+        cf.load_model(str(tmp_path))
+
+
+def test_unhandled_config_option_is_named():
+    with pytest.raises(cf.UnsupportedModelError, match="scale_attn_by_inverse_layer_idx"):
+        cf.from_hf(tiny_hf("gpt2", scale_attn_by_inverse_layer_idx=True))
+
+
+@pytest.mark.parametrize("kw, match", [({"dtype": "float13"}, "dtype"), ({"device": "cuda:7"}, "device"),
+                                       ({"device": "warp-drive"}, "device")])
+def test_bad_dtype_or_device(kw, match):
+    with pytest.raises(cf.ConfigError, match=match):
+        cf.load_model("gpt2", **kw)
+
+
+def test_offline_hub_id_says_how_to_fetch():
+    # conftest sets HF_HUB_OFFLINE=1 before huggingface_hub is imported
+    with pytest.raises(cf.ModelNotFoundError, match="huggingface-cli download"):
+        cf.load_model("circuitfind-test/definitely-not-cached")
