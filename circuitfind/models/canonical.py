@@ -104,9 +104,23 @@ class Norm(nn.Module):
             return x
         if self.kind == "layernorm":
             return F.layer_norm(x, x.shape[-1:], self.w, self.b, self.eps)
-        x32 = x.float()
+        wide = torch.promote_types(x.dtype, torch.float32)  # at least fp32, as Hugging Face does
+        x32 = x.to(wide)
         normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (normed * (self.offset + self.w.float())).to(x.dtype)
+        return (normed * (self.offset + self.w.to(wide))).to(x.dtype)
+
+    def shares(self, parts: Tensor, dim: int) -> Tensor:
+        """Each part's share of the RMS-normed sum: Σ_dim shares == forward(parts.sum(dim)).
+
+        Post-norms (Gemma 2) normalise the sum of all heads; the scale is the sum's, so the shares
+        add up exactly and each head remains its own sender.
+        """
+        if self.kind != "rmsnorm":
+            raise NotImplementedError("only RMSNorm post-norms split into shares")
+        wide = torch.promote_types(parts.dtype, torch.float32)
+        total = parts.to(wide).sum(dim, keepdim=True)
+        scale = torch.rsqrt(total.pow(2).mean(-1, keepdim=True) + self.eps) * (self.offset + self.w.to(wide))
+        return (parts.to(wide) * scale).to(parts.dtype)
 
 
 def _linear(d_in: int, d_out: int) -> nn.Parameter:
@@ -176,7 +190,7 @@ class Attention(nn.Module):
         if cfg.attn_softcap is not None:
             scores = torch.tanh(scores / cfg.attn_softcap) * cfg.attn_softcap
         scores = scores.masked_fill(~allowed, float("-inf"))
-        pattern = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+        pattern = torch.softmax(scores.to(torch.promote_types(scores.dtype, torch.float32)), dim=-1).to(q.dtype)
         return pattern @ v, pattern
 
 

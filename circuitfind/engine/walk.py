@@ -1,0 +1,284 @@
+"""One pass through a `CircuitModel` in edge form: the machinery behind `patching` and `attribution`.
+
+Layouts (see `patching.py` for the maths):
+- masks `M [k, dst, src]`; the data batch is tiled as `[k, b']`: shared masks (k masks over the same
+  b examples, b' = b) or per-example masks (k = b, b' = 1). `K` ∈ {1, k} is how many distinct
+  copies a tensor holds: while every mask agrees on the layers so far, computation runs once (K = 1).
+- residual-like tensors `[K, b', pos, d_model]`; receiver inputs `[r, K, b'·pos·d_model]`;
+  sender blocks `[s, K, b', pos, d_model]`; stored differences `D [K, s, b'·pos·d_model]`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from circuitfind.engine.store import DiffStore
+from circuitfind.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Prompts for the engine: tokens [batch, pos], attention_mask [batch, pos], answer_pos [batch]."""
+
+    tokens: Tensor
+    attention_mask: Tensor
+    answer_pos: Tensor
+
+    @classmethod
+    def of(cls, tokens: Tensor, attention_mask: Tensor | None = None, answer_pos: Tensor | None = None) -> "Inputs":
+        """Defaults: every token real; the answer is read at each prompt's last real token."""
+        if tokens.ndim == 1:
+            tokens = tokens[None]
+        if attention_mask is None:
+            attention_mask = torch.ones_like(tokens)
+        if answer_pos is None:
+            idx = torch.arange(tokens.shape[1], device=tokens.device)
+            answer_pos = (attention_mask.bool() * idx).argmax(-1)
+        return cls(tokens, attention_mask.long(), answer_pos.long())
+
+    @property
+    def batch(self) -> int:
+        return self.tokens.shape[0]
+
+    def to(self, device) -> "Inputs":
+        return Inputs(self.tokens.to(device), self.attention_mask.to(device), self.answer_pos.to(device))
+
+
+class Walk:
+    """Layer-by-layer state of one (masked) forward.
+
+    masks None means every receiver reads the real residual stream (the clean run).
+    record keeps every sender's difference D (for prefixes and attribution); track keeps every
+    receiver's input tensor so gradients can be taken with respect to it; input_alpha scales the
+    input sender's difference (integrated gradients over the embeddings).
+    """
+
+    def __init__(self, model, inputs: Inputs, ablated: Tensor, masks: Tensor | None, *, per_example: bool = False,
+                 record: bool = False, track: bool = False, input_alpha: float = 1.0):
+        self.model, self.cfg, self.g = model, model.cfg, model.graph
+        b, p = inputs.tokens.shape
+        if ablated.ndim != 4 or ablated.shape[0] != self.g.n_senders or ablated.shape[1] not in (1, b) \
+                or ablated.shape[2] not in (1, p) or ablated.shape[3] != self.cfg.d_model:
+            raise ConfigError(f"ablated outputs must be [src={self.g.n_senders}, batch|1, pos|1, "
+                              f"d_model={self.cfg.d_model}]; got {tuple(ablated.shape)}")
+        self.inputs, self.masks, self.per_example = inputs, masks, per_example
+        self.k = 1 if masks is None else masks.shape[0]
+        self.bp = 1 if per_example else b
+        self.data_k = b if per_example else 1  # K of anything that depends only on the data
+        self.p, self.d = p, self.cfg.d_model
+        self.record, self.track, self.input_alpha = record, track, input_alpha
+        # ablated outputs in walk layout [src, K, b', pos, d]
+        self.abl = ablated.unsqueeze(2) if per_example else ablated.unsqueeze(1)
+        self.positions = model.positions(inputs.attention_mask)
+        self.active = self._active_senders()
+        grad = torch.is_grad_enabled() and (track or (masks is not None and masks.requires_grad))
+        self.store = DiffStore(self.k, (self.bp, p, self.d), self.g.n_senders, grad)
+        self.layer = 0
+        self.base: Tensor | None = None  # biases + Σ abl_u over senders so far   [K|1, b'|1, pos|1, d]
+        self.resid: Tensor | None = None  # the real residual stream of this run  [K, b', pos, d]
+        self.tracked: list[tuple[Tensor, Tensor]] = []  # (receiver ids, inputs [r, K, b'·pos·d])
+        self._allowed: dict[tuple[bool, int], Tensor] = {}
+
+    # ------------------------------------------------------------------ set-up helpers
+    def _active_senders(self) -> Tensor:
+        if self.masks is None or self.masks.requires_grad:  # a zero mask entry still has a gradient
+            return torch.ones(self.g.n_senders, dtype=torch.bool)
+        active = (self.masks.detach() != 0).flatten(0, 1).any(0).cpu()
+        # post-norm heads share one normaliser: a layer's heads are computed all or none
+        if self.cfg.post_norms:
+            for l in range(self.cfg.n_layers):
+                s = slice(self.g.head_sender(l, 0), self.g.mlp_sender(l))
+                active[s] = active[s].any()
+        return active
+
+    def _rows(self, x: Tensor, K: int) -> Tensor:
+        """Per-example x [batch, ...] → attention rows [K·b', ...] for a computation with K copies."""
+        if self.per_example or K == 1:
+            return x
+        return x.repeat(K, *([1] * (x.ndim - 1)))
+
+    def _allowed_rows(self, layer: int, K: int) -> Tensor:
+        key = (layer in self.cfg.sliding_layers, K)
+        if key not in self._allowed:
+            self._allowed[key] = self._rows(self.model.allowed(self.inputs.attention_mask, layer), K)
+        return self._allowed[key]
+
+    def _rope_rows(self, K: int):
+        rope = self.model.rope(self.positions)
+        return None if rope is None else tuple(self._rows(t, K)[:, None] for t in rope)
+
+    def branch(self, masks: Tensor) -> "Walk":
+        """A walk that continues this (recorded, unmasked) one from its current layer under new masks."""
+        other = object.__new__(Walk)
+        other.__dict__.update(self.__dict__)
+        other.masks, other.k, other.record, other.track = masks, masks.shape[0], False, False
+        other.active = other._active_senders()
+        other.active[: self.g.senders_before(self.layer)] = True  # computed already
+        other.store = self.store.branch(other.k)
+        other.tracked, other._allowed = [], dict(self._allowed)
+        return other
+
+    # ------------------------------------------------------------------ the pass
+    def run(self, stop: int | None = None) -> Tensor | None:
+        """Walk to layer `stop` (exclusive) and return None, or to the end and return logits [k, b', vocab]."""
+        if self.layer == 0 and self.base is None:
+            self._embed()
+        for l in range(self.layer, self.cfg.n_layers if stop is None else stop):
+            base_pre, resid_pre = self.base, self.resid
+            self._attention(l)
+            if self.cfg.parallel:  # the MLP reads what attention read
+                self._mlp(l, base_pre, resid_pre)
+            else:
+                self._mlp(l, self.base, self.resid)
+            self.layer = l + 1
+        return None if stop is not None else self._logits()
+
+    def _embed(self):
+        x = self.model.embed(self.inputs.tokens, self.positions)  # [batch, pos, d]
+        x = x.view(self.data_k, self.bp, self.p, self.d)
+        abl = self.abl[0]  # [K|1, b'|1, pos|1, d]
+        diff = (x - abl) * self.input_alpha if self.input_alpha != 1.0 else x - abl
+        self.base, self.resid = abl, abl + diff
+        self.store.append(torch.tensor([0]), diff.expand(self.data_k, self.bp, self.p, self.d)[None])
+
+    def _mask_rows(self, rows: Tensor) -> tuple[Tensor | None, int]:
+        """Mask rows [k|1, r, src] for these receivers, or None where they read the real residual.
+
+        Returns the rows and K, the number of distinct copies the receivers' inputs have.
+        """
+        K_state = self.store.K
+        if self.masks is None:
+            return None, K_state
+        M = self.masks[:, rows]
+        full = self.g.edge_mask[rows].to(M.dtype)
+        same = self.k == 1 or bool((M == M[:1]).all())
+        if same and not self.track and not M.requires_grad and bool((M[0] == full).all()):
+            return None, K_state
+        if same and K_state == 1:
+            return M[:1], 1
+        return M, self.k
+
+    def _receiver_inputs(self, rows: Tensor, base: Tensor, resid: Tensor) -> tuple[Tensor | None, int, Tensor]:
+        """Inputs of these receivers, [r, K, b'·pos·d], or None with the residual where they read it."""
+        M, K = self._mask_rows(rows)
+        if M is None:
+            if not self.track:
+                return None, resid.shape[0], resid
+            x = resid.expand(K, self.bp, self.p, self.d).reshape(1, K, -1).expand(len(rows), -1, -1)
+        else:
+            mixed = self.store.mix(M[:, :, self.store.cols])  # [r, K, W]
+            x = mixed + base.expand(K, self.bp, self.p, self.d).reshape(1, K, -1)
+        if self.track:
+            self.tracked.append((rows, x))
+        return x, K, resid
+
+    def _attention(self, l: int):
+        g, attn = self.g, self.model.blocks[l].attn
+        heads = torch.tensor([h for h in range(g.n_heads) if self.active[g.head_sender(l, h)]], dtype=torch.long)
+        senders = torch.tensor([g.head_sender(l, h) for h in range(g.n_heads)])
+        abl = self.abl[senders]  # [h, K|1, b'|1, pos|1, d]
+        bias = self.model.block_bias(l, "attn")
+        new_base = self.base + abl.sum(0) + (bias if bias is not None else 0)
+        if len(heads) == 0:
+            self.base, self.resid = new_base, self.resid + (new_base - self.base)
+            return
+        rows = torch.cat([g.qkv_receiver(l, t, 0) + heads for t in "qkv"])
+        x, K, resid = self._receiver_inputs(rows, self.base, self.resid)
+        out = self._heads(l, attn, heads, x, resid, K)  # [a, K, b', pos, d]
+        diff = out - abl[heads]
+        self.store.append(senders[heads], diff)
+        # resid stays base + Σ D: what the heads wrote plus the ablated output of skipped heads
+        self.resid = self.resid + diff.sum(0) + (new_base - self.base)
+        self.base = new_base
+
+    def _heads(self, l: int, attn, heads: Tensor, x: Tensor | None, resid: Tensor, K: int) -> Tensor:
+        """Per-head outputs [a, K, b', pos, d] of the given heads of layer l."""
+        cfg, a, B, p, dh = self.cfg, len(heads), K * self.bp, self.p, self.cfg.d_head
+        ln = self.model.blocks[l].ln1
+        groups = heads // cfg.group_size
+        if x is None:  # one shared input: fused projections, keys and values once per kv head
+            xn = ln(resid.expand(K, self.bp, p, self.d).reshape(B, p, self.d))
+            q = _proj(xn, attn.w_q, attn.b_q, dh)
+            k, v = _proj(xn, attn.w_k, attn.b_k, dh), _proj(xn, attn.w_v, attn.b_v, dh)
+            if a < cfg.n_heads:
+                q, k, v = q[:, heads], k[:, groups], v[:, groups]
+        else:  # a separate input per receiver: [3a, K·b'·pos, d]
+            xn = ln(x.reshape(3 * a, B * p, self.d))
+            q, k, v = (_proj_each(xn[i * a:(i + 1) * a], W[idx], bias, idx, dh, B, p)
+                       for i, (W, bias, idx) in enumerate(((attn.W_Q, attn.b_q, heads), (attn.W_K, attn.b_k, groups),
+                                                           (attn.W_V, attn.b_v, groups))))
+        z, _ = attn.attend(q, k, v, self._rope_rows(K), self._allowed_rows(l, K))  # [B, a, pos, d_head]
+        z = z.transpose(0, 1).reshape(a, B * p, dh)
+        out = torch.bmm(z, attn.W_O[heads])  # [a, B·pos, d]
+        if attn.post_norm is not None:
+            out = attn.post_norm.shares(out, dim=0)
+        return out.view(a, K, self.bp, p, self.d)
+
+    def _mlp(self, l: int, base: Tensor, resid: Tensor):
+        """The MLP of layer l, reading the residual given (pre-attention for parallel blocks)."""
+        g, mlp = self.g, self.model.blocks[l].mlp
+        s = g.mlp_sender(l)
+        abl = self.abl[s]
+        bias = self.model.block_bias(l, "mlp")
+        add = abl + (bias if bias is not None else 0)
+        if not self.active[s]:
+            self.base = self.base + add
+            self.resid = self.resid + add
+            return
+        rows = torch.tensor([g.mlp_receiver(l)])
+        x, K, resid = self._receiver_inputs(rows, base, resid)
+        if x is None:
+            x = resid.expand(K, self.bp, self.p, self.d)
+        x = self.model.blocks[l].ln2(x.reshape(K, self.bp, self.p, self.d))
+        out = mlp.output(mlp.hidden(x)[1])  # [K, b', pos, d]
+        diff = out - abl
+        self.store.append(torch.tensor([s]), diff[None])
+        self.base = self.base + add
+        self.resid = self.resid + add + diff
+
+    def _logits(self) -> Tensor:
+        rows = torch.tensor([self.g.logits_receiver])
+        M, K = self._mask_rows(rows)
+        pos = self.inputs.answer_pos.view(self.data_k, self.bp)
+        if M is None and not self.track:
+            x = _at(self.resid, pos)  # [K, b', d]
+        else:
+            if M is None:
+                M = self.g.edge_mask[rows].to(self.model.dtype)[None]
+            mixed = self.store.mix_at(M[:, :, self.store.cols], pos)  # [1, K, b', d]
+            x = mixed[0] + _at(self.base, pos)
+            if self.track:
+                self.tracked.append((rows, x[None]))
+        logits = self.model.unembed(x)  # [K, b', vocab]
+        return logits.expand(self.k, -1, -1) if logits.shape[0] != self.k else logits
+
+    def diffs(self) -> Tensor:
+        """Recorded sender differences D as [src, batch, pos, d] (requires record and masks None)."""
+        return self.store.dense(self.g.n_senders).view(self.g.n_senders, -1, self.p, self.d)
+
+
+def _at(x: Tensor, pos: Tensor) -> Tensor:
+    """x [K|1, b'|1, pos|1, d] at the answer positions pos [K|1, b'] → [K, b', d]."""
+    if x.shape[2] == 1:
+        return x[:, :, 0].expand(max(x.shape[0], pos.shape[0]), pos.shape[1], -1)
+    K, bp = max(x.shape[0], pos.shape[0]), pos.shape[1]
+    x = x.expand(K, bp, -1, -1)
+    idx = pos.expand(K, bp)[:, :, None, None].expand(K, bp, 1, x.shape[-1])
+    return x.gather(2, idx)[:, :, 0]
+
+
+def _proj(xn: Tensor, w: Tensor, bias: Tensor | None, dh: int) -> Tensor:
+    """Shared normed input xn [B, pos, d] through a fused weight w [d, heads·d_head] → [B, heads, pos, d_head]."""
+    y = xn @ w if bias is None else torch.addmm(bias, xn.flatten(0, 1), w).view(*xn.shape[:2], -1)
+    return y.view(*xn.shape[:2], -1, dh).transpose(1, 2)
+
+
+def _proj_each(xn: Tensor, W: Tensor, bias: Tensor | None, idx: Tensor, dh: int, B: int, p: int) -> Tensor:
+    """Per-head inputs xn [a, B·pos, d] through W [a, d, d_head] → [B, a, pos, d_head]."""
+    y = torch.bmm(xn, W)
+    if bias is not None:
+        y = y + bias.view(-1, dh)[idx][:, None]
+    return y.view(len(idx), B, p, dh).transpose(0, 1)

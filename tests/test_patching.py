@@ -1,0 +1,125 @@
+"""The masked forward against invariants and against the slow per-edge reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import circuitfind as cf
+from circuitfind.engine.ablation import ablated_outputs
+from circuitfind.engine.patching import Inputs, clean_logits, masked_forward, prefix
+from tests.conftest import VOCAB, tiny_hf
+from tests.reference import reference_masked_logits
+
+ENGINE_FAMILIES = ["gpt2", "gpt_neox", "llama", "gemma2"]
+
+
+@pytest.fixture(params=ENGINE_FAMILIES)
+def model(request):
+    return cf.from_hf(tiny_hf(request.param)).double()
+
+
+def _pair(batch=3, pos=7, left_pad=True):
+    g = torch.Generator().manual_seed(5)
+    clean = torch.randint(3, VOCAB, (batch, pos), generator=g)
+    corrupt = torch.randint(3, VOCAB, (batch, pos), generator=g)
+    mask = torch.ones(batch, pos, dtype=torch.long)
+    if left_pad:
+        mask[1, :2] = 0
+        clean[1, :2] = corrupt[1, :2] = 0
+    return Inputs.of(clean, mask), Inputs.of(corrupt, mask)
+
+
+def _random_mask(g, density=0.5, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    m = (torch.rand(g.n_receivers, g.n_senders, generator=gen) < density).double()
+    return m * g.edge_mask
+
+
+def test_all_ones_gives_clean_and_all_zeros_gives_corrupted(model):
+    clean, corrupt = _pair()
+    abl = ablated_outputs(model, "corrupted", clean, corrupt)
+    g = model.graph
+    ones = torch.ones(g.n_receivers, g.n_senders, dtype=torch.float64)
+    assert torch.allclose(masked_forward(model, clean, abl, ones), clean_logits(model, clean), atol=1e-10)
+    assert torch.allclose(masked_forward(model, clean, abl, ones * 0), clean_logits(model, corrupt), atol=1e-10)
+
+
+@pytest.mark.parametrize("ablation", ["corrupted", "mean", "zero", "resample", "mean-positional"])
+def test_random_masks_match_slow_reference(model, ablation):
+    clean, corrupt = _pair()
+    abl = ablated_outputs(model, ablation, clean, corrupt)
+    for seed, density in ((0, 0.5), (1, 0.9), (2, 0.1)):
+        mask = _random_mask(model.graph, density, seed)
+        got = masked_forward(model, clean, abl, mask)
+        want = reference_masked_logits(model, clean.tokens, clean.attention_mask, clean.answer_pos, abl, mask)
+        assert (got - want).abs().max().item() <= 1e-5
+
+
+def test_batches_of_masks_and_per_example_masks(model):
+    clean, corrupt = _pair()
+    abl = ablated_outputs(model, "corrupted", clean, corrupt)
+    masks = torch.stack([_random_mask(model.graph, d, s) for s, d in enumerate((0.3, 0.6, 0.95, 1.0))])
+    batched = masked_forward(model, clean, abl, masks)
+    for i in range(len(masks)):
+        assert torch.allclose(batched[i], masked_forward(model, clean, abl, masks[i]), atol=1e-10)
+    per_ex = masked_forward(model, clean, abl, masks[:3], per_example=True)
+    for i in range(3):
+        assert torch.allclose(per_ex[i], masked_forward(model, clean, abl, masks[i])[i], atol=1e-10)
+
+
+def test_masks_sharing_lower_layers_and_prefix(model):
+    clean, corrupt = _pair()
+    abl = ablated_outputs(model, "corrupted", clean, corrupt)
+    g = model.graph
+    top = g.receiver_layer >= 1
+    masks = torch.ones(5, g.n_receivers, g.n_senders, dtype=torch.float64)
+    for i in range(5):
+        masks[i, top] = _random_mask(g, 0.5, i)[top]
+    pre = prefix(model, clean, abl, layer=1)
+    from_prefix = masked_forward(model, clean, abl, masks, start=pre)
+    full = masked_forward(model, clean, abl, masks)
+    assert torch.allclose(from_prefix, full, atol=1e-10)
+    with pytest.raises(cf.ConfigError, match="prefix"):
+        masked_forward(model, clean, abl, _random_mask(g, 0.5), start=pre)
+
+
+def test_sparse_node_circuit_skips_nodes_exactly(model):
+    """A circuit touching few nodes: skipped nodes must equal their ablated output."""
+    clean, corrupt = _pair()
+    abl = ablated_outputs(model, "corrupted", clean, corrupt)
+    g = model.graph
+    nodes = torch.zeros(g.n_senders, dtype=torch.bool)
+    nodes[[0, g.head_sender(0, 1), g.mlp_sender(1)]] = True
+    mask = g.nodes_to_edges(nodes).double()
+    want = reference_masked_logits(model, clean.tokens, clean.attention_mask, clean.answer_pos, abl, mask)
+    assert (masked_forward(model, clean, abl, mask) - want).abs().max().item() <= 1e-5
+
+
+def test_masks_are_differentiable(model):
+    clean, corrupt = _pair()
+    abl = ablated_outputs(model, "corrupted", clean, corrupt)
+    g = model.graph
+    mask = (_random_mask(g, 0.7) * 0.8).requires_grad_(True)
+    loss = masked_forward(model, clean, abl, mask)[:, 5].sum()
+    (grad,) = torch.autograd.grad(loss, mask)
+    # finite differences on a few edges
+    for dst, src in g.edge_mask.nonzero()[torch.tensor([3, 50, -1, -7])].tolist():
+        eps = 1e-6
+        plus, minus = mask.detach().clone(), mask.detach().clone()
+        plus[dst, src] += eps
+        minus[dst, src] -= eps
+        fd = (masked_forward(model, clean, abl, plus)[:, 5].sum() - masked_forward(model, clean, abl, minus)[:, 5].sum()) / (2 * eps)
+        assert abs(fd.item() - grad[dst, src].item()) <= 1e-4 * max(1.0, abs(fd.item()))
+
+
+def test_bad_mask_shape_and_unequal_lengths(model):
+    clean, _ = _pair()
+    abl = ablated_outputs(model, "zero", clean)
+    with pytest.raises(cf.ConfigError, match="mask must be"):
+        masked_forward(model, clean, abl, torch.ones(3, 3))
+    short = Inputs.of(torch.randint(3, VOCAB, (3, 4)))
+    with pytest.raises(cf.ConfigError, match="equal token length"):
+        ablated_outputs(model, "corrupted", clean, short)
+    with pytest.raises(cf.ConfigError, match="unknown ablation"):
+        ablated_outputs(model, "banana", clean)
