@@ -120,7 +120,9 @@ class DiffStore:
         return out.view(out.shape[0], out.shape[1], pos.shape[1], -1)
 
     def dense(self, n_src: int) -> Tensor:
-        """All stored D as [src, K·W] in sender order (unstored senders are zero)."""
+        """All stored D as [src, K·W] in sender order (unstored senders are zero); a view when it can be."""
+        if len(self.segments) == 1 and self.segments[0].K == 1 and self._cols == list(range(n_src)):
+            return self.segments[0].data[0]
         data = torch.cat([seg.data for seg in self.segments], dim=1)  # [K, S, W]
         out = data.new_zeros(n_src, data.shape[0] * self.W)
         out[self.cols] = data.transpose(0, 1).reshape(len(self._cols), -1)

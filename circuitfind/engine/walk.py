@@ -10,6 +10,7 @@ Layouts (see `patching.py` for the maths):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -51,13 +52,15 @@ class Walk:
     """Layer-by-layer state of one (masked) forward.
 
     masks None means every receiver reads the real residual stream (the clean run).
-    record keeps every sender's difference D (for prefixes and attribution); track keeps every
-    receiver's input tensor so gradients can be taken with respect to it; input_alpha scales the
-    input sender's difference (integrated gradients over the embeddings).
+    record keeps every sender's difference D (for prefixes and attribution). on_grad, if given, is
+    called during backward as `on_grad(receiver_ids, grad [r, b·pos·d_model])` with the gradient
+    w.r.t. each receiver's input (one mask, k = 1). input_alpha scales the input sender's difference
+    (integrated gradients over the embeddings).
     """
 
     def __init__(self, model, inputs: Inputs, ablated: Tensor, masks: Tensor | None, *, per_example: bool = False,
-                 record: bool = False, track: bool = False, input_alpha: float = 1.0):
+                 record: bool = False, on_grad: Callable[[Tensor, Tensor], None] | None = None,
+                 input_alpha: float = 1.0):
         self.model, self.cfg, self.g = model, model.cfg, model.graph
         b, p = inputs.tokens.shape
         if ablated.ndim != 4 or ablated.shape[0] != self.g.n_senders or ablated.shape[1] not in (1, b) \
@@ -69,17 +72,18 @@ class Walk:
         self.bp = 1 if per_example else b
         self.data_k = b if per_example else 1  # K of anything that depends only on the data
         self.p, self.d = p, self.cfg.d_model
-        self.record, self.track, self.input_alpha = record, track, input_alpha
+        self.record, self.on_grad, self.input_alpha = record, on_grad, input_alpha
+        if on_grad is not None and self.k != 1:
+            raise ConfigError("receiver gradients are taken for one mask at a time")
         # ablated outputs in walk layout [src, K, b', pos, d]
         self.abl = ablated.unsqueeze(2) if per_example else ablated.unsqueeze(1)
         self.positions = model.positions(inputs.attention_mask)
         self.active = self._active_senders()
-        grad = torch.is_grad_enabled() and (track or (masks is not None and masks.requires_grad))
+        grad = torch.is_grad_enabled() and (on_grad is not None or (masks is not None and masks.requires_grad))
         self.store = DiffStore(self.k, (self.bp, p, self.d), self.g.n_senders, grad)
         self.layer = 0
         self.base: Tensor | None = None  # biases + Σ abl_u over senders so far   [K|1, b'|1, pos|1, d]
         self.resid: Tensor | None = None  # the real residual stream of this run  [K, b', pos, d]
-        self.tracked: list[tuple[Tensor, Tensor]] = []  # (receiver ids, inputs [r, K, b'·pos·d])
         self._allowed: dict[tuple[bool, int], Tensor] = {}
 
     # ------------------------------------------------------------------ set-up helpers
@@ -114,11 +118,11 @@ class Walk:
         """A walk that continues this (recorded, unmasked) one from its current layer under new masks."""
         other = object.__new__(Walk)
         other.__dict__.update(self.__dict__)
-        other.masks, other.k, other.record, other.track = masks, masks.shape[0], False, False
+        other.masks, other.k, other.record, other.on_grad = masks, masks.shape[0], False, None
         other.active = other._active_senders()
         other.active[: self.g.senders_before(self.layer)] = True  # computed already
         other.store = self.store.branch(other.k)
-        other.tracked, other._allowed = [], dict(self._allowed)
+        other._allowed = dict(self._allowed)
         return other
 
     # ------------------------------------------------------------------ the pass
@@ -141,6 +145,8 @@ class Walk:
         x = x.view(self.data_k, self.bp, self.p, self.d)
         abl = self.abl[0]  # [K|1, b'|1, pos|1, d]
         diff = (x - abl) * self.input_alpha if self.input_alpha != 1.0 else x - abl
+        if self.on_grad is not None:  # weights are frozen: gradients start from the input sender
+            diff = diff.detach().requires_grad_(True)
         self.base, self.resid = abl, abl + diff
         self.store.append(torch.tensor([0]), diff.expand(self.data_k, self.bp, self.p, self.d)[None])
 
@@ -155,7 +161,7 @@ class Walk:
         M = self.masks[:, rows]
         full = self.g.edge_mask[rows].to(M.dtype)
         same = self.k == 1 or bool((M == M[:1]).all())
-        if same and not self.track and not M.requires_grad and bool((M[0] == full).all()):
+        if same and not M.requires_grad and bool((M[0] == full).all()):
             return None, K_state
         if same and K_state == 1:
             return M[:1], 1
@@ -165,14 +171,11 @@ class Walk:
         """Inputs of these receivers, [r, K, b'·pos·d], or None with the residual where they read it."""
         M, K = self._mask_rows(rows)
         if M is None:
-            if not self.track:
-                return None, resid.shape[0], resid
-            x = resid.expand(K, self.bp, self.p, self.d).reshape(1, K, -1).expand(len(rows), -1, -1)
-        else:
-            mixed = self.store.mix(M[:, :, self.store.cols])  # [r, K, W]
-            x = mixed + base.expand(K, self.bp, self.p, self.d).reshape(1, K, -1)
-        if self.track:
-            self.tracked.append((rows, x))
+            return None, resid.shape[0], resid
+        mixed = self.store.mix(M[:, :, self.store.cols])  # [r, K, W]
+        x = mixed + base.expand(K, self.bp, self.p, self.d).reshape(1, K, -1)
+        if self.on_grad is not None:
+            x.register_hook(lambda g: self.on_grad(rows, g[:, 0]))
         return x, K, resid
 
     def _attention(self, l: int):
@@ -199,7 +202,9 @@ class Walk:
         cfg, a, B, p, dh = self.cfg, len(heads), K * self.bp, self.p, self.cfg.d_head
         ln = self.model.blocks[l].ln1
         groups = heads // cfg.group_size
-        if x is None:  # one shared input: fused projections, keys and values once per kv head
+        if x is None and self.on_grad is not None:  # shared input, one gradient per receiver
+            q, k, v = self._tracked_qkv(l, ln, attn, heads, resid.reshape(B, p, self.d))
+        elif x is None:  # one shared input: fused projections, keys and values once per kv head
             xn = ln(resid.expand(K, self.bp, p, self.d).reshape(B, p, self.d))
             q = _proj(xn, attn.w_q, attn.b_q, dh)
             k, v = _proj(xn, attn.w_k, attn.b_k, dh), _proj(xn, attn.w_v, attn.b_v, dh)
@@ -217,6 +222,27 @@ class Walk:
             out = attn.post_norm.shares(out, dim=0)
         return out.view(a, K, self.bp, p, self.d)
 
+    def _tracked_qkv(self, l: int, ln, attn, heads: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """q, k, v [B, a, pos, d_head] from the shared residual x [B, pos, d], one key and value per
+        *query* head, each hooked so its gradient is pulled back through W and the norm to the
+        receiver's input (the norm's closed-form VJP: no per-receiver copy of the input is made)."""
+        xn, dh, groups = ln(x), self.cfg.d_head, heads // self.cfg.group_size
+        out = []
+        for t, W, bias, idx in (("q", attn.W_Q, attn.b_q, heads), ("k", attn.W_K, attn.b_k, groups),
+                                ("v", attn.W_V, attn.b_v, groups)):
+            W = W[idx]  # [a, d, d_head]: one layer's weights, gathered per query head
+            y = _proj(xn, W.permute(1, 0, 2).reshape(self.d, -1), None if bias is None else bias.view(-1, dh)[idx].reshape(-1), dh)
+            rows = self.g.qkv_receiver(l, t, 0) + heads
+
+            def pull_back(g, W=W, rows=rows):  # g [B, a, pos, d_head]
+                a, B, p = g.shape[1], g.shape[0], g.shape[2]
+                g_xn = torch.bmm(g.transpose(0, 1).reshape(a, B * p, dh), W.transpose(1, 2))  # [a, B·pos, d]
+                self.on_grad(rows, ln.vjp(x.detach(), g_xn.view(a, B, p, self.d)).reshape(a, -1))
+
+            y.register_hook(pull_back)
+            out.append(y)
+        return out[0], out[1], out[2]
+
     def _mlp(self, l: int, base: Tensor, resid: Tensor):
         """The MLP of layer l, reading the residual given (pre-attention for parallel blocks)."""
         g, mlp = self.g, self.model.blocks[l].mlp
@@ -232,6 +258,9 @@ class Walk:
         x, K, resid = self._receiver_inputs(rows, base, resid)
         if x is None:
             x = resid.expand(K, self.bp, self.p, self.d)
+            if self.on_grad is not None:
+                x = x.view_as(x)  # a node of its own: its gradient is this receiver's alone
+                x.register_hook(lambda g: self.on_grad(rows, g.reshape(1, -1)))
         x = self.model.blocks[l].ln2(x.reshape(K, self.bp, self.p, self.d))
         out = mlp.output(mlp.hidden(x)[1])  # [K, b', pos, d]
         diff = out - abl
@@ -243,17 +272,21 @@ class Walk:
         rows = torch.tensor([self.g.logits_receiver])
         M, K = self._mask_rows(rows)
         pos = self.inputs.answer_pos.view(self.data_k, self.bp)
-        if M is None and not self.track:
+        if M is None:
             x = _at(self.resid, pos)  # [K, b', d]
         else:
-            if M is None:
-                M = self.g.edge_mask[rows].to(self.model.dtype)[None]
-            mixed = self.store.mix_at(M[:, :, self.store.cols], pos)  # [1, K, b', d]
-            x = mixed[0] + _at(self.base, pos)
-            if self.track:
-                self.tracked.append((rows, x[None]))
+            x = self.store.mix_at(M[:, :, self.store.cols], pos)[0] + _at(self.base, pos)
+        if self.on_grad is not None:
+            x = x.view_as(x)
+            x.register_hook(lambda g: self.on_grad(rows, self._spread(g, pos)))
         logits = self.model.unembed(x)  # [K, b', vocab]
         return logits.expand(self.k, -1, -1) if logits.shape[0] != self.k else logits
+
+    def _spread(self, g: Tensor, pos: Tensor) -> Tensor:
+        """A gradient at the answer positions [1, b', d] → [1, b'·pos·d], zero elsewhere."""
+        full = g.new_zeros(self.bp, self.p, self.d)
+        full[torch.arange(self.bp), pos[0]] = g[0]
+        return full.reshape(1, -1)
 
     def diffs(self) -> Tensor:
         """Recorded sender differences D as [src, batch, pos, d] (requires record and masks None)."""

@@ -40,6 +40,7 @@ ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "gelu_fast": lambda x: F.gelu(x, approximate="tanh"),
     "relu": F.relu,
     "silu": F.silu,
+    "identity": lambda x: x,  # linear MLPs (toy and test models)
 }
 
 
@@ -108,6 +109,24 @@ class Norm(nn.Module):
         x32 = x.to(wide)
         normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return (normed * (self.offset + self.w.to(wide))).to(x.dtype)
+
+    def vjp(self, x: Tensor, g: Tensor) -> Tensor:
+        """Gradient w.r.t. the input x [..., d] given gradients g [n?, ..., d] w.r.t. forward(x).
+
+        Closed form, broadcasting over g's leading dimension: attribution pulls one gradient per
+        receiver back through the norm that all receivers of a layer share.
+        """
+        if self.kind == "none":
+            return g
+        x = x.to(torch.promote_types(x.dtype, torch.float32))
+        if self.kind == "layernorm":
+            mu = x.mean(-1, keepdim=True)
+            inv = torch.rsqrt((x - mu).pow(2).mean(-1, keepdim=True) + self.eps)
+            xhat, gh = (x - mu) * inv, g * self.w
+            return ((gh - gh.mean(-1, keepdim=True) - xhat * (gh * xhat).mean(-1, keepdim=True)) * inv).to(g.dtype)
+        inv = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        xhat, gh = x * inv, g * (self.offset + self.w)
+        return ((gh - xhat * (gh * xhat).mean(-1, keepdim=True)) * inv).to(g.dtype)
 
     def shares(self, parts: Tensor, dim: int) -> Tensor:
         """Each part's share of the RMS-normed sum: Σ_dim shares == forward(parts.sum(dim)).

@@ -1,0 +1,88 @@
+"""Metrics: what a circuit must preserve, as a number per example.
+
+A metric is `fn(logits, targets) -> Tensor[batch]`, with logits [batch, vocab] at each example's
+answer position and `targets` carrying the answer token ids (`correct`, `wrong`: [batch, n], padded
+with -1) and, for KL, the clean model's logits (`clean_logits`). Built-ins:
+
+    logit-diff   mean logit of the correct answers − mean logit of the wrong ones   (higher = better)
+    prob-diff    total probability of correct answers − of wrong ones               (higher = better)
+    kl           KL(clean ‖ current) of the next-token distribution                  (lower = better)
+    ce           cross-entropy of the first correct answer                           (lower = better)
+
+Any callable with the same signature works (e.g. a squared error for numerical tracr outputs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from circuitfind.errors import MetricError
+
+Metric = Callable[[Tensor, "Targets"], Tensor]
+
+
+@dataclass(frozen=True)
+class Targets:
+    correct: Tensor  # [batch, n_correct] long, -1 = padding
+    wrong: Tensor  # [batch, n_wrong] long, -1 = padding
+    clean_logits: Tensor | None = None  # [batch, vocab], for KL
+    values: Tensor | None = None  # [batch] float, for numerical tasks
+
+    def with_clean(self, clean_logits: Tensor) -> "Targets":
+        return Targets(self.correct, self.wrong, clean_logits.detach(), self.values)
+
+
+def _mean_at(x: Tensor, ids: Tensor) -> Tensor:
+    """Mean of x [batch, vocab] over the valid ids [batch, n] of each row → [batch]."""
+    valid = ids >= 0
+    picked = x.gather(-1, ids.clamp(min=0)) * valid
+    return picked.sum(-1) / valid.sum(-1).clamp(min=1)
+
+
+def logit_diff(logits: Tensor, t: Targets) -> Tensor:
+    return _mean_at(logits, t.correct) - _mean_at(logits, t.wrong)
+
+
+def prob_diff(logits: Tensor, t: Targets) -> Tensor:
+    probs = logits.softmax(-1)
+    valid_c, valid_w = t.correct >= 0, t.wrong >= 0
+    return (probs.gather(-1, t.correct.clamp(min=0)) * valid_c).sum(-1) - (probs.gather(-1, t.wrong.clamp(min=0)) * valid_w).sum(-1)
+
+
+def kl(logits: Tensor, t: Targets) -> Tensor:
+    if t.clean_logits is None:
+        raise MetricError("the kl metric needs the clean model's logits (targets.with_clean(...))")
+    ref = t.clean_logits.log_softmax(-1)
+    return (ref.exp() * (ref - logits.log_softmax(-1))).sum(-1)
+
+
+def cross_entropy(logits: Tensor, t: Targets) -> Tensor:
+    return -logits.log_softmax(-1).gather(-1, t.correct[:, :1].clamp(min=0))[:, 0]
+
+
+METRICS: dict[str, Metric] = {"logit-diff": logit_diff, "prob-diff": prob_diff, "kl": kl, "ce": cross_entropy}
+HIGHER_IS_BETTER = {"logit-diff": True, "prob-diff": True, "kl": False, "ce": False}
+
+
+def resolve_metric(metric: str | Metric) -> Metric:
+    if callable(metric):
+        return metric
+    if metric not in METRICS:
+        raise MetricError(f"unknown metric {metric!r}; built-ins: {', '.join(METRICS)} (or pass a callable "
+                          "fn(logits [batch, vocab], targets) -> [batch])")
+    return METRICS[metric]
+
+
+def checked(values: Tensor, batch: int, name: str = "metric") -> Tensor:
+    """Raise a MetricError unless values is a finite tensor of shape [batch]."""
+    if not isinstance(values, Tensor) or values.shape != (batch,):
+        shape = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
+        raise MetricError(f"{name} must return one value per example, shape ({batch},); got {shape}")
+    if not torch.isfinite(values).all():
+        raise MetricError(f"{name} returned NaN or infinity on {int((~torch.isfinite(values)).sum())} of {batch} "
+                          "examples; check the answer ids and the metric")
+    return values
