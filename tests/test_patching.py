@@ -123,3 +123,24 @@ def test_bad_mask_shape_and_unequal_lengths(model):
         ablated_outputs(model, "corrupted", clean, short)
     with pytest.raises(cf.ConfigError, match="unknown ablation"):
         ablated_outputs(model, "banana", clean)
+
+
+def test_edge_effects_equal_one_masked_forward_per_edge(model):
+    from circuitfind.engine.patching import edge_effects
+    clean, corrupt = _pair()
+    abl = ablated_outputs(model, "corrupted", clean, corrupt)
+    g = model.graph
+
+    def objective(logits):  # [k, batch, vocab] → [k]
+        return (logits[..., 5] - logits[..., 7]).mean(-1)
+
+    effects = edge_effects(model, clean, abl, objective, max_masks=5)
+    ones = g.edge_mask.double()
+    base = objective(masked_forward(model, clean, abl, ones)[None])
+    edges = g.edge_mask.nonzero()
+    for dst, src in edges[torch.linspace(0, len(edges) - 1, 25).long()].tolist():
+        mask = ones.clone()
+        mask[dst, src] = 0
+        want = objective(reference_masked_logits(model, clean.tokens, clean.attention_mask, clean.answer_pos, abl, mask)[None]) - base
+        assert abs(effects[dst, src].item() - want.item()) <= 1e-6
+    assert bool((effects[~g.edge_mask] == 0).all())

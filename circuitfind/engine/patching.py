@@ -32,15 +32,17 @@ Worked example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from tqdm.auto import tqdm
 from torch import Tensor
 
 from circuitfind.engine.walk import Inputs, Walk
 from circuitfind.errors import ConfigError
 
-__all__ = ["Inputs", "Prefix", "masked_forward", "prefix", "sender_outputs", "clean_logits"]
+__all__ = ["Inputs", "Prefix", "masked_forward", "prefix", "sender_outputs", "clean_logits", "edge_effects"]
 
 
 @dataclass
@@ -96,7 +98,7 @@ def prefix(model, inputs: Inputs, ablated: Tensor, layer: int) -> Prefix:
     """Run the clean model below `layer` once, for batches of masks that differ only from there on."""
     if not 0 <= layer <= model.cfg.n_layers:
         raise ConfigError(f"layer must be in [0, {model.cfg.n_layers}], got {layer}")
-    walk = Walk(model, inputs, ablated, None, record=True)
+    walk = Walk(model, inputs, ablated, None, record=True, branchable=True)
     walk.run(stop=layer)
     return Prefix(layer, walk)
 
@@ -112,3 +114,34 @@ def sender_outputs(model, inputs: Inputs) -> Tensor:
 def clean_logits(model, inputs: Inputs) -> Tensor:
     """Logits [batch, vocab] of the unpatched model at the answer positions."""
     return model(inputs.tokens, inputs.attention_mask)[torch.arange(inputs.batch), inputs.answer_pos]
+
+
+def edge_effects(model, inputs: Inputs, ablated: Tensor, objective: Callable[[Tensor], Tensor], *,
+                 receivers: list[int] | None = None, max_masks: int = 64, quiet: bool = True) -> Tensor:
+    """Exact effect of ablating each edge alone: objective(patched) − objective(clean), [dst, src].
+
+    objective: logits [k, batch, vocab] → [k] (one value per mask). Receivers are taken layer by
+    layer from one clean run: a patch into layer l reuses everything below l, and within layer l
+    only the patched head (or MLP) is recomputed per edge. receivers: restrict to these ids.
+    """
+    g = model.graph
+    wanted = set(range(g.n_receivers) if receivers is None else receivers)
+    out = torch.zeros(g.n_receivers, g.n_senders, device=model.device)
+    full = g.edge_mask.to(model.dtype)
+    with torch.no_grad():
+        clean_value = objective(clean_logits(model, inputs)[None])[0]
+        walk = Walk(model, inputs, ablated, None, record=True, branchable=True)
+        total = int(g.edge_mask[sorted(wanted)].sum())
+        bar = tqdm(total=total, desc="exact patching", unit="edge", disable=quiet)
+        for layer in range(g.n_layers + 1):
+            walk.run(stop=layer) if layer < g.n_layers else None
+            for dst in (r for r in range(g.n_receivers) if int(g.receiver_layer[r]) == layer and r in wanted):
+                srcs = g.edge_mask[dst].nonzero()[:, 0]
+                for chunk in srcs.split(max_masks):
+                    masks = full.expand(len(chunk), -1, -1).clone()
+                    masks[torch.arange(len(chunk)), dst, chunk] = 0
+                    values = objective(walk.branch(masks).run())
+                    out[dst, chunk] = (values - clean_value).to(out.dtype)
+                    bar.update(len(chunk))
+        bar.close()
+    return out

@@ -28,6 +28,14 @@ class _Segment:
         return self.buf[:, : self.n]
 
 
+def take(t: Tensor, idx: Tensor, dim: int) -> Tensor:
+    """t indexed along dim by idx: a view when idx is a contiguous range, a gather otherwise."""
+    n = len(idx)
+    if n and int(idx[-1]) - int(idx[0]) == n - 1 and (n < 3 or bool((idx[1:] - idx[:-1] == 1).all())):
+        return t.narrow(dim, int(idx[0]), n)
+    return t.index_select(dim, idx.to(t.device))
+
+
 def _mix(M: Tensor, D: Tensor) -> Tensor:
     """M [K_M, r, n] with D [K_D, n, W] → [r, max(K_M, K_D), W]."""
     K_M, r, n = M.shape
@@ -68,6 +76,7 @@ class DiffStore:
         """k masks; shape (b', pos, d_model) of one sender's output; room for `capacity` senders."""
         self.k, self.shape, self.capacity, self.grad = k, shape, capacity, grad
         self.W = shape[0] * shape[1] * shape[2]
+        self.shape_full = (1, *shape)
         self.segments: list[_Segment] = []
         self._cols: list[int] = []
         self._cols_t: Tensor | None = None
@@ -83,28 +92,66 @@ class DiffStore:
             self._cols_t = torch.tensor(self._cols, dtype=torch.long)
         return self._cols_t
 
-    def append(self, senders: Tensor, diff: Tensor) -> None:
-        """Store D of these senders: diff [s, K, b', pos, d]."""
-        s, K = diff.shape[0], diff.shape[1]
+    def _segment(self, K: int, like: Tensor) -> _Segment:
         seg = self.segments[-1] if self.segments else None
         if seg is None or seg.K != K or seg.frozen:
-            seg = _Segment(K, self.capacity - len(self._cols), self.W, diff)
+            seg = _Segment(K, self.capacity - len(self._cols), self.W, like)
             self.segments.append(seg)
-        block = diff.reshape(s, K, self.W).transpose(0, 1)  # [K, s, W]
-        seg.buf[:, seg.n: seg.n + s] = block.detach()
-        seg.n += s
+        return seg
+
+    def reserve(self, senders: Tensor, like: Tensor) -> Tensor | None:
+        """Buffer space [s, W] for these senders' D, to be written in place by the caller (K = 1,
+        no gradients), or None where the caller must use `append`."""
         if self.grad:
-            seg.blocks.append(block)
+            return None
+        seg = self._segment(1, like)
+        s = len(senders)
+        view = seg.buf[0, seg.n: seg.n + s]
+        seg.n += s
         self._cols += senders.tolist()
         self._cols_t = None
+        return view
 
-    def mix(self, M: Tensor) -> Tensor:
-        """Mask rows M [K_M, r, S] (columns in store order) → Σ_s M·D as [r, K, W]."""
+    def append(self, senders: Tensor, out: Tensor, abl: Tensor) -> Tensor:
+        """Store D = out − abl for these senders (out [s, K, b', pos, d], abl broadcastable); return D."""
+        s, K = out.shape[0], out.shape[1]
+        if K == 1 and not self.grad and out.shape[1:] == self.shape_full:  # D straight into the buffer
+            diff = self.reserve(senders, out).view(out.shape)
+            torch.sub(out, abl, out=diff)
+            return diff
+        return self.append_diff(senders, out - abl)
+
+    def append_diff(self, senders: Tensor, diff: Tensor) -> Tensor:
+        """Store an already computed D [s, K, b', pos, d] for these senders; return it."""
+        s, K = diff.shape[0], diff.shape[1]
+        seg = self._segment(K, diff)
+        block = diff.reshape(s, K, self.W).transpose(0, 1)  # [K, s, W]
+        seg.buf[:, seg.n: seg.n + s] = block.detach()
+        if self.grad:
+            seg.blocks.append(block)
+        seg.n += s
+        self._cols += senders.tolist()
+        self._cols_t = None
+        return diff
+
+    @property
+    def n(self) -> int:
+        """Stored columns so far."""
+        return len(self._cols)
+
+    def mix(self, M: Tensor, start: int = 0) -> Tensor:
+        """Mask rows M [K_M, r, S − start] for store columns start.. (in store order) times D → [r, K, W]."""
         out, c = None, 0
         for seg in self.segments:
-            Ms = M[:, :, c: c + seg.n]
-            part = _SegmentMix.apply(Ms, seg.data, *seg.blocks) if self.grad else _mix(Ms, seg.data)
-            out = part if out is None else out + part
+            if c + seg.n > start:
+                skip = max(start - c, 0)
+                Ms = M[:, :, c + skip - start: c + seg.n - start]
+                if self.grad:
+                    data = seg.data[:, skip:]
+                    part = _SegmentMix.apply(Ms, data, *_blocks_from(seg.blocks, skip))
+                else:
+                    part = _mix(Ms, seg.data[:, skip:])
+                out = part if out is None else out + part
             c += seg.n
         return out
 
@@ -120,12 +167,13 @@ class DiffStore:
         return out.view(out.shape[0], out.shape[1], pos.shape[1], -1)
 
     def dense(self, n_src: int) -> Tensor:
-        """All stored D as [src, K·W] in sender order (unstored senders are zero); a view when it can be."""
+        """All stored D of real senders (ids < n_src) as [src, K·W] in sender order; a view when it can be."""
         if len(self.segments) == 1 and self.segments[0].K == 1 and self._cols == list(range(n_src)):
             return self.segments[0].data[0]
         data = torch.cat([seg.data for seg in self.segments], dim=1)  # [K, S, W]
         out = data.new_zeros(n_src, data.shape[0] * self.W)
-        out[self.cols] = data.transpose(0, 1).reshape(len(self._cols), -1)
+        real = self.cols < n_src
+        out[self.cols[real]] = data.transpose(0, 1)[real].reshape(int(real.sum()), -1)
         return out
 
     def branch(self, k: int) -> "DiffStore":
@@ -135,6 +183,19 @@ class DiffStore:
             seg.frozen = True
         other.segments, other._cols = list(self.segments), list(self._cols)
         return other
+
+
+def _blocks_from(blocks: list[Tensor], skip: int) -> list[Tensor]:
+    """The blocks (each [K, s, W]) that hold columns skip.., the first one cut to start there."""
+    out = []
+    for b in blocks:
+        s = b.shape[1]
+        if skip >= s:
+            skip -= s
+            continue
+        out.append(b[:, skip:] if skip else b)
+        skip = 0
+    return out
 
 
 def _gather_pos(x: Tensor, pos: Tensor, shape: tuple[int, int, int]) -> Tensor:

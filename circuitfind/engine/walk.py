@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from circuitfind.engine.store import DiffStore
+from circuitfind.engine.store import DiffStore, take
 from circuitfind.errors import ConfigError
 
 
@@ -60,7 +60,7 @@ class Walk:
 
     def __init__(self, model, inputs: Inputs, ablated: Tensor, masks: Tensor | None, *, per_example: bool = False,
                  record: bool = False, on_grad: Callable[[Tensor, Tensor], None] | None = None,
-                 input_alpha: float = 1.0):
+                 input_alpha: float = 1.0, branchable: bool = False):
         self.model, self.cfg, self.g = model, model.cfg, model.graph
         b, p = inputs.tokens.shape
         if ablated.ndim != 4 or ablated.shape[0] != self.g.n_senders or ablated.shape[1] not in (1, b) \
@@ -79,10 +79,17 @@ class Walk:
         self.abl = ablated.unsqueeze(2) if per_example else ablated.unsqueeze(1)
         self.positions = model.positions(inputs.attention_mask)
         self.active = self._active_senders()
+        self.mix_until = self._last_mixing_layer()
         grad = torch.is_grad_enabled() and (on_grad is not None or (masks is not None and masks.requires_grad))
-        self.store = DiffStore(self.k, (self.bp, p, self.d), self.g.n_senders, grad)
+        # The constants a block adds to the residual (ablated outputs + biases) are stored as extra
+        # columns with coefficient "written before the receiver reads", so mixing is one GEMM.
+        self.base_columns = masks is not None or branchable
+        n_blocks = 1 + 2 * self.cfg.n_layers  # input, then attention and MLP of each layer
+        self.store = DiffStore(self.k, (self.bp, p, self.d), self.g.n_senders + n_blocks, grad)
         self.layer = 0
         self.base: Tensor | None = None  # biases + Σ abl_u over senders so far   [K|1, b'|1, pos|1, d]
+        self.base_coeff: Tensor | None = None  # [dst, src + blocks]: mask columns for the constants
+        self._mlp_partial: tuple[Tensor, int] | None = None  # MLP input mixed early, and the columns it saw
         self.resid: Tensor | None = None  # the real residual stream of this run  [K, b', pos, d]
         self._allowed: dict[tuple[bool, int], Tensor] = {}
 
@@ -97,6 +104,20 @@ class Walk:
                 s = slice(self.g.head_sender(l, 0), self.g.mlp_sender(l))
                 active[s] = active[s].any()
         return active
+
+    def _last_mixing_layer(self) -> int:
+        """The last layer with a receiver that mixes (n_layers = logits); later senders need no D stored."""
+        if self.masks is None or self.record or self.masks.requires_grad:
+            return self.cfg.n_layers
+        full = self.g.edge_mask.to(self.masks.dtype)
+        mixing = (self.masks.detach() != full).any(0).any(-1)  # [dst]
+        return int(self.g.receiver_layer[mixing].max()) if bool(mixing.any()) else -1
+
+    def _diff(self, senders: Tensor, out: Tensor, abl: Tensor, layer: int) -> Tensor:
+        """D = out − abl for these senders, kept in the store while a later receiver still mixes."""
+        if layer <= self.mix_until:
+            return self.store.append(senders, out, abl)
+        return out - abl
 
     def _rows(self, x: Tensor, K: int) -> Tensor:
         """Per-example x [batch, ...] → attention rows [K·b', ...] for a computation with K copies."""
@@ -120,6 +141,7 @@ class Walk:
         other.__dict__.update(self.__dict__)
         other.masks, other.k, other.record, other.on_grad = masks, masks.shape[0], False, None
         other.active = other._active_senders()
+        other.mix_until = other._last_mixing_layer()
         other.active[: self.g.senders_before(self.layer)] = True  # computed already
         other.store = self.store.branch(other.k)
         other._allowed = dict(self._allowed)
@@ -131,12 +153,9 @@ class Walk:
         if self.layer == 0 and self.base is None:
             self._embed()
         for l in range(self.layer, self.cfg.n_layers if stop is None else stop):
-            base_pre, resid_pre = self.base, self.resid
+            resid_pre = self.resid
             self._attention(l)
-            if self.cfg.parallel:  # the MLP reads what attention read
-                self._mlp(l, base_pre, resid_pre)
-            else:
-                self._mlp(l, self.base, self.resid)
+            self._mlp(l, resid_pre if self.cfg.parallel else self.resid)  # parallel: reads what attention read
             self.layer = l + 1
         return None if stop is not None else self._logits()
 
@@ -144,22 +163,23 @@ class Walk:
         x = self.model.embed(self.inputs.tokens, self.positions)  # [batch, pos, d]
         x = x.view(self.data_k, self.bp, self.p, self.d)
         abl = self.abl[0]  # [K|1, b'|1, pos|1, d]
-        diff = (x - abl) * self.input_alpha if self.input_alpha != 1.0 else x - abl
+        out = x if self.input_alpha == 1.0 else abl + (x - abl) * self.input_alpha
         if self.on_grad is not None:  # weights are frozen: gradients start from the input sender
-            diff = diff.detach().requires_grad_(True)
-        self.base, self.resid = abl, abl + diff
-        self.store.append(torch.tensor([0]), diff.expand(self.data_k, self.bp, self.p, self.d)[None])
+            out = out.detach().requires_grad_(True)
+        self.base, self.resid = abl, out
+        self.store.append(torch.tensor([0]), out[None], abl[None])
+        self._add_base(0, abl, -1)
 
     def _mask_rows(self, rows: Tensor) -> tuple[Tensor | None, int]:
         """Mask rows [k|1, r, src] for these receivers, or None where they read the real residual.
 
         Returns the rows and K, the number of distinct copies the receivers' inputs have.
         """
-        K_state = self.store.K
+        K_state = self.resid.shape[0]  # copies so far (the store may have stopped keeping blocks)
         if self.masks is None:
             return None, K_state
-        M = self.masks[:, rows]
-        full = self.g.edge_mask[rows].to(M.dtype)
+        M = take(self.masks, rows, 1)
+        full = take(self.g.edge_mask, rows, 0).to(M.dtype)
         same = self.k == 1 or bool((M == M[:1]).all())
         if same and not M.requires_grad and bool((M[0] == full).all()):
             return None, K_state
@@ -167,13 +187,30 @@ class Walk:
             return M[:1], 1
         return M, self.k
 
-    def _receiver_inputs(self, rows: Tensor, base: Tensor, resid: Tensor) -> tuple[Tensor | None, int, Tensor]:
+    def _extended(self, M: Tensor, rows: Tensor) -> Tensor:
+        """Mask rows [k|1, r, src] with the constant columns appended, in store column order."""
+        if self.base_coeff is None:
+            g = self.g
+            firsts = [0] + [s for l in range(self.cfg.n_layers) for s in (g.head_sender(l, 0), g.mlp_sender(l))]
+            self.base_coeff = g.edge_mask[:, firsts].to(self.model.dtype)
+        consts = self.base_coeff[rows].expand(M.shape[0], -1, -1)
+        return take(torch.cat([M, consts], dim=2), self.store.cols, 2)
+
+    def _add_base(self, block: int, inc: Tensor, layer: int) -> None:
+        """Add a block's constant (its senders' ablated outputs + bias) to the base, and to the store."""
+        if block > 0:
+            self.base = self.base + inc
+        if self.base_columns and layer <= self.mix_until:
+            K = self.store.K
+            full = inc.expand(K, self.bp, self.p, self.d)
+            self.store.append(torch.tensor([self.g.n_senders + block]), full[None], 0)
+
+    def _receiver_inputs(self, rows: Tensor, resid: Tensor) -> tuple[Tensor | None, int, Tensor]:
         """Inputs of these receivers, [r, K, b'·pos·d], or None with the residual where they read it."""
         M, K = self._mask_rows(rows)
         if M is None:
             return None, resid.shape[0], resid
-        mixed = self.store.mix(M[:, :, self.store.cols])  # [r, K, W]
-        x = mixed + base.expand(K, self.bp, self.p, self.d).reshape(1, K, -1)
+        x = self.store.mix(self._extended(M, rows))
         if self.on_grad is not None:
             x.register_hook(lambda g: self.on_grad(rows, g[:, 0]))
         return x, K, resid
@@ -182,23 +219,56 @@ class Walk:
         g, attn = self.g, self.model.blocks[l].attn
         heads = torch.tensor([h for h in range(g.n_heads) if self.active[g.head_sender(l, h)]], dtype=torch.long)
         senders = torch.tensor([g.head_sender(l, h) for h in range(g.n_heads)])
-        abl = self.abl[senders]  # [h, K|1, b'|1, pos|1, d]
+        abl = take(self.abl, senders, 0)  # [h, K|1, b'|1, pos|1, d]
         bias = self.model.block_bias(l, "attn")
-        new_base = self.base + abl.sum(0) + (bias if bias is not None else 0)
-        if len(heads) == 0:
-            self.base, self.resid = new_base, self.resid + (new_base - self.base)
-            return
-        rows = torch.cat([g.qkv_receiver(l, t, 0) + heads for t in "qkv"])
-        x, K, resid = self._receiver_inputs(rows, self.base, self.resid)
-        out = self._heads(l, attn, heads, x, resid, K)  # [a, K, b', pos, d]
-        diff = out - abl[heads]
-        self.store.append(senders[heads], diff)
-        # resid stays base + Σ D: what the heads wrote plus the ablated output of skipped heads
-        self.resid = self.resid + diff.sum(0) + (new_base - self.base)
-        self.base = new_base
+        inc = abl.sum(0) + (bias if bias is not None else 0)
+        outs = []
+        groups = self._head_groups(l, heads)
+        fuse_mlp = self._fuse_mlp(l, groups)
+        for group in groups:  # all groups read the same residual
+            rows = torch.cat([g.qkv_receiver(l, t, 0) + group for t in "qkv"])
+            if fuse_mlp:
+                rows = torch.cat([rows, torch.tensor([g.mlp_receiver(l)])])
+            x, K, resid = self._receiver_inputs(rows, self.resid)
+            if fuse_mlp:
+                self._mlp_partial, x = (x[-1:], self.store.n), x[:-1]
+            diff = self._heads(l, attn, group, x, resid, K, take(senders, group, 0), take(abl, group, 0))
+            outs.append(diff)  # D of these heads [a, K, b', pos, d]
+        resid = self.resid + inc
+        for diff in outs:
+            resid = resid + diff.sum(0)  # resid stays base + Σ D (skipped heads wrote their ablation)
+        self._add_base(1 + 2 * l, inc, l)
+        self.resid = resid
 
-    def _heads(self, l: int, attn, heads: Tensor, x: Tensor | None, resid: Tensor, K: int) -> Tensor:
-        """Per-head outputs [a, K, b', pos, d] of the given heads of layer l."""
+    def _fuse_mlp(self, l: int, groups: list[Tensor]) -> bool:
+        """Mix the MLP receiver in the attention receivers' GEMM (one read of D per layer, not two)?
+
+        Only when both mix with the same copies; the MLP then adds its layer's own heads later.
+        """
+        if len(groups) != 1 or not self.active[self.g.mlp_sender(l)] or self.on_grad is not None:
+            return False
+        rows = torch.cat([self.g.qkv_receiver(l, t, 0) + groups[0] for t in "qkv"])
+        (M_attn, K_attn), (M_mlp, K_mlp) = self._mask_rows(rows), self._mask_rows(torch.tensor([self.g.mlp_receiver(l)]))
+        return M_attn is not None and M_mlp is not None and K_attn == K_mlp
+
+    def _head_groups(self, l: int, heads: Tensor) -> list[Tensor]:
+        """Split heads into those whose q/k/v mask rows agree across the k masks (computed once)
+        and those whose rows differ (computed per mask): patching one edge into one head of a
+        layer then costs one head per mask at that layer, not the whole layer."""
+        if len(heads) == 0:
+            return []
+        if self.masks is None or self.k == 1 or self.resid.shape[0] != 1 or self.cfg.post_norms:
+            return [heads]
+        rows = torch.stack([self.g.qkv_receiver(l, t, 0) + heads for t in "qkv"])  # [3, a]
+        M = self.masks[:, rows.flatten()]
+        same = (M == M[:1]).flatten(2).all(2).all(0).view(3, -1).all(0)  # [a]
+        if bool(same.all()) or not bool(same.any()):
+            return [heads]
+        return [heads[same], heads[~same]]
+
+    def _heads(self, l: int, attn, heads: Tensor, x: Tensor | None, resid: Tensor, K: int, senders: Tensor,
+               abl: Tensor) -> Tensor:
+        """D = out − abl [a, K, b', pos, d] of the given heads of layer l (stored as needed)."""
         cfg, a, B, p, dh = self.cfg, len(heads), K * self.bp, self.p, self.cfg.d_head
         ln = self.model.blocks[l].ln1
         groups = heads // cfg.group_size
@@ -210,17 +280,27 @@ class Walk:
             k, v = _proj(xn, attn.w_k, attn.b_k, dh), _proj(xn, attn.w_v, attn.b_v, dh)
             if a < cfg.n_heads:
                 q, k, v = q[:, heads], k[:, groups], v[:, groups]
-        else:  # a separate input per receiver: [3a, K·b'·pos, d]
-            xn = ln(x.reshape(3 * a, B * p, self.d))
-            q, k, v = (_proj_each(xn[i * a:(i + 1) * a], W[idx], bias, idx, dh, B, p)
+        else:  # a separate input per receiver: [3a, K·b'·pos, d], normed inside the projection
+            x = x.reshape(3 * a, B * p, self.d)
+            q, k, v = (_proj_each(ln, x[i * a:(i + 1) * a], W[idx], bias, idx, dh, B, p)
                        for i, (W, bias, idx) in enumerate(((attn.W_Q, attn.b_q, heads), (attn.W_K, attn.b_k, groups),
                                                            (attn.W_V, attn.b_v, groups))))
         z, _ = attn.attend(q, k, v, self._rope_rows(K), self._allowed_rows(l, K))  # [B, a, pos, d_head]
         z = z.transpose(0, 1).reshape(a, B * p, dh)
-        out = torch.bmm(z, attn.W_O[heads])  # [a, B·pos, d]
+        W_O = take(attn.W_O, heads, 0)
         if attn.post_norm is not None:
-            out = attn.post_norm.shares(out, dim=0)
-        return out.view(a, K, self.bp, p, self.d)
+            out = attn.post_norm.shares(torch.bmm(z, W_O), dim=0).view(a, K, self.bp, p, self.d)
+            return self._diff(senders, out, abl, l)
+        # D = z W_O − abl in one op, written straight into the store where it is kept
+        keep = l <= self.mix_until
+        target = self.store.reserve(senders, z) if keep and K == 1 else None
+        target = None if target is None else target.view(a, B * p, self.d)
+        abl3 = abl.expand(a, K, self.bp, p, self.d).reshape(a, B * p, self.d) if abl.shape[2:4] != (1, 1) \
+            else abl.reshape(a, 1, self.d)
+        diff = torch.baddbmm(abl3, z, W_O, beta=-1, out=target).view(a, K, self.bp, p, self.d)
+        if keep and target is None:
+            self.store.append_diff(senders, diff)
+        return diff
 
     def _tracked_qkv(self, l: int, ln, attn, heads: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """q, k, v [B, a, pos, d_head] from the shared residual x [B, pos, d], one key and value per
@@ -243,7 +323,7 @@ class Walk:
             out.append(y)
         return out[0], out[1], out[2]
 
-    def _mlp(self, l: int, base: Tensor, resid: Tensor):
+    def _mlp(self, l: int, resid: Tensor):
         """The MLP of layer l, reading the residual given (pre-attention for parallel blocks)."""
         g, mlp = self.g, self.model.blocks[l].mlp
         s = g.mlp_sender(l)
@@ -251,11 +331,18 @@ class Walk:
         bias = self.model.block_bias(l, "mlp")
         add = abl + (bias if bias is not None else 0)
         if not self.active[s]:
-            self.base = self.base + add
             self.resid = self.resid + add
+            self._add_base(2 + 2 * l, add, l)
             return
         rows = torch.tensor([g.mlp_receiver(l)])
-        x, K, resid = self._receiver_inputs(rows, base, resid)
+        partial, self._mlp_partial = self._mlp_partial, None
+        if partial is not None:  # mixed with the attention receivers; add what this layer's heads wrote
+            x, start = partial
+            M, K = self._mask_rows(rows)
+            if self.store.n > start and not self.cfg.parallel:  # parallel MLPs never see their layer's heads
+                x = x + self.store.mix(self._extended(M, rows)[:, :, start:], start)
+        else:
+            x, K, resid = self._receiver_inputs(rows, resid)
         if x is None:
             x = resid.expand(K, self.bp, self.p, self.d)
             if self.on_grad is not None:
@@ -263,10 +350,9 @@ class Walk:
                 x.register_hook(lambda g: self.on_grad(rows, g.reshape(1, -1)))
         x = self.model.blocks[l].ln2(x.reshape(K, self.bp, self.p, self.d))
         out = mlp.output(mlp.hidden(x)[1])  # [K, b', pos, d]
-        diff = out - abl
-        self.store.append(torch.tensor([s]), diff[None])
-        self.base = self.base + add
+        diff = self._diff(torch.tensor([s]), out[None], abl[None], l)[0]
         self.resid = self.resid + add + diff
+        self._add_base(2 + 2 * l, add, l)
 
     def _logits(self) -> Tensor:
         rows = torch.tensor([self.g.logits_receiver])
@@ -275,7 +361,7 @@ class Walk:
         if M is None:
             x = _at(self.resid, pos)  # [K, b', d]
         else:
-            x = self.store.mix_at(M[:, :, self.store.cols], pos)[0] + _at(self.base, pos)
+            x = self.store.mix_at(self._extended(M, rows), pos)[0]
         if self.on_grad is not None:
             x = x.view_as(x)
             x.register_hook(lambda g: self.on_grad(rows, self._spread(g, pos)))
@@ -309,9 +395,7 @@ def _proj(xn: Tensor, w: Tensor, bias: Tensor | None, dh: int) -> Tensor:
     return y.view(*xn.shape[:2], -1, dh).transpose(1, 2)
 
 
-def _proj_each(xn: Tensor, W: Tensor, bias: Tensor | None, idx: Tensor, dh: int, B: int, p: int) -> Tensor:
-    """Per-head inputs xn [a, B·pos, d] through W [a, d, d_head] → [B, a, pos, d_head]."""
-    y = torch.bmm(xn, W)
-    if bias is not None:
-        y = y + bias.view(-1, dh)[idx][:, None]
+def _proj_each(ln, x: Tensor, W: Tensor, bias: Tensor | None, idx: Tensor, dh: int, B: int, p: int) -> Tensor:
+    """Per-head pre-norm inputs x [a, B·pos, d] through the norm and W [a, d, d_head] → [B, a, pos, d_head]."""
+    y = ln.project(x, W, None if bias is None else bias.view(-1, dh)[idx])
     return y.view(len(idx), B, p, dh).transpose(0, 1)

@@ -110,6 +110,29 @@ class Norm(nn.Module):
         normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return (normed * (self.offset + self.w.to(wide))).to(x.dtype)
 
+    def project(self, x: Tensor, W: Tensor, bias: Tensor | None = None) -> Tensor:
+        """forward(x) @ W (+ bias) without materialising forward(x): x [n, m, d], W [n, d, e] → [n, m, e].
+
+        The norm is affine per row once its statistics are known, so it folds into the weights:
+        LayerNorm: ((x @ w⊙W) − μ · Σ_d w⊙W) / σ + b @ W;  RMSNorm: (x @ (o + w)⊙W) / rms(x).
+        The engine projects a separate input per receiver; this saves a normalised copy of each.
+        """
+        if self.kind == "none":
+            y = torch.bmm(x, W)
+        elif self.kind == "layernorm":
+            # E[x²] − μ² from two fast reductions (torch.var_mean is ~40x slower on CPU)
+            mean = x.mean(-1, keepdim=True)
+            var = (torch.linalg.vector_norm(x, dim=-1, keepdim=True).square() / x.shape[-1] - mean.square()).clamp(min=0)
+            Ww = W * self.w[:, None]
+            y = (torch.bmm(x, Ww) - mean * Ww.sum(1, keepdim=True)) * torch.rsqrt(var + self.eps)
+            if self.b is not None:
+                y = y + (self.b @ W)[:, None]
+        else:
+            ms = torch.linalg.vector_norm(x.to(torch.promote_types(x.dtype, torch.float32)), dim=-1, keepdim=True).square() / x.shape[-1]
+            inv = torch.rsqrt(ms + self.eps)
+            y = torch.bmm(x, W * (self.offset + self.w)[:, None]) * inv.to(x.dtype)
+        return y if bias is None else y + bias[:, None]
+
     def vjp(self, x: Tensor, g: Tensor) -> Tensor:
         """Gradient w.r.t. the input x [..., d] given gradients g [n?, ..., d] w.r.t. forward(x).
 
