@@ -91,3 +91,13 @@ def test_integrated_gradients_with_one_step_is_eap_and_steps_differ():
     assert torch.equal(attribute(model, clean, abl, _objective, alphas=[1.0]), eap)
     ig = attribute(model, clean, abl, _objective, alphas=[0.2, 0.4, 0.6, 0.8, 1.0])
     assert not torch.allclose(ig, eap, atol=1e-6)
+
+
+def test_attribution_works_with_gradients_globally_off():
+    model = cf.from_hf(tiny_hf("llama"))
+    clean, corrupt = _pair()
+    abl = ablated_outputs(model, "corrupted", clean, corrupt)
+    with_grad = attribute(model, clean, abl, _objective)
+    with torch.no_grad():
+        without = attribute(model, clean, abl, _objective)
+    assert torch.equal(with_grad, without)

@@ -48,8 +48,8 @@ def attribute(model, inputs: Inputs, ablated: Tensor, objective: Objective, *,
         scores[rows, :n] -= weight * (grad.detach() @ D[:n].T).float()
 
     for alpha in alphas:
-        walk = Walk(model, inputs, ablated, None, on_grad=accumulate, input_alpha=float(alpha))
-        with torch.enable_grad():
+        with torch.enable_grad():  # whatever the caller's grad mode, this pass needs gradients
+            walk = Walk(model, inputs, ablated, None, on_grad=accumulate, input_alpha=float(alpha))
             value = objective(walk.run()[0])
             if value.ndim != 0:
                 raise ConfigError(f"the objective must return a scalar; got shape {tuple(value.shape)}")

@@ -17,18 +17,41 @@ class ZooEntry:
     family: str
     source: str  # "hub" | "shipped" | "tracr"
     location: str  # hub id, or path inside the package
+    layers: int
+    heads: int
+    parallel: bool = False
+    params: str = ""
     description: str = ""
+
+    @property
+    def n_edges(self) -> int:
+        from circuitfind.graph import Graph  # graph sits above models; only for the listing
+        return Graph(self.layers, self.heads, self.parallel).n_edges
 
 
 ZOO: dict[str, ZooEntry] = {e.name: e for e in [
-    ZooEntry("gpt2", "gpt2", "hub", "openai-community/gpt2", "GPT-2 small, 124M"),
-    ZooEntry("gpt2-medium", "gpt2", "hub", "openai-community/gpt2-medium", "GPT-2 medium, 355M"),
-    ZooEntry("pythia-70m", "gpt_neox", "hub", "EleutherAI/pythia-70m", "Pythia 70M"),
-    ZooEntry("pythia-160m", "gpt_neox", "hub", "EleutherAI/pythia-160m", "Pythia 160M"),
-    ZooEntry("Qwen2.5-0.5B", "qwen2", "hub", "Qwen/Qwen2.5-0.5B", "Qwen2.5 0.5B (GQA, qkv bias)"),
-    ZooEntry("Llama-3.2-1B", "llama", "hub", "meta-llama/Llama-3.2-1B", "Llama 3.2 1B (GQA, llama3 RoPE)"),
-    ZooEntry("gemma-2-2b", "gemma2", "hub", "google/gemma-2-2b", "Gemma 2 2B (soft-capping, sliding window)"),
+    ZooEntry("gpt2", "gpt2", "hub", "openai-community/gpt2", 12, 12, params="124M"),
+    ZooEntry("gpt2-medium", "gpt2", "hub", "openai-community/gpt2-medium", 24, 16, params="355M"),
+    ZooEntry("pythia-70m", "gpt_neox", "hub", "EleutherAI/pythia-70m", 6, 8, True, "70M"),
+    ZooEntry("pythia-160m", "gpt_neox", "hub", "EleutherAI/pythia-160m", 12, 12, True, "160M"),
+    ZooEntry("Qwen2.5-0.5B", "qwen2", "hub", "Qwen/Qwen2.5-0.5B", 24, 14, params="494M",
+             description="GQA (2 kv heads), qkv bias"),
+    ZooEntry("Llama-3.2-1B", "llama", "hub", "meta-llama/Llama-3.2-1B", 16, 32, params="1.2B",
+             description="GQA (8 kv heads), llama3 RoPE"),
+    ZooEntry("gemma-2-2b", "gemma2", "hub", "google/gemma-2-2b", 26, 8, params="2.6B",
+             description="soft-capping, sliding window, post-norms"),
 ]}
+
+
+def is_cached(entry: ZooEntry) -> bool:
+    """Whether the weights can be loaded without a network (local Hugging Face cache)."""
+    if entry.source != "hub":
+        return True
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        return isinstance(try_to_load_from_cache(entry.location, "config.json"), str)
+    except Exception:  # noqa: BLE001 — an unreadable cache means: not available offline
+        return False
 
 
 def lookup(name: str) -> ZooEntry | None:

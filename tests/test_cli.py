@@ -1,0 +1,42 @@
+"""The command line mirrors the Python API and reports bad input as a clear error."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import circuitfind as cf
+from circuitfind.cli import main
+from tests.conftest import tiny_hf
+
+
+def test_zoo_lists_every_entry(capsys):
+    assert main(["zoo"]) == 0
+    out = capsys.readouterr().out
+    for name in ("gpt2", "pythia-70m", "Qwen2.5-0.5B", "Llama-3.2-1B", "gemma-2-2b"):
+        assert name in out
+    assert "32,491" in out  # gpt2's edge count, from the entry's shape
+
+
+def test_graph_of_a_local_directory(tmp_path, capsys):
+    tiny_hf("gpt_neox").save_pretrained(tmp_path / "m")
+    assert main(["graph", str(tmp_path / "m")]) == 0
+    out = capsys.readouterr().out
+    assert str(cf.load_model(str(tmp_path / "m")).graph) in out
+
+
+def test_bad_model_is_a_clear_error(capsys):
+    assert main(["graph", "/no/such/model"]) == 2
+    assert "ModelNotFoundError" in capsys.readouterr().err
+
+
+def test_console_entry_point_help():
+    out = subprocess.run([sys.executable, "-m", "circuitfind.cli", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "zoo" in out.stdout
+
+
+def test_demo_runs(capsys):
+    from circuitfind.demo import main as demo
+    demo()
+    out = capsys.readouterr().out
+    assert "faithfulness" in out and "top edges" in out
