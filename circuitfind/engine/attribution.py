@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from circuitfind.engine.walk import Inputs, Walk
+from circuitfind.engine.walk import FactoredGrad, Inputs, Walk
 from circuitfind.errors import ConfigError
 
 Objective = Callable[[Tensor], Tensor]  # logits [batch, vocab] → scalar
@@ -37,21 +37,55 @@ def attribute(model, inputs: Inputs, ablated: Tensor, objective: Objective, *,
     g = model.graph
     scores = torch.zeros(g.n_receivers, g.n_senders, dtype=torch.float32, device=model.device)
     reads = g.edge_mask.sum(1)  # how many senders each receiver reads (a prefix of the sender order)
-    clean = Walk(model, inputs, ablated, None, record=True)
-    with torch.no_grad():
-        clean.run()
-    D = clean.diffs().reshape(g.n_senders, -1)  # [src, batch·pos·d]
     weight = 1.0 / len(alphas)
+    D: list[Tensor] = []  # [src, batch·pos·d], from the clean run: recorded by the alpha = 1 pass itself
 
-    def accumulate(rows: Tensor, grad: Tensor) -> None:  # grad [r, batch·pos·d]
+    cache: dict = {}  # Σ_d D at each position [src, batch·pos]; q/k/v gradients waiting for their layer
+    pending: dict[int, list[tuple[Tensor, FactoredGrad]]] = {}
+
+    def score_factored(items: list[tuple[Tensor, FactoredGrad]]) -> None:
+        """−⟨gh − α − β·x̂, D⟩ for a layer's q, k and v receivers at once: one read of D."""
+        rows = torch.cat([r for r, _ in items])
+        grads = [f for _, f in items]
         n = int(reads[rows].max())
-        scores[rows, :n] -= weight * (grad.detach() @ D[:n].T).float()
+        Dn = D[0][:n]
+        t, d = grads[0].xhat.shape
+        if "sum" not in cache:
+            cache["sum"] = D[0].view(g.n_senders, t, d).sum(-1)
+        xdot = torch.bmm(Dn.view(n, t, d).transpose(0, 1), grads[0].xhat[:, :, None])[..., 0]  # [t, n]
+        gh = torch.cat([f.gh.reshape(f.gh.shape[0], -1) for f in grads])
+        alpha, beta = torch.cat([f.alpha for f in grads]), torch.cat([f.beta for f in grads])
+        part = -(gh @ Dn.T) + alpha @ cache["sum"][:n].T + beta @ xdot
+        scores[rows, :n] += weight * part.float()
 
-    for alpha in alphas:
+    def accumulate(rows: Tensor, grad) -> None:
+        if isinstance(grad, FactoredGrad):
+            waiting = pending.setdefault(grad.layer, [])
+            waiting.append((rows, grad))
+            if len(waiting) == 3:  # q, k and v of this layer have all arrived
+                score_factored(pending.pop(grad.layer))
+            return
+        n = int(reads[rows].max())  # grad [r, batch·pos·d]
+        scores[rows, :n] -= weight * (grad.detach() @ D[0][:n].T).float()
+
+    order = sorted(alphas, key=lambda a: a != 1.0)  # the clean pass first: it records D
+    if 1.0 not in alphas:
+        clean = Walk(model, inputs, ablated, None, record=True)
+        with torch.no_grad():
+            clean.run()
+        D.append(clean.diffs().reshape(g.n_senders, -1))
+    for alpha in order:
         with torch.enable_grad():  # whatever the caller's grad mode, this pass needs gradients
-            walk = Walk(model, inputs, ablated, None, on_grad=accumulate, input_alpha=float(alpha))
-            value = objective(walk.run()[0])
+            walk = Walk(model, inputs, ablated, None, on_grad=accumulate, input_alpha=float(alpha),
+                        record=not D)
+            logits = walk.run()[0]
+            if not D:
+                D.append(walk.diffs().reshape(g.n_senders, -1))
+            value = objective(logits)
             if value.ndim != 0:
                 raise ConfigError(f"the objective must return a scalar; got shape {tuple(value.shape)}")
             value.backward()
+            for items in pending.values():  # layers whose q/k/v did not all receive a gradient
+                score_factored(items)
+            pending.clear()
     return scores * g.edge_mask.to(scores.device)

@@ -115,8 +115,8 @@ class DiffStore:
     def append(self, senders: Tensor, out: Tensor, abl: Tensor) -> Tensor:
         """Store D = out − abl for these senders (out [s, K, b', pos, d], abl broadcastable); return D."""
         s, K = out.shape[0], out.shape[1]
-        if K == 1 and not self.grad and out.shape[1:] == self.shape_full:  # D straight into the buffer
-            diff = self.reserve(senders, out).view(out.shape)
+        if K == 1 and not self.grad and out.shape[1:] == self.shape_full and not out.requires_grad:
+            diff = self.reserve(senders, out).view(out.shape)  # D straight into the buffer
             torch.sub(out, abl, out=diff)
             return diff
         return self.append_diff(senders, out - abl)
@@ -126,7 +126,7 @@ class DiffStore:
         s, K = diff.shape[0], diff.shape[1]
         seg = self._segment(K, diff)
         block = diff.reshape(s, K, self.W).transpose(0, 1)  # [K, s, W]
-        seg.buf[:, seg.n: seg.n + s] = block.detach()
+        seg.buf[:, seg.n: seg.n + s] = block.detach()  # (gradients of a clean run flow through diff itself)
         if self.grad:
             seg.blocks.append(block)
         seg.n += s

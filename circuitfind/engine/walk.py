@@ -21,6 +21,23 @@ from circuitfind.errors import ConfigError
 
 
 @dataclass(frozen=True)
+class FactoredGrad:
+    """Gradients w.r.t. the inputs of receivers that share one normed residual (see `Norm.vjp_through`):
+    grad[r, t, :] = gh[r, t, :] − alpha[r, t] − beta[r, t] · xhat[t, :]   (t runs over batch·pos)."""
+
+    gh: Tensor  # [r, t, d]
+    alpha: Tensor  # [r, t]
+    beta: Tensor  # [r, t]
+    xhat: Tensor  # [t, d]
+    layer: int
+
+    def dense(self) -> Tensor:
+        """The gradients themselves, [r, t·d]."""
+        g = self.gh - self.alpha[..., None] - self.beta[..., None] * self.xhat
+        return g.reshape(g.shape[0], -1)
+
+
+@dataclass(frozen=True)
 class Inputs:
     """Prompts for the engine: tokens [batch, pos], attention_mask [batch, pos], answer_pos [batch]."""
 
@@ -53,8 +70,9 @@ class Walk:
 
     masks None means every receiver reads the real residual stream (the clean run).
     record keeps every sender's difference D (for prefixes and attribution). on_grad, if given, is
-    called during backward as `on_grad(receiver_ids, grad [r, b·pos·d_model])` with the gradient
-    w.r.t. each receiver's input (one mask, k = 1). input_alpha scales the input sender's difference
+    called during backward as `on_grad(receiver_ids, grad)` with the gradient w.r.t. each receiver's
+    input (one mask, k = 1): a tensor [r, b·pos·d_model], or a `FactoredGrad` for the q/k/v inputs
+    of heads reading the real residual. input_alpha scales the input sender's difference
     (integrated gradients over the embeddings).
     """
 
@@ -77,10 +95,13 @@ class Walk:
             raise ConfigError("receiver gradients are taken for one mask at a time")
         # ablated outputs in walk layout [src, K, b', pos, d]
         self.abl = ablated.unsqueeze(2) if per_example else ablated.unsqueeze(1)
+        self.abl_is_zero = ablated.shape[1:3] == (1, 1) and not bool(ablated.any())
         self.positions = model.positions(inputs.attention_mask)
         self.active = self._active_senders()
         self.mix_until = self._last_mixing_layer()
-        grad = torch.is_grad_enabled() and (on_grad is not None or (masks is not None and masks.requires_grad))
+        # the store tracks gradients only where receivers mix stored D under a learned mask; a clean
+        # run with on_grad never mixes, and records D detached
+        grad = torch.is_grad_enabled() and masks is not None and (on_grad is not None or masks.requires_grad)
         # The constants a block adds to the residual (ablated outputs + biases) are stored as extra
         # columns with coefficient "written before the receiver reads", so mixing is one GEMM.
         self.base_columns = masks is not None or branchable
@@ -107,7 +128,9 @@ class Walk:
 
     def _last_mixing_layer(self) -> int:
         """The last layer with a receiver that mixes (n_layers = logits); later senders need no D stored."""
-        if self.masks is None or self.record or self.masks.requires_grad:
+        if self.masks is None:  # nothing mixes: keep D only if asked to record it
+            return self.cfg.n_layers if self.record else -1
+        if self.record or self.masks.requires_grad:
             return self.cfg.n_layers
         full = self.g.edge_mask.to(self.masks.dtype)
         mixing = (self.masks.detach() != full).any(0).any(-1)  # [dst]
@@ -286,6 +309,8 @@ class Walk:
                        for i, (W, bias, idx) in enumerate(((attn.W_Q, attn.b_q, heads), (attn.W_K, attn.b_k, groups),
                                                            (attn.W_V, attn.b_v, groups))))
         z, _ = attn.attend(q, k, v, self._rope_rows(K), self._allowed_rows(l, K))  # [B, a, pos, d_head]
+        if self.on_grad is not None and self.masks is None and attn.post_norm is None:
+            return self._tracked_head_diffs(l, attn, heads, z, senders, abl, K)
         z = z.transpose(0, 1).reshape(a, B * p, dh)
         W_O = take(attn.W_O, heads, 0)
         if attn.post_norm is not None:
@@ -293,14 +318,30 @@ class Walk:
             return self._diff(senders, out, abl, l)
         # D = z W_O − abl in one op, written straight into the store where it is kept
         keep = l <= self.mix_until
-        target = self.store.reserve(senders, z) if keep and K == 1 else None
+        target = self.store.reserve(senders, z) if keep and K == 1 and not z.requires_grad else None
         target = None if target is None else target.view(a, B * p, self.d)
         abl3 = abl.expand(a, K, self.bp, p, self.d).reshape(a, B * p, self.d) if abl.shape[2:4] != (1, 1) \
             else abl.reshape(a, 1, self.d)
-        diff = torch.baddbmm(abl3, z, W_O, beta=-1, out=target).view(a, K, self.bp, p, self.d)
+        if self.abl_is_zero:  # D = z W_O: no input to copy in
+            diff = torch.bmm(z, W_O, out=target).view(a, K, self.bp, p, self.d)
+        else:
+            diff = torch.baddbmm(abl3, z, W_O, beta=-1, out=target).view(a, K, self.bp, p, self.d)
         if keep and target is None:
             self.store.append_diff(senders, diff)
         return diff
+
+    def _tracked_head_diffs(self, l: int, attn, heads: Tensor, z: Tensor, senders: Tensor, abl: Tensor,
+                            K: int) -> Tensor:
+        """The clean run with gradients: each head's D goes to the store detached (written in place,
+        outside the graph); the graph carries only Σ_h (out_h − abl_h), from one fused product."""
+        a, B, p, dh = len(heads), z.shape[0], z.shape[2], self.cfg.d_head
+        if self.record:
+            target = self.store.reserve(senders, z).view(a, B * p, self.d)
+            abl3 = abl.expand(a, K, self.bp, p, self.d).reshape(a, B * p, self.d) if abl.shape[2:4] != (1, 1) \
+                else abl.reshape(a, 1, self.d)
+            torch.baddbmm(abl3, z.detach().transpose(0, 1).reshape(a, B * p, dh), attn.W_O, beta=-1, out=target)
+        total = z.transpose(1, 2).reshape(B * p, a * dh) @ attn.w_o  # Σ_h out_h  [B·pos, d]
+        return (total.view(K, self.bp, p, self.d) - abl.sum(0))[None]
 
     def _tracked_qkv(self, l: int, ln, attn, heads: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """q, k, v [B, a, pos, d_head] from the shared residual x [B, pos, d], one key and value per
@@ -316,8 +357,8 @@ class Walk:
 
             def pull_back(g, W=W, rows=rows):  # g [B, a, pos, d_head]
                 a, B, p = g.shape[1], g.shape[0], g.shape[2]
-                g_xn = torch.bmm(g.transpose(0, 1).reshape(a, B * p, dh), W.transpose(1, 2))  # [a, B·pos, d]
-                self.on_grad(rows, ln.vjp(x.detach(), g_xn.view(a, B, p, self.d)).reshape(a, -1))
+                g = g.transpose(0, 1).reshape(a, B * p, dh)
+                self.on_grad(rows, FactoredGrad(*ln.vjp_through(x.detach().reshape(B * p, self.d), g, W), layer=l))
 
             y.register_hook(pull_back)
             out.append(y)

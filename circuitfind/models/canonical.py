@@ -133,23 +133,33 @@ class Norm(nn.Module):
             y = torch.bmm(x, W * (self.offset + self.w)[:, None]) * inv.to(x.dtype)
         return y if bias is None else y + bias[:, None]
 
-    def vjp(self, x: Tensor, g: Tensor) -> Tensor:
-        """Gradient w.r.t. the input x [..., d] given gradients g [n?, ..., d] w.r.t. forward(x).
+    def vjp_through(self, x: Tensor, g: Tensor, W: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Gradient w.r.t. x [m, d] of y = forward(x) @ W, given g [a, m, e] w.r.t. y (W [a, d, e]),
+        one per head a, in factored form:
 
-        Closed form, broadcasting over g's leading dimension: attribution pulls one gradient per
-        receiver back through the norm that all receivers of a layer share.
+            grad[a, m, :] = gh[a, m, :] − alpha[a, m] − beta[a, m] · xhat[m, :]
+
+        with gh = (inv ⊙ g) @ (w ⊙ W)ᵀ. The norm's VJP is affine in g per position, so alpha and beta
+        are computed at width e; only gh has full width. Attribution needs only dot products of the
+        gradient with sender outputs, which the factors give without forming the sum.
         """
+        zeros = g.new_zeros(g.shape[:2])
         if self.kind == "none":
-            return g
+            return torch.bmm(g, W.transpose(1, 2)), zeros, zeros, x
         x = x.to(torch.promote_types(x.dtype, torch.float32))
+        d = x.shape[-1]
         if self.kind == "layernorm":
             mu = x.mean(-1, keepdim=True)
-            inv = torch.rsqrt((x - mu).pow(2).mean(-1, keepdim=True) + self.eps)
-            xhat, gh = (x - mu) * inv, g * self.w
-            return ((gh - gh.mean(-1, keepdim=True) - xhat * (gh * xhat).mean(-1, keepdim=True)) * inv).to(g.dtype)
-        inv = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        xhat, gh = x * inv, g * (self.offset + self.w)
-        return ((gh - xhat * (gh * xhat).mean(-1, keepdim=True)) * inv).to(g.dtype)
+            inv = torch.rsqrt((x - mu).pow(2).mean(-1, keepdim=True) + self.eps)  # [m, 1]
+            xhat, Ww = (x - mu) * inv, W * self.w[:, None]
+        else:
+            inv = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+            xhat, Ww = x * inv, W * (self.offset + self.w)[:, None]
+        gi = (g * inv).to(g.dtype)  # [a, m, e]
+        gh = torch.bmm(gi, Ww.transpose(1, 2).to(g.dtype))  # [a, m, d]
+        beta = (gi * torch.matmul(xhat, Ww)).sum(-1) / d  # inv · mean_d(gh_raw ⊙ x̂)
+        alpha = (gi @ Ww.mean(1)[:, :, None])[..., 0] if self.kind == "layernorm" else zeros
+        return gh, alpha.to(g.dtype), beta.to(g.dtype), xhat.to(g.dtype)
 
     def shares(self, parts: Tensor, dim: int) -> Tensor:
         """Each part's share of the RMS-normed sum: Σ_dim shares == forward(parts.sum(dim)).

@@ -1,0 +1,298 @@
+"""Tasks: clean/corrupted prompt pairs, their answers and a metric, as a small Python class.
+
+    class CapitalTask(cf.Task):
+        name = "capital"
+        description = "The capital of a country; corrupted with another country."
+        metric = "logit-diff"
+
+        def example(self, rng, words):
+            (country, city), (other, wrong) = rng.sample(PAIRS, 2)
+            return cf.Example(clean=f"The capital of {country} is", corrupt=f"The capital of {other} is",
+                              correct=" " + city, wrong=" " + wrong)
+
+    task = CapitalTask(n=100, seed=0)            # or cf.load_task("path/to/file.py:CapitalTask", n=100)
+    batch = task.batch(model)                    # tensors for this model, validated
+
+Prompts and answers are strings for models with a tokenizer, or token ids (lists of ints) for
+toy models. Examples are drawn deterministically from the seed; an example belongs to the train or
+test split by a hash of its clean prompt, so the splits never overlap. `words` filters word lists to
+what the model's tokenizer keeps as single tokens. Tasks never touch model internals.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from circuitfind.engine.walk import Inputs
+from circuitfind.errors import TaskError
+from circuitfind.metrics import METRICS, Targets, checked, resolve_metric
+
+SINGLE_TOKEN_METRICS = {"logit-diff", "prob-diff", "ce"}
+Prompt = str | Sequence[int]
+Answer = str | int | Sequence[str] | Sequence[int]
+
+
+@dataclass(frozen=True)
+class Example:
+    clean: Prompt
+    corrupt: Prompt
+    correct: Answer  # one answer, or several (e.g. every year greater than the start year)
+    wrong: Answer
+    value: float | None = None  # a numerical target, for tasks scored by squared error
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A task made into tensors for one model."""
+
+    clean: Inputs
+    corrupt: Inputs
+    targets: Targets
+    examples: list[Example]
+
+    @property
+    def size(self) -> int:
+        return self.clean.batch
+
+
+class Words:
+    """What a task may know of the model's vocabulary: which words are single tokens."""
+
+    def __init__(self, tokenizer=None, vocab_size: int | None = None):
+        self.tokenizer, self.vocab_size = tokenizer, vocab_size
+
+    def single(self, words: Sequence[str], prefix: str = " ") -> list[str]:
+        """The words that `prefix + word` tokenizes to exactly one token (all of them without a tokenizer)."""
+        if self.tokenizer is None:
+            return list(words)
+        return [w for w in words if len(self.tokenizer(prefix + w, add_special_tokens=False)["input_ids"]) == 1]
+
+    def random_tokens(self, rng: random.Random, n: int, avoid: Sequence[int] = ()) -> list[int]:
+        """n distinct random token ids, avoiding special tokens and `avoid`."""
+        if self.vocab_size is None:
+            raise TaskError("this task draws random token ids and needs the model's vocabulary (pass a model)")
+        special = set(getattr(self.tokenizer, "all_special_ids", []) or []) | set(avoid)
+        pool = self.vocab_size - len(special)
+        if pool < n:
+            raise TaskError(f"need {n} distinct tokens but the vocabulary has only {pool} usable ones")
+        out: list[int] = []
+        while len(out) < n:
+            t = rng.randrange(self.vocab_size)
+            if t not in special and t not in out:
+                out.append(t)
+        return out
+
+
+class Task:
+    """Base class of every task. Subclasses set the class attributes and implement `example`."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    citation: ClassVar[str] = ""
+    metric: ClassVar[str] = "logit-diff"
+    aligned: ClassVar[bool] = True  # clean and corrupted prompts must have equal token length
+    test_fraction: ClassVar[float] = 0.2
+
+    def __init__(self, n: int = 100, seed: int = 0, split: str = "train"):
+        if split not in ("train", "test"):
+            raise TaskError(f"split must be 'train' or 'test', got {split!r}")
+        if not isinstance(n, int) or n < 1:
+            raise TaskError(f"n must be a positive number of examples, got {n!r}")
+        self.n, self.seed, self.split = n, seed, split
+        self._cache: dict[int, list[Example]] = {}
+
+    def example(self, rng: random.Random, words: Words) -> Example:
+        """One random example. Draw everything from rng, so a seed gives the same dataset."""
+        raise NotImplementedError(f"{type(self).__name__} must implement example(rng, words)")
+
+    def ground_truth(self, model) -> list[str] | None:
+        """Edge names of the known circuit in this model, where one is known (toy and tracr models)."""
+        return None
+
+    def with_split(self, split: str) -> "Task":
+        return type(self)(n=self.n, seed=self.seed, split=split)
+
+    # ------------------------------------------------------------------ generation
+    def examples(self, model=None) -> list[Example]:
+        """The n examples of this split, filtered for the model's tokenizer when a model is given."""
+        key = id(getattr(model, "tokenizer", None)) if model is not None else 0
+        if key not in self._cache:
+            self._cache[key] = self._generate(_words_of(model))
+        return self._cache[key]
+
+    def _generate(self, words: Words) -> list[Example]:
+        rng = random.Random(f"{self.name or type(self).__name__}:{self.seed}")
+        seen: set[str] = set()
+        out: list[Example] = []
+        attempts = 0
+        limit = 50 * self.n + 1000
+        while len(out) < self.n and attempts < limit:
+            attempts += 1
+            ex = self.example(rng, words)
+            key = repr(ex.clean)
+            if key in seen:
+                continue
+            seen.add(key)
+            if _in_test(key, self.test_fraction) == (self.split == "test"):
+                out.append(ex)
+        if len(out) < self.n:
+            raise TaskError(f"task {self.name!r} could generate only {len(out)} distinct {self.split} examples of the "
+                            f"{self.n} asked for (after {attempts} draws, with this tokenizer's single-token words); "
+                            "ask for fewer examples or widen the word lists")
+        return out
+
+    # ------------------------------------------------------------------ tensors
+    def batch(self, model) -> Batch:
+        """The examples as tensors for `model`, validated before any forward."""
+        examples = self.examples(model)
+        if not examples:
+            raise TaskError(f"task {self.name!r} produced no examples")
+        clean, corrupt = _prompts(model, [e.clean for e in examples]), _prompts(model, [e.corrupt for e in examples])
+        for i, (c, k) in enumerate(zip(clean, corrupt)):
+            if self.aligned and len(c) != len(k):
+                raise TaskError(f"example {i}: clean prompt {examples[i].clean!r} is {len(c)} tokens but corrupted "
+                                f"prompt {examples[i].corrupt!r} is {len(k)}; patching aligns positions, so they must "
+                                "be equally long (reword, or set aligned = False and use mean or zero ablation)")
+        single = self.metric in SINGLE_TOKEN_METRICS
+        correct = [_answer_ids(model, e.correct, single, self.metric) for e in examples]
+        wrong = [_answer_ids(model, e.wrong, single, self.metric) for e in examples]
+        for i, (c, w) in enumerate(zip(correct, wrong)):
+            if set(c) & set(w):
+                raise TaskError(f"example {i}: answer {examples[i].correct!r} is also a wrong answer "
+                                f"({examples[i].wrong!r}); a metric cannot tell them apart")
+        values = None
+        if any(e.value is not None for e in examples):
+            values = torch.tensor([float(e.value) for e in examples])
+        device = model.device
+        targets = Targets(_pad(correct).to(device), _pad(wrong).to(device),
+                          values=None if values is None else values.to(device))
+        return Batch(_inputs(model, clean).to(device), _inputs(model, corrupt).to(device), targets, examples)
+
+    def check_metric(self, model, batch: Batch | None = None) -> Tensor:
+        """Evaluate the metric once on the clean prompts; raise a MetricError on NaN or a wrong shape."""
+        from circuitfind.engine.patching import clean_logits
+
+        batch = batch or self.batch(model)
+        with torch.no_grad():
+            logits = clean_logits(model, batch.clean)
+            return checked(resolve_metric(self.metric)(logits, batch.targets.with_clean(logits)), batch.size,
+                           f"metric {self.metric!r} of task {self.name!r}")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, n={self.n}, seed={self.seed}, split={self.split!r})"
+
+
+# ---------------------------------------------------------------------- helpers
+def _in_test(key: str, fraction: float) -> bool:
+    digest = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)
+    return digest < fraction * 16 ** 8
+
+
+def _words_of(model) -> Words:
+    if model is None:
+        return Words()
+    return Words(model.tokenizer, model.cfg.d_vocab)
+
+
+def _prompts(model, prompts: list[Prompt]) -> list[list[int]]:
+    out = []
+    for p in prompts:
+        if isinstance(p, str):
+            out.append(model.to_tokens(p)[0].tolist())
+        else:
+            ids = [int(t) for t in p]
+            if any(not 0 <= t < model.cfg.d_vocab for t in ids):
+                raise TaskError(f"prompt {ids} has token ids outside the model's vocabulary of {model.cfg.d_vocab}")
+            out.append(ids)
+    return out
+
+
+def _answer_ids(model, answer: Answer, single: bool, metric: str) -> list[int]:
+    answers = [answer] if isinstance(answer, (str, int)) else list(answer)
+    if not answers:
+        raise TaskError("an example has no answer")
+    ids = []
+    for a in answers:
+        if isinstance(a, int):
+            ids.append(a)
+            continue
+        toks = model.to_tokens(a, prepend_bos=False)[0].tolist()
+        if single and len(toks) != 1:
+            raise TaskError(f"answer {a!r} is {len(toks)} tokens for {model.name}; the {metric} metric needs "
+                            "single-token answers (reword, or filter candidates with words.single(...))")
+        ids.append(toks[0])
+    return ids
+
+
+def _pad(rows: list[list[int]]) -> Tensor:
+    width = max(len(r) for r in rows)
+    return torch.tensor([r + [-1] * (width - len(r)) for r in rows], dtype=torch.long)
+
+
+def _inputs(model, rows: list[list[int]]) -> Inputs:
+    from circuitfind.models.canonical import pad_token_ids
+    tokens, mask = pad_token_ids(rows, model.pad_token_id, "right", return_attention_mask=True)
+    return Inputs.of(tokens, mask)
+
+
+# ---------------------------------------------------------------------- loading
+def builtin_tasks() -> dict[str, type[Task]]:
+    """Name → class of every built-in task (the modules of `circuitfind.tasks`)."""
+    import importlib
+    import pkgutil
+
+    import circuitfind.tasks as pkg
+
+    found: dict[str, type[Task]] = {}
+    for info in pkgutil.iter_modules(pkg.__path__):
+        module = importlib.import_module(f"circuitfind.tasks.{info.name}")
+        for obj in vars(module).values():
+            if isinstance(obj, type) and issubclass(obj, Task) and obj is not Task and obj.name \
+                    and obj.__module__ == module.__name__:
+                found[obj.name] = obj
+    return dict(sorted(found.items()))
+
+
+def load_task(name_or_path: str | Task, n: int = 100, seed: int = 0, split: str = "train") -> Task:
+    """A built-in task by name, or a user task as "path/to/file.py:ClassName"."""
+    if isinstance(name_or_path, Task):
+        return name_or_path
+    spec = str(name_or_path)
+    if ":" in spec and spec.split(":")[0].endswith(".py"):
+        cls = _task_from_file(*spec.rsplit(":", 1))
+    else:
+        tasks = builtin_tasks()
+        if spec not in tasks:
+            raise TaskError(f"unknown task {spec!r}; built-in tasks: {', '.join(tasks)} "
+                            "(or pass 'path/to/file.py:ClassName')")
+        cls = tasks[spec]
+    if cls.metric not in METRICS and not callable(getattr(cls, "metric", None)):
+        raise TaskError(f"task {cls.__name__} names metric {cls.metric!r}; known: {', '.join(METRICS)}")
+    return cls(n=n, seed=seed, split=split)
+
+
+def _task_from_file(path: str, class_name: str) -> type[Task]:
+    file = Path(path)
+    if not file.is_file():
+        raise TaskError(f"task file {path!r} does not exist")
+    spec = importlib.util.spec_from_file_location(f"circuitfind_user_task_{file.stem}", file)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:  # noqa: BLE001 — report any failure of the user's file as a task error
+        raise TaskError(f"task file {path!r} failed to import: {type(e).__name__}: {e}") from e
+    cls = getattr(module, class_name, None)
+    if cls is None:
+        raise TaskError(f"{path!r} has no class {class_name!r}")
+    if not (isinstance(cls, type) and issubclass(cls, Task)):
+        raise TaskError(f"{path}:{class_name} is not a circuitfind.Task subclass")
+    return cls
