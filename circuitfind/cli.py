@@ -1,6 +1,7 @@
 """The `circuitfind` command line; each subcommand mirrors one Python call.
 
     circuitfind zoo                    cf.models.zoo.ZOO
+    circuitfind tasks [show TASK]      cf.task.builtin_tasks(), cf.load_task(TASK).examples()
     circuitfind graph MODEL            cf.load_model(MODEL).graph
 """
 
@@ -25,6 +26,23 @@ def _zoo(args) -> int:
     return 0
 
 
+def _tasks(args) -> int:
+    from circuitfind.task import builtin_tasks, load_task
+
+    if args.action == "show":
+        task = load_task(args.task, n=args.n, seed=args.seed, split=args.split)
+        metric = task.metric if isinstance(task.metric, str) else getattr(task.metric, "__name__", "custom")
+        print(f"{task.name}: {task.description} (metric: {metric})")
+        for ex in task.examples():
+            print(f"  clean:   {ex.clean!r}\n  corrupt: {ex.corrupt!r}\n  answer:  {ex.correct!r}  vs  {ex.wrong!r}")
+        return 0
+    rows = [(name, cls.metric, cls.description) for name, cls in builtin_tasks().items()]
+    width = max(len(r[0]) for r in rows)
+    for name, metric, description in rows:
+        print(f"{name.ljust(width)}  {metric:10s}  {description}")
+    return 0
+
+
 def _graph(args) -> int:
     from circuitfind.models.loading import load_model
 
@@ -39,6 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("zoo", help="list the model zoo").set_defaults(run=_zoo)
+    t = sub.add_parser("tasks", help="list the built-in tasks, or show a task's examples")
+    t.add_argument("action", nargs="?", choices=["list", "show"], default="list")
+    t.add_argument("task", nargs="?", help="built-in name or path/to/file.py:ClassName (with show)")
+    t.add_argument("-n", type=int, default=3)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--split", default="train", choices=["train", "test"])
+    t.set_defaults(run=_tasks)
     g = sub.add_parser("graph", help="load a model and print its edge graph")
     g.add_argument("model", help="zoo name, local directory or hub id")
     g.add_argument("--dtype", default="float32")

@@ -1,6 +1,6 @@
 """Subject–verb agreement (Finlayson et al. 2021; Linzen et al. 2016).
 
-"The key to the cabinets" → " is" (singular head noun), not " are". The corrupted prompt swaps the
+"The key near the cabinets" → " is" (singular head noun), not " are". The corrupted prompt swaps the
 head noun's number ("The keys to the cabinets"), flipping the correct verb form.
 """
 
@@ -13,19 +13,20 @@ NOUNS = [("key", "keys"), ("author", "authors"), ("dog", "dogs"), ("teacher", "t
          ("letter", "letters"), ("student", "students"), ("bird", "birds")]
 ATTRACTORS = ["cabinets", "houses", "students", "cars", "trees", "windows", "boxes", "friends", "rooms"]
 VERBS = [(" is", " are"), (" was", " were"), (" has", " have")]
+PREPOSITIONS = ["near the", "behind the", "next to the", "with the", "beside the"]
 
 
 class SubjectVerbAgreement(Task):
     name = "sva"
-    description = "Subject–verb agreement across an attractor: 'The key to the cabinets' → ' is'."
+    description = "Subject–verb agreement across an attractor: 'The key near the cabinets' → ' is'."
     citation = "Finlayson et al. 2021, Causal Analysis of Syntactic Agreement Mechanisms (arXiv:2106.06087)"
     metric = "logit-diff"
 
     def example(self, rng, words):
         singular, plural = rng.choice([p for p in NOUNS if words.single(p) == list(p)])
-        attractor = rng.choice(words.single(ATTRACTORS))
+        attractor, prep = rng.choice(words.single(ATTRACTORS)), rng.choice(PREPOSITIONS)
         sg, pl = rng.choice([v for v in VERBS if words.single(v, prefix="") == list(v)])
         plural_subject = rng.random() < 0.5
         subject, other = (plural, singular) if plural_subject else (singular, plural)
-        return Example(clean=f"The {subject} near the {attractor}", corrupt=f"The {other} near the {attractor}",
+        return Example(clean=f"The {subject} {prep} {attractor}", corrupt=f"The {other} {prep} {attractor}",
                        correct=pl if plural_subject else sg, wrong=sg if plural_subject else pl)

@@ -1,0 +1,139 @@
+"""The artifacts: `EdgeScores` (one float per edge) and `Circuit` (a set of edges), with provenance.
+
+    scores.save("run/")          # run/scores.safetensors + run/scores.json
+    EdgeScores.load("run/")
+    circuit.save("run/circuit.json")   # edge names + provenance, readable by people and other tools
+    Circuit.load("run/circuit.json")
+
+Files are written to a temporary name and renamed, so an interrupted save leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from circuitfind.errors import ConfigError
+from circuitfind.graph import Graph
+
+FORMAT_VERSION = 1
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _graph_dict(g: Graph) -> dict:
+    return {"n_layers": g.n_layers, "n_heads": g.n_heads, "parallel": g.parallel}
+
+
+@dataclass
+class EdgeScores:
+    """Scores [dst, src] over a graph (zero off the graph) and what produced them."""
+
+    scores: Tensor
+    graph: Graph
+    method: str = ""
+    model: str = ""
+    task: str = ""
+    ablation: str = ""
+    config: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        expected = (self.graph.n_receivers, self.graph.n_senders)
+        if tuple(self.scores.shape) != expected:
+            raise ConfigError(f"scores must be [dst, src] = {expected} for this graph; got {tuple(self.scores.shape)}")
+        self.scores = self.scores.detach().float().cpu() * self.graph.edge_mask
+
+    def values(self) -> Tensor:
+        """The score of every edge, in `graph.edge_names()` order: [n_edges]."""
+        return self.scores[self.graph.edge_mask]
+
+    def top(self, n: int = 10, absolute: bool = True) -> list[tuple[str, float]]:
+        """The n highest-scoring edges as (name, score)."""
+        key = self.scores.abs() if absolute else self.scores
+        key = key.masked_fill(~self.graph.edge_mask, float("-inf"))
+        idx = key.flatten().topk(min(n, self.graph.n_edges)).indices
+        return [(self.graph.edge_name(*divmod(int(i), self.graph.n_senders)), float(self.scores.flatten()[i]))
+                for i in idx]
+
+    def metadata(self) -> dict:
+        return {"format": FORMAT_VERSION, "kind": "edge-scores", "method": self.method, "model": self.model,
+                "task": self.task, "ablation": self.ablation, "config": self.config, "graph": _graph_dict(self.graph)}
+
+    def save(self, directory: str | os.PathLike) -> None:
+        from safetensors.torch import save_file
+
+        d = Path(directory)
+        _atomic_write(d / "scores.safetensors", lambda p: save_file({"scores": self.scores.contiguous()}, p))
+        _atomic_write(d / "scores.json", lambda p: Path(p).write_text(json.dumps(self.metadata(), indent=2)))
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> "EdgeScores":
+        from safetensors.torch import load_file
+
+        d = Path(directory)
+        if not (d / "scores.json").exists():
+            raise ConfigError(f"{str(d)!r} holds no scores.json; is it a run directory?")
+        meta = json.loads((d / "scores.json").read_text())
+        if meta.get("format") != FORMAT_VERSION:
+            raise ConfigError(f"{d}/scores.json has format {meta.get('format')}; this circuitfind reads {FORMAT_VERSION}")
+        return cls(load_file(str(d / "scores.safetensors"))["scores"], Graph(**meta["graph"]), meta["method"],
+                   meta["model"], meta["task"], meta["ablation"], meta["config"])
+
+
+@dataclass
+class Circuit:
+    """A boolean edge mask [dst, src] over a graph, and where it came from."""
+
+    mask: Tensor
+    graph: Graph
+    provenance: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        expected = (self.graph.n_receivers, self.graph.n_senders)
+        if tuple(self.mask.shape) != expected:
+            raise ConfigError(f"circuit mask must be [dst, src] = {expected}; got {tuple(self.mask.shape)}")
+        self.mask = self.mask.bool().cpu() & self.graph.edge_mask
+
+    @property
+    def n_edges(self) -> int:
+        return int(self.mask.sum())
+
+    def edges(self) -> list[str]:
+        return self.graph.edge_names(self.mask)
+
+    def nodes(self) -> list[str]:
+        """Senders with at least one edge in the circuit."""
+        used = self.mask.any(0)
+        return [n for n, u in zip(self.graph.senders, used.tolist()) if u]
+
+    def save(self, path: str | os.PathLike) -> None:
+        data = {"format": FORMAT_VERSION, "kind": "circuit", "graph": _graph_dict(self.graph),
+                "n_edges": self.n_edges, "provenance": self.provenance, "edges": self.edges()}
+        _atomic_write(Path(path), lambda p: Path(p).write_text(json.dumps(data, indent=1)))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Circuit":
+        data = json.loads(Path(path).read_text())
+        if data.get("kind") != "circuit" or data.get("format") != FORMAT_VERSION:
+            raise ConfigError(f"{path} is not a circuitfind circuit file of format {FORMAT_VERSION}")
+        graph = Graph(**data["graph"])
+        return cls(graph.mask_from_edges(data["edges"]), graph, data.get("provenance", {}))
+
+    def __repr__(self) -> str:
+        return f"Circuit({self.n_edges} of {self.graph.n_edges} edges, {len(self.nodes())} nodes)"

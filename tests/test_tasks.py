@@ -1,0 +1,202 @@
+"""Tasks: deterministic generation, disjoint splits, validation for a model, and clear errors."""
+
+from __future__ import annotations
+
+import re
+import textwrap
+
+import pytest
+import torch
+import transformers
+from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+
+import circuitfind as cf
+from circuitfind.task import Example, Task, builtin_tasks, load_task
+
+SPLIT = re.compile(r"\d\d|[,.]|[^\s\d,.]+")
+STRING_TASKS = ["ioi", "greater-than", "sva"]
+
+
+def _word_model():
+    """A tiny GPT-2 with a word-level tokenizer covering every built-in string task's words."""
+    words = set()
+    for name in STRING_TASKS:
+        for split, n in (("train", 100), ("test", 25)):
+            for ex in load_task(name, n=n, split=split).examples():
+                for text in [ex.clean, ex.corrupt] + _answers(ex.correct) + _answers(ex.wrong):
+                    words.update(SPLIT.findall(text))
+    vocab = {"[PAD]": 0, "[BOS]": 1, "[UNK]": 2} | {w: i + 3 for i, w in enumerate(sorted(words))}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Split(Regex(r"\d\d"), "isolated"),
+        pre_tokenizers.Split(Regex(r"[,.]"), "isolated")])
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="[BOS]", pad_token="[PAD]",
+                                                unk_token="[UNK]")
+    config = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=len(vocab), n_positions=64,
+                                     bos_token_id=1, eos_token_id=1, pad_token_id=0)
+    return cf.from_hf(transformers.GPT2LMHeadModel(config).eval(), tokenizer=fast, name="word-gpt2")
+
+
+def _answers(a):
+    return [a] if isinstance(a, str) else [x for x in a if isinstance(x, str)]
+
+
+@pytest.fixture(scope="module")
+def word_model():
+    return _word_model()
+
+
+def test_every_builtin_is_listed_with_description_and_metric():
+    tasks = builtin_tasks()
+    assert {"ioi", "greater-than", "induction", "sva"} <= set(tasks)
+    for cls in tasks.values():
+        assert cls.description and cls.citation and cls.metric in cf.metrics.METRICS
+
+
+@pytest.mark.parametrize("name", sorted(builtin_tasks()))
+def test_builtin_generates_deterministically_and_validates(name, word_model):
+    a, b = load_task(name, n=20, seed=3), load_task(name, n=20, seed=3)
+    assert a.examples(word_model) == b.examples(word_model)
+    assert load_task(name, n=20, seed=4).examples(word_model) != a.examples(word_model)
+    batch = a.batch(word_model)
+    assert batch.size == 20 and batch.clean.tokens.shape == batch.corrupt.tokens.shape
+    values = a.check_metric(word_model, batch)
+    assert values.shape == (20,) and torch.isfinite(values).all()
+
+
+@pytest.mark.parametrize("name", sorted(builtin_tasks()))
+def test_train_and_test_never_overlap(name, word_model):
+    train = {repr(e.clean) for e in load_task(name, n=40).examples(word_model)}
+    test = {repr(e.clean) for e in load_task(name, n=10, split="test").examples(word_model)}
+    assert train and test and not train & test
+
+
+def test_ioi_invariants():
+    for ex in load_task("ioi", n=50).examples():
+        io, s = ex.correct.strip(), ex.wrong.strip()
+        words = SPLIT.findall(ex.clean)
+        assert words.count(io) == 1 and words.count(s) == 2
+        assert io not in SPLIT.findall(ex.corrupt) or words != SPLIT.findall(ex.corrupt)
+
+
+def test_greater_than_invariants():
+    for ex in load_task("greater-than", n=50).examples():
+        start = int(ex.clean.split("year ")[1][2:4])
+        assert all(int(y) > start for y in ex.correct) and all(int(y) <= start for y in ex.wrong)
+        assert ex.corrupt.split("year ")[1][2:4] == "01"
+
+
+def test_induction_invariants(word_model):
+    L = load_task("induction").length
+    for ex in load_task("induction", n=20).examples(word_model):
+        first = ex.clean[:L]
+        assert ex.clean[L:] == first[:-1] and ex.correct == first[-1]  # A A[:-1] → A[-1]
+        assert ex.corrupt[L:] == ex.clean[L:] and not set(ex.corrupt[:L]) & set(first)
+
+
+def test_sva_verb_agrees_with_subject():
+    for ex in load_task("sva", n=30).examples():
+        subject = ex.clean.split()[1]
+        assert (ex.correct in (" are", " were", " have")) == subject.endswith("s")
+
+
+USER_TASK = '''
+import circuitfind as cf
+
+NAMES = ["Mary", "John", "Alice", "Bob"]
+
+class Greeting(cf.Task):
+    name = "greeting"
+    description = "Who is greeted back."
+    metric = "logit-diff"
+
+    def example(self, rng, words):
+        a, b = rng.sample(NAMES, 2)
+        return cf.Example(clean=f"{a} said hello to {b} and {b} said hello to",
+                          corrupt=f"{b} said hello to {a} and {a} said hello to", correct=" " + a, wrong=" " + b)
+
+class NotATask:
+    pass
+'''
+
+
+@pytest.fixture
+def user_file(tmp_path):
+    path = tmp_path / "my_task.py"
+    path.write_text(textwrap.dedent(USER_TASK))
+    return path
+
+
+def test_user_task_loads_by_path(user_file):
+    task = load_task(f"{user_file}:Greeting", n=5)
+    assert task.name == "greeting" and len(task.examples()) == 5
+
+
+def test_user_task_from_the_cli(user_file, capsys):
+    from circuitfind.cli import main
+    assert main(["tasks", "show", f"{user_file}:Greeting", "-n", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "said hello to" in out and "logit-diff" in out
+
+
+def test_cli_lists_builtin_tasks(capsys):
+    from circuitfind.cli import main
+    assert main(["tasks"]) == 0
+    out = capsys.readouterr().out
+    for name in builtin_tasks():
+        assert name in out
+
+
+@pytest.mark.parametrize("spec, match", [
+    ("no-such-task", "built-in tasks: "),
+    ("/nope/task.py:X", "does not exist"),
+])
+def test_bad_task_names(spec, match):
+    with pytest.raises(cf.TaskError, match=match):
+        load_task(spec)
+
+
+def test_class_that_is_not_a_task(user_file):
+    with pytest.raises(cf.TaskError, match="not a circuitfind.Task"):
+        load_task(f"{user_file}:NotATask")
+    with pytest.raises(cf.TaskError, match="no class"):
+        load_task(f"{user_file}:Missing")
+
+
+class _Fixed(Task):
+    name = "fixed"
+    metric = "logit-diff"
+    clean, corrupt, correct, wrong = "Mary said", "John said", " Mary", " John"
+
+    def example(self, rng, words):
+        return Example(self.clean, self.corrupt, self.correct, self.wrong)
+
+
+def test_more_examples_than_the_task_can_make():
+    with pytest.raises(cf.TaskError, match="could generate only"):
+        _Fixed(n=5).examples()
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("correct", " Mary John", "2 tokens"),
+    ("corrupt", "John said hello", "must be equally long"),
+    ("wrong", " Mary", "also a wrong answer"),
+])
+def test_validation_errors(word_model, field, value, match):
+    cls = type("Bad", (_Fixed,), {field: value, "test_fraction": 0.0})
+    with pytest.raises(cf.TaskError, match=match):
+        cls(n=1).batch(word_model)
+
+
+def test_nan_metric_is_caught(word_model):
+    nan = type("NaNTask", (_Fixed,), {"metric": staticmethod(lambda logits, t: logits[:, 0] * float("nan")),
+                                       "test_fraction": 0.0})
+    with pytest.raises(cf.MetricError, match="NaN"):
+        nan(n=1).check_metric(word_model)
+
+
+def test_bad_n_and_split():
+    with pytest.raises(cf.TaskError, match="positive"):
+        load_task("ioi", n=0)
+    with pytest.raises(cf.TaskError, match="split"):
+        load_task("ioi", split="validation")
