@@ -5,8 +5,13 @@ from circuitfind.errors import (CircuitfindError, ConfigError, MetricError, Mode
 from circuitfind import metrics
 from circuitfind.models import CircuitModel, from_hf, load_model
 from circuitfind.task import Batch, Example, Task, load_task
+from circuitfind.circuit import Circuit, EdgeScores
+from circuitfind.methods import METHODS, score_edges
+from circuitfind.prune import prune
+from circuitfind.evaluate import evaluate, faithfulness_curve, roc_auc
 
 __version__ = "0.1.0"
 
-__all__ = ["Batch", "Example", "Task", "load_task", "metrics", "CircuitModel", "CircuitfindError", "ConfigError", "MetricError", "ModelLoadError", "ModelNotFoundError",
+__all__ = ["Circuit", "EdgeScores", "METHODS", "score_edges", "prune", "evaluate", "faithfulness_curve", "roc_auc",
+           "Batch", "Example", "Task", "load_task", "metrics", "CircuitModel", "CircuitfindError", "ConfigError", "MetricError", "ModelLoadError", "ModelNotFoundError",
            "TaskError", "UnsupportedModelError", "from_hf", "load_model", "__version__"]

@@ -26,14 +26,17 @@ Objective = Callable[[Tensor], Tensor]  # logits [batch, vocab] → scalar
 
 
 def attribute(model, inputs: Inputs, ablated: Tensor, objective: Objective, *,
-              alphas: Sequence[float] = (1.0,)) -> Tensor:
+              alphas: Sequence[float] = (1.0,), interpolate: str = "inputs") -> Tensor:
     """First-order edge scores [dst, src] (zero off the graph), averaged over the interpolation alphas.
 
-    alphas: where to take gradients, as fractions of the way from the ablated input embedding
-    (0) to the clean one (1). (1.0,) is EAP; (1/n, 2/n, ..., 1) is EAP-IG with n steps.
+    alphas: where to take gradients, as fractions of the way from the ablated run (0) to the clean
+    one (1). (1.0,) is EAP; (1/n, 2/n, ..., 1) is EAP-IG with n steps. interpolate: "inputs" moves
+    the input embedding only; "activations" moves every receiver's input (every edge weighted alpha).
     """
     if not alphas:
         raise ConfigError("alphas must name at least one interpolation point")
+    if interpolate not in ("inputs", "activations"):
+        raise ConfigError(f"interpolate must be 'inputs' or 'activations', got {interpolate!r}")
     g = model.graph
     scores = torch.zeros(g.n_receivers, g.n_senders, dtype=torch.float32, device=model.device)
     reads = g.edge_mask.sum(1)  # how many senders each receiver reads (a prefix of the sender order)
@@ -76,8 +79,12 @@ def attribute(model, inputs: Inputs, ablated: Tensor, objective: Objective, *,
         D.append(clean.diffs().reshape(g.n_senders, -1))
     for alpha in order:
         with torch.enable_grad():  # whatever the caller's grad mode, this pass needs gradients
-            walk = Walk(model, inputs, ablated, None, on_grad=accumulate, input_alpha=float(alpha),
-                        record=not D)
+            if interpolate == "activations" and alpha != 1.0:
+                masks = (float(alpha) * g.edge_mask.to(model.dtype))[None]
+                walk = Walk(model, inputs, ablated, masks, on_grad=accumulate)
+            else:
+                walk = Walk(model, inputs, ablated, None, on_grad=accumulate, input_alpha=float(alpha),
+                            record=not D)
             logits = walk.run()[0]
             if not D:
                 D.append(walk.diffs().reshape(g.n_senders, -1))

@@ -1,0 +1,48 @@
+"""Discovery methods: each scores every edge of a model's graph for a task.
+
+    cf.score_edges(model, task, method="eap-ig", ablation="corrupted", steps=5) -> EdgeScores
+
+A method is a file with a frozen config dataclass and a `score` function built on the engine.
+Positive scores mean the edge supports the task (see `methods.common`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+from circuitfind.circuit import EdgeScores
+from circuitfind.errors import ConfigError
+from circuitfind.methods import eap, eap_ig, exact
+from circuitfind.task import Task, load_task
+
+# name → (score function, config class, fixed options)
+METHODS = {
+    "eap": (eap.score, eap.EAPConfig, {}),
+    "eap-ig": (eap_ig.score, eap_ig.EAPIGConfig, {"variant": "inputs"}),
+    "eap-ig-activations": (eap_ig.score, eap_ig.EAPIGConfig, {"variant": "activations"}),
+    "clean-corrupted": (eap_ig.score, eap_ig.EAPIGConfig, {"variant": "clean-corrupted"}),
+    "exact": (exact.score, exact.ExactConfig, {}),
+}
+
+
+def score_edges(model, task: Task | str, method: str = "eap-ig", ablation: str = "corrupted", *, seed: int = 0,
+                quiet: bool = True, **options) -> EdgeScores:
+    """Score every edge of `model.graph` for `task` with `method`; options go to the method's config."""
+    if method not in METHODS:
+        raise ConfigError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
+    fn, config_cls, fixed = METHODS[method]
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = set(options) - names
+    if unknown:
+        raise ConfigError(f"method {method!r} has no option {sorted(unknown)[0]!r}; its options: {sorted(names - set(fixed)) or 'none'}")
+    cfg = config_cls(**{**options, **fixed})
+    task = load_task(task) if isinstance(task, str) else task
+    start = time.perf_counter()
+    extra = {"quiet": quiet} if method == "exact" else {}
+    raw = fn(model, task, cfg, ablation=ablation, seed=seed, **extra)
+    config = dataclasses.asdict(cfg) | {"seed": seed, "n": task.n, "seconds": round(time.perf_counter() - start, 3)}
+    return EdgeScores(raw, model.graph, method=method, model=model.name, task=task.name, ablation=ablation, config=config)
+
+
+__all__ = ["METHODS", "score_edges"]

@@ -1,0 +1,56 @@
+"""What every method needs: the task's batch for the model, the ablated outputs, the objective.
+
+Sign convention of every method: a score is the *loss of behaviour* when the edge alone is ablated,
+m(clean) − m(edge ablated) for metrics where higher is better (logit-diff, prob-diff) and
+m(edge ablated) − m(clean) where lower is better (kl, ce). Positive = the edge supports the task.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from circuitfind.engine.ablation import ABLATIONS, ablated_outputs
+from circuitfind.engine.patching import clean_logits
+from circuitfind.errors import ConfigError
+from circuitfind.metrics import HIGHER_IS_BETTER, Targets, resolve_metric
+from circuitfind.task import Batch, Task
+
+
+@dataclass
+class Setup:
+    batch: Batch
+    ablated: Tensor  # [src, batch|1, pos|1, d_model]
+    targets: Targets  # with the clean logits, for KL
+    metric: object
+    sign: float  # +1 if higher metric = better behaviour
+
+    def per_mask(self, logits: Tensor) -> Tensor:
+        """Mean metric per mask: logits [k, batch, vocab] → [k]."""
+        k, b = logits.shape[:2]
+        t = self.targets
+        rep = Targets(t.correct.repeat(k, 1), t.wrong.repeat(k, 1), t.clean_logits.repeat(k, 1),
+                      None if t.values is None else t.values.repeat(k))
+        return self.metric(logits.reshape(k * b, -1), rep).view(k, b).mean(1)
+
+    def objective(self, logits: Tensor) -> Tensor:
+        """Mean metric of one run: logits [batch, vocab] → scalar."""
+        return self.metric(logits, self.targets).mean()
+
+
+def prepare(model, task: Task, ablation: str, seed: int = 0) -> Setup:
+    """Batch the task, check the metric on the clean run, and compute the ablated sender outputs."""
+    if ablation not in ABLATIONS:
+        raise ConfigError(f"unknown ablation {ablation!r}; choose one of {', '.join(ABLATIONS)}")
+    batch = task.batch(model)
+    if ablation == "corrupted" and not task.aligned:
+        raise ConfigError(f"task {task.name!r} is not position-aligned; use mean, zero or resample ablation")
+    task.check_metric(model, batch)
+    with torch.no_grad():
+        logits = clean_logits(model, batch.clean)
+        ablated = ablated_outputs(model, ablation, batch.clean, batch.corrupt, seed=seed)
+    name = task.metric if isinstance(task.metric, str) else None
+    higher = HIGHER_IS_BETTER.get(name, getattr(task, "higher_is_better", True))
+    return Setup(batch, ablated, batch.targets.with_clean(logits), resolve_metric(task.metric), 1.0 if higher else -1.0)

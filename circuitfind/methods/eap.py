@@ -1,0 +1,19 @@
+"""EAP: edge attribution patching (Syed et al. 2023) — the first-order effect of ablating each edge,
+from one backward pass (`engine.attribution.attribute`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from circuitfind.engine.attribution import attribute
+from circuitfind.methods.common import prepare
+
+
+@dataclass(frozen=True)
+class EAPConfig:
+    pass
+
+
+def score(model, task, cfg: EAPConfig, ablation: str = "corrupted", seed: int = 0):
+    setup = prepare(model, task, ablation, seed)
+    return -setup.sign * attribute(model, setup.batch.clean, setup.ablated, setup.objective)

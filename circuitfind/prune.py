@@ -1,0 +1,97 @@
+"""From scores to a circuit: top-n, threshold or greedy selection, then dangling-edge removal.
+
+    circuit = cf.prune(scores, edges=200)                       # the 200 highest |score| edges
+    circuit = cf.prune(scores, threshold=0.01, absolute=False)  # every edge scoring ≥ 0.01
+    circuit = cf.prune(scores, edges=200, strategy="greedy")    # grown backwards from the logits
+
+An edge is dangling when it lies on no path from `input` to `logits` inside the circuit; such edges
+change nothing (or only through nodes that reach no output) and are removed, and the count is kept
+in the circuit's provenance.
+"""
+
+from __future__ import annotations
+
+import heapq
+
+import torch
+from torch import Tensor
+
+from circuitfind.circuit import Circuit, EdgeScores
+from circuitfind.errors import ConfigError
+from circuitfind.graph import Graph
+
+
+def prune(scores: EdgeScores, edges: int | None = None, *, threshold: float | None = None, strategy: str = "topn",
+          absolute: bool = True, remove_dangling: bool = True) -> Circuit:
+    g = scores.graph
+    key = scores.scores.abs() if absolute else scores.scores.clone()
+    key = key.masked_fill(~g.edge_mask, float("-inf"))
+    if strategy not in ("topn", "threshold", "greedy"):
+        raise ConfigError(f"unknown strategy {strategy!r}; use topn, threshold or greedy")
+    if strategy == "threshold" or (threshold is not None and edges is None):
+        if threshold is None:
+            raise ConfigError("the threshold strategy needs threshold=")
+        mask, chosen = key >= threshold, {"threshold": threshold}
+    else:
+        if edges is None or not 0 <= edges <= g.n_edges:
+            raise ConfigError(f"edges must be a count between 0 and {g.n_edges}, got {edges!r}")
+        mask = greedy(g, key, edges) if strategy == "greedy" else top_n(key, edges)
+        chosen = {"edges": edges}
+    before = int(mask.sum())
+    if remove_dangling:
+        mask = without_dangling(g, mask)
+    provenance = scores.metadata() | {"kind": "circuit", "strategy": strategy, "absolute": absolute, **chosen,
+                                      "dangling_removed": before - int(mask.sum())}
+    return Circuit(mask, g, provenance)
+
+
+def top_n(key: Tensor, n: int) -> Tensor:
+    """Bool mask of the n largest entries of key [dst, src] (ties broken by position)."""
+    mask = torch.zeros(key.numel(), dtype=torch.bool)
+    if n:
+        mask[key.flatten().topk(n).indices] = True
+    return mask.view_as(key)
+
+
+def greedy(g: Graph, key: Tensor, n: int) -> Tensor:
+    """Grow from the logits: repeatedly add the best edge whose receiver's node is already in the circuit."""
+    mask = torch.zeros_like(key, dtype=torch.bool)
+    in_circuit = torch.zeros(g.n_senders, dtype=torch.bool)
+    heap: list[tuple[float, int, int]] = []
+
+    def offer(dst: int) -> None:
+        for src in g.edge_mask[dst].nonzero()[:, 0].tolist():
+            heapq.heappush(heap, (-float(key[dst, src]), dst, src))
+
+    offer(g.logits_receiver)
+    receivers_of = {}
+    for dst, node in enumerate(g.receiver_node.tolist()):
+        receivers_of.setdefault(node, []).append(dst)
+    while heap and int(mask.sum()) < n:
+        _, dst, src = heapq.heappop(heap)
+        if mask[dst, src]:
+            continue
+        mask[dst, src] = True
+        if not in_circuit[src]:
+            in_circuit[src] = True
+            for r in receivers_of.get(src, []):
+                offer(r)
+    return mask
+
+
+def without_dangling(g: Graph, mask: Tensor) -> Tensor:
+    """Keep only edges on some input → logits path of the circuit."""
+    node = g.receiver_node
+    reached = torch.zeros(g.n_senders, dtype=torch.bool)  # reachable from input through the circuit
+    reached[0] = True
+    useful = torch.zeros(g.n_senders, dtype=torch.bool)  # reaches the logits through the circuit
+    for s in range(1, g.n_senders):  # senders are in topological order
+        rows = (node == s).nonzero()[:, 0]
+        reached[s] = bool((mask[rows] & reached).any())
+    useful |= mask[g.logits_receiver]
+    for s in range(g.n_senders - 1, -1, -1):
+        outs = mask[:, s].nonzero()[:, 0]
+        if len(outs) and bool(useful[node[outs][node[outs] >= 0]].any()):
+            useful[s] = True
+    keep_dst = torch.cat([useful[node[:-1]], torch.tensor([True])])  # receivers whose node reaches the logits
+    return mask & reached[None, :] & keep_dst[:, None] & torch.cat([reached[node[:-1]], torch.tensor([True])])[:, None]

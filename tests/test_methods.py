@@ -1,0 +1,145 @@
+"""Methods, pruning and evaluation: each checked against an independent reference or invariant."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import circuitfind as cf
+from circuitfind.circuit import Circuit, EdgeScores
+from circuitfind.engine.ablation import ablated_outputs
+from circuitfind.evaluate import MIB_FRACTIONS, _trapezoid
+from circuitfind.graph import Graph
+from circuitfind.prune import without_dangling
+from circuitfind.task import Example, Task
+from tests.conftest import tiny_hf
+from tests.reference import reference_masked_logits
+from tests.test_attribution import _linear_model
+
+
+@pytest.fixture(scope="module")
+def model():
+    return cf.from_hf(tiny_hf("gpt2")).double()
+
+
+class Copy(Task):
+    """Token-level: the last token should repeat the first; corrupted prompts start elsewhere."""
+    name = "copy"
+    metric = "logit-diff"
+
+    def example(self, rng, words):
+        a, b, *rest = words.random_tokens(rng, 6)
+        return Example(clean=[a] + rest, corrupt=[b] + rest, correct=a, wrong=b)
+
+
+def test_eap_ig_with_one_step_is_eap(model):
+    task = cf.load_task("induction", n=6)
+    eap = cf.score_edges(model, task, "eap")
+    assert torch.allclose(cf.score_edges(model, task, "eap-ig", steps=1).scores, eap.scores, atol=1e-6)
+    assert torch.allclose(cf.score_edges(model, task, "eap-ig-activations", steps=1).scores, eap.scores, atol=1e-6)
+    five = cf.score_edges(model, task, "eap-ig", steps=5).scores
+    assert not torch.allclose(five, eap.scores, atol=1e-4)
+    assert not torch.allclose(cf.score_edges(model, task, "clean-corrupted").scores, eap.scores, atol=1e-4)
+
+
+def test_exact_equals_slow_per_edge_patching(model):
+    task = Copy(n=5)
+    scores = cf.score_edges(model, task, "exact", max_masks=7)
+    batch = task.batch(model)
+    abl = ablated_outputs(model, "corrupted", batch.clean, batch.corrupt)
+    g = model.graph
+
+    def metric(mask):
+        logits = reference_masked_logits(model, batch.clean.tokens, batch.clean.attention_mask,
+                                         batch.clean.answer_pos, abl, mask)
+        return cf.metrics.logit_diff(logits, batch.targets).mean()
+
+    full = g.edge_mask.double()
+    base = metric(full)
+    edges = g.edge_mask.nonzero()
+    for dst, src in edges[torch.linspace(0, len(edges) - 1, 15).long()].tolist():
+        mask = full.clone()
+        mask[dst, src] = 0
+        assert abs(scores.scores[dst, src].item() - (base - metric(mask)).item()) <= 1e-5  # loss of behaviour
+
+
+def test_eap_equals_exact_on_a_linear_model():
+    model = _linear_model()
+    task = Copy(n=5)
+    eap, exact = cf.score_edges(model, task, "eap"), cf.score_edges(model, task, "exact")
+    g = model.graph
+    for dst in [g.qkv_receiver(0, "v", 0), g.qkv_receiver(0, "v", 1), g.mlp_receiver(0), g.logits_receiver]:
+        assert torch.allclose(eap.scores[dst], exact.scores[dst], atol=1e-5)
+
+
+def test_scores_and_circuits_round_trip(model, tmp_path):
+    scores = cf.score_edges(model, cf.load_task("induction", n=4), "eap")
+    scores.save(tmp_path / "run")
+    back = EdgeScores.load(tmp_path / "run")
+    assert torch.equal(back.scores, scores.scores) and back.method == "eap" and back.task == "induction"
+    circuit = cf.prune(scores, edges=20)
+    circuit.save(tmp_path / "run" / "circuit.json")
+    again = Circuit.load(tmp_path / "run" / "circuit.json")
+    assert torch.equal(again.mask, circuit.mask) and again.provenance["edges"] == 20
+
+
+def test_topn_threshold_and_greedy(model):
+    scores = cf.score_edges(model, cf.load_task("induction", n=4), "eap")
+    g = model.graph
+    raw = cf.prune(scores, edges=30, remove_dangling=False)
+    assert raw.n_edges == 30
+    kept = scores.scores.abs()[raw.mask]
+    assert kept.min() >= scores.scores.abs()[g.edge_mask & ~raw.mask].max()
+    thr = cf.prune(scores, threshold=float(kept.min()), remove_dangling=False)
+    assert torch.equal(thr.mask, raw.mask)
+    greedy = cf.prune(scores, edges=30, strategy="greedy")
+    assert greedy.n_edges <= 30 and greedy.provenance["dangling_removed"] == 0  # grown from logits: connected
+
+
+def test_dangling_edges_are_removed():
+    g = Graph(2, 2)
+    mask = torch.zeros(g.n_receivers, g.n_senders, dtype=torch.bool)
+    on_path = ["input->a0.h0<v>", "a0.h0->a1.h1<q>", "a1.h1->logits"]
+    dead_end = ["input->a0.h1<k>"]  # a0.h1 writes nowhere in the circuit
+    orphan = ["a0.h1->m1"]  # a0.h1 is not reached from the input... and m1 reaches nothing
+    for name in on_path + dead_end + orphan:
+        mask[g.edge_index(name)] = True
+    assert set(g.edge_names(without_dangling(g, mask))) == set(on_path)
+
+
+def test_full_circuit_is_faithful_and_empty_is_not(model):
+    task = cf.load_task("induction", n=6)
+    g = model.graph
+    full = cf.evaluate(model, task, Circuit(g.edge_mask, g))
+    empty = cf.evaluate(model, task, Circuit(torch.zeros_like(g.edge_mask), g))
+    assert full["faithfulness"] == pytest.approx(1.0) and empty["faithfulness"] == pytest.approx(0.0)
+
+
+def test_faithfulness_curve_matches_separate_evaluations(model):
+    task = cf.load_task("induction", n=6)
+    scores = cf.score_edges(model, task, "eap")
+    curve = cf.faithfulness_curve(model, task, scores, chunk=5)
+    assert curve.faithfulness_signed[-1] == pytest.approx(1.0) and curve.faithfulness_absolute[-1] == pytest.approx(1.0)
+    for i in (3, 7):
+        circuit = cf.prune(scores, edges=int(MIB_FRACTIONS[i] * model.graph.n_edges))
+        assert cf.evaluate(model, task, circuit)["faithfulness"] == pytest.approx(curve.faithfulness_absolute[i], abs=1e-9)
+    assert curve.cmd == pytest.approx(_trapezoid(MIB_FRACTIONS, [abs(1 - f) for f in curve.faithfulness_absolute]))
+    assert curve.cpr == pytest.approx(_trapezoid(MIB_FRACTIONS, curve.faithfulness_signed))
+
+
+def test_roc_auc():
+    g = Graph(2, 2)
+    truth = ["input->a0.h0<v>", "a0.h0->a1.h1<q>", "a1.h1->logits"]
+    perfect = g.mask_from_edges(truth).float() + 0.01 * g.edge_mask
+    assert cf.roc_auc(EdgeScores(perfect, g), truth) == 1.0
+    assert cf.roc_auc(EdgeScores(1 - perfect, g), truth) == 0.0
+    assert cf.roc_auc(EdgeScores(g.edge_mask.float(), g), truth) == 0.5
+
+
+def test_bad_method_or_option(model):
+    with pytest.raises(cf.ConfigError, match="unknown method"):
+        cf.score_edges(model, "induction", "magic")
+    with pytest.raises(cf.ConfigError, match="no option 'stepz'"):
+        cf.score_edges(model, "induction", "eap-ig", stepz=3)
+    with pytest.raises(cf.ConfigError, match="unknown ablation"):
+        cf.score_edges(model, "induction", "eap", ablation="banana")
