@@ -2,6 +2,7 @@
 
     circuitfind zoo                    cf.models.zoo.ZOO
     circuitfind tasks [show TASK]      cf.task.builtin_tasks(), cf.load_task(TASK).examples()
+    circuitfind discover --model M --task T --method X --out DIR    cf.discover(model, T, X, out=DIR)
     circuitfind graph MODEL            cf.load_model(MODEL).graph
 """
 
@@ -43,6 +44,29 @@ def _tasks(args) -> int:
     return 0
 
 
+def _discover(args) -> int:
+    from circuitfind.discover import discover
+    from circuitfind.errors import ConfigError
+    from circuitfind.methods import METHODS
+    from circuitfind.models.loading import load_model
+
+    if args.method not in METHODS:  # before any loading
+        raise ConfigError(f"unknown method {args.method!r}; available: {', '.join(METHODS)}")
+    options = {}
+    for item in args.option or []:
+        key, _, value = item.partition("=")
+        options[key.replace("-", "_")] = int(value) if value.lstrip("-").isdigit() else value
+    model = load_model(args.model, dtype=args.dtype, device=args.device)
+    run = discover(model, args.task, args.method, args.ablation, out=args.out, edges=args.edges, target=args.target,
+                   n=args.n, seed=args.seed, quiet=args.quiet, **options)
+    r = run.result
+    print(f"{r['model']} / {r['task']} / {r['method']}: {r['n_edges']} of {r['n_edges_total']} edges, "
+          f"faithfulness {r['faithfulness']:.3f}, CPR {r['cpr']:.3f}, CMD {r['cmd']:.3f}")
+    if run.out is not None:
+        print(f"wrote {run.out}/result.json, circuit.json, scores.safetensors")
+    return 0
+
+
 def _graph(args) -> int:
     from circuitfind.models.loading import load_model
 
@@ -64,6 +88,20 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--split", default="train", choices=["train", "test"])
     t.set_defaults(run=_tasks)
+    d = sub.add_parser("discover", help="score edges, choose the smallest faithful circuit, write a run directory")
+    d.add_argument("--model", required=True, help="zoo name, local directory or hub id")
+    d.add_argument("--task", required=True, help="built-in task or path/to/file.py:ClassName")
+    d.add_argument("--method", default="eap-ig", help="eap, eap-ig, eap-ig-activations, clean-corrupted, exact")
+    d.add_argument("--ablation", default="corrupted", help="corrupted, mean, mean-positional, zero, resample")
+    d.add_argument("--out", help="run directory to write")
+    d.add_argument("--edges", type=int, help="circuit size (default: smallest MIB size reaching --target)")
+    d.add_argument("--target", type=float, default=0.9, help="faithfulness the circuit must reach")
+    d.add_argument("-n", type=int, default=100, help="examples")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--option", action="append", metavar="KEY=VALUE", help="method option, e.g. steps=10")
+    d.add_argument("--dtype", default="float32")
+    d.add_argument("--device", default="cpu")
+    d.set_defaults(run=_discover)
     g = sub.add_parser("graph", help="load a model and print its edge graph")
     g.add_argument("model", help="zoo name, local directory or hub id")
     g.add_argument("--dtype", default="float32")
@@ -73,7 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest:  # --quiet may come after the subcommand too
+        args.quiet = args.quiet or "--quiet" in rest
+        unknown = [r for r in rest if r != "--quiet"]
+        if unknown:
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return args.run(args)
     except CircuitfindError as e:

@@ -15,7 +15,7 @@
 
 Prompts and answers are strings for models with a tokenizer, or token ids (lists of ints) for
 toy models. Examples are drawn deterministically from the seed; an example belongs to the train or
-test split by a hash of its clean prompt, so the splits never overlap. `words` filters word lists to
+test split by a hash of its clean prompt, so no clean prompt is in both splits. `words` filters word lists to
 what the model's tokenizer keeps as single tokens. Tasks never touch model internals.
 """
 
@@ -118,8 +118,9 @@ class Task:
         """Edge names of the known circuit in this model, where one is known (toy and tracr models)."""
         return None
 
-    def with_split(self, split: str) -> "Task":
-        return type(self)(n=self.n, seed=self.seed, split=split)
+    def with_split(self, split: str, n: int | None = None) -> "Task":
+        """The same task on another split (and size)."""
+        return type(self)(n=self.n if n is None else n, seed=self.seed, split=split)
 
     # ------------------------------------------------------------------ generation
     def examples(self, model=None) -> list[Example]:
@@ -138,11 +139,12 @@ class Task:
         while len(out) < self.n and attempts < limit:
             attempts += 1
             ex = self.example(rng, words)
-            key = repr(ex.clean)
+            key = repr((ex.clean, ex.corrupt))
             if key in seen:
                 continue
             seen.add(key)
-            if _in_test(key, self.test_fraction) == (self.split == "test"):
+            # the split follows the clean prompt alone, so no clean prompt is in both splits
+            if _in_test(repr(ex.clean), self.test_fraction) == (self.split == "test"):
                 out.append(ex)
         if len(out) < self.n:
             raise TaskError(f"task {self.name!r} could generate only {len(out)} distinct {self.split} examples of the "

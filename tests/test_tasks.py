@@ -14,7 +14,7 @@ import circuitfind as cf
 from circuitfind.task import Example, Task, builtin_tasks, load_task
 
 SPLIT = re.compile(r"\d\d|[,.]|[^\s\d,.]+")
-STRING_TASKS = ["ioi", "greater-than", "sva"]
+STRING_TASKS = ["ioi", "greater-than", "sva", "gendered-pronoun", "capital-country", "arithmetic", "docstring", "mcqa"]
 
 
 def _word_model():
@@ -200,3 +200,42 @@ def test_bad_n_and_split():
         load_task("ioi", n=0)
     with pytest.raises(cf.TaskError, match="split"):
         load_task("ioi", split="validation")
+
+
+def test_gendered_pronoun_matches_the_name():
+    from circuitfind.tasks.gendered_pronoun import FEMALE
+    for ex in load_task("gendered-pronoun", n=30).examples():
+        name = [w for w in ex.clean.replace(",", " ").split() if w[0].isupper() and w not in ("So", "Well", "Yes")][0]
+        assert ex.correct == (" she" if name in FEMALE else " he") and ex.wrong != ex.correct
+
+
+def test_capital_is_the_named_countrys():
+    from circuitfind.tasks.capital_country import PAIRS
+    capital = dict(PAIRS)
+    for ex in load_task("capital-country", n=30).examples():
+        country = next(c for c in capital if c in ex.clean)
+        assert ex.correct == " " + capital[country] and ex.wrong != ex.correct
+
+
+def test_arithmetic_sums():
+    for ex in load_task("arithmetic", n=30).examples():
+        a, _, b, _ = ex.clean.split()
+        c = ex.corrupt.split()[0]
+        assert int(ex.correct) == int(a) + int(b) and int(ex.wrong) == int(c) + int(b)
+
+
+def test_docstring_answer_is_the_next_parameter():
+    for ex in load_task("docstring", n=30).examples():
+        params = ex.clean.split("(self, ")[1].split(")")[0].split(", ")
+        documented = [line.split(":param ")[1].split(":")[0] for line in ex.clean.splitlines() if ":param " in line]
+        assert documented == params[:2] and ex.correct == " " + params[2]
+
+
+def test_mcqa_letter_points_at_the_answer():
+    from circuitfind.tasks.mcqa import QUESTIONS
+    answers = {q: a for q, a, _ in QUESTIONS}
+    for ex in load_task("mcqa", n=30).examples():
+        question = ex.clean.split("Question: ")[1].split("?")[0] + "?"
+        letter = ex.correct.strip()
+        assert ex.clean.split(f"{letter}. ")[1].split(" ")[0] == answers[question]
+        assert ex.corrupt.split(f"{ex.wrong.strip()}. ")[1].split(" ")[0] == answers[question]

@@ -1,0 +1,69 @@
+"""The one call: score every edge, choose the smallest faithful circuit, evaluate, write a run directory.
+
+    run = cf.discover(model, "ioi", method="eap-ig", out="runs/ioi-gpt2")
+
+The circuit is the smallest of the MIB-size circuits (top edges by |score|, dangling edges removed)
+whose faithfulness on the test split reaches `target` (default 0.9), unless `edges=` fixes its size.
+The run directory holds scores.safetensors + scores.json, circuit.json and result.json.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from circuitfind.circuit import Circuit, EdgeScores, _atomic_write
+from circuitfind.errors import ConfigError
+from circuitfind.evaluate import MIB_FRACTIONS, evaluate, faithfulness_curve, roc_auc
+from circuitfind.methods import METHODS, score_edges
+from circuitfind.prune import prune
+from circuitfind.task import Task, load_task
+
+
+@dataclass
+class Run:
+    scores: EdgeScores
+    circuit: Circuit
+    result: dict
+    out: Path | None
+
+
+def discover(model, task: Task | str, method: str = "eap-ig", ablation: str = "corrupted", *, out=None,
+             edges: int | None = None, target: float = 0.9, n: int = 100, seed: int = 0, quiet: bool = False,
+             **options) -> Run:
+    if method not in METHODS:
+        raise ConfigError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
+    task = load_task(task, n=n, seed=seed) if isinstance(task, str) else task
+    test = task.with_split("test", n=max(1, task.n // 4))
+    test.batch(model)  # validate both splits before the long work
+    start = time.perf_counter()
+    scores = score_edges(model, task, method, ablation, seed=seed, quiet=quiet, **options)
+    curve = faithfulness_curve(model, test, scores, ablation=ablation, seed=seed)
+    if edges is None:
+        reached = [i for i, f in enumerate(curve.faithfulness_absolute) if f >= target]
+        edges = int(MIB_FRACTIONS[reached[0] if reached else -1] * model.graph.n_edges)
+    circuit = prune(scores, edges=edges)
+    result = evaluate(model, test, circuit, ablation=ablation, seed=seed)
+    truth = task.ground_truth(model)
+    result = {"model": model.name, "task": task.name, "method": method, "ablation": ablation,
+              "n_edges_total": model.graph.n_edges, "n_edges": circuit.n_edges,
+              "faithfulness": result["faithfulness"], "cpr": curve.cpr, "cmd": curve.cmd,
+              "roc_auc": roc_auc(scores, truth) if truth else None,
+              "metric": {k: result[k] for k in ("metric_circuit", "metric_full", "metric_empty")},
+              "curve": {"fractions": curve.fractions, "faithfulness_signed": curve.faithfulness_signed,
+                        "faithfulness_absolute": curve.faithfulness_absolute},
+              "seconds": round(time.perf_counter() - start, 2), "seed": seed, "n": task.n,
+              "provenance": {"command": " ".join(sys.argv), "python": platform.python_version(),
+                             "torch": torch.__version__, "options": options}}
+    if out is not None:
+        out = Path(out)
+        scores.save(out)
+        circuit.save(out / "circuit.json")
+        _atomic_write(out / "result.json", lambda p: Path(p).write_text(json.dumps(result, indent=2)))
+    return Run(scores, circuit, result, out)

@@ -1,0 +1,51 @@
+"""discover: Python and CLI agree, and the run directory holds what DESIGN.md promises."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+import circuitfind as cf
+from circuitfind.circuit import Circuit, EdgeScores
+from circuitfind.cli import main
+from tests.conftest import tiny_hf
+from tests.test_tasks import USER_TASK, _word_model
+
+RESULT_KEYS = {"model", "task", "method", "ablation", "n_edges_total", "n_edges", "faithfulness", "cpr", "cmd",
+               "roc_auc"}
+
+
+def test_discover_writes_a_run_directory(tmp_path):
+    model = cf.from_hf(tiny_hf("llama"))
+    run = cf.discover(model, "induction", method="eap", out=tmp_path / "run", n=8, quiet=True)
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert RESULT_KEYS <= set(result) and result == json.loads(json.dumps(run.result))
+    assert result["n_edges"] == run.circuit.n_edges and result["n_edges_total"] == model.graph.n_edges
+    assert torch.equal(EdgeScores.load(tmp_path / "run").scores, run.scores.scores)
+    assert torch.equal(Circuit.load(tmp_path / "run" / "circuit.json").mask, run.circuit.mask)
+    reached = [f for f in result["curve"]["faithfulness_absolute"] if f >= 0.9]
+    assert result["faithfulness"] >= 0.9 or not reached
+    assert not list((tmp_path / "run").glob(".*tmp"))  # nothing half-written
+
+
+def test_cli_discover_with_a_user_task(tmp_path, capsys):
+    model = _word_model()
+    model_dir = tmp_path / "word-model"
+    hf = tiny_hf("gpt2", vocab_size=model.cfg.d_vocab)
+    hf.save_pretrained(model_dir)
+    model.tokenizer.save_pretrained(model_dir)
+    task_file = tmp_path / "my_task.py"
+    task_file.write_text(USER_TASK)
+    code = main(["discover", "--model", str(model_dir), "--task", f"{task_file}:Greeting", "--method", "eap-ig",
+                 "--option", "steps=2", "-n", "8", "--out", str(tmp_path / "run"), "--quiet"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "faithfulness" in out and (tmp_path / "run" / "result.json").exists()
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["task"] == "greeting" and result["method"] == "eap-ig"
+
+
+def test_cli_discover_bad_method(capsys):
+    assert main(["discover", "--model", "/nope", "--task", "ioi", "--method", "magic"]) == 2
+    assert "unknown method 'magic'" in capsys.readouterr().err
