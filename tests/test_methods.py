@@ -143,3 +143,26 @@ def test_bad_method_or_option(model):
         cf.score_edges(model, "induction", "eap-ig", stepz=3)
     with pytest.raises(cf.ConfigError, match="unknown ablation"):
         cf.score_edges(model, "induction", "eap", ablation="banana")
+
+
+@pytest.mark.parametrize("family", ["gpt2", "gpt_neox"])
+def test_acdc_batched_equals_naive(family):
+    model = cf.from_hf(tiny_hf(family)).double()
+    task = cf.load_task("induction", n=6)
+    from circuitfind.methods.acdc import ACDCConfig, _values
+    from circuitfind.methods.common import prepare
+    setup = prepare(model, task, "corrupted")
+    empty = float(_values(model, setup, ACDCConfig(), torch.zeros(1, *model.graph.edge_mask.shape).double())[0])
+    for threshold in (empty / 100, empty / 20):
+        batched = cf.score_edges(model, task, "acdc", threshold=threshold, chunk=5)
+        naive = cf.score_edges(model, task, "acdc", threshold=threshold, naive=True)
+        kept_b = cf.prune(batched, threshold=threshold, absolute=False, remove_dangling=False)
+        kept_n = cf.prune(naive, threshold=threshold, absolute=False, remove_dangling=False)
+        assert torch.equal(kept_b.mask, kept_n.mask)
+        assert 0 < kept_b.n_edges < model.graph.n_edges  # a real decision was made
+        assert torch.allclose(batched.scores, naive.scores, atol=1e-8)
+
+
+def test_acdc_with_the_task_metric(model):
+    scores = cf.score_edges(model, Copy(n=5), "acdc", threshold=0.05, metric="task")
+    assert (scores.scores != 0).any()

@@ -13,7 +13,7 @@ import time
 
 from circuitfind.circuit import EdgeScores
 from circuitfind.errors import ConfigError
-from circuitfind.methods import eap, eap_ig, exact
+from circuitfind.methods import acdc, eap, eap_ig, exact
 from circuitfind.task import Task, load_task
 
 # name → (score function, config class, fixed options)
@@ -23,6 +23,7 @@ METHODS = {
     "eap-ig-activations": (eap_ig.score, eap_ig.EAPIGConfig, {"variant": "activations"}),
     "clean-corrupted": (eap_ig.score, eap_ig.EAPIGConfig, {"variant": "clean-corrupted"}),
     "exact": (exact.score, exact.ExactConfig, {}),
+    "acdc": (acdc.score, acdc.ACDCConfig, {}),
 }
 
 
@@ -39,7 +40,7 @@ def score_edges(model, task: Task | str, method: str = "eap-ig", ablation: str =
     cfg = config_cls(**{**options, **fixed})
     task = load_task(task) if isinstance(task, str) else task
     start = time.perf_counter()
-    extra = {"quiet": quiet} if method == "exact" else {}
+    extra = {"quiet": quiet} if method in ("exact", "acdc") else {}
     raw = fn(model, task, cfg, ablation=ablation, seed=seed, **extra)
     config = dataclasses.asdict(cfg) | {"seed": seed, "n": task.n, "seconds": round(time.perf_counter() - start, 3)}
     return EdgeScores(raw, model.graph, method=method, model=model.name, task=task.name, ablation=ablation, config=config)
