@@ -166,3 +166,34 @@ def test_acdc_batched_equals_naive(family):
 def test_acdc_with_the_task_metric(model):
     scores = cf.score_edges(model, Copy(n=5), "acdc", threshold=0.05, metric="task")
     assert (scores.scores != 0).any()
+
+
+@pytest.mark.parametrize("family", ["gpt2", "gpt_neox"])
+def test_ifr_shares_against_a_loop(family):
+    """Each receiver's weights are normalised proximities of its senders to its input (a plain loop)."""
+    from circuitfind.methods.ifr import contribution_graph
+    model = cf.from_hf(tiny_hf(family)).double()
+    tokens = torch.randint(3, 90, (7,))
+    w = contribution_graph(model, tokens, position=-1)
+    g = model.graph
+    _, cache = model.run_with_cache(tokens[None])
+    from circuitfind.engine.patching import Inputs, sender_outputs
+    y = sender_outputs(model, Inputs.of(tokens[None]))[:, 0, -1]  # [src, d]
+    for l, dst in ((1, g.qkv_receiver(1, "k", 1)), (1, g.mlp_receiver(1))):
+        mlp_reads = "hook_resid_pre" if model.cfg.parallel else "hook_resid_mid"
+        x = cache[f"blocks.{l}.hook_resid_pre" if dst != g.mlp_receiver(l) else f"blocks.{l}.{mlp_reads}"][0, -1]
+        senders = g.edge_mask[dst].nonzero()[:, 0]
+        prox = torch.stack([(x.abs().sum() - (x - y[u]).abs().sum()).clamp(min=0) for u in senders])
+        assert torch.allclose(w[dst, senders], prox / prox.sum(), atol=1e-9)
+    x = cache[f"blocks.{g.n_layers - 1}.hook_resid_post"][0, -1]
+    prox = torch.stack([(x.abs().sum() - (x - y[u]).abs().sum()).clamp(min=0) for u in range(g.n_senders)])
+    assert torch.allclose(w[g.logits_receiver], prox / prox.sum(), atol=1e-9)
+
+
+def test_ifr_method_scores_are_shares(model):
+    scores = cf.score_edges(model, cf.load_task("induction", n=4), "ifr")
+    g = model.graph
+    sums = scores.scores.sum(1)
+    assert torch.allclose(sums[sums > 0], torch.ones_like(sums[sums > 0]), atol=1e-5)
+    routes = cf.prune(scores, threshold=0.04, absolute=False)
+    assert 0 < routes.n_edges < g.n_edges

@@ -13,7 +13,7 @@ import time
 
 from circuitfind.circuit import EdgeScores
 from circuitfind.errors import ConfigError
-from circuitfind.methods import acdc, eap, eap_ig, exact
+from circuitfind.methods import acdc, eap, eap_ig, exact, ifr
 from circuitfind.task import Task, load_task
 
 # name → (score function, config class, fixed options)
@@ -24,6 +24,7 @@ METHODS = {
     "clean-corrupted": (eap_ig.score, eap_ig.EAPIGConfig, {"variant": "clean-corrupted"}),
     "exact": (exact.score, exact.ExactConfig, {}),
     "acdc": (acdc.score, acdc.ACDCConfig, {}),
+    "ifr": (ifr.score, ifr.IFRConfig, {}),
 }
 
 
