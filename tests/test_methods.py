@@ -197,3 +197,16 @@ def test_ifr_method_scores_are_shares(model):
     assert torch.allclose(sums[sums > 0], torch.ones_like(sums[sums > 0]), atol=1e-5)
     routes = cf.prune(scores, threshold=0.04, absolute=False)
     assert 0 < routes.n_edges < g.n_edges
+
+
+def test_node_scores_are_first_order_node_ablations(model):
+    """A node's EAP score equals the first-order effect of ablating all its out-edges: the sum of theirs."""
+    task = Copy(n=5)
+    edge = cf.score_edges(model, task, "eap")
+    node = cf.score_edges(model, task, "eap-node")
+    g = model.graph
+    assert torch.allclose(node.scores, g.edge_mask * edge.scores.sum(0, keepdim=True), atol=1e-6)
+    circuit = cf.prune(node, nodes=3, remove_dangling=False)
+    assert len(circuit.nodes()) == 3 and torch.equal(circuit.mask, g.nodes_to_edges(
+        torch.isin(torch.arange(g.n_senders), torch.tensor([g.senders.index(n) for n in circuit.nodes()]))))
+    assert cf.score_edges(model, task, "eap-ig-node", steps=1).scores.allclose(node.scores, atol=1e-6)

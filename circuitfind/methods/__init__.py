@@ -21,6 +21,8 @@ METHODS = {
     "eap": (eap.score, eap.EAPConfig, {}),
     "eap-ig": (eap_ig.score, eap_ig.EAPIGConfig, {"variant": "inputs"}),
     "eap-ig-activations": (eap_ig.score, eap_ig.EAPIGConfig, {"variant": "activations"}),
+    "eap-node": (eap.score, eap.EAPConfig, {"level": "node"}),
+    "eap-ig-node": (eap_ig.score, eap_ig.EAPIGConfig, {"variant": "inputs", "level": "node"}),
     "clean-corrupted": (eap_ig.score, eap_ig.EAPIGConfig, {"variant": "clean-corrupted"}),
     "exact": (exact.score, exact.ExactConfig, {}),
     "acdc": (acdc.score, acdc.ACDCConfig, {}),

@@ -34,6 +34,7 @@ class ACDCConfig:
     metric: Literal["kl", "task"] = "kl"
     chunk: int = 16  # edges tried per forward
     naive: bool = False  # one full forward per edge (the reference loop)
+    receivers: tuple[int, ...] | None = None  # sweep only these receivers (the rest stay whole)
 
 
 def score(model, task, cfg: ACDCConfig, ablation: str = "corrupted", seed: int = 0, quiet: bool = True):
@@ -64,9 +65,10 @@ def _run(model, setup, cfg, quiet):
     circuit = full.clone()
     scores = torch.zeros(g.n_receivers, g.n_senders)
     current = float(_values(model, setup, cfg, circuit[None])[0])
-    order = sorted(range(g.n_receivers), key=lambda r: (-int(g.receiver_layer[r]), -r))  # logits first
+    wanted = range(g.n_receivers) if cfg.receivers is None else cfg.receivers
+    order = sorted(wanted, key=lambda r: (-int(g.receiver_layer[r]), -r))  # logits first
     prefixes = {}
-    bar = tqdm(total=g.n_edges, desc="ACDC", unit="edge", disable=quiet)
+    bar = tqdm(total=int(g.edge_mask[list(wanted)].sum()), desc="ACDC", unit="edge", disable=quiet)
     for dst in order:
         srcs = g.edge_mask[dst].nonzero()[:, 0].flip(0).tolist()  # latest sender first
         node = int(g.receiver_node[dst])

@@ -54,3 +54,14 @@ def prepare(model, task: Task, ablation: str, seed: int = 0) -> Setup:
     name = task.metric if isinstance(task.metric, str) else None
     higher = HIGHER_IS_BETTER.get(name, getattr(task, "higher_is_better", True))
     return Setup(batch, ablated, batch.targets.with_clean(logits), resolve_metric(task.metric), 1.0 if higher else -1.0)
+
+
+def to_level(scores, graph, level: str):
+    """Edge scores [dst, src] as they are, or node scores spread over each node's out-edges.
+
+    To first order, ablating a node is ablating all its out-edges, so its score is their sum."""
+    if level == "edge":
+        return scores
+    if level != "node":
+        raise ConfigError(f"level must be 'edge' or 'node', got {level!r}")
+    return graph.edge_mask.to(scores.dtype) * scores.sum(0, keepdim=True)

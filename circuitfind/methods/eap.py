@@ -6,14 +6,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from circuitfind.engine.attribution import attribute
-from circuitfind.methods.common import prepare
+from circuitfind.methods.common import prepare, to_level
 
 
 @dataclass(frozen=True)
 class EAPConfig:
-    pass
+    level: str = "edge"  # "node": score heads and MLPs (the sum of their out-edges' scores)
 
 
 def score(model, task, cfg: EAPConfig, ablation: str = "corrupted", seed: int = 0):
     setup = prepare(model, task, ablation, seed)
-    return -setup.sign * attribute(model, setup.batch.clean, setup.ablated, setup.objective)
+    edges = -setup.sign * attribute(model, setup.batch.clean, setup.ablated, setup.objective)
+    return to_level(edges, model.graph, cfg.level)

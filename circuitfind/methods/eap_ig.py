@@ -15,13 +15,14 @@ from typing import Literal
 
 from circuitfind.engine.attribution import attribute
 from circuitfind.errors import ConfigError
-from circuitfind.methods.common import prepare
+from circuitfind.methods.common import prepare, to_level
 
 
 @dataclass(frozen=True)
 class EAPIGConfig:
     steps: int = 5
     variant: Literal["inputs", "activations", "clean-corrupted"] = "inputs"
+    level: str = "edge"  # "node": score heads and MLPs (the sum of their out-edges' scores)
 
 
 def score(model, task, cfg: EAPIGConfig, ablation: str = "corrupted", seed: int = 0):
@@ -32,5 +33,6 @@ def score(model, task, cfg: EAPIGConfig, ablation: str = "corrupted", seed: int 
     setup = prepare(model, task, ablation, seed)
     alphas = [0.0, 1.0] if cfg.variant == "clean-corrupted" else [i / cfg.steps for i in range(1, cfg.steps + 1)]
     interpolate = "activations" if cfg.variant == "activations" else "inputs"
-    return -setup.sign * attribute(model, setup.batch.clean, setup.ablated, setup.objective, alphas=alphas,
-                                   interpolate=interpolate)
+    edges = -setup.sign * attribute(model, setup.batch.clean, setup.ablated, setup.objective, alphas=alphas,
+                                    interpolate=interpolate)
+    return to_level(edges, model.graph, cfg.level)
