@@ -72,9 +72,13 @@ def faithfulness(m_circuit: float, m_full: float, m_empty: float) -> float:
 
 
 def faithfulness_curve(model, task: Task | str, scores: EdgeScores, *, ablation: str = "corrupted",
-                       split: str = "test", fractions=MIB_FRACTIONS, seed: int = 0, chunk: int = 8) -> CurveResult:
-    """Faithfulness of the top-scoring circuits at each fraction of edges; CPR and CMD."""
+                       split: str = "test", fractions=MIB_FRACTIONS, seed: int = 0, chunk: int | None = None) -> CurveResult:
+    """Faithfulness of the top-scoring circuits at each fraction of edges; CPR and CMD.
+
+    chunk: circuits per forward. Batching pays only on small models: a batch computes the union of
+    its circuits' nodes, so on wide models one circuit per forward (the default there) is fastest."""
     g = model.graph
+    chunk = chunk or (1 if model.cfg.d_model >= 256 else 8)
     setup = prepare(model, _test_task(task, split), ablation, seed)
     circuits = {absolute: [prune(scores, edges=int(f * g.n_edges), absolute=absolute) for f in fractions]
                 for absolute in (False, True)}

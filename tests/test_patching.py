@@ -144,3 +144,21 @@ def test_edge_effects_equal_one_masked_forward_per_edge(model):
         want = objective(reference_masked_logits(model, clean.tokens, clean.attention_mask, clean.answer_pos, abl, mask)[None]) - base
         assert abs(effects[dst, src].item() - want.item()) <= 1e-6
     assert bool((effects[~g.edge_mask] == 0).all())
+
+
+def test_mlp_read_only_by_the_logits_is_exact(model):
+    """Such an MLP is computed at the answer positions only; the result must not change."""
+    clean, corrupt = _pair()
+    abl = ablated_outputs(model, "corrupted", clean, corrupt)
+    g = model.graph
+    mask = _random_mask(g, 0.6, seed=3)
+    s = g.mlp_sender(0)
+    mask[:, s] = 0
+    mask[g.logits_receiver, s] = 1
+    want = reference_masked_logits(model, clean.tokens, clean.attention_mask, clean.answer_pos, abl, mask)
+    assert (masked_forward(model, clean, abl, mask) - want).abs().max().item() <= 1e-5
+    masks = torch.stack([mask, _random_mask(g, 0.9, seed=4) * (torch.arange(g.n_senders) != s)])
+    masks[1, g.logits_receiver, s] = 1
+    for i in range(2):
+        want = reference_masked_logits(model, clean.tokens, clean.attention_mask, clean.answer_pos, abl, masks[i])
+        assert (masked_forward(model, clean, abl, masks)[i] - want).abs().max().item() <= 1e-5

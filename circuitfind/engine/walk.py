@@ -268,7 +268,8 @@ class Walk:
 
         Only when both mix with the same copies; the MLP then adds its layer's own heads later.
         """
-        if len(groups) != 1 or not self.active[self.g.mlp_sender(l)] or self.on_grad is not None:
+        if len(groups) != 1 or not self.active[self.g.mlp_sender(l)] or self.on_grad is not None \
+                or self._logits_only(self.g.mlp_sender(l)):
             return False
         rows = torch.cat([self.g.qkv_receiver(l, t, 0) + groups[0] for t in "qkv"])
         (M_attn, K_attn), (M_mlp, K_mlp) = self._mask_rows(rows), self._mask_rows(torch.tensor([self.g.mlp_receiver(l)]))
@@ -376,6 +377,8 @@ class Walk:
             self._add_base(2 + 2 * l, add, l)
             return
         rows = torch.tensor([g.mlp_receiver(l)])
+        if self._logits_only(s):
+            return self._mlp_at_answer(l, s, rows, resid, abl, add)
         partial, self._mlp_partial = self._mlp_partial, None
         if partial is not None:  # mixed with the attention receivers; add what this layer's heads wrote
             x, start = partial
@@ -392,6 +395,30 @@ class Walk:
         x = self.model.blocks[l].ln2(x.reshape(K, self.bp, self.p, self.d))
         out = mlp.output(mlp.hidden(x)[1])  # [K, b', pos, d]
         diff = self._diff(torch.tensor([s]), out[None], abl[None], l)[0]
+        self.resid = self.resid + add + diff
+        self._add_base(2 + 2 * l, add, l)
+
+    def _logits_only(self, s: int) -> bool:
+        """Is sender s read by the logits alone (in every mask)? Then only the answer positions matter."""
+        if self.record or self.on_grad is not None or (self.masks is not None and self.masks.requires_grad):
+            return False
+        if s >= self.g.mlp_sender(self.cfg.n_layers - 1):
+            return True  # the last layer writes to the logits only
+        return self.masks is not None and not bool((self.masks[:, :-1, s] != 0).any())
+
+    def _mlp_at_answer(self, l: int, s: int, rows: Tensor, resid: Tensor, abl: Tensor, add: Tensor) -> None:
+        """An MLP whose output only the logits read, computed at the answer positions alone; its D is
+        zero elsewhere (no receiver reads it there)."""
+        mlp, pos = self.model.blocks[l].mlp, self.inputs.answer_pos.view(self.data_k, self.bp)
+        self._mlp_partial = None
+        M, K = self._mask_rows(rows)
+        x = _at(resid, pos) if M is None else self.store.mix_at(self._extended(M, rows), pos)[0]  # [K, b', d]
+        out = mlp.output(mlp.hidden(self.model.blocks[l].ln2(x))[1])  # [K, b', d]
+        K = out.shape[0]
+        out_full = add.new_zeros(K, self.bp, self.p, self.d) + abl  # = abl where nobody reads
+        idx = pos.expand(K, self.bp)
+        out_full[torch.arange(K)[:, None], torch.arange(self.bp)[None, :], idx] = out
+        diff = self._diff(torch.tensor([s]), out_full[None], abl[None], l)[0]
         self.resid = self.resid + add + diff
         self._add_base(2 + 2 * l, add, l)
 
