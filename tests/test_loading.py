@@ -87,3 +87,13 @@ def test_offline_hub_id_says_how_to_fetch():
     # conftest sets HF_HUB_OFFLINE=1 before huggingface_hub is imported
     with pytest.raises(cf.ModelNotFoundError, match="huggingface-cli download"):
         cf.load_model("circuitfind-test/definitely-not-cached")
+
+
+def test_loaded_hf_model_and_its_tokenizer_pass_through():
+    hf = tiny_hf("gpt_neox")
+    model = cf.load_model(hf_model=hf)
+    tokens = torch.randint(3, VOCAB, (2, 5))
+    with torch.no_grad():
+        assert (model(tokens) - hf(tokens).logits).abs().max() < 1e-4
+    with pytest.raises(cf.ConfigError, match="exactly one"):
+        cf.load_model("gpt2", hf_model=hf)
