@@ -15,12 +15,13 @@ from circuitfind.errors import CircuitfindError
 
 
 def _zoo(args) -> int:
-    from circuitfind.models.zoo import ZOO, is_cached
+    from circuitfind.models.zoo import ZOO, is_cached, tracr_meta
 
     rows = [("name", "family", "layers", "heads", "edges", "params", "source", "offline", "ground truth")]
     for e in ZOO.values():
+        truth = f"{len(tracr_meta(e.location)['ground_truth'])} edges (compiled)" if e.source == "tracr" else "-"
         rows.append((e.name, e.family, str(e.layers), str(e.heads), f"{e.n_edges:,}", e.params,
-                     e.location, "yes" if is_cached(e) else "no", "-"))
+                     e.location, "yes" if is_cached(e) else "no", truth))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
@@ -28,16 +29,15 @@ def _zoo(args) -> int:
 
 
 def _tasks(args) -> int:
-    from circuitfind.task import builtin_tasks, load_task
+    from circuitfind.task import builtin_tasks, load_task, metric_name
 
     if args.action == "show":
         task = load_task(args.task, n=args.n, seed=args.seed, split=args.split)
-        metric = task.metric if isinstance(task.metric, str) else getattr(task.metric, "__name__", "custom")
-        print(f"{task.name}: {task.description} (metric: {metric})")
+        print(f"{task.name}: {task.description} (metric: {metric_name(task)})")
         for ex in task.examples():
             print(f"  clean:   {ex.clean!r}\n  corrupt: {ex.corrupt!r}\n  answer:  {ex.correct!r}  vs  {ex.wrong!r}")
         return 0
-    rows = [(name, cls.metric, cls.description) for name, cls in builtin_tasks().items()]
+    rows = [(name, metric_name(cls), cls.description) for name, cls in builtin_tasks().items()]
     width = max(len(r[0]) for r in rows)
     for name, metric, description in rows:
         print(f"{name.ljust(width)}  {metric:10s}  {description}")

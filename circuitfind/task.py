@@ -116,7 +116,7 @@ class Task:
 
     def ground_truth(self, model) -> list[str] | None:
         """Edge names of the known circuit in this model, where one is known (toy and tracr models)."""
-        return None
+        return getattr(model, "ground_truth", {}).get(self.name)
 
     def with_split(self, split: str, n: int | None = None) -> "Task":
         """The same task on another split (and size)."""
@@ -168,7 +168,7 @@ class Task:
         correct = [_answer_ids(model, e.correct, single, self.metric) for e in examples]
         wrong = [_answer_ids(model, e.wrong, single, self.metric) for e in examples]
         for i, (c, w) in enumerate(zip(correct, wrong)):
-            if set(c) & set(w):
+            if examples[i].value is None and set(c) & set(w):  # numerical tasks score a value, not a choice
                 raise TaskError(f"example {i}: answer {examples[i].correct!r} is also a wrong answer "
                                 f"({examples[i].wrong!r}); a metric cannot tell them apart")
         values = None
@@ -212,7 +212,7 @@ def _prompts(model, prompts: list[Prompt]) -> list[list[int]]:
             out.append(model.to_tokens(p)[0].tolist())
         else:
             ids = [int(t) for t in p]
-            if any(not 0 <= t < model.cfg.d_vocab for t in ids):
+            if any(not 0 <= t < model.cfg.d_vocab for t in ids):  # (answers index the logits, d_out wide)
                 raise TaskError(f"prompt {ids} has token ids outside the model's vocabulary of {model.cfg.d_vocab}")
             out.append(ids)
     return out
@@ -244,6 +244,12 @@ def _inputs(model, rows: list[list[int]]) -> Inputs:
     from circuitfind.models.canonical import pad_token_ids
     tokens, mask = pad_token_ids(rows, model.pad_token_id, "right", return_attention_mask=True)
     return Inputs.of(tokens, mask)
+
+
+def metric_name(task) -> str:
+    """A task's metric as a name: the built-in's, or the function's."""
+    metric = task.metric
+    return metric if isinstance(metric, str) else getattr(metric, "__name__", "custom")
 
 
 # ---------------------------------------------------------------------- loading

@@ -74,6 +74,8 @@ class CanonicalConfig:
     sliding_layers: tuple[int, ...] = ()
     embed_scale: float = 1.0
     prepend_bos: bool = False  # circuitfind adds BOS itself when the tokenizer does not
+    causal: bool = True  # compiled (tracr) models attend in both directions
+    d_out: int | None = None  # logits width when it differs from the input vocabulary (tracr outputs)
     extras: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
@@ -308,12 +310,13 @@ class CircuitModel(nn.Module):
         self.W_pos = nn.Parameter(torch.zeros(cfg.n_ctx, cfg.d_model)) if cfg.positional == "learned" else None
         self.blocks = nn.ModuleList(Block(cfg, l, qkv_bias, out_bias, mlp_bias) for l in range(cfg.n_layers))
         self.ln_final = Norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.norm_offset)
-        self.W_U = nn.Parameter(torch.empty(cfg.d_model, cfg.d_vocab).normal_(std=0.02))
-        self.b_U = _maybe_bias(cfg.d_vocab, unembed_bias)
+        self.W_U = nn.Parameter(torch.empty(cfg.d_model, cfg.d_out or cfg.d_vocab).normal_(std=0.02))
+        self.b_U = _maybe_bias(cfg.d_out or cfg.d_vocab, unembed_bias)
         self.register_buffer("inv_freq", torch.zeros(cfg.rotary_dim // 2), persistent=False)
         self.rope_scaling = 1.0
         self._hook_fns: dict[str, list[HookFn]] = {}
         self._graph = None
+        self.ground_truth: dict[str, list[str]] = {}  # task name → edge names, where a circuit is known
 
     # ------------------------------------------------------------------ pieces the engine reuses
     @property
@@ -357,13 +360,14 @@ class CircuitModel(nn.Module):
     def allowed(self, attention_mask: Tensor, layer: int) -> Tensor:
         """Which keys each query may attend to: bool [batch, 1, q_pos, k_pos].
 
-        Causal, padded keys excluded, sliding window where the layer has one. Every position may
+        Causal (unless the config says otherwise), padded keys excluded, sliding window where the layer
+        has one. Every position may
         attend to itself, so padded query rows stay finite (their outputs are never read).
         """
         p = attention_mask.shape[-1]
         idx = torch.arange(p, device=attention_mask.device)
         rel = idx[:, None] - idx[None, :]  # q - k
-        ok = rel >= 0
+        ok = rel >= 0 if self.cfg.causal else torch.ones_like(rel, dtype=torch.bool)
         if layer in self.cfg.sliding_layers and self.cfg.sliding_window is not None:
             ok = ok & (rel < self.cfg.sliding_window)
         ok = ok[None] & attention_mask.bool()[:, None, :]

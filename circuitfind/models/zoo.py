@@ -1,14 +1,19 @@
 """The model zoo: short names → where a model comes from.
 
-Hub entries resolve to a Hugging Face id (loaded from the local cache or the network).
-Shipped toy models and compiled tracr models join this table with the zoo issue.
+Hub entries resolve to a Hugging Face id (loaded from the local cache or the network). Compiled
+tracr models ship with the package (`circuitfind/zoo_models/`, made by scripts/build_tracr.py) in the
+canonical format with their ground-truth circuits; loading them needs no JAX.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+
+SHIPPED = Path(__file__).resolve().parent.parent / "zoo_models"
 
 
 @dataclass(frozen=True)
@@ -40,13 +45,22 @@ ZOO: dict[str, ZooEntry] = {e.name: e for e in [
              description="GQA (8 kv heads), llama3 RoPE"),
     ZooEntry("gemma-2-2b", "gemma2", "hub", "google/gemma-2-2b", 26, 8, params="2.6B",
              description="soft-capping, sliding window, post-norms"),
+    ZooEntry("tracr-reverse", "tracr", "tracr", "tracr-reverse", 4, 1, params="19k",
+             description="tracr: make_reverse over {a, b, c}, length ≤ 5"),
+    ZooEntry("tracr-xproportion", "tracr", "tracr", "tracr-xproportion", 2, 1, params="1.5k",
+             description="tracr: make_frac_prevs(tokens == 'x'), length ≤ 5"),
 ]}
 
 
+def tracr_meta(name: str) -> dict:
+    """The exported tracr model's metadata: config, encodings, output values, ground truth."""
+    return json.loads((SHIPPED / name / "tracr.json").read_text())
+
+
 def is_cached(entry: ZooEntry) -> bool:
-    """Whether the weights can be loaded without a network (local Hugging Face cache)."""
+    """Whether the weights can be loaded without a network (shipped, or in the local Hugging Face cache)."""
     if entry.source != "hub":
-        return True
+        return (SHIPPED / entry.location).is_dir()
     try:
         from huggingface_hub import try_to_load_from_cache
         return isinstance(try_to_load_from_cache(entry.location, "config.json"), str)
@@ -61,5 +75,19 @@ def lookup(name: str) -> ZooEntry | None:
 def load_entry(entry: ZooEntry, *, dtype: torch.dtype, device: torch.device):
     from circuitfind.models.loading import _from_pretrained, from_hf
 
+    if entry.source == "tracr":
+        return _load_tracr(entry, dtype, device)
     hf, tokenizer = _from_pretrained(entry.location, None)
     return from_hf(hf, tokenizer=tokenizer, name=entry.name, dtype=dtype, device=device)
+
+
+def _load_tracr(entry: ZooEntry, dtype: torch.dtype, device: torch.device):
+    from safetensors.torch import load_file
+
+    from circuitfind.models.canonical import CanonicalConfig, CircuitModel
+
+    meta = tracr_meta(entry.location)
+    model = CircuitModel(CanonicalConfig(**meta["config"]), name=entry.name, **meta["flags"])
+    model.load_state_dict(load_file(str(SHIPPED / entry.location / "model.safetensors")), strict=True)
+    model.ground_truth = {entry.name: meta["ground_truth"]}  # keyed by the task that grades it
+    return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
