@@ -114,7 +114,7 @@ class DiffStore:
 
     def append(self, senders: Tensor, out: Tensor, abl: Tensor) -> Tensor:
         """Store D = out − abl for these senders (out [s, K, b', pos, d], abl broadcastable); return D."""
-        s, K = out.shape[0], out.shape[1]
+        K = out.shape[1]
         if K == 1 and not self.grad and out.shape[1:] == self.shape_full and not out.requires_grad:
             diff = self.reserve(senders, out).view(out.shape)  # D straight into the buffer
             torch.sub(out, abl, out=diff)

@@ -23,9 +23,6 @@ from circuitfind.engine.patching import Inputs, sender_outputs
 from circuitfind.errors import ConfigError
 from circuitfind.methods.common import prepare
 
-DEFAULT_THRESHOLD = 0.04
-
-
 @dataclass(frozen=True)
 class IFRConfig:
     positions: Literal["all", "answer"] = "all"

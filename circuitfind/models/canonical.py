@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -76,7 +76,6 @@ class CanonicalConfig:
     prepend_bos: bool = False  # circuitfind adds BOS itself when the tokenizer does not
     causal: bool = True  # compiled (tracr) models attend in both directions
     d_out: int | None = None  # logits width when it differs from the input vocabulary (tracr outputs)
-    extras: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
         if self.act_fn not in ACTIVATIONS:
