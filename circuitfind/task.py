@@ -179,15 +179,16 @@ class Task:
                           values=None if values is None else values.to(device))
         return Batch(_inputs(model, clean).to(device), _inputs(model, corrupt).to(device), targets, examples)
 
-    def check_metric(self, model, batch: Batch | None = None) -> Tensor:
-        """Evaluate the metric once on the clean prompts; raise a MetricError on NaN or a wrong shape."""
+    def check_metric(self, model, batch: Batch | None = None, logits: Tensor | None = None) -> Tensor:
+        """Evaluate the metric once on the clean prompts (logits [batch, vocab] if already computed);
+        raise a MetricError on NaN or a wrong shape."""
         from circuitfind.engine.patching import clean_logits
 
         batch = batch or self.batch(model)
         with torch.no_grad():
-            logits = clean_logits(model, batch.clean)
+            logits = clean_logits(model, batch.clean) if logits is None else logits
             return checked(resolve_metric(self.metric)(logits, batch.targets.with_clean(logits)), batch.size,
-                           f"metric {self.metric!r} of task {self.name!r}")
+                           f"metric {metric_name(self)!r} of task {self.name!r}")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, n={self.n}, seed={self.seed}, split={self.split!r})"

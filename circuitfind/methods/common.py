@@ -47,9 +47,9 @@ def prepare(model, task: Task, ablation: str, seed: int = 0) -> Setup:
     batch = task.batch(model)
     if ablation == "corrupted" and not task.aligned:
         raise ConfigError(f"task {task.name!r} is not position-aligned; use mean, zero or resample ablation")
-    task.check_metric(model, batch)
     with torch.no_grad():
         logits = clean_logits(model, batch.clean)
+        task.check_metric(model, batch, logits)  # before the long work
         ablated = ablated_outputs(model, ablation, batch.clean, batch.corrupt, seed=seed)
     name = task.metric if isinstance(task.metric, str) else None
     higher = HIGHER_IS_BETTER.get(name, getattr(task, "higher_is_better", True))
