@@ -1,49 +1,40 @@
-"""`make demo`: build a GPT-2-shaped model offline, show its graph, patch edges and score them.
+"""`make demo`: circuit discovery on a model whose true circuit is known, offline.
 
-Runs in about a minute on two CPU cores; nothing is downloaded.
+tracr-reverse is a compiled program (it reverses a sequence); its ground-truth circuit is read off
+its weights. The demo scores every edge with three methods, grades them against the truth (ROC AUC),
+and writes a run directory with the EAP-IG circuit. About ten seconds on two CPU cores.
+
+Zero ablation: a corrupted prompt of the same length leaves the program's length and index
+computations unchanged, so patching with it can only see the value path; zeroing sees them all.
 """
 
 from __future__ import annotations
 
-import torch
-import transformers
+import sys
+import tempfile
+from pathlib import Path
 
 import circuitfind as cf
-from circuitfind.engine.ablation import ablated_outputs
-from circuitfind.engine.attribution import attribute
-from circuitfind.engine.patching import Inputs, masked_forward
 
 
-def main() -> None:
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(n_layer=4, n_head=8, n_embd=256, vocab_size=1000, bos_token_id=0, eos_token_id=0)
-    model = cf.from_hf(transformers.GPT2LMHeadModel(config).eval())
+def main(out: str | None = None) -> Path:
+    model = cf.load_model("tracr-reverse").double()
+    truth = model.ground_truth["tracr-reverse"]
     print(model)
-    print(model.graph)
-    g = model.graph
-    clean = Inputs.of(torch.randint(1, 1000, (16, 12)))
-    corrupt = Inputs.of(torch.randint(1, 1000, (16, 12)))
-    correct, wrong = clean.tokens[:, -1], corrupt.tokens[:, -1]
-    rows = torch.arange(16)
-
-    def objective(logits):  # logit difference, averaged over the batch
-        return (logits[..., rows, correct] - logits[..., rows, wrong]).mean(-1)
-
-    ablated = ablated_outputs(model, "corrupted", clean, corrupt)
-    scores = attribute(model, clean, ablated, objective)
-    top = scores.abs().flatten().topk(5).indices
-    print("top edges by |EAP score|:")
-    for i in top.tolist():
-        dst, src = divmod(i, g.n_senders)
-        print(f"  {g.edge_name(dst, src):24s} {scores[dst, src].item():+.4f}")
-    keep = torch.zeros(g.n_receivers, g.n_senders)
-    keep.view(-1)[scores.abs().flatten().topk(g.n_edges // 10).indices] = 1
-    full, empty = objective(masked_forward(model, clean, ablated, g.edge_mask.float())), \
-        objective(masked_forward(model, clean, ablated, keep * 0))
-    kept = objective(masked_forward(model, clean, ablated, keep))
-    print(f"metric: full model {full:.4f}, top 10% of edges {kept:.4f}, no edges {empty:.4f} "
-          f"(faithfulness {(kept - empty) / (full - empty):.3f})")
+    print(model.graph, f"— ground truth: {len(truth)} edges")
+    task = cf.load_task("tracr-reverse", n=60, seed=0)
+    for method in ("eap", "eap-ig", "exact"):
+        scores = cf.score_edges(model, task, method, ablation="zero")
+        print(f"  {method:7s} ROC AUC against the ground truth: {cf.roc_auc(scores, truth):.3f}")
+    out = Path(out or tempfile.mkdtemp(prefix="circuitfind-demo-")) / "tracr-reverse-eap-ig"
+    run = cf.discover(model, task, method="eap-ig", ablation="zero", out=out, quiet=True)
+    r = run.result
+    print(f"eap-ig circuit: {r['n_edges']} of {r['n_edges_total']} edges, faithfulness {r['faithfulness']:.3f}, "
+          f"CPR {r['cpr']:.3f}, CMD {r['cmd']:.3f}, ROC AUC {r['roc_auc']:.3f}")
+    print("top edges:", ", ".join(f"{name} ({score:+.3f})" for name, score in run.scores.top(5)))
+    print(f"run directory: {out}")
+    return out
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1] if len(sys.argv) > 1 else None)

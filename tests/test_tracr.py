@@ -56,3 +56,14 @@ def test_exact_patching_is_graded_against_the_ground_truth(name):
     scores = cf.score_edges(model, task, "exact", ablation="corrupted")
     auc = cf.roc_auc(scores, model.ground_truth[name])
     assert 0.5 < auc <= 1.0
+
+
+def test_eap_ig_recovers_the_reverse_circuit_with_zero_ablation(tmp_path):
+    """Same-length corruption leaves reverse's length/index path unchanged; zero ablation sees it all."""
+    model = cf.load_model("tracr-reverse").double()
+    truth = model.ground_truth["tracr-reverse"]
+    task = cf.load_task("tracr-reverse", n=60)
+    scores = cf.score_edges(model, task, "eap-ig", ablation="zero")
+    assert cf.roc_auc(scores, truth) == 1.0
+    run = cf.discover(model, task, method="eap-ig", ablation="zero", out=tmp_path / "run", quiet=True)
+    assert set(run.circuit.edges()) == set(truth) and run.result["faithfulness"] == pytest.approx(1.0)
