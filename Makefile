@@ -24,6 +24,8 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/canonical.py
 	$(PY) benchmarks/engine.py
+	$(PY) benchmarks/methods.py
+	$(PY) benchmarks/correlation.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

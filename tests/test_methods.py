@@ -210,3 +210,19 @@ def test_node_scores_are_first_order_node_ablations(model):
     assert len(circuit.nodes()) == 3 and torch.equal(circuit.mask, g.nodes_to_edges(
         torch.isin(torch.arange(g.n_senders), torch.tensor([g.senders.index(n) for n in circuit.nodes()]))))
     assert cf.score_edges(model, task, "eap-ig-node", steps=1).scores.allclose(node.scores, atol=1e-6)
+
+
+def test_induction_circuit_is_found_on_the_hand_weighted_model():
+    """Previous-token head → induction head (through its keys) is found; ≤ 5% of edges are faithful."""
+    from tests.induction_model import induction_model
+    model = induction_model().double()
+    task = cf.load_task("induction", n=40)
+    batch = task.batch(model)
+    with torch.no_grad():
+        predicted = model(batch.clean.tokens)[torch.arange(40), batch.clean.answer_pos].argmax(-1)
+    assert torch.equal(predicted, batch.targets.correct[:, 0])  # the construction does induction
+    scores = cf.score_edges(model, task, "eap-ig")
+    assert "a0.h0->a1.h0<k>" in [name for name, _ in scores.top(5)]
+    circuit = cf.prune(scores, edges=int(0.05 * model.graph.n_edges))
+    assert "a0.h0->a1.h0<k>" in circuit.edges()
+    assert cf.evaluate(model, task, circuit)["faithfulness"] >= 0.9
