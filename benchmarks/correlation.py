@@ -1,5 +1,6 @@
 """Pearson correlation of first-order scores (EAP, EAP-IG) with exact patching, on the models whose
-circuits are known: the hand-weighted induction model of the tests and the two tracr models.
+circuits are known: the hand-weighted induction model of the tests, the trained toy-induction, and
+the two tracr models.
 (The EAP-IG paper reports 0.44–0.78 for EAP on GPT-2 small.) Run from the repository root."""
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ def pearson(a, b) -> float:
 
 def main():
     cases = [("induction (hand-weighted)", induction_model().double(), "induction", "corrupted"),
+             ("toy-induction (trained)", cf.load_model("toy-induction").double(), "induction", "corrupted"),
              ("tracr-reverse", cf.load_model("tracr-reverse").double(), "tracr-reverse", "zero"),
              ("tracr-xproportion", cf.load_model("tracr-xproportion").double(), "tracr-xproportion", "zero")]
     for label, model, task_name, ablation in cases:

@@ -15,11 +15,11 @@ from circuitfind.errors import CircuitfindError
 
 
 def _zoo(args) -> int:
-    from circuitfind.models.zoo import ZOO, is_cached, tracr_meta
+    from circuitfind.models.zoo import ZOO, ground_truth_summary, is_cached
 
     rows = [("name", "family", "layers", "heads", "edges", "params", "source", "offline", "ground truth")]
     for e in ZOO.values():
-        truth = f"{len(tracr_meta(e.location)['ground_truth'])} edges (compiled)" if e.source == "tracr" else "-"
+        truth = ground_truth_summary(e)
         rows.append((e.name, e.family, str(e.layers), str(e.heads), f"{e.n_edges:,}", e.params,
                      e.location, "yes" if is_cached(e) else "no", truth))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

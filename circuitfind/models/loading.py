@@ -121,7 +121,9 @@ def _from_pretrained(name: str, tokenizer):
     except (OSError, ValueError) as e:
         raise ModelNotFoundError(f"cannot load the weights of {name!r} ({e}); fetch them with "
                                  f"`huggingface-cli download {name}` or pass a local directory") from None
-    if tokenizer is None:
+    has_tokenizer_files = not looks_local or any((path / f).exists() for f in ("tokenizer.json", "tokenizer_config.json",
+                                                                              "vocab.json", "tokenizer.model"))
+    if tokenizer is None and has_tokenizer_files:  # token-level models (toy, tracr) have none
         try:
             tokenizer = transformers.AutoTokenizer.from_pretrained(name, trust_remote_code=False)
         except (OSError, ValueError, TypeError):

@@ -45,6 +45,8 @@ ZOO: dict[str, ZooEntry] = {e.name: e for e in [
              description="GQA (8 kv heads), llama3 RoPE"),
     ZooEntry("gemma-2-2b", "gemma2", "hub", "google/gemma-2-2b", 26, 8, params="2.6B",
              description="soft-capping, sliding window, post-norms"),
+    ZooEntry("toy-induction", "llama", "shipped", "toy-induction", 2, 1, params="41k",
+             description="trained: attention-only, previous-token head → induction head"),
     ZooEntry("tracr-reverse", "tracr", "tracr", "tracr-reverse", 4, 1, params="19k",
              description="tracr: make_reverse over {a, b, c}, length ≤ 5"),
     ZooEntry("tracr-xproportion", "tracr", "tracr", "tracr-xproportion", 2, 1, params="1.5k",
@@ -77,6 +79,13 @@ def load_entry(entry: ZooEntry, *, dtype: torch.dtype, device: torch.device):
 
     if entry.source == "tracr":
         return _load_tracr(entry, dtype, device)
+    if entry.source == "shipped":  # trained by the project's scripts, saved in Hugging Face format
+        directory = SHIPPED / entry.location
+        hf, tokenizer = _from_pretrained(str(directory), None)
+        model = from_hf(hf, tokenizer=tokenizer, name=entry.name, dtype=dtype, device=device)
+        truth = json.loads((directory / "ground_truth.json").read_text())
+        model.ground_truth = {truth["task"]: truth["edges"]}
+        return model
     hf, tokenizer = _from_pretrained(entry.location, None)
     return from_hf(hf, tokenizer=tokenizer, name=entry.name, dtype=dtype, device=device)
 
@@ -91,3 +100,13 @@ def _load_tracr(entry: ZooEntry, dtype: torch.dtype, device: torch.device):
     model.load_state_dict(load_file(str(SHIPPED / entry.location / "model.safetensors")), strict=True)
     model.ground_truth = {entry.name: meta["ground_truth"]}  # keyed by the task that grades it
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
+def ground_truth_summary(entry: ZooEntry) -> str:
+    """'N edges (how)' for entries with a known circuit, '-' otherwise."""
+    if entry.source == "tracr":
+        return f"{len(tracr_meta(entry.location)['ground_truth'])} edges (compiled)"
+    path = SHIPPED / entry.location / "ground_truth.json"
+    if entry.source == "shipped" and path.exists():
+        return f"{len(json.loads(path.read_text())['edges'])} edges (trained)"
+    return "-"
