@@ -47,7 +47,7 @@ def _metric_of_masks(model, setup, masks: Tensor, chunk: int) -> Tensor:
     out = []
     with torch.no_grad():
         for part in masks.split(chunk):
-            out.append(setup.per_mask(masked_forward(model, setup.batch.clean, setup.ablated, part.to(model.dtype))))
+            out.append(setup.per_mask(masked_forward(model, setup.batch.clean, setup.ablated, part.to(model.device, model.dtype))))
     return torch.cat(out)
 
 

@@ -80,7 +80,7 @@ def attribute(model, inputs: Inputs, ablated: Tensor, objective: Objective, *,
     for alpha in order:
         with torch.enable_grad():  # whatever the caller's grad mode, this pass needs gradients
             if interpolate == "activations" and alpha != 1.0:
-                masks = (float(alpha) * g.edge_mask.to(model.dtype))[None]
+                masks = (float(alpha) * g.edge_mask.to(model.device, model.dtype))[None]
                 walk = Walk(model, inputs, ablated, masks, on_grad=accumulate)
             else:
                 walk = Walk(model, inputs, ablated, None, on_grad=accumulate, input_alpha=float(alpha),

@@ -83,7 +83,7 @@ def masked_forward(model, inputs: Inputs, ablated: Tensor, mask: Tensor, *, per_
         if per_example:
             raise ConfigError("a prefix is shared by all masks; it cannot be combined with per_example=True")
         below = model.graph.receiver_layer < start.layer
-        if not bool((masks[:, below] == model.graph.edge_mask[below].to(masks.dtype)).all()):
+        if not bool((masks[:, below] == model.graph.edge_mask[below].to(masks.device, masks.dtype)).all()):
             raise ConfigError(f"masks differ from the full graph below layer {start.layer}; the prefix cannot be reused")
         walk = start.walk.branch(masks)
     else:
@@ -127,7 +127,7 @@ def edge_effects(model, inputs: Inputs, ablated: Tensor, objective: Callable[[Te
     g = model.graph
     wanted = set(range(g.n_receivers) if receivers is None else receivers)
     out = torch.zeros(g.n_receivers, g.n_senders, device=model.device)
-    full = g.edge_mask.to(model.dtype)
+    full = g.edge_mask.to(model.device, model.dtype)
     with torch.no_grad():
         clean_value = objective(clean_logits(model, inputs)[None])[0]
         walk = Walk(model, inputs, ablated, None, record=True, branchable=True)
@@ -141,7 +141,7 @@ def edge_effects(model, inputs: Inputs, ablated: Tensor, objective: Callable[[Te
                     masks = full.expand(len(chunk), -1, -1).clone()
                     masks[torch.arange(len(chunk)), dst, chunk] = 0
                     values = objective(walk.branch(masks).run())
-                    out[dst, chunk] = (values - clean_value).to(out.dtype)
+                    out[dst, chunk] = (values - clean_value).to(out)
                     bar.update(len(chunk))
         bar.close()
     return out

@@ -132,7 +132,7 @@ class Walk:
             return self.cfg.n_layers if self.record else -1
         if self.record or self.masks.requires_grad:
             return self.cfg.n_layers
-        full = self.g.edge_mask.to(self.masks.dtype)
+        full = self.g.edge_mask.to(self.masks.device, self.masks.dtype)
         mixing = (self.masks.detach() != full).any(0).any(-1)  # [dst]
         return int(self.g.receiver_layer[mixing].max()) if bool(mixing.any()) else -1
 
@@ -202,7 +202,7 @@ class Walk:
         if self.masks is None:
             return None, K_state
         M = take(self.masks, rows, 1)
-        full = take(self.g.edge_mask, rows, 0).to(M.dtype)
+        full = take(self.g.edge_mask, rows, 0).to(M.device, M.dtype)
         same = self.k == 1 or bool((M == M[:1]).all())
         if same and not M.requires_grad and bool((M[0] == full).all()):
             return None, K_state
@@ -215,7 +215,7 @@ class Walk:
         if self.base_coeff is None:
             g = self.g
             firsts = [0] + [s for l in range(self.cfg.n_layers) for s in (g.head_sender(l, 0), g.mlp_sender(l))]
-            self.base_coeff = g.edge_mask[:, firsts].to(self.model.dtype)
+            self.base_coeff = g.edge_mask[:, firsts].to(self.model.device, self.model.dtype)
         consts = self.base_coeff[rows].expand(M.shape[0], -1, -1)
         return take(torch.cat([M, consts], dim=2), self.store.cols, 2)
 

@@ -61,7 +61,7 @@ def _repeat(t, k):
 
 def _run(model, setup, cfg, quiet):
     g = model.graph
-    full = g.edge_mask.to(model.dtype)
+    full = g.edge_mask.to(model.device, model.dtype)
     circuit = full.clone()
     scores = torch.zeros(g.n_receivers, g.n_senders)
     current = float(_values(model, setup, cfg, circuit[None])[0])

@@ -33,9 +33,9 @@ def proximity_weights(model, inputs: Inputs) -> Tensor:
     g, cfg = model.graph, model.cfg
     with torch.no_grad():
         y = sender_outputs(model, inputs)  # [src, batch, pos, d]
-        consts = torch.zeros(cfg.d_model, dtype=y.dtype)
+        consts = torch.zeros(cfg.d_model, dtype=y.dtype, device=y.device)
         x = y[0].clone()  # what the senders so far wrote (constants kept apart): [batch, pos, d]
-        w = torch.zeros(g.n_receivers, g.n_senders, *y.shape[1:3], dtype=y.dtype)
+        w = torch.zeros(g.n_receivers, g.n_senders, *y.shape[1:3], dtype=y.dtype, device=y.device)
         for l in range(cfg.n_layers + 1):
             n = g.senders_before(l) if l < cfg.n_layers else g.n_senders
             if l == cfg.n_layers:
