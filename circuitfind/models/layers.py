@@ -1,0 +1,231 @@
+"""The layers of the canonical transformer: norms, attention with per-head weights, MLP, rotary.
+
+Each accepts tensors with extra leading dimensions, so the engine (`circuitfind.engine`) reuses them
+on per-receiver inputs ([receivers, batch·pos, d_model]) as the plain forward does on [batch, pos, d_model].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from circuitfind.models.canonical import CanonicalConfig
+
+ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "gelu": F.gelu,
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_fast": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+    "silu": F.silu,
+    "identity": lambda x: x,  # linear MLPs (toy and test models)
+}
+
+
+class Norm(nn.Module):
+    """LayerNorm, RMSNorm (optionally `(offset + w)`-scaled) or identity, over the last dimension."""
+
+    def __init__(self, kind: str, d: int, eps: float, offset: float = 0.0, bias: bool = True):
+        super().__init__()
+        self.kind, self.eps, self.offset = kind, eps, offset
+        self.w = nn.Parameter(torch.ones(d)) if kind != "none" else None
+        self.b = nn.Parameter(torch.zeros(d)) if kind == "layernorm" and bias else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.kind == "none":
+            return x
+        if self.kind == "layernorm":
+            return F.layer_norm(x, x.shape[-1:], self.w, self.b, self.eps)
+        wide = torch.promote_types(x.dtype, torch.float32)  # at least fp32, as Hugging Face does
+        x32 = x.to(wide)
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (normed * (self.offset + self.w.to(wide))).to(x.dtype)
+
+    def project(self, x: Tensor, W: Tensor, bias: Tensor | None = None) -> Tensor:
+        """forward(x) @ W (+ bias) without materialising forward(x): x [n, m, d], W [n, d, e] → [n, m, e].
+
+        The norm is affine per row once its statistics are known, so it folds into the weights:
+        LayerNorm: ((x @ w⊙W) − μ · Σ_d w⊙W) / σ + b @ W;  RMSNorm: (x @ (o + w)⊙W) / rms(x).
+        The engine projects a separate input per receiver; this saves a normalised copy of each.
+        """
+        if self.kind == "none":
+            y = torch.bmm(x, W)
+        elif self.kind == "layernorm":
+            # E[x²] − μ² from two fast reductions (torch.var_mean is ~40x slower on CPU)
+            mean = x.mean(-1, keepdim=True)
+            var = (torch.linalg.vector_norm(x, dim=-1, keepdim=True).square() / x.shape[-1] - mean.square()).clamp(min=0)
+            Ww = W * self.w[:, None]
+            y = (torch.bmm(x, Ww) - mean * Ww.sum(1, keepdim=True)) * torch.rsqrt(var + self.eps)
+            if self.b is not None:
+                y = y + (self.b @ W)[:, None]
+        else:
+            ms = torch.linalg.vector_norm(x.to(torch.promote_types(x.dtype, torch.float32)), dim=-1, keepdim=True).square() / x.shape[-1]
+            inv = torch.rsqrt(ms + self.eps)
+            y = torch.bmm(x, W * (self.offset + self.w)[:, None]) * inv.to(x.dtype)
+        return y if bias is None else y + bias[:, None]
+
+    def vjp_through(self, x: Tensor, g: Tensor, W: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Gradient w.r.t. x [m, d] of y = forward(x) @ W, given g [a, m, e] w.r.t. y (W [a, d, e]),
+        one per head a, in factored form:
+
+            grad[a, m, :] = gh[a, m, :] − alpha[a, m] − beta[a, m] · xhat[m, :]
+
+        with gh = (inv ⊙ g) @ (w ⊙ W)ᵀ. The norm's VJP is affine in g per position, so alpha and beta
+        are computed at width e; only gh has full width. Attribution needs only dot products of the
+        gradient with sender outputs, which the factors give without forming the sum.
+        """
+        zeros = g.new_zeros(g.shape[:2])
+        if self.kind == "none":
+            return torch.bmm(g, W.transpose(1, 2)), zeros, zeros, x
+        x = x.to(torch.promote_types(x.dtype, torch.float32))
+        d = x.shape[-1]
+        if self.kind == "layernorm":
+            mu = x.mean(-1, keepdim=True)
+            inv = torch.rsqrt((x - mu).pow(2).mean(-1, keepdim=True) + self.eps)  # [m, 1]
+            xhat, Ww = (x - mu) * inv, W * self.w[:, None]
+        else:
+            inv = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+            xhat, Ww = x * inv, W * (self.offset + self.w)[:, None]
+        gi = (g * inv).to(g.dtype)  # [a, m, e]
+        gh = torch.bmm(gi, Ww.transpose(1, 2).to(g.dtype))  # [a, m, d]
+        beta = (gi * torch.matmul(xhat, Ww)).sum(-1) / d  # inv · mean_d(gh_raw ⊙ x̂)
+        alpha = (gi @ Ww.mean(1)[:, :, None])[..., 0] if self.kind == "layernorm" else zeros
+        return gh, alpha.to(g.dtype), beta.to(g.dtype), xhat.to(g.dtype)
+
+    def shares(self, parts: Tensor, dim: int) -> Tensor:
+        """Each part's share of the RMS-normed sum: Σ_dim shares == forward(parts.sum(dim)).
+
+        Post-norms (Gemma 2) normalise the sum of all heads; the scale is the sum's, so the shares
+        add up exactly and each head remains its own sender.
+        """
+        if self.kind != "rmsnorm":
+            raise NotImplementedError("only RMSNorm post-norms split into shares")
+        wide = torch.promote_types(parts.dtype, torch.float32)
+        total = parts.to(wide).sum(dim, keepdim=True)
+        scale = torch.rsqrt(total.pow(2).mean(-1, keepdim=True) + self.eps) * (self.offset + self.w.to(wide))
+        return (parts.to(wide) * scale).to(parts.dtype)
+
+
+def _linear(d_in: int, d_out: int) -> nn.Parameter:
+    return nn.Parameter(torch.empty(d_in, d_out).normal_(std=0.02))
+
+
+def _maybe_bias(d: int, present: bool) -> nn.Parameter | None:
+    return nn.Parameter(torch.zeros(d)) if present else None
+
+
+class Attention(nn.Module):
+    """Multi-head (optionally grouped-query) attention with per-head weights.
+
+    Stored: w_q [d_model, head*d_head], w_k/w_v [d_model, kv_head*d_head], w_o [head*d_head, d_model].
+    """
+
+    def __init__(self, cfg: CanonicalConfig, layer: int, qkv_bias: bool, out_bias: bool):
+        super().__init__()
+        self.cfg, self.layer = cfg, layer
+        d, h, kv, dh = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.d_head
+        self.w_q, self.w_k, self.w_v = _linear(d, h * dh), _linear(d, kv * dh), _linear(d, kv * dh)
+        self.b_q, self.b_k, self.b_v = (_maybe_bias(n * dh, qkv_bias) for n in (h, kv, kv))
+        self.w_o, self.b_o = _linear(h * dh, d), _maybe_bias(d, out_bias)
+        rms = lambda n: Norm("rmsnorm", n, cfg.norm_eps, cfg.norm_offset)  # noqa: E731
+        self.q_norm = rms(dh) if cfg.qk_norm else None
+        self.k_norm = rms(dh) if cfg.qk_norm else None
+        self.post_norm = rms(d) if cfg.post_norms else None
+        self.sliding = layer in cfg.sliding_layers
+
+    # Per-head views with TransformerLens names and shapes.
+    @property
+    def W_Q(self) -> Tensor:  # [head, d_model, d_head]
+        return self.w_q.view(self.cfg.d_model, -1, self.cfg.d_head).permute(1, 0, 2)
+
+    @property
+    def W_K(self) -> Tensor:  # [kv_head, d_model, d_head]
+        return self.w_k.view(self.cfg.d_model, -1, self.cfg.d_head).permute(1, 0, 2)
+
+    @property
+    def W_V(self) -> Tensor:  # [kv_head, d_model, d_head]
+        return self.w_v.view(self.cfg.d_model, -1, self.cfg.d_head).permute(1, 0, 2)
+
+    @property
+    def W_O(self) -> Tensor:  # [head, d_head, d_model]
+        return self.w_o.view(self.cfg.n_heads, self.cfg.d_head, self.cfg.d_model)
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, rope: tuple[Tensor, Tensor] | None,
+               allowed: Tensor, want_pattern: bool = False) -> tuple[Tensor, Tensor | None]:
+        """Attention from projected queries/keys/values to per-head mixed values.
+
+        q: [..., head, pos, d_head]; k, v: [..., head or kv_head, pos, d_head] (biases added).
+        rope: (cos, sin) broadcastable to [..., pos, rotary_dim]; allowed: bool, broadcastable to
+        [..., head, q_pos, k_pos]. Returns z [..., head, pos, d_head] and, if asked, the pattern.
+        """
+        cfg = self.cfg
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q, k = apply_rotary(q, rope), apply_rotary(k, rope)
+        if k.shape[-3] != q.shape[-3]:
+            k = k.repeat_interleave(q.shape[-3] // k.shape[-3], dim=-3)
+            v = v.repeat_interleave(q.shape[-3] // v.shape[-3], dim=-3)
+        if not want_pattern and cfg.attn_softcap is None:
+            z = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=cfg.scale)
+            return z, None
+        scores = (q @ k.transpose(-1, -2)) * cfg.scale
+        if cfg.attn_softcap is not None:
+            scores = torch.tanh(scores / cfg.attn_softcap) * cfg.attn_softcap
+        scores = scores.masked_fill(~allowed, float("-inf"))
+        pattern = torch.softmax(scores.to(torch.promote_types(scores.dtype, torch.float32)), dim=-1).to(q.dtype)
+        return pattern @ v, pattern
+
+
+class MLP(nn.Module):
+    """Dense or gated MLP: out = act(x W_gate) * (x W_in) W_out (gated) or act(x W_in) W_out."""
+
+    def __init__(self, cfg: CanonicalConfig, bias: bool):
+        super().__init__()
+        self.cfg = cfg
+        self.w_in, self.b_in = _linear(cfg.d_model, cfg.d_mlp), _maybe_bias(cfg.d_mlp, bias)
+        self.w_gate = _linear(cfg.d_model, cfg.d_mlp) if cfg.gated_mlp else None
+        self.w_out, self.b_out = _linear(cfg.d_mlp, cfg.d_model), _maybe_bias(cfg.d_model, bias)
+        self.post_norm = Norm("rmsnorm", cfg.d_model, cfg.norm_eps, cfg.norm_offset) if cfg.post_norms else None
+        self.act = ACTIVATIONS[cfg.act_fn]
+
+    def hidden(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """x [..., d_model] (normed) → (pre-activation, post-activation), each [..., d_mlp]."""
+        up = x @ self.w_in if self.b_in is None else torch.addmm(self.b_in, x.flatten(0, -2), self.w_in).view(*x.shape[:-1], -1)
+        if self.w_gate is None:
+            return up, self.act(up)
+        gate = x @ self.w_gate
+        return gate, self.act(gate) * up
+
+    def output(self, post: Tensor) -> Tensor:
+        """post [..., d_mlp] → block output [..., d_model] (bias excluded, post-norm included).
+
+        The bias is a constant of the residual stream and belongs to no sender; see `block_bias`.
+        """
+        out = post @ self.w_out
+        return out if self.post_norm is None else self.post_norm(out)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: CanonicalConfig, layer: int, qkv_bias: bool, out_bias: bool, mlp_bias: bool):
+        super().__init__()
+        ln = lambda: Norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.norm_offset)  # noqa: E731
+        self.ln1, self.attn = ln(), Attention(cfg, layer, qkv_bias, out_bias)
+        self.ln2, self.mlp = ln(), MLP(cfg, mlp_bias)
+
+
+def apply_rotary(x: Tensor, rope: tuple[Tensor, Tensor]) -> Tensor:
+    """Rotate the first rotary_dim features of x [..., pos, d_head] (rotate-half convention)."""
+    cos, sin = rope
+    rot = cos.shape[-1]
+    x_rot, x_pass = x[..., :rot], x[..., rot:]
+    x1, x2 = x_rot[..., : rot // 2], x_rot[..., rot // 2:]
+    rotated = x_rot * cos + torch.cat((-x2, x1), dim=-1) * sin
+    return torch.cat((rotated, x_pass), dim=-1) if x_pass.shape[-1] else rotated
+
+
