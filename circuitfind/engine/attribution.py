@@ -25,6 +25,53 @@ from circuitfind.errors import ConfigError
 Objective = Callable[[Tensor], Tensor]  # logits [batch, vocab] → scalar
 
 
+class _Scorer:
+    """Turns receiver gradients into edge scores as the backward pass produces them.
+
+    D [src, batch·pos·d] is the clean run's sender differences; scores[v, u] += −weight·⟨g_v, D_u⟩.
+    The q/k/v gradients of one layer arrive factored (`FactoredGrad`) and are scored together, so D
+    is read once per layer; each receiver reads a prefix of the sender order (`reads`)."""
+
+    def __init__(self, graph, device, weight: float):
+        self.g, self.weight = graph, weight
+        self.scores = torch.zeros(graph.n_receivers, graph.n_senders, dtype=torch.float32, device=device)
+        self.reads = graph.edge_mask.sum(1)
+        self.D: Tensor | None = None
+        self.position_sums: Tensor | None = None  # Σ_d D at each position, [src, batch·pos]
+        self.pending: dict[int, list[tuple[Tensor, FactoredGrad]]] = {}
+
+    def __call__(self, rows: Tensor, grad) -> None:
+        if isinstance(grad, FactoredGrad):
+            waiting = self.pending.setdefault(grad.layer, [])
+            waiting.append((rows, grad))
+            if len(waiting) == 3:  # q, k and v of this layer have all arrived
+                self._score_factored(self.pending.pop(grad.layer))
+            return
+        n = int(self.reads[rows].max())  # grad [r, batch·pos·d]
+        self.scores[rows, :n] -= self.weight * (grad.detach() @ self.D[:n].T).float()
+
+    def flush(self) -> None:
+        """Score the layers whose q/k/v did not all receive a gradient."""
+        for items in self.pending.values():
+            self._score_factored(items)
+        self.pending.clear()
+
+    def _score_factored(self, items: list[tuple[Tensor, FactoredGrad]]) -> None:
+        """−⟨gh − α − β·x̂, D⟩ = −gh·D + α·ΣD + β·(x̂·D): one GEMM and two small products."""
+        rows = torch.cat([r for r, _ in items])
+        grads = [f for _, f in items]
+        n = int(self.reads[rows].max())
+        Dn = self.D[:n]
+        t, d = grads[0].xhat.shape
+        if self.position_sums is None:
+            self.position_sums = self.D.view(self.g.n_senders, t, d).sum(-1)
+        xdot = torch.bmm(Dn.view(n, t, d).transpose(0, 1), grads[0].xhat[:, :, None])[..., 0]  # [t, n]
+        gh = torch.cat([f.gh.reshape(f.gh.shape[0], -1) for f in grads])
+        alpha, beta = torch.cat([f.alpha for f in grads]), torch.cat([f.beta for f in grads])
+        part = -(gh @ Dn.T) + alpha @ self.position_sums[:n].T + beta @ xdot
+        self.scores[rows, :n] += self.weight * part.float()
+
+
 def attribute(model, inputs: Inputs, ablated: Tensor, objective: Objective, *,
               alphas: Sequence[float] = (1.0,), interpolate: str = "inputs") -> Tensor:
     """First-order edge scores [dst, src] (zero off the graph), averaged over the interpolation alphas.
@@ -38,61 +85,26 @@ def attribute(model, inputs: Inputs, ablated: Tensor, objective: Objective, *,
     if interpolate not in ("inputs", "activations"):
         raise ConfigError(f"interpolate must be 'inputs' or 'activations', got {interpolate!r}")
     g = model.graph
-    scores = torch.zeros(g.n_receivers, g.n_senders, dtype=torch.float32, device=model.device)
-    reads = g.edge_mask.sum(1)  # how many senders each receiver reads (a prefix of the sender order)
-    weight = 1.0 / len(alphas)
-    D: list[Tensor] = []  # [src, batch·pos·d], from the clean run: recorded by the alpha = 1 pass itself
-
-    cache: dict = {}  # Σ_d D at each position [src, batch·pos]; q/k/v gradients waiting for their layer
-    pending: dict[int, list[tuple[Tensor, FactoredGrad]]] = {}
-
-    def score_factored(items: list[tuple[Tensor, FactoredGrad]]) -> None:
-        """−⟨gh − α − β·x̂, D⟩ for a layer's q, k and v receivers at once: one read of D."""
-        rows = torch.cat([r for r, _ in items])
-        grads = [f for _, f in items]
-        n = int(reads[rows].max())
-        Dn = D[0][:n]
-        t, d = grads[0].xhat.shape
-        if "sum" not in cache:
-            cache["sum"] = D[0].view(g.n_senders, t, d).sum(-1)
-        xdot = torch.bmm(Dn.view(n, t, d).transpose(0, 1), grads[0].xhat[:, :, None])[..., 0]  # [t, n]
-        gh = torch.cat([f.gh.reshape(f.gh.shape[0], -1) for f in grads])
-        alpha, beta = torch.cat([f.alpha for f in grads]), torch.cat([f.beta for f in grads])
-        part = -(gh @ Dn.T) + alpha @ cache["sum"][:n].T + beta @ xdot
-        scores[rows, :n] += weight * part.float()
-
-    def accumulate(rows: Tensor, grad) -> None:
-        if isinstance(grad, FactoredGrad):
-            waiting = pending.setdefault(grad.layer, [])
-            waiting.append((rows, grad))
-            if len(waiting) == 3:  # q, k and v of this layer have all arrived
-                score_factored(pending.pop(grad.layer))
-            return
-        n = int(reads[rows].max())  # grad [r, batch·pos·d]
-        scores[rows, :n] -= weight * (grad.detach() @ D[0][:n].T).float()
-
-    order = sorted(alphas, key=lambda a: a != 1.0)  # the clean pass first: it records D
-    if 1.0 not in alphas:
+    scorer = _Scorer(g, model.device, 1.0 / len(alphas))
+    if 1.0 not in alphas:  # D comes from the clean run; the alpha = 1 pass records it itself
         clean = Walk(model, inputs, ablated, None, record=True)
         with torch.no_grad():
             clean.run()
-        D.append(clean.diffs().reshape(g.n_senders, -1))
-    for alpha in order:
+        scorer.D = clean.diffs().reshape(g.n_senders, -1)
+    for alpha in sorted(alphas, key=lambda a: a != 1.0):  # the clean pass first
         with torch.enable_grad():  # whatever the caller's grad mode, this pass needs gradients
             if interpolate == "activations" and alpha != 1.0:
                 masks = (float(alpha) * g.edge_mask.to(model.device, model.dtype))[None]
-                walk = Walk(model, inputs, ablated, masks, on_grad=accumulate)
+                walk = Walk(model, inputs, ablated, masks, on_grad=scorer)
             else:
-                walk = Walk(model, inputs, ablated, None, on_grad=accumulate, input_alpha=float(alpha),
-                            record=not D)
+                walk = Walk(model, inputs, ablated, None, on_grad=scorer, input_alpha=float(alpha),
+                            record=scorer.D is None)
             logits = walk.run()[0]
-            if not D:
-                D.append(walk.diffs().reshape(g.n_senders, -1))
+            if scorer.D is None:
+                scorer.D = walk.diffs().reshape(g.n_senders, -1)
             value = objective(logits)
             if value.ndim != 0:
                 raise ConfigError(f"the objective must return a scalar; got shape {tuple(value.shape)}")
             value.backward()
-            for items in pending.values():  # layers whose q/k/v did not all receive a gradient
-                score_factored(items)
-            pending.clear()
-    return scores * g.edge_mask.to(scores.device)
+            scorer.flush()
+    return scorer.scores * g.edge_mask.to(scorer.scores.device)
