@@ -71,10 +71,17 @@ class Words:
         self.tokenizer, self.vocab_size = tokenizer, vocab_size
 
     def single(self, words: Sequence[str], prefix: str = " ") -> list[str]:
-        """The words that `prefix + word` tokenizes to exactly one token (all of them without a tokenizer)."""
+        """The words that `prefix + word` tokenizes to exactly one token that is not the unknown token
+        (all of them without a tokenizer)."""
         if self.tokenizer is None:
             return list(words)
-        return [w for w in words if len(self.tokenizer(prefix + w, add_special_tokens=False)["input_ids"]) == 1]
+        unk = self.tokenizer.unk_token_id
+        keep = []
+        for w in words:
+            ids = self.tokenizer(prefix + w, add_special_tokens=False)["input_ids"]
+            if len(ids) == 1 and (unk is None or ids[0] != unk):
+                keep.append(w)
+        return keep
 
     def random_tokens(self, rng: random.Random, n: int, avoid: Sequence[int] = ()) -> list[int]:
         """n distinct random token ids, avoiding special tokens and `avoid`."""
@@ -138,7 +145,7 @@ class Task:
         limit = 50 * self.n + 1000
         while len(out) < self.n and attempts < limit:
             attempts += 1
-            ex = self.example(rng, words)
+            ex = self._draw(rng, words)
             key = repr((ex.clean, ex.corrupt))
             if key in seen:
                 continue
@@ -151,6 +158,17 @@ class Task:
                             f"{self.n} asked for (after {attempts} draws, with this tokenizer's single-token words); "
                             "ask for fewer examples or widen the word lists")
         return out
+
+    def _draw(self, rng: random.Random, words: Words) -> Example:
+        try:
+            ex = self.example(rng, words)
+        except (ValueError, IndexError) as e:  # e.g. rng.sample from a word list this tokenizer emptied
+            raise TaskError(f"task {self.name!r} could not draw an example ({type(e).__name__}: {e}); with this "
+                            "tokenizer its word lists may hold too few single-token words — widen them") from e
+        if not isinstance(ex, Example):
+            raise TaskError(f"{type(self).__name__}.example() must return a circuitfind Example, got "
+                            f"{type(ex).__name__}")
+        return ex
 
     # ------------------------------------------------------------------ tensors
     def batch(self, model) -> Batch:
@@ -229,6 +247,10 @@ def _answer_ids(model, answer: Answer, single: bool, metric: str) -> list[int]:
             ids.append(a)
             continue
         toks = model.to_tokens(a, prepend_bos=False)[0].tolist()
+        unk = getattr(model.tokenizer, "unk_token_id", None)
+        if unk is not None and unk in toks:
+            raise TaskError(f"answer {a!r} contains a word {model.name}'s tokenizer does not know (it becomes the "
+                            "unknown token); reword it with words in the vocabulary")
         if single and len(toks) != 1:
             raise TaskError(f"answer {a!r} is {len(toks)} tokens for {model.name}; the {metric} metric needs "
                             "single-token answers (reword, or filter candidates with words.single(...))")

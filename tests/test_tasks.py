@@ -180,6 +180,7 @@ def test_more_examples_than_the_task_can_make():
 
 @pytest.mark.parametrize("field, value, match", [
     ("correct", " Mary John", "2 tokens"),
+    ("correct", " Zyxwvut", "does not know"),
     ("corrupt", "John said hello", "must be equally long"),
     ("wrong", " Mary", "also a wrong answer"),
 ])
@@ -240,3 +241,37 @@ def test_mcqa_letter_points_at_the_answer():
         letter = ex.correct.strip()
         assert ex.clean.split(f"{letter}. ")[1].split(" ")[0] == answers[question]
         assert ex.corrupt.split(f"{ex.wrong.strip()}. ")[1].split(" ")[0] == answers[question]
+
+
+def test_example_must_return_an_example():
+    bad = type("Bad", (_Fixed,), {"example": lambda self, rng, words: ("Mary said", "John said")})
+    with pytest.raises(cf.TaskError, match="must return a circuitfind Example"):
+        bad(n=1).examples()
+
+
+def test_word_lists_emptied_by_the_tokenizer(word_model):
+    """A tokenizer that keeps none of a task's names as single tokens: a TaskError, not a crash."""
+    class NoNames(Task):
+        name = "no-names"
+
+        def example(self, rng, words):
+            a, b = rng.sample(words.single(["Zyxwvut", "Qrstuvw"]), 2)  # not in the word model's vocabulary
+            return Example(f"{a} said", f"{b} said", " " + a, " " + b)
+
+    with pytest.raises(cf.TaskError, match="too few single-token words"):
+        NoNames(n=2).examples(word_model)
+
+
+def test_tracr_task_invariants():
+    from circuitfind.models.zoo import tracr_meta
+    meta = tracr_meta("tracr-reverse")
+    decode = {v: k for k, v in meta["input_encoding"].items()}
+    for ex in load_task("tracr-reverse", n=30).examples():
+        seq = [decode[t] for t in ex.clean[1:]]
+        assert ex.clean[0] == meta["input_encoding"]["BOS"] and meta["output_values"][ex.correct] == seq[0]
+        assert ex.correct not in ex.wrong and len(ex.corrupt) == len(ex.clean)
+    meta = tracr_meta("tracr-xproportion")
+    decode = {v: k for k, v in meta["input_encoding"].items()}
+    for ex in load_task("tracr-xproportion", n=30).examples():
+        seq = [decode[t] for t in ex.clean[1:]]
+        assert ex.value == seq.count("x") / len(seq)
