@@ -69,7 +69,7 @@ class Walk:
         self.base_coeff: Tensor | None = None  # [dst, src + blocks]: mask columns for the constants
         self._mlp_partial: tuple[Tensor, int] | None = None  # MLP input mixed early, and the columns it saw
         self.resid: Tensor | None = None  # the real residual stream of this run  [K, b', pos, d]
-        self._allowed: dict[tuple[bool, int], Tensor] = {}
+        self._allowed: dict[tuple, object] = {}  # per-walk caches: attention masks and rotary rows, by K
 
     # ------------------------------------------------------------------ set-up helpers
     def _active_senders(self) -> Tensor:
@@ -90,7 +90,7 @@ class Walk:
         if self.record or self.masks.requires_grad:
             return self.cfg.n_layers
         full = self.g.edge_mask.to(self.masks.device, self.masks.dtype)
-        mixing = (self.masks.detach() != full).any(0).any(-1)  # [dst]
+        mixing = (self.masks.detach() != full).any(0).any(-1).cpu()  # [dst]
         return int(self.g.receiver_layer[mixing].max()) if bool(mixing.any()) else -1
 
     def _diff(self, senders: Tensor, out: Tensor, abl: Tensor, layer: int) -> Tensor:
@@ -112,8 +112,12 @@ class Walk:
         return self._allowed[key]
 
     def _rope_rows(self, K: int):
-        rope = self.model.rope(self.positions)
-        return None if rope is None else tuple(self._rows(t, K)[:, None] for t in rope)
+        """(cos, sin) as attention rows [K·b', 1, pos, rotary_dim], computed once per K."""
+        key = ("rope", K)
+        if key not in self._allowed:
+            rope = self.model.rope(self.positions)
+            self._allowed[key] = None if rope is None else tuple(self._rows(t, K)[:, None] for t in rope)
+        return self._allowed[key]
 
     def branch(self, masks: Tensor) -> "Walk":
         """A walk that continues this (recorded, unmasked) one from its current layer under new masks."""

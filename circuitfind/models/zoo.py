@@ -83,8 +83,9 @@ def load_entry(entry: ZooEntry, *, dtype: torch.dtype, device: torch.device):
         directory = SHIPPED / entry.location
         hf, tokenizer = _from_pretrained(str(directory), None)
         model = from_hf(hf, tokenizer=tokenizer, name=entry.name, dtype=dtype, device=device)
-        truth = json.loads((directory / "ground_truth.json").read_text())
-        model.ground_truth = {truth["task"]: truth["edges"]}
+        if (directory / "ground_truth.json").exists():
+            truth = json.loads((directory / "ground_truth.json").read_text())
+            model.ground_truth = {truth["task"]: truth["edges"]}
         return model
     hf, tokenizer = _from_pretrained(entry.location, None)
     return from_hf(hf, tokenizer=tokenizer, name=entry.name, dtype=dtype, device=device)
