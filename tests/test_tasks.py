@@ -275,3 +275,15 @@ def test_tracr_task_invariants():
     for ex in load_task("tracr-xproportion", n=30).examples():
         seq = [decode[t] for t in ex.clean[1:]]
         assert ex.value == seq.count("x") / len(seq)
+
+
+def test_greater_than_without_the_corrupted_year_is_a_task_error():
+    """A vocabulary without "01" cannot make greater-than's corrupted prompt: say so (no endless retry)."""
+    from circuitfind.task import Words
+
+    class WithoutZeroOne(Words):
+        def single(self, words, prefix=" "):
+            return [w for w in words if w != "01"]
+
+    with pytest.raises(cf.TaskError, match="'01'"):
+        load_task("greater-than", n=2)._generate(WithoutZeroOne())
