@@ -27,19 +27,21 @@ FILLER = ["the weather was mild that day", "people walked along the river", "a s
           "they talked about the long journey", "the city was quiet after the rain"]
 
 
-def corpus(rng: random.Random, per_task: int) -> list[str]:
-    lines = []
+def corpus(rng: random.Random, per_task: int) -> tuple[list[str], list[str]]:
+    """Training lines, and the corrupted prompts (whose words the vocabulary needs too)."""
+    lines, corrupted = [], []
     for name in TASKS:
         for ex in load_task(name, n=per_task, seed=1).examples():
             answer = rng.choice(ex.correct) if isinstance(ex.correct, list) else ex.correct
             lines.append(ex.clean + answer)
+            corrupted.append(ex.corrupt)
     words = sorted({w for line in lines for w in line.split() if w.isalpha()})
     for _ in range(per_task):  # induction over word lists: a random phrase, repeated
         phrase = " ".join(rng.choice(words) for _ in range(rng.randint(3, 6)))
         lines.append(phrase + " , " + phrase)
     lines += [rng.choice(FILLER) for _ in range(per_task // 2)]
     rng.shuffle(lines)
-    return lines
+    return lines, corrupted
 
 
 def tokenizer_for(lines: list[str]) -> transformers.PreTrainedTokenizerFast:
@@ -76,8 +78,8 @@ def main():
     start = time.time()
     torch.manual_seed(0)
     rng = random.Random(0)
-    lines = corpus(rng, args.per_task)
-    tokenizer = tokenizer_for(lines)
+    lines, corrupted = corpus(rng, args.per_task)
+    tokenizer = tokenizer_for(lines + corrupted)
     ids = [tokenizer(line, add_special_tokens=False)["input_ids"] for line in lines]
     config = transformers.GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_layer=4, n_head=4, n_embd=128,
                                      bos_token_id=1, eos_token_id=1, pad_token_id=0)
@@ -98,10 +100,10 @@ def main():
         if step % 1000 == 0:
             print(f"step {step}: loss {loss.item():.3f} ({time.time() - start:.0f}s)", flush=True)
     model.eval()
-    acc = accuracy(model, tokenizer)
     OUT.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(OUT, safe_serialization=True)
     tokenizer.save_pretrained(OUT)
+    acc = accuracy(model, tokenizer)
     meta = {"accuracy_test_split": acc, "steps": args.steps, "seconds": round(time.time() - start, 1),
             "script": "scripts/train_toy_lm.py"}
     (OUT / "training.json").write_text(json.dumps(meta, indent=2))
