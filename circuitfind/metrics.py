@@ -35,6 +35,11 @@ class Targets:
     def with_clean(self, clean_logits: Tensor) -> "Targets":
         return Targets(self.correct, self.wrong, clean_logits.detach(), self.values)
 
+    def repeat(self, k: int) -> "Targets":
+        """The targets of k copies of the batch (k masks evaluated at once), [k·batch, ...]."""
+        rep = lambda t: None if t is None else t.repeat(k, *([1] * (t.ndim - 1)))  # noqa: E731
+        return Targets(rep(self.correct), rep(self.wrong), rep(self.clean_logits), rep(self.values))
+
 
 def _mean_at(x: Tensor, ids: Tensor) -> Tensor:
     """Mean of x [batch, vocab] over the valid ids [batch, n] of each row → [batch]."""

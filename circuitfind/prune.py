@@ -26,23 +26,16 @@ def prune(scores: EdgeScores, edges: int | None = None, *, nodes: int | None = N
     """A circuit from scores: `edges=N` top edges, `nodes=K` top nodes (all their out-edges; for node
     scores from `eap-node` / `eap-ig-node`), or every edge with score ≥ `threshold`."""
     g = scores.graph
+    key = (scores.scores.abs() if absolute else scores.scores).masked_fill(~g.edge_mask, float("-inf"))
+    if strategy not in ("topn", "threshold", "greedy"):
+        raise ConfigError(f"unknown strategy {strategy!r}; use topn, threshold or greedy")
     if nodes is not None:
         if not 0 <= nodes <= g.n_senders:
             raise ConfigError(f"nodes must be a count between 0 and {g.n_senders}, got {nodes!r}")
-        node_key = (scores.scores.abs() if absolute else scores.scores).masked_fill(~g.edge_mask, float("-inf")).max(0).values
         kept = torch.zeros(g.n_senders, dtype=torch.bool)
-        kept[node_key.topk(nodes).indices] = True
-        mask = g.nodes_to_edges(kept)
-        before = int(mask.sum())
-        mask = without_dangling(g, mask) if remove_dangling else mask
-        provenance = scores.metadata() | {"kind": "circuit", "strategy": "top-nodes", "nodes": nodes,
-                                          "absolute": absolute, "dangling_removed": before - int(mask.sum())}
-        return Circuit(mask, g, provenance)
-    key = scores.scores.abs() if absolute else scores.scores.clone()
-    key = key.masked_fill(~g.edge_mask, float("-inf"))
-    if strategy not in ("topn", "threshold", "greedy"):
-        raise ConfigError(f"unknown strategy {strategy!r}; use topn, threshold or greedy")
-    if strategy == "threshold" or (threshold is not None and edges is None):
+        kept[key.max(0).values.topk(nodes).indices] = True
+        mask, strategy, chosen = g.nodes_to_edges(kept), "top-nodes", {"nodes": nodes}
+    elif strategy == "threshold" or (threshold is not None and edges is None):
         if threshold is None:
             raise ConfigError("the threshold strategy needs threshold=")
         mask, chosen = key >= threshold, {"threshold": threshold}

@@ -50,13 +50,8 @@ def _values(model, setup, cfg, masks, start=None):
         logits = masked_forward(model, setup.batch.clean, setup.ablated, masks, start=start)  # [k, batch, vocab]
         if cfg.metric == "kl":
             k, b = logits.shape[:2]
-            return kl(logits.reshape(k * b, -1), _repeat(setup.targets, k)).view(k, b).mean(1)
+            return kl(logits.reshape(k * b, -1), setup.targets.repeat(k)).view(k, b).mean(1)
         return -setup.sign * setup.per_mask(logits)
-
-
-def _repeat(t, k):
-    from circuitfind.metrics import Targets
-    return Targets(t.correct.repeat(k, 1), t.wrong.repeat(k, 1), t.clean_logits.repeat(k, 1))
 
 
 def _run(model, setup, cfg, quiet):

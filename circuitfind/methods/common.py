@@ -30,10 +30,7 @@ class Setup:
     def per_mask(self, logits: Tensor) -> Tensor:
         """Mean metric per mask: logits [k, batch, vocab] → [k]."""
         k, b = logits.shape[:2]
-        t = self.targets
-        rep = Targets(t.correct.repeat(k, 1), t.wrong.repeat(k, 1), t.clean_logits.repeat(k, 1),
-                      None if t.values is None else t.values.repeat(k))
-        return self.metric(logits.reshape(k * b, -1), rep).view(k, b).mean(1)
+        return self.metric(logits.reshape(k * b, -1), self.targets.repeat(k)).view(k, b).mean(1)
 
     def objective(self, logits: Tensor) -> Tensor:
         """Mean metric of one run: logits [batch, vocab] → scalar."""
