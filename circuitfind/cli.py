@@ -3,6 +3,7 @@
     circuitfind zoo                    cf.models.zoo.ZOO
     circuitfind tasks [show TASK]      cf.task.builtin_tasks(), cf.load_task(TASK).examples()
     circuitfind discover --model M --task T --method X --out DIR    cf.discover(model, T, X, out=DIR)
+    circuitfind report DIR             cf.report.write_report(DIR)
     circuitfind graph MODEL            cf.load_model(MODEL).graph
 """
 
@@ -54,16 +55,39 @@ def _discover(args) -> int:
         raise ConfigError(f"unknown method {args.method!r}; available: {', '.join(METHODS)}")
     options = {}
     for item in args.option or []:
-        key, _, value = item.partition("=")
-        options[key.replace("-", "_")] = int(value) if value.lstrip("-").isdigit() else value
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--option takes KEY=VALUE, got {item!r}")
+        options[key.replace("-", "_")] = _option_value(value)
     model = load_model(args.model, dtype=args.dtype, device=args.device)
     run = discover(model, args.task, args.method, args.ablation, out=args.out, edges=args.edges, target=args.target,
-                   n=args.n, seed=args.seed, quiet=args.quiet, **options)
+                   n=args.n, seed=args.seed, quiet=args.quiet, report=not args.no_report, **options)
     r = run.result
     print(f"{r['model']} / {r['task']} / {r['method']}: {r['n_edges']} of {r['n_edges_total']} edges, "
           f"faithfulness {r['faithfulness']:.3f}, CPR {r['cpr']:.3f}, CMD {r['cmd']:.3f}")
     if run.out is not None:
         print(f"wrote {run.out}/result.json, circuit.json, scores.safetensors")
+        if not args.no_report:
+            print(f"report: {run.out / 'report.html'}")
+    return 0
+
+
+def _option_value(text: str):
+    """A method option from the command line: int, float, true/false, or the string itself."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _report(args) -> int:
+    from circuitfind.report import write_report
+
+    print(f"report: {write_report(args.dir)}")
     return 0
 
 
@@ -74,6 +98,12 @@ def _graph(args) -> int:
     print(model)
     print(model.graph)
     return 0
+
+
+def _method_names() -> list[str]:
+    from circuitfind.methods import METHODS
+
+    return list(METHODS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("discover", help="score edges, choose the smallest faithful circuit, write a run directory")
     d.add_argument("--model", required=True, help="zoo name, local directory or hub id")
     d.add_argument("--task", required=True, help="built-in task or path/to/file.py:ClassName")
-    d.add_argument("--method", default="eap-ig", help="eap, eap-ig, eap-ig-activations, clean-corrupted, exact")
+    d.add_argument("--method", default="eap-ig", help="one of: " + ", ".join(_method_names()))
     d.add_argument("--ablation", default="corrupted", help="corrupted, mean, mean-positional, zero, resample")
     d.add_argument("--out", help="run directory to write")
     d.add_argument("--edges", type=int, help="circuit size (default: smallest MIB size reaching --target)")
@@ -101,7 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--option", action="append", metavar="KEY=VALUE", help="method option, e.g. steps=10")
     d.add_argument("--dtype", default="float32")
     d.add_argument("--device", default="cpu")
+    d.add_argument("--no-report", action="store_true", help="skip figures, tables and report.html")
     d.set_defaults(run=_discover)
+    r = sub.add_parser("report", help="re-render a run directory's figures, tables and report.html (no model needed)")
+    r.add_argument("dir", help="run directory written by discover")
+    r.set_defaults(run=_report)
     g = sub.add_parser("graph", help="load a model and print its edge graph")
     g.add_argument("model", help="zoo name, local directory or hub id")
     g.add_argument("--dtype", default="float32")

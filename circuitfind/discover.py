@@ -4,7 +4,8 @@
 
 The circuit is the smallest of the MIB-size circuits (top edges by |score|, dangling edges removed)
 whose faithfulness on the test split reaches `target` (default 0.9), unless `edges=` fixes its size.
-The run directory holds scores.safetensors + scores.json, circuit.json and result.json.
+The run directory holds scores.safetensors + scores.json, circuit.json, result.json, inspect.json
+(examples and logit lens) and the report (figures/, tables/, report.html; `report=False` skips it).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from circuitfind.errors import ConfigError
 from circuitfind.evaluate import MIB_FRACTIONS, evaluate, faithfulness_curve, roc_auc
 from circuitfind.methods import METHODS, score_edges
 from circuitfind.prune import prune
+from circuitfind.report import write_report
+from circuitfind.report.data import collect
 from circuitfind.task import Task, load_task
 
 
@@ -36,7 +39,7 @@ class Run:
 
 def discover(model, task: Task | str, method: str = "eap-ig", ablation: str = "corrupted", *, out=None,
              edges: int | None = None, target: float = 0.9, n: int = 100, seed: int = 0, quiet: bool = False,
-             **options) -> Run:
+             report: bool = True, **options) -> Run:
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
     task = load_task(task, n=n, seed=seed) if isinstance(task, str) else task
@@ -66,4 +69,8 @@ def discover(model, task: Task | str, method: str = "eap-ig", ablation: str = "c
         scores.save(out)
         circuit.save(out / "circuit.json")
         _atomic_write(out / "result.json", lambda p: Path(p).write_text(json.dumps(result, indent=2)))
+        if report:
+            inspect = collect(model, test)
+            _atomic_write(out / "inspect.json", lambda p: Path(p).write_text(json.dumps(inspect, indent=1)))
+            write_report(out, quiet=quiet)
     return Run(scores, circuit, result, out)

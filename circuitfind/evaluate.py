@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from circuitfind.circuit import Circuit, EdgeScores
-from circuitfind.engine.patching import masked_forward
+from circuitfind.engine.patching import clean_logits, masked_forward
 from circuitfind.errors import ConfigError
 from circuitfind.methods.common import prepare
 from circuitfind.prune import prune
@@ -63,6 +63,20 @@ def evaluate(model, task: Task | str, circuit: Circuit, *, ablation: str = "corr
     return {"metric_circuit": m_c, "metric_full": m_full, "metric_empty": m_empty,
             "faithfulness": faithfulness(m_c, m_full, m_empty), "n_edges": circuit.n_edges,
             "n_edges_total": g.n_edges}
+
+
+def task_accuracy(model, task: Task | str, *, split: str = "test") -> float:
+    """Fraction of examples where the model prefers a correct answer to every wrong one: the best
+    correct logit beats the best wrong logit (the task's own contrast, not the whole vocabulary)."""
+    task = _test_task(task, split)
+    batch = task.batch(model)
+    t = batch.targets
+    if t.correct.shape[-1] == 0 or t.wrong.shape[-1] == 0:
+        raise ConfigError(f"task {task.name!r} has no correct/wrong answer tokens to compare")
+    with torch.no_grad():
+        logits = clean_logits(model, batch.clean)
+    best = lambda ids: logits.gather(-1, ids.clamp(min=0)).masked_fill(ids < 0, float("-inf")).amax(-1)  # noqa: E731
+    return float((best(t.correct) > best(t.wrong)).float().mean())
 
 
 def faithfulness(m_circuit: float, m_full: float, m_empty: float) -> float:

@@ -18,6 +18,7 @@ import transformers
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers
 
 import circuitfind as cf
+from circuitfind.evaluate import task_accuracy
 from circuitfind.task import load_task
 
 TASKS = ["ioi", "greater-than", "sva", "gendered-pronoun", "capital-country", "arithmetic", "docstring", "mcqa"]
@@ -31,6 +32,9 @@ def corpus(rng: random.Random, per_task: int) -> tuple[list[str], list[str]]:
     """Training lines, and the corrupted prompts (whose words the vocabulary needs too)."""
     lines, corrupted = [], []
     for name in TASKS:
+        if name == "arithmetic":  # every operand pair the task can draw, so sums are facts the model knows
+            lines += [f"{a} + {b} = {a + b}" for a in range(10, 50) for b in range(10, 50)]
+            continue
         for ex in load_task(name, n=per_task, seed=1).examples():
             answer = rng.choice(ex.correct) if isinstance(ex.correct, list) else ex.correct
             lines.append(ex.clean + answer)
@@ -40,6 +44,8 @@ def corpus(rng: random.Random, per_task: int) -> tuple[list[str], list[str]]:
         phrase = " ".join(rng.choice(words) for _ in range(rng.randint(3, 6)))
         lines.append(phrase + " , " + phrase)
     lines += [rng.choice(FILLER) for _ in range(per_task // 2)]
+    for ex in load_task("ioi", n=2 * per_task, seed=2).examples():  # IOI is the hardest: twice the data
+        lines.append(ex.clean + ex.correct)
     rng.shuffle(lines)
     return lines, corrupted
 
@@ -57,22 +63,15 @@ def tokenizer_for(lines: list[str]) -> transformers.PreTrainedTokenizerFast:
                                                 unk_token="[UNK]")
 
 
-def accuracy(model, tokenizer) -> dict[str, float]:
-    cm = cf.from_hf(model, tokenizer=tokenizer, name="toy-lm")
-    out = {}
-    for name in TASKS + ["induction"]:
-        task = load_task(name, n=100, split="test")
-        batch = task.batch(cm)
-        with torch.no_grad():
-            logits = cm(batch.clean.tokens, batch.clean.attention_mask)[torch.arange(batch.size), batch.clean.answer_pos]
-        pred = logits.argmax(-1)[:, None]
-        out[name] = float(((pred == batch.targets.correct) & (batch.targets.correct >= 0)).any(-1).float().mean())
-    return out
+def random_repeat(rng: random.Random, vocab_size: int, length: int = 8) -> list[int]:
+    """The induction task's format in token ids: [BOS] A A for A random distinct non-special tokens."""
+    a = rng.sample(range(3, vocab_size), length)
+    return [1] + a + a
 
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--steps", type=int, default=6000)
+    parser.add_argument("--steps", type=int, default=7000)
     parser.add_argument("--per-task", type=int, default=800)
     args = parser.parse_args()
     start = time.time()
@@ -87,7 +86,8 @@ def main():
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=args.steps, pct_start=0.05)
     for step in range(args.steps):
-        rows = [[1] + ids[rng.randrange(len(ids))] for _ in range(64)]
+        rows = [[1] + ids[rng.randrange(len(ids))] for _ in range(56)]
+        rows += [random_repeat(rng, len(tokenizer)) for _ in range(8)]
         width = max(len(r) for r in rows)
         x = torch.tensor([r + [0] * (width - len(r)) for r in rows])
         mask = (x != 0).long()
@@ -103,7 +103,8 @@ def main():
     OUT.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(OUT, safe_serialization=True)
     tokenizer.save_pretrained(OUT)
-    acc = accuracy(model, tokenizer)
+    cm = cf.from_hf(model, tokenizer=tokenizer, name="toy-lm")
+    acc = {name: task_accuracy(cm, load_task(name, n=150, split="test")) for name in TASKS + ["induction"]}
     meta = {"accuracy_test_split": acc, "steps": args.steps, "seconds": round(time.time() - start, 1),
             "script": "scripts/train_toy_lm.py"}
     (OUT / "training.json").write_text(json.dumps(meta, indent=2))

@@ -13,7 +13,7 @@ import time
 
 from circuitfind.circuit import EdgeScores
 from circuitfind.errors import ConfigError
-from circuitfind.methods import acdc, eap, eap_ig, exact, ifr
+from circuitfind.methods import acdc, eap, eap_ig, edge_pruning, exact, ifr
 from circuitfind.task import Task, load_task
 
 # name → (score function, config class, fixed options)
@@ -27,7 +27,9 @@ METHODS = {
     "exact": (exact.score, exact.ExactConfig, {}),
     "acdc": (acdc.score, acdc.ACDCConfig, {}),
     "ifr": (ifr.score, ifr.IFRConfig, {}),
+    "edge-pruning": (edge_pruning.score, edge_pruning.EdgePruningConfig, {}),
 }
+LONG_RUNNING = ("exact", "acdc", "edge-pruning")  # methods with a progress bar
 
 
 def score_edges(model, task: Task | str, method: str = "eap-ig", ablation: str = "corrupted", *, seed: int = 0,
@@ -43,7 +45,7 @@ def score_edges(model, task: Task | str, method: str = "eap-ig", ablation: str =
     cfg = config_cls(**{**options, **fixed})
     task = load_task(task) if isinstance(task, str) else task
     start = time.perf_counter()
-    extra = {"quiet": quiet} if method in ("exact", "acdc") else {}
+    extra = {"quiet": quiet} if method in LONG_RUNNING else {}
     raw = fn(model, task, cfg, ablation=ablation, seed=seed, **extra)
     config = dataclasses.asdict(cfg) | {"seed": seed, "n": task.n, "seconds": round(time.perf_counter() - start, 3)}
     return EdgeScores(raw, model.graph, method=method, model=model.name, task=task.name, ablation=ablation, config=config)

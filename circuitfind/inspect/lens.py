@@ -1,0 +1,107 @@
+"""Vocabulary projection: what each node writes, read through the final norm and the unembedding.
+
+A node's direct logits are its output at the answer position, normalised with the statistics of the
+whole final residual stream of that run (the norm's scale is frozen, so the map is linear) and
+multiplied by W_U. Summed over all nodes, plus the constant terms (block biases, the final norm's
+bias and b_U), they give the model's logits exactly — before any final soft-capping (Gemma 2), which
+is not linear and is left out, as the LLM Transparency Tool and TransformerLens do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from circuitfind.engine.patching import sender_outputs
+from circuitfind.engine.tensors import Inputs
+
+
+def _final_residual(model, inputs: Inputs) -> Tensor:
+    """The residual stream entering the final norm, at the answer positions: [batch, d_model]."""
+    name = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+    _, cache = model.run_with_cache(inputs.tokens, inputs.attention_mask, names_filter=[name])
+    return cache[name][torch.arange(inputs.batch), inputs.answer_pos]
+
+
+def _frozen_norm(model, resid: Tensor, x: Tensor) -> Tensor:
+    """The final norm's linear part applied to x [..., batch, d], with resid's [batch, d] statistics."""
+    norm = model.ln_final
+    if norm.kind == "none":
+        return x
+    if norm.kind == "layernorm":
+        sigma = (resid.var(-1, unbiased=False, keepdim=True) + norm.eps).sqrt()
+        return (x - x.mean(-1, keepdim=True)) / sigma * norm.w
+    rms = (resid.pow(2).mean(-1, keepdim=True) + norm.eps).sqrt()
+    return x / rms * (norm.offset + norm.w)
+
+
+@torch.no_grad()
+def direct_logits(model, inputs: Inputs) -> tuple[Tensor, Tensor]:
+    """(per-node direct logits [src, batch, vocab], the constant part [batch, vocab]) at the answer
+    positions; their sum is the model's logits (soft-capping aside)."""
+    resid = _final_residual(model, inputs)  # [batch, d]
+    outs = sender_outputs(model, inputs)[:, torch.arange(inputs.batch), inputs.answer_pos]  # [src, batch, d]
+    rest = resid - outs.sum(0)  # block biases: what no node writes
+    per_node = _frozen_norm(model, resid, outs) @ model.W_U
+    const = _frozen_norm(model, resid, rest) @ model.W_U
+    if model.ln_final.kind == "layernorm" and model.ln_final.b is not None:
+        const = const + model.ln_final.b @ model.W_U
+    if model.b_U is not None:
+        const = const + model.b_U
+    return per_node, const
+
+
+@dataclass
+class NodeLens:
+    """What one node does to the answer: its mean direct effect on the task's answer-logit difference,
+    the tokens it promotes and suppresses most (mean direct logits, centred over the vocabulary), and
+    the examples where its direct effect is largest."""
+
+    node: str
+    direct_effect: float
+    promoted: list[tuple[str, float]]
+    suppressed: list[tuple[str, float]]
+    top_examples: list[tuple[int, float]]  # (example index, direct effect)
+
+    def to_dict(self) -> dict:
+        return {"node": self.node, "direct_effect": self.direct_effect, "promoted": self.promoted,
+                "suppressed": self.suppressed, "top_examples": self.top_examples}
+
+
+def _token_str(model, i: int) -> str:
+    if model.tokenizer is None:
+        return f"#{i}"
+    return model.tokenizer.decode([i])
+
+
+@torch.no_grad()
+def node_lens(model, batch, nodes: list[str] | None = None, k: int = 5) -> list[NodeLens]:
+    """The lens of each node (all senders by default) on a task batch (`task.batch(model)`)."""
+    g = model.graph
+    per_node, _ = direct_logits(model, batch.clean)  # [src, batch, vocab]
+    t = batch.targets
+    valid_c, valid_w = t.correct >= 0, t.wrong >= 0
+
+    def mean_at(x, ids, valid):  # x [src, batch, vocab], ids [batch, n] → [src, batch]
+        picked = x.gather(-1, ids.clamp(min=0)[None].expand(x.shape[0], -1, -1)) * valid
+        return picked.sum(-1) / valid.sum(-1).clamp(min=1)
+
+    if t.correct.shape[-1] and t.wrong.shape[-1]:
+        effect = mean_at(per_node, t.correct, valid_c) - mean_at(per_node, t.wrong, valid_w)  # [src, batch]
+    else:  # numerical outputs: the direct contribution to the one output
+        effect = per_node[..., 0]
+    mean_logits = per_node.mean(1)
+    mean_logits = mean_logits - mean_logits.mean(-1, keepdim=True)
+    out = []
+    for name in nodes if nodes is not None else g.senders:
+        s = g.senders.index(name)
+        kk = min(k, mean_logits.shape[-1])
+        up, down = mean_logits[s].topk(kk), (-mean_logits[s]).topk(kk)
+        order = effect[s].argsort(descending=True)[:3]
+        out.append(NodeLens(name, float(effect[s].mean()),
+                            [(_token_str(model, int(i)), float(v)) for v, i in zip(up.values, up.indices)],
+                            [(_token_str(model, int(i)), -float(v)) for v, i in zip(down.values, down.indices)],
+                            [(int(i), float(effect[s, i])) for i in order]))
+    return out

@@ -1,0 +1,39 @@
+"""What a report needs from the model, computed once at discovery time and saved as `inspect.json`,
+so `circuitfind report DIR` re-renders without the model: the test examples as text, and each node's
+logit lens (direct effect on the answer, promoted/suppressed tokens, top examples)."""
+
+from __future__ import annotations
+
+from circuitfind.inspect.lens import node_lens
+
+MAX_EXAMPLES = 100
+
+
+def _text(model, x) -> str:
+    """A prompt or answer as text: strings as they are, token ids through the tokenizer (or as ids)."""
+    if isinstance(x, str):
+        return x
+    ids = [x] if isinstance(x, int) else list(x)
+    if model.tokenizer is not None:
+        return "".join(model.tokenizer.decode([i]) for i in ids)
+    return " ".join(f"#{i}" for i in ids)
+
+
+def _answers(model, x) -> str:
+    if isinstance(x, list) and x and isinstance(x[0], str):
+        return " | ".join(x[:8]) + (" | …" if len(x) > 8 else "")
+    if isinstance(x, list) and x and isinstance(x[0], int) and model.tokenizer is None:
+        return " | ".join(f"#{i}" for i in x[:8])
+    return _text(model, x)
+
+
+def collect(model, test_task) -> dict:
+    """The examples (at most MAX_EXAMPLES) and the lens of every node over them."""
+    if test_task.n > MAX_EXAMPLES:
+        test_task = test_task.with_split(test_task.split, n=MAX_EXAMPLES)
+    batch = test_task.batch(model)
+    examples = [{"clean": _text(model, e.clean), "corrupt": _text(model, e.corrupt),
+                 "correct": _answers(model, e.correct), "wrong": _answers(model, e.wrong)} for e in batch.examples]
+    return {"task": {"name": test_task.name, "description": test_task.description, "citation": test_task.citation,
+                     "metric": test_task.metric if isinstance(test_task.metric, str) else "custom"},
+            "examples": examples, "lens": [row.to_dict() for row in node_lens(model, batch)]}
