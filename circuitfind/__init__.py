@@ -10,9 +10,10 @@ from circuitfind.methods import METHODS, score_edges
 from circuitfind.prune import prune
 from circuitfind.evaluate import evaluate, faithfulness_curve, roc_auc, task_accuracy
 from circuitfind.discover import Run, discover
+from circuitfind.sweep import load_sweep, sweep
 
 __version__ = "0.1.0"
 
-__all__ = ["Run", "discover", "Circuit", "EdgeScores", "METHODS", "score_edges", "prune", "evaluate", "faithfulness_curve", "roc_auc", "task_accuracy",
+__all__ = ["Run", "discover", "sweep", "load_sweep", "Circuit", "EdgeScores", "METHODS", "score_edges", "prune", "evaluate", "faithfulness_curve", "roc_auc", "task_accuracy",
            "Batch", "Example", "Task", "load_task", "metrics", "CircuitModel", "CircuitfindError", "ConfigError", "MetricError", "ModelLoadError", "ModelNotFoundError",
            "TaskError", "UnsupportedModelError", "from_hf", "load_model", "__version__"]

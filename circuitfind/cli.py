@@ -3,7 +3,9 @@
     circuitfind zoo                    cf.models.zoo.ZOO
     circuitfind tasks [show TASK]      cf.task.builtin_tasks(), cf.load_task(TASK).examples()
     circuitfind discover --model M --task T --method X --out DIR    cf.discover(model, T, X, out=DIR)
+    circuitfind sweep --models a,b --tasks t --methods x,y --store S    cf.sweep(models=[a, b], ..., store=S)
     circuitfind report DIR             cf.report.write_report(DIR)
+    circuitfind report --sweep S       circuitfind.sweep.report.write_sweep_report(S)
     circuitfind graph MODEL            cf.load_model(MODEL).graph
 """
 
@@ -85,10 +87,47 @@ def _option_value(text: str):
 
 
 def _report(args) -> int:
+    from circuitfind.errors import ConfigError
+
+    if (args.dir is None) == (args.sweep is None):
+        raise ConfigError("give either a run directory or --sweep STORE")
+    if args.sweep is not None:
+        from circuitfind.sweep.report import write_sweep_report
+
+        print(f"report: {write_sweep_report(args.sweep, args.out) / 'README.md'}")
+        return 0
     from circuitfind.report import write_report
 
     print(f"report: {write_report(args.dir)}")
     return 0
+
+
+def _list(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _sweep(args) -> int:
+    from circuitfind.sweep import sweep
+
+    options: dict[str, dict] = {}
+    for item in args.option or []:  # METHOD:KEY=VALUE
+        method, _, kv = item.partition(":")
+        key, sep, value = kv.partition("=")
+        if not sep:
+            from circuitfind.errors import ConfigError
+
+            raise ConfigError(f"--option takes METHOD:KEY=VALUE, got {item!r}")
+        options.setdefault(method, {})[key.replace("-", "_")] = _option_value(value)
+    df = sweep(_list(args.models), _list(args.tasks), _list(args.methods), _list(args.ablations),
+               [int(s) for s in _list(args.seeds)], store=args.store, executor=args.executor, workers=args.workers,
+               n=args.n, edges=args.edges, target=args.target, options=options, dtype=args.dtype, device=args.device,
+               quiet=args.quiet)
+    done = df[df.status == "done"] if len(df) else df
+    if len(done):
+        cols = ["model", "task", "method", "ablation", "seed", "n_edges", "faithfulness", "cpr", "cmd", "roc_auc"]
+        print(done[cols].to_string(index=False))
+    print(f"store: {args.store}")
+    return 0 if len(df) and (df.status == "done").all() else 1
 
 
 def _graph(args) -> int:
@@ -133,9 +172,28 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--device", default="cpu")
     d.add_argument("--no-report", action="store_true", help="skip figures, tables and report.html")
     d.set_defaults(run=_discover)
-    r = sub.add_parser("report", help="re-render a run directory's figures, tables and report.html (no model needed)")
-    r.add_argument("dir", help="run directory written by discover")
+    r = sub.add_parser("report", help="re-render a run directory's figures, tables and report.html (no model "
+                                      "needed), or a sweep's comparison report")
+    r.add_argument("dir", nargs="?", help="run directory written by discover")
+    r.add_argument("--sweep", metavar="STORE", help="sweep store: write comparison figures and tables")
+    r.add_argument("--out", help="where the sweep report goes (default STORE.report)")
     r.set_defaults(run=_report)
+    w = sub.add_parser("sweep", help="run models × tasks × methods × ablations × seeds into a resumable store")
+    w.add_argument("--models", required=True, help="comma-separated zoo names, directories or hub ids")
+    w.add_argument("--tasks", required=True, help="comma-separated tasks")
+    w.add_argument("--methods", required=True, help="comma-separated methods")
+    w.add_argument("--ablations", default="corrupted", help="comma-separated ablations")
+    w.add_argument("--seeds", default="0", help="comma-separated seeds")
+    w.add_argument("--store", default="sweep.sqlite", help="SQLite store (created, or resumed)")
+    w.add_argument("--executor", default="local", choices=["local", "ray"])
+    w.add_argument("--workers", type=int, default=1, help="local worker processes")
+    w.add_argument("-n", type=int, default=100, help="examples per job")
+    w.add_argument("--edges", type=int, help="circuit size (default: smallest MIB size reaching --target)")
+    w.add_argument("--target", type=float, default=0.9)
+    w.add_argument("--option", action="append", metavar="METHOD:KEY=VALUE", help="method option, e.g. eap-ig:steps=10")
+    w.add_argument("--dtype", default="float32")
+    w.add_argument("--device", default="cpu")
+    w.set_defaults(run=_sweep)
     g = sub.add_parser("graph", help="load a model and print its edge graph")
     g.add_argument("model", help="zoo name, local directory or hub id")
     g.add_argument("--dtype", default="float32")

@@ -72,5 +72,5 @@ def discover(model, task: Task | str, method: str = "eap-ig", ablation: str = "c
         if report:
             inspect = collect(model, test)
             _atomic_write(out / "inspect.json", lambda p: Path(p).write_text(json.dumps(inspect, indent=1)))
-            write_report(out, quiet=quiet)
+            write_report(out)
     return Run(scores, circuit, result, out)

@@ -1,0 +1,130 @@
+"""Sweeps over the zoo: models × tasks × methods × ablations × seeds, stored as they finish, resumable.
+
+    cf.sweep(models=["toy-lm", "toy-induction"], tasks=["ioi"], methods=["eap", "eap-ig"],
+             store="sweep.sqlite", executor="local" | "ray", workers=1)
+    cf.load_sweep("sweep.sqlite")            # a pandas DataFrame, one row per job
+
+Re-running the same call skips the jobs already done and redoes the rest (failed ones included).
+Jobs are grouped by model, so each worker loads a model once. Only the driver writes the store.
+
+Executors: "local" runs the groups in this process (workers=1) or in `workers` spawned processes;
+"ray" runs one Ray actor per model group, with the resources asked for in `resources`
+(num_cpus, num_gpus, memory), connecting to a running cluster (`ray.init(address=...)` before the
+call) or starting a local one.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import shutil
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from circuitfind.errors import ConfigError
+from circuitfind.sweep.jobs import Job, expand, group_by_model, run_group
+from circuitfind.sweep.store import Store
+
+__all__ = ["Job", "load_sweep", "sweep"]
+
+
+def _tidy(store: Store) -> None:
+    """Remove what a killed sweep may have left: temporary run directories, and finished run
+    directories whose row was never committed (they are redone)."""
+    runs = store.runs_dir
+    if not runs.exists():
+        return
+    done = {k for k, s in store.status().items() if s == "done"}
+    for d in runs.iterdir():
+        if d.name.startswith(".tmp-") or (d.is_dir() and d.name not in done):
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def _group_worker(jobs, runs_dir, dtype, device, queue):
+    for job, outcome in run_group(jobs, runs_dir, dtype, device, quiet=True):
+        queue.put((job.key, outcome))
+
+
+def _local(groups, runs_dir, dtype, device, quiet, workers):
+    """Yield (job key, outcome) as jobs finish."""
+    if workers <= 1:
+        for jobs in groups.values():
+            for job, outcome in run_group(jobs, runs_dir, dtype, device, quiet):
+                yield job.key, outcome
+        return
+    ctx = mp.get_context("spawn")  # fresh interpreters: no forked torch thread pools
+    with ctx.Manager() as manager, ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        queue = manager.Queue()
+        futures = [pool.submit(_group_worker, jobs, runs_dir, dtype, device, queue) for jobs in groups.values()]
+        for _ in range(sum(len(j) for j in groups.values())):
+            yield queue.get()
+        for f in futures:
+            f.result()
+
+
+def _ray(groups, runs_dir, dtype, device, resources):
+    from circuitfind.sweep.ray_executor import run_on_ray
+
+    yield from run_on_ray(groups, runs_dir, dtype, device, resources)
+
+
+def sweep(models, tasks, methods, ablations=("corrupted",), seeds=(0,), *, store="sweep.sqlite",
+          executor: str = "local", workers: int = 1, n: int = 100, edges: int | None = None, target: float = 0.9,
+          options: dict | None = None, dtype: str = "float32", device: str = "cpu", resources: dict | None = None,
+          quiet: bool = False):
+    """Run every combination not yet done, storing each as it finishes; return `load_sweep(store)`.
+
+    options: per-method options, e.g. {"eap-ig": {"steps": 10}}. resources (Ray): per model group,
+    e.g. {"num_cpus": 1, "num_gpus": 1, "memory": 8 * 2**30}.
+    """
+    if executor not in ("local", "ray"):
+        raise ConfigError(f"executor must be 'local' or 'ray', got {executor!r}")
+    if workers < 1:
+        raise ConfigError(f"workers must be at least 1, got {workers}")
+    jobs = expand(models, tasks, methods, ablations, seeds, n=n, edges=edges, target=target, options=options)
+    db = Store(store)
+    try:
+        _tidy(db)
+        done = {k for k, s in db.status().items() if s == "done"}
+        todo = [j for j in jobs if j.key not in done]
+        by_key = {j.key: j for j in todo}
+        runs_dir = db.runs_dir
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="sweep", unit="job", disable=quiet)
+        failures = []
+        groups = group_by_model(todo)
+        results = (_local(groups, runs_dir, dtype, device, quiet, workers) if executor == "local"
+                   else _ray(groups, runs_dir, dtype, device, resources or {}))
+        for key, outcome in results:
+            job = by_key[key]
+            db.record(job, outcome)
+            if outcome["status"] == "failed":
+                failures.append((job.label, outcome["error"].splitlines()[0]))
+            bar.update(1)
+        bar.close()
+    finally:
+        db.close()
+    if not quiet:
+        print(f"sweep: {len(jobs) - len(todo)} already done, {len(todo) - len(failures)} ran, {len(failures)} failed")
+        for label, error in failures:
+            print(f"  failed: {label}: {error}")
+    return load_sweep(store)
+
+
+def load_sweep(store):
+    """The store as a pandas DataFrame: one row per job; `config` and `result` parsed from JSON."""
+    import pandas as pd
+
+    if not Path(store).exists():
+        raise ConfigError(f"no sweep store at {str(store)!r}")
+    db = Store(store)
+    try:
+        rows = db.rows()
+    finally:
+        db.close()
+    for r in rows:
+        r["config"] = json.loads(r["config"])
+        r["result"] = json.loads(r["result"]) if r["result"] else None
+    return pd.DataFrame(rows, columns=list(rows[0]) if rows else None)

@@ -1,0 +1,149 @@
+"""Jobs of a sweep: one (model, task, method, ablation, seed) each, checked before any runs, grouped
+by model so a worker loads each model once, and run into a run directory that appears whole.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import resource
+import shutil
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from circuitfind.discover import discover
+from circuitfind.engine.ablation import ABLATIONS
+from circuitfind.errors import ConfigError
+from circuitfind.methods import METHODS
+from circuitfind.sweep.store import SCHEMA_VERSION
+from circuitfind.task import load_task
+
+
+@dataclass(frozen=True)
+class Job:
+    model: str
+    task: str
+    method: str
+    ablation: str
+    seed: int
+    n: int = 100
+    edges: int | None = None
+    target: float = 0.9
+    options: dict = field(default_factory=dict, hash=False)
+
+    def config(self) -> dict:
+        return {"schema": SCHEMA_VERSION, **dataclasses.asdict(self)}
+
+    @property
+    def key(self) -> str:
+        """Hash of the full configuration: the same job always has the same key."""
+        return hashlib.sha256(json.dumps(self.config(), sort_keys=True).encode()).hexdigest()[:20]
+
+    @property
+    def label(self) -> str:
+        return f"{self.model}/{self.task}/{self.method}/{self.ablation}/seed{self.seed}"
+
+
+def _check_model(name: str) -> None:
+    from circuitfind.models.zoo import ZOO
+
+    if name in ZOO or Path(name).is_dir() or ("/" in name and not name.startswith((".", "/"))):
+        return
+    raise ConfigError(f"unknown model {name!r}: not a zoo name ({', '.join(ZOO)}), a local directory, or a hub id "
+                      "like 'org/name'")
+
+
+def expand(models, tasks, methods, ablations=("corrupted",), seeds=(0,), *, n: int = 100, edges: int | None = None,
+           target: float = 0.9, options: dict | None = None) -> list[Job]:
+    """Every combination, after checking every name (nothing runs if one is wrong)."""
+    options = options or {}
+    for name, values in (("models", models), ("tasks", tasks), ("methods", methods), ("ablations", ablations),
+                         ("seeds", seeds)):
+        if not values:
+            raise ConfigError(f"a sweep needs at least one of {name}")
+    for m in models:
+        _check_model(m)
+    for t in tasks:
+        load_task(t, n=1)  # raises TaskError naming the built-in tasks
+    for m in methods:
+        if m not in METHODS:
+            raise ConfigError(f"unknown method {m!r}; available: {', '.join(METHODS)}")
+    for a in ablations:
+        if a not in ABLATIONS:
+            raise ConfigError(f"unknown ablation {a!r}; choose from {', '.join(ABLATIONS)}")
+    for m, opts in options.items():
+        if m not in methods:
+            raise ConfigError(f"options given for method {m!r}, which is not in the sweep")
+        known = {f.name for f in dataclasses.fields(METHODS[m][1])}
+        bad = set(opts) - known
+        if bad:
+            raise ConfigError(f"method {m!r} has no option {sorted(bad)[0]!r}; its options: {sorted(known)}")
+    return [Job(mo, t, me, a, int(s), n, edges, target, dict(options.get(me, {})))
+            for mo in models for t in tasks for me in methods for a in ablations for s in seeds]
+
+
+def group_by_model(jobs: list[Job]) -> dict[str, list[Job]]:
+    groups: dict[str, list[Job]] = {}
+    for j in jobs:
+        groups.setdefault(j.model, []).append(j)
+    return groups
+
+
+def _peak_mb(device) -> float:
+    """The worker's peak memory when the job ended: GPU peak allocated (reset per job) on CUDA,
+    otherwise the process's peak resident set (a high-water mark over its jobs so far)."""
+    import torch
+
+    if str(device).startswith("cuda"):
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+
+
+def run_job(model, job: Job, runs_dir: Path, quiet: bool = True) -> dict:
+    """Run one job into runs_dir/<key> (written to a temporary directory, then renamed) → its outcome."""
+    import torch
+
+    tmp = runs_dir / f".tmp-{job.key}-{os.getpid()}"
+    final = runs_dir / job.key
+    start = time.time()
+    if str(model.device).startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats(model.device)
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        task = load_task(job.task, n=job.n, seed=job.seed)
+        run = discover(model, task, job.method, job.ablation, out=tmp, edges=job.edges, target=job.target, n=job.n,
+                       seed=job.seed, quiet=quiet, **job.options)
+        shutil.rmtree(final, ignore_errors=True)  # left by an attempt killed before its row was written
+        tmp.rename(final)
+        return {"status": "done", "result": run.result, "started": start, "finished": time.time(),
+                "seconds": round(time.time() - start, 3), "peak_mb": round(_peak_mb(model.device), 1),
+                "run_dir": str(final.relative_to(runs_dir.parent))}
+    except Exception as e:  # noqa: BLE001 — a failed job is recorded and the sweep goes on
+        shutil.rmtree(tmp, ignore_errors=True)
+        return {"status": "failed", "error": f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}",
+                "started": start, "finished": time.time(), "seconds": round(time.time() - start, 3)}
+
+
+def load_for(job: Job, dtype: str, device: str):
+    from circuitfind.models.loading import load_model
+
+    return load_model(job.model, dtype=dtype, device=device)
+
+
+def run_group(jobs: list[Job], runs_dir: Path, dtype: str, device: str, quiet: bool):
+    """Yield (job, outcome) for each job of one model's group, loading the model once."""
+    try:
+        model = load_for(jobs[0], dtype, device)
+    except Exception as e:  # noqa: BLE001 — every job of the group fails with the loading error
+        for job in jobs:
+            yield job, {"status": "failed", "error": f"loading the model failed: {type(e).__name__}: {e}",
+                        "started": time.time(), "seconds": 0.0}
+        return
+    for job in jobs:
+        yield job, run_job(model, job, runs_dir, quiet)

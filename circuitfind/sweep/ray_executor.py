@@ -1,0 +1,63 @@
+"""The Ray executor: one actor per model group (it loads the model once), one actor call per job.
+Results flow back to the driver as they finish; the driver alone writes the store. `ray` is the
+optional `ray` extra."""
+
+from __future__ import annotations
+
+from circuitfind.errors import ConfigError
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError as e:
+        raise ConfigError("the ray executor needs Ray: pip install 'circuitfind[ray]'") from e
+    return ray
+
+
+class _GroupWorker:
+    """Holds one loaded model and runs its jobs."""
+
+    def __init__(self, first_job, runs_dir, dtype, device):
+        from circuitfind.sweep.jobs import load_for
+
+        self.runs_dir, self.error, self.model = runs_dir, None, None
+        try:
+            self.model = load_for(first_job, dtype, device)
+        except Exception as e:  # noqa: BLE001 — reported per job below
+            self.error = f"loading the model failed: {type(e).__name__}: {e}"
+
+    def run(self, job):
+        import time
+
+        from circuitfind.sweep.jobs import run_job
+
+        if self.model is None:
+            return job.key, {"status": "failed", "error": self.error, "started": time.time(), "seconds": 0.0}
+        return job.key, run_job(self.model, job, self.runs_dir, quiet=True)
+
+
+def run_on_ray(groups, runs_dir, dtype, device, resources):
+    """Yield (job key, outcome) as Ray finishes jobs."""
+    ray = _import_ray()
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(num_cpus=resources.get("num_cpus_cluster"), include_dashboard=False, log_to_driver=False)
+    opts = {k: v for k, v in resources.items() if k in ("num_cpus", "num_gpus", "memory")}
+    opts.setdefault("num_cpus", 1)
+    actor_cls = ray.remote(**opts)(_GroupWorker)
+    pending = []
+    actors = []
+    for jobs in groups.values():
+        actor = actor_cls.remote(jobs[0], runs_dir, dtype, device)
+        actors.append(actor)
+        pending += [actor.run.remote(job) for job in jobs]
+    try:
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            yield ray.get(ready[0])
+    finally:
+        for a in actors:
+            ray.kill(a)
+        if started_here:
+            ray.shutdown()

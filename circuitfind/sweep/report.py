@@ -1,0 +1,68 @@
+"""Comparison report of a whole sweep (`circuitfind report --sweep STORE`):
+
+    figures/faithfulness-<model>-<task>.{png,pdf}   curves of every method (and ablation, seed) there
+    figures/cpr_cmd.{png,pdf}                        CPR and CMD of every finished job, as bars
+    tables/sweep.{md,tex}                            one row per finished job
+    README.md                                        the above, linked, with the failures listed
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from circuitfind.errors import ConfigError
+from circuitfind.report import figures, tables
+from circuitfind.sweep import load_sweep
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "_", text).strip("_")
+
+
+def _cpr_cmd(df, path: Path):
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r.model}/{r.task}/{r.method}" + (f"/{r.ablation}" if df.ablation.nunique() > 1 else "")
+              + (f"/s{r.seed}" if df.seed.nunique() > 1 else "") for r in df.itertuples()]
+    fig, axes = plt.subplots(1, 2, figsize=(figures.COLUMN * 2, max(1.6, 0.18 * len(df) + 0.8)), sharey=True)
+    ys = list(range(len(df)))
+    for ax, col, title in ((axes[0], "cpr", "CPR (higher is better)"), (axes[1], "cmd", "CMD (lower is better)")):
+        ax.barh(ys, df[col].fillna(0).tolist(), color="#4c72b0")
+        ax.set_title(title)
+        ax.axvline(0, color="k", lw=0.5)
+    axes[0].set_yticks(ys, labels)
+    return figures.save(fig, path)
+
+
+def write_sweep_report(store, out=None) -> Path:
+    """Write the comparison figures and tables for a sweep store; return the report directory."""
+    df = load_sweep(store)
+    if df.empty:
+        raise ConfigError(f"the sweep store {store} holds no jobs yet")
+    out = Path(out) if out is not None else Path(str(store) + ".report")
+    done = df[df.status == "done"].reset_index(drop=True)
+    lines = [f"# Sweep report: `{Path(store).name}`", "",
+             f"{len(done)} jobs done, {int((df.status == 'failed').sum())} failed.", ""]
+    for (model, task), part in done.groupby(["model", "task"], sort=True):
+        several = part.ablation.nunique() > 1 or part.seed.nunique() > 1
+        runs = {(f"{r.method}/{r.ablation}/s{r.seed}" if several else r.method): r.result for r in part.itertuples()}
+        name = f"faithfulness-{_slug(model)}-{_slug(task)}"
+        figures.curves(runs, out / "figures" / name, title=f"{task} on {model}")
+        lines += [f"## {task} on {model}", "", f"![faithfulness](figures/{name}.png)", ""]
+    if len(done):
+        _cpr_cmd(done, out / "figures" / "cpr_cmd")
+        lines += ["## CPR and CMD", "", "![CPR and CMD](figures/cpr_cmd.png)", ""]
+    rows = tables.summary_rows([r for r in done.result])
+    md = tables.markdown(tables.SUMMARY_COLUMNS, rows)
+    (out / "tables").mkdir(parents=True, exist_ok=True)
+    (out / "tables" / "sweep.md").write_text(md)
+    (out / "tables" / "sweep.tex").write_text(tables.latex(tables.SUMMARY_COLUMNS, rows, "Circuits found in the sweep.",
+                                                           "tab:sweep"))
+    lines += ["## All jobs", "", md]
+    failed = df[df.status == "failed"]
+    if len(failed):
+        lines += ["## Failures", ""] + [f"- {r.model}/{r.task}/{r.method}/{r.ablation}/s{r.seed}: "
+                                         f"`{r.error.splitlines()[0]}`" for r in failed.itertuples()]
+    (out / "README.md").write_text("\n".join(lines) + "\n")
+    return out

@@ -1,0 +1,96 @@
+"""The sweep store: one SQLite file (standard library), one row per job, keyed by a hash of the job's
+full configuration. Only the driver writes it, one job per transaction, so a killed sweep leaves
+either a whole row or none. Each finished job's run directory lives next to the store, in
+`<store>.runs/<key>/`, moved there whole (an atomic rename) before its row is committed.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+from circuitfind.errors import ConfigError
+
+SCHEMA_VERSION = 1
+FIGURES = ("faithfulness", "cpr", "cmd", "roc_auc", "n_edges", "n_edges_total")
+COLUMNS = ("key", "model", "task", "method", "ablation", "seed", "config", "status", "error", "started", "finished",
+           "seconds", "peak_mb", *FIGURES, "run_dir", "result")
+
+_CREATE = f"""
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS jobs (
+    key TEXT PRIMARY KEY, model TEXT NOT NULL, task TEXT NOT NULL, method TEXT NOT NULL, ablation TEXT NOT NULL,
+    seed INTEGER NOT NULL, config TEXT NOT NULL, status TEXT NOT NULL CHECK (status IN ('done', 'failed')),
+    error TEXT, started REAL, finished REAL, seconds REAL, peak_mb REAL,
+    {", ".join(f"{f} REAL" for f in FIGURES)}, run_dir TEXT, result TEXT);
+"""
+
+
+class Store:
+    """Open (creating if needed) a sweep store; refuse one written under another schema."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.path, isolation_level=None)  # explicit transactions below
+        self.db.execute("PRAGMA journal_mode=WAL")
+        found = self._schema()
+        if found is None:
+            with self.transaction():
+                for statement in filter(str.strip, _CREATE.split(";")):  # executescript would COMMIT early
+                    self.db.execute(statement)
+                self.db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+        elif found != str(SCHEMA_VERSION):
+            self.db.close()
+            raise ConfigError(f"{self.path} was written by a different sweep configuration schema (version {found}); "
+                              f"this circuitfind writes version {SCHEMA_VERSION}. Use a new --store file.")
+
+    def _schema(self) -> str | None:
+        tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if not tables:
+            return None
+        if "meta" not in tables or "jobs" not in tables:
+            raise ConfigError(f"{self.path} is an SQLite file but not a circuitfind sweep store")
+        row = self.db.execute("SELECT value FROM meta WHERE name='schema'").fetchone()
+        return row[0] if row else "unknown"
+
+    def transaction(self):
+        db = self.db
+
+        class _Tx:
+            def __enter__(self):
+                db.execute("BEGIN IMMEDIATE")
+
+            def __exit__(self, kind, *_):
+                db.execute("COMMIT" if kind is None else "ROLLBACK")
+
+        return _Tx()
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.path.with_name(self.path.name + ".runs")
+
+    def status(self) -> dict[str, str]:
+        return dict(self.db.execute("SELECT key, status FROM jobs"))
+
+    def record(self, job, outcome: dict) -> None:
+        """Write one job's row (replacing an earlier failed attempt) in one transaction."""
+        result = outcome.get("result") or {}
+        row = {"key": job.key, "model": job.model, "task": job.task, "method": job.method, "ablation": job.ablation,
+               "seed": job.seed, "config": json.dumps(job.config(), sort_keys=True), "status": outcome["status"],
+               "error": outcome.get("error"), "started": outcome.get("started"),
+               "finished": outcome.get("finished", time.time()), "seconds": outcome.get("seconds"),
+               "peak_mb": outcome.get("peak_mb"), "run_dir": outcome.get("run_dir"),
+               "result": json.dumps(result) if result else None} | {f: result.get(f) for f in FIGURES}
+        with self.transaction():
+            self.db.execute(f"INSERT OR REPLACE INTO jobs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
+                            [row[c] for c in COLUMNS])
+
+    def rows(self) -> list[dict]:
+        cur = self.db.execute(f"SELECT {', '.join(COLUMNS)} FROM jobs ORDER BY model, task, method, ablation, seed")
+        return [dict(zip(COLUMNS, r)) for r in cur]
+
+    def close(self) -> None:
+        self.db.close()

@@ -1,0 +1,157 @@
+"""Sweeps: all combinations stored once, resumable after SIGKILL, the Ray executor agrees with the
+local one, bad input refused before any job runs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import circuitfind as cf
+from circuitfind.cli import main
+from circuitfind.errors import ConfigError, TaskError
+from circuitfind.sweep.store import Store
+from tests.test_tasks import _word_model
+
+SMALL = {"tasks": ["ioi", "sva"], "methods": ["eap", "eap-ig"], "n": 8, "edges": 20}
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory):
+    """Two tiny word-level GPT-2s saved as local checkpoints (a fine-tuned model's form)."""
+    import transformers
+
+    tokenizer = _word_model().tokenizer
+    dirs = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        cfg = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=len(tokenizer), n_positions=64,
+                                      bos_token_id=1, eos_token_id=1, pad_token_id=0)
+        d = tmp_path_factory.mktemp(f"model{seed}")
+        transformers.GPT2LMHeadModel(cfg).save_pretrained(d)
+        tokenizer.save_pretrained(d)
+        dirs.append(str(d))
+    return dirs
+
+
+def test_sweep_stores_every_combination(model_dirs, tmp_path):
+    store = tmp_path / "s.sqlite"
+    df = cf.sweep(model_dirs, store=store, quiet=True, **SMALL)
+    assert len(df) == 8 and (df.status == "done").all(), df[["status", "error"]]
+    assert df.key.is_unique
+    for r in df.itertuples():
+        assert (tmp_path / r.run_dir / "circuit.json").exists() and (tmp_path / r.run_dir / "report.html").exists()
+        assert r.result["faithfulness"] == pytest.approx(r.faithfulness) and r.n_edges <= 20
+        assert r.peak_mb > 0 and r.seconds > 0
+    again = cf.sweep(model_dirs, store=store, quiet=True, **SMALL)  # all done: nothing re-runs
+    assert again.drop(columns=["config", "result"]).equals(df.drop(columns=["config", "result"]))
+    out = tmp_path / "report"
+    assert main(["report", "--sweep", str(store), "--out", str(out)]) == 0
+    assert (out / "figures" / "cpr_cmd.pdf").exists() and "| eap-ig |" in (out / "tables" / "sweep.md").read_text()
+    assert len(list((out / "figures").glob("faithfulness-*.png"))) == 4
+
+
+def test_failed_jobs_are_recorded_and_the_sweep_goes_on(model_dirs, tmp_path, capsys):
+    store = tmp_path / "s.sqlite"
+    bad = tmp_path / "bad_task.py"
+    bad.write_text(
+        "from circuitfind.task import Example, Task\n"
+        "class Unknown(Task):\n"
+        "    name = 'unknown-answer'\n"
+        "    def example(self, rng, words):\n"
+        "        return Example(clean='The students', corrupt='The student', correct=' qqqq', wrong=' was')\n")
+    df = cf.sweep(model_dirs[:1], ["sva", f"{bad}:Unknown"], ["eap"], store=store, n=8, edges=10)
+    assert sorted(df.status) == ["done", "failed"]
+    failed = df[df.status == "failed"].iloc[0]
+    assert failed.task.endswith(":Unknown") and "TaskError" in failed.error
+    assert "failed: " in capsys.readouterr().out
+
+
+def test_resume_after_sigkill(model_dirs, tmp_path):
+    store = tmp_path / "s.sqlite"
+    cmd = [sys.executable, "-m", "circuitfind.cli", "--quiet", "sweep", "--models", ",".join(model_dirs),
+           "--tasks", "ioi,sva", "--methods", "eap,eap-ig", "-n", "8", "--edges", "20", "--store", str(store)]
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    first = None
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if store.exists():
+            try:
+                with sqlite3.connect(f"file:{store}?mode=ro", uri=True) as db:
+                    rows = db.execute("SELECT * FROM jobs").fetchall()
+            except sqlite3.OperationalError:  # schema not created yet
+                rows = []
+            if rows:
+                first = rows
+                break
+        time.sleep(0.05)
+    assert first, f"no job was stored: {proc.stderr.read().decode() if proc.poll() is not None else ''}"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with sqlite3.connect(store) as db:
+        stored = db.execute("SELECT * FROM jobs").fetchall()
+    assert 1 <= len(stored) < 8, "kill came after the sweep finished; the test proves nothing"
+    assert subprocess.run(cmd, env=env, capture_output=True, check=False).returncode == 0
+    with sqlite3.connect(store) as db:
+        after = db.execute("SELECT * FROM jobs").fetchall()
+        keys = [r[0] for r in db.execute("SELECT key FROM jobs")]
+    assert len(after) == 8 and len(set(keys)) == 8
+    before = {r[0]: r for r in stored}
+    assert all(before[r[0]] == r for r in after if r[0] in before)  # finished results untouched
+    runs = store.with_name(store.name + ".runs")
+    assert sorted(p.name for p in runs.iterdir()) == sorted(keys)  # no temporary or orphan directories
+    assert not [p for p in tmp_path.rglob("*") if ".tmp" in p.name]
+
+
+def test_bad_input_is_refused_before_any_job(model_dirs, tmp_path):
+    store = tmp_path / "s.sqlite"
+    with pytest.raises(ConfigError, match="unknown model 'no-such-model'"):
+        cf.sweep(["toy-induction", "no-such-model"], ["induction"], ["eap"], store=store)
+    with pytest.raises(TaskError, match="unknown task"):
+        cf.sweep(["toy-induction"], ["induction", "nope"], ["eap"], store=store)
+    with pytest.raises(ConfigError, match="unknown method 'magic'"):
+        cf.sweep(["toy-induction"], ["induction"], ["eap", "magic"], store=store)
+    with pytest.raises(ConfigError, match="has no option"):
+        cf.sweep(["toy-induction"], ["induction"], ["eap"], options={"eap": {"steps": 3}}, store=store)
+    assert not store.exists()
+    assert main(["sweep", "--models", "toy-induction", "--tasks", "induction", "--methods", "magic",
+                 "--store", str(store)]) == 2
+
+
+def test_store_of_another_schema_is_refused(tmp_path):
+    store = tmp_path / "s.sqlite"
+    Store(store).close()
+    with sqlite3.connect(store) as db:
+        db.execute("UPDATE meta SET value='0' WHERE name='schema'")
+    with pytest.raises(ConfigError, match="different sweep configuration schema"):
+        cf.sweep(["toy-induction"], ["induction"], ["eap"], store=store, quiet=True)
+    other = tmp_path / "other.sqlite"
+    with sqlite3.connect(other) as db:
+        db.execute("CREATE TABLE t (x)")
+    with pytest.raises(ConfigError, match="not a circuitfind sweep store"):
+        cf.load_sweep(other)
+
+
+def test_ray_executor_matches_local(model_dirs, tmp_path):
+    ray = pytest.importorskip("ray", reason="the ray extra")
+    common = {"tasks": ["ioi"], "methods": ["eap", "eap-ig"], "n": 8, "edges": 20, "quiet": True}
+    local = cf.sweep(model_dirs, store=tmp_path / "local.sqlite", **common)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:  # two model groups: two actors, each loading its model once
+        remote = cf.sweep(model_dirs, store=tmp_path / "ray.sqlite", executor="ray", **common)
+    finally:
+        ray.shutdown()
+    key = ["model", "task", "method", "ablation", "seed"]
+    a, b = local.sort_values(key).reset_index(drop=True), remote.sort_values(key).reset_index(drop=True)
+    assert len(b) == 4 and (b.status == "done").all()
+    assert list(a.key) == list(b.key)
+    for col in ("faithfulness", "cpr", "cmd", "n_edges"):
+        assert a[col].tolist() == pytest.approx(b[col].tolist(), abs=1e-6), col
+    assert [r["n_edges"] for r in b.result] == b.n_edges.tolist()  # results came back to the driver whole
