@@ -27,6 +27,15 @@ class ZooEntry:
     parallel: bool = False
     params: str = ""
     description: str = ""
+    config: dict | None = None  # hub entries: the architecture fields of the published config.json
+
+    def hf_config(self):
+        """The entry's `transformers` config, built offline from `config` (hub entries only)."""
+        import transformers
+
+        if self.config is None:
+            raise ValueError(f"zoo entry {self.name!r} has no published config shape")
+        return transformers.AutoConfig.for_model(**self.config)
 
     @property
     def n_edges(self) -> int:
@@ -34,17 +43,46 @@ class ZooEntry:
         return Graph(self.layers, self.heads, self.parallel).n_edges
 
 
+def _gpt2(layers, heads, d):
+    return {"model_type": "gpt2", "n_layer": layers, "n_head": heads, "n_embd": d, "vocab_size": 50257,
+            "n_positions": 1024, "activation_function": "gelu_new", "tie_word_embeddings": True}
+
+
+def _pythia(layers, heads, d):
+    return {"model_type": "gpt_neox", "num_hidden_layers": layers, "num_attention_heads": heads, "hidden_size": d,
+            "intermediate_size": 4 * d, "vocab_size": 50304, "max_position_embeddings": 2048, "rotary_pct": 0.25,
+            "rotary_emb_base": 10000, "use_parallel_residual": True, "hidden_act": "gelu",
+            "tie_word_embeddings": False}
+
+
 ZOO: dict[str, ZooEntry] = {e.name: e for e in [
-    ZooEntry("gpt2", "gpt2", "hub", "openai-community/gpt2", 12, 12, params="124M"),
-    ZooEntry("gpt2-medium", "gpt2", "hub", "openai-community/gpt2-medium", 24, 16, params="355M"),
-    ZooEntry("pythia-70m", "gpt_neox", "hub", "EleutherAI/pythia-70m", 6, 8, True, "70M"),
-    ZooEntry("pythia-160m", "gpt_neox", "hub", "EleutherAI/pythia-160m", 12, 12, True, "160M"),
+    ZooEntry("gpt2", "gpt2", "hub", "openai-community/gpt2", 12, 12, params="124M", config=_gpt2(12, 12, 768)),
+    ZooEntry("gpt2-medium", "gpt2", "hub", "openai-community/gpt2-medium", 24, 16, params="355M",
+             config=_gpt2(24, 16, 1024)),
+    ZooEntry("pythia-70m", "gpt_neox", "hub", "EleutherAI/pythia-70m", 6, 8, True, "70M", config=_pythia(6, 8, 512)),
+    ZooEntry("pythia-160m", "gpt_neox", "hub", "EleutherAI/pythia-160m", 12, 12, True, "160M",
+             config=_pythia(12, 12, 768)),
     ZooEntry("Qwen2.5-0.5B", "qwen2", "hub", "Qwen/Qwen2.5-0.5B", 24, 14, params="494M",
-             description="GQA (2 kv heads), qkv bias"),
+             description="GQA (2 kv heads), qkv bias",
+             config={"model_type": "qwen2", "num_hidden_layers": 24, "num_attention_heads": 14,
+                     "num_key_value_heads": 2, "hidden_size": 896, "intermediate_size": 4864, "vocab_size": 151936,
+                     "max_position_embeddings": 32768, "rope_theta": 1000000.0, "rms_norm_eps": 1e-6,
+                     "tie_word_embeddings": True, "use_sliding_window": False}),
     ZooEntry("Llama-3.2-1B", "llama", "hub", "meta-llama/Llama-3.2-1B", 16, 32, params="1.2B",
-             description="GQA (8 kv heads), llama3 RoPE"),
+             description="GQA (8 kv heads), llama3 RoPE",
+             config={"model_type": "llama", "num_hidden_layers": 16, "num_attention_heads": 32,
+                     "num_key_value_heads": 8, "hidden_size": 2048, "intermediate_size": 8192, "head_dim": 64,
+                     "vocab_size": 128256, "max_position_embeddings": 131072, "rms_norm_eps": 1e-5,
+                     "rope_theta": 500000.0, "tie_word_embeddings": True,
+                     "rope_scaling": {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+                                      "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}}),
     ZooEntry("gemma-2-2b", "gemma2", "hub", "google/gemma-2-2b", 26, 8, params="2.6B",
-             description="soft-capping, sliding window, post-norms"),
+             description="soft-capping, sliding window, post-norms",
+             config={"model_type": "gemma2", "num_hidden_layers": 26, "num_attention_heads": 8,
+                     "num_key_value_heads": 4, "hidden_size": 2304, "intermediate_size": 9216, "head_dim": 256,
+                     "vocab_size": 256000, "max_position_embeddings": 8192, "rms_norm_eps": 1e-6,
+                     "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0, "sliding_window": 4096,
+                     "query_pre_attn_scalar": 256, "hidden_activation": "gelu_pytorch_tanh"}),
     ZooEntry("toy-induction", "llama", "shipped", "toy-induction", 2, 1, params="41k",
              description="trained: attention-only, previous-token head → induction head"),
     ZooEntry("tracr-reverse", "tracr", "tracr", "tracr-reverse", 4, 1, params="19k",
