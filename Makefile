@@ -26,6 +26,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/engine.py
 	$(PY) benchmarks/methods.py
 	$(PY) benchmarks/correlation.py
+	$(PY) benchmarks/edge_pruning.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

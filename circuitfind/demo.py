@@ -1,11 +1,12 @@
-"""`make demo`: circuit discovery on a model whose true circuit is known, offline.
+"""`make demo`: circuit discovery offline, on the shipped models, ending with a report to open.
 
-tracr-reverse is a compiled program (it reverses a sequence); its ground-truth circuit is read off
-its weights. The demo scores every edge with three methods, grades them against the truth (ROC AUC),
-and writes a run directory with the EAP-IG circuit. About ten seconds on two CPU cores.
+1. tracr-reverse, a compiled program whose true circuit is read off its weights: three methods
+   scored against the truth (ROC AUC). Zero ablation: a corrupted prompt of the same length leaves
+   the program's length and index computations unchanged, so only zeroing sees the whole circuit.
+2. toy-lm, the project's small trained language model, on IOI with EAP-IG: the smallest circuit
+   reaching 90% faithfulness, written as a run directory with figures, tables and report.html.
 
-Zero ablation: a corrupted prompt of the same length leaves the program's length and index
-computations unchanged, so patching with it can only see the value path; zeroing sees them all.
+About half a minute on two CPU cores.
 """
 
 from __future__ import annotations
@@ -20,20 +21,23 @@ import circuitfind as cf
 def main(out: str | None = None) -> Path:
     model = cf.load_model("tracr-reverse").double()
     truth = model.ground_truth["tracr-reverse"]
-    print(model)
-    print(model.graph, f"— ground truth: {len(truth)} edges")
+    print(f"tracr-reverse: {model.graph}, ground truth {len(truth)} edges")
     task = cf.load_task("tracr-reverse", n=60, seed=0)
     for method in ("eap", "eap-ig", "exact"):
         scores = cf.score_edges(model, task, method, ablation="zero")
         print(f"  {method:7s} ROC AUC against the ground truth: {cf.roc_auc(scores, truth):.3f}")
-    out = Path(out or tempfile.mkdtemp(prefix="circuitfind-demo-")) / "tracr-reverse-eap-ig"
-    run = cf.discover(model, task, method="eap-ig", ablation="zero", out=out, quiet=True)
+
+    model = cf.load_model("toy-lm")
+    print(f"\ntoy-lm: {model.graph}")
+    out = Path(out or tempfile.mkdtemp(prefix="circuitfind-demo-")) / "ioi-toy-lm"
+    run = cf.discover(model, "ioi", method="eap-ig", out=out, quiet=True)
     r = run.result
-    print(f"eap-ig circuit: {r['n_edges']} of {r['n_edges_total']} edges, faithfulness {r['faithfulness']:.3f}, "
-          f"CPR {r['cpr']:.3f}, CMD {r['cmd']:.3f}, ROC AUC {r['roc_auc']:.3f}")
+    print(f"IOI, eap-ig: a circuit of {r['n_edges']} of {r['n_edges_total']} edges, faithfulness "
+          f"{r['faithfulness']:.3f}, CPR {r['cpr']:.3f}, CMD {r['cmd']:.3f}")
     print("top edges:", ", ".join(f"{name} ({score:+.3f})" for name, score in run.scores.top(5)))
-    print(f"run directory: {out}")
-    return out
+    page = out / "report.html"
+    print(f"report: {page}")
+    return page
 
 
 if __name__ == "__main__":

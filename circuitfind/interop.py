@@ -1,0 +1,92 @@
+"""Exchange formats: the EAP-IG graph JSON (also what the MIB circuit track reads) and the MIB
+submission layout.
+
+EAP-IG graph JSON:
+    {"cfg": {"n_layers", "n_heads", "parallel_attn_mlp", "d_model"},
+     "nodes": {"input": {"in_graph": bool}, "a0.h0": ..., "m0": ..., "logits": ...},
+     "edges": {"input->a0.h0<q>": {"score": float, "in_graph": bool}, ...}}
+Edge and node names are circuitfind's own (the same graph as EAP-IG and MIB), so nothing is renamed.
+
+MIB submission: one folder per task and model, `<task>_<model>/`, holding one importance-score file
+(`importances.json`, the graph JSON with every edge's score).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from circuitfind.circuit import Circuit, EdgeScores, _atomic_write
+from circuitfind.errors import ConfigError
+from circuitfind.graph import Graph
+
+
+def to_eap_ig(scores: EdgeScores, circuit: Circuit | None = None, d_model: int | None = None) -> dict:
+    """The graph JSON of scores; `in_graph` from the circuit (all False without one)."""
+    g = scores.graph
+    mask = circuit.mask if circuit is not None else torch.zeros_like(g.edge_mask)
+    if circuit is not None and (circuit.graph.n_layers, circuit.graph.n_heads) != (g.n_layers, g.n_heads):
+        raise ConfigError("the circuit and the scores are over different graphs")
+    used = mask.any(0).tolist() + [bool(mask[g.logits_receiver].any())]
+    cfg = {"n_layers": g.n_layers, "n_heads": g.n_heads, "parallel_attn_mlp": g.parallel}
+    if d_model is not None:
+        cfg["d_model"] = d_model
+    nodes = {name: {"in_graph": bool(u)} for name, u in zip([*g.senders, "logits"], used)}
+    edges = {g.edge_name(d, s): {"score": float(scores.scores[d, s]), "in_graph": bool(mask[d, s])}
+             for d, s in g.edge_mask.nonzero().tolist()}
+    return {"cfg": cfg, "nodes": nodes, "edges": edges}
+
+
+def from_eap_ig(data: dict | str | os.PathLike) -> tuple[EdgeScores, Circuit]:
+    """Scores and circuit (the edges marked in_graph) from a graph JSON (dict or path)."""
+    if not isinstance(data, dict):
+        data = json.loads(Path(data).read_text())
+    try:
+        cfg = data["cfg"]
+        g = Graph(cfg["n_layers"], cfg["n_heads"], bool(cfg.get("parallel_attn_mlp", False)))
+        edges = data["edges"]
+    except (KeyError, TypeError) as e:
+        raise ConfigError(f"not an EAP-IG graph JSON (missing {e})") from e
+    scores = torch.zeros(g.n_receivers, g.n_senders)
+    mask = torch.zeros(g.n_receivers, g.n_senders, dtype=torch.bool)
+    for name, e in edges.items():
+        d, s = g.edge_index(name)
+        scores[d, s] = float(e.get("score") or 0.0)
+        mask[d, s] = bool(e.get("in_graph", False))
+    if len(edges) != g.n_edges:
+        raise ConfigError(f"the file lists {len(edges)} edges but a {g} has {g.n_edges}")
+    return EdgeScores(scores, g, method="imported"), Circuit(mask, g, {"kind": "circuit", "source": "eap-ig json"})
+
+
+def save_eap_ig(path, scores: EdgeScores, circuit: Circuit | None = None, d_model: int | None = None) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = to_eap_ig(scores, circuit, d_model)
+    _atomic_write(path, lambda p: Path(p).write_text(json.dumps(data)))
+    return path
+
+
+def write_mib_submission(directory, entries: dict[tuple[str, str], EdgeScores]) -> list[Path]:
+    """entries: {(task, model): scores} → `<directory>/<task>_<model>/importances.json` each."""
+    out = []
+    for (task, model), scores in entries.items():
+        if "_" in task or "_" in model or "/" in task or "/" in model:
+            raise ConfigError(f"MIB folder names are <task>_<model>; {task!r} / {model!r} must not contain '_' or '/'")
+        out.append(save_eap_ig(Path(directory) / f"{task}_{model}" / "importances.json", scores))
+    return out
+
+
+def read_mib_submission(directory) -> dict[tuple[str, str], EdgeScores]:
+    found = {}
+    for folder in sorted(Path(directory).iterdir()):
+        files = sorted(folder.glob("*.json")) if folder.is_dir() else []
+        if not files:
+            continue
+        if len(files) != 1:
+            raise ConfigError(f"{folder} holds {len(files)} JSON files; an importance submission has one")
+        task, _, model = folder.name.partition("_")
+        found[(task, model)] = from_eap_ig(files[0])[0]
+    return found
