@@ -1,16 +1,23 @@
 """circuitfind: automated circuit discovery in transformer language models."""
 
-from circuitfind.errors import (CircuitfindError, ConfigError, MetricError, ModelLoadError, ModelNotFoundError,
-                                TaskError, UnsupportedModelError)
 from circuitfind import metrics
-from circuitfind.models import CircuitModel, from_hf, load_model
-from circuitfind.task import Batch, Example, Task, load_task
 from circuitfind.circuit import Circuit, EdgeScores
-from circuitfind.methods import METHODS, score_edges
-from circuitfind.prune import prune
-from circuitfind.evaluate import evaluate, faithfulness_curve, roc_auc, task_accuracy
 from circuitfind.discover import Run, discover
+from circuitfind.errors import (
+                                CircuitfindError,
+                                ConfigError,
+                                MetricError,
+                                ModelLoadError,
+                                ModelNotFoundError,
+                                TaskError,
+                                UnsupportedModelError,
+)
+from circuitfind.evaluate import evaluate, faithfulness_curve, roc_auc, task_accuracy
+from circuitfind.methods import METHODS, score_edges
+from circuitfind.models import CircuitModel, from_hf, load_model
+from circuitfind.prune import prune
 from circuitfind.sweep import load_sweep, sweep
+from circuitfind.task import Batch, Example, Task, load_task
 
 __version__ = "0.1.0"
 

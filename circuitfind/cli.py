@@ -7,12 +7,15 @@
     circuitfind report DIR             cf.report.write_report(DIR)
     circuitfind report --sweep S       circuitfind.sweep.report.write_sweep_report(S)
     circuitfind graph MODEL            cf.load_model(MODEL).graph
+    circuitfind inspect lens|why|generate|patchscope|top|flow ...   circuitfind.inspect.*
+    circuitfind export DIR --eap-ig FILE                             circuitfind.interop.save_eap_ig
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from circuitfind.errors import CircuitfindError
 
@@ -139,6 +142,66 @@ def _graph(args) -> int:
     return 0
 
 
+def _inspect(args) -> int:
+    from circuitfind import inspect as ins
+    from circuitfind.models.loading import load_model
+
+    model = load_model(args.model, dtype=args.dtype, device=args.device)
+    if args.tool == "lens":
+        for row in ins.logit_lens(model, args.prompt, args.node, k=args.k):
+            up = ", ".join(f"{t!r} {v:+.2f}" for t, v in row.promoted)
+            down = ", ".join(f"{t!r} {v:+.2f}" for t, v in row.suppressed)
+            print(f"{row.position:3d} {row.token!r:>14}  promotes {up}  |  suppresses {down}")
+    elif args.tool == "why":
+        c = ins.why(model, args.prompt, args.a, args.b, ablation=args.ablation)
+        print(f"logit({args.a!r}) - logit({args.b!r}) = {c.logit_diff:.4f}  (constant part {c.constant:+.4f})")
+        print(f"{'node':>10}  {'total':>9}  {'direct':>9}")
+        for n in c.top(args.k):
+            print(f"{n.node:>10}  {n.total:+9.4f}  {n.direct:+9.4f}")
+    elif args.tool == "generate":
+        ivs = [ins.Intervention(n, "zero") for n in args.ablate or []]
+        for item in args.scale or []:
+            node, _, factor = item.partition("=")
+            ivs.append(ins.Intervention(node, "scale", float(factor)))
+        out = ins.compare(model, args.prompt, ivs, args.n)
+        print(f"baseline:   {args.prompt}{out['baseline']}")
+        print(f"intervened: {args.prompt}{out['intervened']}")
+    elif args.tool == "patchscope":
+        target = load_model(args.target_model, dtype=args.dtype, device=args.device) if args.target_model else None
+        text = ins.patchscope(model, args.prompt, args.layer, source_position=args.position, target_model=target,
+                              target_prompt=args.target_prompt, target_layer=args.target_layer,
+                              max_new_tokens=args.n)
+        print(text)
+    elif args.tool == "top":
+        from circuitfind.task import load_task
+
+        data = load_task(args.task, n=args.examples) if args.task else args.prompt.split("\n")
+        for a in ins.top_activations(model, data, args.node, k=args.k):
+            print(f"{a.value:+9.4f}  example {a.example:3d} pos {a.position:3d}  {a.context}")
+    elif args.tool == "flow":
+        from circuitfind.report import figures
+
+        scores, graph = ins.flow_graph(model, args.prompt, args.threshold)
+        print(f"{graph.n_edges} edges at threshold {args.threshold}:")
+        for name in graph.edges():
+            d, s = graph.graph.edge_index(name)
+            print(f"  {name}  {float(scores.scores[d, s]):.3f}")
+        if args.out:
+            figures.circuit(scores, graph, Path(args.out).with_suffix(""), title=f"information flow (τ={args.threshold})")
+            print(f"figure: {Path(args.out).with_suffix('.png')}")
+    return 0
+
+
+def _export(args) -> int:
+    from circuitfind.circuit import Circuit, EdgeScores
+    from circuitfind.interop import save_eap_ig
+
+    scores = EdgeScores.load(args.dir)
+    circuit = Circuit.load(Path(args.dir) / "circuit.json")
+    print(f"wrote {save_eap_ig(args.eap_ig, scores, circuit)}")
+    return 0
+
+
 def _method_names() -> list[str]:
     from circuitfind.methods import METHODS
 
@@ -194,6 +257,34 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--dtype", default="float32")
     w.add_argument("--device", default="cpu")
     w.set_defaults(run=_sweep)
+    i = sub.add_parser("inspect", help="inspect a model's parts: lens, why, generate, patchscope, top, flow")
+    i.add_argument("tool", choices=["lens", "why", "generate", "patchscope", "top", "flow"])
+    i.add_argument("--model", required=True)
+    i.add_argument("--prompt", default="", help="the prompt (top: several, one per line)")
+    i.add_argument("--node", help="a3.h5, m2, m2.n17, input, or resid:L (lens)")
+    i.add_argument("--a", help="why: token A")
+    i.add_argument("--b", help="why: token B")
+    i.add_argument("--ablation", default="zero", help="why: zero (or mean)")
+    i.add_argument("--ablate", action="append", metavar="NODE", help="generate: zero-ablate a node or neuron")
+    i.add_argument("--scale", action="append", metavar="NODE=FACTOR", help="generate: scale a node or neuron")
+    i.add_argument("-n", type=int, default=10, help="tokens to generate")
+    i.add_argument("-k", type=int, default=10, help="how many to show")
+    i.add_argument("--layer", type=int, default=0, help="patchscope: source layer")
+    i.add_argument("--position", type=int, default=-1, help="patchscope: source position")
+    i.add_argument("--target-model", help="patchscope: another model of the same width")
+    i.add_argument("--target-prompt", default="cat -> cat; 1135 -> 1135; hello -> hello; ?")
+    i.add_argument("--target-layer", type=int)
+    i.add_argument("--task", help="top: search this task's prompts")
+    i.add_argument("--examples", type=int, default=100, help="top: how many task examples")
+    i.add_argument("--threshold", type=float, default=0.04, help="flow: τ")
+    i.add_argument("--out", help="flow: write the figure here (.png and .pdf)")
+    i.add_argument("--dtype", default="float32")
+    i.add_argument("--device", default="cpu")
+    i.set_defaults(run=_inspect)
+    x = sub.add_parser("export", help="write a run directory's scores and circuit as EAP-IG / MIB graph JSON")
+    x.add_argument("dir", help="run directory")
+    x.add_argument("--eap-ig", required=True, metavar="FILE")
+    x.set_defaults(run=_export)
     g = sub.add_parser("graph", help="load a model and print its edge graph")
     g.add_argument("model", help="zoo name, local directory or hub id")
     g.add_argument("--dtype", default="float32")

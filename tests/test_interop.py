@@ -11,7 +11,13 @@ import circuitfind as cf
 from circuitfind.circuit import EdgeScores
 from circuitfind.errors import ConfigError
 from circuitfind.graph import Graph
-from circuitfind.interop import from_eap_ig, read_mib_submission, save_eap_ig, to_eap_ig, write_mib_submission
+from circuitfind.interop import (
+    from_eap_ig,
+    read_mib_submission,
+    save_eap_ig,
+    to_eap_ig,
+    write_mib_submission,
+)
 
 
 def _scores(graph):

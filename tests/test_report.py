@@ -56,12 +56,13 @@ def run(tmp_path_factory):
 def test_run_directory_holds_the_report(run):
     _, r = run
     d = r.out
-    for name in ("circuit", "faithfulness", "heads", "scores", "lens"):
+    for name in ("circuit", "faithfulness", "heads", "scores", "lens", "flow"):
         for ext in ("png", "pdf"):
             assert (d / "figures" / f"{name}.{ext}").stat().st_size > 1000, name
     for name in ("summary", "top_edges"):
         assert (d / "tables" / f"{name}.md").exists() and (d / "tables" / f"{name}.tex").exists()
     assert (d / "report.html").exists() and (d / "inspect.json").exists()
+    assert "Information flow of one prompt" in (d / "report.html").read_text()
 
 
 def test_pdfs_open_and_figures_are_not_blank(run):

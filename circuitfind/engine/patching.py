@@ -36,8 +36,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from circuitfind.engine.walk import Inputs, Walk
 from circuitfind.errors import ConfigError

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from circuitfind.engine.patching import sender_outputs
 from circuitfind.engine.tensors import Inputs
+from circuitfind.inspect.common import token_str
 
 
 def _final_residual(model, inputs: Inputs) -> Tensor:
@@ -70,12 +71,6 @@ class NodeLens:
                 "suppressed": self.suppressed, "top_examples": self.top_examples}
 
 
-def _token_str(model, i: int) -> str:
-    if model.tokenizer is None:
-        return f"#{i}"
-    return model.tokenizer.decode([i])
-
-
 @torch.no_grad()
 def node_lens(model, batch, nodes: list[str] | None = None, k: int = 5) -> list[NodeLens]:
     """The lens of each node (all senders by default) on a task batch (`task.batch(model)`)."""
@@ -101,7 +96,59 @@ def node_lens(model, batch, nodes: list[str] | None = None, k: int = 5) -> list[
         up, down = mean_logits[s].topk(kk), (-mean_logits[s]).topk(kk)
         order = effect[s].argsort(descending=True)[:3]
         out.append(NodeLens(name, float(effect[s].mean()),
-                            [(_token_str(model, int(i)), float(v)) for v, i in zip(up.values, up.indices)],
-                            [(_token_str(model, int(i)), -float(v)) for v, i in zip(down.values, down.indices)],
+                            [(token_str(model, int(i)), float(v)) for v, i in zip(up.values, up.indices)],
+                            [(token_str(model, int(i)), -float(v)) for v, i in zip(down.values, down.indices)],
                             [(int(i), float(effect[s, i])) for i in order]))
     return out
+
+
+@dataclass
+class LensRow:
+    """One position of a logit lens: the token there, and the tokens the projection favours most and least."""
+
+    position: int
+    token: str
+    promoted: list[tuple[str, float]]
+    suppressed: list[tuple[str, float]]
+
+
+@torch.no_grad()
+def logit_lens(model, prompt, what: str, k: int = 5) -> list[LensRow]:
+    """Vocabulary projection at every position of one prompt.
+
+    what: a node (`a3.h5`, `m2`, `input`): its output, with the final norm's scale frozen at the
+    final residual stream's (its direct effect on the logits); or `resid:L`, the residual stream
+    entering layer L (`resid:{n_layers}` = the final one), through the final norm and unembedding
+    as they are (the classic logit lens). Promoted/suppressed: highest/lowest logits, centred over
+    the vocabulary.
+    """
+    from circuitfind.inspect.common import parse_node, tokens_of
+
+    tokens = tokens_of(model, prompt)
+    L = model.cfg.n_layers
+    if what.startswith("resid:"):
+        layer = int(what.split(":", 1)[1])
+        if not 0 <= layer <= L:
+            raise ValueError(f"resid layer must be in 0..{L}, got {layer}")
+        name = f"blocks.{layer}.hook_resid_pre" if layer < L else f"blocks.{L - 1}.hook_resid_post"
+        _, cache = model.run_with_cache(tokens, names_filter=[name])
+        logits = model.unembed(cache[name])[0]  # [pos, vocab]
+    else:
+        parse_node(model, what)
+        if what not in model.graph.senders:
+            raise ValueError(f"{what!r} is not a sender of this model's graph")
+        s = model.graph.senders.index(what)
+        inputs = Inputs.of(tokens)
+        final = f"blocks.{L - 1}.hook_resid_post"
+        _, cache = model.run_with_cache(tokens, names_filter=[final])
+        out = sender_outputs(model, inputs)[s, 0]  # [pos, d]
+        logits = _frozen_norm(model, cache[final][0], out) @ model.W_U
+    logits = logits - logits.mean(-1, keepdim=True)
+    kk = min(k, logits.shape[-1])
+    rows = []
+    for p in range(tokens.shape[-1]):
+        up, down = logits[p].topk(kk), (-logits[p]).topk(kk)
+        rows.append(LensRow(p, token_str(model, tokens[0, p]),
+                            [(token_str(model, i), float(v)) for v, i in zip(up.values, up.indices)],
+                            [(token_str(model, i), -float(v)) for v, i in zip(down.values, down.indices)]))
+    return rows

@@ -24,8 +24,8 @@ from tqdm.auto import tqdm
 
 from circuitfind.engine.patching import masked_forward, prefix
 from circuitfind.errors import ConfigError
-from circuitfind.metrics import kl
 from circuitfind.methods.common import prepare
+from circuitfind.metrics import kl
 
 
 @dataclass(frozen=True)

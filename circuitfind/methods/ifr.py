@@ -23,6 +23,7 @@ from circuitfind.engine.patching import Inputs, sender_outputs
 from circuitfind.errors import ConfigError
 from circuitfind.methods.common import prepare
 
+
 @dataclass(frozen=True)
 class IFRConfig:
     positions: Literal["all", "answer"] = "all"

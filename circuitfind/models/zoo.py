@@ -39,7 +39,9 @@ class ZooEntry:
 
     @property
     def n_edges(self) -> int:
-        from circuitfind.graph import Graph  # graph sits above models; only for the listing
+        from circuitfind.graph import (
+            Graph,  # graph sits above models; only for the listing
+        )
         return Graph(self.layers, self.heads, self.parallel).n_edges
 
 

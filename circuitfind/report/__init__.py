@@ -23,6 +23,16 @@ def _write(path: Path, text: str) -> None:
     _atomic_write(path, lambda p: Path(p).write_text(text, encoding="utf-8"))
 
 
+def _flow_figure(graph, flow: dict, path: Path) -> None:
+    import torch
+
+    values = torch.zeros(graph.n_receivers, graph.n_senders)
+    for name, w in flow["edges"]:
+        values[graph.edge_index(name)] = w
+    figures.circuit(EdgeScores(values, graph, method="ifr"), Circuit(values > 0, graph), path,
+                    title=f"information flow, example {flow['example']} (τ={flow['threshold']})")
+
+
 def write_report(run_dir, *, quiet: bool = True) -> Path:
     """Render figures, tables and report.html in run_dir from its artifacts; return the page's path."""
     d = Path(run_dir)
@@ -42,6 +52,8 @@ def write_report(run_dir, *, quiet: bool = True) -> Path:
     if inspect:
         in_circuit = set(circuit.nodes())
         figures.lens([r for r in inspect["lens"] if r["node"] in in_circuit], fig_dir / "lens")
+        if inspect.get("flow"):
+            _flow_figure(scores.graph, inspect["flow"], fig_dir / "flow")
     _write(fig_dir / "circuit.dot", figures.dot(scores, circuit))
     caption = f"Circuit found by {result['method']} for {result['task']} on {result['model']}."
     rows, header = tables.summary_rows([result]), tables.SUMMARY_COLUMNS

@@ -4,6 +4,7 @@ logit lens (direct effect on the answer, promoted/suppressed tokens, top example
 
 from __future__ import annotations
 
+from circuitfind.inspect.flow import flow_graph
 from circuitfind.inspect.lens import node_lens
 
 MAX_EXAMPLES = 100
@@ -34,6 +35,11 @@ def collect(model, test_task) -> dict:
     batch = test_task.batch(model)
     examples = [{"clean": _text(model, e.clean), "corrupt": _text(model, e.corrupt),
                  "correct": _answers(model, e.correct), "wrong": _answers(model, e.wrong)} for e in batch.examples]
-    return {"task": {"name": test_task.name, "description": test_task.description, "citation": test_task.citation,
+    first = batch.clean
+    prompt = first.tokens[0, : int(first.attention_mask[0].sum())]
+    flow_scores, flow = flow_graph(model, prompt, position=int(first.answer_pos[0]))
+    edges = [[name, float(flow_scores.scores[flow.graph.edge_index(name)])] for name in flow.edges()]
+    return {"flow": {"example": 0, "threshold": flow.provenance["threshold"], "edges": edges},
+            "task": {"name": test_task.name, "description": test_task.description, "citation": test_task.citation,
                      "metric": test_task.metric if isinstance(test_task.metric, str) else "custom"},
             "examples": examples, "lens": [row.to_dict() for row in node_lens(model, batch)]}

@@ -148,6 +148,14 @@ def page(scores, circuit, result: dict, inspect: dict | None, figures: Path) -> 
     summary = _table(SUMMARY_COLUMNS, summary_rows([result]))
     top = _table(("#", "edge", "score"), top_edge_rows(scores, 20))
     prompt_rows = [[e["clean"], e["corrupt"], e["correct"], e["wrong"]] for e in examples]
+    flow = (inspect or {}).get("flow")
+    flow_section = ""
+    if flow and (figures / "flow.png").exists():
+        prompt = esc(examples[flow["example"]]["clean"]) if examples else ""
+        flow_section = (f'<h2>Information flow of one prompt</h2><p>The contribution graph of <code>{prompt}</code> '
+                        f'at the answer position (information-flow routes, τ = {flow["threshold"]}; '
+                        f'{len(flow["edges"])} edges): what the model used on this prompt, with no ablation.</p>'
+                        f'<div class="figs">{_img(figures / "flow.png", "information flow")}</div>')
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>circuitfind report: {esc(result['task'])} on {esc(result['model'])}</title>
 <style>{STYLE}</style></head><body>
@@ -168,6 +176,7 @@ circuit of {circuit.n_edges} of {g.n_edges} edges, faithfulness {result['faithfu
 suppresses, and the examples where it matters most. Hover an edge for its score. Red edges support the
 task, blue oppose it; q inputs dashed, k dotted.</p></div></div>
 </div>
+{flow_section}
 <h2>Faithfulness and scores</h2>
 <div class="figs">{_img(figures / 'faithfulness.png', 'faithfulness curve')}{_img(figures / 'heads.png', 'node importance')}
 {_img(figures / 'scores.png', 'score distribution')}{_img(figures / 'lens.png', 'logit lens')}</div>

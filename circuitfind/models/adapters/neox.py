@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-
-
 from circuitfind.models.adapters.common import linear_t, refuse, rotary_of
 from circuitfind.models.canonical import CanonicalConfig
 

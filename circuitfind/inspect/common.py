@@ -1,0 +1,66 @@
+"""Shared by the inspection tools: prompts to tokens, token strings, node names to hook points."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from torch import Tensor
+
+from circuitfind.errors import ConfigError
+
+
+def tokens_of(model, prompt) -> Tensor:
+    """A prompt (text, "ids:3,17,5", a list of token ids, or a tensor) → tokens [1, pos]."""
+    if isinstance(prompt, str) and prompt.startswith("ids:"):
+        try:
+            return torch.tensor([[int(t) for t in prompt[4:].split(",")]])
+        except ValueError as e:
+            raise ConfigError(f"token ids must be integers: {prompt!r}") from e
+    if isinstance(prompt, str):
+        return model.to_tokens(prompt)
+    t = torch.as_tensor(prompt, dtype=torch.long)
+    return t[None] if t.ndim == 1 else t
+
+
+def token_str(model, i: int) -> str:
+    return model.tokenizer.decode([int(i)]) if model.tokenizer is not None else f"#{int(i)}"
+
+
+def token_id(model, token) -> int:
+    """A token given as an id, or as text that must be exactly one token."""
+    if isinstance(token, int):
+        return token
+    if model.tokenizer is None and str(token).lstrip("#").isdigit():  # token-level models: "17" or "#17"
+        return int(str(token).lstrip("#"))
+    ids = model.tokenizer(token, add_special_tokens=False)["input_ids"] if model.tokenizer is not None else []
+    if len(ids) != 1:
+        raise ConfigError(f"{token!r} is {len(ids)} tokens for this tokenizer; give a single token (or its id)")
+    return ids[0]
+
+
+NODE = re.compile(r"^(?:a(\d+)\.h(\d+)|m(\d+)(?:\.n(\d+))?|input)$")
+
+
+def parse_node(model, node: str) -> tuple[str, int | None, int | None]:
+    """`a3.h5` → ("head", 3, 5); `m2` → ("mlp", 2, None); `m2.n17` → ("neuron", 2, 17); `input`."""
+    m = NODE.match(node)
+    if not m:
+        raise ConfigError(f"{node!r} is not a node name like 'a3.h5', 'm2', 'm2.n17' or 'input'")
+    cfg = model.cfg
+    if node == "input":
+        return "input", None, None
+    if m.group(1) is not None:
+        layer, head = int(m.group(1)), int(m.group(2))
+        if layer >= cfg.n_layers or head >= cfg.n_heads:
+            raise ConfigError(f"{node!r}: the model has {cfg.n_layers} layers of {cfg.n_heads} heads")
+        return "head", layer, head
+    layer = int(m.group(3))
+    if layer >= cfg.n_layers:
+        raise ConfigError(f"{node!r}: the model has {cfg.n_layers} layers")
+    if m.group(4) is not None:
+        neuron = int(m.group(4))
+        if neuron >= cfg.d_mlp:
+            raise ConfigError(f"{node!r}: layer {layer}'s MLP has {cfg.d_mlp} neurons")
+        return "neuron", layer, neuron
+    return "mlp", layer, None

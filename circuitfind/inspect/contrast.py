@@ -1,0 +1,81 @@
+""""Why A and not B": for one prompt and two candidate next tokens, how much each node contributes
+to logit(A) − logit(B), as Transformer Debugger ranks them.
+
+- direct effect: the node's output projected on the difference direction W_U[:, A] − W_U[:, B],
+  through the final norm with its scale frozen (`lens.direct_logits`). Over all nodes, plus the
+  constant terms, it sums to the logit difference exactly.
+- total effect: the logit difference lost when the node is ablated (all its out-edges patched
+  with the ablated value: zero, or the mean over `reference` prompts), by the engine's masked
+  forward — one batched pass for every node at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from circuitfind.engine.patching import masked_forward
+from circuitfind.engine.tensors import Inputs
+from circuitfind.errors import ConfigError
+from circuitfind.inspect.common import token_id, tokens_of
+from circuitfind.inspect.lens import direct_logits
+
+
+@dataclass
+class Contribution:
+    node: str
+    direct: float
+    total: float
+
+
+@dataclass
+class Contrast:
+    a: int
+    b: int
+    logit_diff: float  # logit(A) − logit(B) of the full model
+    constant: float  # the part of the direct decomposition no node writes (biases)
+    nodes: list[Contribution]  # ranked by |total effect|
+
+    def top(self, n: int = 10) -> list[Contribution]:
+        return self.nodes[:n]
+
+
+@torch.no_grad()
+def why(model, prompt, a, b, *, ablation: str = "zero", reference=None, position: int = -1) -> Contrast:
+    """Attribute logit(a) − logit(b) at `position` of one prompt to every node."""
+    tokens = tokens_of(model, prompt)
+    if tokens.shape[0] != 1:
+        raise ConfigError("why() explains one prompt")
+    pos = position % tokens.shape[-1]
+    ia, ib = token_id(model, a), token_id(model, b)
+    if ia == ib:
+        raise ConfigError("A and B must be different tokens")
+    inputs = Inputs(tokens, torch.ones_like(tokens), torch.tensor([pos]))
+    per_node, const = direct_logits(model, inputs)  # [src, 1, vocab], [1, vocab]
+    direct = (per_node[:, 0, ia] - per_node[:, 0, ib]).tolist()
+    g = model.graph
+    if ablation == "zero":
+        ablated = torch.zeros(g.n_senders, 1, 1, model.cfg.d_model, dtype=model.dtype, device=model.device)
+    elif ablation == "mean":
+        if reference is None:
+            raise ConfigError("mean ablation needs reference= prompts to average over")
+        from circuitfind.engine.patching import sender_outputs
+
+        ref, mask = model.to_tokens(list(reference), return_attention_mask=True) if isinstance(reference[0], str) \
+            else (torch.as_tensor(reference), None)
+        outs = sender_outputs(model, Inputs.of(ref, mask))  # [src, batch, pos, d]
+        weight = (mask if mask is not None else torch.ones(ref.shape)).to(outs.dtype)[None, :, :, None]
+        ablated = ((outs * weight).sum((1, 2)) / weight.sum((1, 2)))[:, None, None, :]
+    else:
+        raise ConfigError(f"ablation must be 'zero' or 'mean', got {ablation!r}")
+    # one mask per node: that node's out-edges off, everything else on; plus the full model
+    full = g.edge_mask.to(model.device, model.dtype)
+    masks = full[None].repeat(g.n_senders + 1, 1, 1)
+    masks[torch.arange(g.n_senders), :, torch.arange(g.n_senders)] = 0
+    logits = masked_forward(model, inputs, ablated, masks)[:, 0]  # [n_senders + 1, vocab]
+    diff = logits[:, ia] - logits[:, ib]
+    total = (diff[-1] - diff[:-1]).tolist()
+    nodes = [Contribution(n, d, t) for n, d, t in zip(g.senders, direct, total)]
+    nodes.sort(key=lambda c: -abs(c.total))
+    return Contrast(ia, ib, float(diff[-1]), float(const[0, ia] - const[0, ib]), nodes)

@@ -1,0 +1,108 @@
+"""Interventions during generation: ablate (zero or mean), scale, or steer any node or neuron while
+the model generates, and compare with the unmodified generation.
+
+    cf.inspect.generate(model, "When Mary and John went", 10,
+                        [Intervention("a1.h2", "zero"), Intervention("m0.n17", "scale", 3.0)])
+
+Nodes: `a{l}.h{h}` (the head's output, at hook_result), `m{l}` (the MLP's output), `m{l}.n{i}`
+(one MLP neuron, after the activation), `resid:{l}` (the residual stream entering layer l; for
+steering). Generation is greedy (or sampled with a seed) and recomputes the prompt each step, so an
+intervention applies at every position, old and new.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from circuitfind.errors import ConfigError
+from circuitfind.inspect.common import parse_node, tokens_of
+
+KINDS = ("zero", "mean", "scale", "steer")
+
+
+@dataclass(frozen=True)
+class Intervention:
+    node: str
+    kind: str  # zero | mean | scale | steer
+    value: object = None  # scale: a factor; steer: a vector [d_model]; mean: the mean activation (see `mean_of`)
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ConfigError(f"intervention kind must be one of {', '.join(KINDS)}; got {self.kind!r}")
+        if self.kind in ("scale", "steer", "mean") and self.value is None:
+            raise ConfigError(f"a {self.kind} intervention needs value= "
+                              f"({'a factor' if self.kind == 'scale' else 'a vector' if self.kind == 'steer' else 'mean_of(...)'})")
+
+
+def _site(model, node: str) -> tuple[str, tuple]:
+    """Hook point and index (None = the whole activation's last dimension) of a node."""
+    if node.startswith("resid:"):
+        layer = int(node.split(":", 1)[1])
+        if not 0 <= layer < model.cfg.n_layers:
+            raise ConfigError(f"resid layer must be in 0..{model.cfg.n_layers - 1}")
+        return f"blocks.{layer}.hook_resid_pre", (Ellipsis,)
+    kind, layer, idx = parse_node(model, node)
+    if kind == "head":
+        return f"blocks.{layer}.attn.hook_result", (Ellipsis, idx, slice(None))  # [b, p, head, d_model]
+    if kind == "mlp":
+        return f"blocks.{layer}.hook_mlp_out", (Ellipsis,)
+    if kind == "neuron":
+        return f"blocks.{layer}.mlp.hook_post", (Ellipsis, idx)
+    raise ConfigError("the input embeddings cannot be intervened on here; steer resid:0 instead")
+
+
+def mean_of(model, node: str, prompts) -> Tensor:
+    """The mean activation of a node over prompts (all real positions), for `kind="mean"`."""
+    name, idx = _site(model, node)
+    tokens, mask = model.to_tokens(list(prompts), return_attention_mask=True) if isinstance(prompts[0], str) \
+        else (torch.as_tensor(prompts), torch.ones(torch.as_tensor(prompts).shape))
+    _, cache = model.run_with_cache(tokens, mask, names_filter=[name])
+    act = cache[name][idx]  # [b, p, ...]
+    w = mask.to(act.dtype).view(*mask.shape, *([1] * (act.ndim - 2)))
+    return (act * w).sum((0, 1)) / w.sum((0, 1))
+
+
+def _hook(idx, iv: Intervention):
+    def fn(x, name):
+        x = x.clone()
+        if iv.kind == "zero":
+            x[idx] = 0
+        elif iv.kind == "mean":
+            x[idx] = torch.as_tensor(iv.value, dtype=x.dtype)
+        elif iv.kind == "scale":
+            x[idx] = x[idx] * float(iv.value)
+        else:
+            x[idx] = x[idx] + torch.as_tensor(iv.value, dtype=x.dtype)
+        return x
+    return fn
+
+
+@torch.no_grad()
+def generate(model, prompt, max_new_tokens: int = 10, interventions=(), *, temperature: float = 0.0,
+             seed: int = 0) -> str | list[int]:
+    """Continue the prompt under the interventions; text for models with a tokenizer, else token ids."""
+    tokens = tokens_of(model, prompt)
+    hooks = [(_site(model, iv.node)[0], _hook(_site(model, iv.node)[1], iv)) for iv in interventions]
+    gen = torch.Generator().manual_seed(seed)
+    start = tokens.shape[-1]
+    with model.hooks(hooks):
+        for _ in range(max_new_tokens):
+            if tokens.shape[-1] >= model.cfg.n_ctx:
+                break
+            logits = model(tokens)[0, -1]
+            if temperature > 0:
+                nxt = torch.multinomial((logits / temperature).softmax(-1).float(), 1, generator=gen)
+            else:
+                nxt = logits.argmax(-1, keepdim=True)
+            tokens = torch.cat([tokens, nxt[None].to(tokens)], dim=-1)
+    new = tokens[0, start:]
+    return model.to_string(new) if model.tokenizer is not None else new.tolist()
+
+
+def compare(model, prompt, interventions, max_new_tokens: int = 10, **kw) -> dict:
+    """The generation with and without the interventions."""
+    return {"baseline": generate(model, prompt, max_new_tokens, (), **kw),
+            "intervened": generate(model, prompt, max_new_tokens, interventions, **kw)}

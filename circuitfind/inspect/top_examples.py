@@ -1,0 +1,74 @@
+"""Top-activating examples: where in a dataset a neuron, a head, an MLP or an SAE latent fires most.
+
+Activation of a node at a token: a neuron's post-activation value (`m{l}.n{i}`), the norm of a
+head's output (`a{l}.h{h}`, at hook_result) or of an MLP's output (`m{l}`), or an SAE latent
+(`sae=`, `latent=`). Padding positions never count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from circuitfind.errors import ConfigError
+from circuitfind.inspect.common import parse_node, token_str
+
+
+@dataclass
+class Activation:
+    example: int
+    position: int
+    value: float
+    token: str
+    context: str  # a few tokens before, the token in [brackets], one after
+
+
+def _prompts_of(model, data):
+    """Texts, token lists, or a Task (its clean prompts)."""
+    from circuitfind.task import Task
+
+    if isinstance(data, Task):
+        data = [e.clean for e in data.examples(model)]
+    if not data:
+        raise ConfigError("no examples to search")
+    if isinstance(data[0], str):
+        return model.to_tokens(list(data), return_attention_mask=True)
+    rows = [list(map(int, r)) for r in data]
+    width = max(map(len, rows))
+    tokens = torch.tensor([r + [model.pad_token_id] * (width - len(r)) for r in rows])
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+    return tokens, mask
+
+
+@torch.no_grad()
+def top_activations(model, data, node: str | None = None, *, sae=None, latent: int | None = None, k: int = 10,
+                    context: int = 6) -> list[Activation]:
+    """The k strongest activations of `node` (or of SAE `latent`) over data (texts, token lists or a Task)."""
+    tokens, mask = _prompts_of(model, data)
+    if sae is not None:
+        if latent is None or not 0 <= latent < sae.n_latents:
+            raise ConfigError(f"latent must be in 0..{sae.n_latents - 1}")
+        _, cache = model.run_with_cache(tokens, mask, names_filter=[sae.hook])
+        act = sae.encode(cache[sae.hook])[..., latent]
+    else:
+        if node is None:
+            raise ConfigError("give node= (a3.h5, m2, m2.n17) or sae= and latent=")
+        kind, layer, idx = parse_node(model, node)
+        if kind == "input":
+            raise ConfigError("the input has no activation to rank")
+        name = {"head": f"blocks.{layer}.attn.hook_result", "mlp": f"blocks.{layer}.hook_mlp_out",
+                "neuron": f"blocks.{layer}.mlp.hook_post"}[kind]
+        _, cache = model.run_with_cache(tokens, mask, names_filter=[name])
+        x = cache[name]
+        act = x[..., idx, :].norm(dim=-1) if kind == "head" else x.norm(dim=-1) if kind == "mlp" else x[..., idx]
+    act = act.masked_fill(mask == 0, float("-inf"))
+    flat = act.flatten().topk(min(k, int(mask.sum())))
+    out = []
+    for v, i in zip(flat.values.tolist(), flat.indices.tolist()):
+        b, p = divmod(i, act.shape[1])
+        lo, hi = max(0, p - context), min(int(mask[b].sum()), p + 2)
+        pieces = [token_str(model, t) for t in tokens[b, lo:hi].tolist()]
+        pieces[p - lo] = f"[{pieces[p - lo]}]"
+        out.append(Activation(b, p, v, token_str(model, tokens[b, p]), "".join(pieces)))
+    return out

@@ -1,0 +1,222 @@
+"""Inspection tools, each against an answer known independently (the plain forward, hooks, weights)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from circuitfind.errors import ConfigError
+from circuitfind.inspect import (
+    SAE,
+    Intervention,
+    compare,
+    flow_graph,
+    generate,
+    latent_attribution,
+    latent_projection,
+    logit_lens,
+    mean_of,
+    patchscope,
+    top_activations,
+    why,
+)
+from tests.test_tasks import _word_model
+
+PROMPT = "When Mary and John went to the store , John gave a drink to"
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = _word_model().double()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in m.parameters():  # weights ≠ init, biases ≠ 0
+            p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.05)
+    return m
+
+
+def test_lens_of_the_final_residual_is_the_model_output(model):
+    L = model.cfg.n_layers
+    rows = logit_lens(model, PROMPT, f"resid:{L}", k=3)
+    logits = model(model.to_tokens(PROMPT))[0]
+    assert [r.promoted[0][0] for r in rows] == [model.tokenizer.decode([i]) for i in logits.argmax(-1).tolist()]
+    assert rows[0].token == model.tokenizer.decode([model.to_tokens(PROMPT)[0, 0].item()])
+
+
+def test_node_lens_per_position(model):
+    rows = logit_lens(model, PROMPT, "a1.h0", k=4)
+    assert len(rows) == model.to_tokens(PROMPT).shape[-1] and len(rows[0].promoted) == 4
+    assert rows[0].promoted[0][1] >= rows[0].promoted[-1][1] and rows[0].suppressed[0][1] <= 0
+
+
+def test_why_direct_effects_sum_to_the_logit_difference(model):
+    c = why(model, PROMPT, " Mary", " John")
+    logits = model(model.to_tokens(PROMPT))[0, -1]
+    assert c.logit_diff == pytest.approx(float(logits[c.a] - logits[c.b]), abs=1e-9)
+    assert sum(n.direct for n in c.nodes) + c.constant == pytest.approx(c.logit_diff, abs=1e-9)
+    assert abs(c.nodes[0].total) >= abs(c.nodes[-1].total)
+
+
+def test_why_total_effect_equals_zeroing_the_head_by_hook(model):
+    c = why(model, PROMPT, " Mary", " John")
+    tokens = model.to_tokens(PROMPT)
+    for node in ("a0.h1", "a1.h0"):
+        layer, head = int(node[1]), int(node[-1])
+
+        def zero(x, name):
+            x = x.clone()
+            x[:, :, head] = 0
+            return x
+
+        with model.hooks({f"blocks.{layer}.attn.hook_result": zero}):
+            logits = model(tokens)[0, -1]
+        expected = c.logit_diff - float(logits[c.a] - logits[c.b])
+        assert next(n.total for n in c.nodes if n.node == node) == pytest.approx(expected, abs=1e-9)
+
+
+def test_zero_ablating_a_head_while_generating_equals_removing_its_weights(model):
+    edited = copy.deepcopy(model)
+    dh = model.cfg.d_head
+    with torch.no_grad():
+        edited.blocks[1].attn.w_o[dh:2 * dh] = 0  # head 1's rows of W_O
+    iv = [Intervention("a1.h1", "zero")]
+    got = generate(model, PROMPT, 6, iv)
+    assert got == generate(edited, PROMPT, 6)
+    tokens = model.to_tokens(PROMPT)
+    from circuitfind.inspect.interventions import _hook, _site
+
+    name, idx = _site(model, "a1.h1")
+    with model.hooks({name: _hook(idx, iv[0])}):
+        hooked = model(tokens)
+    torch.testing.assert_close(hooked, edited(tokens))
+    assert not torch.allclose(hooked, model(tokens))  # the head mattered
+    out = compare(model, PROMPT, [Intervention("a1.h1", "scale", 1.0)], 6)
+    assert out["baseline"] == out["intervened"]  # scaling by one changes nothing
+
+
+def test_steering_toward_a_token_makes_the_model_say_it(model):
+    target = model.tokenizer(" Paris", add_special_tokens=False)["input_ids"][0]
+    direction = model.W_U[:, target] / model.W_U[:, target].norm()
+    out = generate(model, PROMPT, 1, [Intervention(f"resid:{model.cfg.n_layers - 1}", "steer", 200 * direction)])
+    assert out.strip() == "Paris"
+
+
+def test_mean_ablation_and_bad_interventions(model):
+    mean = mean_of(model, "m0.n3", [PROMPT, "The students behind the cars"])
+    assert mean.shape == ()
+    generate(model, PROMPT, 2, [Intervention("m0.n3", "mean", mean)])
+    with pytest.raises(ConfigError, match="needs value"):
+        Intervention("m0", "scale")
+    with pytest.raises(ConfigError, match="not a node name"):
+        generate(model, PROMPT, 1, [Intervention("head3", "zero")])
+    with pytest.raises(ConfigError, match="layers"):
+        generate(model, PROMPT, 1, [Intervention("a9.h0", "zero")])
+
+
+def test_patchscope_identity_and_across_models(model):
+    # patching a prompt's own state into itself changes nothing
+    plain = generate(model, PROMPT, 3)
+    same = patchscope(model, PROMPT, 1, target_prompt=PROMPT, source_position=-1, target_position=-1, max_new_tokens=3)
+    assert same == plain
+    other = copy.deepcopy(model)  # "another model of the family": same width, different weights
+    with torch.no_grad():
+        other.W_U.mul_(-1)
+    out = patchscope(model, PROMPT, 0, target_model=other, target_prompt="The students behind the cars",
+                     max_new_tokens=2)
+    assert isinstance(out, str)
+    with pytest.raises(ConfigError, match="width"):
+        patchscope(model, PROMPT, 0, mapping=lambda h: h[:4])
+
+
+def test_top_activations_of_a_neuron(model):
+    prompts = [PROMPT, "The students behind the cars", "Mary gave a drink to John"]
+    top = top_activations(model, prompts, "m1.n5", k=3)
+    tokens, mask = model.to_tokens(prompts, return_attention_mask=True)
+    _, cache = model.run_with_cache(tokens, mask, names_filter=["blocks.1.mlp.hook_post"])
+    act = cache["blocks.1.mlp.hook_post"][..., 5].masked_fill(mask == 0, float("-inf"))
+    assert top[0].value == pytest.approx(float(act.max()))
+    assert [t.value for t in top] == sorted((t.value for t in top), reverse=True)
+    assert "[" in top[0].context
+    assert top_activations(model, prompts, "a0.h1", k=1)[0].value > 0
+
+
+def test_sae_latents(model, tmp_path):
+    d = model.cfg.d_model
+    hook = "blocks.0.hook_resid_post"
+    path = tmp_path / "sae.safetensors"
+    eye = torch.eye(d)  # latents = relu of the residual's coordinates; decoding is exact where x ≥ 0
+    save_file({"W_enc": torch.cat([eye, -eye], 1), "b_enc": torch.zeros(2 * d), "W_dec": torch.cat([eye, -eye], 0),
+               "b_dec": torch.zeros(d)}, str(path), metadata={"hook": hook})
+    sae = SAE.load(path, model=model)
+    assert sae.hook == hook and sae.n_latents == 2 * d
+    tokens = model.to_tokens(PROMPT)
+    _, cache = model.run_with_cache(tokens, names_filter=[hook])
+    x = cache[hook].float()
+    torch.testing.assert_close(sae.decode(sae.encode(x)), x)  # relu(x) − relu(−x) = x
+    top = top_activations(model, [PROMPT], sae=sae, latent=3, k=1)
+    assert top[0].value == pytest.approx(float(x[0, :, 3].clamp(min=0).max()), abs=1e-6)
+    attr = latent_attribution(model, sae, PROMPT, " Mary", " John")
+    assert attr.shape == (tokens.shape[-1], 2 * d)
+    # with an exact SAE the attributions are activation × gradient of the residual stream, summed
+    state = {}
+
+    def keep(x, name):
+        x = x.detach().requires_grad_(True)
+        state["x"] = x
+        return x
+
+    with torch.enable_grad(), model.hooks({hook: keep}):
+        logits = model(tokens)[0, -1]
+        ia, ib = (model.tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in (" Mary", " John"))
+        (logits[ia] - logits[ib]).backward()
+    expected = (state["x"] * state["x"].grad)[0].sum(-1)
+    torch.testing.assert_close(attr.sum(-1).double(), expected.double(), atol=1e-5, rtol=1e-4)
+    proj = latent_projection(model, sae, 0, k=3)
+    assert len(proj["promoted"]) == 3
+    save_file({"W_enc": eye}, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(ConfigError, match="lacks"):
+        SAE.load(tmp_path / "bad.safetensors", hook=hook)
+
+
+def test_flow_graph(model):
+    scores, graph = flow_graph(model, PROMPT, threshold=0.04)
+    kept = graph.mask
+    assert bool((scores.scores[kept] >= 0.04).all())
+    assert kept[model.graph.logits_receiver].any()
+    per_receiver = scores.scores.sum(1)
+    torch.testing.assert_close(per_receiver, torch.ones_like(per_receiver), atol=1e-5, rtol=0)  # shares sum to 1
+
+
+def test_inspect_command_line(capsys, tmp_path):
+    from circuitfind.cli import main
+
+    ids = "ids:5,9,12,5,9"
+    assert main(["inspect", "why", "--model", "toy-induction", "--prompt", ids, "--a", "12", "--b", "3", "-k", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "a1.h0" in out.splitlines()[2]  # the induction head explains the copy most
+    assert main(["inspect", "lens", "--model", "toy-induction", "--prompt", ids, "--node", "resid:2", "-k", "1"]) == 0
+    assert "promotes '#12'" in capsys.readouterr().out.splitlines()[-1]  # 5 9 12 5 9 → 12
+    assert main(["inspect", "flow", "--model", "toy-induction", "--prompt", ids, "--out", str(tmp_path / "flow")]) == 0
+    assert "a0.h0->a1.h0<k>" in capsys.readouterr().out and (tmp_path / "flow.pdf").exists()
+    assert main(["inspect", "generate", "--model", "toy-induction", "--prompt", ids, "--ablate", "a1.h0", "-n", "2"]) == 0
+    assert "intervened" in capsys.readouterr().out
+    assert main(["inspect", "top", "--model", "toy-induction", "--task", "induction", "--examples", "5", "--node",
+                 "a1.h0", "-k", "2"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 2
+    assert main(["inspect", "why", "--model", "toy-induction", "--prompt", "ids:1,x"]) == 2
+
+
+def test_export_command(tmp_path):
+    import circuitfind as cf
+    from circuitfind.cli import main
+    from circuitfind.interop import from_eap_ig
+
+    run = cf.discover(cf.load_model("toy-induction"), "induction", method="eap", n=10, edges=4, out=tmp_path / "run",
+                      report=False, quiet=True)
+    assert main(["export", str(tmp_path / "run"), "--eap-ig", str(tmp_path / "g.json")]) == 0
+    scores, circuit = from_eap_ig(tmp_path / "g.json")
+    assert torch.equal(scores.scores, run.scores.scores) and torch.equal(circuit.mask, run.circuit.mask)
