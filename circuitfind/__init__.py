@@ -3,15 +3,8 @@
 from circuitfind import metrics
 from circuitfind.circuit import Circuit, EdgeScores
 from circuitfind.discover import Run, discover
-from circuitfind.errors import (
-                                CircuitfindError,
-                                ConfigError,
-                                MetricError,
-                                ModelLoadError,
-                                ModelNotFoundError,
-                                TaskError,
-                                UnsupportedModelError,
-)
+from circuitfind.errors import (CircuitfindError, ConfigError, MetricError, ModelLoadError, ModelNotFoundError,
+                                TaskError, UnsupportedModelError)
 from circuitfind.evaluate import evaluate, faithfulness_curve, roc_auc, task_accuracy
 from circuitfind.methods import METHODS, score_edges
 from circuitfind.models import CircuitModel, from_hf, load_model

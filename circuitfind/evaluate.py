@@ -96,10 +96,18 @@ def faithfulness_curve(model, task: Task | str, scores: EdgeScores, *, ablation:
     setup = prepare(model, _test_task(task, split), ablation, seed)
     circuits = {absolute: [prune(scores, edges=int(f * g.n_edges), absolute=absolute) for f in fractions]
                 for absolute in (False, True)}
-    masks = torch.stack([g.edge_mask, torch.zeros_like(g.edge_mask)] +
-                        [c.mask for c in circuits[False]] + [c.mask for c in circuits[True]]).float()
-    values = _metric_of_masks(model, setup, masks, chunk).tolist()
-    m_full, m_empty, rest = values[0], values[1], values[2:]
+    wanted = [torch.zeros_like(g.edge_mask)] + [c.mask for c in circuits[False]] + [c.mask for c in circuits[True]]
+    # Each distinct circuit is run once; the full graph is the clean run, whose logits prepare() has.
+    m_full = float(setup.per_mask(setup.targets.clean_logits[None])[0])
+    distinct: dict[bytes, int] = {}
+    for m in wanted:
+        if not torch.equal(m, g.edge_mask):
+            distinct.setdefault(m.numpy().tobytes(), len(distinct))
+    order = sorted(distinct, key=distinct.get)
+    masks = torch.stack([torch.frombuffer(bytearray(k), dtype=torch.bool).view_as(g.edge_mask) for k in order]).float()
+    run = _metric_of_masks(model, setup, masks, chunk).tolist()
+    values = [m_full if torch.equal(m, g.edge_mask) else run[distinct[m.numpy().tobytes()]] for m in wanted]
+    m_empty, rest = values[0], values[1:]
     n = len(fractions)
     f_signed = [faithfulness(v, m_full, m_empty) for v in rest[:n]]
     f_abs = [faithfulness(v, m_full, m_empty) for v in rest[n:]]

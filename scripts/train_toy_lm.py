@@ -2,7 +2,10 @@
 from the built-in string tasks (their train splits, completed with the correct answer), induction
 over word lists, and filler text. Accuracy on each task's *test* split is measured and saved.
 
-    python scripts/train_toy_lm.py [--steps N]     # writes circuitfind/zoo_models/toy-lm/
+    python scripts/train_toy_lm.py [--steps N] [--out DIR]    # writes circuitfind/zoo_models/toy-lm/
+
+Seeded: the same command gives the same weights. Accuracy is the task's own contrast: the correct
+answer's logit beats every wrong answer's (`cf.task_accuracy`).
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=7000)
     parser.add_argument("--per-task", type=int, default=800)
+    parser.add_argument("--out", type=Path, default=OUT, help="where to write the model (default: the zoo)")
     args = parser.parse_args()
     start = time.time()
     torch.manual_seed(0)
@@ -100,14 +104,14 @@ def main():
         if step % 1000 == 0:
             print(f"step {step}: loss {loss.item():.3f} ({time.time() - start:.0f}s)", flush=True)
     model.eval()
-    OUT.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(OUT, safe_serialization=True)
-    tokenizer.save_pretrained(OUT)
+    args.out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(args.out, safe_serialization=True)
+    tokenizer.save_pretrained(args.out)
     cm = cf.from_hf(model, tokenizer=tokenizer, name="toy-lm")
     acc = {name: task_accuracy(cm, load_task(name, n=150, split="test")) for name in TASKS + ["induction"]}
     meta = {"accuracy_test_split": acc, "steps": args.steps, "seconds": round(time.time() - start, 1),
             "script": "scripts/train_toy_lm.py"}
-    (OUT / "training.json").write_text(json.dumps(meta, indent=2))
+    (args.out / "training.json").write_text(json.dumps(meta, indent=2))
     print(json.dumps(meta, indent=2))
 
 

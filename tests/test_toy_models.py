@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+
+import pytest
 import torch
 
 import circuitfind as cf
@@ -43,3 +46,34 @@ def test_discovery_finds_the_induction_circuit():
     # cannot see input->a1.h0<q>; against every edge it can see, the ranking is perfect
     visible = [e for e in model.ground_truth["induction"] if e != "input->a1.h0<q>"]
     assert cf.roc_auc(scores, visible) == 1.0
+
+
+TOY_LM_TASKS = ["ioi", "greater-than", "sva", "gendered-pronoun", "capital-country", "arithmetic", "docstring", "mcqa",
+                "induction"]
+
+
+@pytest.fixture(scope="module")
+def toy_lm():
+    return cf.load_model("toy-lm")
+
+
+@pytest.mark.parametrize("task", TOY_LM_TASKS)
+def test_toy_lm_does_every_built_in_task(toy_lm, task):
+    """≥ 90% on the test split: the correct answer beats every wrong one (the task's own contrast)."""
+    assert cf.task_accuracy(toy_lm, cf.load_task(task, n=100, split="test")) >= 0.9
+
+
+def test_toy_lm_loads_with_transformers_too(toy_lm):
+    import transformers
+
+    from circuitfind.models.zoo import SHIPPED
+
+    directory = SHIPPED / "toy-lm"
+    hf = transformers.AutoModelForCausalLM.from_pretrained(directory, local_files_only=True).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(directory, local_files_only=True)
+    tokens = toy_lm.to_tokens("When Mary and John went to the store , John gave a drink to")
+    with torch.no_grad():
+        torch.testing.assert_close(toy_lm(tokens), hf(input_ids=tokens).logits, atol=1e-4, rtol=1e-4)
+    assert tok.decode(hf(input_ids=tokens).logits[0, -1].argmax()).strip() == "Mary"
+    meta = json.loads((directory / "training.json").read_text())
+    assert meta["script"] == "scripts/train_toy_lm.py" and all(a >= 0.9 for a in meta["accuracy_test_split"].values())

@@ -1,6 +1,7 @@
 """The model zoo: short names → where a model comes from.
 
-Hub entries resolve to a Hugging Face id (loaded from the local cache or the network). Compiled
+Hub entries resolve to a Hugging Face id (loaded from the local cache or the network). Trained toy
+models (toy-lm, toy-induction) ship in Hugging Face format, made by scripts/train_*.py. Compiled
 tracr models ship with the package (`circuitfind/zoo_models/`, made by scripts/build_tracr.py) in the
 canonical format with their ground-truth circuits; loading them needs no JAX.
 """
@@ -85,6 +86,8 @@ ZOO: dict[str, ZooEntry] = {e.name: e for e in [
                      "vocab_size": 256000, "max_position_embeddings": 8192, "rms_norm_eps": 1e-6,
                      "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0, "sliding_window": 4096,
                      "query_pre_attn_scalar": 256, "hidden_activation": "gelu_pytorch_tanh"}),
+    ZooEntry("toy-lm", "gpt2", "shipped", "toy-lm", 4, 4, params="0.9M",
+             description="trained: word-level LM on the built-in string tasks, induction and filler"),
     ZooEntry("toy-induction", "llama", "shipped", "toy-induction", 2, 1, params="41k",
              description="trained: attention-only, previous-token head → induction head"),
     ZooEntry("tracr-reverse", "tracr", "tracr", "tracr-reverse", 4, 1, params="19k",
