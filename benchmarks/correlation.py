@@ -1,6 +1,6 @@
-"""Pearson correlation of first-order scores (EAP, EAP-IG) with exact patching, on the models whose
-circuits are known: the hand-weighted induction model of the tests, the trained toy-induction, and
-the two tracr models.
+"""Pearson correlation of first-order scores (EAP, EAP-IG) with exact patching, on the toy models:
+toy-lm on each of its tasks, the hand-weighted induction model of the tests, the trained
+toy-induction, and the two tracr models.
 (The EAP-IG paper reports 0.44–0.78 for EAP on GPT-2 small.) Run from the repository root."""
 
 from __future__ import annotations
@@ -24,6 +24,10 @@ def main():
              ("toy-induction (trained)", cf.load_model("toy-induction").double(), "induction", "corrupted"),
              ("tracr-reverse", cf.load_model("tracr-reverse").double(), "tracr-reverse", "zero"),
              ("tracr-xproportion", cf.load_model("tracr-xproportion").double(), "tracr-xproportion", "zero")]
+    toy_lm = cf.load_model("toy-lm").double()
+    cases += [(f"toy-lm {t}", toy_lm, t, "corrupted") for t in
+              ("ioi", "greater-than", "sva", "gendered-pronoun", "capital-country", "arithmetic", "docstring", "mcqa",
+               "induction")]
     for label, model, task_name, ablation in cases:
         task = cf.load_task(task_name, n=40)
         exact = cf.score_edges(model, task, "exact", ablation=ablation).values()

@@ -6,6 +6,9 @@ A step = sample the gates, masked forward, KL, backward to the 32,491 mask logit
 per-step time is the difference between runs of 8 and 3 steps, divided by 5, so the one-off setup
 (clean run, ablated outputs) is not counted. The plain step is the canonical model's forward and a
 backward to all of its parameters (what fine-tuning costs).
+
+Then, at equal edge counts, the faithfulness of Edge Pruning's circuit and of EAP-IG's top edges on
+toy tasks (test split).
 """
 
 from __future__ import annotations
@@ -42,5 +45,20 @@ def main():
           f"{step / t_plain:.2f}x (target ≤ 3)")
 
 
+def faithfulness_vs_eap_ig():
+    """At the same edge count, Edge Pruning's circuit vs EAP-IG's top edges (test split)."""
+    for model_name, task_name, k, steps in (("toy-induction", "induction", 6, 300), ("toy-lm", "ioi", 48, 400),
+                                            ("toy-lm", "greater-than", 48, 400)):
+        model = cf.load_model(model_name)
+        task = cf.load_task(task_name, n=60)
+        ep = cf.score_edges(model, task, "edge-pruning", sparsity=1 - k / model.graph.n_edges, steps=steps)
+        ig = cf.score_edges(model, task, "eap-ig")
+        f = {m: cf.evaluate(model, task, cf.prune(s, edges=k))["faithfulness"] for m, s in (("edge-pruning", ep),
+                                                                                              ("eap-ig", ig))}
+        print(f"{model_name} {task_name}, {k} of {model.graph.n_edges} edges: faithfulness edge-pruning "
+              f"{f['edge-pruning']:.3f}, eap-ig {f['eap-ig']:.3f}")
+
+
 if __name__ == "__main__":
     main()
+    faithfulness_vs_eap_ig()

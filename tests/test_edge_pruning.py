@@ -109,3 +109,15 @@ def test_node_masks_close_whole_nodes():
     scores = cf.score_edges(model, cf.load_task("tracr-xproportion", n=40), "edge-pruning", ablation="zero",
                             sparsity=1 - len(truth) / model.graph.n_edges, node_masks=True, steps=300)
     assert cf.roc_auc(scores, truth) == 1.0
+
+
+def test_as_faithful_as_eap_ig_at_the_same_size():
+    """toy-induction: at the edge count Edge Pruning targets, its circuit is at least as faithful as
+    EAP-IG's top edges (both evaluated on the test split)."""
+    model = cf.load_model("toy-induction").double()
+    task = cf.load_task("induction", n=24)
+    k = 6
+    ep = cf.score_edges(model, task, "edge-pruning", sparsity=1 - k / model.graph.n_edges, steps=200)
+    ig = cf.score_edges(model, task, "eap-ig")
+    f = {name: cf.evaluate(model, task, cf.prune(s, edges=k))["faithfulness"] for name, s in (("ep", ep), ("ig", ig))}
+    assert f["ep"] >= f["ig"] - 1e-6 and f["ep"] > 0.8, f
