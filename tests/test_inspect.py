@@ -87,15 +87,32 @@ def test_zero_ablating_a_head_while_generating_equals_removing_its_weights(model
     got = generate(model, PROMPT, 6, iv)
     assert got == generate(edited, PROMPT, 6)
     tokens = model.to_tokens(PROMPT)
-    from circuitfind.inspect.interventions import _hook, _site
+    from circuitfind.inspect.interventions import hooks_for
 
-    name, idx = _site(model, "a1.h1")
-    with model.hooks({name: _hook(idx, iv[0])}):
+    with model.hooks(hooks_for(model, iv)):
         hooked = model(tokens)
     torch.testing.assert_close(hooked, edited(tokens))
     assert not torch.allclose(hooked, model(tokens))  # the head mattered
     out = compare(model, PROMPT, [Intervention("a1.h1", "scale", 1.0)], 6)
     assert out["baseline"] == out["intervened"]  # scaling by one changes nothing
+
+
+@pytest.mark.parametrize("node", ["a0.h1", "m0", "m1"])
+def test_zeroing_a_node_matches_the_engines_node_ablation(model, node):
+    from circuitfind.engine.patching import masked_forward
+    from circuitfind.engine.tensors import Inputs
+    from circuitfind.inspect.interventions import hooks_for
+
+    tokens = model.to_tokens(PROMPT)
+    g = model.graph
+    with model.hooks(hooks_for(model, [Intervention(node, "zero")])):
+        hooked = model(tokens)[0, -1]
+    mask = g.edge_mask.double()
+    mask[:, g.senders.index(node)] = 0
+    zero = torch.zeros(g.n_senders, 1, 1, model.cfg.d_model, dtype=model.dtype)
+    engine = masked_forward(model, Inputs.of(tokens), zero, mask)[0]
+    torch.testing.assert_close(hooked, engine, atol=1e-9, rtol=1e-9)
+    assert not torch.allclose(hooked, model(tokens)[0, -1])
 
 
 def test_steering_toward_a_token_makes_the_model_say_it(model):

@@ -155,3 +155,14 @@ def test_ray_executor_matches_local(model_dirs, tmp_path):
     for col in ("faithfulness", "cpr", "cmd", "n_edges"):
         assert a[col].tolist() == pytest.approx(b[col].tolist(), abs=1e-6), col
     assert [r["n_edges"] for r in b.result] == b.n_edges.tolist()  # results came back to the driver whole
+
+
+def test_sweep_of_shipped_models(tmp_path):
+    """2 shipped models × 2 tasks × 2 methods: 8 rows; a task a model cannot run is a failed row."""
+    df = cf.sweep(["toy-lm", "toy-induction"], ["induction", "ioi"], ["eap", "eap-ig"], store=tmp_path / "s.sqlite",
+                  n=10, edges=12, quiet=True)
+    assert len(df) == 8 and df.key.is_unique
+    failed = df[df.status == "failed"]
+    assert set(zip(failed.model, failed.task)) == {("toy-induction", "ioi")}  # no tokenizer, so no text task
+    assert "tokenizer" in failed.error.iloc[0]
+    assert (df[df.status == "done"].n_edges <= 12).all()

@@ -4,7 +4,8 @@ the model generates, and compare with the unmodified generation.
     cf.inspect.generate(model, "When Mary and John went", 10,
                         [Intervention("a1.h2", "zero"), Intervention("m0.n17", "scale", 3.0)])
 
-Nodes: `a{l}.h{h}` (the head's output, at hook_result), `m{l}` (the MLP's output), `m{l}.n{i}`
+Nodes: `a{l}.h{h}` (the head's output, at hook_result), `m{l}` (the MLP's output beyond its constant
+output bias — the graph's node, so zeroing it is the engine's zero ablation of that node), `m{l}.n{i}`
 (one MLP neuron, after the activation), `resid:{l}` (the residual stream entering layer l; for
 steering). Generation is greedy (or sampled with a seed) and recomputes the prompt each step, so an
 intervention applies at every position, old and new.
@@ -37,26 +38,27 @@ class Intervention:
                               f"({'a factor' if self.kind == 'scale' else 'a vector' if self.kind == 'steer' else 'mean_of(...)'})")
 
 
-def _site(model, node: str) -> tuple[str, tuple]:
-    """Hook point and index (None = the whole activation's last dimension) of a node."""
+def _site(model, node: str) -> tuple[str, tuple, Tensor | None]:
+    """Hook point, index into its activation, and the constant the node does not own (an MLP's
+    output bias) of a node."""
     if node.startswith("resid:"):
         layer = int(node.split(":", 1)[1])
         if not 0 <= layer < model.cfg.n_layers:
             raise ConfigError(f"resid layer must be in 0..{model.cfg.n_layers - 1}")
-        return f"blocks.{layer}.hook_resid_pre", (Ellipsis,)
+        return f"blocks.{layer}.hook_resid_pre", (Ellipsis,), None
     kind, layer, idx = parse_node(model, node)
     if kind == "head":
-        return f"blocks.{layer}.attn.hook_result", (Ellipsis, idx, slice(None))  # [b, p, head, d_model]
+        return f"blocks.{layer}.attn.hook_result", (Ellipsis, idx, slice(None)), None  # [b, p, head, d_model]
     if kind == "mlp":
-        return f"blocks.{layer}.hook_mlp_out", (Ellipsis,)
+        return f"blocks.{layer}.hook_mlp_out", (Ellipsis,), model.block_bias(layer, "mlp")
     if kind == "neuron":
-        return f"blocks.{layer}.mlp.hook_post", (Ellipsis, idx)
+        return f"blocks.{layer}.mlp.hook_post", (Ellipsis, idx), None
     raise ConfigError("the input embeddings cannot be intervened on here; steer resid:0 instead")
 
 
 def mean_of(model, node: str, prompts) -> Tensor:
     """The mean activation of a node over prompts (all real positions), for `kind="mean"`."""
-    name, idx = _site(model, node)
+    name, idx, _ = _site(model, node)
     tokens, mask = model.to_tokens(list(prompts), return_attention_mask=True) if isinstance(prompts[0], str) \
         else (torch.as_tensor(prompts), torch.ones(torch.as_tensor(prompts).shape))
     _, cache = model.run_with_cache(tokens, mask, names_filter=[name])
@@ -65,19 +67,30 @@ def mean_of(model, node: str, prompts) -> Tensor:
     return (act * w).sum((0, 1)) / w.sum((0, 1))
 
 
-def _hook(idx, iv: Intervention):
+def _hook(idx, iv: Intervention, constant: Tensor | None = None):
+    base = 0 if constant is None else constant.detach()
+
     def fn(x, name):
         x = x.clone()
         if iv.kind == "zero":
-            x[idx] = 0
+            x[idx] = base
         elif iv.kind == "mean":
             x[idx] = torch.as_tensor(iv.value, dtype=x.dtype)
         elif iv.kind == "scale":
-            x[idx] = x[idx] * float(iv.value)
+            x[idx] = (x[idx] - base) * float(iv.value) + base
         else:
             x[idx] = x[idx] + torch.as_tensor(iv.value, dtype=x.dtype)
         return x
     return fn
+
+
+def hooks_for(model, interventions) -> list:
+    """(hook point, function) pairs that apply the interventions: for `model.hooks(...)`."""
+    out = []
+    for iv in interventions:
+        name, idx, constant = _site(model, iv.node)
+        out.append((name, _hook(idx, iv, constant)))
+    return out
 
 
 @torch.no_grad()
@@ -85,7 +98,7 @@ def generate(model, prompt, max_new_tokens: int = 10, interventions=(), *, tempe
              seed: int = 0) -> str | list[int]:
     """Continue the prompt under the interventions; text for models with a tokenizer, else token ids."""
     tokens = tokens_of(model, prompt)
-    hooks = [(_site(model, iv.node)[0], _hook(_site(model, iv.node)[1], iv)) for iv in interventions]
+    hooks = hooks_for(model, interventions)
     gen = torch.Generator().manual_seed(seed)
     start = tokens.shape[-1]
     with model.hooks(hooks):

@@ -148,8 +148,13 @@ def lens(rows: list[dict], path: Path) -> list[Path]:
             color=["#c0392b" if r["direct_effect"] >= 0 else "#2e5ea8" for r in rows])
     ax.set_yticks(list(ys), [r["node"] for r in rows])
     ax.axvline(0, color="k", lw=0.5)
+    for y, r in zip(ys, rows):  # each node's top promoted (↑) and suppressed (↓) token
+        up = r["promoted"][0][0] if r.get("promoted") else ""
+        down = r["suppressed"][0][0] if r.get("suppressed") else ""
+        ax.annotate(f"↑{up!r} ↓{down!r}", xy=(1.0, y), xycoords=("axes fraction", "data"), xytext=(4, 0),
+                    textcoords="offset points", va="center", fontsize=5, color="#444444")
     ax.set_xlabel("direct effect on answer logit difference")
-    ax.set_title("logit lens of circuit nodes")
+    ax.set_title("logit lens of circuit nodes (↑ promoted, ↓ suppressed token)")
     return save(fig, path)
 
 
