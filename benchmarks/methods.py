@@ -57,30 +57,24 @@ def main():
     top = tuple([g.logits_receiver, g.mlp_receiver(11)] + [g.qkv_receiver(11, t, h) for t in "qkv" for h in (0, 1)])
     n = int(g.edge_mask[list(top)].sum())
     for threshold in (0.002, 0.0005):  # thresholds at which edges are kept (batching's harder case)
-        results = {}
-        for naive in (False, True):
-            t0 = time.perf_counter()
-            results[naive] = cf.score_edges(model, small, "acdc", threshold=threshold, receivers=top, naive=naive)
-            results[naive, "t"] = time.perf_counter() - t0
-        kept = [cf.prune(results[naive], threshold=threshold, absolute=False, remove_dangling=False) for naive in (False, True)]
-        print(f"ACDC on {n} edges (top layer + logits, threshold {threshold}, {kept[0].n_edges} kept): batched "
-              f"{results[False, 't']:.1f} s, naive {results[True, 't']:.1f} s = "
-              f"{results[True, 't'] / results[False, 't']:.1f}x (target ≥ 2); same circuit: "
-              f"{torch.equal(kept[0].mask, kept[1].mask)}")
+        acdc_pair(model, small, threshold, f"ACDC on {n} edges (top layer + logits", 2, receivers=top)
 
-    toy = cf.load_model("toy-lm")  # small: per-forward overhead dominates, batching is the lever
-    ioi = cf.load_task("ioi", n=20)
+    toy = cf.load_model("toy-lm")  # small: per-forward overhead dominates
     for threshold in (0.01, 0.001):
-        results = {}
-        for naive in (False, True):
-            t0 = time.perf_counter()
-            results[naive] = cf.score_edges(toy, ioi, "acdc", threshold=threshold, naive=naive)
-            results[naive, "t"] = time.perf_counter() - t0
-        kept = [cf.prune(results[naive], threshold=threshold, absolute=False, remove_dangling=False) for naive in (False, True)]
-        print(f"ACDC on toy-lm IOI, all {toy.graph.n_edges} edges (threshold {threshold}, {kept[0].n_edges} kept): "
-              f"batched {results[False, 't']:.2f} s, naive {results[True, 't']:.2f} s = "
-              f"{results[True, 't'] / results[False, 't']:.1f}x (target ≥ 10); same circuit: "
-              f"{torch.equal(kept[0].mask, kept[1].mask)}")
+        acdc_pair(toy, cf.load_task("ioi", n=20), threshold, f"ACDC on toy-lm IOI, all {toy.graph.n_edges} edges", 10)
+
+
+def acdc_pair(model, task, threshold, label, target, **options):
+    """Time batched and naive ACDC at one threshold and check they keep the same circuit."""
+    seconds, kept = {}, {}
+    for naive in (False, True):
+        t0 = time.perf_counter()
+        scores = cf.score_edges(model, task, "acdc", threshold=threshold, naive=naive, **options)
+        seconds[naive] = time.perf_counter() - t0
+        kept[naive] = cf.prune(scores, threshold=threshold, absolute=False, remove_dangling=False)
+    print(f"{label} (threshold {threshold}, {kept[False].n_edges} kept): batched {seconds[False]:.2f} s, naive "
+          f"{seconds[True]:.2f} s = {seconds[True] / seconds[False]:.1f}x (target ≥ {target}); same circuit: "
+          f"{torch.equal(kept[False].mask, kept[True].mask)}")
 
 
 if __name__ == "__main__":
