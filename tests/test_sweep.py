@@ -166,3 +166,12 @@ def test_sweep_of_shipped_models(tmp_path):
     assert set(zip(failed.model, failed.task)) == {("toy-induction", "ioi")}  # no tokenizer, so no text task
     assert "tokenizer" in failed.error.iloc[0]
     assert (df[df.status == "done"].n_edges <= 12).all()
+
+
+def test_worker_processes_give_the_same_results(model_dirs, tmp_path):
+    common = {"tasks": ["ioi"], "methods": ["eap"], "n": 8, "edges": 20, "quiet": True}
+    one = cf.sweep(model_dirs, store=tmp_path / "one.sqlite", **common)
+    two = cf.sweep(model_dirs, store=tmp_path / "two.sqlite", workers=2, **common)  # one process per model
+    a, b = one.sort_values("key").reset_index(drop=True), two.sort_values("key").reset_index(drop=True)
+    assert list(a.key) == list(b.key) and (b.status == "done").all()
+    assert a.faithfulness.tolist() == pytest.approx(b.faithfulness.tolist(), abs=1e-6)
