@@ -33,7 +33,7 @@ def save(fig, path: Path) -> list[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     out = [path.with_suffix(".png"), path.with_suffix(".pdf")]
     fig.savefig(out[0], dpi=300, bbox_inches="tight")
-    fig.savefig(out[1], bbox_inches="tight")
+    fig.savefig(out[1], bbox_inches="tight", metadata={"CreationDate": None})  # same figure, same bytes
     plt.close(fig)
     return out
 
