@@ -29,6 +29,15 @@ from circuitfind.report.data import collect
 from circuitfind.task import Task, load_task
 
 
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "unknown"
+
+
 @dataclass
 class Run:
     scores: EdgeScores
@@ -63,7 +72,8 @@ def discover(model, task: Task | str, method: str = "eap-ig", ablation: str = "c
                         "faithfulness_absolute": curve.faithfulness_absolute},
               "seconds": round(time.perf_counter() - start, 2), "seed": seed, "n": task.n,
               "provenance": {"command": " ".join(sys.argv), "python": platform.python_version(),
-                             "torch": torch.__version__, "options": options}}
+                             "torch": torch.__version__, "transformers": _version("transformers"),
+                             "circuitfind": _version("circuitfind"), "options": options}}
     if out is not None:
         out = Path(out)
         scores.save(out)
