@@ -175,3 +175,16 @@ def test_worker_processes_give_the_same_results(model_dirs, tmp_path):
     a, b = one.sort_values("key").reset_index(drop=True), two.sort_values("key").reset_index(drop=True)
     assert list(a.key) == list(b.key) and (b.status == "done").all()
     assert a.faithfulness.tolist() == pytest.approx(b.faithfulness.tolist(), abs=1e-6)
+
+
+def test_a_second_sweep_on_a_busy_store_is_refused(tmp_path):
+    import fcntl
+
+    store = tmp_path / "s.sqlite"
+    with open(str(store) + ".lock", "w") as held:  # as a running sweep holds it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(ConfigError, match="another sweep is running"):
+            cf.sweep(["toy-induction"], ["induction"], ["eap"], store=store, quiet=True)
+    assert not store.exists()
+    df = cf.sweep(["toy-induction"], ["induction"], ["eap"], store=store, n=10, edges=5, quiet=True)  # free again
+    assert (df.status == "done").all()

@@ -15,6 +15,8 @@ call) or starting a local one.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import multiprocessing as mp
 import shutil
@@ -28,6 +30,22 @@ from circuitfind.sweep.jobs import Job, expand, group_by_model, run_group
 from circuitfind.sweep.store import Store
 
 __all__ = ["Job", "load_sweep", "sweep"]
+
+
+@contextlib.contextmanager
+def _exclusive(store_path: Path):
+    """Hold `<store>.lock` for the sweep: a second sweep on the same store (which would tidy away the
+    first one's run directories) is refused instead. The lock dies with its process, so a killed
+    sweep never leaves the store locked."""
+    lock = open(Path(str(store_path) + ".lock"), "w")  # noqa: SIM115 — held for the whole with-block
+    try:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"another sweep is running on {store_path}; wait for it or use another store") from None
+        yield
+    finally:
+        lock.close()
 
 
 def _tidy(store: Store) -> None:
@@ -84,6 +102,18 @@ def sweep(models, tasks, methods, ablations=("corrupted",), seeds=(0,), *, store
     if workers < 1:
         raise ConfigError(f"workers must be at least 1, got {workers}")
     jobs = expand(models, tasks, methods, ablations, seeds, n=n, edges=edges, target=target, options=options)
+    Path(store).parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive(Path(store)):
+        failures, done_before, ran = _run_jobs(jobs, store, executor, workers, dtype, device, resources, quiet)
+    if not quiet:
+        print(f"sweep: {done_before} already done, {ran - len(failures)} ran, {len(failures)} failed")
+        for label, error in failures:
+            print(f"  failed: {label}: {error}")
+    return load_sweep(store)
+
+
+def _run_jobs(jobs, store, executor, workers, dtype, device, resources, quiet):
+    """Run the jobs not yet done, recording each; → (failures, jobs done before, jobs run)."""
     db = Store(store)
     try:
         _tidy(db)
@@ -106,11 +136,7 @@ def sweep(models, tasks, methods, ablations=("corrupted",), seeds=(0,), *, store
         bar.close()
     finally:
         db.close()
-    if not quiet:
-        print(f"sweep: {len(jobs) - len(todo)} already done, {len(todo) - len(failures)} ran, {len(failures)} failed")
-        for label, error in failures:
-            print(f"  failed: {label}: {error}")
-    return load_sweep(store)
+    return failures, len(jobs) - len(todo), len(todo)
 
 
 def load_sweep(store):
