@@ -121,10 +121,14 @@ def _sweep(args) -> int:
 
             raise ConfigError(f"--option takes METHOD:KEY=VALUE, got {item!r}")
         options.setdefault(method, {})[key.replace("-", "_")] = _option_value(value)
+    resources = {}
+    for item in _list(args.resources or ""):  # num_cpus=1,num_gpus=1,memory=8e9
+        key, _, value = item.partition("=")
+        resources[key] = float(value) if key == "num_gpus" else int(float(value))
     df = sweep(_list(args.models), _list(args.tasks), _list(args.methods), _list(args.ablations),
                [int(s) for s in _list(args.seeds)], store=args.store, executor=args.executor, workers=args.workers,
                n=args.n, edges=args.edges, target=args.target, options=options, dtype=args.dtype, device=args.device,
-               quiet=args.quiet)
+               resources=resources, quiet=args.quiet)
     done = df[df.status == "done"] if len(df) else df
     if len(done):
         cols = ["model", "task", "method", "ablation", "seed", "n_edges", "faithfulness", "cpr", "cmd", "roc_auc"]
@@ -196,9 +200,18 @@ def _export(args) -> int:
     from circuitfind.circuit import Circuit, EdgeScores
     from circuitfind.interop import save_eap_ig
 
+    from circuitfind.errors import ConfigError
+    from circuitfind.interop import write_mib_submission
+
+    if not (args.eap_ig or args.mib):
+        raise ConfigError("say where to write: --eap-ig FILE and/or --mib DIR")
     scores = EdgeScores.load(args.dir)
-    circuit = Circuit.load(Path(args.dir) / "circuit.json")
-    print(f"wrote {save_eap_ig(args.eap_ig, scores, circuit)}")
+    if args.eap_ig:
+        circuit = Circuit.load(Path(args.dir) / "circuit.json")
+        print(f"wrote {save_eap_ig(args.eap_ig, scores, circuit)}")
+    if args.mib:
+        name = args.model_name or scores.model.split("/")[-1]
+        print(f"wrote {write_mib_submission(args.mib, {(scores.task, name): scores})[0]}")
     return 0
 
 
@@ -250,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--store", default="sweep.sqlite", help="SQLite store (created, or resumed)")
     w.add_argument("--executor", default="local", choices=["local", "ray"])
     w.add_argument("--workers", type=int, default=1, help="local worker processes")
+    w.add_argument("--resources", help="ray: per model group, e.g. num_cpus=1,num_gpus=1,memory=8e9")
     w.add_argument("-n", type=int, default=100, help="examples per job")
     w.add_argument("--edges", type=int, help="circuit size (default: smallest MIB size reaching --target)")
     w.add_argument("--target", type=float, default=0.9)
@@ -283,7 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     i.set_defaults(run=_inspect)
     x = sub.add_parser("export", help="write a run directory's scores and circuit as EAP-IG / MIB graph JSON")
     x.add_argument("dir", help="run directory")
-    x.add_argument("--eap-ig", required=True, metavar="FILE")
+    x.add_argument("--eap-ig", metavar="FILE", help="the EAP-IG graph JSON (scores and circuit)")
+    x.add_argument("--mib", metavar="DIR", help="add the scores to a MIB submission folder: DIR/<task>_<model>/")
+    x.add_argument("--model-name", help="the model's name in the MIB folder (default: from the scores)")
     x.set_defaults(run=_export)
     g = sub.add_parser("graph", help="load a model and print its edge graph")
     g.add_argument("model", help="zoo name, local directory or hub id")

@@ -71,3 +71,15 @@ def test_bad_files_are_refused(tmp_path):
     data["edges"]["a5.h0->logits"] = {"score": 1.0, "in_graph": True}
     with pytest.raises(ConfigError, match="not an edge name"):
         from_eap_ig(data)
+
+
+def test_export_to_a_mib_folder_from_the_command_line(tmp_path):
+    from circuitfind.cli import main
+
+    run = cf.discover(cf.load_model("toy-induction"), "induction", method="eap", n=10, edges=4, out=tmp_path / "run",
+                      report=False, quiet=True)
+    assert main(["export", str(tmp_path / "run"), "--mib", str(tmp_path / "mib")]) == 0
+    back = read_mib_submission(tmp_path / "mib")
+    assert list(back) == [("induction", "toy-induction")]
+    assert torch.equal(back["induction", "toy-induction"].scores, run.scores.scores)
+    assert main(["export", str(tmp_path / "run")]) == 2  # nowhere to write
