@@ -67,3 +67,16 @@ def test_eap_ig_recovers_the_reverse_circuit_with_zero_ablation(tmp_path):
     assert cf.roc_auc(scores, truth) == 1.0
     run = cf.discover(model, task, method="eap-ig", ablation="zero", out=tmp_path / "run", quiet=True)
     assert set(run.circuit.edges()) == set(truth) and run.result["faithfulness"] == pytest.approx(1.0)
+
+
+def test_tokens_are_named_in_reports_and_lenses():
+    """tracr inputs and outputs have names (BOS, a, b, c / the output values), not bare ids."""
+    from circuitfind.inspect import logit_lens
+    from circuitfind.report.data import collect
+
+    model = cf.load_model("tracr-reverse")
+    data = collect(model, cf.load_task("tracr-reverse", n=4, split="test"))
+    assert data["examples"][0]["clean"].startswith("BOS ") and data["examples"][0]["correct"] in ("a", "b", "c")
+    rows = logit_lens(model, "ids:0,1,2", "resid:4", k=1)
+    assert [r.token for r in rows] == [model.token_names[i] for i in (0, 1, 2)]
+    assert rows[-1].promoted[0][0] in model.output_names

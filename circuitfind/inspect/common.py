@@ -23,8 +23,13 @@ def tokens_of(model, prompt) -> Tensor:
     return t[None] if t.ndim == 1 else t
 
 
-def token_str(model, i: int) -> str:
-    return model.tokenizer.decode([int(i)]) if model.tokenizer is not None else f"#{int(i)}"
+def token_str(model, i: int, output: bool = False) -> str:
+    """A token id as text; `output=True` for an index into the logits (which token-level models such as
+    tracr may name differently from their inputs)."""
+    if model.tokenizer is not None:
+        return model.tokenizer.decode([int(i)])
+    names = getattr(model, "output_names" if output else "token_names", None)
+    return names[int(i)] if names is not None and 0 <= int(i) < len(names) else f"#{int(i)}"
 
 
 def token_id(model, token) -> int:

@@ -96,8 +96,8 @@ def node_lens(model, batch, nodes: list[str] | None = None, k: int = 5) -> list[
         up, down = mean_logits[s].topk(kk), (-mean_logits[s]).topk(kk)
         order = effect[s].argsort(descending=True)[:3]
         out.append(NodeLens(name, float(effect[s].mean()),
-                            [(token_str(model, int(i)), float(v)) for v, i in zip(up.values, up.indices)],
-                            [(token_str(model, int(i)), -float(v)) for v, i in zip(down.values, down.indices)],
+                            [(token_str(model, int(i), output=True), float(v)) for v, i in zip(up.values, up.indices)],
+                            [(token_str(model, int(i), output=True), -float(v)) for v, i in zip(down.values, down.indices)],
                             [(int(i), float(effect[s, i])) for i in order]))
     return out
 
@@ -149,6 +149,6 @@ def logit_lens(model, prompt, what: str, k: int = 5) -> list[LensRow]:
     for p in range(tokens.shape[-1]):
         up, down = logits[p].topk(kk), (-logits[p]).topk(kk)
         rows.append(LensRow(p, token_str(model, tokens[0, p]),
-                            [(token_str(model, i), float(v)) for v, i in zip(up.values, up.indices)],
-                            [(token_str(model, i), -float(v)) for v, i in zip(down.values, down.indices)]))
+                            [(token_str(model, i, output=True), float(v)) for v, i in zip(up.values, up.indices)],
+                            [(token_str(model, i, output=True), -float(v)) for v, i in zip(down.values, down.indices)]))
     return rows

@@ -79,8 +79,8 @@ def latent_projection(model, sae: SAE, latent: int, k: int = 10) -> dict:
     logits = direction @ model.W_U
     logits = logits - logits.mean()
     up, down = logits.topk(k), (-logits).topk(k)
-    return {"promoted": [(token_str(model, i), float(v)) for v, i in zip(up.values, up.indices)],
-            "suppressed": [(token_str(model, i), -float(v)) for v, i in zip(down.values, down.indices)]}
+    return {"promoted": [(token_str(model, i, output=True), float(v)) for v, i in zip(up.values, up.indices)],
+            "suppressed": [(token_str(model, i, output=True), -float(v)) for v, i in zip(down.values, down.indices)]}
 
 
 def latent_attribution(model, sae: SAE, prompt, a, b, position: int = -1) -> Tensor:

@@ -103,6 +103,9 @@ class CircuitModel(nn.Module):
                  unembed_bias: bool, tokenizer=None, name: str = ""):
         super().__init__()
         self.cfg, self.tokenizer, self.name = cfg, tokenizer, name or cfg.family
+        # token-level models without a tokenizer may name their input tokens and output logits (tracr)
+        self.token_names: list[str] | None = None
+        self.output_names: list[str] | None = None
         self.W_E = nn.Parameter(torch.empty(cfg.d_vocab, cfg.d_model).normal_(std=0.02))
         self.W_pos = nn.Parameter(torch.zeros(cfg.n_ctx, cfg.d_model)) if cfg.positional == "learned" else None
         self.blocks = nn.ModuleList(Block(cfg, l, qkv_bias, out_bias, mlp_bias) for l in range(cfg.n_layers))

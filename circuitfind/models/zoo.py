@@ -143,6 +143,9 @@ def _load_tracr(entry: ZooEntry, dtype: torch.dtype, device: torch.device):
     model = CircuitModel(CanonicalConfig(**meta["config"]), name=entry.name, **meta["flags"])
     model.load_state_dict(load_file(str(SHIPPED / entry.location / "model.safetensors")), strict=True)
     model.ground_truth = {entry.name: meta["ground_truth"]}  # keyed by the task that grades it
+    names = {i: t for t, i in meta["input_encoding"].items()}
+    model.token_names = [str(names.get(i, f"#{i}")) for i in range(model.cfg.d_vocab)]
+    model.output_names = [str(v) for v in meta["output_values"]]
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 

@@ -4,6 +4,7 @@ logit lens (direct effect on the answer, promoted/suppressed tokens, top example
 
 from __future__ import annotations
 
+from circuitfind.inspect.common import token_str
 from circuitfind.inspect.flow import flow_graph
 from circuitfind.inspect.lens import node_lens
 
@@ -11,21 +12,19 @@ MAX_EXAMPLES = 100
 
 
 def _text(model, x) -> str:
-    """A prompt or answer as text: strings as they are, token ids through the tokenizer (or as ids)."""
+    """A prompt as text: strings as they are, token ids through the tokenizer (or the model's token names)."""
     if isinstance(x, str):
         return x
     ids = [x] if isinstance(x, int) else list(x)
-    if model.tokenizer is not None:
-        return "".join(model.tokenizer.decode([i]) for i in ids)
-    return " ".join(f"#{i}" for i in ids)
+    joiner = "" if model.tokenizer is not None else " "
+    return joiner.join(token_str(model, i) for i in ids)
 
 
 def _answers(model, x) -> str:
-    if isinstance(x, list) and x and isinstance(x[0], str):
-        return " | ".join(x[:8]) + (" | …" if len(x) > 8 else "")
-    if isinstance(x, list) and x and isinstance(x[0], int) and model.tokenizer is None:
-        return " | ".join(f"#{i}" for i in x[:8])
-    return _text(model, x)
+    """Answers: strings as they are, ids as the logits they index."""
+    items = x if isinstance(x, list) else [x]
+    shown = [a if isinstance(a, str) else token_str(model, a, output=True) for a in items[:8]]
+    return " | ".join(shown) + (" | …" if len(items) > 8 else "")
 
 
 def collect(model, test_task) -> dict:
