@@ -237,3 +237,22 @@ def test_export_command(tmp_path):
     assert main(["export", str(tmp_path / "run"), "--eap-ig", str(tmp_path / "g.json")]) == 0
     scores, circuit = from_eap_ig(tmp_path / "g.json")
     assert torch.equal(scores.scores, run.scores.scores) and torch.equal(circuit.mask, run.circuit.mask)
+
+
+def test_node_lens_agrees_with_the_full_direct_logits(model):
+    """node_lens never forms [src, batch, vocab]; its figures equal those computed from it."""
+    from circuitfind.inspect import direct_logits, node_lens
+    from circuitfind.task import load_task
+
+    batch = load_task("ioi", n=6, split="test").batch(model)
+    rows = {r.node: r for r in node_lens(model, batch, k=3)}
+    per_node, _ = direct_logits(model, batch.clean)  # [src, batch, vocab]
+    t = batch.targets
+    effect = per_node.gather(-1, t.correct.clamp(min=0)[None].expand(per_node.shape[0], -1, -1)).mean(-1) \
+        - per_node.gather(-1, t.wrong.clamp(min=0)[None].expand(per_node.shape[0], -1, -1)).mean(-1)
+    mean_logits = per_node.mean(1)
+    mean_logits = mean_logits - mean_logits.mean(-1, keepdim=True)
+    for s, name in enumerate(model.graph.senders):
+        assert rows[name].direct_effect == pytest.approx(float(effect[s].mean()), abs=1e-9)
+        top = mean_logits[s].topk(3)
+        assert [v for _, v in rows[name].promoted] == pytest.approx(top.values.tolist(), abs=1e-9)

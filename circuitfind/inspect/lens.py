@@ -38,15 +38,23 @@ def _frozen_norm(model, resid: Tensor, x: Tensor) -> Tensor:
     return x / rms * (norm.offset + norm.w)
 
 
-@torch.no_grad()
-def direct_logits(model, inputs: Inputs) -> tuple[Tensor, Tensor]:
-    """(per-node direct logits [src, batch, vocab], the constant part [batch, vocab]) at the answer
-    positions; their sum is the model's logits (soft-capping aside)."""
+def _normed_parts(model, inputs: Inputs) -> tuple[Tensor, Tensor, Tensor]:
+    """(each node's output through the frozen final norm [src, batch, d], the same for what no node
+    writes [batch, d], the final residual [batch, d]) at the answer positions."""
     resid = _final_residual(model, inputs)  # [batch, d]
     outs = sender_outputs(model, inputs)[:, torch.arange(inputs.batch), inputs.answer_pos]  # [src, batch, d]
     rest = resid - outs.sum(0)  # block biases: what no node writes
-    per_node = _frozen_norm(model, resid, outs) @ model.W_U
-    const = _frozen_norm(model, resid, rest) @ model.W_U
+    return _frozen_norm(model, resid, outs), _frozen_norm(model, resid, rest), resid
+
+
+@torch.no_grad()
+def direct_logits(model, inputs: Inputs) -> tuple[Tensor, Tensor]:
+    """(per-node direct logits [src, batch, vocab], the constant part [batch, vocab]) at the answer
+    positions; their sum is the model's logits (soft-capping aside). Holds src × batch × vocab
+    numbers: for one prompt, or a small model (`node_lens` never forms it)."""
+    normed, rest, _ = _normed_parts(model, inputs)
+    per_node = normed @ model.W_U
+    const = rest @ model.W_U
     if model.ln_final.kind == "layernorm" and model.ln_final.b is not None:
         const = const + model.ln_final.b @ model.W_U
     if model.b_U is not None:
@@ -75,25 +83,27 @@ class NodeLens:
 def node_lens(model, batch, nodes: list[str] | None = None, k: int = 5) -> list[NodeLens]:
     """The lens of each node (all senders by default) on a task batch (`task.batch(model)`)."""
     g = model.graph
-    per_node, _ = direct_logits(model, batch.clean)  # [src, batch, vocab]
+    normed, _, _ = _normed_parts(model, batch.clean)  # [src, batch, d]
+    W_U = model.W_U  # [d, vocab]
     t = batch.targets
-    valid_c, valid_w = t.correct >= 0, t.wrong >= 0
 
-    def mean_at(x, ids, valid):  # x [src, batch, vocab], ids [batch, n] → [src, batch]
-        picked = x.gather(-1, ids.clamp(min=0)[None].expand(x.shape[0], -1, -1)) * valid
-        return picked.sum(-1) / valid.sum(-1).clamp(min=1)
+    def mean_direction(ids):  # mean unembedding of each example's answers: [batch, d]
+        valid = (ids >= 0).to(W_U.dtype)
+        cols = W_U.T[ids.clamp(min=0)]  # [batch, n, d]
+        return (cols * valid[..., None]).sum(1) / valid.sum(1, keepdim=True).clamp(min=1)
 
-    if t.correct.shape[-1] and t.wrong.shape[-1]:
-        effect = mean_at(per_node, t.correct, valid_c) - mean_at(per_node, t.wrong, valid_w)  # [src, batch]
+    if t.correct.shape[-1] and t.wrong.shape[-1]:  # direct effect on the answer-logit difference
+        effect = torch.einsum("sbd,bd->sb", normed, mean_direction(t.correct) - mean_direction(t.wrong))
     else:  # numerical outputs: the direct contribution to the one output
-        effect = per_node[..., 0]
-    mean_logits = per_node.mean(1)
-    mean_logits = mean_logits - mean_logits.mean(-1, keepdim=True)
+        effect = normed @ W_U[:, 0]
+    mean_normed = normed.mean(1)  # [src, d]: the mean direct logits are linear in it
     out = []
     for name in nodes if nodes is not None else g.senders:
         s = g.senders.index(name)
+        mean_logits = mean_normed[s] @ W_U  # [vocab], one node at a time
+        mean_logits = mean_logits - mean_logits.mean()
         kk = min(k, mean_logits.shape[-1])
-        up, down = mean_logits[s].topk(kk), (-mean_logits[s]).topk(kk)
+        up, down = mean_logits.topk(kk), (-mean_logits).topk(kk)
         order = effect[s].argsort(descending=True)[:3]
         out.append(NodeLens(name, float(effect[s].mean()),
                             [(token_str(model, int(i), output=True), float(v)) for v, i in zip(up.values, up.indices)],
