@@ -44,6 +44,7 @@ def main() -> None:
     cli("sweep", *SWEEP, "--store", "reports/sweep/sweep.sqlite")
     cli("report", "--sweep", "reports/sweep/sweep.sqlite", "--out", "reports/sweep")
     shutil.rmtree(OUT / "sweep" / "sweep.sqlite.runs")  # the per-job run directories: not needed for the example
+    (OUT / "sweep" / "sweep.sqlite.lock").unlink(missing_ok=True)
     readme = ["# Example reports", "",
               "Made by `python scripts/make_reports.py` with the package's own commands, offline, on the shipped "
               "models. Open any `report.html` from disk (self-contained: no network).", ""]
