@@ -256,3 +256,25 @@ def test_node_lens_agrees_with_the_full_direct_logits(model):
         assert rows[name].direct_effect == pytest.approx(float(effect[s].mean()), abs=1e-9)
         top = mean_logits[s].topk(3)
         assert [v for _, v in rows[name].promoted] == pytest.approx(top.values.tolist(), abs=1e-9)
+
+
+def test_why_mean_ablation_equals_the_mean_output_by_hook(model):
+    """Mean ablation: a node's output replaced by its mean over the reference prompts' real tokens."""
+    reference = [PROMPT, "The students behind the cars", "Mary gave a drink to John"]
+    c = why(model, PROMPT, " Mary", " John", ablation="mean", reference=reference)
+    tokens, mask = model.to_tokens(reference, return_attention_mask=True)
+    _, cache = model.run_with_cache(tokens, mask, names_filter=["blocks.1.attn.hook_result"])
+    real = mask.to(model.dtype)[:, :, None]
+    mean = (cache["blocks.1.attn.hook_result"][:, :, 0] * real).sum((0, 1)) / real.sum()
+
+    def replace(x, name):
+        x = x.clone()
+        x[:, :, 0] = mean
+        return x
+
+    with model.hooks({"blocks.1.attn.hook_result": replace}):
+        logits = model(model.to_tokens(PROMPT))[0, -1]
+    expected = c.logit_diff - float(logits[c.a] - logits[c.b])
+    assert next(n.total for n in c.nodes if n.node == "a1.h0") == pytest.approx(expected, abs=1e-9)
+    with pytest.raises(ConfigError, match="reference"):
+        why(model, PROMPT, " Mary", " John", ablation="mean")

@@ -23,6 +23,23 @@ def tokens_of(model, prompt) -> Tensor:
     return t[None] if t.ndim == 1 else t
 
 
+def prompts_of(model, data) -> tuple[Tensor, Tensor]:
+    """Several prompts — texts, token-id lists, or a Task (its clean prompts) — as right-padded
+    (tokens [batch, pos], attention_mask [batch, pos])."""
+    from circuitfind.models.canonical import pad_token_ids
+    from circuitfind.task import Task
+
+    if isinstance(data, Task):
+        data = [e.clean for e in data.examples(model)]
+    data = list(data)
+    if not data:
+        raise ConfigError("no prompts given")
+    if isinstance(data[0], str):
+        return model.to_tokens(data, return_attention_mask=True)
+    return pad_token_ids([[int(t) for t in row] for row in data], model.pad_token_id, "right",
+                         return_attention_mask=True)
+
+
 def token_str(model, i: int, output: bool = False) -> str:
     """A token id as text; `output=True` for an index into the logits (which token-level models such as
     tracr may name differently from their inputs)."""

@@ -5,7 +5,7 @@ to logit(A) − logit(B), as Transformer Debugger ranks them.
   through the final norm with its scale frozen (`lens.direct_logits`). Over all nodes, plus the
   constant terms, it sums to the logit difference exactly.
 - total effect: the logit difference lost when the node is ablated (all its out-edges patched
-  with the ablated value: zero, or the mean over `reference` prompts), by the engine's masked
+  with the engine's zero ablation, or its mean ablation over `reference` prompts), by the engine's masked
   forward — one batched pass for every node at once.
 """
 
@@ -15,10 +15,11 @@ from dataclasses import dataclass
 
 import torch
 
+from circuitfind.engine.ablation import ablated_outputs
 from circuitfind.engine.patching import masked_forward
 from circuitfind.engine.tensors import Inputs
 from circuitfind.errors import ConfigError
-from circuitfind.inspect.common import token_id, tokens_of
+from circuitfind.inspect.common import prompts_of, token_id, tokens_of
 from circuitfind.inspect.lens import direct_logits
 
 
@@ -55,20 +56,12 @@ def why(model, prompt, a, b, *, ablation: str = "zero", reference=None, position
     per_node, const = direct_logits(model, inputs)  # [src, 1, vocab], [1, vocab]
     direct = (per_node[:, 0, ia] - per_node[:, 0, ib]).tolist()
     g = model.graph
-    if ablation == "zero":
-        ablated = torch.zeros(g.n_senders, 1, 1, model.cfg.d_model, dtype=model.dtype, device=model.device)
-    elif ablation == "mean":
-        if reference is None:
-            raise ConfigError("mean ablation needs reference= prompts to average over")
-        from circuitfind.engine.patching import sender_outputs
-
-        ref, mask = model.to_tokens(list(reference), return_attention_mask=True) if isinstance(reference[0], str) \
-            else (torch.as_tensor(reference), None)
-        outs = sender_outputs(model, Inputs.of(ref, mask))  # [src, batch, pos, d]
-        weight = (mask if mask is not None else torch.ones(ref.shape)).to(outs.dtype)[None, :, :, None]
-        ablated = ((outs * weight).sum((1, 2)) / weight.sum((1, 2)))[:, None, None, :]
-    else:
+    if ablation not in ("zero", "mean"):
         raise ConfigError(f"ablation must be 'zero' or 'mean', got {ablation!r}")
+    if ablation == "mean" and reference is None:
+        raise ConfigError("mean ablation needs reference= prompts to average over")
+    ref = Inputs.of(*prompts_of(model, reference)) if ablation == "mean" else None
+    ablated = ablated_outputs(model, ablation, inputs, reference=ref)  # [src, 1, 1, d]
     # one mask per node: that node's out-edges off, everything else on; plus the full model
     full = g.edge_mask.to(model.device, model.dtype)
     masks = full[None].repeat(g.n_senders + 1, 1, 1)

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from circuitfind.errors import ConfigError
-from circuitfind.inspect.common import parse_node, tokens_of
+from circuitfind.inspect.common import parse_node, prompts_of, tokens_of
 
 KINDS = ("zero", "mean", "scale", "steer")
 
@@ -59,8 +59,7 @@ def _site(model, node: str) -> tuple[str, tuple, Tensor | None]:
 def mean_of(model, node: str, prompts) -> Tensor:
     """The mean activation of a node over prompts (all real positions), for `kind="mean"`."""
     name, idx, _ = _site(model, node)
-    tokens, mask = model.to_tokens(list(prompts), return_attention_mask=True) if isinstance(prompts[0], str) \
-        else (torch.as_tensor(prompts), torch.ones(torch.as_tensor(prompts).shape))
+    tokens, mask = prompts_of(model, prompts)
     _, cache = model.run_with_cache(tokens, mask, names_filter=[name])
     act = cache[name][idx]  # [b, p, ...]
     w = mask.to(act.dtype).view(*mask.shape, *([1] * (act.ndim - 2)))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from circuitfind.errors import ConfigError
-from circuitfind.inspect.common import parse_node, token_str
+from circuitfind.inspect.common import parse_node, prompts_of, token_str
 
 
 @dataclass
@@ -24,28 +24,11 @@ class Activation:
     context: str  # a few tokens before, the token in [brackets], one after
 
 
-def _prompts_of(model, data):
-    """Texts, token lists, or a Task (its clean prompts)."""
-    from circuitfind.task import Task
-
-    if isinstance(data, Task):
-        data = [e.clean for e in data.examples(model)]
-    if not data:
-        raise ConfigError("no examples to search")
-    if isinstance(data[0], str):
-        return model.to_tokens(list(data), return_attention_mask=True)
-    rows = [list(map(int, r)) for r in data]
-    width = max(map(len, rows))
-    tokens = torch.tensor([r + [model.pad_token_id] * (width - len(r)) for r in rows])
-    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
-    return tokens, mask
-
-
 @torch.no_grad()
 def top_activations(model, data, node: str | None = None, *, sae=None, latent: int | None = None, k: int = 10,
                     context: int = 6) -> list[Activation]:
     """The k strongest activations of `node` (or of SAE `latent`) over data (texts, token lists or a Task)."""
-    tokens, mask = _prompts_of(model, data)
+    tokens, mask = prompts_of(model, data)
     if sae is not None:
         if latent is None or not 0 <= latent < sae.n_latents:
             raise ConfigError(f"latent must be in 0..{sae.n_latents - 1}")
