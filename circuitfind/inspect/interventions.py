@@ -96,8 +96,15 @@ def hooks_for(model, interventions) -> list:
 def generate(model, prompt, max_new_tokens: int = 10, interventions=(), *, temperature: float = 0.0,
              seed: int = 0) -> str | list[int]:
     """Continue the prompt under the interventions; text for models with a tokenizer, else token ids."""
-    tokens = tokens_of(model, prompt)
-    hooks = hooks_for(model, interventions)
+    return continue_with_hooks(model, tokens_of(model, prompt), max_new_tokens, hooks_for(model, interventions),
+                               temperature=temperature, seed=seed)
+
+
+@torch.no_grad()
+def continue_with_hooks(model, tokens: Tensor, max_new_tokens: int, hooks, *, temperature: float = 0.0,
+                        seed: int = 0) -> str | list[int]:
+    """Generate from tokens [1, pos] with `model.hooks(hooks)` active at every step (the whole
+    sequence is recomputed each step, so a hook sees old and new positions alike)."""
     gen = torch.Generator().manual_seed(seed)
     start = tokens.shape[-1]
     with model.hooks(hooks):

@@ -15,6 +15,7 @@ import torch
 
 from circuitfind.errors import ConfigError
 from circuitfind.inspect.common import tokens_of
+from circuitfind.inspect.interventions import continue_with_hooks
 
 IDENTITY_PROMPT = "cat -> cat; 1135 -> 1135; hello -> hello; ?"
 
@@ -54,12 +55,5 @@ def patchscope(source_model, source_prompt, source_layer: int, *, source_positio
         x[:, pos] = h.to(x.dtype)
         return x
 
-    start = tokens.shape[-1]
-    with target_model.hooks({f"blocks.{target_layer}.hook_resid_post": patch}):
-        for _ in range(max_new_tokens):
-            if tokens.shape[-1] >= target_model.cfg.n_ctx:
-                break
-            nxt = target_model(tokens)[0, -1].argmax(-1)
-            tokens = torch.cat([tokens, nxt.view(1, 1).to(tokens)], dim=-1)
-    new = tokens[0, start:]
-    return target_model.to_string(new) if target_model.tokenizer is not None else new.tolist()
+    return continue_with_hooks(target_model, tokens, max_new_tokens,
+                               {f"blocks.{target_layer}.hook_resid_post": patch})
