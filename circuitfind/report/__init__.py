@@ -33,7 +33,7 @@ def _flow_figure(graph, flow: dict, path: Path) -> None:
                     title=f"information flow, example {flow['example']} (τ={flow['threshold']})")
 
 
-def write_report(run_dir, *, quiet: bool = True) -> Path:
+def write_report(run_dir) -> Path:
     """Render figures, tables and report.html in run_dir from its artifacts; return the page's path."""
     d = Path(run_dir)
     missing = [f for f in ("scores.json", "scores.safetensors", "circuit.json", "result.json") if not (d / f).exists()]
@@ -65,8 +65,6 @@ def write_report(run_dir, *, quiet: bool = True) -> Path:
                                                    "tab:top-edges"))
     page = d / "report.html"
     _write(page, html.page(scores, circuit, result, inspect, fig_dir))
-    if not quiet:
-        print(f"report: {page}")
     return page
 
 

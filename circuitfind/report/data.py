@@ -7,6 +7,7 @@ from __future__ import annotations
 from circuitfind.inspect.common import token_str
 from circuitfind.inspect.flow import flow_graph
 from circuitfind.inspect.lens import node_lens
+from circuitfind.task import metric_name
 
 MAX_EXAMPLES = 100
 
@@ -40,5 +41,5 @@ def collect(model, test_task) -> dict:
     edges = [[name, float(flow_scores.scores[flow.graph.edge_index(name)])] for name in flow.edges()]
     return {"flow": {"example": 0, "threshold": flow.provenance["threshold"], "edges": edges},
             "task": {"name": test_task.name, "description": test_task.description, "citation": test_task.citation,
-                     "metric": test_task.metric if isinstance(test_task.metric, str) else "custom"},
+                     "metric": metric_name(test_task)},
             "examples": examples, "lens": [row.to_dict() for row in node_lens(model, batch)]}

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 from circuitfind.errors import ConfigError
-from circuitfind.report import figures, tables
+from circuitfind.report import _write, figures, tables
 from circuitfind.sweep import load_sweep
 
 
@@ -55,14 +55,13 @@ def write_sweep_report(store, out=None) -> Path:
         lines += ["## CPR and CMD", "", "![CPR and CMD](figures/cpr_cmd.png)", ""]
     rows = tables.summary_rows([r for r in done.result])
     md = tables.markdown(tables.SUMMARY_COLUMNS, rows)
-    (out / "tables").mkdir(parents=True, exist_ok=True)
-    (out / "tables" / "sweep.md").write_text(md)
-    (out / "tables" / "sweep.tex").write_text(tables.latex(tables.SUMMARY_COLUMNS, rows, "Circuits found in the sweep.",
-                                                           "tab:sweep"))
+    _write(out / "tables" / "sweep.md", md)
+    _write(out / "tables" / "sweep.tex", tables.latex(tables.SUMMARY_COLUMNS, rows, "Circuits found in the sweep.",
+                                                      "tab:sweep"))
     lines += ["## All jobs", "", md]
     failed = df[df.status == "failed"]
     if len(failed):
         lines += ["## Failures", ""] + [f"- {r.model}/{r.task}/{r.method}/{r.ablation}/s{r.seed}: "
                                          f"`{r.error.splitlines()[0]}`" for r in failed.itertuples()]
-    (out / "README.md").write_text("\n".join(lines) + "\n")
+    _write(out / "README.md", "\n".join(lines) + "\n")
     return out
