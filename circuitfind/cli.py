@@ -53,17 +53,16 @@ def _tasks(args) -> int:
 def _discover(args) -> int:
     from circuitfind.discover import discover
     from circuitfind.errors import ConfigError
-    from circuitfind.methods import METHODS
+    from circuitfind.methods import check_options
     from circuitfind.models.loading import load_model
 
-    if args.method not in METHODS:  # before any loading
-        raise ConfigError(f"unknown method {args.method!r}; available: {', '.join(METHODS)}")
     options = {}
     for item in args.option or []:
         key, sep, value = item.partition("=")
         if not sep:
             raise ConfigError(f"--option takes KEY=VALUE, got {item!r}")
         options[key.replace("-", "_")] = _option_value(value)
+    check_options(args.method, options)  # before any loading
     model = load_model(args.model, dtype=args.dtype, device=args.device)
     run = discover(model, args.task, args.method, args.ablation, out=args.out, edges=args.edges, target=args.target,
                    n=args.n, seed=args.seed, quiet=args.quiet, report=not args.no_report, **options)

@@ -32,16 +32,22 @@ METHODS = {
 LONG_RUNNING = ("exact", "acdc", "edge-pruning")  # methods with a progress bar
 
 
-def score_edges(model, task: Task | str, method: str = "eap-ig", ablation: str = "corrupted", *, seed: int = 0,
-                quiet: bool = True, **options) -> EdgeScores:
-    """Score every edge of `model.graph` for `task` with `method`; options go to the method's config."""
+def check_options(method: str, options: dict) -> None:
+    """Raise a ConfigError for an unknown method, or an option its config does not have."""
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
-    fn, config_cls, fixed = METHODS[method]
+    _, config_cls, fixed = METHODS[method]
     names = {f.name for f in dataclasses.fields(config_cls)}
     unknown = set(options) - names
     if unknown:
         raise ConfigError(f"method {method!r} has no option {sorted(unknown)[0]!r}; its options: {sorted(names - set(fixed)) or 'none'}")
+
+
+def score_edges(model, task: Task | str, method: str = "eap-ig", ablation: str = "corrupted", *, seed: int = 0,
+                quiet: bool = True, **options) -> EdgeScores:
+    """Score every edge of `model.graph` for `task` with `method`; options go to the method's config."""
+    check_options(method, options)
+    fn, config_cls, fixed = METHODS[method]
     cfg = config_cls(**{**options, **fixed})
     task = load_task(task) if isinstance(task, str) else task
     start = time.perf_counter()
@@ -51,4 +57,4 @@ def score_edges(model, task: Task | str, method: str = "eap-ig", ablation: str =
     return EdgeScores(raw, model.graph, method=method, model=model.name, task=task.name, ablation=ablation, config=config)
 
 
-__all__ = ["METHODS", "score_edges"]
+__all__ = ["METHODS", "check_options", "score_edges"]

@@ -19,7 +19,7 @@ from pathlib import Path
 from circuitfind.discover import discover
 from circuitfind.engine.ablation import ABLATIONS
 from circuitfind.errors import ConfigError
-from circuitfind.methods import METHODS
+from circuitfind.methods import check_options
 from circuitfind.sweep.store import SCHEMA_VERSION
 from circuitfind.task import load_task
 
@@ -70,19 +70,14 @@ def expand(models, tasks, methods, ablations=("corrupted",), seeds=(0,), *, n: i
         _check_model(m)
     for t in tasks:
         load_task(t, n=1)  # raises TaskError naming the built-in tasks
+    for m in options:
+        if m not in methods:
+            raise ConfigError(f"options given for method {m!r}, which is not in the sweep")
     for m in methods:
-        if m not in METHODS:
-            raise ConfigError(f"unknown method {m!r}; available: {', '.join(METHODS)}")
+        check_options(m, options.get(m, {}))
     for a in ablations:
         if a not in ABLATIONS:
             raise ConfigError(f"unknown ablation {a!r}; choose from {', '.join(ABLATIONS)}")
-    for m, opts in options.items():
-        if m not in methods:
-            raise ConfigError(f"options given for method {m!r}, which is not in the sweep")
-        known = {f.name for f in dataclasses.fields(METHODS[m][1])}
-        bad = set(opts) - known
-        if bad:
-            raise ConfigError(f"method {m!r} has no option {sorted(bad)[0]!r}; its options: {sorted(known)}")
     return [Job(mo, t, me, a, int(s), n, edges, target, dict(options.get(me, {})))
             for mo in models for t in tasks for me in methods for a in ablations for s in seeds]
 
