@@ -99,14 +99,15 @@ def faithfulness_curve(model, task: Task | str, scores: EdgeScores, *, ablation:
     wanted = [torch.zeros_like(g.edge_mask)] + [c.mask for c in circuits[False]] + [c.mask for c in circuits[True]]
     # Each distinct circuit is run once; the full graph is the clean run, whose logits prepare() has.
     m_full = float(setup.per_mask(setup.targets.clean_logits[None])[0])
-    distinct: dict[bytes, int] = {}
-    for m in wanted:
-        if not torch.equal(m, g.edge_mask):
-            distinct.setdefault(m.numpy().tobytes(), len(distinct))
-    order = sorted(distinct, key=distinct.get)
-    masks = torch.stack([torch.frombuffer(bytearray(k), dtype=torch.bool).view_as(g.edge_mask) for k in order]).float()
-    run = _metric_of_masks(model, setup, masks, chunk).tolist()
-    values = [m_full if torch.equal(m, g.edge_mask) else run[distinct[m.numpy().tobytes()]] for m in wanted]
+    full, keys = g.edge_mask.numpy().tobytes(), [m.numpy().tobytes() for m in wanted]
+    distinct: dict[bytes, int] = {}  # circuit → its row among the masks run
+    unique = []
+    for key, m in zip(keys, wanted):
+        if key != full and key not in distinct:
+            distinct[key] = len(unique)
+            unique.append(m)
+    run = _metric_of_masks(model, setup, torch.stack(unique).float(), chunk).tolist()
+    values = [m_full if key == full else run[distinct[key]] for key in keys]
     m_empty, rest = values[0], values[1:]
     n = len(fractions)
     f_signed = [faithfulness(v, m_full, m_empty) for v in rest[:n]]
