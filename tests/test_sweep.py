@@ -188,3 +188,13 @@ def test_a_second_sweep_on_a_busy_store_is_refused(tmp_path):
     assert not store.exists()
     df = cf.sweep(["toy-induction"], ["induction"], ["eap"], store=store, n=10, edges=5, quiet=True)  # free again
     assert (df.status == "done").all()
+
+
+def test_a_model_that_fails_to_load_fails_its_jobs_only(model_dirs, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    df = cf.sweep([model_dirs[0], str(broken)], ["sva"], ["eap"], store=tmp_path / "s.sqlite", n=8, edges=10, quiet=True)
+    status = dict(zip(df.model, df.status))
+    assert status == {model_dirs[0]: "done", str(broken): "failed"}
+    assert df[df.status == "failed"].error.iloc[0].startswith("loading the model failed")

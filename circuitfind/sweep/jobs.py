@@ -126,19 +126,22 @@ def run_job(model, job: Job, runs_dir: Path, quiet: bool = True) -> dict:
 
 
 def load_for(job: Job, dtype: str, device: str):
+    """(the job's model, None), or (None, why it failed to load): such a model fails every job of its group."""
     from circuitfind.models.loading import load_model
 
-    return load_model(job.model, dtype=dtype, device=device)
+    try:
+        return load_model(job.model, dtype=dtype, device=device), None
+    except Exception as e:  # noqa: BLE001 — recorded against each job of the group
+        return None, f"loading the model failed: {type(e).__name__}: {e}"
+
+
+def not_loaded(error: str) -> dict:
+    """The outcome of a job whose model did not load."""
+    return {"status": "failed", "error": error, "started": time.time(), "seconds": 0.0}
 
 
 def run_group(jobs: list[Job], runs_dir: Path, dtype: str, device: str, quiet: bool):
     """Yield (job, outcome) for each job of one model's group, loading the model once."""
-    try:
-        model = load_for(jobs[0], dtype, device)
-    except Exception as e:  # noqa: BLE001 — every job of the group fails with the loading error
-        for job in jobs:
-            yield job, {"status": "failed", "error": f"loading the model failed: {type(e).__name__}: {e}",
-                        "started": time.time(), "seconds": 0.0}
-        return
+    model, error = load_for(jobs[0], dtype, device)
     for job in jobs:
-        yield job, run_job(model, job, runs_dir, quiet)
+        yield job, (not_loaded(error) if model is None else run_job(model, job, runs_dir, quiet))

@@ -21,19 +21,14 @@ class _GroupWorker:
     def __init__(self, first_job, runs_dir, dtype, device):
         from circuitfind.sweep.jobs import load_for
 
-        self.runs_dir, self.error, self.model = runs_dir, None, None
-        try:
-            self.model = load_for(first_job, dtype, device)
-        except Exception as e:  # noqa: BLE001 — reported per job below
-            self.error = f"loading the model failed: {type(e).__name__}: {e}"
+        self.runs_dir = runs_dir
+        self.model, self.error = load_for(first_job, dtype, device)
 
     def run(self, job):
-        import time
-
-        from circuitfind.sweep.jobs import run_job
+        from circuitfind.sweep.jobs import not_loaded, run_job
 
         if self.model is None:
-            return job.key, {"status": "failed", "error": self.error, "started": time.time(), "seconds": 0.0}
+            return job.key, not_loaded(self.error)
         return job.key, run_job(self.model, job, self.runs_dir, quiet=True)
 
 
