@@ -278,3 +278,11 @@ def test_why_mean_ablation_equals_the_mean_output_by_hook(model):
     assert next(n.total for n in c.nodes if n.node == "a1.h0") == pytest.approx(expected, abs=1e-9)
     with pytest.raises(ConfigError, match="reference"):
         why(model, PROMPT, " Mary", " John", ablation="mean")
+
+
+def test_bad_lens_and_steering_targets_say_what_is_expected(model):
+    for what in ("resid:9", "resid:x", "m0.n3"):
+        with pytest.raises(ConfigError, match="resid:L|node of the graph"):
+            logit_lens(model, PROMPT, what)
+    with pytest.raises(ConfigError, match="resid:L with L in 0..1"):
+        generate(model, PROMPT, 1, [Intervention("resid:2", "steer", torch.zeros(model.cfg.d_model))])

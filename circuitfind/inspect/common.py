@@ -86,3 +86,13 @@ def parse_node(model, node: str) -> tuple[str, int | None, int | None]:
             raise ConfigError(f"{node!r}: layer {layer}'s MLP has {cfg.d_mlp} neurons")
         return "neuron", layer, neuron
     return "mlp", layer, None
+
+
+def resid_layer(model, what: str, *, final: bool) -> int:
+    """`resid:L` → L, the residual stream entering layer L (`final=True` also allows L = n_layers: the
+    stream entering the final norm)."""
+    top = model.cfg.n_layers if final else model.cfg.n_layers - 1
+    _, _, text = what.partition(":")
+    if not text.strip().isdigit() or not 0 <= int(text) <= top:
+        raise ConfigError(f"{what!r}: the residual stream is named resid:L with L in 0..{top}")
+    return int(text)

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from circuitfind.errors import ConfigError
-from circuitfind.inspect.common import parse_node, prompts_of, tokens_of
+from circuitfind.inspect.common import parse_node, prompts_of, resid_layer, tokens_of
 
 KINDS = ("zero", "mean", "scale", "steer")
 
@@ -42,9 +42,7 @@ def _site(model, node: str) -> tuple[str, tuple, Tensor | None]:
     """Hook point, index into its activation, and the constant the node does not own (an MLP's
     output bias) of a node."""
     if node.startswith("resid:"):
-        layer = int(node.split(":", 1)[1])
-        if not 0 <= layer < model.cfg.n_layers:
-            raise ConfigError(f"resid layer must be in 0..{model.cfg.n_layers - 1}")
+        layer = resid_layer(model, node, final=False)
         return f"blocks.{layer}.hook_resid_pre", (Ellipsis,), None
     kind, layer, idx = parse_node(model, node)
     if kind == "head":

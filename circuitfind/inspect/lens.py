@@ -16,6 +16,7 @@ from torch import Tensor
 
 from circuitfind.engine.patching import sender_outputs
 from circuitfind.engine.tensors import Inputs
+from circuitfind.errors import ConfigError
 from circuitfind.inspect.common import token_str
 
 
@@ -132,21 +133,20 @@ def logit_lens(model, prompt, what: str, k: int = 5) -> list[LensRow]:
     as they are (the classic logit lens). Promoted/suppressed: highest/lowest logits, centred over
     the vocabulary.
     """
-    from circuitfind.inspect.common import parse_node, tokens_of
+    from circuitfind.inspect.common import parse_node, resid_layer, tokens_of
 
     tokens = tokens_of(model, prompt)
     L = model.cfg.n_layers
     if what.startswith("resid:"):
-        layer = int(what.split(":", 1)[1])
-        if not 0 <= layer <= L:
-            raise ValueError(f"resid layer must be in 0..{L}, got {layer}")
+        layer = resid_layer(model, what, final=True)
         name = f"blocks.{layer}.hook_resid_pre" if layer < L else f"blocks.{L - 1}.hook_resid_post"
         _, cache = model.run_with_cache(tokens, names_filter=[name])
         logits = model.unembed(cache[name])[0]  # [pos, vocab]
     else:
         parse_node(model, what)
         if what not in model.graph.senders:
-            raise ValueError(f"{what!r} is not a sender of this model's graph")
+            raise ConfigError(f"{what!r} is not a node of the graph; the lens takes a head (a3.h5), an MLP (m2), "
+                              "input, or resid:L")
         s = model.graph.senders.index(what)
         inputs = Inputs.of(tokens)
         final = f"blocks.{L - 1}.hook_resid_post"

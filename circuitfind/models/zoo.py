@@ -35,7 +35,9 @@ class ZooEntry:
         import transformers
 
         if self.config is None:
-            raise ValueError(f"zoo entry {self.name!r} has no published config shape")
+            from circuitfind.errors import ConfigError
+
+            raise ConfigError(f"zoo entry {self.name!r} is not a hub model and has no published config shape")
         return transformers.AutoConfig.for_model(**self.config)
 
     @property
