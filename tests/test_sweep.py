@@ -120,6 +120,8 @@ def test_bad_input_is_refused_before_any_job(model_dirs, tmp_path):
         cf.sweep(["toy-induction"], ["induction"], ["eap", "magic"], store=store)
     with pytest.raises(ConfigError, match="has no option"):
         cf.sweep(["toy-induction"], ["induction"], ["eap"], options={"eap": {"steps": 3}}, store=store)
+    with pytest.raises(ConfigError, match="unknown resource 'gpus'"):
+        cf.sweep(["toy-induction"], ["induction"], ["eap"], executor="ray", resources={"gpus": 1}, store=store)
     assert not store.exists()
     assert main(["sweep", "--models", "toy-induction", "--tasks", "induction", "--methods", "magic",
                  "--store", str(store)]) == 2

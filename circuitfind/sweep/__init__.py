@@ -101,6 +101,9 @@ def sweep(models, tasks, methods, ablations=("corrupted",), seeds=(0,), *, store
         raise ConfigError(f"executor must be 'local' or 'ray', got {executor!r}")
     if workers < 1:
         raise ConfigError(f"workers must be at least 1, got {workers}")
+    unknown = set(resources or {}) - {"num_cpus", "num_gpus", "memory"}
+    if unknown:
+        raise ConfigError(f"unknown resource {sorted(unknown)[0]!r}; a model group asks for num_cpus, num_gpus, memory")
     jobs = expand(models, tasks, methods, ablations, seeds, n=n, edges=edges, target=target, options=options)
     Path(store).parent.mkdir(parents=True, exist_ok=True)
     with _exclusive(Path(store)):

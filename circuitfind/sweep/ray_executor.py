@@ -37,9 +37,8 @@ def run_on_ray(groups, runs_dir, dtype, device, resources):
     ray = _import_ray()
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(num_cpus=resources.get("num_cpus_cluster"), include_dashboard=False, log_to_driver=False)
-    opts = {k: v for k, v in resources.items() if k in ("num_cpus", "num_gpus", "memory")}
-    opts.setdefault("num_cpus", 1)
+        ray.init(include_dashboard=False, log_to_driver=False)
+    opts = {"num_cpus": 1, **resources}  # keys checked by sweep()
     actor_cls = ray.remote(**opts)(_GroupWorker)
     pending = []
     actors = []
