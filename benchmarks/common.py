@@ -6,6 +6,8 @@ import gc
 import os
 import resource
 import statistics
+import subprocess
+import sys
 import time
 
 import psutil
@@ -55,4 +57,20 @@ def peak_memory(fn) -> int:
     return value
 
 
-__all__ = ["gpt2_small_random", "timeit", "peak_memory"]
+def peak_memory_in_process(script: str, role: str) -> int:
+    """Peak resident memory one call adds, in bytes, measured in a fresh process: `python script
+    --peak role` builds its inputs, runs the role once under `report_peak` and prints the figure.
+    A fresh process per role: no allocator state, thread pool or page cache carried between them."""
+    out = subprocess.run([sys.executable, script, "--peak", role], capture_output=True, text=True, check=True)
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+def report_peak(fn) -> None:
+    """Run fn once and print the peak resident memory it added (the child side of peak_memory_in_process)."""
+    gc.collect()
+    base = psutil.Process().memory_info().rss
+    fn()
+    print(max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base, 0))
+
+
+__all__ = ["gpt2_small_random", "timeit", "peak_memory", "peak_memory_in_process", "report_peak"]

@@ -7,6 +7,7 @@ tokens, fp32, CPU. "Plain forward" is the canonical model's forward with logits 
 Targets: dense random mask ≤ 2.0x a plain forward; circuit keeping 10% of nodes ≤ 0.6x;
 EAP ≤ 1.3x time and ≤ 1.5x peak memory of (2 plain forwards + 1 backward); exact patching of
 every edge ≤ 0.5x one plain forward per edge (sampled receivers, extrapolated to all edges).
+Peak memory is measured in a fresh process per role (the resident memory one call adds).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import gpt2_small_random, peak_memory, timeit  # noqa: E402
+from common import gpt2_small_random, peak_memory_in_process, report_peak, timeit  # noqa: E402
 
 import circuitfind as cf  # noqa: E402
 from circuitfind.engine.ablation import ablated_outputs  # noqa: E402
@@ -81,20 +82,26 @@ def exact_per_edge(model, clean, abl, t_plain, per_receiver=8):
     return total / g.n_edges / t_plain, sampled
 
 
-def main():
-    torch.set_grad_enabled(False)
-    model, clean, corrupt = setup()
-    g = model.graph
-
+def roles(model, clean, corrupt):
+    """What is timed and measured: EAP as `cf.score_edges` runs it, and its baseline."""
     def eap():
         a = ablated_outputs(model, "corrupted", clean, corrupt)  # the corrupted forward is part of EAP
-        return attribute(model, clean, a, objective)
+        return attribute(model, clean, a, objective, consume=True)  # as methods/eap.py calls it
 
     def base():
         plain_forward_backward(model, clean, corrupt)
+    return {"eap": eap, "base": base}
 
-    # memory first: the measurement forks, which is only safe before torch starts its thread pool
-    m_base, m_eap = peak_memory(base), peak_memory(eap)
+
+def main():
+    torch.set_grad_enabled(False)
+    model, clean, corrupt = setup()
+    if "--peak" in sys.argv:  # the child side of a memory measurement
+        return report_peak(roles(model, clean, corrupt)[sys.argv[sys.argv.index("--peak") + 1]])
+    g = model.graph
+    run = roles(model, clean, corrupt)
+    eap, base = run["eap"], run["base"]
+    m_base, m_eap = (peak_memory_in_process(__file__, r) for r in ("base", "eap"))
     abl = ablated_outputs(model, "corrupted", clean, corrupt)
     t_plain = timeit(lambda: model(clean.tokens), repeat=5)
     print(f"threads={torch.get_num_threads()}  plain forward {t_plain * 1e3:.0f} ms")

@@ -197,10 +197,8 @@ def _inspect(args) -> int:
 
 def _export(args) -> int:
     from circuitfind.circuit import Circuit, EdgeScores
-    from circuitfind.interop import save_eap_ig
-
     from circuitfind.errors import ConfigError
-    from circuitfind.interop import write_mib_submission
+    from circuitfind.interop import save_eap_ig, write_mib_submission
 
     if not (args.eap_ig or args.mib):
         raise ConfigError("say where to write: --eap-ig FILE and/or --mib DIR")

@@ -103,23 +103,53 @@ def test_attribution_works_with_gradients_globally_off():
     assert torch.equal(with_grad, without)
 
 
-def test_factored_gradients_densify_to_the_same_scores():
-    """Scores from FactoredGrad.dense() by a plain product equal attribute()'s factored scoring."""
-    from circuitfind.engine.walk import FactoredGrad, Walk
+def test_receiver_gradients_score_like_a_plain_product():
+    """Receiver gradients handed out during backward, kept and scored by a plain product, equal
+    attribute()'s scoring inside the backward pass."""
+    from circuitfind.engine.walk import Walk
     model = cf.from_hf(tiny_hf("gpt2")).double()
     clean, corrupt = _pair()
     abl = ablated_outputs(model, "corrupted", clean, corrupt)
     g = model.graph
     grads = {}
 
-    def keep(rows, grad):
-        dense = grad.dense() if isinstance(grad, FactoredGrad) else grad
-        for r, row in zip(rows.tolist(), dense):
-            grads[r] = row.detach()
+    def keep(rows, grad, span):
+        for r, row in zip(rows.tolist(), grad):  # pieces of positions, in a reused buffer: copy
+            grads.setdefault(r, []).append((span or slice(0, None), row.detach().clone()))
 
     with torch.enable_grad():
         walk = Walk(model, clean, abl, None, on_grad=keep, record=True)
         _objective(walk.run()[0]).backward()
     D = walk.diffs().reshape(g.n_senders, -1)
-    manual = torch.stack([-(grads[r] @ D.T) for r in range(g.n_receivers)]) * g.edge_mask
+    d = model.cfg.d_model
+    whole = {r: torch.cat([row.view(-1, d) for _, row in sorted(pieces, key=lambda p: p[0].start)]).flatten()
+             for r, pieces in grads.items()}
+    manual = torch.stack([-(whole[r] @ D.T) for r in range(g.n_receivers)]) * g.edge_mask
     assert torch.allclose(manual, attribute(model, clean, abl, _objective).double(), atol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_gradients_handed_out_in_chunks_of_positions_score_the_same(family, monkeypatch):
+    """q/k/v gradients arrive a chunk of positions at a time; one position per chunk must give the
+    scores of one chunk for everything (layer norm and RMS norm)."""
+    import circuitfind.engine.walk as walk
+    model = cf.from_hf(tiny_hf(family)).double()
+    clean, corrupt = _pair()
+    abl = ablated_outputs(model, "corrupted", clean, corrupt)
+    whole = attribute(model, clean, abl, _objective)
+    monkeypatch.setattr(walk, "GRAD_CHUNK_ELEMENTS", 1)
+    assert torch.allclose(attribute(model, clean, abl, _objective), whole, atol=1e-9)
+    monkeypatch.setattr(walk, "GRAD_CHUNK_ELEMENTS", 5 * 3 * model.cfg.n_heads * model.cfg.d_model)  # 5 rows, 21 in all
+    assert torch.allclose(attribute(model, clean, abl, _objective), whole, atol=1e-9)
+
+
+def test_consumed_ablation_gives_the_same_scores():
+    """attribute(consume=True) writes D over the ablated outputs: same scores as a separate buffer."""
+    model = cf.from_hf(tiny_hf("gpt2")).double()
+    clean, corrupt = _pair()
+    abl = ablated_outputs(model, "corrupted", clean, corrupt)
+    kept = attribute(model, clean, abl, _objective)
+    given = abl.clone()
+    consumed = attribute(model, clean, given, _objective, consume=True)
+    assert torch.equal(kept, consumed)
+    assert not torch.equal(given, abl)  # the buffer was used

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from circuitfind.engine.walk import FactoredGrad, Inputs, Walk
+from circuitfind.engine.walk import Inputs, Walk
 from circuitfind.errors import ConfigError
 
 Objective = Callable[[Tensor], Tensor]  # logits [batch, vocab] → scalar
@@ -28,57 +28,34 @@ Objective = Callable[[Tensor], Tensor]  # logits [batch, vocab] → scalar
 class _Scorer:
     """Turns receiver gradients into edge scores as the backward pass produces them.
 
-    D [src, batch·pos·d] is the clean run's sender differences; scores[v, u] += −weight·⟨g_v, D_u⟩.
-    The q/k/v gradients of one layer arrive factored (`FactoredGrad`) and are scored together, so D
-    is read once per layer; each receiver reads a prefix of the sender order (`reads`)."""
+    D [src, batch·pos·d] is the clean run's sender differences; scores[v, u] −= weight·⟨g_v, D_u⟩,
+    one GEMM per batch of receivers (a layer's q/k/v arrive together, so D is read once for them);
+    each receiver reads a prefix of the sender order (`reads`)."""
 
     def __init__(self, graph, device, weight: float):
         self.g, self.weight = graph, weight
         self.scores = torch.zeros(graph.n_receivers, graph.n_senders, dtype=torch.float32, device=device)
         self.reads = graph.edge_mask.sum(1)
         self.D: Tensor | None = None
-        self.position_sums: Tensor | None = None  # Σ_d D at each position, [src, batch·pos]
-        self.pending: dict[int, list[tuple[Tensor, FactoredGrad]]] = {}
 
-    def __call__(self, rows: Tensor, grad) -> None:
-        if isinstance(grad, FactoredGrad):
-            waiting = self.pending.setdefault(grad.layer, [])
-            waiting.append((rows, grad))
-            if len(waiting) == 3:  # q, k and v of this layer have all arrived
-                self._score_factored(self.pending.pop(grad.layer))
-            return
-        n = int(self.reads[rows].max())  # grad [r, batch·pos·d]
-        self.scores[rows, :n] -= self.weight * (grad.detach() @ self.D[:n].T).float()
-
-    def flush(self) -> None:
-        """Score the layers whose q/k/v did not all receive a gradient."""
-        for items in self.pending.values():
-            self._score_factored(items)
-        self.pending.clear()
-
-    def _score_factored(self, items: list[tuple[Tensor, FactoredGrad]]) -> None:
-        """−⟨gh − α − β·x̂, D⟩ = −gh·D + α·ΣD + β·(x̂·D): one GEMM and two small products."""
-        rows = torch.cat([r for r, _ in items])
-        grads = [f for _, f in items]
+    def __call__(self, rows: Tensor, grad: Tensor, span: slice | None) -> None:
+        """grad [r, len(span)·d]: the receivers' input gradients at token rows span (None: all)."""
         n = int(self.reads[rows].max())
-        Dn = self.D[:n]
-        t, d = grads[0].xhat.shape
-        if self.position_sums is None:
-            self.position_sums = self.D.view(self.g.n_senders, t, d).sum(-1)
-        xdot = torch.bmm(Dn.view(n, t, d).transpose(0, 1), grads[0].xhat[:, :, None])[..., 0]  # [t, n]
-        gh = torch.cat([f.gh.reshape(f.gh.shape[0], -1) for f in grads])
-        alpha, beta = torch.cat([f.alpha for f in grads]), torch.cat([f.beta for f in grads])
-        part = -(gh @ Dn.T) + alpha @ self.position_sums[:n].T + beta @ xdot
-        self.scores[rows, :n] += self.weight * part.float()
+        D = self.D[:n]
+        if span is not None:  # these token rows of every sender: a strided view, no copy
+            D = D.view(n, -1, grad.shape[1] // (span.stop - span.start))[:, span].flatten(1)
+        self.scores[rows, :n] -= self.weight * (grad.detach() @ D.T).float()
 
 
 def attribute(model, inputs: Inputs, ablated: Tensor, objective: Objective, *,
-              alphas: Sequence[float] = (1.0,), interpolate: str = "inputs") -> Tensor:
+              alphas: Sequence[float] = (1.0,), interpolate: str = "inputs", consume: bool = False) -> Tensor:
     """First-order edge scores [dst, src] (zero off the graph), averaged over the interpolation alphas.
 
     alphas: where to take gradients, as fractions of the way from the ablated run (0) to the clean
     one (1). (1.0,) is EAP; (1/n, 2/n, ..., 1) is EAP-IG with n steps. interpolate: "inputs" moves
     the input embedding only; "activations" moves every receiver's input (every edge weighted alpha).
+    consume: the caller no longer needs `ablated`; EAP (alphas (1.0,)) then writes the sender
+    differences over it instead of into a second buffer of its size (its contents are undefined after).
     """
     if not alphas:
         raise ConfigError("alphas must name at least one interpolation point")
@@ -97,8 +74,10 @@ def attribute(model, inputs: Inputs, ablated: Tensor, objective: Objective, *,
                 masks = (float(alpha) * g.edge_mask.to(model.device, model.dtype))[None]
                 walk = Walk(model, inputs, ablated, masks, on_grad=scorer)
             else:
+                overwrite = consume and list(alphas) == [1.0] and ablated.shape[1:3] == inputs.tokens.shape \
+                    and ablated.is_contiguous()
                 walk = Walk(model, inputs, ablated, None, on_grad=scorer, input_alpha=float(alpha),
-                            record=scorer.D is None)
+                            record=scorer.D is None, overwrite_ablated=overwrite)
             logits = walk.run()[0]
             if scorer.D is None:
                 scorer.D = walk.diffs().reshape(g.n_senders, -1)
@@ -106,5 +85,4 @@ def attribute(model, inputs: Inputs, ablated: Tensor, objective: Objective, *,
             if value.ndim != 0:
                 raise ConfigError(f"the objective must return a scalar; got shape {tuple(value.shape)}")
             value.backward()
-            scorer.flush()
     return scorer.scores * g.edge_mask.to(scorer.scores.device)

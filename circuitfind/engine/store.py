@@ -17,9 +17,9 @@ from torch import Tensor
 
 
 class _Segment:
-    def __init__(self, K: int, capacity: int, W: int, like: Tensor):
+    def __init__(self, K: int, capacity: int, W: int, like: Tensor, buf: Tensor | None = None):
         self.K, self.n = K, 0
-        self.buf = torch.empty(K, capacity, W, dtype=like.dtype, device=like.device)
+        self.buf = torch.empty(K, capacity, W, dtype=like.dtype, device=like.device) if buf is None else buf
         self.blocks: list[Tensor] = []  # the differentiable blocks, when gradients are tracked
         self.frozen = False  # shared with a branch: never appended to again
 
@@ -72,9 +72,12 @@ class _SegmentMix(torch.autograd.Function):
 
 
 class DiffStore:
-    def __init__(self, k: int, shape: tuple[int, int, int], capacity: int, grad: bool):
-        """k masks; shape (b', pos, d_model) of one sender's output; room for `capacity` senders."""
-        self.k, self.shape, self.capacity, self.grad = k, shape, capacity, grad
+    def __init__(self, k: int, shape: tuple[int, int, int], capacity: int, grad: bool, buffer: Tensor | None = None):
+        """k masks; shape (b', pos, d_model) of one sender's output; room for `capacity` senders.
+
+        buffer: memory [1, capacity, b'·pos·d_model] for the first segment, which the caller gives
+        up (attribution writes D over the ablated outputs it no longer needs)."""
+        self.k, self.shape, self.capacity, self.grad, self.buffer = k, shape, capacity, grad, buffer
         self.W = shape[0] * shape[1] * shape[2]
         self.shape_full = (1, *shape)
         self.segments: list[_Segment] = []
@@ -95,7 +98,8 @@ class DiffStore:
     def _segment(self, K: int, like: Tensor) -> _Segment:
         seg = self.segments[-1] if self.segments else None
         if seg is None or seg.K != K or seg.frozen:
-            seg = _Segment(K, self.capacity - len(self._cols), self.W, like)
+            buf, self.buffer = (self.buffer, None) if K == 1 and not self.segments else (None, self.buffer)
+            seg = _Segment(K, self.capacity - len(self._cols), self.W, like, buf)
             self.segments.append(seg)
         return seg
 

@@ -1,5 +1,4 @@
-"""The engine's data: what goes in (`Inputs`) and the factored receiver gradients that come out of
-gradient tracking (`FactoredGrad`)."""
+"""The engine's data: what goes in (`Inputs`)."""
 
 from __future__ import annotations
 
@@ -7,23 +6,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-
-
-@dataclass(frozen=True)
-class FactoredGrad:
-    """Gradients w.r.t. the inputs of receivers that share one normed residual (see `Norm.vjp_through`):
-    grad[r, t, :] = gh[r, t, :] − alpha[r, t] − beta[r, t] · xhat[t, :]   (t runs over batch·pos)."""
-
-    gh: Tensor  # [r, t, d]
-    alpha: Tensor  # [r, t]
-    beta: Tensor  # [r, t]
-    xhat: Tensor  # [t, d]
-    layer: int
-
-    def dense(self) -> Tensor:
-        """The gradients themselves, [r, t·d]."""
-        g = self.gh - self.alpha[..., None] - self.beta[..., None] * self.xhat
-        return g.reshape(g.shape[0], -1)
 
 
 @dataclass(frozen=True)

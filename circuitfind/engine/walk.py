@@ -16,10 +16,14 @@ import torch
 from torch import Tensor
 
 from circuitfind.engine.store import DiffStore, take
-from circuitfind.engine.tensors import FactoredGrad, Inputs
+from circuitfind.engine.tensors import Inputs
 from circuitfind.errors import ConfigError
 
-__all__ = ["FactoredGrad", "Inputs", "Walk"]
+__all__ = ["Inputs", "Walk"]
+
+# q/k/v receiver gradients are handed out this many elements at a time (16 MiB in fp32): a chunk of
+# positions, consumed by on_grad while still in cache, and no [3·heads, batch·pos, d] buffer
+GRAD_CHUNK_ELEMENTS = 1 << 22
 
 
 class Walk:
@@ -27,15 +31,18 @@ class Walk:
 
     masks None means every receiver reads the real residual stream (the clean run).
     record keeps every sender's difference D (for prefixes and attribution). on_grad, if given, is
-    called during backward as `on_grad(receiver_ids, grad)` with the gradient w.r.t. each receiver's
-    input (one mask, k = 1): a tensor [r, b·pos·d_model], or a `FactoredGrad` for the q/k/v inputs
-    of heads reading the real residual. input_alpha scales the input sender's difference
-    (integrated gradients over the embeddings).
+    called during backward as `on_grad(receiver_ids, grad, span)` with the gradient w.r.t. each
+    receiver's input (one mask, k = 1) at the token rows `span` (a slice of the flattened b·pos, or
+    None for all) as a tensor [r, len(span)·d_model], valid only during the call (q/k/v gradients
+    arrive a layer and a chunk of positions at a time, in one reused buffer). input_alpha scales the input sender's difference
+    (integrated gradients over the embeddings). overwrite_ablated (a recorded clean run over dense,
+    contiguous ablated outputs [src, batch, pos, d]) writes D over the ablated outputs, each sender's
+    after its last use: the caller gives that memory up and reads D from `diffs()`.
     """
 
     def __init__(self, model, inputs: Inputs, ablated: Tensor, masks: Tensor | None, *, per_example: bool = False,
                  record: bool = False, on_grad: Callable[[Tensor, Tensor], None] | None = None,
-                 input_alpha: float = 1.0, branchable: bool = False):
+                 input_alpha: float = 1.0, branchable: bool = False, overwrite_ablated: bool = False):
         self.model, self.cfg, self.g = model, model.cfg, model.graph
         b, p = inputs.tokens.shape
         if ablated.ndim != 4 or ablated.shape[0] != self.g.n_senders or ablated.shape[1] not in (1, b) \
@@ -63,13 +70,20 @@ class Walk:
         # columns with coefficient "written before the receiver reads", so mixing is one GEMM.
         self.base_columns = masks is not None or branchable
         n_blocks = 1 + 2 * self.cfg.n_layers  # input, then attention and MLP of each layer
-        self.store = DiffStore(self.k, (self.bp, p, self.d), self.g.n_senders + n_blocks, grad)
+        buffer = None
+        if overwrite_ablated:
+            if masks is not None or not record or per_example or ablated.shape[1:3] != (b, p) \
+                    or not ablated.is_contiguous():
+                raise ConfigError("overwrite_ablated needs a recorded clean run over dense ablated outputs")
+            buffer = ablated.view(1, self.g.n_senders, -1)
+        self.store = DiffStore(self.k, (self.bp, p, self.d), self.g.n_senders + n_blocks, grad, buffer)
         self.layer = 0
         self.base: Tensor | None = None  # biases + Σ abl_u over senders so far   [K|1, b'|1, pos|1, d]
         self.base_coeff: Tensor | None = None  # [dst, src + blocks]: mask columns for the constants
         self._mlp_partial: tuple[Tensor, int] | None = None  # MLP input mixed early, and the columns it saw
         self.resid: Tensor | None = None  # the real residual stream of this run  [K, b', pos, d]
         self._allowed: dict[tuple, object] = {}  # per-walk caches: attention masks and rotary rows, by K
+        self._grad_buf: Tensor | None = None  # q/k/v receiver gradients of a chunk of positions, reused
 
     # ------------------------------------------------------------------ set-up helpers
     def _active_senders(self) -> Tensor:
@@ -196,7 +210,7 @@ class Walk:
             return None, resid.shape[0], resid
         x = self.store.mix(self._extended(M, rows))
         if self.on_grad is not None:
-            x.register_hook(lambda g: self.on_grad(rows, g[:, 0]))
+            x.register_hook(lambda g: self.on_grad(rows, g[:, 0], None))
         return x, K, resid
 
     def _attention(self, l: int):
@@ -287,7 +301,7 @@ class Walk:
         if self.abl_is_zero:  # D = z W_O: no input to copy in
             diff = torch.bmm(z, W_O, out=target).view(a, K, self.bp, p, self.d)
         else:
-            diff = torch.baddbmm(abl3, z, W_O, beta=-1, out=target).view(a, K, self.bp, p, self.d)
+            diff = _out_minus(abl3, z, W_O, target).view(a, K, self.bp, p, self.d)
         if keep and target is None:
             self.store.append_diff(senders, diff)
         return diff
@@ -297,34 +311,50 @@ class Walk:
         """The clean run with gradients: each head's D goes to the store detached (written in place,
         outside the graph); the graph carries only Σ_h (out_h − abl_h), from one fused product."""
         a, B, p, dh = len(heads), z.shape[0], z.shape[2], self.cfg.d_head
+        abl_sum = abl.sum(0)  # before D may overwrite the ablated outputs
         if self.record:
             target = self.store.reserve(senders, z).view(a, B * p, self.d)
             abl3 = abl.expand(a, K, self.bp, p, self.d).reshape(a, B * p, self.d) if abl.shape[2:4] != (1, 1) \
                 else abl.reshape(a, 1, self.d)
-            torch.baddbmm(abl3, z.detach().transpose(0, 1).reshape(a, B * p, dh), attn.W_O, beta=-1, out=target)
+            _out_minus(abl3, z.detach().transpose(0, 1).reshape(a, B * p, dh), attn.W_O, target)
         total = z.transpose(1, 2).reshape(B * p, a * dh) @ attn.w_o  # Σ_h out_h  [B·pos, d]
-        return (total.view(K, self.bp, p, self.d) - abl.sum(0))[None]
+        return (total.view(K, self.bp, p, self.d) - abl_sum)[None]
 
     def _tracked_qkv(self, l: int, ln, attn, heads: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """q, k, v [B, a, pos, d_head] from the shared residual x [B, pos, d], one key and value per
-        *query* head, each hooked so its gradient is pulled back through W and the norm to the
-        receiver's input (the norm's closed-form VJP: no per-receiver copy of the input is made)."""
-        xn, dh, groups = ln(x), self.cfg.d_head, heads // self.cfg.group_size
-        out = []
-        for t, W, bias, idx in (("q", attn.W_Q, attn.b_q, heads), ("k", attn.W_K, attn.b_k, groups),
-                                ("v", attn.W_V, attn.b_v, groups)):
-            W = W[idx]  # [a, d, d_head]: one layer's weights, gathered per query head
-            y = _proj(xn, W.permute(1, 0, 2).reshape(self.d, -1), None if bias is None else bias.view(-1, dh)[idx].reshape(-1), dh)
-            rows = self.g.qkv_receiver(l, t, 0) + heads
+        *query* head, projected together. Their gradient is pulled back through W and the norm
+        to each receiver's input (the norm's closed-form VJP: no per-receiver copy of the input is
+        made in the forward) into one reused buffer, and handed on as [3a, B·pos·d], q then k then v."""
+        dh, a, B, p = self.cfg.d_head, len(heads), x.shape[0], x.shape[1]
+        groups = heads // self.cfg.group_size
+        parts = ((attn.w_q, attn.b_q, heads), (attn.w_k, attn.b_k, groups), (attn.w_v, attn.b_v, groups))
+        xn = ln(x)
+        ys = []
+        for w, b, idx in parts:  # separate products: autograd keeps the weights by reference, no copies
+            y = (xn @ w if b is None else torch.addmm(b, xn.flatten(0, 1), w)).view(B, p, -1, dh)
+            ys.append(y if len(idx) == y.shape[2] and bool((idx == torch.arange(len(idx))).all()) else y[:, :, idx])
+        y = torch.cat(ys, dim=2).transpose(1, 2)  # [B, 3a, pos, d_head]
+        bias = None if all(b is None for _, b, _ in parts) else torch.cat(
+            [W.new_zeros(len(i), dh) if b is None else b.view(-1, dh)[i] for W, b, i in parts]).view(3 * a, 1, dh)
+        rows = torch.cat([self.g.qkv_receiver(l, t, 0) + heads for t in "qkv"])
+        x_flat = x.detach().reshape(B * p, self.d)
 
-            def pull_back(g, W=W, rows=rows):  # g [B, a, pos, d_head]
-                a, B, p = g.shape[1], g.shape[0], g.shape[2]
-                g = g.transpose(0, 1).reshape(a, B * p, dh)
-                self.on_grad(rows, FactoredGrad(*ln.vjp_through(x.detach().reshape(B * p, self.d), g, W), layer=l))
+        def pull_back(g):  # g [B, 3a, pos, d_head]
+            def heads_first(t):  # [B, 3a, pos, d_head] → [3a, B·pos, d_head]
+                return t.transpose(0, 1).reshape(3 * a, B * p, dh)
+            projected = heads_first(y.detach())
+            if bias is not None:
+                projected = projected - bias
+            W = torch.cat([attn.W_Q[heads], attn.W_K[groups], attn.W_V[groups]])  # [3a, d, d_head]
+            chunk = max(1, GRAD_CHUNK_ELEMENTS // (3 * a * self.d))
+            if self._grad_buf is None or self._grad_buf.numel() < 3 * a * chunk * self.d:
+                self._grad_buf = torch.empty(3 * a * chunk * self.d, dtype=g.dtype, device=g.device)
+            for span, grad in ln.input_grads(x_flat, heads_first(g), W, projected=projected, chunk=chunk,
+                                             buffer=self._grad_buf):
+                self.on_grad(rows, grad.view(3 * a, -1), span)
 
-            y.register_hook(pull_back)
-            out.append(y)
-        return out[0], out[1], out[2]
+        y.register_hook(pull_back)
+        return y[:, :a], y[:, a:2 * a], y[:, 2 * a:]
 
     def _mlp(self, l: int, resid: Tensor):
         """The MLP of layer l, reading the residual given (pre-attention for parallel blocks)."""
@@ -352,7 +382,7 @@ class Walk:
             x = resid.expand(K, self.bp, self.p, self.d)
             if self.on_grad is not None:
                 x = x.view_as(x)  # a node of its own: its gradient is this receiver's alone
-                x.register_hook(lambda g: self.on_grad(rows, g.reshape(1, -1)))
+                x.register_hook(lambda g: self.on_grad(rows, g.reshape(1, -1), None))
         x = self.model.blocks[l].ln2(x.reshape(K, self.bp, self.p, self.d))
         out = mlp.output(mlp.hidden(x)[1])  # [K, b', pos, d]
         diff = self._diff(torch.tensor([s]), out[None], abl[None], l)[0]
@@ -393,7 +423,7 @@ class Walk:
             x = self.store.mix_at(self._extended(M, rows), pos)[0]
         if self.on_grad is not None:
             x = x.view_as(x)
-            x.register_hook(lambda g: self.on_grad(rows, self._spread(g, pos)))
+            x.register_hook(lambda g: self.on_grad(rows, self._spread(g, pos), None))
         logits = self.model.unembed(x)  # [K, b', vocab]
         return logits.expand(self.k, -1, -1) if logits.shape[0] != self.k else logits
 
@@ -416,6 +446,14 @@ def _at(x: Tensor, pos: Tensor) -> Tensor:
     x = x.expand(K, bp, -1, -1)
     idx = pos.expand(K, bp)[:, :, None, None].expand(K, bp, 1, x.shape[-1])
     return x.gather(2, idx)[:, :, 0]
+
+
+def _out_minus(abl: Tensor, z: Tensor, W_O: Tensor, target: Tensor | None) -> Tensor:
+    """D = z @ W_O − abl per head ([a, m, d_head] @ [a, d_head, d] − [a, m|1, d]), into target if
+    given; target may be abl's own memory (the ablated outputs overwritten in place)."""
+    if target is not None and target.data_ptr() == abl.data_ptr() and target.shape == abl.shape:
+        return target.baddbmm_(z, W_O, beta=-1)
+    return torch.baddbmm(abl, z, W_O, beta=-1, out=target)
 
 
 def _proj(xn: Tensor, w: Tensor, bias: Tensor | None, dh: int) -> Tensor:

@@ -16,5 +16,5 @@ class EAPConfig:
 
 def score(model, task, cfg: EAPConfig, ablation: str = "corrupted", seed: int = 0):
     setup = prepare(model, task, ablation, seed)
-    edges = -setup.sign * attribute(model, setup.batch.clean, setup.ablated, setup.objective)
+    edges = -setup.sign * attribute(model, setup.batch.clean, setup.ablated, setup.objective, consume=True)
     return to_level(edges, model.graph, cfg.level)

@@ -6,7 +6,7 @@ on per-receiver inputs ([receivers, batch·pos, d_model]) as the plain forward d
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import torch
@@ -69,33 +69,51 @@ class Norm(nn.Module):
             y = torch.bmm(x, W * (self.offset + self.w)[:, None]) * inv.to(x.dtype)
         return y if bias is None else y + bias[:, None]
 
-    def vjp_through(self, x: Tensor, g: Tensor, W: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Gradient w.r.t. x [m, d] of y = forward(x) @ W, given g [a, m, e] w.r.t. y (W [a, d, e]),
-        one per head a, in factored form:
+    def input_grads(self, x: Tensor, g: Tensor, W: Tensor, *, projected: Tensor | None = None, chunk: int = 0,
+                    buffer: Tensor | None = None) -> Iterator[tuple[slice, Tensor]]:
+        """Gradients w.r.t. x [m, d] of y[a] = forward(x) @ W[a], given g [a, m, e] w.r.t. each y[a]
+        (W [a, d, e]): one gradient per head a. Yields (rows, grad [a, len(rows), d]) for `chunk` rows
+        of x at a time (0: all at once), each written into `buffer` (≥ a·chunk·d elements) if given
+        and valid until the next one is asked for.
 
-            grad[a, m, :] = gh[a, m, :] − alpha[a, m] − beta[a, m] · xhat[m, :]
-
-        with gh = (inv ⊙ g) @ (w ⊙ W)ᵀ. The norm's VJP is affine in g per position, so alpha and beta
-        are computed at width e; only gh has full width. Attribution needs only dot products of the
-        gradient with sender outputs, which the factors give without forming the sum.
+        The norm's VJP is affine in g per position: with x̂ the normalised x, inv = 1/σ and
+        gh = (inv·g) @ (w⊙W)ᵀ,  grad = gh − mean_d(gh) − mean_d(gh ⊙ x̂)·x̂  (RMSNorm: no mean term).
+        Both means are computed at width e, so the only full-width product is gh. `projected`, the
+        forward's forward(x) @ W[a] [a, m, e] if the caller kept it, saves recomputing x̂ @ (w⊙W).
+        Chunks keep gh small enough to be consumed from cache.
         """
-        zeros = g.new_zeros(g.shape[:2])
+        m, d = x.shape
+        chunk = chunk or m
+        wide = torch.promote_types(x.dtype, torch.float32)
         if self.kind == "none":
-            return torch.bmm(g, W.transpose(1, 2)), zeros, zeros, x
-        x = x.to(torch.promote_types(x.dtype, torch.float32))
-        d = x.shape[-1]
-        if self.kind == "layernorm":
-            mu = x.mean(-1, keepdim=True)
-            inv = torch.rsqrt((x - mu).pow(2).mean(-1, keepdim=True) + self.eps)  # [m, 1]
-            xhat, Ww = (x - mu) * inv, W * self.w[:, None]
+            Ww = W
+        elif self.kind == "layernorm":
+            Ww = W * self.w[:, None]
         else:
-            inv = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-            xhat, Ww = x * inv, W * (self.offset + self.w)[:, None]
-        gi = (g * inv).to(g.dtype)  # [a, m, e]
-        gh = torch.bmm(gi, Ww.transpose(1, 2).to(g.dtype))  # [a, m, d]
-        beta = (gi * torch.matmul(xhat, Ww)).sum(-1) / d  # inv · mean_d(gh_raw ⊙ x̂)
-        alpha = (gi @ Ww.mean(1)[:, :, None])[..., 0] if self.kind == "layernorm" else zeros
-        return gh, alpha.to(g.dtype), beta.to(g.dtype), xhat.to(g.dtype)
+            Ww = W * (self.offset + self.w)[:, None]
+        WwT = Ww.transpose(1, 2).to(g.dtype)  # [a, e, d]
+        w_mean = Ww.mean(1)[:, :, None].to(g.dtype) if self.kind == "layernorm" else None  # [a, e, 1]
+        if projected is not None and self.b is not None:  # forward(x) = x̂ ⊙ w + b: x̂ @ (w⊙W) = forward(x) @ W − b @ W
+            projected = projected - (self.b @ W)[:, None]
+        for start in range(0, m, chunk):
+            rows = slice(start, min(start + chunk, m))
+            n = rows.stop - rows.start
+            out = None if buffer is None else buffer[: len(W) * n * d].view(len(W), n, d)
+            if self.kind == "none":
+                yield rows, torch.bmm(g[:, rows], WwT, out=out)
+                continue
+            xs = x[rows].to(wide)
+            if self.kind == "layernorm":
+                xs = xs - xs.mean(-1, keepdim=True)
+            inv = torch.rsqrt(xs.pow(2).mean(-1, keepdim=True) + self.eps)  # [n, 1]
+            xhat = (xs * inv).to(g.dtype)
+            xhat_W = torch.matmul(xhat, Ww.to(g.dtype)) if projected is None else projected[:, rows]  # [a, n, e]
+            gi = g[:, rows] * inv.to(g.dtype)  # [a, n, e]
+            grad = torch.bmm(gi, WwT, out=out)  # gh [a, n, d]
+            grad.addcmul_((gi * xhat_W).sum(-1, keepdim=True), xhat, value=-1 / d)
+            if w_mean is not None:
+                grad.sub_(gi @ w_mean)
+            yield rows, grad
 
     def shares(self, parts: Tensor, dim: int) -> Tensor:
         """Each part's share of the RMS-normed sum: Σ_dim shares == forward(parts.sum(dim)).
