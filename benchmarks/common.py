@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import os
 import resource
@@ -32,6 +33,20 @@ def timeit(fn, repeat: int = 5, warmup: int = 2) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def timeit_alternating(fn_a, fn_b, repeat: int = 7, warmup: int = 1) -> tuple[float, float]:
+    """Median wall times of fn_a() and fn_b(), run in turns, so that slow spells of the machine (on a
+    VM, fresh memory pages are sometimes many times dearer) fall on both alike."""
+    for _ in range(warmup):
+        fn_a(), fn_b()
+    a, b = [], []
+    for _ in range(repeat):
+        for fn, times in ((fn_a, a), (fn_b, b)):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(a), statistics.median(b)
 
 
 def peak_memory(fn) -> int:
@@ -66,11 +81,15 @@ def peak_memory_in_process(script: str, role: str) -> int:
 
 
 def report_peak(fn) -> None:
-    """Run fn once and print the peak resident memory it added (the child side of peak_memory_in_process)."""
+    """Run fn once and print the peak resident memory it added (the child side of peak_memory_in_process).
+
+    Free heap memory left by building the inputs is handed back to the system first, so fn's peak
+    does not depend on how much of it fn happens to reuse."""
     gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
     base = psutil.Process().memory_info().rss
     fn()
     print(max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base, 0))
 
 
-__all__ = ["gpt2_small_random", "timeit", "peak_memory", "peak_memory_in_process", "report_peak"]
+__all__ = ["gpt2_small_random", "timeit", "timeit_alternating", "peak_memory", "peak_memory_in_process", "report_peak"]

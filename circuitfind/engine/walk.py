@@ -83,7 +83,7 @@ class Walk:
         self._mlp_partial: tuple[Tensor, int] | None = None  # MLP input mixed early, and the columns it saw
         self.resid: Tensor | None = None  # the real residual stream of this run  [K, b', pos, d]
         self._allowed: dict[tuple, object] = {}  # per-walk caches: attention masks and rotary rows, by K
-        self._grad_buf: Tensor | None = None  # q/k/v receiver gradients of a chunk of positions, reused
+        self._scratch_bufs: dict[str, Tensor] = {}  # reused layer after layer while gradients are pulled back
 
     # ------------------------------------------------------------------ set-up helpers
     def _active_senders(self) -> Tensor:
@@ -345,16 +345,26 @@ class Walk:
             projected = heads_first(y.detach())
             if bias is not None:
                 projected = projected - bias
-            W = torch.cat([attn.W_Q[heads], attn.W_K[groups], attn.W_V[groups]])  # [3a, d, d_head]
             chunk = max(1, GRAD_CHUNK_ELEMENTS // (3 * a * self.d))
-            if self._grad_buf is None or self._grad_buf.numel() < 3 * a * chunk * self.d:
-                self._grad_buf = torch.empty(3 * a * chunk * self.d, dtype=g.dtype, device=g.device)
-            for span, grad in ln.input_grads(x_flat, heads_first(g), W, projected=projected, chunk=chunk,
-                                             buffer=self._grad_buf):
+            WT = self._scratch("weights", (3 * a, dh, self.d), g)
+            torch.cat([_transposed(w, dh, idx) for w, _, idx in parts], out=WT)  # [3a, d_head, d]
+            for span, grad in ln.input_grads(x_flat, heads_first(g), WT, projected=projected, chunk=chunk,
+                                             buffer=self._scratch("grads", (3 * a * chunk * self.d,), g)):
                 self.on_grad(rows, grad.view(3 * a, -1), span)
 
         y.register_hook(pull_back)
         return y[:, :a], y[:, a:2 * a], y[:, 2 * a:]
+
+    def _scratch(self, name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
+        """A buffer of this shape, reused by every layer of this walk (fresh pages cost more than the
+        products that fill them)."""
+        n = 1
+        for s in shape:
+            n *= s
+        buf = self._scratch_bufs.get(name)
+        if buf is None or buf.numel() < n:
+            buf = self._scratch_bufs[name] = torch.empty(n, dtype=like.dtype, device=like.device)
+        return buf[:n].view(shape)
 
     def _mlp(self, l: int, resid: Tensor):
         """The MLP of layer l, reading the residual given (pre-attention for parallel blocks)."""
@@ -454,6 +464,13 @@ def _out_minus(abl: Tensor, z: Tensor, W_O: Tensor, target: Tensor | None) -> Te
     if target is not None and target.data_ptr() == abl.data_ptr() and target.shape == abl.shape:
         return target.baddbmm_(z, W_O, beta=-1)
     return torch.baddbmm(abl, z, W_O, beta=-1, out=target)
+
+
+def _transposed(w: Tensor, dh: int, heads: Tensor) -> Tensor:
+    """A fused projection weight w [d, n·d_head] as per-head transposes [len(heads), d_head, d] (a view
+    when heads is every head in order)."""
+    WT = w.t().reshape(-1, dh, w.shape[0])
+    return WT if len(heads) == WT.shape[0] and bool((heads == torch.arange(len(heads))).all()) else WT[heads]
 
 
 def _proj(xn: Tensor, w: Tensor, bias: Tensor | None, dh: int) -> Tensor:

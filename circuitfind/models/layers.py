@@ -69,12 +69,13 @@ class Norm(nn.Module):
             y = torch.bmm(x, W * (self.offset + self.w)[:, None]) * inv.to(x.dtype)
         return y if bias is None else y + bias[:, None]
 
-    def input_grads(self, x: Tensor, g: Tensor, W: Tensor, *, projected: Tensor | None = None, chunk: int = 0,
+    def input_grads(self, x: Tensor, g: Tensor, WT: Tensor, *, projected: Tensor | None = None, chunk: int = 0,
                     buffer: Tensor | None = None) -> Iterator[tuple[slice, Tensor]]:
         """Gradients w.r.t. x [m, d] of y[a] = forward(x) @ W[a], given g [a, m, e] w.r.t. each y[a]
-        (W [a, d, e]): one gradient per head a. Yields (rows, grad [a, len(rows), d]) for `chunk` rows
-        of x at a time (0: all at once), each written into `buffer` (≥ a·chunk·d elements) if given
-        and valid until the next one is asked for.
+        and the weights transposed, WT [a, e, d] (a scratch copy: it is scaled in place by the norm's
+        weight). One gradient per head a. Yields (rows, grad [a, len(rows), d]) for `chunk` rows of x
+        at a time (0: all at once), each written into `buffer` (≥ a·chunk·d elements) if given and
+        valid until the next one is asked for.
 
         The norm's VJP is affine in g per position: with x̂ the normalised x, inv = 1/σ and
         gh = (inv·g) @ (w⊙W)ᵀ,  grad = gh − mean_d(gh) − mean_d(gh ⊙ x̂)·x̂  (RMSNorm: no mean term).
@@ -85,31 +86,26 @@ class Norm(nn.Module):
         m, d = x.shape
         chunk = chunk or m
         wide = torch.promote_types(x.dtype, torch.float32)
-        if self.kind == "none":
-            Ww = W
-        elif self.kind == "layernorm":
-            Ww = W * self.w[:, None]
-        else:
-            Ww = W * (self.offset + self.w)[:, None]
-        WwT = Ww.transpose(1, 2).to(g.dtype)  # [a, e, d]
-        w_mean = Ww.mean(1)[:, :, None].to(g.dtype) if self.kind == "layernorm" else None  # [a, e, 1]
         if projected is not None and self.b is not None:  # forward(x) = x̂ ⊙ w + b: x̂ @ (w⊙W) = forward(x) @ W − b @ W
-            projected = projected - (self.b @ W)[:, None]
+            projected = projected - (WT @ self.b.to(WT.dtype))[:, None]
+        if self.kind != "none":
+            WT.mul_((self.w if self.kind == "layernorm" else self.offset + self.w).to(WT.dtype))  # (w⊙W)ᵀ
+        w_mean = WT.mean(-1, keepdim=True).to(g.dtype) if self.kind == "layernorm" else None  # [a, e, 1]
         for start in range(0, m, chunk):
             rows = slice(start, min(start + chunk, m))
             n = rows.stop - rows.start
-            out = None if buffer is None else buffer[: len(W) * n * d].view(len(W), n, d)
+            out = None if buffer is None else buffer[: len(WT) * n * d].view(len(WT), n, d)
             if self.kind == "none":
-                yield rows, torch.bmm(g[:, rows], WwT, out=out)
+                yield rows, torch.bmm(g[:, rows], WT, out=out)
                 continue
             xs = x[rows].to(wide)
             if self.kind == "layernorm":
                 xs = xs - xs.mean(-1, keepdim=True)
             inv = torch.rsqrt(xs.pow(2).mean(-1, keepdim=True) + self.eps)  # [n, 1]
             xhat = (xs * inv).to(g.dtype)
-            xhat_W = torch.matmul(xhat, Ww.to(g.dtype)) if projected is None else projected[:, rows]  # [a, n, e]
+            xhat_W = torch.matmul(xhat, WT.transpose(1, 2)) if projected is None else projected[:, rows]  # [a, n, e]
             gi = g[:, rows] * inv.to(g.dtype)  # [a, n, e]
-            grad = torch.bmm(gi, WwT, out=out)  # gh [a, n, d]
+            grad = torch.bmm(gi, WT, out=out)  # gh [a, n, d]
             grad.addcmul_((gi * xhat_W).sum(-1, keepdim=True), xhat, value=-1 / d)
             if w_mean is not None:
                 grad.sub_(gi @ w_mean)
