@@ -36,11 +36,12 @@ def take(t: Tensor, idx: Tensor, dim: int) -> Tensor:
     return t.index_select(dim, idx.to(t.device))
 
 
-def _mix(M: Tensor, D: Tensor) -> Tensor:
-    """M [K_M, r, n] with D [K_D, n, W] → [r, max(K_M, K_D), W]."""
+def _mix(M: Tensor, D: Tensor, out: Tensor | None = None) -> Tensor:
+    """M [K_M, r, n] with D [K_D, n, W] → [r, max(K_M, K_D), W], into out if given (K_D = 1 only)."""
     K_M, r, n = M.shape
     if D.shape[0] == 1:
-        return (M.transpose(0, 1).reshape(r * K_M, n) @ D[0]).view(r, K_M, -1)
+        flat = None if out is None else out.view(r * K_M, -1)
+        return torch.mm(M.transpose(0, 1).reshape(r * K_M, n), D[0], out=flat).view(r, K_M, -1)
     return torch.bmm(M.expand(D.shape[0], r, n), D).transpose(0, 1)
 
 
@@ -143,9 +144,10 @@ class DiffStore:
         """Stored columns so far."""
         return len(self._cols)
 
-    def mix(self, M: Tensor, start: int = 0) -> Tensor:
-        """Mask rows M [K_M, r, S − start] for store columns start.. (in store order) times D → [r, K, W]."""
-        out, c = None, 0
+    def mix(self, M: Tensor, start: int = 0, out: Tensor | None = None) -> Tensor:
+        """Mask rows M [K_M, r, S − start] for store columns start.. (in store order) times D → [r, K, W],
+        written into `out` (a buffer of that shape, no gradients) where the first segment allows."""
+        buffer, out, c, owned = out, None, 0, False
         for seg in self.segments:
             if c + seg.n > start:
                 skip = max(start - c, 0)
@@ -154,8 +156,10 @@ class DiffStore:
                     data = seg.data[:, skip:]
                     part = _SegmentMix.apply(Ms, data, *_blocks_from(seg.blocks, skip))
                 else:
-                    part = _mix(Ms, seg.data[:, skip:])
-                out = part if out is None else out + part
+                    fits = out is None and buffer is not None and seg.K == 1 and buffer.shape[1] == Ms.shape[0]
+                    part = _mix(Ms, seg.data[:, skip:], buffer if fits else None)
+                    owned = owned or fits
+                out = part if out is None else out.add_(part) if owned and out.shape == part.shape else out + part
             c += seg.n
         return out
 

@@ -83,7 +83,7 @@ class Walk:
         self._mlp_partial: tuple[Tensor, int] | None = None  # MLP input mixed early, and the columns it saw
         self.resid: Tensor | None = None  # the real residual stream of this run  [K, b', pos, d]
         self._allowed: dict[tuple, object] = {}  # per-walk caches: attention masks and rotary rows, by K
-        self._scratch_bufs: dict[str, Tensor] = {}  # reused layer after layer while gradients are pulled back
+        self._scratch_bufs: dict[str, Tensor] = {}  # buffers reused layer after layer (see _scratch)
 
     # ------------------------------------------------------------------ set-up helpers
     def _active_senders(self) -> Tensor:
@@ -203,12 +203,18 @@ class Walk:
             full = inc.expand(K, self.bp, self.p, self.d)
             self.store.append(torch.tensor([self.g.n_senders + block]), full[None], 0)
 
-    def _receiver_inputs(self, rows: Tensor, resid: Tensor) -> tuple[Tensor | None, int, Tensor]:
-        """Inputs of these receivers, [r, K, b'·pos·d], or None with the residual where they read it."""
+    def _receiver_inputs(self, rows: Tensor, resid: Tensor, scratch: str) -> tuple[Tensor | None, int, Tensor]:
+        """Inputs of these receivers, [r, K, b'·pos·d], or None with the residual where they read it.
+
+        Without gradients they are mixed into the walk's `scratch` buffer, reused layer after layer."""
         M, K = self._mask_rows(rows)
         if M is None:
             return None, resid.shape[0], resid
-        x = self.store.mix(self._extended(M, rows))
+        M = self._extended(M, rows)
+        out = None
+        if not torch.is_grad_enabled() or not (self.store.grad or M.requires_grad):
+            out = self._scratch(scratch, (M.shape[1], max(M.shape[0], self.store.K), self.store.W), M)
+        x = self.store.mix(M, out=out)
         if self.on_grad is not None:
             x.register_hook(lambda g: self.on_grad(rows, g[:, 0], None))
         return x, K, resid
@@ -227,7 +233,7 @@ class Walk:
             rows = torch.cat([g.qkv_receiver(l, t, 0) + group for t in "qkv"])
             if fuse_mlp:
                 rows = torch.cat([rows, torch.tensor([g.mlp_receiver(l)])])
-            x, K, resid = self._receiver_inputs(rows, self.resid)
+            x, K, resid = self._receiver_inputs(rows, self.resid, "attention inputs")
             if fuse_mlp:
                 self._mlp_partial, x = (x[-1:], self.store.n), x[:-1]
             diff = self._heads(l, attn, group, x, resid, K, take(senders, group, 0), take(abl, group, 0))
@@ -281,7 +287,7 @@ class Walk:
                 q, k, v = q[:, heads], k[:, groups], v[:, groups]
         else:  # a separate input per receiver: [3a, K·b'·pos, d], normed inside the projection
             x = x.reshape(3 * a, B * p, self.d)
-            q, k, v = (_proj_each(ln, x[i * a:(i + 1) * a], W[idx], bias, idx, dh, B, p)
+            q, k, v = (_proj_each(ln, x[i * a:(i + 1) * a], take(W, idx, 0), bias, idx, dh, B, p)
                        for i, (W, bias, idx) in enumerate(((attn.W_Q, attn.b_q, heads), (attn.W_K, attn.b_k, groups),
                                                            (attn.W_V, attn.b_v, groups))))
         z, _ = attn.attend(q, k, v, self._rope_rows(K), self._allowed_rows(l, K))  # [B, a, pos, d_head]
@@ -357,7 +363,7 @@ class Walk:
 
     def _scratch(self, name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
         """A buffer of this shape, reused by every layer of this walk (fresh pages cost more than the
-        products that fill them)."""
+        products that fill them). Branches share their parent's buffers: they run one at a time."""
         n = 1
         for s in shape:
             n *= s
@@ -387,7 +393,7 @@ class Walk:
             if self.store.n > start and not self.cfg.parallel:  # parallel MLPs never see their layer's heads
                 x = x + self.store.mix(self._extended(M, rows)[:, :, start:], start)
         else:
-            x, K, resid = self._receiver_inputs(rows, resid)
+            x, K, resid = self._receiver_inputs(rows, resid, "mlp inputs")
         if x is None:
             x = resid.expand(K, self.bp, self.p, self.d)
             if self.on_grad is not None:
