@@ -96,6 +96,30 @@ def test_sparse_node_circuit_skips_nodes_exactly(model):
     assert (masked_forward(model, clean, abl, mask) - want).abs().max().item() <= 1e-5
 
 
+def test_receivers_reading_no_sender_match_slow_reference(model):
+    """Heads whose q/k/v read no sender, and MLPs that read none, get the ablated outputs plus biases
+    (the receiver's constant columns only): exact for one mask and for a batch of masks that differ
+    below them (each copy with its own residual above), parallel blocks included."""
+    clean, corrupt = _pair()
+    abl = ablated_outputs(model, "corrupted", clean, corrupt)
+    g = model.graph
+    base = _random_mask(g, 0.7, 3)
+    for l in range(g.n_layers):
+        for t in "qkv":
+            base[g.qkv_receiver(l, t, 0)] = 0  # head 0 of every layer reads nothing
+    base[g.mlp_receiver(0)] = base[g.mlp_receiver(g.n_layers - 1)] = 0
+    base[g.qkv_receiver(1, "q", 1)] = 0  # head 1 of layer 1: only its query reads nothing
+    masks = base.expand(4, -1, -1).clone()
+    layer0 = (g.receiver_layer == 0).nonzero()[:, 0]
+    for i in range(1, 4):  # the copies differ from layer 0 on
+        masks[i, layer0[i], 0] = 1 - masks[i, layer0[i], 0]
+    batched = masked_forward(model, clean, abl, masks)
+    for i in range(4):
+        want = reference_masked_logits(model, clean.tokens, clean.attention_mask, clean.answer_pos, abl, masks[i])
+        assert (batched[i] - want).abs().max().item() <= 1e-5
+        assert (masked_forward(model, clean, abl, masks[i]) - want).abs().max().item() <= 1e-5
+
+
 def test_masks_are_differentiable(model):
     clean, corrupt = _pair()
     abl = ablated_outputs(model, "corrupted", clean, corrupt)
