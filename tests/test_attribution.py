@@ -153,3 +153,18 @@ def test_consumed_ablation_gives_the_same_scores():
     consumed = attribute(model, clean, given, _objective, consume=True)
     assert torch.equal(kept, consumed)
     assert not torch.equal(given, abl)  # the buffer was used
+
+
+@pytest.mark.parametrize("family", ["gpt2", "gemma2"])
+def test_bfloat16_scores_follow_float32(family):
+    """A bfloat16 model runs the same attribution path (its gradient buffers take the model's dtype)
+    and its scores track float32's to bfloat16 precision."""
+    hf = tiny_hf(family)
+    wide, narrow = cf.from_hf(hf), cf.from_hf(hf, dtype="bfloat16")
+    clean, corrupt = _pair()
+    want = attribute(wide, clean, ablated_outputs(wide, "corrupted", clean, corrupt), _objective)
+    got = attribute(narrow, clean, ablated_outputs(narrow, "corrupted", clean, corrupt), _objective, consume=True)
+    edges = wide.graph.edge_mask
+    a, b = want[edges], got[edges].float()
+    assert torch.corrcoef(torch.stack([a, b]))[0, 1] >= 0.999
+    assert (a - b).abs().max() <= 0.05 * a.abs().max()
