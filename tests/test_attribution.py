@@ -143,14 +143,17 @@ def test_gradients_handed_out_in_chunks_of_positions_score_the_same(family, monk
     assert torch.allclose(attribute(model, clean, abl, _objective), whole, atol=1e-9)
 
 
-def test_consumed_ablation_gives_the_same_scores():
-    """attribute(consume=True) writes D over the ablated outputs: same scores as a separate buffer."""
+@pytest.mark.parametrize("alphas", [(1.0,), (0.25, 0.5, 0.75, 1.0), (0.0, 0.5)])
+def test_consumed_ablation_gives_the_same_scores(alphas):
+    """attribute(consume=True) writes D over the ablated outputs: the same scores as a separate
+    buffer, for EAP and for integrated gradients (whose interpolated passes still need the input's
+    ablated output), with or without the alpha = 1 pass."""
     model = cf.from_hf(tiny_hf("gpt2")).double()
     clean, corrupt = _pair()
     abl = ablated_outputs(model, "corrupted", clean, corrupt)
-    kept = attribute(model, clean, abl, _objective)
+    kept = attribute(model, clean, abl, _objective, alphas=alphas)
     given = abl.clone()
-    consumed = attribute(model, clean, given, _objective, consume=True)
+    consumed = attribute(model, clean, given, _objective, alphas=alphas, consume=True)
     assert torch.equal(kept, consumed)
     assert not torch.equal(given, abl)  # the buffer was used
 
@@ -168,3 +171,46 @@ def test_bfloat16_scores_follow_float32(family):
     a, b = want[edges], got[edges].float()
     assert torch.corrcoef(torch.stack([a, b]))[0, 1] >= 0.999
     assert (a - b).abs().max() <= 0.05 * a.abs().max()
+
+
+@pytest.mark.parametrize("family", ["gpt2", "gpt_neox", "llama"])
+def test_integrated_gradients_input_column_matches_mask_gradients(family):
+    """An interpolated pass is the masked run whose edges from the input all have mask alpha: there
+    the mask gradient of an input edge is ⟨g_v(alpha), D_input⟩, so the input column of EAP-IG's scores
+    is minus the mean of those gradients over the alphas (an independent path: the masked forward)."""
+    model = cf.from_hf(tiny_hf(family)).double()
+    clean, corrupt = _pair()
+    abl = ablated_outputs(model, "corrupted", clean, corrupt)
+    alphas = (0.25, 0.5, 0.75, 1.0)
+    ig = attribute(model, clean, abl, _objective, alphas=alphas).double()
+    g = model.graph
+    want = torch.zeros(g.n_receivers, dtype=torch.float64)
+    for alpha in alphas:
+        mask = torch.ones(g.n_receivers, g.n_senders, dtype=torch.float64)
+        mask[:, 0] = alpha
+        mask.requires_grad_(True)
+        _objective(masked_forward(model, clean, abl, mask)).backward()
+        want -= mask.grad[:, 0] / len(alphas)
+    reads_input = g.edge_mask[:, 0]
+    assert torch.allclose(ig[reads_input, 0], want[reads_input], atol=1e-9)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_a_walk_with_gradients_is_freed_after_its_pass(family):
+    """The gradient hooks must not close a cycle through the autograd graph (walk → residual →
+    graph → hook → walk): Python's collector cannot see into the graph, so such a walk — its stored
+    D, its activations — would live on after every attribution pass."""
+    import gc
+    import weakref
+
+    from circuitfind.engine.walk import Walk
+    model = cf.from_hf(tiny_hf(family))
+    clean, corrupt = _pair()
+    abl = ablated_outputs(model, "corrupted", clean, corrupt)
+    with torch.enable_grad():
+        walk = Walk(model, clean, abl, None, on_grad=lambda rows, grad, span: None, record=True)
+        _objective(walk.run()[0]).backward()
+    ref = weakref.ref(walk)
+    del walk
+    gc.collect()
+    assert ref() is None

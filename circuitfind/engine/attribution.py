@@ -54,8 +54,9 @@ def attribute(model, inputs: Inputs, ablated: Tensor, objective: Objective, *,
     alphas: where to take gradients, as fractions of the way from the ablated run (0) to the clean
     one (1). (1.0,) is EAP; (1/n, 2/n, ..., 1) is EAP-IG with n steps. interpolate: "inputs" moves
     the input embedding only; "activations" moves every receiver's input (every edge weighted alpha).
-    consume: the caller no longer needs `ablated`; EAP (alphas (1.0,)) then writes the sender
-    differences over it instead of into a second buffer of its size (its contents are undefined after).
+    consume: the caller no longer needs `ablated` (dense [src, batch, pos, d]); the sender differences
+    are then written over it instead of into a second buffer of its size, and its contents are
+    undefined after (interpolating inputs only; "activations" reads every ablated output each pass).
     """
     if not alphas:
         raise ConfigError("alphas must name at least one interpolation point")
@@ -63,8 +64,12 @@ def attribute(model, inputs: Inputs, ablated: Tensor, objective: Objective, *,
         raise ConfigError(f"interpolate must be 'inputs' or 'activations', got {interpolate!r}")
     g = model.graph
     scorer = _Scorer(g, model.device, 1.0 / len(alphas))
+    # consume: the recording pass writes D over `ablated`; the input's ablated output, which the
+    # interpolated passes still read, is kept aside first
+    reuse = consume and interpolate == "inputs" and ablated.shape[1:3] == inputs.tokens.shape and ablated.is_contiguous()
+    input_abl = ablated[0].clone() if reuse else ablated[0]
     if 1.0 not in alphas:  # D comes from the clean run; the alpha = 1 pass records it itself
-        clean = Walk(model, inputs, ablated, None, record=True)
+        clean = Walk(model, inputs, ablated, None, record=True, overwrite_ablated=reuse)
         with torch.no_grad():
             clean.run()
         scorer.D = clean.diffs().reshape(g.n_senders, -1)
@@ -73,11 +78,11 @@ def attribute(model, inputs: Inputs, ablated: Tensor, objective: Objective, *,
             if interpolate == "activations" and alpha != 1.0:
                 masks = (float(alpha) * g.edge_mask.to(model.device, model.dtype))[None]
                 walk = Walk(model, inputs, ablated, masks, on_grad=scorer)
-            else:
-                overwrite = consume and list(alphas) == [1.0] and ablated.shape[1:3] == inputs.tokens.shape \
-                    and ablated.is_contiguous()
-                walk = Walk(model, inputs, ablated, None, on_grad=scorer, input_alpha=float(alpha),
-                            record=scorer.D is None, overwrite_ablated=overwrite)
+            elif scorer.D is None:  # the clean run, recording D
+                walk = Walk(model, inputs, ablated, None, on_grad=scorer, record=True, overwrite_ablated=reuse)
+            else:  # an interpolated input; no other sender's ablated output is read
+                zeros = ablated.new_zeros(g.n_senders, 1, 1, ablated.shape[-1])
+                walk = Walk(model, inputs, zeros, None, on_grad=scorer, input_alpha=float(alpha), input_ablated=input_abl)
             logits = walk.run()[0]
             if scorer.D is None:
                 scorer.D = walk.diffs().reshape(g.n_senders, -1)

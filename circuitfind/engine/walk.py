@@ -37,18 +37,25 @@ class Walk:
     arrive a layer and a chunk of positions at a time, in one reused buffer). input_alpha scales the input sender's difference
     (integrated gradients over the embeddings). overwrite_ablated (a recorded clean run over dense,
     contiguous ablated outputs [src, batch, pos, d]) writes D over the ablated outputs, each sender's
-    after its last use: the caller gives that memory up and reads D from `diffs()`.
+    after its last use: the caller gives that memory up and reads D from `diffs()`. input_ablated
+    [batch|1, pos|1, d]: the input sender's ablated output, in place of ablated[0] (an unmasked,
+    unrecorded walk reads no other ablated output: theirs cancel in the residual, so `ablated` may
+    then be zeros [src, 1, 1, d]).
     """
 
     def __init__(self, model, inputs: Inputs, ablated: Tensor, masks: Tensor | None, *, per_example: bool = False,
                  record: bool = False, on_grad: Callable[[Tensor, Tensor], None] | None = None,
-                 input_alpha: float = 1.0, branchable: bool = False, overwrite_ablated: bool = False):
+                 input_alpha: float = 1.0, branchable: bool = False, overwrite_ablated: bool = False,
+                 input_ablated: Tensor | None = None):
         self.model, self.cfg, self.g = model, model.cfg, model.graph
         b, p = inputs.tokens.shape
         if ablated.ndim != 4 or ablated.shape[0] != self.g.n_senders or ablated.shape[1] not in (1, b) \
                 or ablated.shape[2] not in (1, p) or ablated.shape[3] != self.cfg.d_model:
             raise ConfigError(f"ablated outputs must be [src={self.g.n_senders}, batch|1, pos|1, "
                               f"d_model={self.cfg.d_model}]; got {tuple(ablated.shape)}")
+        if input_ablated is not None and (masks is not None or record or per_example):
+            raise ConfigError("input_ablated is for unmasked, unrecorded walks")
+        self.input_abl = None if input_ablated is None else input_ablated[None]  # [1, b|1, pos|1, d]
         self.inputs, self.masks, self.per_example = inputs, masks, per_example
         self.k = 1 if masks is None else masks.shape[0]
         self.bp = 1 if per_example else b
@@ -160,7 +167,7 @@ class Walk:
     def _embed(self):
         x = self.model.embed(self.inputs.tokens, self.positions)  # [batch, pos, d]
         x = x.view(self.data_k, self.bp, self.p, self.d)
-        abl = self.abl[0]  # [K|1, b'|1, pos|1, d]
+        abl = self.abl[0] if self.input_abl is None else self.input_abl  # [K|1, b'|1, pos|1, d]
         out = x if self.input_alpha == 1.0 else abl + (x - abl) * self.input_alpha
         if self.on_grad is not None:  # weights are frozen: gradients start from the input sender
             out = out.detach().requires_grad_(True)
@@ -216,7 +223,8 @@ class Walk:
             out = self._scratch(scratch, (M.shape[1], max(M.shape[0], self.store.K), self.store.W), M)
         x = self.store.mix(M, out=out)
         if self.on_grad is not None:
-            x.register_hook(lambda g: self.on_grad(rows, g[:, 0], None))
+            on_grad = self.on_grad  # not self: see _tracked_qkv
+            x.register_hook(lambda g: on_grad(rows, g[:, 0], None))
         return x, K, resid
 
     def _attention(self, l: int):
@@ -344,19 +352,23 @@ class Walk:
             [W.new_zeros(len(i), dh) if b is None else b.view(-1, dh)[i] for W, b, i in parts]).view(3 * a, 1, dh)
         rows = torch.cat([self.g.qkv_receiver(l, t, 0) + heads for t in "qkv"])
         x_flat = x.detach().reshape(B * p, self.d)
+        # The hook holds neither y nor the walk: either would close a cycle through the autograd graph
+        # (walk → residual → graph → hook → walk), which Python's collector cannot see into, and
+        # every walk with gradients would outlive its pass.
+        y_data, on_grad, buffers, d = y.detach(), self.on_grad, self._scratch_bufs, self.d
 
         def pull_back(g):  # g [B, 3a, pos, d_head]
             def heads_first(t):  # [B, 3a, pos, d_head] → [3a, B·pos, d_head]
                 return t.transpose(0, 1).reshape(3 * a, B * p, dh)
-            projected = heads_first(y.detach())
+            projected = heads_first(y_data)
             if bias is not None:
                 projected = projected - bias
-            chunk = max(1, GRAD_CHUNK_ELEMENTS // (3 * a * self.d))
-            WT = self._scratch("weights", (3 * a, dh, self.d), g)
+            chunk = max(1, GRAD_CHUNK_ELEMENTS // (3 * a * d))
+            WT = _scratch(buffers, "weights", (3 * a, dh, d), g)
             torch.cat([_transposed(w, dh, idx) for w, _, idx in parts], out=WT)  # [3a, d_head, d]
             for span, grad in ln.input_grads(x_flat, heads_first(g), WT, projected=projected, chunk=chunk,
-                                             buffer=self._scratch("grads", (3 * a * chunk * self.d,), g)):
-                self.on_grad(rows, grad.view(3 * a, -1), span)
+                                             buffer=_scratch(buffers, "grads", (3 * a * chunk * d,), g)):
+                on_grad(rows, grad.view(3 * a, -1), span)
 
         y.register_hook(pull_back)
         return y[:, :a], y[:, a:2 * a], y[:, 2 * a:]
@@ -364,13 +376,7 @@ class Walk:
     def _scratch(self, name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
         """A buffer of this shape, reused by every layer of this walk (fresh pages cost more than the
         products that fill them). Branches share their parent's buffers: they run one at a time."""
-        n = 1
-        for s in shape:
-            n *= s
-        buf = self._scratch_bufs.get(name)
-        if buf is None or buf.numel() < n:
-            buf = self._scratch_bufs[name] = torch.empty(n, dtype=like.dtype, device=like.device)
-        return buf[:n].view(shape)
+        return _scratch(self._scratch_bufs, name, shape, like)
 
     def _mlp(self, l: int, resid: Tensor):
         """The MLP of layer l, reading the residual given (pre-attention for parallel blocks)."""
@@ -398,7 +404,8 @@ class Walk:
             x = resid.expand(K, self.bp, self.p, self.d)
             if self.on_grad is not None:
                 x = x.view_as(x)  # a node of its own: its gradient is this receiver's alone
-                x.register_hook(lambda g: self.on_grad(rows, g.reshape(1, -1), None))
+                on_grad = self.on_grad  # not self: see _tracked_qkv
+                x.register_hook(lambda g: on_grad(rows, g.reshape(1, -1), None))
         x = self.model.blocks[l].ln2(x.reshape(K, self.bp, self.p, self.d))
         out = mlp.output(mlp.hidden(x)[1])  # [K, b', pos, d]
         diff = self._diff(torch.tensor([s]), out[None], abl[None], l)[0]
@@ -439,15 +446,10 @@ class Walk:
             x = self.store.mix_at(self._extended(M, rows), pos)[0]
         if self.on_grad is not None:
             x = x.view_as(x)
-            x.register_hook(lambda g: self.on_grad(rows, self._spread(g, pos), None))
+            on_grad, shape = self.on_grad, (self.bp, self.p, self.d)  # not self: see _tracked_qkv
+            x.register_hook(lambda g: on_grad(rows, _spread(g, pos, shape), None))
         logits = self.model.unembed(x)  # [K, b', vocab]
         return logits.expand(self.k, -1, -1) if logits.shape[0] != self.k else logits
-
-    def _spread(self, g: Tensor, pos: Tensor) -> Tensor:
-        """A gradient at the answer positions [1, b', d] → [1, b'·pos·d], zero elsewhere."""
-        full = g.new_zeros(self.bp, self.p, self.d)
-        full[torch.arange(self.bp), pos[0]] = g[0]
-        return full.reshape(1, -1)
 
     def diffs(self) -> Tensor:
         """Recorded sender differences D as [src, batch, pos, d] (requires record and masks None)."""
@@ -470,6 +472,24 @@ def _out_minus(abl: Tensor, z: Tensor, W_O: Tensor, target: Tensor | None) -> Te
     if target is not None and target.data_ptr() == abl.data_ptr() and target.shape == abl.shape:
         return target.baddbmm_(z, W_O, beta=-1)
     return torch.baddbmm(abl, z, W_O, beta=-1, out=target)
+
+
+def _scratch(buffers: dict[str, Tensor], name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
+    """buffers[name] as a view of this shape, (re)allocated when too small."""
+    n = 1
+    for s in shape:
+        n *= s
+    buf = buffers.get(name)
+    if buf is None or buf.numel() < n:
+        buf = buffers[name] = torch.empty(n, dtype=like.dtype, device=like.device)
+    return buf[:n].view(shape)
+
+
+def _spread(g: Tensor, pos: Tensor, shape: tuple[int, int, int]) -> Tensor:
+    """A gradient at the answer positions [1, b', d] → [1, b'·pos·d] for shape (b', pos, d), zero elsewhere."""
+    full = g.new_zeros(shape)
+    full[torch.arange(shape[0]), pos[0]] = g[0]
+    return full.reshape(1, -1)
 
 
 def _transposed(w: Tensor, dh: int, heads: Tensor) -> Tensor:

@@ -34,5 +34,5 @@ def score(model, task, cfg: EAPIGConfig, ablation: str = "corrupted", seed: int 
     alphas = [0.0, 1.0] if cfg.variant == "clean-corrupted" else [i / cfg.steps for i in range(1, cfg.steps + 1)]
     interpolate = "activations" if cfg.variant == "activations" else "inputs"
     edges = -setup.sign * attribute(model, setup.batch.clean, setup.ablated, setup.objective, alphas=alphas,
-                                    interpolate=interpolate)
+                                    interpolate=interpolate, consume=True)
     return to_level(edges, model.graph, cfg.level)
