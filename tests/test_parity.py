@@ -59,3 +59,14 @@ def test_dtype_round_trip():
     model = cf.from_hf(tiny_hf("llama"), dtype="bfloat16")
     assert model.W_E.dtype == torch.bfloat16
     assert model(torch.randint(3, VOCAB, (2, 6))).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("family", ["gpt2", "gemma2"])
+def test_logits_at_one_position_per_prompt(family):
+    """forward(..., at=pos) unembeds only those rows: the same logits as the full forward there."""
+    model = cf.from_hf(tiny_hf(family))
+    tokens = torch.randint(3, VOCAB, (3, 8))
+    mask = torch.ones_like(tokens)
+    mask[1, :3] = 0
+    at = torch.tensor([7, 5, 2])
+    assert torch.allclose(model(tokens, mask, at=at), model(tokens, mask)[torch.arange(3), at], atol=1e-6)

@@ -113,7 +113,7 @@ def sender_outputs(model, inputs: Inputs) -> Tensor:
 
 def clean_logits(model, inputs: Inputs) -> Tensor:
     """Logits [batch, vocab] of the unpatched model at the answer positions."""
-    return model(inputs.tokens, inputs.attention_mask)[torch.arange(inputs.batch), inputs.answer_pos]
+    return model(inputs.tokens, inputs.attention_mask, at=inputs.answer_pos)
 
 
 def edge_effects(model, inputs: Inputs, ablated: Tensor, objective: Callable[[Tensor], Tensor], *,

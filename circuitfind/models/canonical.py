@@ -193,8 +193,10 @@ class CircuitModel(nn.Module):
         return logits
 
     # ------------------------------------------------------------------ the plain forward
-    def forward(self, tokens: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        """tokens [batch, pos] (int), attention_mask [batch, pos] (1 = real) → logits [batch, pos, vocab]."""
+    def forward(self, tokens: Tensor, attention_mask: Tensor | None = None, at: Tensor | None = None) -> Tensor:
+        """tokens [batch, pos] (int), attention_mask [batch, pos] (1 = real) → logits [batch, pos, vocab];
+        with at, one position per prompt [batch], → logits [batch, vocab] there only (the unembedding,
+        the largest product for big vocabularies, then runs on those rows alone)."""
         tokens = self._check_tokens(tokens)
         if attention_mask is None:
             attention_mask = torch.ones_like(tokens)
@@ -204,6 +206,8 @@ class CircuitModel(nn.Module):
         resid = self.embed(tokens, positions)
         for l, block in enumerate(self.blocks):
             resid = self._block_forward(l, block, resid, rope, self.allowed(attention_mask, l))
+        if at is not None:
+            resid = resid[torch.arange(resid.shape[0], device=resid.device), at.to(resid.device)]
         return self.unembed(resid)
 
     def _block_forward(self, l: int, block: Block, resid: Tensor, rope, allowed: Tensor) -> Tensor:
