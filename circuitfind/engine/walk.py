@@ -338,7 +338,8 @@ class Walk:
         """q, k, v [B, a, pos, d_head] from the shared residual x [B, pos, d], one key and value per
         *query* head, projected together. Their gradient is pulled back through W and the norm
         to each receiver's input (the norm's closed-form VJP: no per-receiver copy of the input is
-        made in the forward) into one reused buffer, and handed on as [3a, B·pos·d], q then k then v."""
+        made in the forward) and handed to on_grad a chunk of positions at a time, in one reused
+        buffer, as [3a, chunk·d] with rows q then k then v."""
         dh, a, B, p = self.cfg.d_head, len(heads), x.shape[0], x.shape[1]
         groups = heads // self.cfg.group_size
         parts = ((attn.w_q, attn.b_q, heads), (attn.w_k, attn.b_k, groups), (attn.w_v, attn.b_v, groups))
