@@ -65,9 +65,10 @@ def attribute(model, inputs: Inputs, ablated: Tensor, objective: Objective, *,
     g = model.graph
     scorer = _Scorer(g, model.device, 1.0 / len(alphas))
     # consume: the recording pass writes D over `ablated`; the input's ablated output, which the
-    # interpolated passes still read, is kept aside first
+    # interpolated passes still read, is kept aside first if there are any
     reuse = consume and interpolate == "inputs" and ablated.shape[1:3] == inputs.tokens.shape and ablated.is_contiguous()
-    input_abl = ablated[0].clone() if reuse else ablated[0]
+    interpolated = any(alpha != 1.0 for alpha in alphas)
+    input_abl = ablated[0].clone() if reuse and interpolated else ablated[0]
     if 1.0 not in alphas:  # D comes from the clean run; the alpha = 1 pass records it itself
         clean = Walk(model, inputs, ablated, None, record=True, overwrite_ablated=reuse)
         with torch.no_grad():

@@ -34,8 +34,8 @@ class Walk:
     called during backward as `on_grad(receiver_ids, grad, span)` with the gradient w.r.t. each
     receiver's input (one mask, k = 1) at the token rows `span` (a slice of the flattened b·pos, or
     None for all) as a tensor [r, len(span)·d_model], valid only during the call (q/k/v gradients
-    arrive a layer and a chunk of positions at a time, in one reused buffer). input_alpha scales the input sender's difference
-    (integrated gradients over the embeddings). overwrite_ablated (a recorded clean run over dense,
+    arrive a layer and a chunk of positions at a time, in one reused buffer). input_alpha scales the
+    input sender's difference (integrated gradients over the embeddings). overwrite_ablated (a recorded clean run over dense,
     contiguous ablated outputs [src, batch, pos, d]) writes D over the ablated outputs, each sender's
     after its last use: the caller gives that memory up and reads D from `diffs()`. input_ablated
     [batch|1, pos|1, d]: the input sender's ablated output, in place of ablated[0] (an unmasked,
@@ -44,7 +44,7 @@ class Walk:
     """
 
     def __init__(self, model, inputs: Inputs, ablated: Tensor, masks: Tensor | None, *, per_example: bool = False,
-                 record: bool = False, on_grad: Callable[[Tensor, Tensor], None] | None = None,
+                 record: bool = False, on_grad: Callable[[Tensor, Tensor, slice | None], None] | None = None,
                  input_alpha: float = 1.0, branchable: bool = False, overwrite_ablated: bool = False,
                  input_ablated: Tensor | None = None):
         self.model, self.cfg, self.g = model, model.cfg, model.graph
@@ -90,7 +90,8 @@ class Walk:
         self._mlp_partial: tuple[Tensor, int] | None = None  # MLP input mixed early, and the columns it saw
         self.resid: Tensor | None = None  # the real residual stream of this run  [K, b', pos, d]
         self._allowed: dict[tuple, object] = {}  # per-walk caches: attention masks and rotary rows, by K
-        self._scratch_bufs: dict[str, Tensor] = {}  # buffers reused layer after layer (see _scratch)
+        # buffers reused layer after layer (see _scratch); branches share them, running one at a time
+        self._scratch_bufs: dict[str, Tensor] = {}
 
     # ------------------------------------------------------------------ set-up helpers
     def _active_senders(self) -> Tensor:
@@ -220,7 +221,7 @@ class Walk:
         M = self._extended(M, rows)
         out = None
         if not torch.is_grad_enabled() or not (self.store.grad or M.requires_grad):
-            out = self._scratch(scratch, (M.shape[1], max(M.shape[0], self.store.K), self.store.W), M)
+            out = _scratch(self._scratch_bufs, scratch, (M.shape[1], max(M.shape[0], self.store.K), self.store.W), M)
         x = self.store.mix(M, out=out)
         if self.on_grad is not None:
             on_grad = self.on_grad  # not self: see _tracked_qkv
@@ -344,11 +345,8 @@ class Walk:
         groups = heads // self.cfg.group_size
         parts = ((attn.w_q, attn.b_q, heads), (attn.w_k, attn.b_k, groups), (attn.w_v, attn.b_v, groups))
         xn = ln(x)
-        ys = []
-        for w, b, idx in parts:  # separate products: autograd keeps the weights by reference, no copies
-            y = (xn @ w if b is None else torch.addmm(b, xn.flatten(0, 1), w)).view(B, p, -1, dh)
-            ys.append(y if len(idx) == y.shape[2] and bool((idx == torch.arange(len(idx))).all()) else y[:, :, idx])
-        y = torch.cat(ys, dim=2).transpose(1, 2)  # [B, 3a, pos, d_head]
+        # separate products: autograd keeps the weights by reference, no gathered copies
+        y = torch.cat([take(_proj(xn, w, b, dh), idx, 1) for w, b, idx in parts], dim=1)  # [B, 3a, pos, d_head]
         bias = None if all(b is None for _, b, _ in parts) else torch.cat(
             [W.new_zeros(len(i), dh) if b is None else b.view(-1, dh)[i] for W, b, i in parts]).view(3 * a, 1, dh)
         rows = torch.cat([self.g.qkv_receiver(l, t, 0) + heads for t in "qkv"])
@@ -373,11 +371,6 @@ class Walk:
 
         y.register_hook(pull_back)
         return y[:, :a], y[:, a:2 * a], y[:, 2 * a:]
-
-    def _scratch(self, name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
-        """A buffer of this shape, reused by every layer of this walk (fresh pages cost more than the
-        products that fill them). Branches share their parent's buffers: they run one at a time."""
-        return _scratch(self._scratch_bufs, name, shape, like)
 
     def _mlp(self, l: int, resid: Tensor):
         """The MLP of layer l, reading the residual given (pre-attention for parallel blocks)."""
@@ -476,7 +469,8 @@ def _out_minus(abl: Tensor, z: Tensor, W_O: Tensor, target: Tensor | None) -> Te
 
 
 def _scratch(buffers: dict[str, Tensor], name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
-    """buffers[name] as a view of this shape, (re)allocated when too small."""
+    """buffers[name] as a view of this shape, (re)allocated when too small: a walk reuses its buffers
+    layer after layer, because fresh pages cost more than the products that fill them."""
     n = 1
     for s in shape:
         n *= s
@@ -496,8 +490,7 @@ def _spread(g: Tensor, pos: Tensor, shape: tuple[int, int, int]) -> Tensor:
 def _transposed(w: Tensor, dh: int, heads: Tensor) -> Tensor:
     """A fused projection weight w [d, n·d_head] as per-head transposes [len(heads), d_head, d] (a view
     when heads is every head in order)."""
-    WT = w.t().reshape(-1, dh, w.shape[0])
-    return WT if len(heads) == WT.shape[0] and bool((heads == torch.arange(len(heads))).all()) else WT[heads]
+    return take(w.t().reshape(-1, dh, w.shape[0]), heads, 0)
 
 
 def _proj(xn: Tensor, w: Tensor, bias: Tensor | None, dh: int) -> Tensor:
