@@ -13,13 +13,7 @@
 from circuitfind.inspect.contrast import Contrast, Contribution, why
 from circuitfind.inspect.flow import flow_graph
 from circuitfind.inspect.interventions import Intervention, compare, generate, mean_of
-from circuitfind.inspect.lens import (
-           LensRow,
-           NodeLens,
-           direct_logits,
-           logit_lens,
-           node_lens,
-)
+from circuitfind.inspect.lens import LensRow, NodeLens, direct_logits, logit_lens, node_lens
 from circuitfind.inspect.patchscope import IDENTITY_PROMPT, hidden, patchscope
 from circuitfind.inspect.sae import SAE, latent_attribution, latent_projection
 from circuitfind.inspect.top_examples import Activation, top_activations

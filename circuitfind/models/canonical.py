@@ -29,14 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from circuitfind.errors import ConfigError
-from circuitfind.models.layers import (
-    ACTIVATIONS,
-    Attention,
-    Block,
-    Norm,
-    _maybe_bias,
-    apply_rotary,
-)
+from circuitfind.models.layers import ACTIVATIONS, Attention, Block, Norm, _maybe_bias, apply_rotary
 
 __all__ = ["ACTIVATIONS", "Attention", "Block", "CanonicalConfig", "CircuitModel", "Norm", "apply_rotary",
            "pad_token_ids"]
@@ -123,9 +116,7 @@ class CircuitModel(nn.Module):
     def graph(self):
         """The edge graph of this model (`circuitfind.graph.Graph`), built once from the config."""
         if self._graph is None:
-            from circuitfind.graph import (
-                Graph,  # the graph sits above models in the import chain
-            )
+            from circuitfind.graph import Graph  # the graph sits above models in the import chain
             self._graph = Graph.from_config(self.cfg)
         return self._graph
 

@@ -14,12 +14,7 @@ from pathlib import Path
 
 import torch
 
-from circuitfind.errors import (
-    ConfigError,
-    ModelLoadError,
-    ModelNotFoundError,
-    UnsupportedModelError,
-)
+from circuitfind.errors import ConfigError, ModelLoadError, ModelNotFoundError, UnsupportedModelError
 from circuitfind.models.adapters import ADAPTERS, SUPPORTED
 from circuitfind.models.canonical import CircuitModel
 
