@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ctypes
 import gc
-import os
 import resource
 import statistics
 import subprocess
@@ -49,29 +48,6 @@ def timeit_alternating(fn_a, fn_b, repeat: int = 7, warmup: int = 1) -> tuple[fl
     return statistics.median(a), statistics.median(b)
 
 
-def peak_memory(fn) -> int:
-    """Peak resident memory that one call of fn() adds, in bytes.
-
-    Runs fn in a forked child, so the allocator holds no memory freed by earlier runs, and reads the
-    child's own high-water mark (ru_maxrss) against its resident size at the start.
-    """
-    gc.collect()
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child
-        os.close(read)
-        base = psutil.Process().memory_info().rss
-        fn()
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        os.write(write, str(max(peak - base, 0)).encode())
-        os._exit(0)
-    os.close(write)
-    with os.fdopen(read) as f:
-        value = int(f.read() or 0)
-    os.waitpid(pid, 0)
-    return value
-
-
 def peak_memory_in_process(script: str, role: str) -> int:
     """Peak resident memory one call adds, in bytes, measured in a fresh process: `python script
     --peak role` builds its inputs, runs the role once under `report_peak` and prints the figure.
@@ -92,4 +68,4 @@ def report_peak(fn) -> None:
     print(max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base, 0))
 
 
-__all__ = ["gpt2_small_random", "timeit", "timeit_alternating", "peak_memory", "peak_memory_in_process", "report_peak"]
+__all__ = ["gpt2_small_random", "timeit", "timeit_alternating", "peak_memory_in_process", "report_peak"]
