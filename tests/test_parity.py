@@ -70,3 +70,6 @@ def test_logits_at_one_position_per_prompt(family):
     mask[1, :3] = 0
     at = torch.tensor([7, 5, 2])
     assert torch.allclose(model(tokens, mask, at=at), model(tokens, mask)[torch.arange(3), at], atol=1e-6)
+    for bad in (torch.tensor([7, 5]), torch.tensor([8, 5, 2]), torch.tensor([-1, 5, 2])):
+        with pytest.raises(cf.ConfigError, match="one position per prompt"):
+            model(tokens, mask, at=bad)

@@ -189,6 +189,9 @@ class CircuitModel(nn.Module):
         with at, one position per prompt [batch], → logits [batch, vocab] there only (the unembedding,
         the largest product for big vocabularies, then runs on those rows alone)."""
         tokens = self._check_tokens(tokens)
+        if at is not None and (at.shape != tokens.shape[:1] or bool((at < 0).any()) or bool((at >= tokens.shape[1]).any())):
+            raise ConfigError(f"at must hold one position per prompt, each in [0, {tokens.shape[1]}), as a "
+                              f"[{tokens.shape[0]}] tensor; got shape {tuple(at.shape)}")
         if attention_mask is None:
             attention_mask = torch.ones_like(tokens)
         positions = self.positions(attention_mask)
