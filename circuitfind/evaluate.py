@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from circuitfind.circuit import Circuit, EdgeScores
-from circuitfind.engine.patching import clean_logits, masked_forward
+from circuitfind.engine.patching import Workspace, clean_logits, masked_forward
 from circuitfind.errors import ConfigError
 from circuitfind.methods.common import prepare
 from circuitfind.prune import prune
@@ -44,10 +44,11 @@ def _test_task(task: Task | str, split: str) -> Task:
 
 def _metric_of_masks(model, setup, masks: Tensor, chunk: int) -> Tensor:
     """Mean metric of each mask [k, dst, src] → [k], a few masks per forward."""
-    out = []
+    out, workspace = [], Workspace()
     with torch.no_grad():
         for part in masks.split(chunk):
-            out.append(setup.per_mask(masked_forward(model, setup.batch.clean, setup.ablated, part.to(model.device, model.dtype))))
+            part = part.to(model.device, model.dtype)
+            out.append(setup.per_mask(masked_forward(model, setup.batch.clean, setup.ablated, part, workspace=workspace)))
     return torch.cat(out)
 
 

@@ -7,7 +7,8 @@ import torch
 
 import circuitfind as cf
 from circuitfind.engine.ablation import ablated_outputs
-from circuitfind.engine.patching import Inputs, clean_logits, masked_forward, prefix
+from circuitfind.engine import store
+from circuitfind.engine.patching import Inputs, Workspace, clean_logits, masked_forward, prefix
 from tests.conftest import VOCAB, tiny_hf
 from tests.reference import reference_masked_logits
 
@@ -118,6 +119,75 @@ def test_receivers_reading_no_sender_match_slow_reference(model):
         want = reference_masked_logits(model, clean.tokens, clean.attention_mask, clean.answer_pos, abl, masks[i])
         assert (batched[i] - want).abs().max().item() <= 1e-5
         assert (masked_forward(model, clean, abl, masks[i]) - want).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("plan", ["gemm", "rows", "sparse"])
+def test_every_mixing_plan_matches_slow_reference(model, plan, monkeypatch):
+    """Receiver inputs mixed by one product, by a product over the receivers that read any sender,
+    or by one row addition per mask entry (`_mix_plan` picks by cost; here each is forced), with
+    fractional mask values, receivers reading nothing, one mask and a batch of them, and one
+    workspace reused by every call."""
+    real = store._mix_plan
+    monkeypatch.setattr(store, "_mix_plan", lambda M, W: (plan, real(M, W)[1]))
+    clean, corrupt = _pair()
+    abl = ablated_outputs(model, "corrupted", clean, corrupt)
+    g = model.graph
+    workspace = Workspace()
+    masks = []
+    for seed, density in ((0, 0.05), (1, 0.3), (2, 0.9)):
+        mask = _random_mask(g, density, seed) * torch.rand(g.n_receivers, g.n_senders, dtype=torch.float64,
+                                                            generator=torch.Generator().manual_seed(seed))
+        mask[g.qkv_receiver(1, "k", 0)] = 0
+        mask[g.mlp_receiver(0)] = 0
+        masks.append(mask)
+        want = reference_masked_logits(model, clean.tokens, clean.attention_mask, clean.answer_pos, abl, mask)
+        assert (masked_forward(model, clean, abl, mask, workspace=workspace) - want).abs().max().item() <= 1e-5
+    batched = masked_forward(model, clean, abl, torch.stack(masks), workspace=workspace)
+    for i, mask in enumerate(masks):
+        assert torch.allclose(batched[i], masked_forward(model, clean, abl, mask), atol=1e-10)
+
+
+def test_mix_rows_against_a_product():
+    """Each plan of `_mix_rows` equals M @ D, rows reading nothing included, into a dirty buffer."""
+    gen = torch.Generator().manual_seed(0)
+    D = torch.randn(9, 50, generator=gen, dtype=torch.float64)
+    M = torch.randn(6, 9, generator=gen, dtype=torch.float64) * (torch.rand(6, 9, generator=gen) < 0.3)
+    M[[1, 4]] = 0
+    for plan in ("gemm", "rows", "sparse"):
+        original = store._mix_plan
+        store._mix_plan = lambda M, W, plan=plan: (plan, original(M, W)[1])
+        try:
+            out = store._mix_rows(M, D, torch.full((6, 50), float("nan"), dtype=torch.float64))
+        finally:
+            store._mix_plan = original
+        assert torch.allclose(out, M @ D, atol=1e-12), plan
+
+
+def test_workspace_reuse_across_calls_shapes_and_prefixes(model):
+    """One workspace through calls of different batch sizes, a prefix's branches, and another dtype:
+    every result equals a fresh call's."""
+    clean, corrupt = _pair()
+    abl = ablated_outputs(model, "corrupted", clean, corrupt)
+    g = model.graph
+    workspace = Workspace()
+    single = [_random_mask(g, d, s) for s, d in enumerate((0.2, 0.7))]
+    fresh = [masked_forward(model, clean, abl, m) for m in single]
+    for _ in range(2):
+        for m, want in zip(single, fresh):
+            assert torch.equal(masked_forward(model, clean, abl, m, workspace=workspace), want)
+        assert torch.equal(masked_forward(model, clean, abl, torch.stack(single), workspace=workspace),
+                           masked_forward(model, clean, abl, torch.stack(single)))
+    top = g.receiver_layer >= 1
+    masks = torch.ones(3, g.n_receivers, g.n_senders, dtype=torch.float64)
+    for i in range(3):
+        masks[i, top] = _random_mask(g, 0.5, i)[top]
+    pre = prefix(model, clean, abl, layer=1)
+    for _ in range(2):
+        assert torch.equal(masked_forward(model, clean, abl, masks, start=pre, workspace=workspace),
+                           masked_forward(model, clean, abl, masks, start=pre))
+    low = model.float()
+    got = masked_forward(low, clean, abl.float(), single[0].float(), workspace=workspace)
+    assert got.dtype == torch.float32 and torch.allclose(got.double(), fresh[0], atol=1e-4)
 
 
 def test_masks_are_differentiable(model):

@@ -39,10 +39,11 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from circuitfind.engine.store import Workspace
 from circuitfind.engine.walk import Inputs, Walk
 from circuitfind.errors import ConfigError
 
-__all__ = ["Inputs", "Prefix", "masked_forward", "prefix", "sender_outputs", "clean_logits", "edge_effects"]
+__all__ = ["Inputs", "Prefix", "Workspace", "masked_forward", "prefix", "sender_outputs", "clean_logits", "edge_effects"]
 
 
 @dataclass
@@ -70,13 +71,14 @@ def _as_masks(model, mask: Tensor, per_example: bool, batch: int) -> tuple[Tenso
 
 
 def masked_forward(model, inputs: Inputs, ablated: Tensor, mask: Tensor, *, per_example: bool = False,
-                   start: Prefix | None = None) -> Tensor:
+                   start: Prefix | None = None, workspace: Workspace | None = None) -> Tensor:
     """Logits at the answer positions with the edges of `mask` kept and all others ablated.
 
     inputs: the prompts (`Inputs`); ablated: [src, batch|1, pos|1, d_model] what each sender writes
     in the ablated run (`ablation.ablated_outputs`); mask: [dst, src] → logits [batch, vocab];
     [k, dst, src] → [k, batch, vocab]; per_example=True with [batch, dst, src] → [batch, vocab].
     start: a `Prefix` of the clean run; every mask's rows below start.layer must be all ones.
+    workspace: buffers to reuse from a previous call (`Workspace`; for sweeps of many masks).
     """
     masks, single = _as_masks(model, mask, per_example, inputs.batch)
     if start is not None:
@@ -85,9 +87,9 @@ def masked_forward(model, inputs: Inputs, ablated: Tensor, mask: Tensor, *, per_
         below = model.graph.receiver_layer < start.layer
         if not bool((masks[:, below] == model.graph.edge_mask[below].to(masks.device, masks.dtype)).all()):
             raise ConfigError(f"masks differ from the full graph below layer {start.layer}; the prefix cannot be reused")
-        walk = start.walk.branch(masks)
+        walk = start.walk.branch(masks, workspace)
     else:
-        walk = Walk(model, inputs, ablated, masks, per_example=per_example)
+        walk = Walk(model, inputs, ablated, masks, per_example=per_example, workspace=workspace)
     logits = walk.run()  # [k, b', vocab]
     if per_example:
         return logits[:, 0]

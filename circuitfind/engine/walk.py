@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from circuitfind.engine.store import DiffStore, take
+from circuitfind.engine.store import DiffStore, Workspace, take
 from circuitfind.engine.tensors import Inputs
 from circuitfind.errors import ConfigError
 
@@ -46,7 +46,7 @@ class Walk:
     def __init__(self, model, inputs: Inputs, ablated: Tensor, masks: Tensor | None, *, per_example: bool = False,
                  record: bool = False, on_grad: Callable[[Tensor, Tensor, slice | None], None] | None = None,
                  input_alpha: float = 1.0, branchable: bool = False, overwrite_ablated: bool = False,
-                 input_ablated: Tensor | None = None):
+                 input_ablated: Tensor | None = None, workspace: Workspace | None = None):
         self.model, self.cfg, self.g = model, model.cfg, model.graph
         b, p = inputs.tokens.shape
         if ablated.ndim != 4 or ablated.shape[0] != self.g.n_senders or ablated.shape[1] not in (1, b) \
@@ -73,25 +73,25 @@ class Walk:
         # the store tracks gradients only where receivers mix stored D under a learned mask; a clean
         # run with on_grad never mixes, and records D detached
         grad = torch.is_grad_enabled() and masks is not None and (on_grad is not None or masks.requires_grad)
-        # The constants a block adds to the residual (ablated outputs + biases) are stored as extra
-        # columns with coefficient "written before the receiver reads", so mixing is one GEMM.
-        self.base_columns = masks is not None or branchable
-        n_blocks = 1 + 2 * self.cfg.n_layers  # input, then attention and MLP of each layer
         buffer = None
         if overwrite_ablated:
             if masks is not None or not record or per_example or ablated.shape[1:3] != (b, p) \
                     or not ablated.is_contiguous():
                 raise ConfigError("overwrite_ablated needs a recorded clean run over dense ablated outputs")
             buffer = ablated.view(1, self.g.n_senders, -1)
-        self.store = DiffStore(self.k, (self.bp, p, self.d), self.g.n_senders + n_blocks, grad, buffer)
+        # buffers reused layer after layer, and from call to call when the caller gives a workspace;
+        # branches share them, running one at a time. A store that outlives the pass has its own.
+        self.workspace = workspace or Workspace()
+        own = record or branchable
+        self.store = DiffStore(self.k, (self.bp, p, self.d), self.g.n_senders, grad, buffer,
+                               None if own else self.workspace)
         self.layer = 0
-        self.base: Tensor | None = None  # biases + Σ abl_u over senders so far   [K|1, b'|1, pos|1, d]
-        self.base_coeff: Tensor | None = None  # [dst, src + blocks]: mask columns for the constants
+        # biases + Σ abl_u over the senders so far: what a receiver reads besides its masked D  [K|1, b'|1, pos|1, d]
+        self.base: Tensor | None = None
         self._mlp_partial: tuple[Tensor, int] | None = None  # MLP input mixed early, and the columns it saw
+        self._attn_const: Tensor | None = None  # what the last attention block added to the base
         self.resid: Tensor | None = None  # the real residual stream of this run  [K, b', pos, d]
         self._allowed: dict[tuple, object] = {}  # per-walk caches: attention masks and rotary rows, by K
-        # buffers reused layer after layer (see _scratch); branches share them, running one at a time
-        self._scratch_bufs: dict[str, Tensor] = {}
 
     # ------------------------------------------------------------------ set-up helpers
     def _active_senders(self) -> Tensor:
@@ -141,15 +141,17 @@ class Walk:
             self._allowed[key] = None if rope is None else tuple(self._rows(t, K)[:, None] for t in rope)
         return self._allowed[key]
 
-    def branch(self, masks: Tensor) -> "Walk":
-        """A walk that continues this (recorded, unmasked) one from its current layer under new masks."""
+    def branch(self, masks: Tensor, workspace: Workspace | None = None) -> "Walk":
+        """A walk that continues this (recorded, unmasked) one from its current layer under new masks,
+        in this walk's workspace or the one given."""
         other = object.__new__(Walk)
         other.__dict__.update(self.__dict__)
         other.masks, other.k, other.record, other.on_grad = masks, masks.shape[0], False, None
         other.active = other._active_senders()
         other.mix_until = other._last_mixing_layer()
         other.active[: self.g.senders_before(self.layer)] = True  # computed already
-        other.store = self.store.branch(other.k)
+        other.workspace = workspace or self.workspace
+        other.store = self.store.branch(other.k, other.workspace)
         other._allowed = dict(self._allowed)
         return other
 
@@ -159,9 +161,12 @@ class Walk:
         if self.layer == 0 and self.base is None:
             self._embed()
         for l in range(self.layer, self.cfg.n_layers if stop is None else stop):
-            resid_pre = self.resid
+            resid_pre, base_pre = self.resid, self.base
             self._attention(l)
-            self._mlp(l, resid_pre if self.cfg.parallel else self.resid)  # parallel: reads what attention read
+            if self.cfg.parallel:  # the MLP reads what attention read
+                self._mlp(l, resid_pre, base_pre)
+            else:
+                self._mlp(l, self.resid, self.base)
             self.layer = l + 1
         return None if stop is not None else self._logits()
 
@@ -174,7 +179,6 @@ class Walk:
             out = out.detach().requires_grad_(True)
         self.base, self.resid = abl, out
         self.store.append(torch.tensor([0]), out[None], abl[None])
-        self._add_base(0, abl, -1)
 
     def _mask_rows(self, rows: Tensor) -> tuple[Tensor | None, int]:
         """Mask rows [k|1, r, src] for these receivers, or None where they read the real residual.
@@ -193,36 +197,33 @@ class Walk:
             return M[:1], 1
         return M, self.k
 
-    def _extended(self, M: Tensor, rows: Tensor) -> Tensor:
-        """Mask rows [k|1, r, src] with the constant columns appended, in store column order."""
-        if self.base_coeff is None:
-            g = self.g
-            firsts = [0] + [s for l in range(self.cfg.n_layers) for s in (g.head_sender(l, 0), g.mlp_sender(l))]
-            self.base_coeff = g.edge_mask[:, firsts].to(self.model.device, self.model.dtype)
-        consts = self.base_coeff[rows].expand(M.shape[0], -1, -1)
-        return take(torch.cat([M, consts], dim=2), self.store.cols, 2)
+    def _mix(self, M: Tensor, base: Tensor, start: int = 0, out: Tensor | None = None) -> Tensor:
+        """base + Σ_u M[·, ·, u] D_u over the stored senders from column `start` on: mask rows M
+        [k|1, r, src] → [r, K, b'·pos·d], into `out` where it can be."""
+        x = self.store.mix(take(M, self.store.cols[start:], 2), start, out)
+        r, K = x.shape[:2]
+        shaped = x.view(r, K, self.bp, self.p, self.d)
+        if x.requires_grad or out is None or x.data_ptr() != out.data_ptr():
+            return (shaped + base).view(r, K, -1)
+        shaped.add_(base)
+        return x
 
-    def _add_base(self, block: int, inc: Tensor, layer: int) -> None:
-        """Add a block's constant (its senders' ablated outputs + bias) to the base, and to the store."""
-        if block > 0:
-            self.base = self.base + inc
-        if self.base_columns and layer <= self.mix_until:
-            K = self.store.K
-            full = inc.expand(K, self.bp, self.p, self.d)
-            self.store.append(torch.tensor([self.g.n_senders + block]), full[None], 0)
+    def _mix_at(self, M: Tensor, base: Tensor, pos: Tensor) -> Tensor:
+        """Like `_mix`, at one position per example: pos [K|1, b'] → [r, K, b', d]."""
+        return self.store.mix_at(take(M, self.store.cols, 2), pos) + _at(base, pos)
 
-    def _receiver_inputs(self, rows: Tensor, resid: Tensor, scratch: str) -> tuple[Tensor | None, int, Tensor]:
+    def _receiver_inputs(self, rows: Tensor, resid: Tensor, base: Tensor,
+                         scratch: str) -> tuple[Tensor | None, int, Tensor]:
         """Inputs of these receivers, [r, K, b'·pos·d], or None with the residual where they read it.
 
         Without gradients they are mixed into the walk's `scratch` buffer, reused layer after layer."""
         M, K = self._mask_rows(rows)
         if M is None:
             return None, resid.shape[0], resid
-        M = self._extended(M, rows)
         out = None
         if not torch.is_grad_enabled() or not (self.store.grad or M.requires_grad):
-            out = _scratch(self._scratch_bufs, scratch, (M.shape[1], max(M.shape[0], self.store.K), self.store.W), M)
-        x = self.store.mix(M, out=out)
+            out = self.workspace.get(scratch, (M.shape[1], max(M.shape[0], self.store.K), self.store.W), M)
+        x = self._mix(M, base, out=out)
         if self.on_grad is not None:
             on_grad = self.on_grad  # not self: see _tracked_qkv
             x.register_hook(lambda g: on_grad(rows, g[:, 0], None))
@@ -242,7 +243,7 @@ class Walk:
             rows = torch.cat([g.qkv_receiver(l, t, 0) + group for t in "qkv"])
             if fuse_mlp:
                 rows = torch.cat([rows, torch.tensor([g.mlp_receiver(l)])])
-            x, K, resid = self._receiver_inputs(rows, self.resid, "attention inputs")
+            x, K, resid = self._receiver_inputs(rows, self.resid, self.base, "attention inputs")
             if fuse_mlp:
                 self._mlp_partial, x = (x[-1:], self.store.n), x[:-1]
             diff = self._heads(l, attn, group, x, resid, K, take(senders, group, 0), take(abl, group, 0))
@@ -250,7 +251,7 @@ class Walk:
         resid = self.resid + inc
         for diff in outs:
             resid = resid + diff.sum(0)  # resid stays base + Σ D (skipped heads wrote their ablation)
-        self._add_base(1 + 2 * l, inc, l)
+        self.base, self._attn_const = self.base + inc, inc
         self.resid = resid
 
     def _fuse_mlp(self, l: int, groups: list[Tensor]) -> bool:
@@ -354,7 +355,7 @@ class Walk:
         # The hook holds neither y nor the walk: either would close a cycle through the autograd graph
         # (walk → residual → graph → hook → walk), which Python's collector cannot see into, and
         # every walk with gradients would outlive its pass.
-        y_data, on_grad, buffers, d = y.detach(), self.on_grad, self._scratch_bufs, self.d
+        y_data, on_grad, workspace, d = y.detach(), self.on_grad, self.workspace, self.d
 
         def pull_back(g):  # g [B, 3a, pos, d_head]
             def heads_first(t):  # [B, 3a, pos, d_head] → [3a, B·pos, d_head]
@@ -363,37 +364,36 @@ class Walk:
             if bias is not None:
                 projected = projected - bias
             chunk = max(1, GRAD_CHUNK_ELEMENTS // (3 * a * d))
-            WT = _scratch(buffers, "weights", (3 * a, dh, d), g)
+            WT = workspace.get("weights", (3 * a, dh, d), g)
             torch.cat([_transposed(w, dh, idx) for w, _, idx in parts], out=WT)  # [3a, d_head, d]
             for span, grad in ln.input_grads(x_flat, heads_first(g), WT, projected=projected, chunk=chunk,
-                                             buffer=_scratch(buffers, "grads", (3 * a * chunk * d,), g)):
+                                             buffer=workspace.get("grads", (3 * a * chunk * d,), g)):
                 on_grad(rows, grad.view(3 * a, -1), span)
 
         y.register_hook(pull_back)
         return y[:, :a], y[:, a:2 * a], y[:, 2 * a:]
 
-    def _mlp(self, l: int, resid: Tensor):
-        """The MLP of layer l, reading the residual given (pre-attention for parallel blocks)."""
+    def _mlp(self, l: int, resid: Tensor, base: Tensor):
+        """The MLP of layer l, reading the residual and base given (pre-attention for parallel blocks)."""
         g, mlp = self.g, self.model.blocks[l].mlp
         s = g.mlp_sender(l)
         abl = self.abl[s]
         bias = self.model.block_bias(l, "mlp")
         add = abl + (bias if bias is not None else 0)
         if not self.active[s]:
-            self.resid = self.resid + add
-            self._add_base(2 + 2 * l, add, l)
+            self.resid, self.base = self.resid + add, self.base + add
             return
         rows = torch.tensor([g.mlp_receiver(l)])
         if self._logits_only(s):
-            return self._mlp_at_answer(l, s, rows, resid, abl, add)
+            return self._mlp_at_answer(l, s, rows, resid, base, abl, add)
         partial, self._mlp_partial = self._mlp_partial, None
         if partial is not None:  # mixed with the attention receivers; add what this layer's heads wrote
             x, start = partial
             M, K = self._mask_rows(rows)
-            if self.store.n > start and not self.cfg.parallel:  # parallel MLPs never see their layer's heads
-                x = x + self.store.mix(self._extended(M, rows)[:, :, start:], start)
+            if not self.cfg.parallel:  # (parallel MLPs never see their layer's heads)
+                x = self._mix(M, self._attn_const, start) + x if self.store.n > start else x + self._attn_const
         else:
-            x, K, resid = self._receiver_inputs(rows, resid, "mlp inputs")
+            x, K, resid = self._receiver_inputs(rows, resid, base, "mlp inputs")
         if x is None:
             x = resid.expand(K, self.bp, self.p, self.d)
             if self.on_grad is not None:
@@ -403,8 +403,7 @@ class Walk:
         x = self.model.blocks[l].ln2(x.reshape(K, self.bp, self.p, self.d))
         out = mlp.output(mlp.hidden(x)[1])  # [K, b', pos, d]
         diff = self._diff(torch.tensor([s]), out[None], abl[None], l)[0]
-        self.resid = self.resid + add + diff
-        self._add_base(2 + 2 * l, add, l)
+        self.resid, self.base = self.resid + add + diff, self.base + add
 
     def _logits_only(self, s: int) -> bool:
         """Is sender s read by the logits alone (in every mask)? Then only the answer positions matter."""
@@ -414,21 +413,21 @@ class Walk:
             return True  # the last layer writes to the logits only
         return self.masks is not None and not bool((self.masks[:, :-1, s] != 0).any())
 
-    def _mlp_at_answer(self, l: int, s: int, rows: Tensor, resid: Tensor, abl: Tensor, add: Tensor) -> None:
+    def _mlp_at_answer(self, l: int, s: int, rows: Tensor, resid: Tensor, base: Tensor, abl: Tensor,
+                       add: Tensor) -> None:
         """An MLP whose output only the logits read, computed at the answer positions alone; its D is
         zero elsewhere (no receiver reads it there)."""
         mlp, pos = self.model.blocks[l].mlp, self.inputs.answer_pos.view(self.data_k, self.bp)
         self._mlp_partial = None
         M, K = self._mask_rows(rows)
-        x = _at(resid, pos) if M is None else self.store.mix_at(self._extended(M, rows), pos)[0]  # [K, b', d]
+        x = _at(resid, pos) if M is None else self._mix_at(M, base, pos)[0]  # [K, b', d]
         out = mlp.output(mlp.hidden(self.model.blocks[l].ln2(x))[1])  # [K, b', d]
         K = out.shape[0]
         out_full = add.new_zeros(K, self.bp, self.p, self.d) + abl  # = abl where nobody reads
         idx = pos.expand(K, self.bp)
         out_full[torch.arange(K)[:, None], torch.arange(self.bp)[None, :], idx] = out
         diff = self._diff(torch.tensor([s]), out_full[None], abl[None], l)[0]
-        self.resid = self.resid + add + diff
-        self._add_base(2 + 2 * l, add, l)
+        self.resid, self.base = self.resid + add + diff, self.base + add
 
     def _logits(self) -> Tensor:
         rows = torch.tensor([self.g.logits_receiver])
@@ -437,7 +436,7 @@ class Walk:
         if M is None:
             x = _at(self.resid, pos)  # [K, b', d]
         else:
-            x = self.store.mix_at(self._extended(M, rows), pos)[0]
+            x = self._mix_at(M, self.base, pos)[0]
         if self.on_grad is not None:
             x = x.view_as(x)
             on_grad, shape = self.on_grad, (self.bp, self.p, self.d)  # not self: see _tracked_qkv
@@ -466,18 +465,6 @@ def _out_minus(abl: Tensor, z: Tensor, W_O: Tensor, target: Tensor | None) -> Te
     if target is not None and target.data_ptr() == abl.data_ptr() and target.shape == abl.shape:
         return target.baddbmm_(z, W_O, beta=-1)
     return torch.baddbmm(abl, z, W_O, beta=-1, out=target)
-
-
-def _scratch(buffers: dict[str, Tensor], name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
-    """buffers[name] as a view of this shape, (re)allocated when too small: a walk reuses its buffers
-    layer after layer, because fresh pages cost more than the products that fill them."""
-    n = 1
-    for s in shape:
-        n *= s
-    buf = buffers.get(name)
-    if buf is None or buf.numel() < n:
-        buf = buffers[name] = torch.empty(n, dtype=like.dtype, device=like.device)
-    return buf[:n].view(shape)
 
 
 def _spread(g: Tensor, pos: Tensor, shape: tuple[int, int, int]) -> Tensor:

@@ -22,7 +22,7 @@ from typing import Literal
 import torch
 from tqdm.auto import tqdm
 
-from circuitfind.engine.patching import masked_forward, prefix
+from circuitfind.engine.patching import Workspace, masked_forward, prefix
 from circuitfind.errors import ConfigError
 from circuitfind.methods.common import prepare
 from circuitfind.metrics import kl
@@ -44,10 +44,11 @@ def score(model, task, cfg: ACDCConfig, ablation: str = "corrupted", seed: int =
     return _run(model, setup, cfg, quiet)
 
 
-def _values(model, setup, cfg, masks, start=None):
+def _values(model, setup, cfg, masks, start=None, workspace=None):
     """Behaviour lost [k] by circuits masks [k, dst, src] (KL to the clean run, or −sign·Δmetric)."""
     with torch.no_grad():
-        logits = masked_forward(model, setup.batch.clean, setup.ablated, masks, start=start)  # [k, batch, vocab]
+        logits = masked_forward(model, setup.batch.clean, setup.ablated, masks, start=start,
+                                workspace=workspace)  # [k, batch, vocab]
         if cfg.metric == "kl":
             k, b = logits.shape[:2]
             return kl(logits.reshape(k * b, -1), setup.targets.repeat(k)).view(k, b).mean(1)
@@ -62,7 +63,7 @@ def _run(model, setup, cfg, quiet):
     current = float(_values(model, setup, cfg, circuit[None])[0])
     wanted = range(g.n_receivers) if cfg.receivers is None else cfg.receivers
     order = sorted(wanted, key=lambda r: (-int(g.receiver_layer[r]), -r))  # logits first
-    prefixes = {}
+    prefixes, workspace = {}, Workspace()  # one workspace: the sweep's forwards run one at a time
     bar = tqdm(total=int(g.edge_mask[list(wanted)].sum()), desc="ACDC", unit="edge", disable=quiet)
     for dst in order:
         srcs = g.edge_mask[dst].nonzero()[:, 0].flip(0).tolist()  # latest sender first
@@ -81,7 +82,7 @@ def _run(model, setup, cfg, quiet):
             for j, src in enumerate(chunk):  # member j: the first j + 1 edges removed
                 masks[j:, dst, src] = 0
             start = None if cfg.naive else prefixes[layer]
-            values = _values(model, setup, cfg, masks, start).tolist()
+            values = _values(model, setup, cfg, masks, start, workspace).tolist()
             for j, src in enumerate(chunk):
                 delta = values[j] - current
                 scores[dst, src] = delta
