@@ -86,17 +86,25 @@ def faithfulness(m_circuit: float, m_full: float, m_empty: float) -> float:
     return (m_circuit - m_empty) / (m_full - m_empty)
 
 
+RANKINGS = {"both": (False, True), "signed": (False,), "absolute": (True,)}
+
+
 def faithfulness_curve(model, task: Task | str, scores: EdgeScores, *, ablation: str = "corrupted",
-                       split: str = "test", fractions=MIB_FRACTIONS, seed: int = 0, chunk: int | None = None) -> CurveResult:
+                       split: str = "test", fractions=MIB_FRACTIONS, seed: int = 0, chunk: int | None = None,
+                       ranking: str = "both") -> CurveResult:
     """Faithfulness of the top-scoring circuits at each fraction of edges; CPR and CMD.
 
+    ranking: "both" (default), or only "signed" (the CPR curve) or "absolute" (the CMD curve), at
+    half the cost; the other's fields stay empty and its area NaN.
     chunk: circuits per forward. Batching pays only on small models: a batch computes the union of
     its circuits' nodes, so on wide models one circuit per forward (the default there) is fastest."""
     g = model.graph
+    if ranking not in RANKINGS:
+        raise ConfigError(f"ranking must be one of {', '.join(RANKINGS)}; got {ranking!r}")
     chunk = chunk or (1 if model.cfg.d_model >= 256 else 8)
     setup = prepare(model, _test_task(task, split), ablation, seed)
     circuits = {absolute: [prune(scores, edges=int(f * g.n_edges), absolute=absolute) for f in fractions]
-                for absolute in (False, True)}
+                if absolute in RANKINGS[ranking] else [] for absolute in (False, True)}
     wanted = [torch.zeros_like(g.edge_mask)] + [c.mask for c in circuits[False]] + [c.mask for c in circuits[True]]
     # Each distinct circuit is run once; the full graph is the clean run, whose logits prepare() has.
     m_full = float(setup.per_mask(setup.targets.clean_logits[None])[0])
@@ -110,12 +118,13 @@ def faithfulness_curve(model, task: Task | str, scores: EdgeScores, *, ablation:
     run = _metric_of_masks(model, setup, torch.stack(unique).float(), chunk).tolist()
     values = [m_full if key == full else run[distinct[key]] for key in keys]
     m_empty, rest = values[0], values[1:]
-    n = len(fractions)
+    n = len(circuits[False])
     f_signed = [faithfulness(v, m_full, m_empty) for v in rest[:n]]
     f_abs = [faithfulness(v, m_full, m_empty) for v in rest[n:]]
     return CurveResult(list(fractions), [c.n_edges for c in circuits[False]], f_signed,
                        [c.n_edges for c in circuits[True]], f_abs,
-                       cpr=_trapezoid(fractions, f_signed), cmd=_trapezoid(fractions, [abs(1 - f) for f in f_abs]))
+                       cpr=_trapezoid(fractions, f_signed) if f_signed else float("nan"),
+                       cmd=_trapezoid(fractions, [abs(1 - f) for f in f_abs]) if f_abs else float("nan"))
 
 
 def _trapezoid(xs, ys) -> float:

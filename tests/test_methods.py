@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -125,6 +127,14 @@ def test_faithfulness_curve_matches_separate_evaluations(model):
         assert cf.evaluate(model, task, circuit)["faithfulness"] == pytest.approx(curve.faithfulness_absolute[i], abs=1e-9)
     assert curve.cmd == pytest.approx(_trapezoid(MIB_FRACTIONS, [abs(1 - f) for f in curve.faithfulness_absolute]))
     assert curve.cpr == pytest.approx(_trapezoid(MIB_FRACTIONS, curve.faithfulness_signed))
+    signed = cf.faithfulness_curve(model, task, scores, chunk=5, ranking="signed")
+    absolute = cf.faithfulness_curve(model, task, scores, chunk=5, ranking="absolute")
+    assert signed.faithfulness_signed == pytest.approx(curve.faithfulness_signed, abs=1e-9) and signed.cpr == pytest.approx(curve.cpr)
+    assert absolute.faithfulness_absolute == pytest.approx(curve.faithfulness_absolute, abs=1e-9)
+    assert absolute.cmd == pytest.approx(curve.cmd)
+    assert signed.faithfulness_absolute == [] and math.isnan(signed.cmd) and math.isnan(absolute.cpr)
+    with pytest.raises(cf.ConfigError, match="ranking"):
+        cf.faithfulness_curve(model, task, scores, ranking="signd")
 
 
 def test_roc_auc():
@@ -161,6 +171,35 @@ def test_acdc_batched_equals_naive(family):
         assert torch.equal(kept_b.mask, kept_n.mask)
         assert 0 < kept_b.n_edges < model.graph.n_edges  # a real decision was made
         assert torch.allclose(batched.scores, naive.scores, atol=1e-8)
+
+
+def test_acdc_predicted_chains_equal_the_loop_on_a_trained_model():
+    """On toy-lm, where dozens of edges are kept, batched chains mispredict and retry (counted): the
+    circuit and every Δ still equal the one-forward-per-edge loop's, for several chunk sizes."""
+    import circuitfind.methods.acdc as acdc
+    model = cf.load_model("toy-lm").double()
+    task = cf.load_task("ioi", n=4)
+    naive = cf.score_edges(model, task, "acdc", threshold=0.01, naive=True)
+    kept_naive = cf.prune(naive, threshold=0.01, absolute=False, remove_dangling=False)
+    assert 20 < kept_naive.n_edges < model.graph.n_edges / 2
+    forwards = []
+    real = acdc._values
+    for chunk in (16, 5):
+        count = [0]
+
+        def counted(*args, **kwargs):
+            count[0] += 1
+            return real(*args, **kwargs)
+        acdc._values = counted
+        try:
+            batched = cf.score_edges(model, task, "acdc", threshold=0.01, chunk=chunk)
+        finally:
+            acdc._values = real
+        forwards.append(count[0])
+        assert torch.equal(cf.prune(batched, threshold=0.01, absolute=False, remove_dangling=False).mask,
+                           kept_naive.mask)
+        assert torch.allclose(batched.scores, naive.scores, atol=1e-8)
+    assert forwards[0] < kept_naive.n_edges  # fewer forwards than kept edges: predictions held
 
 
 def test_acdc_with_the_task_metric(model):

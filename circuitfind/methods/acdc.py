@@ -4,11 +4,15 @@ remove it when removing it changes the metric by less than a threshold τ.
     Δ(e) = behaviour lost by removing e from the current circuit   (KL increase by default)
     remove e  ⇔  Δ(e) < τ
 
-Batched: the edges into one receiver are tried in chunks. Chunk member j is the current circuit
-minus the first j edges (every earlier edge assumed removed), all evaluated in one masked forward
-that starts from the clean run below the receiver's layer. Decisions are then read off in order up
-to the first edge that is kept; the rest of the chunk assumed its removal and is tried again. This
-gives exactly the circuit of the one-forward-per-edge loop (`naive=True`, the reference).
+Batched: the edges into a group of receivers (`_groups`) are tried in chunks, evaluated in one masked forward that
+starts from the clean run below the receiver's layer. Chunk member j tests removing edge j from the
+circuit the earlier members are *predicted* to leave; decisions are then read off in order, and
+while each matches its prediction every member tested exactly the circuit the one-edge-at-a-time
+loop (`naive=True`, the reference) would have. At the first decision that does not, the rest of the
+chunk is tried again, predicted this time by the Δ it has just shown (a circuit that differs by one
+edge rarely moves another edge across τ). The first prediction is removal: most edges go. So a
+receiver costs about one forward per misprediction, not one per kept edge, and the circuit is
+exactly the loop's.
 
 Scores: each edge's Δ when it was decided (edges into nodes already cut off get 0), so
 `prune(scores, threshold=τ, absolute=False)` is the ACDC circuit.
@@ -57,41 +61,104 @@ def _values(model, setup, cfg, masks, start=None, workspace=None):
 
 def _run(model, setup, cfg, quiet):
     g = model.graph
-    full = g.edge_mask.to(model.device, model.dtype)
-    circuit = full.clone()
+    circuit = g.edge_mask.to(model.device, model.dtype).clone()
     scores = torch.zeros(g.n_receivers, g.n_senders)
-    current = float(_values(model, setup, cfg, circuit[None])[0])
     wanted = range(g.n_receivers) if cfg.receivers is None else cfg.receivers
-    order = sorted(wanted, key=lambda r: (-int(g.receiver_layer[r]), -r))  # logits first
-    prefixes, workspace = {}, Workspace()  # one workspace: the sweep's forwards run one at a time
     bar = tqdm(total=int(g.edge_mask[list(wanted)].sum()), desc="ACDC", unit="edge", disable=quiet)
-    for dst in order:
+    sweep = _naive if cfg.naive else _batched
+    sweep(model, setup, cfg, circuit, scores, _groups(g, wanted), bar)
+    bar.close()
+    return scores
+
+
+def _groups(g, wanted) -> list[list[int]]:
+    """The receivers in sweep order (logits first, then layer by layer down, latest receiver first),
+    cut into groups whose members' fates are independent: a layer's MLP, then its q/k/v receivers.
+    Whether a node still feeds anything depends only on the receivers above it (and on its layer's
+    MLP, which reads its heads), so no decision inside a group cuts off another member."""
+    order = sorted(wanted, key=lambda r: (-int(g.receiver_layer[r]), -r))
+    mlps = {g.mlp_receiver(l) for l in range(g.n_layers)}
+    groups: list[list[int]] = []
+    for r in order:
+        key = (int(g.receiver_layer[r]), r in mlps)
+        if groups and (int(g.receiver_layer[groups[-1][0]]), groups[-1][0] in mlps) == key and r not in mlps:
+            groups[-1].append(r)
+        else:
+            groups.append([r])
+    return groups
+
+
+def _cut_off(g, circuit, dst) -> bool:
+    """Does the node of receiver dst feed nothing any more? (Then its inputs are removed unasked.)"""
+    node = int(g.receiver_node[dst])
+    return node >= 0 and not bool(circuit[:, node].any())
+
+
+def _naive(model, setup, cfg, circuit, scores, groups, bar):
+    """The reference: one full masked forward per edge, in order."""
+    g = model.graph
+    current = float(_values(model, setup, cfg, circuit[None])[0])
+    for dst in (r for group in groups for r in group):
         srcs = g.edge_mask[dst].nonzero()[:, 0].flip(0).tolist()  # latest sender first
-        node = int(g.receiver_node[dst])
-        if node >= 0 and not bool(circuit[:, node].any()):  # this node feeds nothing any more
+        if _cut_off(g, circuit, dst):
             circuit[dst] = 0
             bar.update(len(srcs))
             continue
-        layer = int(g.receiver_layer[dst])
-        if not cfg.naive and layer not in prefixes:
+        for src in srcs:
+            trial = circuit.clone()
+            trial[dst, src] = 0
+            value = float(_values(model, setup, cfg, trial[None])[0])
+            scores[dst, src] = value - current
+            bar.update(1)
+            if value - current < cfg.threshold:
+                circuit[dst, src] = 0
+                current = value
+
+
+def _batched(model, setup, cfg, circuit, scores, groups, bar):
+    """The same decisions, a group's edges in predicted chains (module docstring)."""
+    g = model.graph
+    current = float(_values(model, setup, cfg, circuit[None])[0])
+    prefixes, workspace = {}, Workspace()  # one workspace: the sweep's forwards run one at a time
+    for group in groups:
+        edges = []  # (dst, src) in sweep order
+        for dst in group:
+            srcs = g.edge_mask[dst].nonzero()[:, 0].flip(0).tolist()
+            if _cut_off(g, circuit, dst):
+                circuit[dst] = 0
+                bar.update(len(srcs))
+            else:
+                edges += [(dst, src) for src in srcs]
+        if not edges:
+            continue
+        layer = int(g.receiver_layer[group[0]])
+        if layer not in prefixes:
             prefixes[layer] = prefix(model, setup.batch.clean, setup.ablated, layer)
+        predicted = [True] * len(edges)  # True: removal predicted (most edges go)
         i = 0
-        while i < len(srcs):
-            chunk = srcs[i: i + (1 if cfg.naive else cfg.chunk)]
+        while i < len(edges):
+            chunk = edges[i: i + cfg.chunk]
             masks = circuit.expand(len(chunk), -1, -1).clone()
-            for j, src in enumerate(chunk):  # member j: the first j + 1 edges removed
-                masks[j:, dst, src] = 0
-            start = None if cfg.naive else prefixes[layer]
-            values = _values(model, setup, cfg, masks, start, workspace).tolist()
-            for j, src in enumerate(chunk):
-                delta = values[j] - current
+            for j, (dst, src) in enumerate(chunk):  # member j: edge j removed, and the earlier predicted removals
+                masks[j, dst, src] = 0
+                if predicted[i + j]:
+                    masks[j + 1:, dst, src] = 0
+            values = _values(model, setup, cfg, masks, prefixes[layer], workspace).tolist()
+            for j, (dst, src) in enumerate(chunk):
+                before = current  # the metric of the circuit member j removed edge j from
+                delta = values[j] - before
                 scores[dst, src] = delta
-                i += 1
                 bar.update(1)
-                if delta < cfg.threshold:  # remove, and go on with this circuit
+                remove = delta < cfg.threshold
+                if remove:
                     circuit[dst, src] = 0
                     current = values[j]
-                else:  # kept: later members assumed its removal; try them again
+                if remove != predicted[i + j]:  # later members tested circuits the loop will not see
+                    chain = values[j] if predicted[i + j] else before  # what they started from
+                    for t in range(j + 1, len(chunk)):
+                        assumed, predicted[i + t] = predicted[i + t], values[t] - chain < cfg.threshold
+                        chain = values[t] if assumed else chain
+                    i += j + 1
                     break
-    bar.close()
-    return scores
+            else:
+                i += len(chunk)
