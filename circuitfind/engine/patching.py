@@ -11,7 +11,10 @@ differentiable (learned-mask methods train them).
 
 How it stays fast:
 - D is stored sender-major `[k, src, batch·pos·d_model]`, so mixing every receiver of a layer is one
-  GEMM `M[k, dst, src] @ D[k, src, ·]` at BLAS speed.
+  GEMM `M[k, dst, src] @ D[k, src, ·]` at BLAS speed, to which the walk adds its running base_v. On
+  the CPU, receivers that read no sender skip the product, and very sparse masks are mixed by row
+  additions (`store._mix_plan`).
+- A `Workspace` passed to every call of a sweep keeps the buffers warm from call to call.
 - A layer whose mask rows are all ones reads the real residual stream: no mixing, fused projections.
 - A sender none of whose out-edges is kept in any mask is not computed (its ablated output stands in).
 - Logits are computed only at each example's answer position.
