@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import sys
 import time
+from unittest import mock
 from pathlib import Path
 
 import torch
@@ -72,21 +73,12 @@ def acdc_pair(model, task, threshold, label, target, **options):
     """Time batched and naive ACDC at one threshold (counting their masked forwards) and check they
     keep the same circuit."""
     seconds, kept, forwards = {}, {}, {}
-    real = acdc._values
     for naive in (False, True):
-        count = [0]
-
-        def counted(*args, **kwargs):
-            count[0] += 1
-            return real(*args, **kwargs)
-        acdc._values = counted
-        try:
+        with mock.patch.object(acdc, "_values", wraps=acdc._values) as values:
             t0 = time.perf_counter()
             scores = cf.score_edges(model, task, "acdc", threshold=threshold, naive=naive, **options)
             seconds[naive] = time.perf_counter() - t0
-        finally:
-            acdc._values = real
-        forwards[naive] = count[0]
+        forwards[naive] = values.call_count
         kept[naive] = cf.prune(scores, threshold=threshold, absolute=False, remove_dangling=False)
     print(f"{label} (threshold {threshold}, {kept[False].n_edges} kept): batched {seconds[False]:.2f} s "
           f"({forwards[False]} forwards), naive {seconds[True]:.2f} s ({forwards[True]} forwards) = "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from unittest import mock
 
 import pytest
 import torch
@@ -129,7 +130,8 @@ def test_faithfulness_curve_matches_separate_evaluations(model):
     assert curve.cpr == pytest.approx(_trapezoid(MIB_FRACTIONS, curve.faithfulness_signed))
     signed = cf.faithfulness_curve(model, task, scores, chunk=5, ranking="signed")
     absolute = cf.faithfulness_curve(model, task, scores, chunk=5, ranking="absolute")
-    assert signed.faithfulness_signed == pytest.approx(curve.faithfulness_signed, abs=1e-9) and signed.cpr == pytest.approx(curve.cpr)
+    assert signed.faithfulness_signed == pytest.approx(curve.faithfulness_signed, abs=1e-9)
+    assert signed.cpr == pytest.approx(curve.cpr)
     assert absolute.faithfulness_absolute == pytest.approx(curve.faithfulness_absolute, abs=1e-9)
     assert absolute.cmd == pytest.approx(curve.cmd)
     assert signed.faithfulness_absolute == [] and math.isnan(signed.cmd) and math.isnan(absolute.cpr)
@@ -183,19 +185,10 @@ def test_acdc_predicted_chains_equal_the_loop_on_a_trained_model():
     kept_naive = cf.prune(naive, threshold=0.01, absolute=False, remove_dangling=False)
     assert 20 < kept_naive.n_edges < model.graph.n_edges / 2
     forwards = []
-    real = acdc._values
     for chunk in (16, 5):
-        count = [0]
-
-        def counted(*args, **kwargs):
-            count[0] += 1
-            return real(*args, **kwargs)
-        acdc._values = counted
-        try:
+        with mock.patch.object(acdc, "_values", wraps=acdc._values) as values:
             batched = cf.score_edges(model, task, "acdc", threshold=0.01, chunk=chunk)
-        finally:
-            acdc._values = real
-        forwards.append(count[0])
+        forwards.append(values.call_count)
         assert torch.equal(cf.prune(batched, threshold=0.01, absolute=False, remove_dangling=False).mask,
                            kept_naive.mask)
         assert torch.allclose(batched.scores, naive.scores, atol=1e-8)

@@ -12,6 +12,8 @@ D is copied or saved twice.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -29,9 +31,7 @@ class Workspace:
 
     def get(self, name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
         """buffers[name] as a view of this shape, (re)allocated when too small or of another kind."""
-        n = 1
-        for s in shape:
-            n *= s
+        n = math.prod(shape)
         buf = self.buffers.get(name)
         if buf is None or buf.numel() < n or buf.dtype != like.dtype or buf.device != like.device:
             buf = self.buffers[name] = torch.empty(n, dtype=like.dtype, device=like.device)

@@ -65,8 +65,9 @@ def _run(model, setup, cfg, quiet):
     scores = torch.zeros(g.n_receivers, g.n_senders)
     wanted = range(g.n_receivers) if cfg.receivers is None else cfg.receivers
     bar = tqdm(total=int(g.edge_mask[list(wanted)].sum()), desc="ACDC", unit="edge", disable=quiet)
+    current = float(_values(model, setup, cfg, circuit[None])[0])
     sweep = _naive if cfg.naive else _batched
-    sweep(model, setup, cfg, circuit, scores, _groups(g, wanted), bar)
+    sweep(model, setup, cfg, circuit, current, scores, _groups(g, wanted), bar)
     bar.close()
     return scores
 
@@ -80,31 +81,35 @@ def _groups(g, wanted) -> list[list[int]]:
     mlps = {g.mlp_receiver(l) for l in range(g.n_layers)}
     groups: list[list[int]] = []
     for r in order:
-        key = (int(g.receiver_layer[r]), r in mlps)
-        if groups and (int(g.receiver_layer[groups[-1][0]]), groups[-1][0] in mlps) == key and r not in mlps:
+        last = groups[-1][0] if groups else None
+        same_layer = last is not None and int(g.receiver_layer[last]) == int(g.receiver_layer[r])
+        if same_layer and last not in mlps and r not in mlps:
             groups[-1].append(r)
         else:
             groups.append([r])
     return groups
 
 
-def _cut_off(g, circuit, dst) -> bool:
-    """Does the node of receiver dst feed nothing any more? (Then its inputs are removed unasked.)"""
-    node = int(g.receiver_node[dst])
-    return node >= 0 and not bool(circuit[:, node].any())
-
-
-def _naive(model, setup, cfg, circuit, scores, groups, bar):
-    """The reference: one full masked forward per edge, in order."""
-    g = model.graph
-    current = float(_values(model, setup, cfg, circuit[None])[0])
-    for dst in (r for group in groups for r in group):
-        srcs = g.edge_mask[dst].nonzero()[:, 0].flip(0).tolist()  # latest sender first
-        if _cut_off(g, circuit, dst):
+def _open_edges(g, circuit, receivers, bar) -> list[tuple[int, int]]:
+    """The edges (dst, src) into these receivers still to be tried, latest sender first. A receiver
+    whose node feeds nothing any more loses its inputs unasked (counted on the bar)."""
+    edges = []
+    for dst in receivers:
+        srcs = g.edge_mask[dst].nonzero()[:, 0].flip(0).tolist()
+        node = int(g.receiver_node[dst])
+        if node >= 0 and not bool(circuit[:, node].any()):
             circuit[dst] = 0
             bar.update(len(srcs))
-            continue
-        for src in srcs:
+        else:
+            edges += [(dst, src) for src in srcs]
+    return edges
+
+
+def _naive(model, setup, cfg, circuit, current, scores, groups, bar):
+    """The reference: one full masked forward per edge, in order."""
+    g = model.graph
+    for dst in (r for group in groups for r in group):
+        for _, src in _open_edges(g, circuit, [dst], bar):
             trial = circuit.clone()
             trial[dst, src] = 0
             value = float(_values(model, setup, cfg, trial[None])[0])
@@ -115,20 +120,12 @@ def _naive(model, setup, cfg, circuit, scores, groups, bar):
                 current = value
 
 
-def _batched(model, setup, cfg, circuit, scores, groups, bar):
+def _batched(model, setup, cfg, circuit, current, scores, groups, bar):
     """The same decisions, a group's edges in predicted chains (module docstring)."""
     g = model.graph
-    current = float(_values(model, setup, cfg, circuit[None])[0])
     prefixes, workspace = {}, Workspace()  # one workspace: the sweep's forwards run one at a time
     for group in groups:
-        edges = []  # (dst, src) in sweep order
-        for dst in group:
-            srcs = g.edge_mask[dst].nonzero()[:, 0].flip(0).tolist()
-            if _cut_off(g, circuit, dst):
-                circuit[dst] = 0
-                bar.update(len(srcs))
-            else:
-                edges += [(dst, src) for src in srcs]
+        edges = _open_edges(g, circuit, group, bar)  # (dst, src) in sweep order
         if not edges:
             continue
         layer = int(g.receiver_layer[group[0]])
