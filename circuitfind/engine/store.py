@@ -52,9 +52,9 @@ class _Segment:
 
 def take(t: Tensor, idx: Tensor, dim: int) -> Tensor:
     """t indexed along dim by idx: a view when idx is a contiguous range, a gather otherwise."""
-    n = len(idx)
-    if n and int(idx[-1]) - int(idx[0]) == n - 1 and (n < 3 or bool((idx[1:] - idx[:-1] == 1).all())):
-        return t.narrow(dim, int(idx[0]), n)
+    ids = idx.tolist()  # one call: element-wise reads of a small tensor cost more than the gather
+    if ids and ids == list(range(ids[0], ids[0] + len(ids))):
+        return t.narrow(dim, ids[0], len(ids))
     return t.index_select(dim, idx.to(t.device))
 
 

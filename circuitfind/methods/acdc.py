@@ -120,6 +120,12 @@ def _naive(model, setup, cfg, circuit, current, scores, groups, bar):
                 current = value
 
 
+def _first_guess(dst: int, src: int) -> bool:
+    """An edge's predicted fate before anything about it is measured: removal (most edges go).
+    (`benchmarks/methods.py` swaps in the loop's own decisions to time the best any guess could do.)"""
+    return True
+
+
 def _batched(model, setup, cfg, circuit, current, scores, groups, bar):
     """The same decisions, a group's edges in predicted chains (module docstring)."""
     g = model.graph
@@ -131,7 +137,7 @@ def _batched(model, setup, cfg, circuit, current, scores, groups, bar):
         layer = int(g.receiver_layer[group[0]])
         if layer not in prefixes:
             prefixes[layer] = prefix(model, setup.batch.clean, setup.ablated, layer)
-        predicted = [True] * len(edges)  # True: removal predicted (most edges go)
+        predicted = [_first_guess(dst, src) for dst, src in edges]  # True: removal predicted
         i = 0
         while i < len(edges):
             chunk = edges[i: i + cfg.chunk]
