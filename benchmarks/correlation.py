@@ -10,6 +10,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import circuitfind as cf  # noqa: E402
@@ -17,8 +19,7 @@ from tests.induction_model import induction_model  # noqa: E402
 
 
 def pearson(a, b) -> float:
-    a, b = a - a.mean(), b - b.mean()
-    return float((a * b).sum() / (a.norm() * b.norm()))
+    return float(torch.corrcoef(torch.stack([a, b]))[0, 1])
 
 
 def main():
@@ -37,12 +38,14 @@ def main():
         for method, opts in (("eap", {}), ("eap-ig", {}), ("eap-ig", {"steps": 20})):
             scores = cf.score_edges(model, task, method, ablation=ablation, **opts).values()
             r[method + (f" ({opts['steps']} steps)" if opts else "")] = pearson(scores, exact)
-        print(f"{label} ({ablation} ablation, {getattr(task.metric, '__name__', task.metric)}, {model.graph.n_edges} edges): "
+        metric = getattr(task.metric, "__name__", task.metric)  # a callable metric by its name
+        print(f"{label} ({ablation} ablation, {metric}, {model.graph.n_edges} edges): "
               + ", ".join(f"{m} r = {v:.3f}" for m, v in r.items()))
         if task.metric in ("prob-diff", "kl"):  # saturating metrics: the same scores measured on logit-diff
             task.metric = "logit-diff"  # (what the MIB circuit track attributes with, for every task)
             exact = cf.score_edges(model, task, "exact", ablation=ablation).values()
-            r = {m: pearson(cf.score_edges(model, task, m, ablation=ablation).values(), exact) for m in ("eap", "eap-ig")}
+            r = {m: pearson(cf.score_edges(model, task, m, ablation=ablation).values(), exact)
+                 for m in ("eap", "eap-ig")}
             print("    scored on logit-diff instead: " + ", ".join(f"{m} r = {v:.3f}" for m, v in r.items()))
 
 

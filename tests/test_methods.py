@@ -260,27 +260,24 @@ def test_induction_circuit_is_found_on_the_hand_weighted_model():
     assert cf.evaluate(model, task, circuit)["faithfulness"] >= 0.9
 
 
-def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a - a.mean(), b - b.mean()
-    return float((a * b).sum() / (a.norm() * b.norm()))
-
-
 @pytest.mark.parametrize("name", ["ioi", "sva", "gendered-pronoun", "capital-country", "arithmetic", "docstring",
                                   "greater-than", "induction"])
 def test_eap_ig_scores_track_exact_patching_on_the_trained_toy_lm(name):
     """Pearson(EAP-IG, exact) ≥ 0.9 on toy-lm, both scored on logit-diff. Under the saturating metrics
-    (greater-than's prob-diff, induction's KL at the clean run) the same scores fall to 0.54 / 0.73 and
-    mcqa stays at 0.88 (`benchmarks/correlation.py`): those are first order against single-edge
-    patching on a curved metric, not an error this test could catch."""
+    (greater-than's prob-diff, induction's KL at the clean run) the same scores fall to 0.54 / 0.73:
+    first order against single-edge patching on a curved metric, not an error this test could catch.
+    mcqa (logit-diff already) is left out at 0.88 (`benchmarks/correlation.py`)."""
     model = cf.load_model("toy-lm")
     task = cf.load_task(name, n=20)
     task.metric = "logit-diff"  # this instance only: the metric the MIB circuit track attributes with
     exact = cf.score_edges(model, task, "exact").values()
-    assert _pearson(cf.score_edges(model, task, "eap-ig").values(), exact) >= 0.9
+    eap_ig = cf.score_edges(model, task, "eap-ig").values()
+    assert torch.corrcoef(torch.stack([eap_ig, exact]))[0, 1] >= 0.9
 
 
 def test_eap_ig_scores_track_exact_patching_on_a_tracr_model():
     model = cf.load_model("tracr-xproportion")
     task = cf.load_task("tracr-xproportion", n=20)
     exact = cf.score_edges(model, task, "exact", ablation="zero").values()
-    assert _pearson(cf.score_edges(model, task, "eap-ig", ablation="zero").values(), exact) >= 0.9
+    eap_ig = cf.score_edges(model, task, "eap-ig", ablation="zero").values()
+    assert torch.corrcoef(torch.stack([eap_ig, exact]))[0, 1] >= 0.9
