@@ -42,7 +42,7 @@ def main():
         print(f"{label} ({ablation} ablation, {metric}, {model.graph.n_edges} edges): "
               + ", ".join(f"{m} r = {v:.3f}" for m, v in r.items()))
         if task.metric in ("prob-diff", "kl"):  # saturating metrics: the same scores measured on logit-diff
-            task.metric = "logit-diff"  # (what the MIB circuit track attributes with, for every task)
+            task = cf.load_task(task_name, n=40, metric="logit-diff")  # what the MIB circuit track attributes with
             exact = cf.score_edges(model, task, "exact", ablation=ablation).values()
             r = {m: pearson(cf.score_edges(model, task, m, ablation=ablation).values(), exact)
                  for m in ("eap", "eap-ig")}

@@ -38,7 +38,7 @@ def _tasks(args) -> int:
     from circuitfind.task import builtin_tasks, load_task, metric_name
 
     if args.action == "show":
-        task = load_task(args.task, n=args.n, seed=args.seed, split=args.split)
+        task = load_task(args.task, n=args.n, seed=args.seed, split=args.split, metric=args.metric)
         print(f"{task.name}: {task.description} (metric: {metric_name(task)})")
         for ex in task.examples():
             print(f"  clean:   {ex.clean!r}\n  corrupt: {ex.corrupt!r}\n  answer:  {ex.correct!r}  vs  {ex.wrong!r}")
@@ -55,6 +55,7 @@ def _discover(args) -> int:
     from circuitfind.errors import ConfigError
     from circuitfind.methods import check_options
     from circuitfind.models.loading import load_model
+    from circuitfind.task import load_task
 
     options = {}
     for item in args.option or []:
@@ -63,11 +64,13 @@ def _discover(args) -> int:
             raise ConfigError(f"--option takes KEY=VALUE, got {item!r}")
         options[key.replace("-", "_")] = _option_value(value)
     check_options(args.method, options)  # before any loading
+    task = load_task(args.task, n=args.n, seed=args.seed, metric=args.metric)
     model = load_model(args.model, dtype=args.dtype, device=args.device)
-    run = discover(model, args.task, args.method, args.ablation, out=args.out, edges=args.edges, target=args.target,
+    run = discover(model, task, args.method, args.ablation, out=args.out, edges=args.edges, target=args.target,
                    n=args.n, seed=args.seed, quiet=args.quiet, report=not args.no_report, **options)
     r = run.result
-    print(f"{r['model']} / {r['task']} / {r['method']}: {r['n_edges']} of {r['n_edges_total']} edges, "
+    print(f"{r['model']} / {r['task']} ({r['metric_name']}) / {r['method']}: "
+          f"{r['n_edges']} of {r['n_edges_total']} edges, "
           f"faithfulness {r['faithfulness']:.3f}, CPR {r['cpr']:.3f}, CMD {r['cmd']:.3f}")
     if run.out is not None:
         print(f"wrote {run.out}/result.json, circuit.json, scores.safetensors")
@@ -127,7 +130,7 @@ def _sweep(args) -> int:
     df = sweep(_list(args.models), _list(args.tasks), _list(args.methods), _list(args.ablations),
                [int(s) for s in _list(args.seeds)], store=args.store, executor=args.executor, workers=args.workers,
                n=args.n, edges=args.edges, target=args.target, options=options, dtype=args.dtype, device=args.device,
-               resources=resources, quiet=args.quiet)
+               resources=resources, metric=args.metric, quiet=args.quiet)
     done = df[df.status == "done"] if len(df) else df
     if len(done):
         cols = ["model", "task", "method", "ablation", "seed", "n_edges", "faithfulness", "cpr", "cmd", "roc_auc"]
@@ -218,6 +221,9 @@ def _method_names() -> list[str]:
     return list(METHODS)
 
 
+METRIC_HELP = "score and evaluate under this metric instead of the task's own: logit-diff, prob-diff, kl, ce"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="circuitfind", description="Automated circuit discovery in transformers.")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -229,12 +235,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("-n", type=int, default=3)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--split", default="train", choices=["train", "test"])
+    t.add_argument("--metric", help=METRIC_HELP)
     t.set_defaults(run=_tasks)
     d = sub.add_parser("discover", help="score edges, choose the smallest faithful circuit, write a run directory")
     d.add_argument("--model", required=True, help="zoo name, local directory or hub id")
     d.add_argument("--task", required=True, help="built-in task or path/to/file.py:ClassName")
     d.add_argument("--method", default="eap-ig", help="one of: " + ", ".join(_method_names()))
     d.add_argument("--ablation", default="corrupted", help="corrupted, mean, mean-positional, zero, resample")
+    d.add_argument("--metric", help=METRIC_HELP)
     d.add_argument("--out", help="run directory to write")
     d.add_argument("--edges", type=int, help="circuit size (default: smallest MIB size reaching --target)")
     d.add_argument("--target", type=float, default=0.9, help="faithfulness the circuit must reach")
@@ -256,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--tasks", required=True, help="comma-separated tasks")
     w.add_argument("--methods", required=True, help="comma-separated methods")
     w.add_argument("--ablations", default="corrupted", help="comma-separated ablations")
+    w.add_argument("--metric", help=METRIC_HELP + " (every task of the sweep)")
     w.add_argument("--seeds", default="0", help="comma-separated seeds")
     w.add_argument("--store", default="sweep.sqlite", help="SQLite store (created, or resumed)")
     w.add_argument("--executor", default="local", choices=["local", "ray"])

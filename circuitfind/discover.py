@@ -26,7 +26,7 @@ from circuitfind.methods import METHODS, score_edges
 from circuitfind.prune import prune
 from circuitfind.report import write_report
 from circuitfind.report.data import collect
-from circuitfind.task import Task, load_task
+from circuitfind.task import Task, load_task, metric_name
 
 
 def _version(package: str) -> str:
@@ -63,7 +63,8 @@ def discover(model, task: Task | str, method: str = "eap-ig", ablation: str = "c
     circuit = prune(scores, edges=edges)
     result = evaluate(model, test, circuit, ablation=ablation, seed=seed)
     truth = task.ground_truth(model)
-    result = {"model": model.name, "task": task.name, "method": method, "ablation": ablation,
+    result = {"model": model.name, "task": task.name, "metric_name": metric_name(task), "method": method,
+              "ablation": ablation,
               "n_edges_total": model.graph.n_edges, "n_edges": circuit.n_edges,
               "faithfulness": result["faithfulness"], "cpr": curve.cpr, "cmd": curve.cmd,
               "roc_auc": roc_auc(scores, truth) if truth else None,

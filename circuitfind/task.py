@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -126,8 +126,11 @@ class Task:
         return getattr(model, "ground_truth", {}).get(self.name)
 
     def with_split(self, split: str, n: int | None = None) -> "Task":
-        """The same task on another split (and size)."""
-        return type(self)(n=self.n if n is None else n, seed=self.seed, split=split)
+        """The same task on another split (and size), under the same metric (an instance's own included)."""
+        other = type(self)(n=self.n if n is None else n, seed=self.seed, split=split)
+        if "metric" in vars(self):  # set on this instance (load_task(metric=...)): the test split must agree
+            other.metric = self.metric
+        return other
 
     # ------------------------------------------------------------------ generation
     def examples(self, model=None) -> list[Example]:
@@ -293,9 +296,17 @@ def builtin_tasks() -> dict[str, type[Task]]:
     return dict(sorted(found.items()))
 
 
-def load_task(name_or_path: str | Task, n: int = 100, seed: int = 0, split: str = "train") -> Task:
-    """A built-in task by name, or a user task as "path/to/file.py:ClassName"."""
+def load_task(name_or_path: str | Task, n: int = 100, seed: int = 0, split: str = "train",
+              metric: str | Callable | None = None) -> Task:
+    """A built-in task by name, or a user task as "path/to/file.py:ClassName".
+
+    metric: score and evaluate this task under another metric than its own (a built-in name or
+    fn(logits, targets) -> [batch]), e.g. "logit-diff" where the task's prob-diff or KL saturates."""
+    if metric is not None:
+        resolve_metric(metric)  # raises MetricError naming the built-ins
     if isinstance(name_or_path, Task):
+        if metric is not None:
+            raise TaskError("metric= is for a task loaded by name; set it on a Task instance you built yourself")
         return name_or_path
     spec = str(name_or_path)
     if ":" in spec and spec.split(":")[0].endswith(".py"):
@@ -308,7 +319,10 @@ def load_task(name_or_path: str | Task, n: int = 100, seed: int = 0, split: str 
         cls = tasks[spec]
     if cls.metric not in METRICS and not callable(getattr(cls, "metric", None)):
         raise TaskError(f"task {cls.__name__} names metric {cls.metric!r}; known: {', '.join(METRICS)}")
-    return cls(n=n, seed=seed, split=split)
+    task = cls(n=n, seed=seed, split=split)
+    if metric is not None:
+        task.metric = metric
+    return task
 
 
 def _task_from_file(path: str, class_name: str) -> type[Task]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 import circuitfind as cf
@@ -49,3 +50,28 @@ def test_cli_discover_with_a_user_task(tmp_path, capsys):
 def test_cli_discover_bad_method(capsys):
     assert main(["discover", "--model", "/nope", "--task", "ioi", "--method", "magic"]) == 2
     assert "unknown method 'magic'" in capsys.readouterr().err
+
+
+def test_another_metric_holds_for_scoring_and_for_the_test_split(tmp_path, capsys):
+    """load_task(metric=) / --metric: the test split that discover evaluates on keeps the metric, so
+    metric_full is the full model's logit difference, not greater-than's own prob-diff."""
+    model = cf.load_model("toy-lm")
+    task = cf.load_task("greater-than", n=12, metric="logit-diff")
+    assert type(task).metric == "prob-diff" and task.with_split("test").metric == "logit-diff"
+    run = cf.discover(model, task, method="eap", edges=20, quiet=True, report=False)
+    test = cf.load_task("greater-than", n=3, split="test").batch(model)  # discover's test split: n // 4
+    logits = model(test.clean.tokens, test.clean.attention_mask, at=test.clean.answer_pos)  # [batch, vocab]
+    t = test.targets  # answer sets [batch, n] padded with −1: years above the start year, and the rest
+    by_hand = torch.stack([row[c[c >= 0]].mean() - row[w[w >= 0]].mean()
+                           for row, c, w in zip(logits, t.correct, t.wrong)]).mean()
+    assert run.result["metric_name"] == "logit-diff"
+    assert run.result["metric"]["metric_full"] == pytest.approx(float(by_hand), rel=1e-5)
+
+    code = main(["discover", "--model", "toy-lm", "--task", "greater-than", "--metric", "logit-diff", "--method", "eap",
+                 "-n", "12", "--edges", "20", "--out", str(tmp_path / "run"), "--no-report", "--quiet"])
+    assert code == 0 and "greater-than (logit-diff)" in capsys.readouterr().out
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["metric"] == pytest.approx(run.result["metric"])  # CLI and Python agree
+
+    assert main(["discover", "--model", "toy-lm", "--task", "greater-than", "--metric", "accuracy"]) == 2
+    assert "unknown metric 'accuracy'" in capsys.readouterr().err

@@ -268,8 +268,7 @@ def test_eap_ig_scores_track_exact_patching_on_the_trained_toy_lm(name):
     first order against single-edge patching on a curved metric, not an error this test could catch.
     mcqa (logit-diff already) is left out at 0.88 (`benchmarks/correlation.py`)."""
     model = cf.load_model("toy-lm")
-    task = cf.load_task(name, n=20)
-    task.metric = "logit-diff"  # this instance only: the metric the MIB circuit track attributes with
+    task = cf.load_task(name, n=20, metric="logit-diff")  # the metric the MIB circuit track attributes with
     exact = cf.score_edges(model, task, "exact").values()
     eap_ig = cf.score_edges(model, task, "eap-ig").values()
     assert torch.corrcoef(torch.stack([eap_ig, exact]))[0, 1] >= 0.9

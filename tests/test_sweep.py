@@ -200,3 +200,22 @@ def test_a_model_that_fails_to_load_fails_its_jobs_only(model_dirs, tmp_path):
     status = dict(zip(df.model, df.status))
     assert status == {model_dirs[0]: "done", str(broken): "failed"}
     assert df[df.status == "failed"].error.iloc[0].startswith("loading the model failed")
+
+
+def test_sweep_under_another_metric(tmp_path, capsys):
+    """--metric: every job scored and evaluated under it, stored as task@metric under a key of its own;
+    jobs on a task's own metric keep the configuration (and so the key) they had before metric existed."""
+    from circuitfind.sweep.jobs import Job, expand
+
+    own = Job("toy-lm", "greater-than", "eap", "corrupted", 0, n=8, edges=10)
+    assert "metric" not in own.config()
+    other = expand(["toy-lm"], ["greater-than"], ["eap"], n=8, edges=10, metric="logit-diff")[0]
+    assert other.key != own.key and other.label == "toy-lm/greater-than@logit-diff/eap/corrupted/seed0"
+    store = tmp_path / "s.sqlite"
+    assert main(["sweep", "--models", "toy-lm", "--tasks", "greater-than", "--methods", "eap", "--metric", "logit-diff",
+                 "-n", "8", "--edges", "10", "--store", str(store), "--quiet"]) == 0
+    row = cf.load_sweep(store).iloc[0]
+    assert row.status == "done" and row.task == "greater-than@logit-diff" and row.key == other.key
+    assert row.result["metric_name"] == "logit-diff"
+    with pytest.raises(ConfigError, match="unknown metric"):
+        expand(["toy-lm"], ["ioi"], ["eap"], metric="accuracy")

@@ -140,6 +140,21 @@ def test_user_task_from_the_cli(user_file, capsys):
     assert "said hello to" in out and "logit-diff" in out
 
 
+def test_another_metric_for_one_loaded_task(user_file, capsys):
+    """load_task(metric=) changes that instance (and its other split) only; unknown names are refused."""
+    from circuitfind.cli import main
+    task = load_task("greater-than", n=4, metric="logit-diff")
+    assert task.metric == "logit-diff" and task.with_split("test", n=2).metric == "logit-diff"
+    assert load_task("greater-than", n=4).metric == "prob-diff"
+    assert load_task(f"{user_file}:Greeting", n=2, metric="kl").with_split("test").metric == "kl"
+    with pytest.raises(cf.MetricError, match="unknown metric 'accuracy'"):
+        load_task("greater-than", metric="accuracy")
+    with pytest.raises(cf.TaskError, match="loaded by name"):
+        load_task(task, metric="kl")
+    assert main(["tasks", "show", "greater-than", "-n", "1", "--metric", "logit-diff"]) == 0
+    assert "(metric: logit-diff)" in capsys.readouterr().out
+
+
 def test_cli_lists_builtin_tasks(capsys):
     from circuitfind.cli import main
     assert main(["tasks"]) == 0

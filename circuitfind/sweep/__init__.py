@@ -91,10 +91,11 @@ def _ray(groups, runs_dir, dtype, device, resources):
 def sweep(models, tasks, methods, ablations=("corrupted",), seeds=(0,), *, store="sweep.sqlite",
           executor: str = "local", workers: int = 1, n: int = 100, edges: int | None = None, target: float = 0.9,
           options: dict | None = None, dtype: str = "float32", device: str = "cpu", resources: dict | None = None,
-          quiet: bool = False):
+          metric: str | None = None, quiet: bool = False):
     """Run every combination not yet done, storing each as it finishes; return `load_sweep(store)`.
 
-    options: per-method options, e.g. {"eap-ig": {"steps": 10}}. resources (Ray): per model group,
+    options: per-method options, e.g. {"eap-ig": {"steps": 10}}. metric: every task under this built-in
+    metric instead of its own (stored as task "name@metric"). resources (Ray): per model group,
     e.g. {"num_cpus": 1, "num_gpus": 1, "memory": 8 * 2**30}.
     """
     if executor not in ("local", "ray"):
@@ -104,7 +105,8 @@ def sweep(models, tasks, methods, ablations=("corrupted",), seeds=(0,), *, store
     unknown = set(resources or {}) - {"num_cpus", "num_gpus", "memory"}
     if unknown:
         raise ConfigError(f"unknown resource {sorted(unknown)[0]!r}; a model group asks for num_cpus, num_gpus, memory")
-    jobs = expand(models, tasks, methods, ablations, seeds, n=n, edges=edges, target=target, options=options)
+    jobs = expand(models, tasks, methods, ablations, seeds, n=n, edges=edges, target=target, options=options,
+                  metric=metric)
     Path(store).parent.mkdir(parents=True, exist_ok=True)
     with _exclusive(Path(store)):
         failures, done_before, ran = _run_jobs(jobs, store, executor, workers, dtype, device, resources, quiet)

@@ -20,6 +20,7 @@ from circuitfind.discover import discover
 from circuitfind.engine.ablation import ABLATIONS
 from circuitfind.errors import ConfigError
 from circuitfind.methods import check_options
+from circuitfind.metrics import METRICS
 from circuitfind.sweep.store import SCHEMA_VERSION
 from circuitfind.task import load_task
 
@@ -35,9 +36,18 @@ class Job:
     edges: int | None = None
     target: float = 0.9
     options: dict = field(default_factory=dict, hash=False)
+    metric: str | None = None  # None: the task's own
 
     def config(self) -> dict:
-        return {"schema": SCHEMA_VERSION, **dataclasses.asdict(self)}
+        config = {"schema": SCHEMA_VERSION, **dataclasses.asdict(self)}
+        if self.metric is None:  # left out, so jobs on the task's own metric keep the keys they had
+            del config["metric"]
+        return config
+
+    @property
+    def task_label(self) -> str:
+        """The task as the store names it: "task", or "task@metric" under another metric."""
+        return self.task if self.metric is None else f"{self.task}@{self.metric}"
 
     @property
     def key(self) -> str:
@@ -46,7 +56,7 @@ class Job:
 
     @property
     def label(self) -> str:
-        return f"{self.model}/{self.task}/{self.method}/{self.ablation}/seed{self.seed}"
+        return f"{self.model}/{self.task_label}/{self.method}/{self.ablation}/seed{self.seed}"
 
 
 def _check_model(name: str) -> None:
@@ -59,7 +69,7 @@ def _check_model(name: str) -> None:
 
 
 def expand(models, tasks, methods, ablations=("corrupted",), seeds=(0,), *, n: int = 100, edges: int | None = None,
-           target: float = 0.9, options: dict | None = None) -> list[Job]:
+           target: float = 0.9, options: dict | None = None, metric: str | None = None) -> list[Job]:
     """Every combination, after checking every name (nothing runs if one is wrong)."""
     options = options or {}
     for name, values in (("models", models), ("tasks", tasks), ("methods", methods), ("ablations", ablations),
@@ -68,6 +78,8 @@ def expand(models, tasks, methods, ablations=("corrupted",), seeds=(0,), *, n: i
             raise ConfigError(f"a sweep needs at least one of {name}")
     for m in models:
         _check_model(m)
+    if metric is not None and metric not in METRICS:  # a job is stored by name: no callables
+        raise ConfigError(f"unknown metric {metric!r}; a sweep takes one of {', '.join(METRICS)}")
     for t in tasks:
         load_task(t, n=1)  # raises TaskError naming the built-in tasks
     for m in options:
@@ -78,7 +90,7 @@ def expand(models, tasks, methods, ablations=("corrupted",), seeds=(0,), *, n: i
     for a in ablations:
         if a not in ABLATIONS:
             raise ConfigError(f"unknown ablation {a!r}; choose from {', '.join(ABLATIONS)}")
-    return [Job(mo, t, me, a, int(s), n, edges, target, dict(options.get(me, {})))
+    return [Job(mo, t, me, a, int(s), n, edges, target, dict(options.get(me, {})), metric)
             for mo in models for t in tasks for me in methods for a in ablations for s in seeds]
 
 
@@ -111,7 +123,7 @@ def run_job(model, job: Job, runs_dir: Path, quiet: bool = True) -> dict:
         torch.cuda.reset_peak_memory_stats(model.device)
     try:
         shutil.rmtree(tmp, ignore_errors=True)
-        task = load_task(job.task, n=job.n, seed=job.seed)
+        task = load_task(job.task, n=job.n, seed=job.seed, metric=job.metric)
         run = discover(model, task, job.method, job.ablation, out=tmp, edges=job.edges, target=job.target, n=job.n,
                        seed=job.seed, quiet=quiet, **job.options)
         shutil.rmtree(final, ignore_errors=True)  # left by an attempt killed before its row was written

@@ -78,9 +78,9 @@ class Store:
     def record(self, job, outcome: dict) -> None:
         """Write one job's row (replacing an earlier failed attempt) in one transaction."""
         result = outcome.get("result") or {}
-        row = {"key": job.key, "model": job.model, "task": job.task, "method": job.method, "ablation": job.ablation,
-               "seed": job.seed, "config": json.dumps(job.config(), sort_keys=True), "status": outcome["status"],
-               "error": outcome.get("error"), "started": outcome.get("started"),
+        row = {"key": job.key, "model": job.model, "task": job.task_label, "method": job.method,
+               "ablation": job.ablation, "seed": job.seed, "config": json.dumps(job.config(), sort_keys=True),
+               "status": outcome["status"], "error": outcome.get("error"), "started": outcome.get("started"),
                "finished": outcome.get("finished", time.time()), "seconds": outcome.get("seconds"),
                "peak_mb": outcome.get("peak_mb"), "run_dir": outcome.get("run_dir"),
                "result": json.dumps(result) if result else None} | {f: result.get(f) for f in FIGURES}
