@@ -121,6 +121,43 @@ def test_receivers_reading_no_sender_match_slow_reference(model):
         assert (masked_forward(model, clean, abl, masks[i]) - want).abs().max().item() <= 1e-5
 
 
+def test_inputs_shared_by_masks_that_differ_below_are_computed_once_and_exact(model, monkeypatch):
+    """Masks that differ from layer 0 on, over a pruned top layer whose queries read nothing and
+    whose keys read only the embeddings (the same in every mask): the top layer's q and k are mixed
+    and projected once, its values per mask, and a head that reads only the embeddings is computed
+    once, its D written into every mask's copy. Each copy must still match the slow reference."""
+    from circuitfind.engine.walk import Walk
+
+    clean, corrupt = _pair()
+    abl = ablated_outputs(model, "corrupted", clean, corrupt)
+    g = model.graph
+    top = g.n_layers - 1
+    base = _random_mask(g, 0.7, 4)
+    for h in range(g.n_heads):
+        base[g.qkv_receiver(top, "q", h)] = 0
+        base[g.qkv_receiver(top, "k", h)] = 0
+        base[g.qkv_receiver(top, "k", h), 0] = 1  # the input sender: stored once for all masks
+        base[g.qkv_receiver(top, "v", h), 0] = 1  # values read the input and layer-0 senders that differ
+    base[g.qkv_receiver(top, "v", 0)] = 0
+    base[g.qkv_receiver(top, "v", 0), 0] = 1  # head 0 reads the input alone: computed once for all masks
+    base[g.logits_receiver, g.head_sender(top, 0)] = 1
+    masks = base.expand(4, -1, -1).clone()
+    layer0 = (g.receiver_layer == 0).nonzero()[:, 0]
+    for i in range(1, 4):  # the copies differ from layer 0 on
+        masks[i, layer0[-i]] = 1 - masks[i, layer0[-i]]
+    masks *= g.edge_mask
+    by_kind, groups = [], []
+    split, head_groups = Walk._split_by_kind, Walk._head_groups
+    monkeypatch.setattr(Walk, "_split_by_kind", lambda self, *a: by_kind.append(split(self, *a)) or by_kind[-1])
+    monkeypatch.setattr(Walk, "_head_groups", lambda self, *a: groups.append(head_groups(self, *a)) or groups[-1])
+    batched = masked_forward(model, clean, abl, masks)
+    # both ways of sharing were taken (not with Gemma 2's post-norms: a layer's heads share one normaliser)
+    assert (any(by_kind) and any(len(gr) == 2 for gr in groups)) != model.cfg.post_norms
+    for i in range(4):
+        want = reference_masked_logits(model, clean.tokens, clean.attention_mask, clean.answer_pos, abl, masks[i])
+        assert (batched[i] - want).abs().max().item() <= 1e-5
+
+
 @pytest.mark.parametrize("plan", ["gemm", "rows", "sparse"])
 def test_every_mixing_plan_matches_slow_reference(model, plan, monkeypatch):
     """Receiver inputs mixed by one product, by a product over the receivers that read any sender,

@@ -2,7 +2,8 @@
 
 A store holds segments, each a preallocated buffer `[K, capacity, W]` (W = b'·pos·d_model) filled
 block by block. K is 1 while every mask of the batch agrees so far (the computation is shared) and k
-afterwards. Mixing receivers' mask rows `M [K_M, r, S]` with the stored D gives `[r, K, W]`:
+afterwards; a sender computed once after that is written into every mask's copy, and remembered as
+shared. Mixing receivers' mask rows `M [K_M, r, S]` with the stored D gives `[r, K, W]`:
 for a K = 1 segment one GEMM `(r·k, S) @ (S, W)`; for a K = k segment one batched GEMM.
 
 With gradients on (learned masks, attribution), buffers still hold the data — never modified once
@@ -158,6 +159,7 @@ class DiffStore:
         self.shape_full = (1, *shape)
         self.segments: list[_Segment] = []
         self._cols: list[int] = []
+        self._shared: set[int] = set()  # senders in a per-mask segment whose D every mask shares
         self._cols_t: Tensor | None = None
 
     @property
@@ -172,7 +174,12 @@ class DiffStore:
         return self._cols_t
 
     def _segment(self, K: int, like: Tensor) -> _Segment:
+        """The segment new blocks of K copies go to. Shared blocks (K = 1) that come after the masks
+        diverged are written into the per-mask segment, once per mask (their ids in `_shared`): a
+        K = 1 segment of their own would cost every later mix of a per-mask receiver one more pass."""
         seg = self.segments[-1] if self.segments else None
+        if seg is not None and K == 1 and seg.K > 1 and not seg.frozen and not self.grad:
+            return seg
         if seg is None or seg.K != K or seg.frozen:
             buf, self.buffer = (self.buffer, None) if K == 1 and not self.segments else (None, self.buffer)
             capacity = self.capacity - len(self._cols)
@@ -188,6 +195,8 @@ class DiffStore:
         if self.grad:
             return None
         seg = self._segment(1, like)
+        if seg.K > 1:  # written once per mask by append_diff
+            return None
         s = len(senders)
         view = seg.buf[0, seg.n: seg.n + s]
         seg.n += s
@@ -199,9 +208,11 @@ class DiffStore:
         """Store D = out − abl for these senders (out [s, K, b', pos, d], abl broadcastable); return D."""
         K = out.shape[1]
         if K == 1 and not self.grad and out.shape[1:] == self.shape_full and not out.requires_grad:
-            diff = self.reserve(senders, out).view(out.shape)  # D straight into the buffer
-            torch.sub(out, abl, out=diff)
-            return diff
+            target = self.reserve(senders, out)
+            if target is not None:
+                diff = target.view(out.shape)  # D straight into the buffer
+                torch.sub(out, abl, out=diff)
+                return diff
         return self.append_diff(senders, out - abl)
 
     def append_diff(self, senders: Tensor, diff: Tensor) -> Tensor:
@@ -210,6 +221,8 @@ class DiffStore:
         seg = self._segment(K, diff)
         block = diff.reshape(s, K, self.W).transpose(0, 1)  # [K, s, W]
         seg.buf[:, seg.n: seg.n + s] = block.detach()  # (gradients of a clean run flow through diff itself)
+        if seg.K > K:  # the same D in every mask's copy
+            self._shared.update(senders.tolist())
         if self.grad:
             seg.blocks.append(block)
         seg.n += s
@@ -222,34 +235,60 @@ class DiffStore:
         """Stored columns so far."""
         return len(self._cols)
 
+    def varying(self) -> list[int]:
+        """Sender ids whose D is held per mask (K > 1): a receiver reading none of them under the same
+        mask row in every mask has one input for all masks."""
+        out, c = [], 0
+        for seg in self.segments:
+            if seg.K > 1:
+                out += [u for u in self._cols[c: c + seg.n] if u not in self._shared]
+            c += seg.n
+        return out
+
     def mix(self, M: Tensor, start: int = 0, out: Tensor | None = None) -> Tensor:
         """Mask rows M [K_M, r, S − start] for store columns start.. (in store order) times D → [r, K, W],
-        written into `out` (a buffer of that shape, no gradients) where the first segment allows."""
+        written into `out` (a buffer of that shape, no gradients) where the first segment allows.
+        Without gradients a segment the rows read nothing from is skipped: rows that read only K = 1
+        segments give K = K_M."""
         buffer, out, c, owned = out, None, 0, False
         for seg in self.segments:
             if c + seg.n > start:
                 skip = max(start - c, 0)
                 Ms = M[:, :, c + skip - start: c + seg.n - start]
+                if not self.grad and seg.K > 1 and not bool(Ms.any()):
+                    c += seg.n
+                    continue
                 if self.grad:
                     data = seg.data[:, skip:]
                     part = _SegmentMix.apply(Ms, data, *_blocks_from(seg.blocks, skip))
                 else:
-                    fits = out is None and buffer is not None and seg.K == 1 and buffer.shape[1] == Ms.shape[0]
-                    part = _mix(Ms, seg.data[:, skip:], buffer if fits else None)
+                    data = seg.data[:, skip:]
+                    if Ms.shape[0] == 1 and seg.K > 1:  # rows one for all masks read shared columns only
+                        data = data[:1]
+                    fits = out is None and buffer is not None and data.shape[0] == 1 and buffer.shape[1] == Ms.shape[0]
+                    part = _mix(Ms, data, buffer if fits else None)
                     owned = owned or fits
                 out = part if out is None else out.add_(part) if owned and out.shape == part.shape else out + part
             c += seg.n
+        if out is None:  # nothing stored from start on, or only segments these rows do not read
+            out = M.new_zeros(M.shape[1], M.shape[0], self.W) if buffer is None or buffer.shape[1] != M.shape[0] \
+                else buffer.zero_()
         return out
 
     def mix_at(self, M: Tensor, pos: Tensor) -> Tensor:
         """Like `mix`, at one position per example: pos [K|1, b'] → [r, K, b', d]."""
         out, c = None, 0
         for seg in self.segments:
-            pieces = seg.blocks if self.grad else [seg.data]
+            if not self.grad and seg.K > 1 and not bool(M[:, :, c: c + seg.n].any()):
+                c += seg.n
+                continue
+            pieces = seg.blocks if self.grad else [seg.data[:1] if M.shape[0] == 1 and seg.K > 1 else seg.data]
             D = torch.cat([_gather_pos(x, pos, self.shape) for x in pieces], dim=1)  # [K, n, b'·d]
             part = _mix(M[:, :, c: c + seg.n], D)
             out = part if out is None else out + part
             c += seg.n
+        if out is None:
+            return M.new_zeros(M.shape[1], M.shape[0], pos.shape[1], self.shape[2])
         return out.view(out.shape[0], out.shape[1], pos.shape[1], -1)
 
     def dense(self, n_src: int) -> Tensor:
@@ -267,7 +306,7 @@ class DiffStore:
         other = DiffStore(k, self.shape, self.capacity, grad=False, workspace=workspace)
         for seg in self.segments:
             seg.frozen = True
-        other.segments, other._cols = list(self.segments), list(self._cols)
+        other.segments, other._cols, other._shared = list(self.segments), list(self._cols), set(self._shared)
         return other
 
 

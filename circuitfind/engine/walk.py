@@ -3,7 +3,9 @@
 Layouts (see `patching.py` for the maths):
 - masks `M [k, dst, src]`; the data batch is tiled as `[k, b']`: shared masks (k masks over the same
   b examples, b' = b) or per-example masks (k = b, b' = 1). `K` ∈ {1, k} is how many distinct
-  copies a tensor holds: while every mask agrees on the layers so far, computation runs once (K = 1).
+  copies a tensor holds: while every mask agrees on the layers so far, computation runs once (K = 1);
+  after that, so does any receiver whose mask row is the same in every mask and reads only senders
+  computed once (in a pruned circuit, heads whose queries and keys are cut).
 - residual-like tensors `[K, b', pos, d_model]`; receiver inputs `[r, K, b'·pos·d_model]`;
   sender blocks `[s, K, b', pos, d_model]`; stored differences `D [K, s, b'·pos·d_model]`.
 """
@@ -193,9 +195,19 @@ class Walk:
         same = self.k == 1 or bool((M == M[:1]).all())
         if same and not M.requires_grad and bool((M[0] == full).all()):
             return None, K_state
-        if same and K_state == 1:
+        if same and (K_state == 1 or bool(self._reads_shared(M[0]).all())):
             return M[:1], 1
         return M, self.k
+
+    def _reads_shared(self, M0: Tensor) -> Tensor:
+        """Per mask row M0 [r, src] (the same in every mask): does it read only senders whose D all
+        masks share? Then its receiver has one input for all masks, computed once ([r] bool)."""
+        if M0.requires_grad or self.per_example or self.base.shape[0] != 1:
+            return torch.zeros(M0.shape[0], dtype=torch.bool)
+        varying = self.store.varying()
+        if not varying:
+            return torch.ones(M0.shape[0], dtype=torch.bool)
+        return ~(M0[:, varying] != 0).any(1).cpu()
 
     def _mix(self, M: Tensor, base: Tensor, start: int = 0, out: Tensor | None = None) -> Tensor:
         """base + Σ_u M[·, ·, u] D_u over the stored senders from column `start` on: mask rows M
@@ -222,7 +234,7 @@ class Walk:
             return None, resid.shape[0], resid
         out = None
         if not torch.is_grad_enabled() or not (self.store.grad or M.requires_grad):
-            out = self.workspace.get(scratch, (M.shape[1], max(M.shape[0], self.store.K), self.store.W), M)
+            out = self.workspace.get(scratch, (M.shape[1], K, self.store.W), M)
         x = self._mix(M, base, out=out)
         if self.on_grad is not None:
             on_grad = self.on_grad  # not self: see _tracked_qkv
@@ -238,8 +250,15 @@ class Walk:
         inc = abl.sum(0) + (bias if bias is not None else 0)
         outs = []
         groups = self._head_groups(l, heads)
-        fuse_mlp = self._fuse_mlp(l, groups)
-        for group in groups:  # all groups read the same residual
+        split = [self._split_by_kind(l, group) for group in groups]
+        fuse_mlp = not any(split) and self._fuse_mlp(l, groups)
+        for group, by_kind in zip(groups, split):  # all groups read the same residual
+            if by_kind:  # q, k and v mixed apart: [(x [a, K_t, b'·pos·d], K_t)] × 3
+                x = [self._receiver_inputs(g.qkv_receiver(l, t, 0) + group, self.resid, self.base,
+                                           f"attention inputs {t}")[:2] for t in "qkv"]
+                K, resid = self.k, self.resid
+                outs.append(self._heads(l, attn, group, x, resid, K, take(senders, group, 0), take(abl, group, 0)))
+                continue
             rows = torch.cat([g.qkv_receiver(l, t, 0) + group for t in "qkv"])
             if fuse_mlp:
                 rows = torch.cat([rows, torch.tensor([g.mlp_receiver(l)])])
@@ -253,6 +272,15 @@ class Walk:
             resid = resid + diff.sum(0)  # resid stays base + Σ D (skipped heads wrote their ablation)
         self.base, self._attn_const = self.base + inc, inc
         self.resid = resid
+
+    def _split_by_kind(self, l: int, heads: Tensor) -> bool:
+        """Mix these heads' q, k and v inputs apart? When some kinds have one input for all masks and
+        others one per mask (in a pruned circuit, often queries and keys cut, values not): the
+        shared kinds are then mixed, normed and projected once."""
+        if self.masks is None or self.k == 1 or self.on_grad is not None or self.cfg.post_norms:
+            return False
+        found = [self._mask_rows(self.g.qkv_receiver(l, t, 0) + heads) for t in "qkv"]
+        return all(M is not None for M, _ in found) and {K for _, K in found} == {1, self.k}
 
     def _fuse_mlp(self, l: int, groups: list[Tensor]) -> bool:
         """Mix the MLP receiver in the attention receivers' GEMM (one read of D per layer, not two)?
@@ -269,14 +297,18 @@ class Walk:
     def _head_groups(self, l: int, heads: Tensor) -> list[Tensor]:
         """Split heads into those whose q/k/v mask rows agree across the k masks (computed once)
         and those whose rows differ (computed per mask): patching one edge into one head of a
-        layer then costs one head per mask at that layer, not the whole layer."""
+        layer then costs one head per mask at that layer, not the whole layer. Once the masks differ
+        below, a head is computed once only if its rows also read only senders the masks share (in
+        a pruned circuit, heads whose inputs are all cut)."""
         if len(heads) == 0:
             return []
-        if self.masks is None or self.k == 1 or self.resid.shape[0] != 1 or self.cfg.post_norms:
+        if self.masks is None or self.k == 1 or self.cfg.post_norms:
             return [heads]
         rows = torch.stack([self.g.qkv_receiver(l, t, 0) + heads for t in "qkv"])  # [3, a]
         M = self.masks[:, rows.flatten()]
         same = (M == M[:1]).flatten(2).all(2).all(0).view(3, -1).all(0)  # [a]
+        if self.resid.shape[0] != 1:  # the masks differ below: only heads reading shared senders alone
+            same &= self._reads_shared(M[0]).view(3, -1).all(0)
         if bool(same.all()) or not bool(same.any()):
             return [heads]
         return [heads[same], heads[~same]]
@@ -295,11 +327,13 @@ class Walk:
             k, v = _proj(xn, attn.w_k, attn.b_k, dh), _proj(xn, attn.w_v, attn.b_v, dh)
             if a < cfg.n_heads:
                 q, k, v = q[:, heads], k[:, groups], v[:, groups]
-        else:  # a separate input per receiver: [3a, K·b'·pos, d], normed inside the projection
-            x = x.reshape(3 * a, B * p, self.d)
-            q, k, v = (_proj_each(ln, x[i * a:(i + 1) * a], take(W, idx, 0), bias, idx, dh, B, p)
-                       for i, (W, bias, idx) in enumerate(((attn.W_Q, attn.b_q, heads), (attn.W_K, attn.b_k, groups),
-                                                           (attn.W_V, attn.b_v, groups))))
+        else:  # a separate input per receiver, normed in the projection: [3a, K·b'·pos, d], or per kind
+            if not isinstance(x, list):  # [(x_t, K_t)] with K_t ∈ {1, K}: a shared kind is projected once
+                x = [(part, K) for part in x.reshape(3 * a, -1).split(a)]
+            weights = ((attn.W_Q, attn.b_q, heads), (attn.W_K, attn.b_k, groups), (attn.W_V, attn.b_v, groups))
+            q, k, v = (_copies(_proj_each(ln, xt.reshape(a, Kt * self.bp * p, self.d), take(W, idx, 0), bias, idx,
+                                          dh, Kt * self.bp, p), K // Kt)
+                       for (xt, Kt), (W, bias, idx) in zip(x, weights))
         z, _ = attn.attend(q, k, v, self._rope_rows(K), self._allowed_rows(l, K))  # [B, a, pos, d_head]
         if self.on_grad is not None and self.masks is None and attn.post_norm is None:
             return self._tracked_head_diffs(l, attn, heads, z, senders, abl, K)
@@ -457,6 +491,11 @@ def _at(x: Tensor, pos: Tensor) -> Tensor:
     x = x.expand(K, bp, -1, -1)
     idx = pos.expand(K, bp)[:, :, None, None].expand(K, bp, 1, x.shape[-1])
     return x.gather(2, idx)[:, :, 0]
+
+
+def _copies(t: Tensor, n: int) -> Tensor:
+    """t [K·b', ...] as n copies along the mask axis, [n·K·b', ...] (t itself when n = 1)."""
+    return t if n == 1 else t.repeat(n, *([1] * (t.ndim - 1)))
 
 
 def _out_minus(abl: Tensor, z: Tensor, W_O: Tensor, target: Tensor | None) -> Tensor:
