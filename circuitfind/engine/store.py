@@ -30,13 +30,14 @@ class Workspace:
     def __init__(self):
         self.buffers: dict[str, Tensor] = {}
 
-    def get(self, name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
-        """buffers[name] as a view of this shape, (re)allocated when too small or of another kind."""
+    def get(self, name: str, shape: tuple[int, ...], like: Tensor, offset: int = 0) -> Tensor:
+        """buffers[name] from element `offset` on as a view of this shape, (re)allocated when too small
+        or of another kind."""
         n = math.prod(shape)
         buf = self.buffers.get(name)
-        if buf is None or buf.numel() < n or buf.dtype != like.dtype or buf.device != like.device:
-            buf = self.buffers[name] = torch.empty(n, dtype=like.dtype, device=like.device)
-        return buf[:n].view(shape)
+        if buf is None or buf.numel() < offset + n or buf.dtype != like.dtype or buf.device != like.device:
+            buf = self.buffers[name] = torch.empty(offset + n, dtype=like.dtype, device=like.device)
+        return buf[offset: offset + n].view(shape)
 
 
 class _Segment:

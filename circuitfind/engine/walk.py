@@ -224,17 +224,18 @@ class Walk:
         """Like `_mix`, at one position per example: pos [K|1, b'] → [r, K, b', d]."""
         return self.store.mix_at(take(M, self.store.cols, 2), pos) + _at(base, pos)
 
-    def _receiver_inputs(self, rows: Tensor, resid: Tensor, base: Tensor,
-                         scratch: str) -> tuple[Tensor | None, int, Tensor]:
+    def _receiver_inputs(self, rows: Tensor, resid: Tensor, base: Tensor, scratch: str,
+                         offset: int = 0) -> tuple[Tensor | None, int, Tensor]:
         """Inputs of these receivers, [r, K, b'·pos·d], or None with the residual where they read it.
 
-        Without gradients they are mixed into the walk's `scratch` buffer, reused layer after layer."""
+        Without gradients they are mixed into the walk's `scratch` buffer (from element `offset` on),
+        reused layer after layer."""
         M, K = self._mask_rows(rows)
         if M is None:
             return None, resid.shape[0], resid
         out = None
         if not torch.is_grad_enabled() or not (self.store.grad or M.requires_grad):
-            out = self.workspace.get(scratch, (M.shape[1], K, self.store.W), M)
+            out = self.workspace.get(scratch, (M.shape[1], K, self.store.W), M, offset)
         x = self._mix(M, base, out=out)
         if self.on_grad is not None:
             on_grad = self.on_grad  # not self: see _tracked_qkv
@@ -253,9 +254,10 @@ class Walk:
         split = [self._split_by_kind(l, group) for group in groups]
         fuse_mlp = not any(split) and self._fuse_mlp(l, groups)
         for group, by_kind in zip(groups, split):  # all groups read the same residual
-            if by_kind:  # q, k and v mixed apart: [(x [a, K_t, b'·pos·d], K_t)] × 3
+            if by_kind:  # q, k and v mixed apart, into thirds of one buffer: [(x [a, K_t, b'·pos·d], K_t)] × 3
+                third = len(group) * self.k * self.store.W
                 x = [self._receiver_inputs(g.qkv_receiver(l, t, 0) + group, self.resid, self.base,
-                                           f"attention inputs {t}")[:2] for t in "qkv"]
+                                           "attention inputs", i * third)[:2] for i, t in enumerate("qkv")]
                 K, resid = self.k, self.resid
                 outs.append(self._heads(l, attn, group, x, resid, K, take(senders, group, 0), take(abl, group, 0)))
                 continue
