@@ -250,7 +250,8 @@ class DiffStore:
         """Mask rows M [K_M, r, S − start] for store columns start.. (in store order) times D → [r, K, W],
         written into `out` (a buffer of that shape, no gradients) where the first segment allows.
         Without gradients a segment the rows read nothing from is skipped: rows that read only K = 1
-        segments give K = K_M."""
+        segments give K = K_M. One row set for all masks (K_M = 1) must read only shared senders of a
+        per-mask segment (not in `varying()`): it reads their first copy. The walk asks nothing else."""
         buffer, out, c, owned = out, None, 0, False
         for seg in self.segments:
             if c + seg.n > start:
