@@ -259,14 +259,13 @@ class Walk:
                 x = [self._receiver_inputs(g.qkv_receiver(l, t, 0) + group, self.resid, self.base,
                                            "attention inputs", i * third)[:2] for i, t in enumerate("qkv")]
                 K, resid = self.k, self.resid
-                outs.append(self._heads(l, attn, group, x, resid, K, take(senders, group, 0), take(abl, group, 0)))
-                continue
-            rows = torch.cat([g.qkv_receiver(l, t, 0) + group for t in "qkv"])
-            if fuse_mlp:
-                rows = torch.cat([rows, torch.tensor([g.mlp_receiver(l)])])
-            x, K, resid = self._receiver_inputs(rows, self.resid, self.base, "attention inputs")
-            if fuse_mlp:
-                self._mlp_partial, x = (x[-1:], self.store.n), x[:-1]
+            else:
+                rows = torch.cat([g.qkv_receiver(l, t, 0) + group for t in "qkv"])
+                if fuse_mlp:
+                    rows = torch.cat([rows, torch.tensor([g.mlp_receiver(l)])])
+                x, K, resid = self._receiver_inputs(rows, self.resid, self.base, "attention inputs")
+                if fuse_mlp:
+                    self._mlp_partial, x = (x[-1:], self.store.n), x[:-1]
             diff = self._heads(l, attn, group, x, resid, K, take(senders, group, 0), take(abl, group, 0))
             outs.append(diff)  # D of these heads [a, K, b', pos, d]
         resid = self.resid + inc
