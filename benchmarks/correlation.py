@@ -15,6 +15,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import circuitfind as cf  # noqa: E402
+from circuitfind.task import metric_name  # noqa: E402
 from tests.induction_model import induction_model  # noqa: E402
 
 
@@ -38,8 +39,7 @@ def main():
         for method, opts in (("eap", {}), ("eap-ig", {}), ("eap-ig", {"steps": 20})):
             scores = cf.score_edges(model, task, method, ablation=ablation, **opts).values()
             r[method + (f" ({opts['steps']} steps)" if opts else "")] = pearson(scores, exact)
-        metric = getattr(task.metric, "__name__", task.metric)  # a callable metric by its name
-        print(f"{label} ({ablation} ablation, {metric}, {model.graph.n_edges} edges): "
+        print(f"{label} ({ablation} ablation, {metric_name(task)}, {model.graph.n_edges} edges): "
               + ", ".join(f"{m} r = {v:.3f}" for m, v in r.items()))
         if task.metric in ("prob-diff", "kl"):  # saturating metrics: the same scores measured on logit-diff
             task = cf.load_task(task_name, n=40, metric="logit-diff")  # what the MIB circuit track attributes with

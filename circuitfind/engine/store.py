@@ -164,10 +164,6 @@ class DiffStore:
         self._cols_t: Tensor | None = None
 
     @property
-    def K(self) -> int:
-        return self.segments[-1].K if self.segments else 1
-
-    @property
     def cols(self) -> Tensor:
         """Sender ids of the stored columns, in store order (index mask columns with it)."""
         if self._cols_t is None:
@@ -257,16 +253,14 @@ class DiffStore:
             if c + seg.n > start:
                 skip = max(start - c, 0)
                 Ms = M[:, :, c + skip - start: c + seg.n - start]
-                if not self.grad and seg.K > 1 and not bool(Ms.any()):
-                    c += seg.n
-                    continue
                 if self.grad:
                     data = seg.data[:, skip:]
                     part = _SegmentMix.apply(Ms, data, *_blocks_from(seg.blocks, skip))
                 else:
-                    data = seg.data[:, skip:]
-                    if Ms.shape[0] == 1 and seg.K > 1:  # rows one for all masks read shared columns only
-                        data = data[:1]
+                    data = _read(seg.data[:, skip:], Ms)
+                    if data is None:
+                        c += seg.n
+                        continue
                     fits = out is None and buffer is not None and data.shape[0] == 1 and buffer.shape[1] == Ms.shape[0]
                     part = _mix(Ms, data, buffer if fits else None)
                     owned = owned or fits
@@ -281,10 +275,11 @@ class DiffStore:
         """Like `mix`, at one position per example: pos [K|1, b'] → [r, K, b', d]."""
         out, c = None, 0
         for seg in self.segments:
-            if not self.grad and seg.K > 1 and not bool(M[:, :, c: c + seg.n].any()):
+            data = None if self.grad else _read(seg.data, M[:, :, c: c + seg.n])
+            if data is None and not self.grad:
                 c += seg.n
                 continue
-            pieces = seg.blocks if self.grad else [seg.data[:1] if M.shape[0] == 1 and seg.K > 1 else seg.data]
+            pieces = seg.blocks if self.grad else [data]
             D = torch.cat([_gather_pos(x, pos, self.shape) for x in pieces], dim=1)  # [K, n, b'·d]
             part = _mix(M[:, :, c: c + seg.n], D)
             out = part if out is None else out + part
@@ -310,6 +305,17 @@ class DiffStore:
             seg.frozen = True
         other.segments, other._cols, other._shared = list(self.segments), list(self._cols), set(self._shared)
         return other
+
+
+def _read(data: Tensor, M: Tensor) -> Tensor | None:
+    """What mask rows M [K_M, r, n] read of a segment's data [K, n, W] (no gradients): None when they
+    read nothing from a per-mask segment (skipped), its first copy when one row set serves every
+    mask (it reads only shared senders there), else all of it."""
+    if data.shape[0] == 1:
+        return data
+    if not bool(M.any()):
+        return None
+    return data[:1] if M.shape[0] == 1 else data
 
 
 def _blocks_from(blocks: list[Tensor], skip: int) -> list[Tensor]:
