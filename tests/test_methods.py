@@ -155,6 +155,11 @@ def test_bad_method_or_option(model):
         cf.score_edges(model, "induction", "eap-ig", stepz=3)
     with pytest.raises(cf.ConfigError, match="unknown ablation"):
         cf.score_edges(model, "induction", "eap", ablation="banana")
+    # a variant is a method of its own: asking eap-ig for another one must not run eap-ig silently
+    with pytest.raises(cf.ConfigError, match="fixes variant='inputs'.*eap-ig-activations, clean-corrupted"):
+        cf.score_edges(model, "induction", "eap-ig", variant="activations")
+    with pytest.raises(cf.ConfigError, match="fixes level='node'; for another level use the method eap$"):
+        cf.score_edges(model, "induction", "eap-node", level="edge")
 
 
 @pytest.mark.parametrize("family", ["gpt2", "gpt_neox"])

@@ -39,6 +39,12 @@ def check_options(method: str, options: dict) -> None:
     _, config_cls, fixed = METHODS[method]
     names = {f.name for f in dataclasses.fields(config_cls)}
     unknown = set(options) - names
+    pinned = sorted(set(options) & set(fixed))
+    if pinned:  # e.g. variant on eap-ig: the variants are methods of their own
+        key = pinned[0]
+        others = [m for m, (_, cls, fx) in METHODS.items() if cls is config_cls and fx.get(key) != fixed[key]]
+        raise ConfigError(f"method {method!r} fixes {key}={fixed[key]!r}; for another {key} use the "
+                          f"method{'s' if len(others) > 1 else ''} {', '.join(others)}")
     if unknown:
         raise ConfigError(f"method {method!r} has no option {sorted(unknown)[0]!r}; its options: {sorted(names - set(fixed)) or 'none'}")
 
