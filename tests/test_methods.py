@@ -160,6 +160,14 @@ def test_bad_method_or_option(model):
         cf.score_edges(model, "induction", "eap-ig", variant="activations")
     with pytest.raises(cf.ConfigError, match="fixes level='node'; for another level use the method eap$"):
         cf.score_edges(model, "induction", "eap-node", level="edge")
+    # option values are checked against the config's types before anything runs (the CLI passes
+    # strings through when they are not numbers)
+    with pytest.raises(cf.ConfigError, match="option steps of method 'eap-ig' must be an integer, got 'abc'"):
+        cf.score_edges(model, "induction", "eap-ig", steps="abc")
+    with pytest.raises(cf.ConfigError, match="must be one of 'kl', 'task', got 'ce'"):
+        cf.score_edges(model, "induction", "acdc", metric="ce")
+    with pytest.raises(cf.ConfigError, match="max_masks must be at least 1"):
+        cf.score_edges(model, "induction", "exact", max_masks=0)
 
 
 @pytest.mark.parametrize("family", ["gpt2", "gpt_neox"])

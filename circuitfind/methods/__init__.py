@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import types
+import typing
 
 from circuitfind.circuit import EdgeScores
 from circuitfind.errors import ConfigError
@@ -47,6 +49,40 @@ def check_options(method: str, options: dict) -> None:
                           f"method{'s' if len(others) > 1 else ''} {', '.join(others)}")
     if unknown:
         raise ConfigError(f"method {method!r} has no option {sorted(unknown)[0]!r}; its options: {sorted(names - set(fixed)) or 'none'}")
+    hints = typing.get_type_hints(config_cls)
+    for key, value in options.items():
+        if not _fits(value, hints[key]):
+            raise ConfigError(f"option {key} of method {method!r} must be {_describe(hints[key])}, got {value!r}")
+
+
+def _fits(value, hint) -> bool:
+    """Whether an option value has its config field's type (int, float, bool, str, Literal, tuples, | None)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if origin is typing.Literal:
+        return value in args
+    if origin is tuple:  # tuple[int, ...]; a list is accepted (JSON and the command line have no tuples)
+        return isinstance(value, (tuple, list)) and all(_fits(v, args[0]) for v in value)
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _describe(hint) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(map(repr, args))
+    if origin is tuple:
+        return "a list of " + {int: "integers", float: "numbers", str: "strings"}.get(args[0], str(args[0]))
+    return {type(None): "None", float: "a number", int: "an integer", bool: "true or false", str: "a string"}.get(
+        hint, getattr(hint, "__name__", str(hint)))
 
 
 def score_edges(model, task: Task | str, method: str = "eap-ig", ablation: str = "corrupted", *, seed: int = 0,

@@ -4,6 +4,7 @@ from one backward pass (`engine.attribution.attribute`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from circuitfind.engine.attribution import attribute
 from circuitfind.methods.common import prepare, to_level
@@ -11,7 +12,7 @@ from circuitfind.methods.common import prepare, to_level
 
 @dataclass(frozen=True)
 class EAPConfig:
-    level: str = "edge"  # "node": score heads and MLPs (the sum of their out-edges' scores)
+    level: Literal["edge", "node"] = "edge"  # "node": score heads and MLPs (the sum of their out-edges' scores)
 
 
 def score(model, task, cfg: EAPConfig, ablation: str = "corrupted", seed: int = 0):

@@ -22,7 +22,7 @@ from circuitfind.methods.common import prepare, to_level
 class EAPIGConfig:
     steps: int = 5
     variant: Literal["inputs", "activations", "clean-corrupted"] = "inputs"
-    level: str = "edge"  # "node": score heads and MLPs (the sum of their out-edges' scores)
+    level: Literal["edge", "node"] = "edge"  # "node": score heads and MLPs (the sum of their out-edges' scores)
 
 
 def score(model, task, cfg: EAPIGConfig, ablation: str = "corrupted", seed: int = 0):

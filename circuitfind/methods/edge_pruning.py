@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -48,7 +49,7 @@ class EdgePruningConfig:
     warmup: float = 0.5  # fraction of the steps over which the target rises from 0 to `sparsity`
     init: float = 3.0  # initial mask logit: every gate starts almost surely open
     node_masks: bool = False  # also learn one gate per sender (multiplying its out-edges' gates)
-    objective: str = "kl"  # "kl" to the full model, or "task" (the task's metric)
+    objective: Literal["kl", "task"] = "kl"  # "kl" to the full model, or "task" (the task's metric)
 
     def __post_init__(self):
         if not 0.0 <= self.sparsity < 1.0:
