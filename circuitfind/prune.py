@@ -12,6 +12,8 @@ in the circuit's provenance.
 from __future__ import annotations
 
 import heapq
+import math
+import operator
 
 import torch
 from torch import Tensor
@@ -29,19 +31,28 @@ def prune(scores: EdgeScores, edges: int | None = None, *, nodes: int | None = N
     key = (scores.scores.abs() if absolute else scores.scores).masked_fill(~g.edge_mask, float("-inf"))
     if strategy not in ("topn", "threshold", "greedy"):
         raise ConfigError(f"unknown strategy {strategy!r}; use topn, threshold or greedy")
+    given = [name for name, value in (("edges", edges), ("nodes", nodes), ("threshold", threshold)) if value is not None]
+    if len(given) != 1:  # one way to size a circuit; a second one would be ignored
+        raise ConfigError(f"give exactly one of edges=, nodes= or threshold=; got {', '.join(given) or 'none'}")
+    takes = {"greedy": "edges", "threshold": "threshold"}.get(strategy)  # topn, the default, takes any
+    if takes not in (None, given[0]):
+        raise ConfigError(f"the {strategy} strategy takes {takes}=, not {given[0]}=")
     if nodes is not None:
-        if not 0 <= nodes <= g.n_senders:
-            raise ConfigError(f"nodes must be a count between 0 and {g.n_senders}, got {nodes!r}")
+        nodes = _count("nodes", nodes, g.n_senders)
         kept = torch.zeros(g.n_senders, dtype=torch.bool)
         kept[key.max(0).values.topk(nodes).indices] = True
         mask, strategy, chosen = g.nodes_to_edges(kept), "top-nodes", {"nodes": nodes}
-    elif strategy == "threshold" or (threshold is not None and edges is None):
-        if threshold is None:
-            raise ConfigError("the threshold strategy needs threshold=")
-        mask, chosen = key >= threshold, {"threshold": threshold}
+    elif threshold is not None:
+        try:
+            value = float(threshold)
+        except (TypeError, ValueError, RuntimeError):
+            value = math.nan
+        if math.isnan(value) or isinstance(threshold, bool):
+            raise ConfigError(f"threshold must be a number, got {threshold!r}")
+        threshold = value
+        mask, strategy, chosen = key >= threshold, "threshold", {"threshold": threshold}
     else:
-        if edges is None or not 0 <= edges <= g.n_edges:
-            raise ConfigError(f"edges must be a count between 0 and {g.n_edges}, got {edges!r}")
+        edges = _count("edges", edges, g.n_edges)
         mask = greedy(g, key, edges) if strategy == "greedy" else top_n(key, edges)
         chosen = {"edges": edges}
     before = int(mask.sum())
@@ -50,6 +61,17 @@ def prune(scores: EdgeScores, edges: int | None = None, *, nodes: int | None = N
     provenance = scores.metadata() | {"kind": "circuit", "strategy": strategy, "absolute": absolute, **chosen,
                                       "dangling_removed": before - int(mask.sum())}
     return Circuit(mask, g, provenance)
+
+
+def _count(name: str, n, most: int) -> int:
+    """n as an int in [0, most] (numpy and 0-d tensor integers too), or a ConfigError."""
+    try:
+        value = None if isinstance(n, bool) else operator.index(n)
+    except TypeError:
+        value = None
+    if value is None or not 0 <= value <= most:
+        raise ConfigError(f"{name} must be a count between 0 and {most}, got {n!r}")
+    return value
 
 
 def top_n(key: Tensor, n: int) -> Tensor:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from unittest import mock
 
+import numpy as np
 import pytest
 import torch
 
@@ -97,6 +98,21 @@ def test_topn_threshold_and_greedy(model):
     assert torch.equal(thr.mask, raw.mask)
     greedy = cf.prune(scores, edges=30, strategy="greedy")
     assert greedy.n_edges <= 30 and greedy.provenance["dangling_removed"] == 0  # grown from logits: connected
+    assert torch.equal(cf.prune(scores, edges=np.int64(30), remove_dangling=False).mask, raw.mask)
+
+
+@pytest.mark.parametrize("selection, message", [
+    ({}, "exactly one of edges=, nodes= or threshold=; got none"),
+    ({"edges": 5, "threshold": 0.1}, "got edges, threshold"),  # one of them would be ignored
+    ({"edges": 2.5}, "edges must be a count"), ({"edges": True}, "edges must be a count"),
+    ({"threshold": float("nan")}, "threshold must be a number"),
+    ({"threshold": 0.1, "strategy": "greedy"}, "greedy strategy takes edges="),
+    ({"nodes": 2, "strategy": "threshold"}, "threshold strategy takes threshold="),
+])
+def test_prune_refuses_an_ambiguous_or_bad_size(model, selection, message):
+    scores = EdgeScores(torch.rand(model.graph.edge_mask.shape), model.graph)
+    with pytest.raises(cf.ConfigError, match=message):
+        cf.prune(scores, **selection)
 
 
 def test_dangling_edges_are_removed():
