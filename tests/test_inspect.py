@@ -61,6 +61,14 @@ def test_why_direct_effects_sum_to_the_logit_difference(model):
     assert abs(c.nodes[0].total) >= abs(c.nodes[-1].total)
 
 
+def test_why_refuses_answers_the_model_cannot_name(model):
+    with pytest.raises(ConfigError, match="not in the vocabulary"):  # a word-level tokenizer reads it as [UNK]
+        why(model, PROMPT, " Mary", " Zebedee")
+    with pytest.raises(ConfigError, match="not a logit of this model"):
+        why(model, PROMPT, " Mary", model.cfg.d_vocab)
+    assert why(model, PROMPT, " Mary", model.tokenizer.unk_token_id).b == model.tokenizer.unk_token_id  # asked for
+
+
 def test_why_total_effect_equals_zeroing_the_head_by_hook(model):
     c = why(model, PROMPT, " Mary", " John")
     tokens = model.to_tokens(PROMPT)

@@ -50,14 +50,22 @@ def token_str(model, i: int, output: bool = False) -> str:
 
 
 def token_id(model, token) -> int:
-    """A token given as an id, or as text that must be exactly one token."""
+    """An answer token (a logit) given as an id, or as text that must be exactly one token (not the
+    unknown token)."""
+    if isinstance(token, str) and model.tokenizer is None and token.lstrip("#").isdigit():  # token-level: "17", "#17"
+        token = int(token.lstrip("#"))
     if isinstance(token, int):
+        n = model.cfg.d_out or model.cfg.d_vocab
+        if not 0 <= token < n:
+            raise ConfigError(f"token id {token} is not a logit of this model (0..{n - 1})")
         return token
-    if model.tokenizer is None and str(token).lstrip("#").isdigit():  # token-level models: "17" or "#17"
-        return int(str(token).lstrip("#"))
     ids = model.tokenizer(token, add_special_tokens=False)["input_ids"] if model.tokenizer is not None else []
     if len(ids) != 1:
         raise ConfigError(f"{token!r} is {len(ids)} tokens for this tokenizer; give a single token (or its id)")
+    unk = getattr(model.tokenizer, "unk_token", None)
+    if ids[0] == getattr(model.tokenizer, "unk_token_id", None) and token.strip() != unk:
+        raise ConfigError(f"{token!r} is not in the vocabulary (the tokenizer reads it as {unk!r}); "
+                          "give a token the model knows")
     return ids[0]
 
 
