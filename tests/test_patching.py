@@ -8,7 +8,7 @@ import torch
 import circuitfind as cf
 from circuitfind.engine.ablation import ablated_outputs
 from circuitfind.engine import store
-from circuitfind.engine.patching import Inputs, Workspace, clean_logits, masked_forward, prefix
+from circuitfind.engine.patching import Inputs, Workspace, clean_logits, masked_forward, prefix, sender_outputs
 from tests.conftest import VOCAB, tiny_hf
 from tests.reference import reference_masked_logits
 
@@ -55,6 +55,27 @@ def test_random_masks_match_slow_reference(model, ablation):
         got = masked_forward(model, clean, abl, mask)
         want = reference_masked_logits(model, clean.tokens, clean.attention_mask, clean.answer_pos, abl, mask)
         assert (got - want).abs().max().item() <= 1e-5
+
+
+def test_resample_draws_each_prompt_from_another_that_is_real_where_it_is():
+    """Prompts of different lengths (right padding, as tasks batch them): a donor shorter than its
+    receiver would hand over its padding's outputs."""
+    model = cf.from_hf(tiny_hf("gpt2")).double()
+    lengths = [7, 4, 7, 5, 6, 4]
+    tokens = torch.randint(3, VOCAB, (len(lengths), 7), generator=torch.Generator().manual_seed(0))
+    real = torch.arange(7)[None] < torch.tensor(lengths)[:, None]
+    inputs = Inputs.of(tokens * real, real.long())
+    outs = sender_outputs(model, inputs)  # [src, batch, pos, d]
+    for seed in range(5):
+        abl = ablated_outputs(model, "resample", inputs, seed=seed)
+        assert torch.equal(abl, ablated_outputs(model, "resample", inputs, seed=seed))  # seeded
+        for i, n in enumerate(lengths):
+            donors = [j for j in range(len(lengths)) if j != i and torch.equal(abl[:, i, :n], outs[:, j, :n])]
+            assert donors and all(lengths[j] >= n for j in donors)
+    alone = Inputs.of(tokens[:3] * real[:3], torch.tensor([[1] * 7, [1] * 6 + [0], [1] * 5 + [0] * 2]))
+    with pytest.warns(UserWarning, match="1 prompt.s. .up to 7 tokens. have no other prompt as long"):
+        abl = ablated_outputs(model, "resample", alone)
+    assert torch.isfinite(abl).all()
 
 
 def test_batches_of_masks_and_per_example_masks(model):

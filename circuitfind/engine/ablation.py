@@ -4,12 +4,16 @@
     mean             its mean output over every real token of the reference prompts
     mean-positional  its mean output per position over the reference prompts
     zero             nothing (biases stay: they belong to no sender)
-    resample         its output on another example's clean prompt (a seeded derangement)
+    resample         its output on another example's clean prompt, drawn (seeded) among those with a
+                     real token wherever this prompt has one (patching is position by position; see
+                     `_donors` for a prompt longer than all others)
 
 All return [src, batch|1, pos|1, d_model], ready for `masked_forward`.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 from torch import Tensor
@@ -43,8 +47,7 @@ def ablated_outputs(model, ablation: str, clean: Inputs, corrupt: Inputs | None 
     if ablation == "resample":
         if clean.batch < 2:
             raise ConfigError("resample ablation needs at least 2 examples to draw from")
-        outs = sender_outputs(model, clean)
-        return outs[:, _derangement(clean.batch, seed)]
+        return sender_outputs(model, clean)[:, _donors(clean.attention_mask.bool(), seed)]
     ref = clean if reference is None else reference
     outs = sender_outputs(model, ref)  # [src, batch, pos, d]
     real = ref.attention_mask.to(outs.dtype)[None, :, :, None]  # [1, batch, pos, 1]
@@ -55,8 +58,20 @@ def ablated_outputs(model, ablation: str, clean: Inputs, corrupt: Inputs | None 
     return ((outs * real).sum(1) / real.sum(1).clamp(min=1))[:, None]
 
 
-def _derangement(n: int, seed: int) -> Tensor:
-    """A seeded permutation of range(n) with no fixed point: every example draws from another."""
+def _donors(real: Tensor, seed: int) -> Tensor:
+    """For each prompt another one, drawn uniformly with a seeded generator among those whose real
+    tokens cover its own (right padding: those at least as long). A prompt no other covers (the one
+    longest prompt) draws from all the others and reads its donor's padding where the donor ends;
+    a warning says how many. real: attention mask [batch, pos] (bool)."""
+    covers = (real[:, None, :] <= real[None, :, :]).all(-1)  # [i, j]: j is real wherever i is
+    covers.fill_diagonal_(False)
+    alone = ~covers.any(1)
+    if alone.any():
+        covers[alone] = True
+        covers.fill_diagonal_(False)
+        longest = int(real[alone].sum(1).max())
+        warnings.warn(f"resample ablation: {int(alone.sum())} prompt(s) (up to {longest} tokens) have no other "
+                      "prompt as long; their last positions read a shorter prompt's padding outputs "
+                      "(more examples of that length, or mean ablation, avoid it)", stacklevel=3)
     g = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(n, generator=g)
-    return torch.roll(perm, 1)[torch.argsort(perm)]
+    return torch.multinomial(covers.double().cpu(), 1, generator=g)[:, 0].to(real.device)
