@@ -76,6 +76,10 @@ def test_resample_draws_each_prompt_from_another_that_is_real_where_it_is():
     with pytest.warns(UserWarning, match="1 prompt.s. .up to 7 tokens. have no other prompt as long"):
         abl = ablated_outputs(model, "resample", alone)
     assert torch.isfinite(abl).all()
+    # mean-positional: where one prompt alone is real, its mean is its own output (nothing ablated)
+    with pytest.warns(UserWarning, match="1 position.s., from 6, are real in one prompt only"):
+        mean = ablated_outputs(model, "mean-positional", alone)
+    assert torch.equal(mean[:, 0, 6], sender_outputs(model, alone)[:, 0, 6])
 
 
 def test_batches_of_masks_and_per_example_masks(model):

@@ -55,7 +55,13 @@ def ablated_outputs(model, ablation: str, clean: Inputs, corrupt: Inputs | None 
         return ((outs * real).sum((1, 2)) / real.sum())[:, None, None]
     if ref.tokens.shape[1] != clean.tokens.shape[1]:
         raise ConfigError("mean-positional ablation needs reference prompts of the clean prompts' token length")
-    return ((outs * real).sum(1) / real.sum(1).clamp(min=1))[:, None]
+    count = real.sum(1)  # [1, pos, 1]: reference prompts real at each position
+    if reference is None and bool((count == 1).any()):
+        lone = (count[0, :, 0] == 1).nonzero()[:, 0].tolist()
+        warnings.warn(f"mean-positional ablation: {len(lone)} position(s), from {lone[0]}, are real in one prompt "
+                      "only, whose mean is that prompt's own output: nothing is ablated there (more examples of "
+                      "each length, or reference= prompts, avoid it)", stacklevel=3)
+    return ((outs * real).sum(1) / count.clamp(min=1))[:, None]
 
 
 def _donors(real: Tensor, seed: int) -> Tensor:
