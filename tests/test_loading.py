@@ -87,6 +87,8 @@ def test_offline_hub_id_says_how_to_fetch():
     # conftest sets HF_HUB_OFFLINE=1 before huggingface_hub is imported
     with pytest.raises(cf.ModelNotFoundError, match="huggingface-cli download"):
         cf.load_model("circuitfind-test/definitely-not-cached")
+    with pytest.raises(cf.ModelNotFoundError, match="Did you mean the zoo model 'toy-lm'"):
+        cf.load_model("toy_lm")  # a typo reads as a hub id; the error names the zoo model
 
 
 def test_loaded_hf_model_and_its_tokenizer_pass_through():

@@ -7,6 +7,7 @@ Safety: never `trust_remote_code`; safetensors preferred; `torch.load` only with
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import os
@@ -65,7 +66,13 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, hf_model=None, 
         entry = zoo.lookup(name)
         if entry is not None:
             return zoo.load_entry(entry, dtype=dtype, device=device)
-        hf_model, tokenizer = _from_pretrained(name, tokenizer)
+        try:
+            hf_model, tokenizer = _from_pretrained(name, tokenizer)
+        except ModelNotFoundError as e:  # a typo of a zoo name ("toy_lm") reads as a hub id first
+            close = difflib.get_close_matches(name, zoo.ZOO, n=1, cutoff=0.8)
+            if close:
+                raise ModelNotFoundError(f"{e} Did you mean the zoo model {close[0]!r}?") from None
+            raise
     elif state_dict is not None:
         hf_model = _from_state_dict(state_dict, config)
     return from_hf(hf_model, tokenizer=tokenizer, name=name or getattr(hf_model.config, "_name_or_path", ""),
