@@ -25,6 +25,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/canonical.py
 	$(PY) benchmarks/engine.py
 	$(PY) benchmarks/methods.py
+	$(PY) benchmarks/acdc_layers.py
 	$(PY) benchmarks/correlation.py
 	$(PY) benchmarks/edge_pruning.py
 
