@@ -69,6 +69,23 @@ def test_why_refuses_answers_the_model_cannot_name(model):
     assert why(model, PROMPT, " Mary", model.tokenizer.unk_token_id).b == model.tokenizer.unk_token_id  # asked for
 
 
+def test_positions_and_counts_out_of_range_are_refused(model):
+    """A position past the prompt used to wrap around (why at 99 explained position 99 mod length)."""
+    n = model.to_tokens(PROMPT).shape[-1]
+    assert why(model, PROMPT, " Mary", " John", position=-n).logit_diff == why(model, PROMPT, " Mary", " John",
+                                                                                position=0).logit_diff
+    for call in (lambda: why(model, PROMPT, " Mary", " John", position=n),
+                 lambda: why(model, PROMPT, " Mary", " John", position=-n - 1),
+                 lambda: patchscope(model, PROMPT, 0, source_position=n),
+                 lambda: flow_graph(model, PROMPT, position=n)):
+        with pytest.raises(ConfigError, match=f"outside the prompt's {n} tokens"):
+            call()
+    with pytest.raises(ConfigError, match="k must be a count"):
+        logit_lens(model, PROMPT, "a1.h0", k=-1)
+    with pytest.raises(ConfigError, match="max_new_tokens must be a count"):
+        generate(model, PROMPT, max_new_tokens=-1)
+
+
 def test_why_total_effect_equals_zeroing_the_head_by_hook(model):
     c = why(model, PROMPT, " Mary", " John")
     tokens = model.to_tokens(PROMPT)

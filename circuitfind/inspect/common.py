@@ -69,6 +69,20 @@ def token_id(model, token) -> int:
     return ids[0]
 
 
+def position_in(position: int, length: int, what: str = "position") -> int:
+    """A position of a prompt of `length` tokens, negative counting from the end, as 0..length-1."""
+    if isinstance(position, bool) or not isinstance(position, int) or not -length <= position < length:
+        raise ConfigError(f"{what} {position!r} is outside the prompt's {length} tokens "
+                          f"(use 0..{length - 1}, or -1 for the last)")
+    return position % length
+
+
+def check_k(k: int) -> int:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise ConfigError(f"k must be a count ≥ 0, got {k!r}")
+    return k
+
+
 NODE = re.compile(r"^(?:a(\d+)\.h(\d+)|m(\d+)(?:\.n(\d+))?|input)$")
 
 

@@ -19,7 +19,7 @@ from circuitfind.engine.ablation import ablated_outputs
 from circuitfind.engine.patching import masked_forward
 from circuitfind.engine.tensors import Inputs
 from circuitfind.errors import ConfigError
-from circuitfind.inspect.common import prompts_of, token_id, tokens_of
+from circuitfind.inspect.common import position_in, prompts_of, token_id, tokens_of
 from circuitfind.inspect.lens import direct_logits
 
 
@@ -48,7 +48,7 @@ def why(model, prompt, a, b, *, ablation: str = "zero", reference=None, position
     tokens = tokens_of(model, prompt)
     if tokens.shape[0] != 1:
         raise ConfigError("why() explains one prompt")
-    pos = position % tokens.shape[-1]
+    pos = position_in(position, tokens.shape[-1])
     ia, ib = token_id(model, a), token_id(model, b)
     if ia == ib:
         raise ConfigError("A and B must be different tokens")

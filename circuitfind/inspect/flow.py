@@ -5,7 +5,7 @@ input (`methods.ifr`), edges below τ dropped, then only what still reaches the 
 from __future__ import annotations
 
 from circuitfind.circuit import Circuit, EdgeScores
-from circuitfind.inspect.common import tokens_of
+from circuitfind.inspect.common import position_in, tokens_of
 from circuitfind.methods.ifr import contribution_graph
 from circuitfind.prune import without_dangling
 
@@ -13,7 +13,7 @@ from circuitfind.prune import without_dangling
 def flow_graph(model, prompt, threshold: float = 0.04, position: int = -1) -> tuple[EdgeScores, Circuit]:
     """(the contribution weights of every edge, the graph at threshold τ) for one prompt."""
     tokens = tokens_of(model, prompt)
-    w = contribution_graph(model, tokens[0], position).float().cpu()
+    w = contribution_graph(model, tokens[0], position_in(position, tokens.shape[-1])).float().cpu()
     g = model.graph
     scores = EdgeScores(w, g, method="ifr", model=model.name, config={"threshold": threshold, "position": position})
     kept = without_dangling(g, (w >= threshold) & g.edge_mask)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from circuitfind.errors import ConfigError
-from circuitfind.inspect.common import tokens_of
+from circuitfind.inspect.common import position_in, tokens_of
 from circuitfind.inspect.interventions import continue_with_hooks
 
 IDENTITY_PROMPT = "cat -> cat; 1135 -> 1135; hello -> hello; ?"
@@ -28,7 +28,7 @@ def hidden(model, prompt, layer: int, position: int = -1) -> torch.Tensor:
     tokens = tokens_of(model, prompt)
     name = f"blocks.{layer}.hook_resid_post"
     _, cache = model.run_with_cache(tokens, names_filter=[name])
-    return cache[name][0, position]
+    return cache[name][0, position_in(position, tokens.shape[-1], "source_position")]
 
 
 @torch.no_grad()
@@ -48,7 +48,7 @@ def patchscope(source_model, source_prompt, source_layer: int, *, source_positio
     if not 0 <= target_layer < target_model.cfg.n_layers:
         raise ConfigError(f"target_layer must be in 0..{target_model.cfg.n_layers - 1}")
     tokens = tokens_of(target_model, target_prompt)
-    pos = target_position % tokens.shape[-1]  # fixed as the generation grows
+    pos = position_in(target_position, tokens.shape[-1], "target_position")  # fixed as the generation grows
 
     def patch(x, name):
         x = x.clone()

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from circuitfind.errors import ConfigError
-from circuitfind.inspect.common import token_id, token_str, tokens_of
+from circuitfind.inspect.common import check_k, position_in, token_id, token_str, tokens_of
 
 KEYS = ("W_enc", "b_enc", "W_dec", "b_dec")
 
@@ -70,6 +70,9 @@ class SAE:
 def latent_projection(model, sae: SAE, latent: int, k: int = 10) -> dict:
     """What a latent's decoder direction writes to the vocabulary (through the final norm's weight
     and W_U; meaningful for residual-stream SAEs): its top promoted and suppressed tokens."""
+    check_k(k)
+    if isinstance(latent, bool) or not isinstance(latent, int) or not 0 <= latent < sae.n_latents:
+        raise ConfigError(f"latent must be in 0..{sae.n_latents - 1}, got {latent!r}")
     direction = sae.W_dec[latent].to(model.dtype)
     norm = model.ln_final
     if norm.kind == "layernorm":
@@ -98,7 +101,7 @@ def latent_attribution(model, sae: SAE, prompt, a, b, position: int = -1) -> Ten
         return (sae.decode(f) + error).to(x.dtype)
 
     with torch.enable_grad(), model.hooks({sae.hook: splice}):
-        logits = model(tokens)[0, position]
+        logits = model(tokens)[0, position_in(position, tokens.shape[-1])]
         (logits[ia] - logits[ib]).backward()
     f = state["f"]
     return (f * f.grad)[0].detach()
