@@ -31,7 +31,8 @@ def prune(scores: EdgeScores, edges: int | None = None, *, nodes: int | None = N
     key = (scores.scores.abs() if absolute else scores.scores).masked_fill(~g.edge_mask, float("-inf"))
     if strategy not in ("topn", "threshold", "greedy"):
         raise ConfigError(f"unknown strategy {strategy!r}; use topn, threshold or greedy")
-    given = [name for name, value in (("edges", edges), ("nodes", nodes), ("threshold", threshold)) if value is not None]
+    sizes = {"edges": edges, "nodes": nodes, "threshold": threshold}
+    given = [name for name, value in sizes.items() if value is not None]
     if len(given) != 1:  # one way to size a circuit; a second one would be ignored
         raise ConfigError(f"give exactly one of edges=, nodes= or threshold=; got {', '.join(given) or 'none'}")
     takes = {"greedy": "edges", "threshold": "threshold"}.get(strategy)  # topn, the default, takes any
