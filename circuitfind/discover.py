@@ -47,11 +47,15 @@ class Run:
 
 
 def discover(model, task: Task | str, method: str = "eap-ig", ablation: str = "corrupted", *, out=None,
-             edges: int | None = None, target: float = 0.9, n: int = 100, seed: int = 0, quiet: bool = False,
+             edges: int | None = None, target: float = 0.9, n: int | None = None, seed: int = 0, quiet: bool = False,
              report: bool = True, **options) -> Run:
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
-    task = load_task(task, n=n, seed=seed) if isinstance(task, str) else task
+    if isinstance(task, str):
+        task = load_task(task, n=100 if n is None else n, seed=seed)
+    elif n is not None and n != task.n:  # a loaded task keeps its examples; n would be ignored
+        raise ConfigError(f"the task was loaded with n={task.n}; n={n} applies only to a task given by name "
+                          "(pass n to load_task instead)")
     test = task.with_split("test", n=max(1, task.n // 4))
     test.batch(model)  # validate both splits before the long work
     start = time.perf_counter()

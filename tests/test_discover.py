@@ -28,6 +28,9 @@ def test_discover_writes_a_run_directory(tmp_path):
     reached = [f for f in result["curve"]["faithfulness_absolute"] if f >= 0.9]
     assert result["faithfulness"] >= 0.9 or not reached
     assert not list((tmp_path / "run").glob(".*tmp"))  # nothing half-written
+    assert result["n"] == 8
+    with pytest.raises(cf.ConfigError, match="loaded with n=6; n=8 applies only to a task given by name"):
+        cf.discover(model, cf.load_task("induction", n=6), method="eap", n=8)  # would run on 6 silently
 
 
 def test_cli_discover_with_a_user_task(tmp_path, capsys):
