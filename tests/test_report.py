@@ -180,3 +180,21 @@ def test_page_in_a_real_browser(run, tmp_path):
     assert not errors, errors
     assert not dialogs, "a prompt's markup ran as script"
     assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+def test_curve_figure_names_both_rankings_and_takes_a_one_ranking_curve(tmp_path):
+    from circuitfind.report.figures import curves
+    import matplotlib.pyplot as plt
+
+    fractions = [0.01, 0.1, 1.0]
+    both = {"curve": {"fractions": fractions, "faithfulness_signed": [0.1, 0.5, 1.0],
+                      "faithfulness_absolute": [0.2, 0.9, 1.0]}, "cpr": 0.5, "cmd": 0.1}
+    signed_only = {"curve": {"fractions": fractions, "faithfulness_signed": [0.1, 0.5, 1.0],
+                             "faithfulness_absolute": []}, "cpr": 0.5, "cmd": float("nan")}
+    with pytest.MonkeyPatch.context() as mp:
+        shown = {}
+        mp.setattr(plt.Axes, "legend", lambda self, handles=None, **kw: shown.setdefault("labels", [
+            h.get_label() for h in handles]))
+        paths = curves({"eap": both, "eap-ig": signed_only}, tmp_path / "curve")
+    assert all(p.exists() for p in paths)
+    assert "ranked by score (CPR)" in shown["labels"] and "ranked by |score| (CMD)" in shown["labels"]

@@ -90,13 +90,16 @@ def curves(runs: dict[str, dict], path: Path, title: str = "") -> list[Path]:
         xs = [100 * f for f in r["curve"]["fractions"]]
         line, = ax.plot(xs, r["curve"]["faithfulness_signed"], marker="o", ms=2.5, lw=1,
                         label=f"{label} (CPR {r['cpr']:.3f}, CMD {r['cmd']:.3f})")
-        ax.plot(xs, r["curve"]["faithfulness_absolute"], ls="--", lw=0.8, color=line.get_color())
+        if r["curve"].get("faithfulness_absolute"):  # absent for a curve of one ranking
+            ax.plot(xs, r["curve"]["faithfulness_absolute"], ls="--", lw=0.8, color=line.get_color())
     ax.axhline(1.0, color="#888888", lw=0.5)
     ax.set_xscale("log")
     ax.set_xlabel("edges kept (%)")
     ax.set_ylabel("faithfulness")
-    ax.set_title(title or "faithfulness (solid: signed ranking, dashed: |score|)")
-    ax.legend(frameon=False)
+    ax.set_title(title or "faithfulness")
+    styles = [Line2D([0], [0], color="black", lw=1, label="ranked by score (CPR)"),
+              Line2D([0], [0], color="black", lw=0.8, ls="--", label="ranked by |score| (CMD)")]
+    ax.legend(handles=ax.get_legend_handles_labels()[0] + styles, frameon=False)
     return save(fig, path)
 
 
