@@ -58,6 +58,9 @@ def discover(model, task: Task | str, method: str = "eap-ig", ablation: str = "c
                           "(pass n to load_task instead)")
     test = task.with_split("test", n=max(1, task.n // 4))
     test.batch(model)  # validate both splits before the long work
+    if ablation == "resample" and test.n < 2:
+        raise ConfigError(f"resample ablation draws from other examples, but the test split has {test.n} "
+                          f"(a quarter of n={task.n}); use n ≥ 8")
     start = time.perf_counter()
     scores = score_edges(model, task, method, ablation, seed=seed, quiet=quiet, **options)
     curve = faithfulness_curve(model, test, scores, ablation=ablation, seed=seed)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from unittest import mock
 
 import pytest
 import torch
@@ -31,6 +32,9 @@ def test_discover_writes_a_run_directory(tmp_path):
     assert result["n"] == 8
     with pytest.raises(cf.ConfigError, match="loaded with n=6; n=8 applies only to a task given by name"):
         cf.discover(model, cf.load_task("induction", n=6), method="eap", n=8)  # would run on 6 silently
+    with pytest.raises(cf.ConfigError, match="the test split has 1"):  # before scoring, not after
+        with mock.patch("circuitfind.discover.score_edges", side_effect=AssertionError("scored")):
+            cf.discover(model, "induction", method="eap", ablation="resample", n=4)
 
 
 def test_cli_discover_with_a_user_task(tmp_path, capsys):
