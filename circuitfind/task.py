@@ -247,6 +247,9 @@ def _answer_ids(model, answer: Answer, single: bool, metric: str) -> list[int]:
     ids = []
     for a in answers:
         if isinstance(a, int):
+            n = model.cfg.d_out or model.cfg.d_vocab
+            if not 0 <= a < n:
+                raise TaskError(f"answer id {a} is not a logit of {model.name} (0..{n - 1})")
             ids.append(a)
             continue
         toks = model.to_tokens(a, prepend_bos=False)[0].tolist()

@@ -198,6 +198,7 @@ def test_more_examples_than_the_task_can_make():
     ("correct", " Zyxwvut", "does not know"),
     ("corrupt", "John said hello", "must be equally long"),
     ("wrong", " Mary", "also a wrong answer"),
+    ("correct", 10_000, "answer id 10000 is not a logit"),  # an id past the vocabulary: not an IndexError later
 ])
 def test_validation_errors(word_model, field, value, match):
     cls = type("Bad", (_Fixed,), {field: value, "test_fraction": 0.0})
