@@ -66,6 +66,8 @@ class EdgeScores:
         """The n highest-scoring edges as (name, score)."""
         key = self.scores.abs() if absolute else self.scores
         key = key.masked_fill(~self.graph.edge_mask, float("-inf"))
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ConfigError(f"top() takes a count of edges ≥ 0, got {n!r}")
         idx = key.flatten().topk(min(n, self.graph.n_edges)).indices
         return [(self.graph.edge_name(*divmod(int(i), self.graph.n_senders)), float(self.scores.flatten()[i]))
                 for i in idx]
@@ -128,8 +130,11 @@ class Circuit:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Circuit":
-        data = json.loads(Path(path).read_text())
-        if data.get("kind") != "circuit" or data.get("format") != FORMAT_VERSION:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"cannot read a circuit from {str(path)!r}: {e}") from None
+        if not isinstance(data, dict) or data.get("kind") != "circuit" or data.get("format") != FORMAT_VERSION:
             raise ConfigError(f"{path} is not a circuitfind circuit file of format {FORMAT_VERSION}")
         graph = Graph(**data["graph"])
         return cls(graph.mask_from_edges(data["edges"]), graph, data.get("provenance", {}))

@@ -85,6 +85,12 @@ def test_scores_and_circuits_round_trip(model, tmp_path):
     circuit.save(tmp_path / "run" / "circuit.json")
     again = Circuit.load(tmp_path / "run" / "circuit.json")
     assert torch.equal(again.mask, circuit.mask) and again.provenance["edges"] == 20
+    (tmp_path / "broken.json").write_text("{not json")
+    for missing in (tmp_path / "none.json", tmp_path / "broken.json"):
+        with pytest.raises(cf.ConfigError, match="cannot read a circuit"):
+            Circuit.load(missing)
+    with pytest.raises(cf.ConfigError, match="count of edges"):
+        scores.top(-1)
 
 
 def test_topn_threshold_and_greedy(model):
