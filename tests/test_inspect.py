@@ -47,6 +47,14 @@ def test_lens_of_the_final_residual_is_the_model_output(model):
     assert rows[0].token == model.tokenizer.decode([model.to_tokens(PROMPT)[0, 0].item()])
 
 
+def test_lens_rankings_leave_out_padding_and_the_unknown_token(model):
+    """Untrained outputs (a word-level tokenizer's [PAD] and [UNK]) are noise in a ranking."""
+    vocab = model.cfg.d_vocab
+    for row in logit_lens(model, PROMPT, "a1.h0", k=vocab)[:2] + logit_lens(model, PROMPT, "resid:1", k=vocab)[:2]:
+        shown = {t for t, _ in row.promoted} | {t for t, _ in row.suppressed}
+        assert "[PAD]" not in shown and "[UNK]" not in shown and len(row.promoted) == vocab - 2
+
+
 def test_node_lens_per_position(model):
     rows = logit_lens(model, PROMPT, "a1.h0", k=4)
     assert len(rows) == model.to_tokens(PROMPT).shape[-1] and len(rows[0].promoted) == 4

@@ -49,6 +49,23 @@ def token_str(model, i: int, output: bool = False) -> str:
     return names[int(i)] if names is not None and 0 <= int(i) < len(names) else f"#{int(i)}"
 
 
+def ranked_tokens(model, logits: Tensor, k: int) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
+    """The k most promoted and k most suppressed tokens of logits [vocab] as (text, logit), leaving
+    out padding and the unknown token (untrained outputs, noise in a ranking) unless one of them is
+    also the end-of-text token."""
+    tok = model.tokenizer
+    skip = set()
+    if tok is not None:
+        skip = {tok.pad_token_id, tok.unk_token_id} - {tok.eos_token_id, tok.bos_token_id, None}
+    kept = torch.ones(logits.shape[-1], dtype=torch.bool, device=logits.device)
+    kept[[i for i in skip if i < logits.shape[-1]]] = False
+    k = min(k, int(kept.sum()))
+    up = logits.masked_fill(~kept, float("-inf")).topk(k)
+    down = (-logits).masked_fill(~kept, float("-inf")).topk(k)
+    return ([(token_str(model, i, output=True), float(v)) for v, i in zip(up.values, up.indices)],
+            [(token_str(model, i, output=True), -float(v)) for v, i in zip(down.values, down.indices)])
+
+
 def token_id(model, token) -> int:
     """An answer token (a logit) given as an id, or as text that must be exactly one token (not the
     unknown token)."""

@@ -17,7 +17,7 @@ from torch import Tensor
 from circuitfind.engine.patching import sender_outputs
 from circuitfind.engine.tensors import Inputs
 from circuitfind.errors import ConfigError
-from circuitfind.inspect.common import token_str
+from circuitfind.inspect.common import ranked_tokens, token_str
 
 
 def _final_residual(model, inputs: Inputs) -> Tensor:
@@ -103,12 +103,8 @@ def node_lens(model, batch, nodes: list[str] | None = None, k: int = 5) -> list[
         s = g.senders.index(name)
         mean_logits = mean_normed[s] @ W_U  # [vocab], one node at a time
         mean_logits = mean_logits - mean_logits.mean()
-        kk = min(k, mean_logits.shape[-1])
-        up, down = mean_logits.topk(kk), (-mean_logits).topk(kk)
         order = effect[s].argsort(descending=True)[:3]
-        out.append(NodeLens(name, float(effect[s].mean()),
-                            [(token_str(model, int(i), output=True), float(v)) for v, i in zip(up.values, up.indices)],
-                            [(token_str(model, int(i), output=True), -float(v)) for v, i in zip(down.values, down.indices)],
+        out.append(NodeLens(name, float(effect[s].mean()), *ranked_tokens(model, mean_logits, k),
                             [(int(i), float(effect[s, i])) for i in order]))
     return out
 
@@ -155,11 +151,5 @@ def logit_lens(model, prompt, what: str, k: int = 5) -> list[LensRow]:
         out = sender_outputs(model, inputs)[s, 0]  # [pos, d]
         logits = _frozen_norm(model, cache[final][0], out) @ model.W_U
     logits = logits - logits.mean(-1, keepdim=True)
-    kk = min(k, logits.shape[-1])
-    rows = []
-    for p in range(tokens.shape[-1]):
-        up, down = logits[p].topk(kk), (-logits[p]).topk(kk)
-        rows.append(LensRow(p, token_str(model, tokens[0, p]),
-                            [(token_str(model, i, output=True), float(v)) for v, i in zip(up.values, up.indices)],
-                            [(token_str(model, i, output=True), -float(v)) for v, i in zip(down.values, down.indices)]))
-    return rows
+    return [LensRow(p, token_str(model, tokens[0, p]), *ranked_tokens(model, logits[p], k))
+            for p in range(tokens.shape[-1])]

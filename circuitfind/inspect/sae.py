@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from circuitfind.errors import ConfigError
-from circuitfind.inspect.common import check_k, position_in, token_id, token_str, tokens_of
+from circuitfind.inspect.common import check_k, position_in, ranked_tokens, token_id, tokens_of
 
 KEYS = ("W_enc", "b_enc", "W_dec", "b_dec")
 
@@ -81,9 +81,8 @@ def latent_projection(model, sae: SAE, latent: int, k: int = 10) -> dict:
         direction = direction * (norm.offset + norm.w)
     logits = direction @ model.W_U
     logits = logits - logits.mean()
-    up, down = logits.topk(k), (-logits).topk(k)
-    return {"promoted": [(token_str(model, i, output=True), float(v)) for v, i in zip(up.values, up.indices)],
-            "suppressed": [(token_str(model, i, output=True), -float(v)) for v, i in zip(down.values, down.indices)]}
+    promoted, suppressed = ranked_tokens(model, logits, k)
+    return {"promoted": promoted, "suppressed": suppressed}
 
 
 def latent_attribution(model, sae: SAE, prompt, a, b, position: int = -1) -> Tensor:
