@@ -1,4 +1,4 @@
-"""Pearson correlation of first-order scores (EAP, EAP-IG) with exact patching, on the toy models:
+"""Pearson correlation of first-order scores (EAP, EAP-IG and its variants) with exact patching, on the toy models:
 toy-lm on each of its tasks, the hand-weighted induction model of the tests, the trained
 toy-induction, and the two tracr models, each on its task's metric; where that metric saturates
 (prob-diff, KL at the clean run), the same comparison on logit-diff too, to tell the metric's curvature
@@ -36,7 +36,8 @@ def main():
         task = cf.load_task(task_name, n=40)
         exact = cf.score_edges(model, task, "exact", ablation=ablation).values()
         r = {}
-        for method, opts in (("eap", {}), ("eap-ig", {}), ("eap-ig", {"steps": 20})):
+        for method, opts in (("eap", {}), ("eap-ig", {}), ("eap-ig", {"steps": 20}), ("eap-ig-activations", {}),
+                             ("clean-corrupted", {})):
             scores = cf.score_edges(model, task, method, ablation=ablation, **opts).values()
             r[method + (f" ({opts['steps']} steps)" if opts else "")] = pearson(scores, exact)
         print(f"{label} ({ablation} ablation, {metric_name(task)}, {model.graph.n_edges} edges): "

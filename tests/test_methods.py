@@ -190,6 +190,8 @@ def test_bad_method_or_option(model):
         cf.score_edges(model, "induction", "acdc", metric="ce")
     with pytest.raises(cf.ConfigError, match="max_masks must be at least 1"):
         cf.score_edges(model, "induction", "exact", max_masks=0)
+    steps = cf.score_edges(model, cf.load_task("induction", n=2), "eap-ig", steps=np.int64(2)).config["steps"]
+    assert steps == 2 and type(steps) is int  # saved as JSON with the scores
 
 
 @pytest.mark.parametrize("family", ["gpt2", "gpt_neox"])

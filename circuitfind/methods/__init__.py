@@ -9,6 +9,7 @@ Positive scores mean the edge supports the task (see `methods.common`).
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import time
 import types
 import typing
@@ -66,10 +67,10 @@ def _fits(value, hint) -> bool:
         return isinstance(value, (tuple, list)) and all(_fits(v, args[0]) for v in value)
     if hint is type(None):
         return value is None
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is float:  # numpy scalars too
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
     if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
     return isinstance(value, hint)
 
 
@@ -90,6 +91,8 @@ def score_edges(model, task: Task | str, method: str = "eap-ig", ablation: str =
     """Score every edge of `model.graph` for `task` with `method`; options go to the method's config."""
     check_options(method, options)
     fn, config_cls, fixed = METHODS[method]
+    # numpy scalars as Python numbers: the config is saved as JSON with the scores
+    options = {k: v.item() if isinstance(v, numbers.Number) and hasattr(v, "item") else v for k, v in options.items()}
     cfg = config_cls(**{**options, **fixed})
     task = load_task(task) if isinstance(task, str) else task
     start = time.perf_counter()
