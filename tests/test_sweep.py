@@ -122,6 +122,8 @@ def test_bad_input_is_refused_before_any_job(model_dirs, tmp_path):
         cf.sweep(["toy-induction"], ["induction"], ["eap"], options={"eap": {"steps": 3}}, store=store)
     with pytest.raises(ConfigError, match="unknown resource 'gpus'"):
         cf.sweep(["toy-induction"], ["induction"], ["eap"], executor="ray", resources={"gpus": 1}, store=store)
+    with pytest.raises(ConfigError, match="n must be a positive number"):  # not a failure per job, later
+        cf.sweep(["toy-induction"], ["induction"], ["eap"], n=0, store=store)
     assert not store.exists()
     assert main(["sweep", "--models", "toy-induction", "--tasks", "induction", "--methods", "magic",
                  "--store", str(store)]) == 2
@@ -139,6 +141,18 @@ def test_store_of_another_schema_is_refused(tmp_path):
         db.execute("CREATE TABLE t (x)")
     with pytest.raises(ConfigError, match="not a circuitfind sweep store"):
         cf.load_sweep(other)
+    text = tmp_path / "notes.sqlite"
+    text.write_text("not a database")
+    with pytest.raises(ConfigError, match="not a circuitfind sweep store"):
+        cf.load_sweep(text)
+    assert text.read_text() == "not a database"
+
+
+def test_a_single_name_is_a_list_of_one_and_repeats_run_once():
+    from circuitfind.sweep.jobs import expand
+    jobs = expand("toy-induction", "induction", ["eap", "eap", "eap-ig"], seeds=[0, 0])
+    assert [(j.model, j.task, j.method, j.seed) for j in jobs] == [("toy-induction", "induction", "eap", 0),
+                                                                  ("toy-induction", "induction", "eap-ig", 0)]
 
 
 def test_ray_executor_matches_local(model_dirs, tmp_path):

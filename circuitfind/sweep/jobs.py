@@ -70,12 +70,20 @@ def _check_model(name: str) -> None:
 
 def expand(models, tasks, methods, ablations=("corrupted",), seeds=(0,), *, n: int = 100, edges: int | None = None,
            target: float = 0.9, options: dict | None = None, metric: str | None = None) -> list[Job]:
-    """Every combination, after checking every name (nothing runs if one is wrong)."""
+    """Every combination, once, after checking every name and number (nothing runs if one is wrong).
+    A single name (a string) stands for a list of one."""
     options = options or {}
-    for name, values in (("models", models), ("tasks", tasks), ("methods", methods), ("ablations", ablations),
-                         ("seeds", seeds)):
+    axes = {"models": models, "tasks": tasks, "methods": methods, "ablations": ablations, "seeds": seeds}
+    for name, values in axes.items():
+        values = [values] if isinstance(values, (str, int)) else list(values)
+        axes[name] = list(dict.fromkeys(values))  # a repeated name would run the same job twice
         if not values:
             raise ConfigError(f"a sweep needs at least one of {name}")
+    models, tasks, methods, ablations, seeds = axes.values()
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError(f"n must be a positive number of examples, got {n!r}")
+    if edges is not None and (isinstance(edges, bool) or not isinstance(edges, int) or edges < 0):
+        raise ConfigError(f"edges must be a count ≥ 0 (or None: the smallest size reaching target), got {edges!r}")
     for m in models:
         _check_model(m)
     if metric is not None and metric not in METRICS:  # a job is stored by name: no callables

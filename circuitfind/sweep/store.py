@@ -35,8 +35,12 @@ class Store:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.path, isolation_level=None)  # explicit transactions below
-        self.db.execute("PRAGMA journal_mode=WAL")
-        found = self._schema()
+        try:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            found = self._schema()
+        except sqlite3.DatabaseError as e:  # any other file: refused before anything is written to it
+            self.db.close()
+            raise ConfigError(f"{self.path} is not a circuitfind sweep store ({e}); use a new --store file") from None
         if found is None:
             with self.transaction():
                 for statement in filter(str.strip, _CREATE.split(";")):  # executescript would COMMIT early
