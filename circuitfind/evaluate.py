@@ -56,14 +56,19 @@ def evaluate(model, task: Task | str, circuit: Circuit, *, ablation: str = "corr
              seed: int = 0) -> dict:
     """Metric of the circuit, the full model and the empty circuit, and the faithfulness, in one forward."""
     g = model.graph
-    if (circuit.graph.n_layers, circuit.graph.n_heads) != (g.n_layers, g.n_heads):
-        raise ConfigError(f"the circuit is over a {circuit.graph} but the model's graph is {g}")
+    _check_graph("circuit is", circuit.graph, g)
     setup = prepare(model, _test_task(task, split), ablation, seed)
     masks = torch.stack([circuit.mask, g.edge_mask, torch.zeros_like(g.edge_mask)]).float()
     m_c, m_full, m_empty = _metric_of_masks(model, setup, masks, chunk=3).tolist()
     return {"metric_circuit": m_c, "metric_full": m_full, "metric_empty": m_empty,
             "faithfulness": faithfulness(m_c, m_full, m_empty), "n_edges": circuit.n_edges,
             "n_edges_total": g.n_edges}
+
+
+def _check_graph(what: str, graph, model_graph) -> None:
+    if (graph.n_layers, graph.n_heads, graph.parallel) != (model_graph.n_layers, model_graph.n_heads,
+                                                           model_graph.parallel):
+        raise ConfigError(f"the {what} over a {graph} but the model's graph is {model_graph}")
 
 
 def task_accuracy(model, task: Task | str, *, split: str = "test") -> float:
@@ -99,8 +104,15 @@ def faithfulness_curve(model, task: Task | str, scores: EdgeScores, *, ablation:
     chunk: circuits per forward. Batching pays only on small models: a batch computes the union of
     its circuits' nodes, so on wide models one circuit per forward (the default there) is fastest."""
     g = model.graph
+    _check_graph("scores are", scores.graph, g)
     if ranking not in RANKINGS:
         raise ConfigError(f"ranking must be one of {', '.join(RANKINGS)}; got {ranking!r}")
+    fractions = [float(f) for f in fractions]
+    if len(fractions) < 2 or any(not 0 <= f <= 1 for f in fractions) or fractions != sorted(set(fractions)):
+        raise ConfigError(f"fractions must be at least two increasing fractions of edges in [0, 1] (the area "
+                          f"under the curve is taken over them); got {fractions}")
+    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
+        raise ConfigError(f"chunk must be a number of circuits per forward ≥ 1 (or None), got {chunk!r}")
     chunk = chunk or (1 if model.cfg.d_model >= 256 else 8)
     setup = prepare(model, _test_task(task, split), ablation, seed)
     circuits = {absolute: [prune(scores, edges=int(f * g.n_edges), absolute=absolute) for f in fractions]

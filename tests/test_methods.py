@@ -157,6 +157,12 @@ def test_faithfulness_curve_matches_separate_evaluations(model):
     assert absolute.faithfulness_absolute == pytest.approx(curve.faithfulness_absolute, abs=1e-9)
     assert absolute.cmd == pytest.approx(curve.cmd)
     assert signed.faithfulness_absolute == [] and math.isnan(signed.cmd) and math.isnan(absolute.cpr)
+    for fractions in ([0.5, 0.1, 1.0], [0.1, 2.0], [0.5]):  # the area needs increasing points in [0, 1]
+        with pytest.raises(cf.ConfigError, match="increasing fractions"):
+            cf.faithfulness_curve(model, task, scores, fractions=fractions)
+    other = Graph(model.graph.n_layers + 1, model.graph.n_heads)
+    with pytest.raises(cf.ConfigError, match="the scores are over a"):
+        cf.faithfulness_curve(model, task, EdgeScores(torch.zeros(other.n_receivers, other.n_senders), other))
     with pytest.raises(cf.ConfigError, match="ranking"):
         cf.faithfulness_curve(model, task, scores, ranking="signd")
 
