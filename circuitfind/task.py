@@ -314,6 +314,11 @@ def load_task(name_or_path: str | Task, n: int = 100, seed: int = 0, split: str 
     spec = str(name_or_path)
     if ":" in spec and spec.split(":")[0].endswith(".py"):
         cls = _task_from_file(*spec.rsplit(":", 1))
+    elif spec.endswith(".py") and Path(spec).is_file():  # the class is missing: name the file's tasks
+        module = _import_task_file(spec)
+        found = [k for k, v in vars(module).items() if isinstance(v, type) and issubclass(v, Task) and v is not Task]
+        raise TaskError(f"name the task class too: '{spec}:ClassName'"
+                        + (f" (the file defines {', '.join(found)})" if found else " (the file defines no Task)"))
     else:
         tasks = builtin_tasks()
         if spec not in tasks:
@@ -328,7 +333,7 @@ def load_task(name_or_path: str | Task, n: int = 100, seed: int = 0, split: str 
     return task
 
 
-def _task_from_file(path: str, class_name: str) -> type[Task]:
+def _import_task_file(path: str):
     file = Path(path)
     if not file.is_file():
         raise TaskError(f"task file {path!r} does not exist")
@@ -338,9 +343,16 @@ def _task_from_file(path: str, class_name: str) -> type[Task]:
         spec.loader.exec_module(module)
     except Exception as e:  # noqa: BLE001 — report any failure of the user's file as a task error
         raise TaskError(f"task file {path!r} failed to import: {type(e).__name__}: {e}") from e
+    return module
+
+
+def _task_from_file(path: str, class_name: str) -> type[Task]:
+    module = _import_task_file(path)
     cls = getattr(module, class_name, None)
     if cls is None:
         raise TaskError(f"{path!r} has no class {class_name!r}")
     if not (isinstance(cls, type) and issubclass(cls, Task)):
         raise TaskError(f"{path}:{class_name} is not a circuitfind.Task subclass")
+    if not cls.name:  # stores, reports and sweeps name a task by it
+        cls.name = class_name
     return cls

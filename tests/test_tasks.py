@@ -177,6 +177,14 @@ def test_class_that_is_not_a_task(user_file):
         load_task(f"{user_file}:NotATask")
     with pytest.raises(cf.TaskError, match="no class"):
         load_task(f"{user_file}:Missing")
+    with pytest.raises(cf.TaskError, match=r"name the task class too: .*my_task.py:ClassName' \(the file defines Greeting\)"):
+        load_task(str(user_file))
+
+
+def test_a_task_without_a_name_is_named_after_its_class(tmp_path):
+    path = tmp_path / "nameless.py"
+    path.write_text(textwrap.dedent(USER_TASK).replace('name = "greeting"', ""))
+    assert load_task(f"{path}:Greeting", n=2).name == "Greeting"  # not "", which stores and reports show
 
 
 class _Fixed(Task):
