@@ -177,7 +177,7 @@ def test_class_that_is_not_a_task(user_file):
         load_task(f"{user_file}:NotATask")
     with pytest.raises(cf.TaskError, match="no class"):
         load_task(f"{user_file}:Missing")
-    with pytest.raises(cf.TaskError, match=r"name the task class too: .*my_task.py:ClassName' \(the file defines Greeting\)"):
+    with pytest.raises(cf.TaskError, match=r"class too: .*my_task.py:ClassName' \(the file defines Greeting\)"):
         load_task(str(user_file))
 
 
