@@ -159,7 +159,7 @@ def _inspect(args) -> int:
             down = ", ".join(f"{t!r} {v:+.2f}" for t, v in row.suppressed)
             print(f"{row.position:3d} {row.token!r:>14}  promotes {up}  |  suppresses {down}")
     elif args.tool == "why":
-        c = ins.why(model, args.prompt, args.a, args.b, ablation=args.ablation)
+        c = ins.why(model, args.prompt, args.a, args.b, ablation=args.ablation, position=args.position)
         print(f"logit({args.a!r}) - logit({args.b!r}) = {c.logit_diff:.4f}  (constant part {c.constant:+.4f})")
         print(f"{'node':>10}  {'total':>9}  {'direct':>9}")
         for n in c.top(args.k):
@@ -187,7 +187,7 @@ def _inspect(args) -> int:
     elif args.tool == "flow":
         from circuitfind.report import figures
 
-        scores, graph = ins.flow_graph(model, args.prompt, args.threshold)
+        scores, graph = ins.flow_graph(model, args.prompt, args.threshold, position=args.position)
         print(f"{graph.n_edges} edges at threshold {args.threshold}:")
         for name in graph.edges():
             d, s = graph.graph.edge_index(name)
@@ -290,7 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("-n", type=int, default=10, help="tokens to generate")
     i.add_argument("-k", type=int, default=10, help="how many to show")
     i.add_argument("--layer", type=int, default=0, help="patchscope: source layer")
-    i.add_argument("--position", type=int, default=-1, help="patchscope: source position")
+    i.add_argument("--position", type=int, default=-1,
+                   help="why, flow: the position explained; patchscope: the source position (default: the last)")
     i.add_argument("--target-model", help="patchscope: another model of the same width")
     i.add_argument("--target-prompt", default="cat -> cat; 1135 -> 1135; hello -> hello; ?")
     i.add_argument("--target-layer", type=int)

@@ -258,6 +258,13 @@ def test_inspect_command_line(capsys, tmp_path):
                  "a1.h0", "-k", "2"]) == 0
     assert len(capsys.readouterr().out.strip().splitlines()) == 2
     assert main(["inspect", "why", "--model", "toy-induction", "--prompt", "ids:1,x"]) == 2
+    # --position reaches why and flow as position= does in Python
+    import circuitfind as cf
+    assert main(["inspect", "why", "--model", "toy-induction", "--prompt", ids, "--a", "12", "--b", "3",
+                 "--position", "2"]) == 0
+    want = why(cf.load_model("toy-induction"), ids, "12", "3", position=2).logit_diff
+    assert f"= {want:.4f}" in capsys.readouterr().out.splitlines()[0]
+    assert main(["inspect", "flow", "--model", "toy-induction", "--prompt", ids, "--position", "9"]) == 2
 
 
 def test_export_command(tmp_path):
