@@ -106,6 +106,7 @@ class Task:
     description: ClassVar[str] = ""
     citation: ClassVar[str] = ""
     metric: ClassVar[str] = "logit-diff"
+    higher_is_better: ClassVar[bool] = True  # for a metric given as a function; False for a loss
     aligned: ClassVar[bool] = True  # clean and corrupted prompts must have equal token length
     test_fraction: ClassVar[float] = 0.2
 

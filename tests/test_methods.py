@@ -323,3 +323,19 @@ def test_eap_ig_scores_track_exact_patching_on_a_tracr_model():
     exact = cf.score_edges(model, task, "exact", ablation="zero").values()
     eap_ig = cf.score_edges(model, task, "eap-ig", ablation="zero").values()
     assert torch.corrcoef(torch.stack([eap_ig, exact]))[0, 1] >= 0.9
+
+
+def test_a_loss_given_as_a_function_scores_like_the_builtin_loss():
+    """A metric function counts as higher-is-better unless the task says otherwise; a loss written
+    out by hand must then score exactly like the built-in "ce" (the sign convention of every method)."""
+    from circuitfind.metrics import cross_entropy
+    from circuitfind.tasks.induction import Induction
+
+    model = cf.load_model("toy-induction").double()
+    builtin = type("CE", (Induction,), {"metric": "ce"})(n=6)
+    as_loss = type("Loss", (Induction,), {"metric": staticmethod(cross_entropy), "higher_is_better": False})(n=6)
+    as_gain = type("Gain", (Induction,), {"metric": staticmethod(cross_entropy)})(n=6)
+    want = cf.score_edges(model, builtin, "eap").scores
+    assert want.abs().max() > 0
+    torch.testing.assert_close(cf.score_edges(model, as_loss, "eap").scores, want)
+    torch.testing.assert_close(cf.score_edges(model, as_gain, "eap").scores, -want)

@@ -49,7 +49,7 @@ def prepare(model, task: Task, ablation: str, seed: int = 0) -> Setup:
         task.check_metric(model, batch, logits)  # before the long work
         ablated = ablated_outputs(model, ablation, batch.clean, batch.corrupt, seed=seed)
     name = task.metric if isinstance(task.metric, str) else None
-    higher = HIGHER_IS_BETTER.get(name, getattr(task, "higher_is_better", True))
+    higher = HIGHER_IS_BETTER.get(name, task.higher_is_better)  # a built-in metric knows its direction
     return Setup(batch, ablated, batch.targets.with_clean(logits), resolve_metric(task.metric), 1.0 if higher else -1.0)
 
 
