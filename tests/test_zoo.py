@@ -69,3 +69,13 @@ def test_uncached_hub_entry_says_how_to_fetch_it(entry, monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     with pytest.raises(cf.ModelNotFoundError, match="download"):
         cf.load_model(entry.name)
+
+
+def test_shipped_models_load_without_a_progress_bar(capfd):
+    """A megabyte from the package: no 'Loading weights' bar in the output (the setting is restored)."""
+    from transformers.utils import logging as hf_logging
+
+    capfd.readouterr()
+    cf.load_model("toy-lm")
+    assert "Loading" not in capfd.readouterr().err
+    assert hf_logging.is_progress_bar_enabled()
