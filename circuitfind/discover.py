@@ -11,6 +11,7 @@ The run directory holds scores.safetensors + scores.json, circuit.json, result.j
 from __future__ import annotations
 
 import json
+import logging
 import platform
 import sys
 import time
@@ -27,6 +28,8 @@ from circuitfind.prune import prune
 from circuitfind.report import write_report
 from circuitfind.report.data import collect
 from circuitfind.task import Task, load_task, metric_name
+
+log = logging.getLogger(__name__)
 
 
 def _version(package: str) -> str:
@@ -64,15 +67,19 @@ def discover(model, task: Task | str, method: str = "eap-ig", ablation: str = "c
     start = time.perf_counter()
     scores = score_edges(model, task, method, ablation, seed=seed, quiet=quiet, **options)
     curve = faithfulness_curve(model, test, scores, ablation=ablation, seed=seed)
+    sized_by = "edges"
     if edges is None:
         reached = [i for i, f in enumerate(curve.faithfulness_absolute) if f >= target]
         edges = int(MIB_FRACTIONS[reached[0] if reached else -1] * model.graph.n_edges)
+        sized_by = "target" if reached else "target not reached: all edges"
+        if not reached:
+            log.warning("no MIB size reached faithfulness %s; the circuit is the whole graph", target)
     circuit = prune(scores, edges=edges)
     result = evaluate(model, test, circuit, ablation=ablation, seed=seed)
     truth = task.ground_truth(model)
     result = {"model": model.name, "task": task.name, "metric_name": metric_name(task), "method": method,
               "ablation": ablation,
-              "n_edges_total": model.graph.n_edges, "n_edges": circuit.n_edges,
+              "n_edges_total": model.graph.n_edges, "n_edges": circuit.n_edges, "target": target, "sized_by": sized_by,
               "faithfulness": result["faithfulness"], "cpr": curve.cpr, "cmd": curve.cmd,
               "roc_auc": roc_auc(scores, truth) if truth else None,
               "metric": {k: result[k] for k in ("metric_circuit", "metric_full", "metric_empty")},

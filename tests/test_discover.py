@@ -30,6 +30,7 @@ def test_discover_writes_a_run_directory(tmp_path):
     assert result["faithfulness"] >= 0.9 or not reached
     assert not list((tmp_path / "run").glob(".*tmp"))  # nothing half-written
     assert result["n"] == 8
+    assert result["target"] == 0.9 and result["sized_by"] in ("target", "target not reached: all edges")
     with pytest.raises(cf.ConfigError, match="loaded with n=6; n=8 applies only to a task given by name"):
         cf.discover(model, cf.load_task("induction", n=6), method="eap", n=8)  # would run on 6 silently
     with pytest.raises(cf.ConfigError, match="the test split has 1"):  # before scoring, not after
@@ -82,3 +83,13 @@ def test_another_metric_holds_for_scoring_and_for_the_test_split(tmp_path, capsy
 
     assert main(["discover", "--model", "toy-lm", "--task", "greater-than", "--metric", "accuracy"]) == 2
     assert "unknown metric 'accuracy'" in capsys.readouterr().err
+
+
+def test_an_unreachable_target_is_said_not_hidden(caplog):
+    model = cf.from_hf(tiny_hf("gpt2"))
+    with caplog.at_level("WARNING", logger="circuitfind.discover"):
+        run = cf.discover(model, "induction", method="eap", n=8, target=5.0, quiet=True, report=False)
+    assert run.result["sized_by"] == "target not reached: all edges" and run.circuit.n_edges > 0
+    assert "no MIB size reached faithfulness 5.0" in caplog.text
+    fixed = cf.discover(model, "induction", method="eap", n=8, edges=3, quiet=True, report=False)
+    assert fixed.result["sized_by"] == "edges"
