@@ -80,7 +80,10 @@ def _discover(args) -> int:
 
 
 def _option_value(text: str):
-    """A method option from the command line: int, float, true/false, or the string itself."""
+    """A method option from the command line: int, float, true/false, a comma-separated list of
+    these (e.g. ACDC's receivers=3,7), or the string itself."""
+    if "," in text:
+        return [_option_value(part) for part in text.split(",")]
     if text.lower() in ("true", "false"):
         return text.lower() == "true"
     for kind in (int, float):

@@ -41,3 +41,10 @@ def test_demo_runs(capsys):
     demo()
     out = capsys.readouterr().out
     assert "faithfulness" in out and "top edges" in out
+
+
+def test_option_values_parse_as_the_config_types_expect():
+    from circuitfind.cli import _option_value
+    assert _option_value("10") == 10 and _option_value("0.5") == 0.5 and _option_value("True") is True
+    assert _option_value("task") == "task"
+    assert _option_value("52,51") == [52, 51]  # ACDC's receivers: a list, as the config's type-check takes it
