@@ -251,7 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--target", type=float, default=0.9, help="faithfulness the circuit must reach")
     d.add_argument("-n", type=int, default=100, help="examples")
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--option", action="append", metavar="KEY=VALUE", help="method option, e.g. steps=10 or receivers=52,51 (an unknown key lists the method's options)")
+    d.add_argument("--option", action="append", metavar="KEY=VALUE",
+                   help="method option, e.g. steps=10 or receivers=52,51 (an unknown key lists the method's options)")
     d.add_argument("--dtype", default="float32")
     d.add_argument("--device", default="cpu")
     d.add_argument("--no-report", action="store_true", help="skip figures, tables and report.html")
