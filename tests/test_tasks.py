@@ -311,3 +311,17 @@ def test_greater_than_without_the_corrupted_year_is_a_task_error():
 
     with pytest.raises(cf.TaskError, match="'01'"):
         load_task("greater-than", n=2)._generate(WithoutZeroOne())
+
+
+def test_the_readme_task_example_runs(tmp_path):
+    """The task a reader copies from the README must load, batch and give discover its test split
+    (its first version, five pairs and one template, could not make a single test example)."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    source = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "class Capital" in b)
+    (tmp_path / "my_task.py").write_text(source)
+    model = cf.load_model("toy-lm")
+    task = load_task(f"{tmp_path / 'my_task.py'}:Capital", n=20)
+    assert task.batch(model).size == 20 and task.with_split("test", n=5).batch(model).size == 5
