@@ -1,11 +1,11 @@
-"""The README's Python examples call the API as it is: every `cf.` / `ci.` call in its code blocks
-binds to the function's real signature (a renamed or misspelt keyword fails here, not for a reader)."""
+"""The README's examples use the package as it is: every `cf.` / `ci.` call in its Python blocks binds
+to the function's real signature, and its concrete command lines parse (a renamed or misspelt
+argument fails here, not for a reader)."""
 
 from __future__ import annotations
 
 import ast
 import inspect
-import re
 from pathlib import Path
 
 import circuitfind as cf
@@ -14,8 +14,24 @@ from circuitfind import inspect as ci
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
+def _blocks(language: str) -> list[str]:
+    """The README's fenced code blocks whose info string is `language` ("" for shell lines)."""
+    blocks, current, lang = [], None, None
+    for line in README.read_text().splitlines():
+        if line.startswith("```"):
+            if current is None:
+                current, lang = [], line[3:].strip()
+            else:
+                if lang == language:
+                    blocks.append("\n".join(current))
+                current = None
+        elif current is not None:
+            current.append(line)
+    return blocks
+
+
 def _calls():
-    for block in re.findall(r"```python\n(.*?)```", README.read_text(), re.S):
+    for block in _blocks("python"):
         for node in ast.walk(ast.parse(block)):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
                 owner = node.func.value
@@ -38,3 +54,20 @@ def test_readme_calls_bind_to_the_real_signatures():
         inspect.signature(fn).bind(*args, **kwargs)  # a TypeError names the wrong argument
         checked.append(name)
     assert {"cf.load_task", "cf.score_edges", "cf.prune", "ci.patchscope", "ci.why"} <= set(checked)
+
+
+def test_readme_command_lines_parse():
+    """Every concrete `circuitfind ...` line of the README's shell blocks (no [optional] or a|b
+    placeholders) is accepted by the real argument parser."""
+    import shlex
+
+    from circuitfind.cli import build_parser
+
+    lines = [line.split("#")[0].strip() for block in _blocks("")
+             for line in block.replace("\\\n", " ").splitlines() if line.startswith("circuitfind ")]
+    concrete = [line for line in lines if not any(c in line for c in "[|") and "..." not in line
+                and "--help" not in line]
+    for line in concrete:
+        args = build_parser().parse_args(shlex.split(line)[1:])
+        assert callable(args.run), line
+    assert any(line.startswith("circuitfind discover") for line in concrete)
