@@ -66,7 +66,7 @@ def discover(model, task: Task | str, method: str = "eap-ig", ablation: str = "c
                           f"(a quarter of n={task.n}); use n ≥ 8")
     start = time.perf_counter()
     scores = score_edges(model, task, method, ablation, seed=seed, quiet=quiet, **options)
-    curve = faithfulness_curve(model, test, scores, ablation=ablation, seed=seed)
+    curve = faithfulness_curve(model, test, scores, ablation=ablation, seed=seed, quiet=quiet)
     sized_by = "edges"
     if edges is None:
         reached = [i for i, f in enumerate(curve.faithfulness_absolute) if f >= target]

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from circuitfind.circuit import Circuit, EdgeScores
 from circuitfind.engine.patching import Workspace, clean_logits, masked_forward
@@ -42,13 +43,14 @@ def _test_task(task: Task | str, split: str) -> Task:
     return task if task.split == split else task.with_split(split)
 
 
-def _metric_of_masks(model, setup, masks: Tensor, chunk: int) -> Tensor:
+def _metric_of_masks(model, setup, masks: Tensor, chunk: int, quiet: bool = True) -> Tensor:
     """Mean metric of each mask [k, dst, src] → [k], a few masks per forward."""
     out, workspace = [], Workspace()
-    with torch.no_grad():
+    with torch.no_grad(), tqdm(total=len(masks), desc="faithfulness", unit="circuit", disable=quiet) as bar:
         for part in masks.split(chunk):
             part = part.to(model.device, model.dtype)
             out.append(setup.per_mask(masked_forward(model, setup.batch.clean, setup.ablated, part, workspace=workspace)))
+            bar.update(len(part))
     return torch.cat(out)
 
 
@@ -96,13 +98,14 @@ RANKINGS = {"both": (False, True), "signed": (False,), "absolute": (True,)}
 
 def faithfulness_curve(model, task: Task | str, scores: EdgeScores, *, ablation: str = "corrupted",
                        split: str = "test", fractions=MIB_FRACTIONS, seed: int = 0, chunk: int | None = None,
-                       ranking: str = "both") -> CurveResult:
+                       ranking: str = "both", quiet: bool = True) -> CurveResult:
     """Faithfulness of the top-scoring circuits at each fraction of edges; CPR and CMD.
 
     ranking: "both" (default), or only "signed" (the CPR curve) or "absolute" (the CMD curve), at
     half the cost; the other's fields stay empty and its area NaN.
     chunk: circuits per forward. Batching pays only on small models: a batch computes the union of
-    its circuits' nodes, so on wide models one circuit per forward (the default there) is fastest."""
+    its circuits' nodes, so on wide models one circuit per forward (the default there) is fastest.
+    quiet=False: a progress bar over the circuits (discover shows it)."""
     g = model.graph
     _check_graph("scores are", scores.graph, g)
     if ranking not in RANKINGS:
@@ -127,7 +130,7 @@ def faithfulness_curve(model, task: Task | str, scores: EdgeScores, *, ablation:
         if key != full and key not in distinct:
             distinct[key] = len(unique)
             unique.append(m)
-    run = _metric_of_masks(model, setup, torch.stack(unique).float(), chunk).tolist()
+    run = _metric_of_masks(model, setup, torch.stack(unique).float(), chunk, quiet).tolist()
     values = [m_full if key == full else run[distinct[key]] for key in keys]
     m_empty, rest = values[0], values[1:]
     n = len(circuits[False])
