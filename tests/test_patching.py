@@ -274,6 +274,8 @@ def test_bad_mask_shape_and_unequal_lengths(model):
     abl = ablated_outputs(model, "zero", clean)
     with pytest.raises(cf.ConfigError, match="mask must be"):
         masked_forward(model, clean, abl, torch.ones(3, 3))
+    with pytest.raises(cf.ConfigError, match="a batch of at least one"):  # an IndexError deep in the walk before
+        masked_forward(model, clean, abl, torch.ones(0, model.graph.n_receivers, model.graph.n_senders))
     short = Inputs.of(torch.randint(3, VOCAB, (3, 4)))
     with pytest.raises(cf.ConfigError, match="equal token length"):
         ablated_outputs(model, "corrupted", clean, short)

@@ -66,8 +66,8 @@ def _as_masks(model, mask: Tensor, per_example: bool, batch: int) -> tuple[Tenso
                           f"masks); got {shape}")
     single = mask.ndim == 2
     masks = mask[None] if single else mask
-    if masks.ndim != 3:
-        raise ConfigError(f"mask must have 2 or 3 dimensions, got {mask.ndim}")
+    if masks.ndim != 3 or masks.shape[0] == 0:
+        raise ConfigError(f"mask must be one [dst, src] mask or a batch of at least one; got shape {tuple(mask.shape)}")
     if per_example and masks.shape[0] != batch:
         raise ConfigError(f"per_example=True needs one mask per example ({batch}); got {masks.shape[0]}")
     return masks.to(model.dtype) * g.edge_mask.to(masks.device), single
