@@ -71,3 +71,23 @@ def test_readme_command_lines_parse():
         args = build_parser().parse_args(shlex.split(line)[1:])
         assert callable(args.run), line
     assert any(line.startswith("circuitfind discover") for line in concrete)
+
+
+def test_options_named_in_the_methods_table_exist():
+    """A `key=value` in a row of the README's methods table is an option of that row's method."""
+    import dataclasses
+    import re
+
+    from circuitfind.methods import METHODS
+
+    rows = [line for line in README.read_text().splitlines() if re.match(r"^\| `[a-z-]+`[^|]*\|", line)]
+    named, listed = 0, []
+    for row in rows:
+        methods = re.findall(r"`([a-z-]+)`", row.split("|")[1])
+        listed += methods
+        for method in methods:
+            fields = {f.name for f in dataclasses.fields(METHODS[method][1])}
+            for key in re.findall(r"`(\w+)=", row):
+                assert key in fields, f"{method}: {key}"
+                named += 1
+    assert sorted(listed) == sorted(METHODS) and named >= 6  # every method in the table, once
