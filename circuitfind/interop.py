@@ -80,6 +80,7 @@ def write_mib_submission(directory, entries: dict[tuple[str, str], EdgeScores]) 
 
 
 def read_mib_submission(directory) -> dict[tuple[str, str], EdgeScores]:
+    """A MIB submission folder read back: {(task, model): scores}, one `<task>_<model>/*.json` each."""
     found = {}
     for folder in sorted(Path(directory).iterdir()):
         files = sorted(folder.glob("*.json")) if folder.is_dir() else []
