@@ -43,6 +43,9 @@ def _version(package: str) -> str:
 
 @dataclass
 class Run:
+    """What `discover` found: every edge's scores, the circuit chosen, result.json's contents, and
+    the run directory (None without out=)."""
+
     scores: EdgeScores
     circuit: Circuit
     result: dict
@@ -52,6 +55,13 @@ class Run:
 def discover(model, task: Task | str, method: str = "eap-ig", ablation: str = "corrupted", *, out=None,
              edges: int | None = None, target: float = 0.9, n: int | None = None, seed: int = 0, quiet: bool = False,
              report: bool = True, **options) -> Run:
+    """Score every edge with `method`, pick the smallest MIB-size circuit whose faithfulness on the
+    test split (a quarter of n, no prompt shared with the train split) reaches `target` (or the top
+    `edges`), evaluate it, and, with `out=`, write the run directory and its report.
+
+    task: a Task, or a name loaded with n (default 100) and seed. options: the method's config
+    (e.g. steps=10 for eap-ig; `circuitfind.methods.METHODS` lists the config classes).
+    """
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
     if isinstance(task, str):

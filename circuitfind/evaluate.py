@@ -88,6 +88,7 @@ def task_accuracy(model, task: Task | str, *, split: str = "test") -> float:
 
 
 def faithfulness(m_circuit: float, m_full: float, m_empty: float) -> float:
+    """(m(C) − m(∅)) / (m(N) − m(∅)); NaN where the full and empty models agree."""
     if m_full == m_empty:
         return float("nan")
     return (m_circuit - m_empty) / (m_full - m_empty)

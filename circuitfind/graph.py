@@ -25,6 +25,8 @@ QKV = ("q", "k", "v")
 
 @dataclass(frozen=True)
 class Graph:
+    """The edges a model of this shape can have (module docstring); built from the config alone."""
+
     n_layers: int
     n_heads: int
     parallel: bool = False

@@ -43,6 +43,9 @@ Answer = str | int | Sequence[str] | Sequence[int]
 
 @dataclass(frozen=True)
 class Example:
+    """One example: clean and corrupted prompts (text or token ids) of equal token length, the
+    answer(s) the metric favours and the wrong one(s)."""
+
     clean: Prompt
     corrupt: Prompt
     correct: Answer  # one answer, or several (e.g. every year greater than the start year)
