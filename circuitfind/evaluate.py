@@ -29,6 +29,9 @@ MIB_FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
 @dataclass
 class CurveResult:
+    """Faithfulness at each fraction of edges for the signed and the |score| ranking, the circuits'
+    sizes after dangling edges are removed, and the areas: CPR (signed) and CMD (|1 − f|, |score|)."""
+
     fractions: list[float]
     n_edges_signed: list[int] = field(default_factory=list)
     faithfulness_signed: list[float] = field(default_factory=list)

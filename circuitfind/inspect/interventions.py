@@ -26,6 +26,9 @@ KINDS = ("zero", "mean", "scale", "steer")
 
 @dataclass(frozen=True)
 class Intervention:
+    """A change to one node during generation: a head (a3.h5), an MLP (m2), a neuron (m2.n17) or the
+    residual stream (resid:4) is zeroed, replaced by its mean, scaled, or steered by a vector."""
+
     node: str
     kind: str  # zero | mean | scale | steer
     value: object = None  # scale: a factor; steer: a vector [d_model]; mean: the mean activation (see `mean_of`)
@@ -34,8 +37,8 @@ class Intervention:
         if self.kind not in KINDS:
             raise ConfigError(f"intervention kind must be one of {', '.join(KINDS)}; got {self.kind!r}")
         if self.kind in ("scale", "steer", "mean") and self.value is None:
-            raise ConfigError(f"a {self.kind} intervention needs value= "
-                              f"({'a factor' if self.kind == 'scale' else 'a vector' if self.kind == 'steer' else 'mean_of(...)'})")
+            needed = {"scale": "a factor", "steer": "a vector", "mean": "mean_of(...)"}[self.kind]
+            raise ConfigError(f"a {self.kind} intervention needs value= ({needed})")
 
 
 def _site(model, node: str) -> tuple[str, tuple, Tensor | None]:

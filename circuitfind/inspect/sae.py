@@ -22,6 +22,9 @@ KEYS = ("W_enc", "b_enc", "W_dec", "b_dec")
 
 @dataclass
 class SAE:
+    """A sparse autoencoder on one hook point: f = ReLU((x − b_dec) W_enc + b_enc), x̂ = f W_dec + b_dec
+    (`SAE.load` reads a safetensors file with these four tensors and the hook in its metadata)."""
+
     W_enc: Tensor
     b_enc: Tensor
     W_dec: Tensor
