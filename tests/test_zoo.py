@@ -75,7 +75,12 @@ def test_shipped_models_load_without_a_progress_bar(capfd):
     """A megabyte from the package: no 'Loading weights' bar in the output (the setting is restored)."""
     from transformers.utils import logging as hf_logging
 
-    capfd.readouterr()
-    cf.load_model("toy-lm")
-    assert "Loading" not in capfd.readouterr().err
-    assert hf_logging.is_progress_bar_enabled()
+    before = hf_logging.is_progress_bar_enabled()
+    hf_logging.enable_progress_bar()  # on, as for a user; restored below whatever the environment set
+    try:
+        capfd.readouterr()
+        cf.load_model("toy-lm")
+        assert "Loading" not in capfd.readouterr().err
+        assert hf_logging.is_progress_bar_enabled()
+    finally:
+        (hf_logging.enable_progress_bar if before else hf_logging.disable_progress_bar)()
