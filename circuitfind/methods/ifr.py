@@ -26,7 +26,7 @@ from circuitfind.methods.common import prepare
 
 @dataclass(frozen=True)
 class IFRConfig:
-    positions: Literal["all", "answer"] = "all"
+    positions: Literal["all", "answer"] = "all"  # mean share over every real token, or at the answer only
 
 
 def proximity_weights(model, inputs: Inputs) -> Tensor:
