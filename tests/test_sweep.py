@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -150,7 +151,8 @@ def test_store_of_another_schema_is_refused(tmp_path):
 
 def test_a_single_name_is_a_list_of_one_and_repeats_run_once():
     from circuitfind.sweep.jobs import expand
-    jobs = expand("toy-induction", "induction", ["eap", "eap", "eap-ig"], seeds=[0, 0])
+    jobs = expand("toy-induction", "induction", ["eap", "eap", "eap-ig"], seeds=[0, 0], n=np.int64(8))
+    assert type(jobs[0].n) is int  # a numpy count is stored as a number the key's JSON can hold
     assert [(j.model, j.task, j.method, j.seed) for j in jobs] == [("toy-induction", "induction", "eap", 0),
                                                                   ("toy-induction", "induction", "eap-ig", 0)]
 

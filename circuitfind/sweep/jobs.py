@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import numbers
 import os
 import resource
 import shutil
@@ -80,10 +81,11 @@ def expand(models, tasks, methods, ablations=("corrupted",), seeds=(0,), *, n: i
         if not values:
             raise ConfigError(f"a sweep needs at least one of {name}")
     models, tasks, methods, ablations, seeds = axes.values()
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
         raise ConfigError(f"n must be a positive number of examples, got {n!r}")
-    if edges is not None and (isinstance(edges, bool) or not isinstance(edges, int) or edges < 0):
+    if edges is not None and (isinstance(edges, bool) or not isinstance(edges, numbers.Integral) or edges < 0):
         raise ConfigError(f"edges must be a count ≥ 0 (or None: the smallest size reaching target), got {edges!r}")
+    n, edges = int(n), None if edges is None else int(edges)  # numpy integers too: the key hashes JSON
     for m in models:
         _check_model(m)
     if metric is not None and metric not in METRICS:  # a job is stored by name: no callables
