@@ -92,6 +92,9 @@ def test_positions_and_counts_out_of_range_are_refused(model):
         logit_lens(model, PROMPT, "a1.h0", k=-1)
     with pytest.raises(ConfigError, match="max_new_tokens must be a count"):
         generate(model, PROMPT, max_new_tokens=-1)
+    import numpy as np  # numpy integers are positions and counts too
+    assert why(model, PROMPT, " Mary", " John", position=np.int64(-n)).a == why(model, PROMPT, " Mary", " John").a
+    assert len(logit_lens(model, PROMPT, "a1.h0", k=np.int64(2))[0].promoted) == 2
 
 
 def test_why_total_effect_equals_zeroing_the_head_by_hook(model):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import re
 
 import torch
@@ -71,11 +72,11 @@ def token_id(model, token) -> int:
     unknown token)."""
     if isinstance(token, str) and model.tokenizer is None and token.lstrip("#").isdigit():  # token-level: "17", "#17"
         token = int(token.lstrip("#"))
-    if isinstance(token, int):
+    if isinstance(token, numbers.Integral) and not isinstance(token, bool):  # numpy integers too
         n = model.cfg.d_out or model.cfg.d_vocab
         if not 0 <= token < n:
             raise ConfigError(f"token id {token} is not a logit of this model (0..{n - 1})")
-        return token
+        return int(token)
     ids = model.tokenizer(token, add_special_tokens=False)["input_ids"] if model.tokenizer is not None else []
     if len(ids) != 1:
         raise ConfigError(f"{token!r} is {len(ids)} tokens for this tokenizer; give a single token (or its id)")
@@ -88,16 +89,16 @@ def token_id(model, token) -> int:
 
 def position_in(position: int, length: int, what: str = "position") -> int:
     """A position of a prompt of `length` tokens, negative counting from the end, as 0..length-1."""
-    if isinstance(position, bool) or not isinstance(position, int) or not -length <= position < length:
+    if isinstance(position, bool) or not isinstance(position, numbers.Integral) or not -length <= position < length:
         raise ConfigError(f"{what} {position!r} is outside the prompt's {length} tokens "
                           f"(use 0..{length - 1}, or -1 for the last)")
-    return position % length
+    return int(position) % length
 
 
 def check_k(k: int) -> int:
-    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 0:
         raise ConfigError(f"k must be a count ≥ 0, got {k!r}")
-    return k
+    return int(k)
 
 
 NODE = re.compile(r"^(?:a(\d+)\.h(\d+)|m(\d+)(?:\.n(\d+))?|input)$")
