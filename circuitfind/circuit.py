@@ -11,6 +11,7 @@ Files are written to a temporary name and renamed, so an interrupted save leaves
 from __future__ import annotations
 
 import json
+import numbers
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -66,7 +67,7 @@ class EdgeScores:
         """The n highest-scoring edges as (name, score)."""
         key = self.scores.abs() if absolute else self.scores
         key = key.masked_fill(~self.graph.edge_mask, float("-inf"))
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
             raise ConfigError(f"top() takes a count of edges ≥ 0, got {n!r}")
         idx = key.flatten().topk(min(n, self.graph.n_edges)).indices
         return [(self.graph.edge_name(*divmod(int(i), self.graph.n_senders)), float(self.scores.flatten()[i]))

@@ -11,6 +11,7 @@ CMD = area under |1 − f| with circuits ranked by |score| (lower is better).
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 
 import torch
@@ -118,7 +119,7 @@ def faithfulness_curve(model, task: Task | str, scores: EdgeScores, *, ablation:
     if len(fractions) < 2 or any(not 0 <= f <= 1 for f in fractions) or fractions != sorted(set(fractions)):
         raise ConfigError(f"fractions must be at least two increasing fractions of edges in [0, 1] (the area "
                           f"under the curve is taken over them); got {fractions}")
-    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
+    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, numbers.Integral) or chunk < 1):
         raise ConfigError(f"chunk must be a number of circuits per forward ≥ 1 (or None), got {chunk!r}")
     chunk = chunk or (1 if model.cfg.d_model >= 256 else 8)
     setup = prepare(model, _test_task(task, split), ablation, seed)
