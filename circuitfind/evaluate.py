@@ -72,8 +72,7 @@ def evaluate(model, task: Task | str, circuit: Circuit, *, ablation: str = "corr
 
 
 def _check_graph(what: str, graph, model_graph) -> None:
-    if (graph.n_layers, graph.n_heads, graph.parallel) != (model_graph.n_layers, model_graph.n_heads,
-                                                           model_graph.parallel):
+    if graph != model_graph:  # Graph is a frozen dataclass of its shape: layers, heads, parallel
         raise ConfigError(f"the {what} over a {graph} but the model's graph is {model_graph}")
 
 
