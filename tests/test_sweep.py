@@ -153,6 +153,8 @@ def test_a_single_name_is_a_list_of_one_and_repeats_run_once():
     from circuitfind.sweep.jobs import expand
     jobs = expand("toy-induction", "induction", ["eap", "eap", "eap-ig"], seeds=[0, 0], n=np.int64(8))
     assert type(jobs[0].n) is int  # a numpy count is stored as a number the key's JSON can hold
+    numpy_option = expand("toy-induction", "induction", "eap-ig", options={"eap-ig": {"steps": np.int64(3)}})[0]
+    assert numpy_option.key and type(numpy_option.options["steps"]) is int  # a TypeError in the key before
     assert [(j.model, j.task, j.method, j.seed) for j in jobs] == [("toy-induction", "induction", "eap", 0),
                                                                   ("toy-induction", "induction", "eap-ig", 0)]
 

@@ -35,8 +35,10 @@ METHODS = {
 LONG_RUNNING = ("exact", "acdc", "edge-pruning")  # methods with a progress bar
 
 
-def check_options(method: str, options: dict) -> None:
-    """Raise a ConfigError for an unknown method, or an option its config does not have."""
+def check_options(method: str, options: dict) -> dict:
+    """The options as the config will hold them (numpy numbers as Python ones: configs are saved as
+    JSON); a ConfigError for an unknown method, an option its config does not have or fixes, or a
+    value of the wrong type."""
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
     _, config_cls, fixed = METHODS[method]
@@ -54,6 +56,7 @@ def check_options(method: str, options: dict) -> None:
     for key, value in options.items():
         if not _fits(value, hints[key]):
             raise ConfigError(f"option {key} of method {method!r} must be {_describe(hints[key])}, got {value!r}")
+    return {k: v.item() if isinstance(v, numbers.Number) and hasattr(v, "item") else v for k, v in options.items()}
 
 
 def _fits(value, hint) -> bool:
@@ -89,10 +92,8 @@ def _describe(hint) -> str:
 def score_edges(model, task: Task | str, method: str = "eap-ig", ablation: str = "corrupted", *, seed: int = 0,
                 quiet: bool = True, **options) -> EdgeScores:
     """Score every edge of `model.graph` for `task` with `method`; options go to the method's config."""
-    check_options(method, options)
+    options = check_options(method, options)
     fn, config_cls, fixed = METHODS[method]
-    # numpy scalars as Python numbers: the config is saved as JSON with the scores
-    options = {k: v.item() if isinstance(v, numbers.Number) and hasattr(v, "item") else v for k, v in options.items()}
     cfg = config_cls(**{**options, **fixed})
     task = load_task(task) if isinstance(task, str) else task
     start = time.perf_counter()

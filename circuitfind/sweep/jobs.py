@@ -95,12 +95,11 @@ def expand(models, tasks, methods, ablations=("corrupted",), seeds=(0,), *, n: i
     for m in options:
         if m not in methods:
             raise ConfigError(f"options given for method {m!r}, which is not in the sweep")
-    for m in methods:
-        check_options(m, options.get(m, {}))
+    options = {m: check_options(m, options.get(m, {})) for m in methods}  # JSON-ready: the job key hashes it
     for a in ablations:
         if a not in ABLATIONS:
             raise ConfigError(f"unknown ablation {a!r}; choose from {', '.join(ABLATIONS)}")
-    return [Job(mo, t, me, a, int(s), n, edges, target, dict(options.get(me, {})), metric)
+    return [Job(mo, t, me, a, int(s), n, edges, target, dict(options[me]), metric)
             for mo in models for t in tasks for me in methods for a in ablations for s in seeds]
 
 
