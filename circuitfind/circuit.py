@@ -11,7 +11,6 @@ Files are written to a temporary name and renamed, so an interrupted save leaves
 from __future__ import annotations
 
 import json
-import numbers
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from pathlib import Path
 
 from torch import Tensor
 
-from circuitfind.errors import ConfigError
+from circuitfind.errors import ConfigError, count
 from circuitfind.graph import Graph
 
 FORMAT_VERSION = 1
@@ -67,9 +66,7 @@ class EdgeScores:
         """The n highest-scoring edges as (name, score)."""
         key = self.scores.abs() if absolute else self.scores
         key = key.masked_fill(~self.graph.edge_mask, float("-inf"))
-        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
-            raise ConfigError(f"top() takes a count of edges ≥ 0, got {n!r}")
-        idx = key.flatten().topk(min(n, self.graph.n_edges)).indices
+        idx = key.flatten().topk(min(count(n, "n (the count of edges top() returns)"), self.graph.n_edges)).indices
         return [(self.graph.edge_name(*divmod(int(i), self.graph.n_senders)), float(self.scores.flatten()[i]))
                 for i in idx]
 

@@ -2,7 +2,10 @@
 
 Each message says what was expected, what was received, and what to do about it.
 All derive from `CircuitfindError`, so `except cf.CircuitfindError` catches them all.
+`count` is the check behind every "a count of ..." argument.
 """
+
+import operator
 
 
 class CircuitfindError(Exception):
@@ -31,3 +34,16 @@ class TaskError(CircuitfindError):
 
 class MetricError(CircuitfindError):
     """A metric that returns NaN or a tensor of the wrong shape."""
+
+
+def count(value, name: str, least: int = 0, most: int | None = None) -> int:
+    """value as an int in [least, most] (numpy and 0-d tensor integers too; not a bool or a float),
+    or a ConfigError naming `name` and the range."""
+    try:
+        n = None if isinstance(value, bool) else operator.index(value)
+    except TypeError:
+        n = None
+    if n is None or n < least or (most is not None and n > most):
+        bounds = f"between {least} and {most}" if most is not None else f"≥ {least}"
+        raise ConfigError(f"{name} must be a count {bounds}, got {value!r}")
+    return n

@@ -11,7 +11,6 @@ CMD = area under |1 − f| with circuits ranked by |score| (lower is better).
 
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass, field
 
 import torch
@@ -20,7 +19,7 @@ from tqdm.auto import tqdm
 
 from circuitfind.circuit import Circuit, EdgeScores
 from circuitfind.engine.patching import Workspace, clean_logits, masked_forward
-from circuitfind.errors import ConfigError
+from circuitfind.errors import ConfigError, count
 from circuitfind.methods.common import prepare
 from circuitfind.prune import prune
 from circuitfind.task import Task, load_task
@@ -118,9 +117,8 @@ def faithfulness_curve(model, task: Task | str, scores: EdgeScores, *, ablation:
     if len(fractions) < 2 or any(not 0 <= f <= 1 for f in fractions) or fractions != sorted(set(fractions)):
         raise ConfigError(f"fractions must be at least two increasing fractions of edges in [0, 1] (the area "
                           f"under the curve is taken over them); got {fractions}")
-    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, numbers.Integral) or chunk < 1):
-        raise ConfigError(f"chunk must be a number of circuits per forward ≥ 1 (or None), got {chunk!r}")
-    chunk = chunk or (1 if model.cfg.d_model >= 256 else 8)
+    default = 1 if model.cfg.d_model >= 256 else 8  # see chunk above
+    chunk = default if chunk is None else count(chunk, "chunk (circuits a forward)", least=1)
     setup = prepare(model, _test_task(task, split), ablation, seed)
     circuits = {absolute: [prune(scores, edges=int(f * g.n_edges), absolute=absolute) for f in fractions]
                 if absolute in RANKINGS[ranking] else [] for absolute in (False, True)}

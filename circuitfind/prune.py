@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import heapq
 import math
-import operator
 
 import torch
 from torch import Tensor
 
 from circuitfind.circuit import Circuit, EdgeScores
-from circuitfind.errors import ConfigError
+from circuitfind.errors import ConfigError, count
 from circuitfind.graph import Graph
 
 
@@ -39,7 +38,7 @@ def prune(scores: EdgeScores, edges: int | None = None, *, nodes: int | None = N
     if takes not in (None, given[0]):
         raise ConfigError(f"the {strategy} strategy takes {takes}=, not {given[0]}=")
     if nodes is not None:
-        nodes = _count("nodes", nodes, g.n_senders)
+        nodes = count(nodes, "nodes", most=g.n_senders)
         kept = torch.zeros(g.n_senders, dtype=torch.bool)
         kept[key.max(0).values.topk(nodes).indices] = True
         mask, strategy, chosen = g.nodes_to_edges(kept), "top-nodes", {"nodes": nodes}
@@ -53,7 +52,7 @@ def prune(scores: EdgeScores, edges: int | None = None, *, nodes: int | None = N
         threshold = value
         mask, strategy, chosen = key >= threshold, "threshold", {"threshold": threshold}
     else:
-        edges = _count("edges", edges, g.n_edges)
+        edges = count(edges, "edges", most=g.n_edges)
         mask = greedy(g, key, edges) if strategy == "greedy" else top_n(key, edges)
         chosen = {"edges": edges}
     before = int(mask.sum())
@@ -62,17 +61,6 @@ def prune(scores: EdgeScores, edges: int | None = None, *, nodes: int | None = N
     provenance = scores.metadata() | {"kind": "circuit", "strategy": strategy, "absolute": absolute, **chosen,
                                       "dangling_removed": before - int(mask.sum())}
     return Circuit(mask, g, provenance)
-
-
-def _count(name: str, n, most: int) -> int:
-    """n as an int in [0, most] (numpy and 0-d tensor integers too), or a ConfigError."""
-    try:
-        value = None if isinstance(n, bool) else operator.index(n)
-    except TypeError:
-        value = None
-    if value is None or not 0 <= value <= most:
-        raise ConfigError(f"{name} must be a count between 0 and {most}, got {n!r}")
-    return value
 
 
 def top_n(key: Tensor, n: int) -> Tensor:

@@ -95,12 +95,6 @@ def position_in(position: int, length: int, what: str = "position") -> int:
     return int(position) % length
 
 
-def check_k(k: int) -> int:
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 0:
-        raise ConfigError(f"k must be a count ≥ 0, got {k!r}")
-    return int(k)
-
-
 NODE = re.compile(r"^(?:a(\d+)\.h(\d+)|m(\d+)(?:\.n(\d+))?|input)$")
 
 

@@ -13,13 +13,12 @@ intervention applies at every position, old and new.
 
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from circuitfind.errors import ConfigError
+from circuitfind.errors import ConfigError, count
 from circuitfind.inspect.common import parse_node, prompts_of, resid_layer, tokens_of
 
 KINDS = ("zero", "mean", "scale", "steer")
@@ -107,8 +106,7 @@ def continue_with_hooks(model, tokens: Tensor, max_new_tokens: int, hooks, *, te
                         seed: int = 0) -> str | list[int]:
     """Generate from tokens [1, pos] with `model.hooks(hooks)` active at every step (the whole
     sequence is recomputed each step, so a hook sees old and new positions alike)."""
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral) or max_new_tokens < 0:
-        raise ConfigError(f"max_new_tokens must be a count ≥ 0, got {max_new_tokens!r}")
+    count(max_new_tokens, "max_new_tokens")
     gen = torch.Generator().manual_seed(seed)
     start = tokens.shape[-1]
     with model.hooks(hooks):

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from circuitfind.engine.patching import sender_outputs
 from circuitfind.engine.tensors import Inputs
-from circuitfind.errors import ConfigError
+from circuitfind.errors import ConfigError, count
 from circuitfind.inspect.common import ranked_tokens, token_str
 
 
@@ -129,9 +129,9 @@ def logit_lens(model, prompt, what: str, k: int = 5) -> list[LensRow]:
     as they are (the classic logit lens). Promoted/suppressed: highest/lowest logits, centred over
     the vocabulary.
     """
-    from circuitfind.inspect.common import check_k, parse_node, resid_layer, tokens_of
+    from circuitfind.inspect.common import parse_node, resid_layer, tokens_of
 
-    check_k(k)
+    count(k, "k")
     tokens = tokens_of(model, prompt)
     L = model.cfg.n_layers
     if what.startswith("resid:"):

@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from circuitfind.errors import ConfigError
-from circuitfind.inspect.common import check_k, position_in, ranked_tokens, token_id, tokens_of
+from circuitfind.errors import ConfigError, count
+from circuitfind.inspect.common import position_in, ranked_tokens, token_id, tokens_of
 
 KEYS = ("W_enc", "b_enc", "W_dec", "b_dec")
 
@@ -74,7 +74,7 @@ class SAE:
 def latent_projection(model, sae: SAE, latent: int, k: int = 10) -> dict:
     """What a latent's decoder direction writes to the vocabulary (through the final norm's weight
     and W_U; meaningful for residual-stream SAEs): its top promoted and suppressed tokens."""
-    check_k(k)
+    count(k, "k")
     if isinstance(latent, bool) or not isinstance(latent, numbers.Integral) or not 0 <= latent < sae.n_latents:
         raise ConfigError(f"latent must be in 0..{sae.n_latents - 1}, got {latent!r}")
     direction = sae.W_dec[latent].to(model.dtype)

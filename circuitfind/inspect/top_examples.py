@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from circuitfind.errors import ConfigError
-from circuitfind.inspect.common import check_k, parse_node, prompts_of, token_str
+from circuitfind.errors import ConfigError, count
+from circuitfind.inspect.common import parse_node, prompts_of, token_str
 
 
 @dataclass
@@ -28,7 +28,7 @@ class Activation:
 def top_activations(model, data, node: str | None = None, *, sae=None, latent: int | None = None, k: int = 10,
                     context: int = 6) -> list[Activation]:
     """The k strongest activations of `node` (or of SAE `latent`) over data (texts, token lists or a Task)."""
-    check_k(k)
+    count(k, "k")
     tokens, mask = prompts_of(model, data)
     if sae is not None:
         if latent is None or not 0 <= latent < sae.n_latents:
