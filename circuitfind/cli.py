@@ -329,6 +329,11 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
+        if args.quiet:  # no progress bars means transformers' loading bar too
+            from circuitfind.models.loading import quiet_loading
+
+            with quiet_loading():
+                return args.run(args)
         return args.run(args)
     except CircuitfindError as e:
         print(f"circuitfind: {type(e).__name__}: {e}", file=sys.stderr)

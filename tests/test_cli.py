@@ -26,6 +26,24 @@ def test_graph_of_a_local_directory(tmp_path, capsys):
     assert str(cf.load_model(str(tmp_path / "m")).graph) in out
 
 
+def test_quiet_hides_the_loading_bar_of_a_local_directory(tmp_path, capfd):
+    """--quiet means no progress bar at all, transformers' "Loading weights" included (restored after)."""
+    from transformers.utils import logging as hf_logging
+
+    tiny_hf("gpt_neox").save_pretrained(tmp_path / "m")
+    before = hf_logging.is_progress_bar_enabled()
+    hf_logging.enable_progress_bar()  # on, as for a user
+    try:
+        capfd.readouterr()
+        assert main(["--quiet", "graph", str(tmp_path / "m")]) == 0
+        assert "Loading" not in capfd.readouterr().err
+        assert hf_logging.is_progress_bar_enabled()
+        assert main(["graph", str(tmp_path / "m")]) == 0
+        assert "Loading" in capfd.readouterr().err  # shown without --quiet: the test can fail
+    finally:
+        (hf_logging.enable_progress_bar if before else hf_logging.disable_progress_bar)()
+
+
 def test_bad_model_is_a_clear_error(capsys):
     assert main(["graph", "/no/such/model"]) == 2
     assert "ModelNotFoundError" in capsys.readouterr().err

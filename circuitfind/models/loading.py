@@ -7,6 +7,7 @@ Safety: never `trust_remote_code`; safetensors preferred; `torch.load` only with
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import logging
@@ -43,6 +44,21 @@ def resolve_device(device) -> torch.device:
     if dev.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError(f"device {device!r} is not available here; use 'cpu'")
     return dev
+
+
+@contextlib.contextmanager
+def quiet_loading():
+    """Hide transformers' "Loading weights" bar while loading (`--quiet`, a sweep's own bar, the zoo's
+    small shipped models)."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
 
 
 def load_model(name_or_path: str | os.PathLike | None = None, *, hf_model=None, state_dict=None, config=None,

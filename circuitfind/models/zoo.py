@@ -8,7 +8,6 @@ canonical format with their ground-truth circuits; loading them needs no JAX.
 
 from __future__ import annotations
 
-import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,13 +120,13 @@ def lookup(name: str) -> ZooEntry | None:
 
 
 def load_entry(entry: ZooEntry, *, dtype: torch.dtype, device: torch.device):
-    from circuitfind.models.loading import _from_pretrained, from_hf
+    from circuitfind.models.loading import _from_pretrained, from_hf, quiet_loading
 
     if entry.source == "tracr":
         return _load_tracr(entry, dtype, device)
     if entry.source == "shipped":  # trained by the project's scripts, saved in Hugging Face format
         directory = SHIPPED / entry.location
-        with _no_loading_bar():  # a megabyte from the package: the bar would only clutter the output
+        with quiet_loading():  # a megabyte from the package: the bar would only clutter the output
             hf, tokenizer = _from_pretrained(str(directory), None)
         model = from_hf(hf, tokenizer=tokenizer, name=entry.name, dtype=dtype, device=device)
         if (directory / "ground_truth.json").exists():
@@ -136,19 +135,6 @@ def load_entry(entry: ZooEntry, *, dtype: torch.dtype, device: torch.device):
         return model
     hf, tokenizer = _from_pretrained(entry.location, None)
     return from_hf(hf, tokenizer=tokenizer, name=entry.name, dtype=dtype, device=device)
-
-
-@contextlib.contextmanager
-def _no_loading_bar():
-    from transformers.utils import logging as hf_logging
-
-    was_on = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_on:
-            hf_logging.enable_progress_bar()
 
 
 def _load_tracr(entry: ZooEntry, dtype: torch.dtype, device: torch.device):

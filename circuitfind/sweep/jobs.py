@@ -148,10 +148,11 @@ def run_job(model, job: Job, runs_dir: Path, quiet: bool = True) -> dict:
 
 def load_for(job: Job, dtype: str, device: str):
     """(the job's model, None), or (None, why it failed to load): such a model fails every job of its group."""
-    from circuitfind.models.loading import load_model
+    from circuitfind.models.loading import load_model, quiet_loading
 
     try:
-        return load_model(job.model, dtype=dtype, device=device), None
+        with quiet_loading():  # the sweep's bar counts jobs; a loading bar per model would break it up
+            return load_model(job.model, dtype=dtype, device=device), None
     except Exception as e:  # noqa: BLE001 — recorded against each job of the group
         return None, f"loading the model failed: {type(e).__name__}: {e}"
 
