@@ -197,6 +197,19 @@ def test_top_activations_of_a_neuron(model):
     assert top_activations(model, prompts, "a0.h1", k=1)[0].value > 0
 
 
+def test_text_reads_on_from_the_prompt(model):
+    """A word-level tokenizer writes the space between words only when it decodes them together: a
+    continuation decoded alone ran into the prompt ("... to" + "Mary" = "toMary"), and a top
+    activation's context ran its words together."""
+    n = len(model.to_tokens(PROMPT)[0])
+    out = generate(model, PROMPT, 3)
+    assert out.startswith(" ") and len(model.to_tokens(PROMPT + out)[0]) == n + 3
+    top = top_activations(model, [PROMPT], "m1.n5", k=1, context=4)[0]
+    words = top.context.replace("[", "").replace("]", "").split()
+    assert len(words) == min(n, top.position + 2) - max(0, top.position - 4)  # one word per token in the window
+    assert f"[{top.token.strip()}]" in top.context.split()
+
+
 def test_sae_latents(model, tmp_path):
     d = model.cfg.d_model
     hook = "blocks.0.hook_resid_post"

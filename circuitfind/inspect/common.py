@@ -50,6 +50,15 @@ def token_str(model, i: int, output: bool = False) -> str:
     return names[int(i)] if names is not None and 0 <= int(i) < len(names) else f"#{int(i)}"
 
 
+def text_after(model, before: list[int], ids: list[int]) -> str:
+    """Token ids `ids` as text that reads on from `before` (ids too): a word-level tokenizer writes the
+    space between two words only when it decodes them together, so ids decoded alone would run into
+    the text before them."""
+    tok = model.tokenizer
+    head, whole = tok.decode(before), tok.decode(before + ids)
+    return whole[len(head):] if whole.startswith(head) else tok.decode(ids)
+
+
 def ranked_tokens(model, logits: Tensor, k: int) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
     """The k most promoted and k most suppressed tokens of logits [vocab] as (text, logit), leaving
     out padding and the unknown token (untrained outputs, noise in a ranking) unless one of them is

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from circuitfind.errors import ConfigError, count
-from circuitfind.inspect.common import parse_node, prompts_of, resid_layer, tokens_of
+from circuitfind.inspect.common import parse_node, prompts_of, resid_layer, text_after, tokens_of
 
 KINDS = ("zero", "mean", "scale", "steer")
 
@@ -119,8 +119,8 @@ def continue_with_hooks(model, tokens: Tensor, max_new_tokens: int, hooks, *, te
             else:
                 nxt = logits.argmax(-1, keepdim=True)
             tokens = torch.cat([tokens, nxt[None].to(tokens)], dim=-1)
-    new = tokens[0, start:]
-    return model.to_string(new) if model.tokenizer is not None else new.tolist()
+    new = tokens[0, start:].tolist()
+    return text_after(model, tokens[0, :start].tolist(), new) if model.tokenizer is not None else new
 
 
 def compare(model, prompt, interventions, max_new_tokens: int = 10, **kw) -> dict:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from circuitfind.errors import ConfigError, count
-from circuitfind.inspect.common import parse_node, prompts_of, token_str
+from circuitfind.inspect.common import parse_node, prompts_of, text_after, token_str
 
 
 @dataclass
@@ -52,7 +52,17 @@ def top_activations(model, data, node: str | None = None, *, sae=None, latent: i
     for v, i in zip(flat.values.tolist(), flat.indices.tolist()):
         b, p = divmod(i, act.shape[1])
         lo, hi = max(0, p - context), min(int(mask[b].sum()), p + 2)
-        pieces = [token_str(model, t) for t in tokens[b, lo:hi].tolist()]
-        pieces[p - lo] = f"[{pieces[p - lo]}]"
-        out.append(Activation(b, p, v, token_str(model, tokens[b, p]), "".join(pieces)))
+        out.append(Activation(b, p, v, token_str(model, tokens[b, p]), _context(model, tokens[b, lo:hi].tolist(), p - lo)))
     return out
+
+
+def _context(model, ids: list[int], at: int) -> str:
+    """The tokens ids as text with the one at index `at` in brackets ("a drink [to] the")."""
+    if model.tokenizer is None:  # token-level models: names side by side
+        names = [token_str(model, t) for t in ids]
+        names[at] = f"[{names[at]}]"
+        return " ".join(names)
+    left = model.tokenizer.decode(ids[:at])
+    token = text_after(model, ids[:at], [ids[at]])
+    space = token[: len(token) - len(token.lstrip())]
+    return f"{left}{space}[{token.lstrip()}]{text_after(model, ids[: at + 1], ids[at + 1:])}"
