@@ -3,6 +3,11 @@
     circuit = cf.prune(scores, edges=200)                       # the 200 highest |score| edges
     circuit = cf.prune(scores, threshold=0.01, absolute=False)  # every edge scoring ≥ 0.01
     circuit = cf.prune(scores, edges=200, strategy="greedy")    # grown backwards from the logits
+    circuit = cf.prune(node_scores, nodes=5)                    # the 5 best nodes and the edges among them
+
+Node scores (`eap-node`, `eap-ig-node`: each node's score written on all its out-edges) are sized
+in nodes: `edges=N` takes the most top nodes whose circuit has at most N edges, since the top N
+edges of such scores would be out-edges of a few nodes that nothing feeds (dangling, then removed).
 
 An edge is dangling when it lies on no path from `input` to `logits` inside the circuit; such edges
 change nothing (or only through nodes that reach no output) and are removed, and the count is kept
@@ -24,8 +29,9 @@ from circuitfind.graph import Graph
 
 def prune(scores: EdgeScores, edges: int | None = None, *, nodes: int | None = None, threshold: float | None = None,
           strategy: str = "topn", absolute: bool = True, remove_dangling: bool = True) -> Circuit:
-    """A circuit from scores: `edges=N` top edges, `nodes=K` top nodes (all their out-edges; for node
-    scores from `eap-node` / `eap-ig-node`), or every edge with score ≥ `threshold`."""
+    """A circuit from scores: `edges=N` top edges, `nodes=K` top nodes (a node ranks by its best
+    out-edge; the circuit is every edge among the K), or every edge with score ≥ `threshold`. Node
+    scores (`eap-node`, `eap-ig-node`) given `edges=N` make the largest top-node circuit of ≤ N edges."""
     g = scores.graph
     key = (scores.scores.abs() if absolute else scores.scores).masked_fill(~g.edge_mask, float("-inf"))
     if strategy not in ("topn", "threshold", "greedy"):
@@ -39,9 +45,11 @@ def prune(scores: EdgeScores, edges: int | None = None, *, nodes: int | None = N
         raise ConfigError(f"the {strategy} strategy takes {takes}=, not {given[0]}=")
     if nodes is not None:
         nodes = count(nodes, "nodes", most=g.n_senders)
-        kept = torch.zeros(g.n_senders, dtype=torch.bool)
-        kept[key.max(0).values.topk(nodes).indices] = True
-        mask, strategy, chosen = g.nodes_to_edges(kept), "top-nodes", {"nodes": nodes}
+        mask, strategy, chosen = top_nodes(g, key, nodes), "top-nodes", {"nodes": nodes}
+    elif strategy == "topn" and scores.config.get("level") == "node":
+        edges = count(edges, "edges", most=g.n_edges)
+        nodes = nodes_within(g, key, edges)
+        mask, strategy, chosen = top_nodes(g, key, nodes), "top-nodes", {"edges": edges, "nodes": nodes}
     elif threshold is not None:
         try:
             value = float(threshold)
@@ -69,6 +77,28 @@ def top_n(key: Tensor, n: int) -> Tensor:
     if n:
         mask[key.flatten().topk(n).indices] = True
     return mask.view_as(key)
+
+
+def top_nodes(g: Graph, key: Tensor, k: int) -> Tensor:
+    """Edge mask of the k nodes whose best out-edge scores highest (ties by position): their out-edges
+    (those into other nodes are dangling, removed after)."""
+    kept = torch.zeros(g.n_senders, dtype=torch.bool)
+    if k:
+        kept[key.max(0).values.topk(k).indices] = True
+    return g.nodes_to_edges(kept)
+
+
+def nodes_within(g: Graph, key: Tensor, n_edges: int) -> int:
+    """The most top nodes whose circuit (dangling edges removed) has at most n_edges edges: circuits of
+    more nodes hold every edge of those of fewer, so the count is found by bisection."""
+    low, high = 0, g.n_senders  # the answer lies in [low, high]
+    while low < high:
+        mid = (low + high + 1) // 2
+        if int(without_dangling(g, top_nodes(g, key, mid)).sum()) <= n_edges:
+            low = mid
+        else:
+            high = mid - 1
+    return low
 
 
 def greedy(g: Graph, key: Tensor, n: int) -> Tensor:

@@ -287,6 +287,29 @@ def test_node_scores_are_first_order_node_ablations(model):
     assert cf.score_edges(model, task, "eap-ig-node", steps=1).scores.allclose(node.scores, atol=1e-6)
 
 
+def test_node_scores_sized_in_edges_make_node_circuits(model):
+    """edges=N on node scores takes the most top nodes whose circuit fits in N edges. The top N edges of
+    such scores were out-edges of a few nodes that nothing fed: dangling, so the circuit was empty."""
+    node = cf.score_edges(model, Copy(n=5), "eap-node")
+    sizes = [cf.prune(node, nodes=k).n_edges for k in range(model.graph.n_senders + 1)]  # by brute force
+    first = next(size for size in sizes if size > 0)  # the smallest circuit with a path to the logits
+    for n in (1, first, first + 1, model.graph.n_edges // 2, model.graph.n_edges):
+        circuit = cf.prune(node, edges=n)
+        k = max(k for k, size in enumerate(sizes) if size <= n)
+        assert circuit.provenance["nodes"] == k and circuit.provenance["strategy"] == "top-nodes"
+        assert torch.equal(circuit.mask, cf.prune(node, nodes=k).mask)
+    assert cf.prune(node, edges=first).n_edges == first
+
+
+def test_discover_with_node_scores_finds_a_circuit_smaller_than_the_model():
+    """On toy-lm IOI, the node methods' curve reaches the target below the whole graph (it stayed at 0
+    up to 10 % of edges, so discover returned every edge)."""
+    model = cf.load_model("toy-lm")
+    run = cf.discover(model, "ioi", "eap-ig-node", n=40, quiet=True, report=False)
+    assert run.result["sized_by"] == "target" and run.result["n_edges"] < model.graph.n_edges
+    assert run.result["faithfulness"] >= 0.9 and run.circuit.provenance["strategy"] == "top-nodes"
+
+
 def test_induction_circuit_is_found_on_the_hand_weighted_model():
     """Previous-token head → induction head (through its keys) is found; ≤ 5% of edges are faithful."""
     from tests.induction_model import induction_model
