@@ -4,6 +4,7 @@ local one, bad input refused before any job runs."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -34,7 +35,7 @@ def model_dirs(tmp_path_factory):
         torch.manual_seed(seed)
         cfg = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=len(tokenizer), n_positions=64,
                                       bos_token_id=1, eos_token_id=1, pad_token_id=0)
-        d = tmp_path_factory.mktemp(f"model{seed}")
+        d = tmp_path_factory.mktemp(f"model{seed}.ckpt")  # a dot in the name, as in "Qwen2.5-0.5B"
         transformers.GPT2LMHeadModel(cfg).save_pretrained(d)
         tokenizer.save_pretrained(d)
         dirs.append(str(d))
@@ -56,6 +57,8 @@ def test_sweep_stores_every_combination(model_dirs, tmp_path):
     assert main(["report", "--sweep", str(store), "--out", str(out)]) == 0
     assert (out / "figures" / "cpr_cmd.pdf").exists() and "| eap-ig |" in (out / "tables" / "sweep.md").read_text()
     assert len(list((out / "figures").glob("faithfulness-*.png"))) == 4
+    linked = re.findall(r"\]\((figures/[^)]+)\)", (out / "README.md").read_text())
+    assert len(linked) == 5 and all((out / f).exists() for f in linked)  # a dotted name lost its tail to .png
 
 
 def test_failed_jobs_are_recorded_and_the_sweep_goes_on(model_dirs, tmp_path, capsys):

@@ -29,9 +29,10 @@ plt.rcParams.update({"font.size": 7, "axes.titlesize": 8, "axes.labelsize": 7, "
 
 
 def save(fig, path: Path) -> list[Path]:
-    """Write fig as path.png and path.pdf (parents created) and close it."""
+    """Write fig as path.png and path.pdf (parents created) and close it. The suffixes are appended, not
+    swapped in: a name with a dot of its own ("faithfulness-Qwen2.5_0.5B-ioi") keeps all of it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    out = [path.with_suffix(".png"), path.with_suffix(".pdf")]
+    out = [path.with_name(path.name + ".png"), path.with_name(path.name + ".pdf")]
     fig.savefig(out[0], dpi=300, bbox_inches="tight")
     fig.savefig(out[1], bbox_inches="tight", metadata={"CreationDate": None})  # same figure, same bytes
     plt.close(fig)

@@ -17,7 +17,8 @@ from circuitfind.sweep import load_sweep
 
 
 def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.]+", "_", text).strip("_")
+    """A model or task name as part of a file name: "./ck-neox" → "ck_neox", "Qwen/Qwen2.5-0.5B" → "Qwen_Qwen2.5_0.5B"."""
+    return re.sub(r"[^A-Za-z0-9.]+", "_", text).strip("._")
 
 
 def _cpr_cmd(df, path: Path):
