@@ -51,6 +51,13 @@ def tiny_config(family: str, **overrides):
         "gemma2": lambda: transformers.Gemma2Config(
             **llama_like, head_dim=8, query_pre_attn_scalar=12, sliding_window=4,
             attn_logit_softcapping=5.0, final_logit_softcapping=3.0),
+        "gemma": lambda: transformers.GemmaConfig(**llama_like, head_dim=8),
+        # a global layer between two sliding ones, each kind with its own rotary base and scaling
+        "gemma3_text": lambda: transformers.Gemma3TextConfig(
+            **(llama_like | {"num_hidden_layers": 3}), head_dim=8, query_pre_attn_scalar=12, sliding_window=4,
+            layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+            rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10.0},
+                             "full_attention": {"rope_type": "linear", "rope_theta": 1000.0, "factor": 4.0}}),
     }[family]
     cfg = make()
     for k, v in overrides.items():
@@ -58,7 +65,7 @@ def tiny_config(family: str, **overrides):
     return cfg
 
 
-FAMILIES = ["gpt2", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "gemma2"]
+FAMILIES = ["gpt2", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text"]
 
 
 def tiny_hf(family: str, **overrides):

@@ -15,8 +15,6 @@ def reference_masked_logits(model, tokens, attention_mask, answer_pos, ablated, 
     g, cfg = model.graph, model.cfg
     b, p = tokens.shape
     positions = model.positions(attention_mask)
-    rope = model.rope(positions)
-    rope = None if rope is None else (rope[0][:, None], rope[1][:, None])
     abl = ablated.expand(g.n_senders, b, p, cfg.d_model)
     outs = [model.embed(tokens, positions)]  # sender outputs of this run, in sender order
     bias = torch.zeros(cfg.d_model)  # constants written so far
@@ -32,6 +30,8 @@ def reference_masked_logits(model, tokens, attention_mask, answer_pos, ablated, 
     for l, block in enumerate(model.blocks):
         attn = block.attn
         allowed = model.allowed(attention_mask, l)
+        rope = model.rope(positions, l)
+        rope = None if rope is None else (rope[0][:, None], rope[1][:, None])
         raw = []
         for h in range(cfg.n_heads):
             kv = h // cfg.group_size

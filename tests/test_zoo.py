@@ -29,6 +29,8 @@ def scaled_down(entry):
             c["head_dim"] = 8
         if "sliding_window" in c:
             c["sliding_window"] = 4
+        if "sliding_window_pattern" in c:  # a sliding layer, then a global one
+            c["sliding_window_pattern"] = 2
         if "query_pre_attn_scalar" in c:
             c["query_pre_attn_scalar"] = 8
         if "rope_scaling" in c:

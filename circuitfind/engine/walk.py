@@ -135,11 +135,12 @@ class Walk:
             self._allowed[key] = self._rows(self.model.allowed(self.inputs.attention_mask, layer), K)
         return self._allowed[key]
 
-    def _rope_rows(self, K: int):
-        """(cos, sin) as attention rows [K·b', 1, pos, rotary_dim], computed once per K."""
-        key = ("rope", K)
+    def _rope_rows(self, K: int, layer: int):
+        """(cos, sin) of the layer as attention rows [K·b', 1, pos, rotary_dim], computed once per K
+        (and per kind of layer where sliding layers rotate by frequencies of their own)."""
+        key = ("rope", K, self.model.local_rope(layer))
         if key not in self._allowed:
-            rope = self.model.rope(self.positions)
+            rope = self.model.rope(self.positions, layer)
             self._allowed[key] = None if rope is None else tuple(self._rows(t, K)[:, None] for t in rope)
         return self._allowed[key]
 
@@ -335,7 +336,7 @@ class Walk:
             q, k, v = (_copies(_proj_each(ln, xt.reshape(a, Kt * self.bp * p, self.d), take(W, idx, 0), bias, idx,
                                           dh, Kt * self.bp, p), K // Kt)
                        for (xt, Kt), (W, bias, idx) in zip(x, weights))
-        z, _ = attn.attend(q, k, v, self._rope_rows(K), self._allowed_rows(l, K))  # [B, a, pos, d_head]
+        z, _ = attn.attend(q, k, v, self._rope_rows(K, l), self._allowed_rows(l, K))  # [B, a, pos, d_head]
         if self.on_grad is not None and self.masks is None and attn.post_norm is None:
             return self._tracked_head_diffs(l, attn, heads, z, senders, abl, K)
         z = z.transpose(0, 1).reshape(a, B * p, dh)

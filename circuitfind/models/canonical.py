@@ -107,6 +107,9 @@ class CircuitModel(nn.Module):
         self.b_U = _maybe_bias(cfg.d_out or cfg.d_vocab, unembed_bias)
         self.register_buffer("inv_freq", torch.zeros(cfg.rotary_dim // 2), persistent=False)
         self.rope_scaling = 1.0
+        # sliding-window layers' own rotary frequencies (Gemma 3); empty: they share inv_freq
+        self.register_buffer("inv_freq_local", torch.zeros(0), persistent=False)
+        self.rope_scaling_local = 1.0
         self._hook_fns: dict[str, list[HookFn]] = {}
         self._graph = None
         self.ground_truth: dict[str, list[str]] = {}  # task name → edge names, where a circuit is known
@@ -142,13 +145,20 @@ class CircuitModel(nn.Module):
             x = x + self._hook("hook_pos_embed", self.W_pos[positions])
         return x
 
-    def rope(self, positions: Tensor) -> tuple[Tensor, Tensor] | None:
-        """(cos, sin), each [batch, pos, rotary_dim], or None without rotary positions."""
+    def rope(self, positions: Tensor, layer: int = 0) -> tuple[Tensor, Tensor] | None:
+        """(cos, sin) of layer's attention, each [batch, pos, rotary_dim], or None without rotary positions."""
         if self.cfg.positional != "rotary":
             return None
-        freqs = positions[..., None].float() * self.inv_freq.float()
+        inv_freq, scaling = self.inv_freq, self.rope_scaling
+        if self.local_rope(layer):
+            inv_freq, scaling = self.inv_freq_local, self.rope_scaling_local
+        freqs = positions[..., None].float() * inv_freq.float()
         emb = torch.cat((freqs, freqs), dim=-1)
-        return ((emb.cos() * self.rope_scaling).to(self.dtype), (emb.sin() * self.rope_scaling).to(self.dtype))
+        return ((emb.cos() * scaling).to(self.dtype), (emb.sin() * scaling).to(self.dtype))
+
+    def local_rope(self, layer: int) -> bool:
+        """Does the layer rotate by the sliding layers' own frequencies?"""
+        return self.inv_freq_local.numel() > 0 and layer in self.cfg.sliding_layers
 
     def allowed(self, attention_mask: Tensor, layer: int) -> Tensor:
         """Which keys each query may attend to: bool [batch, 1, q_pos, k_pos].
@@ -195,11 +205,14 @@ class CircuitModel(nn.Module):
         if attention_mask is None:
             attention_mask = torch.ones_like(tokens)
         positions = self.positions(attention_mask)
-        rope = self.rope(positions)
-        rope = None if rope is None else (rope[0][:, None], rope[1][:, None])  # broadcast over heads
+        ropes = {}  # by whether the layer rotates by the sliding layers' frequencies
+        for l in range(self.cfg.n_layers):
+            if self.local_rope(l) not in ropes:
+                rope = self.rope(positions, l)
+                ropes[self.local_rope(l)] = None if rope is None else (rope[0][:, None], rope[1][:, None])  # over heads
         resid = self.embed(tokens, positions)
         for l, block in enumerate(self.blocks):
-            resid = self._block_forward(l, block, resid, rope, self.allowed(attention_mask, l))
+            resid = self._block_forward(l, block, resid, ropes[self.local_rope(l)], self.allowed(attention_mask, l))
         if at is not None:
             resid = resid[torch.arange(resid.shape[0], device=resid.device), at.to(resid.device)]
         return self.unembed(resid)

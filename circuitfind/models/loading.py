@@ -106,11 +106,11 @@ def from_hf(hf_model, *, tokenizer=None, name: str = "", dtype=torch.float32, de
         model = CircuitModel(cfg, tokenizer=tokenizer, name=name, **flags)
     state = {k: v.detach().to(torch.float32) for k, v in state.items()}
     model.load_state_dict(state, strict=True, assign=True)
+    model.inv_freq, model.inv_freq_local = torch.zeros(0), torch.zeros(0)  # off the meta device
     if rotary is not None:
-        model.inv_freq = rotary[0]
-        model.rope_scaling = rotary[1]
-    else:
-        model.inv_freq = torch.zeros(0)
+        model.inv_freq, model.rope_scaling = rotary[0], rotary[1]
+        if len(rotary) == 4:  # sliding layers with frequencies of their own
+            model.inv_freq_local, model.rope_scaling_local = rotary[2], rotary[3]
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 
