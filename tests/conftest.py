@@ -51,6 +51,7 @@ def tiny_config(family: str, **overrides):
         "gemma2": lambda: transformers.Gemma2Config(
             **llama_like, head_dim=8, query_pre_attn_scalar=12, sliding_window=4,
             attn_logit_softcapping=5.0, final_logit_softcapping=3.0),
+        "phi3": lambda: transformers.Phi3Config(**llama_like, sliding_window=4, partial_rotary_factor=0.5),
         "gemma": lambda: transformers.GemmaConfig(**llama_like, head_dim=8),
         # a global layer between two sliding ones, each kind with its own rotary base and scaling
         "gemma3_text": lambda: transformers.Gemma3TextConfig(
@@ -65,7 +66,7 @@ def tiny_config(family: str, **overrides):
     return cfg
 
 
-FAMILIES = ["gpt2", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text"]
+FAMILIES = ["gpt2", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3_text"]
 
 
 def tiny_hf(family: str, **overrides):

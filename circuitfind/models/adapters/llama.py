@@ -1,8 +1,10 @@
-"""Llama, Mistral, Qwen2, Qwen3: RMSNorm, rotary (incl. static scaling), grouped-query attention
-kept grouped, SwiGLU; Qwen2's q/k/v bias; Qwen3's q/k norm; Mistral/Qwen2 sliding windows."""
+"""Llama, Mistral, Qwen2, Qwen3, Phi-3: RMSNorm, rotary (incl. static scaling), grouped-query attention
+kept grouped, SwiGLU; Qwen2's q/k/v bias; Qwen3's q/k norm; Mistral/Qwen2/Phi-3 sliding windows;
+Phi-3's fused q/k/v and gate/up projections (split here) and partial rotary."""
 
 from __future__ import annotations
 
+from circuitfind.errors import UnsupportedModelError
 from circuitfind.models.adapters.common import layer_types, linear_t, refuse, rotary_of
 from circuitfind.models.canonical import CanonicalConfig
 
@@ -12,12 +14,16 @@ def convert(hf):
     refuse(c, "pretraining_tp", lambda v: v == 1, "tensor-parallel weight slicing")
     h, kv = c.num_attention_heads, c.num_key_value_heads or c.num_attention_heads
     dh = getattr(c, "head_dim", None) or c.hidden_size // h
-    attn0 = hf.model.layers[0].self_attn
-    qkv_bias, out_bias = attn0.q_proj.bias is not None, attn0.o_proj.bias is not None
-    mlp_bias = hf.model.layers[0].mlp.gate_proj.bias is not None
+    phi3 = c.model_type == "phi3"
+    attn0, mlp0 = hf.model.layers[0].self_attn, hf.model.layers[0].mlp
+    qkv_bias = (attn0.qkv_proj if phi3 else attn0.q_proj).bias is not None
+    out_bias = attn0.o_proj.bias is not None
+    mlp_bias = (mlp0.gate_up_proj if phi3 else mlp0.gate_proj).bias is not None
     refuse(c, "mlp_bias", lambda v: v is False, "gated MLP with biases")
+    if phi3 and (qkv_bias or mlp_bias):
+        raise UnsupportedModelError("a Phi-3 model with biases on its fused projections is not modelled")
     sliding = layer_types(c)
-    if c.model_type == "mistral" and getattr(c, "sliding_window", None):
+    if c.model_type in ("mistral", "phi3") and getattr(c, "sliding_window", None):  # every layer
         sliding = tuple(range(c.num_hidden_layers))
     inv_freq, scaling = rotary_of(hf.model.rotary_emb, c)
     cfg = CanonicalConfig(
@@ -30,11 +36,16 @@ def convert(hf):
     state = {"W_E": m.embed_tokens.weight, "ln_final.w": m.norm.weight, "W_U": hf.lm_head.weight.t()}
     for l, blk in enumerate(m.layers):
         p, a = f"blocks.{l}.", blk.self_attn
+        if phi3:  # fused [d, q | k | v] and [d, gate | up]
+            w_q, w_k, w_v = linear_t(a.qkv_proj).split([h * dh, kv * dh, kv * dh], dim=1)
+            w_gate, w_in = linear_t(blk.mlp.gate_up_proj).chunk(2, dim=1)
+        else:
+            w_q, w_k, w_v = linear_t(a.q_proj), linear_t(a.k_proj), linear_t(a.v_proj)
+            w_gate, w_in = linear_t(blk.mlp.gate_proj), linear_t(blk.mlp.up_proj)
         state |= {p + "ln1.w": blk.input_layernorm.weight, p + "ln2.w": blk.post_attention_layernorm.weight,
-                  p + "attn.w_q": linear_t(a.q_proj), p + "attn.w_k": linear_t(a.k_proj),
-                  p + "attn.w_v": linear_t(a.v_proj), p + "attn.w_o": linear_t(a.o_proj),
-                  p + "mlp.w_gate": linear_t(blk.mlp.gate_proj), p + "mlp.w_in": linear_t(blk.mlp.up_proj),
-                  p + "mlp.w_out": linear_t(blk.mlp.down_proj)}
+                  p + "attn.w_q": w_q.contiguous(), p + "attn.w_k": w_k.contiguous(), p + "attn.w_v": w_v.contiguous(),
+                  p + "attn.w_o": linear_t(a.o_proj), p + "mlp.w_gate": w_gate.contiguous(),
+                  p + "mlp.w_in": w_in.contiguous(), p + "mlp.w_out": linear_t(blk.mlp.down_proj)}
         if qkv_bias:
             state |= {p + "attn.b_q": a.q_proj.bias, p + "attn.b_k": a.k_proj.bias, p + "attn.b_v": a.v_proj.bias}
         if out_bias:
