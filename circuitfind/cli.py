@@ -39,7 +39,8 @@ def _tasks(args) -> int:
 
     if args.action == "show":
         task = load_task(args.task, n=args.n, seed=args.seed, split=args.split, metric=args.metric)
-        print(f"{task.name}: {task.description} (metric: {metric_name(task)})")
+        about = f": {task.description}" if task.description else ""  # a user's task may have none
+        print(f"{task.name}{about} (metric: {metric_name(task)})")
         for ex in task.examples():
             print(f"  clean:   {ex.clean!r}\n  corrupt: {ex.corrupt!r}\n  answer:  {ex.correct!r}  vs  {ex.wrong!r}")
         return 0

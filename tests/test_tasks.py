@@ -137,7 +137,11 @@ def test_user_task_from_the_cli(user_file, capsys):
     from circuitfind.cli import main
     assert main(["tasks", "show", f"{user_file}:Greeting", "-n", "2"]) == 0
     out = capsys.readouterr().out
-    assert "said hello to" in out and "logit-diff" in out
+    assert "said hello to" in out and "greeting: Who is greeted back. (metric: logit-diff)" in out
+    bare = user_file.with_name("bare.py")  # a task without a description shows no empty ": "
+    bare.write_text(user_file.read_text().replace('    description = "Who is greeted back."\n', ""))
+    assert main(["tasks", "show", f"{bare}:Greeting", "-n", "1"]) == 0
+    assert "greeting (metric: logit-diff)" in capsys.readouterr().out
 
 
 def test_another_metric_for_one_loaded_task(user_file, capsys):
