@@ -58,6 +58,11 @@ class EdgeScores:
             raise ConfigError(f"scores must be [dst, src] = {expected} for this graph; got {tuple(self.scores.shape)}")
         self.scores = self.scores.detach().float().cpu() * self.graph.edge_mask
 
+    @property
+    def level(self) -> str:
+        """"node" for node scores (`eap-node`, `eap-ig-node`: each node's score on all its out-edges), else "edge"."""
+        return self.config.get("level", "edge")
+
     def values(self) -> Tensor:
         """The score of every edge, in `graph.edge_names()` order: [n_edges]."""
         return self.scores[self.graph.edge_mask]

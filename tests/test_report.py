@@ -198,3 +198,18 @@ def test_curve_figure_names_both_rankings_and_takes_a_one_ranking_curve(tmp_path
         paths = curves({"eap": both, "eap-ig": signed_only}, tmp_path / "curve")
     assert all(p.exists() for p in paths)
     assert "ranked by score (CPR)" in shown["labels"] and "ranked by |score| (CMD)" in shown["labels"]
+
+
+def test_node_scores_are_shown_once_per_node():
+    """Node scores sit whole on every out-edge: the heatmap shows |score|, not the score times the
+    out-degree (which made m0 of toy-lm look 20x a head of equal score)."""
+    from circuitfind.report.figures import node_importance
+
+    model = cf.load_model("toy-lm")
+    task = cf.load_task("ioi", n=8)
+    node = cf.score_edges(model, task, "eap-node")
+    heads, mlps = node_importance(node)
+    g = model.graph
+    assert float(mlps[0]) == pytest.approx(abs(float(node.scores[g.edge_mask[:, g.mlp_sender(0)], g.mlp_sender(0)][0])))
+    edge = cf.score_edges(model, task, "eap")
+    assert float(node_importance(edge)[1][0]) == pytest.approx(float(edge.scores[:, g.mlp_sender(0)].abs().sum()))

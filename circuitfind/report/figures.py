@@ -105,9 +105,10 @@ def curves(runs: dict[str, dict], path: Path, title: str = "") -> list[Path]:
 
 
 def node_importance(scores) -> tuple[torch.Tensor, torch.Tensor]:
-    """(heads [layer, head], mlps [layer]): Σ |score| over each node's out-edges."""
+    """(heads [layer, head], mlps [layer]): Σ |score| over each node's out-edges; for node scores
+    (written whole on every out-edge) |the node's score|, which a sum would multiply by its out-degree."""
     g = scores.graph
-    per_sender = scores.scores.abs().sum(0)
+    per_sender = scores.scores.abs().amax(0) if scores.level == "node" else scores.scores.abs().sum(0)
     heads = torch.tensor([[float(per_sender[g.head_sender(l, h)]) for h in range(g.n_heads)] for l in range(g.n_layers)])
     mlps = torch.tensor([float(per_sender[g.mlp_sender(l)]) for l in range(g.n_layers)])
     return heads, mlps
@@ -123,7 +124,7 @@ def head_heatmap(scores, path: Path) -> list[Path]:
     ax.set_yticks(range(g.n_layers), [str(l) for l in range(g.n_layers)])
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
-    ax.set_title("node importance (Σ |out-edge score|)")
+    ax.set_title("|node score|" if scores.level == "node" else "node importance (Σ |out-edge score|)")
     fig.colorbar(im, ax=ax, fraction=0.05)
     return save(fig, path)
 
