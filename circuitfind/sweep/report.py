@@ -17,7 +17,8 @@ from circuitfind.sweep import load_sweep
 
 
 def _slug(text: str) -> str:
-    """A model or task name as part of a file name: "./ck-neox" → "ck_neox", "Qwen/Qwen2.5-0.5B" → "Qwen_Qwen2.5_0.5B"."""
+    """A model or task name as part of a file name: "./ck-neox" → "ck_neox",
+    "Qwen/Qwen2.5-0.5B" → "Qwen_Qwen2.5_0.5B"."""
     return re.sub(r"[^A-Za-z0-9.]+", "_", text).strip("._")
 
 
