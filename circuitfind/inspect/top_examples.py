@@ -52,8 +52,8 @@ def top_activations(model, data, node: str | None = None, *, sae=None, latent: i
     for v, i in zip(flat.values.tolist(), flat.indices.tolist()):
         b, p = divmod(i, act.shape[1])
         lo, hi = max(0, p - context), min(int(mask[b].sum()), p + 2)
-        context = _context(model, tokens[b, lo:hi].tolist(), p - lo)
-        out.append(Activation(b, p, v, token_str(model, tokens[b, p]), context))
+        around = _context(model, tokens[b, lo:hi].tolist(), p - lo)
+        out.append(Activation(b, p, v, token_str(model, tokens[b, p]), around))
     return out
 
 
