@@ -79,12 +79,17 @@ def top_n(key: Tensor, n: int) -> Tensor:
     return mask.view_as(key)
 
 
+def node_order(key: Tensor) -> Tensor:
+    """Senders by their best out-edge's key [dst, src], best first, ties by position (so the top k+1
+    nodes hold the top k, and the report's slider can take prefixes)."""
+    return key.max(0).values.argsort(descending=True, stable=True)
+
+
 def top_nodes(g: Graph, key: Tensor, k: int) -> Tensor:
-    """Edge mask of the k nodes whose best out-edge scores highest (ties by position): their out-edges
-    (those into other nodes are dangling, removed after)."""
+    """Edge mask of the k nodes whose best out-edge scores highest: their out-edges (those into
+    other nodes are dangling, removed after)."""
     kept = torch.zeros(g.n_senders, dtype=torch.bool)
-    if k:
-        kept[key.max(0).values.topk(k).indices] = True
+    kept[node_order(key)[:k]] = True
     return g.nodes_to_edges(kept)
 
 

@@ -182,6 +182,33 @@ def test_page_in_a_real_browser(run, tmp_path):
     assert (tmp_path / "report.png").stat().st_size > 10_000
 
 
+def test_page_of_node_scores_in_a_real_browser(tmp_path):
+    """For node scores the slider counts nodes and draws the edges among them, as cf.prune(nodes=k)."""
+    sync_playwright = _browser()
+    model = _hostile_model()
+    r = cf.discover(model, Hostile(n=24), method="eap-node", out=tmp_path / "run", quiet=True)
+    g = model.graph
+    assert all(bool(row[: int(row.sum())].all()) for row in g.edge_mask)  # each receiver reads a prefix of senders
+    with sync_playwright() as p:
+        browser = p.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run"])
+        try:
+            page = browser.new_page()
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto((r.out / "report.html").as_uri())
+            edges = page.locator("#circuit path.edge")
+            assert edges.count() == r.circuit.n_edges > 0 and "nodes" in page.inner_text("body")
+            for k in (1, 3, 6, 10, g.n_senders):
+                page.locator("#n-edges").fill(str(k))
+                assert edges.count() == cf.prune(r.scores, nodes=k).n_edges, k
+        finally:
+            browser.close()
+    assert not errors, errors
+
+
 def test_curve_figure_names_both_rankings_and_takes_a_one_ranking_curve(tmp_path):
     from circuitfind.report.figures import curves
     import matplotlib.pyplot as plt

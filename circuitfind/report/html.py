@@ -3,8 +3,8 @@ inline) with the task and its prompts, the interactive circuit, the figures, the
 provenance.
 
 The circuit is drawn in the browser from the stored scores: the slider picks the number of top
-|score| edges and the page removes dangling edges exactly as `prune` does, so the drawn circuit at
-the slider's starting value is the run's circuit. Every string from a task or a tokenizer goes
+|score| edges (of top nodes, for node scores) and the page removes dangling edges exactly as `prune`
+does, so the drawn circuit at the slider's starting value is the run's circuit. Every string from a task or a tokenizer goes
 through `html.escape` or into a JSON block whose `<` are escaped, and the script inserts text with
 `textContent` only, so a prompt such as `<script>` is shown, never run.
 """
@@ -16,6 +16,7 @@ import html
 import json
 from pathlib import Path
 
+from circuitfind.prune import node_order
 from circuitfind.report.layout import node_positions
 from circuitfind.report.tables import SUMMARY_COLUMNS, summary_rows, top_edge_rows
 
@@ -39,9 +40,19 @@ const svg = document.getElementById('circuit');
 const slider = document.getElementById('n-edges');
 const S = D.senders.length;
 function el(tag, attrs){const e=document.createElementNS(NS,tag);for(const k in attrs)e.setAttribute(k,attrs[k]);return e;}
-// Top-k edges by |score| (D.edges is sorted so), then dangling edges removed as circuitfind.prune does.
+// Top-k edges by |score| (D.edges is sorted so), or for node scores every edge among the top-k nodes,
+// then dangling edges removed as circuitfind.prune does.
 function prune(k){
-  const kept = D.edges.slice(0,k);
+  return withoutDangling(D.level==='node' ? amongTopNodes(k) : D.edges.slice(0,k));
+}
+function amongTopNodes(k){
+  const keep = new Array(S).fill(false); for(const s of D.nodeOrder.slice(0,k)) keep[s]=true;
+  const kept = [];
+  D.receivers.forEach((_, r)=>{ const n=D.receiverNode[r]; if(n>=0 && !keep[n]) return;
+    for(let s=0;s<D.reads[r];s++) if(keep[s]) kept.push([r,s,D.nodeScore[s]]); });
+  return kept;
+}
+function withoutDangling(kept){
   const reached = new Array(S).fill(false); reached[0] = true;
   const bySender = new Map();
   for(const e of kept){ const n=D.receiverNode[e[0]]; if(!bySender.has(n)) bySender.set(n,[]); bySender.get(n).push(e); }
@@ -86,7 +97,8 @@ function draw(){
     const label=el('text',{x:x,y:y+3.5,'text-anchor':'middle','font-size':'10'}); label.textContent=n; g.appendChild(label);
     g.addEventListener('click',()=>showNode(n)); gNodes.appendChild(g);
   }
-  document.getElementById('edge-count').textContent = `${edges.length} edges drawn (top ${k} by |score|, dangling edges removed) of ${D.nEdgesTotal}`;
+  const chosen = D.level==='node' ? `the edges among the top ${k} nodes` : `top ${k} by |score|`;
+  document.getElementById('edge-count').textContent = `${edges.length} edges drawn (${chosen}, dangling edges removed) of ${D.nEdgesTotal}`;
 }
 function cell(tr, text, tag){ const c=document.createElement(tag||'td'); c.textContent=text; tr.appendChild(c); }
 function showNode(n){
@@ -134,10 +146,16 @@ def page(scores, circuit, result: dict, inspect: dict | None, figures: Path) -> 
     order = key.flatten().argsort(descending=True)[:min(g.n_edges, max(MAX_SLIDER_EDGES, circuit.n_edges))]
     edges = [[int(i) // g.n_senders, int(i) % g.n_senders, float(scores.scores.flatten()[i])] for i in order]
     start = int(circuit.provenance.get("edges", circuit.n_edges))
+    nodes = scores.level == "node"
     data = {"senders": g.senders, "receivers": g.receivers, "receiverNode": g.receiver_node.tolist(),
             "edges": edges, "pos": node_positions(g), "rows": 2 * g.n_layers + 2, "nEdgesTotal": g.n_edges,
+            "level": scores.level,
             "lens": {row["node"]: row for row in (inspect or {}).get("lens", [])},
             "examples": (inspect or {}).get("examples", [])}
+    if nodes:  # the slider counts nodes: each one's score, their order, and how many senders each receiver reads
+        start = int(circuit.provenance.get("nodes", g.n_senders))
+        data |= {"nodeOrder": node_order(key).tolist(), "nodeScore": (scores.scores.sum(0) / g.edge_mask.sum(0)).tolist(),  # the same on every out-edge
+                 "reads": g.edge_mask.sum(1).tolist()}  # receivers read a prefix of the senders
     task = (inspect or {}).get("task", {"name": result["task"], "description": "", "citation": "", "metric": ""})
     examples = (inspect or {}).get("examples", [])[:8]
     width, height = max(640, 56 * g.n_heads + 80), max(320, 34 * (2 * g.n_layers + 2))
@@ -166,8 +184,8 @@ circuit of {circuit.n_edges} of {g.n_edges} edges, faithfulness {result['faithfu
 <p>{esc(task.get('description', ''))} <span class="muted">{esc(task.get('citation', ''))}</span> Metric: <code>{esc(str(task.get('metric', '')))}</code>.</p>
 {_table(("clean prompt", "corrupted prompt", "correct", "wrong"), prompt_rows) if prompt_rows else ""}
 <h2>Circuit</h2>
-<p><label for="n-edges">top edges by |score|:</label>
-<input type="range" id="n-edges" min="1" max="{len(edges)}" value="{min(start, len(edges))}" style="width:320px">
+<p><label for="n-edges">top {"nodes" if nodes else "edges"} by |score|:</label>
+<input type="range" id="n-edges" min="1" max="{g.n_senders if nodes else len(edges)}" value="{min(start, g.n_senders if nodes else len(edges))}" style="width:320px">
 <span id="edge-count"></span></p>
 <div id="hover" class="mono"></div>
 <div class="row">
