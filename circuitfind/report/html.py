@@ -3,10 +3,10 @@ inline) with the task and its prompts, the interactive circuit, the figures, the
 provenance.
 
 The circuit is drawn in the browser from the stored scores: the slider picks the number of top
-|score| edges (of top nodes, for node scores) and the page removes dangling edges exactly as `prune`
-does, so the drawn circuit at the slider's starting value is the run's circuit. Every string from a task or a tokenizer goes
-through `html.escape` or into a JSON block whose `<` are escaped, and the script inserts text with
-`textContent` only, so a prompt such as `<script>` is shown, never run.
+|score| edges (of top nodes, for node scores) and the page removes dangling edges exactly as
+`prune` does, so the drawn circuit at the slider's starting value is the run's circuit. Every string
+from a task or a tokenizer goes through `html.escape` or into a JSON block whose `<` are escaped, and
+the script inserts text with `textContent` only, so a prompt such as `<script>` is shown, never run.
 """
 
 from __future__ import annotations
@@ -98,7 +98,8 @@ function draw(){
     g.addEventListener('click',()=>showNode(n)); gNodes.appendChild(g);
   }
   const chosen = D.level==='node' ? `the edges among the top ${k} nodes` : `top ${k} by |score|`;
-  document.getElementById('edge-count').textContent = `${edges.length} edges drawn (${chosen}, dangling edges removed) of ${D.nEdgesTotal}`;
+  document.getElementById('edge-count').textContent =
+    `${edges.length} edges drawn (${chosen}, dangling edges removed) of ${D.nEdgesTotal}`;
 }
 function cell(tr, text, tag){ const c=document.createElement(tag||'td'); c.textContent=text; tr.appendChild(c); }
 function showNode(n){
@@ -152,10 +153,12 @@ def page(scores, circuit, result: dict, inspect: dict | None, figures: Path) -> 
             "level": scores.level,
             "lens": {row["node"]: row for row in (inspect or {}).get("lens", [])},
             "examples": (inspect or {}).get("examples", [])}
-    if nodes:  # the slider counts nodes: each one's score, their order, and how many senders each receiver reads
+    if nodes:  # the slider counts nodes: their order, each one's score (the same on every out-edge), and how
+        # many senders each receiver reads (a prefix of them)
         start = int(circuit.provenance.get("nodes", g.n_senders))
-        data |= {"nodeOrder": node_order(key).tolist(), "nodeScore": (scores.scores.sum(0) / g.edge_mask.sum(0)).tolist(),  # the same on every out-edge
-                 "reads": g.edge_mask.sum(1).tolist()}  # receivers read a prefix of the senders
+        data |= {"nodeOrder": node_order(key).tolist(),
+                 "nodeScore": (scores.scores.sum(0) / g.edge_mask.sum(0)).tolist(),
+                 "reads": g.edge_mask.sum(1).tolist()}
     task = (inspect or {}).get("task", {"name": result["task"], "description": "", "citation": "", "metric": ""})
     examples = (inspect or {}).get("examples", [])[:8]
     width, height = max(640, 56 * g.n_heads + 80), max(320, 34 * (2 * g.n_layers + 2))
@@ -164,7 +167,8 @@ def page(scores, circuit, result: dict, inspect: dict | None, figures: Path) -> 
     provenance |= {"scores": scores.metadata()["config"], "circuit": circuit.provenance.get("strategy"),
                    **result.get("provenance", {})}
     summary = _table(SUMMARY_COLUMNS, summary_rows([result]))
-    top = _table(("#", "edge", "score"), top_edge_rows(scores, 20))
+    top_edges = _table(("#", "edge", "score"), top_edge_rows(scores, 20))
+    top = g.n_senders if nodes else len(edges)  # the slider's range
     prompt_rows = [[e["clean"], e["corrupt"], e["correct"], e["wrong"]] for e in examples]
     flow = (inspect or {}).get("flow")
     flow_section = ""
@@ -185,7 +189,7 @@ circuit of {circuit.n_edges} of {g.n_edges} edges, faithfulness {result['faithfu
 {_table(("clean prompt", "corrupted prompt", "correct", "wrong"), prompt_rows) if prompt_rows else ""}
 <h2>Circuit</h2>
 <p><label for="n-edges">top {"nodes" if nodes else "edges"} by |score|:</label>
-<input type="range" id="n-edges" min="1" max="{g.n_senders if nodes else len(edges)}" value="{min(start, g.n_senders if nodes else len(edges))}" style="width:320px">
+<input type="range" id="n-edges" min="1" max="{top}" value="{min(start, top)}" style="width:320px">
 <span id="edge-count"></span></p>
 <div id="hover" class="mono"></div>
 <div class="row">
@@ -201,7 +205,7 @@ task, blue oppose it; q inputs dashed, k dotted.</p></div></div>
 <h2>Tables</h2>
 {summary}
 <h3>Top edges</h3>
-{top}
+{top_edges}
 <h2>Provenance</h2>
 <pre class="mono">{esc(json.dumps(provenance, indent=2, default=str))}</pre>
 <script type="application/json" id="report-data">{_json_block(data)}</script>
