@@ -40,7 +40,8 @@ class Graph:
         heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head", None)
         if layers is None or heads is None:
             raise ConfigError(f"cannot read layer and head counts from {type(cfg).__name__}")
-        return cls(layers, heads, bool(getattr(cfg, "use_parallel_residual", False)))
+        parallel = bool(getattr(cfg, "use_parallel_residual", False)) or getattr(cfg, "model_type", "") == "gptj"
+        return cls(layers, heads, parallel)
 
     # ---------------------------------------------------------------- indices
     @property

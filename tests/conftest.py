@@ -42,6 +42,8 @@ def tiny_config(family: str, **overrides):
         "gpt_neox": lambda: transformers.GPTNeoXConfig(
             hidden_size=32, num_attention_heads=4, num_hidden_layers=2, intermediate_size=64,
             max_position_embeddings=128, rotary_pct=0.5, use_parallel_residual=True, **common),
+        "gptj": lambda: transformers.GPTJConfig(n_layer=2, n_head=4, n_embd=32, n_positions=128, rotary_dim=4,
+                                                **common),
         "llama": lambda: transformers.LlamaConfig(
             **llama_like, rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                                         "high_freq_factor": 4.0, "original_max_position_embeddings": 16}),
@@ -66,7 +68,7 @@ def tiny_config(family: str, **overrides):
     return cfg
 
 
-FAMILIES = ["gpt2", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3_text"]
+FAMILIES = ["gpt2", "gpt_neox", "gptj", "llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3_text"]
 
 
 def tiny_hf(family: str, **overrides):

@@ -20,8 +20,10 @@ def scaled_down(entry):
     """The entry's config with 2 layers, head_dim 8, a small vocabulary and context — quirks kept."""
     c = dict(entry.config)
     heads = c.get("n_head", c.get("num_attention_heads"))
-    if c["model_type"] == "gpt2":
+    if c["model_type"] in ("gpt2", "gptj"):
         c |= {"n_layer": 2, "n_embd": 8 * heads, "n_positions": 64}
+        if "rotary_dim" in c:
+            c["rotary_dim"] = 4  # of a head of 8: partial, as in the entry
     else:
         c |= {"num_hidden_layers": 2, "hidden_size": 8 * heads, "intermediate_size": 48,
               "max_position_embeddings": 64}

@@ -7,12 +7,12 @@ of their own (Gemma 3), or None. Config options an adapter does not understand r
 `UnsupportedModelError` naming the option (see `common.refuse`).
 """
 
-from circuitfind.models.adapters import gemma, gpt2, llama, neox
+from circuitfind.models.adapters import gemma, gpt2, gptj, llama, neox
 from circuitfind.models.adapters.common import SUPPORTED
 
-ADAPTERS = {"gpt2": gpt2.convert, "gpt_neox": neox.convert, "llama": llama.convert, "mistral": llama.convert,
-            "qwen2": llama.convert, "qwen3": llama.convert, "phi3": llama.convert, "gemma": gemma.convert,
-            "gemma2": gemma.convert, "gemma3_text": gemma.convert}
+ADAPTERS = {"gpt2": gpt2.convert, "gpt_neox": neox.convert, "gptj": gptj.convert, "llama": llama.convert,
+            "mistral": llama.convert, "qwen2": llama.convert, "qwen3": llama.convert, "phi3": llama.convert,
+            "gemma": gemma.convert, "gemma2": gemma.convert, "gemma3_text": gemma.convert}
 assert set(ADAPTERS) == set(SUPPORTED)
 
 __all__ = ["ADAPTERS", "SUPPORTED"]
