@@ -66,7 +66,7 @@ def _discover(args) -> int:
         options[key.replace("-", "_")] = _option_value(value)
     check_options(args.method, options)  # before any loading
     task = load_task(args.task, n=args.n, seed=args.seed, metric=args.metric)
-    model = load_model(args.model, dtype=args.dtype, device=args.device)
+    model = load_model(args.model, tokenizer=args.tokenizer, dtype=args.dtype, device=args.device)
     run = discover(model, task, args.method, args.ablation, out=args.out, edges=args.edges, target=args.target,
                    n=args.n, seed=args.seed, quiet=args.quiet, report=not args.no_report, **options)
     r = run.result
@@ -156,7 +156,7 @@ def _inspect(args) -> int:
     from circuitfind import inspect as ins
     from circuitfind.models.loading import load_model
 
-    model = load_model(args.model, dtype=args.dtype, device=args.device)
+    model = load_model(args.model, tokenizer=args.tokenizer, dtype=args.dtype, device=args.device)
     if args.tool == "lens":
         for row in ins.logit_lens(model, args.prompt, args.node, k=args.k):
             up = ", ".join(f"{t!r} {v:+.2f}" for t, v in row.promoted)
@@ -243,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(run=_tasks)
     d = sub.add_parser("discover", help="score edges, choose the smallest faithful circuit, write a run directory")
     d.add_argument("--model", required=True, help="zoo name, local directory or hub id")
+    d.add_argument("--tokenizer", help="directory or hub id of the tokenizer (default: the model's own)")
     d.add_argument("--task", required=True, help="built-in task or path/to/file.py:ClassName")
     d.add_argument("--method", default="eap-ig", help="one of: " + ", ".join(_method_names()))
     d.add_argument("--ablation", default="corrupted", help="corrupted, mean, mean-positional, zero, resample")
@@ -285,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("inspect", help="inspect a model's parts: lens, why, generate, patchscope, top, flow")
     i.add_argument("tool", choices=["lens", "why", "generate", "patchscope", "top", "flow"])
     i.add_argument("--model", required=True)
+    i.add_argument("--tokenizer", help="directory or hub id of the tokenizer (default: the model's own)")
     i.add_argument("--prompt", default="", help="the prompt (top: several, one per line)")
     i.add_argument("--node", help="a3.h5, m2, m2.n17, input, or resid:L (lens)")
     i.add_argument("--a", help="why: token A")

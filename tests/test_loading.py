@@ -99,3 +99,31 @@ def test_loaded_hf_model_and_its_tokenizer_pass_through():
         assert (model(tokens) - hf(tokens).logits).abs().max() < 1e-4
     with pytest.raises(cf.ConfigError, match="exactly one"):
         cf.load_model("gpt2", hf_model=hf)
+
+
+def test_a_checkpoint_saved_without_its_tokenizer_takes_one_by_name(tmp_path, capsys):
+    """Fine-tuned weights are often saved alone: tokenizer= (--tokenizer) names the base model's tokenizer.
+    A tokenizer with more tokens than the embedding, or a directory that is not there, is refused."""
+    import transformers
+
+    from circuitfind.cli import main
+    from tests.test_tasks import _word_model
+
+    tokenizer = _word_model().tokenizer
+    tokenizer.save_pretrained(tmp_path / "tok")
+    config = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=len(tokenizer), n_positions=64,
+                                     bos_token_id=1, eos_token_id=1, pad_token_id=0)
+    transformers.GPT2LMHeadModel(config).save_pretrained(tmp_path / "ckpt")  # no tokenizer files
+    with pytest.raises(cf.ConfigError, match="tokenizer=DIR_OR_HUB_ID"):
+        cf.load_model(str(tmp_path / "ckpt")).to_tokens("When Mary")
+    model = cf.load_model(str(tmp_path / "ckpt"), tokenizer=str(tmp_path / "tok"))
+    assert model.to_tokens("When Mary")[0, -2:].tolist() == tokenizer.convert_tokens_to_ids(["When", "Mary"])
+    assert main(["inspect", "lens", "--model", str(tmp_path / "ckpt"), "--tokenizer", str(tmp_path / "tok"),
+                 "--prompt", "When Mary", "--node", "a0.h1", "-k", "1"]) == 0
+    assert "Mary" in capsys.readouterr().out
+    small = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=10, n_positions=64)
+    transformers.GPT2LMHeadModel(small).save_pretrained(tmp_path / "small")
+    with pytest.raises(cf.ConfigError, match=f"the tokenizer has {len(tokenizer)} tokens but .* embeds 10"):
+        cf.load_model(str(tmp_path / "small"), tokenizer=str(tmp_path / "tok"))
+    with pytest.raises(cf.ModelNotFoundError, match="does not exist"):
+        cf.load_model(str(tmp_path / "ckpt"), tokenizer=str(tmp_path / "nope"))

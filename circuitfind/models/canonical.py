@@ -359,7 +359,8 @@ class CircuitModel(nn.Module):
 
     def _need_tokenizer(self):
         if self.tokenizer is None:
-            raise ConfigError(f"model {self.name!r} has no tokenizer; pass token ids instead of text")
+            raise ConfigError(f"model {self.name!r} has no tokenizer; pass token ids instead of text, or load it with "
+                              "one: load_model(..., tokenizer=DIR_OR_HUB_ID), --tokenizer on the command line")
         return self.tokenizer
 
     def __repr__(self) -> str:

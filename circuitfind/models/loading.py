@@ -71,17 +71,24 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, hf_model=None, 
     state_dict + config: weights (a dict of tensors, or a .safetensors/.pt/.bin path) for a
         `transformers` config (object, dict, or path/hub id of one), the way fine-tuned weights
         are often shared.
+    tokenizer: a tokenizer, or the directory or hub id of one (a fine-tuned checkpoint saved without
+        its tokenizer: the base model's); by default the checkpoint's own.
     """
     dtype, device = resolve_dtype(dtype), resolve_device(device)
     given = [x is not None for x in (name_or_path, hf_model, state_dict)]
     if sum(given) != 1:
         raise ConfigError("pass exactly one of name_or_path, hf_model=, or state_dict= (with config=)")
+    if isinstance(tokenizer, (str, os.PathLike)):
+        tokenizer = _tokenizer_from(str(tokenizer))
     name = str(name_or_path) if name_or_path is not None else ""
     if name_or_path is not None:
         from circuitfind.models import zoo  # the zoo knows shipped and named models
         entry = zoo.lookup(name)
         if entry is not None:
-            return zoo.load_entry(entry, dtype=dtype, device=device)
+            model = zoo.load_entry(entry, dtype=dtype, device=device)
+            if tokenizer is not None:
+                model.tokenizer = _fitting(tokenizer, model)
+            return model
         try:
             hf_model, tokenizer = _from_pretrained(name, tokenizer)
         except ModelNotFoundError as e:  # a typo of a zoo name ("toy_lm") reads as a hub id first
@@ -95,6 +102,27 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, hf_model=None, 
                    dtype=dtype, device=device)
 
 
+def _tokenizer_from(name: str):
+    """A tokenizer from a directory or hub id (never running code from it)."""
+    import transformers
+
+    if name.startswith((".", "/", "~")) and not Path(name).expanduser().is_dir():
+        raise ModelNotFoundError(f"tokenizer directory {name!r} does not exist")
+    try:
+        return transformers.AutoTokenizer.from_pretrained(name, trust_remote_code=False)
+    except (OSError, ValueError, TypeError) as e:
+        raise ModelNotFoundError(f"cannot load a tokenizer from {name!r}: pass a directory holding tokenizer.json "
+                                 f"(or the other tokenizer files), or a hub id in the local cache ({e})") from None
+
+
+def _fitting(tokenizer, model: CircuitModel):
+    """The tokenizer, if its ids fit the model's embedding; a tokenizer of another model would index past it."""
+    if tokenizer is not None and len(tokenizer) > model.cfg.d_vocab:
+        raise ConfigError(f"the tokenizer has {len(tokenizer)} tokens but {model.name!r} embeds {model.cfg.d_vocab}; "
+                          "is it the tokenizer of another model?")
+    return tokenizer
+
+
 def from_hf(hf_model, *, tokenizer=None, name: str = "", dtype=torch.float32, device="cpu") -> CircuitModel:
     """Convert an already-loaded Hugging Face causal LM into a `CircuitModel`."""
     dtype, device = resolve_dtype(dtype), resolve_device(device)
@@ -106,6 +134,7 @@ def from_hf(hf_model, *, tokenizer=None, name: str = "", dtype=torch.float32, de
         model = CircuitModel(cfg, tokenizer=tokenizer, name=name, **flags)
     state = {k: v.detach().to(torch.float32) for k, v in state.items()}
     model.load_state_dict(state, strict=True, assign=True)
+    _fitting(tokenizer, model)
     model.inv_freq, model.inv_freq_local = torch.zeros(0), torch.zeros(0)  # off the meta device
     if rotary is not None:
         model.inv_freq, model.rope_scaling = rotary[0], rotary[1]
