@@ -240,3 +240,20 @@ def test_node_scores_are_shown_once_per_node():
     assert float(mlps[0]) == pytest.approx(abs(float(node.scores[g.edge_mask[:, g.mlp_sender(0)], g.mlp_sender(0)][0])))
     edge = cf.score_edges(model, task, "eap")
     assert float(node_importance(edge)[1][0]) == pytest.approx(float(edge.scores[:, g.mlp_sender(0)].abs().sum()))
+
+
+def test_a_large_circuit_figure_draws_its_strongest_edges(run, monkeypatch, tmp_path):
+    """A figure of 90k edges took 400 s to render (an arrow each, clipped to its nodes) and could not be
+    read: past MAX_DRAWN_EDGES the figure draws the strongest ones and says so."""
+    from matplotlib.text import Annotation
+
+    from circuitfind.report import figures
+
+    _, r = run
+    drawn = {}
+    monkeypatch.setattr(figures, "MAX_DRAWN_EDGES", 5)
+    monkeypatch.setattr(figures, "save", lambda fig, path: drawn.update(fig=fig) or [])
+    figures.circuit(r.scores, r.circuit, tmp_path / "c")
+    ax = drawn["fig"].axes[0]
+    arrows = [t for t in ax.texts if isinstance(t, Annotation)]
+    assert len(arrows) == 5 < r.circuit.n_edges and "the strongest 5 drawn" in ax.get_title()

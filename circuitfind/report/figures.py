@@ -24,6 +24,7 @@ from circuitfind.report.layout import bend, circuit_edges, node_positions  # noq
 
 COLUMN = 3.3  # inches: one column of a two-column paper
 STYLES = {"q": (0, (4, 2)), "k": (0, (1, 1.5)), "v": "solid", "": "solid"}  # q dashed, k dotted
+MAX_DRAWN_EDGES = 300  # a static circuit figure draws at most the strongest this many (legible, and seconds to render)
 plt.rcParams.update({"font.size": 7, "axes.titlesize": 8, "axes.labelsize": 7, "legend.fontsize": 6,
                      "pdf.fonttype": 42, "svg.fonttype": "none"})
 
@@ -47,15 +48,16 @@ def _edge_colour(score: float, top: float):
 def circuit(scores, circ, path: Path, title: str = "") -> list[Path]:
     """Nodes by layer (input at the bottom, logits on top); colour = sign (red supports the task, blue
     opposes it), width and opacity = |score|, line style = which input of a head (q dashed, k dotted,
-    v solid). Nodes with no edge in the circuit are hidden."""
+    v solid). Nodes with no edge drawn are hidden. A circuit of more than MAX_DRAWN_EDGES edges is drawn
+    by its strongest (|score|) ones, and the title says so (the report page draws any number)."""
     g = scores.graph
     pos = node_positions(g)
-    edges = circuit_edges(scores, circ.mask)
+    edges = sorted(circuit_edges(scores, circ.mask), key=lambda e: abs(e[3]))[-MAX_DRAWN_EDGES:]
     used = {n for s, d, _, _ in edges for n in (s, d)}
     top = max((abs(e[3]) for e in edges), default=0.0)
     rows = 2 * g.n_layers + 2
     fig, ax = plt.subplots(figsize=(max(COLUMN, 0.35 * g.n_heads + 1), min(9.0, max(2.5, 0.32 * rows))))
-    for s, d, kind, sc in sorted(edges, key=lambda e: abs(e[3])):
+    for s, d, kind, sc in edges:  # weakest first, so the strongest are drawn on top
         (x0, y0), (x1, y1) = pos[s], pos[d]
         width = 0.4 + 2.2 * (abs(sc) / top if top else 1)
         ax.annotate("", xy=(x1, y1), xytext=(x0, y0),
@@ -79,7 +81,10 @@ def circuit(scores, circ, path: Path, title: str = "") -> list[Path]:
     legend += [Line2D([0], [0], color=_edge_colour(1, 1), lw=1.5, label="score > 0"),
                Line2D([0], [0], color=_edge_colour(-1, 1), lw=1.5, label="score < 0")]
     ax.legend(handles=legend, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
-    ax.set_title(title or f"circuit: {circ.n_edges} of {g.n_edges} edges")
+    title = title or f"circuit: {circ.n_edges} of {g.n_edges} edges"
+    if len(edges) < circ.n_edges:
+        title += f"\n(the strongest {len(edges)} drawn)"
+    ax.set_title(title)
     return save(fig, path)
 
 
