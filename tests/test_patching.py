@@ -12,7 +12,7 @@ from circuitfind.engine.patching import Inputs, Workspace, clean_logits, masked_
 from tests.conftest import VOCAB, tiny_hf
 from tests.reference import reference_masked_logits
 
-ENGINE_FAMILIES = ["gpt2", "gpt_neox", "llama", "gemma2"]
+ENGINE_FAMILIES = ["gpt2", "gpt_neox", "llama", "gemma2", "gemma3_text"]
 
 
 @pytest.fixture(params=ENGINE_FAMILIES)
@@ -120,6 +120,24 @@ def test_sparse_node_circuit_skips_nodes_exactly(model):
     mask = g.nodes_to_edges(nodes).double()
     want = reference_masked_logits(model, clean.tokens, clean.attention_mask, clean.answer_pos, abl, mask)
     assert (masked_forward(model, clean, abl, mask) - want).abs().max().item() <= 1e-5
+
+
+def test_node_circuits_match_slow_reference(model):
+    """In a node circuit every kept receiver reads the same senders, so a layer's receivers share one
+    input per mask (mixed once and projected fused): a batch of node circuits, and one alone."""
+    clean, corrupt = _pair()
+    abl = ablated_outputs(model, "corrupted", clean, corrupt)
+    g = model.graph
+    gen = torch.Generator().manual_seed(11)
+    kept = [torch.rand(g.n_senders, generator=gen) < p for p in (0.3, 0.6, 0.9, 1.1)]
+    for k in kept:
+        k[0] = True  # the input, so that paths exist
+    masks = torch.stack([g.nodes_to_edges(k) for k in kept]).double()
+    got = masked_forward(model, clean, abl, masks)
+    for i, mask in enumerate(masks):
+        want = reference_masked_logits(model, clean.tokens, clean.attention_mask, clean.answer_pos, abl, mask)
+        assert (got[i] - want).abs().max() < 1e-9
+        assert (masked_forward(model, clean, abl, mask) - want).abs().max() < 1e-9
 
 
 def test_receivers_reading_no_sender_match_slow_reference(model):
@@ -302,6 +320,28 @@ def test_edge_effects_equal_one_masked_forward_per_edge(model):
         want = objective(reference_masked_logits(model, clean.tokens, clean.attention_mask, clean.answer_pos, abl, mask)[None]) - base
         assert abs(effects[dst, src].item() - want.item()) <= 1e-6
     assert bool((effects[~g.edge_mask] == 0).all())
+
+
+def test_node_effects_equal_the_reference_with_each_node_ablated(model):
+    """Each node's out-edges all off, against the slow reference loop (input, every head, every MLP)."""
+    from circuitfind.engine.patching import node_effects
+    clean, corrupt = _pair()
+    abl = ablated_outputs(model, "corrupted", clean, corrupt)
+    g = model.graph
+
+    def objective(logits):  # [k, batch, vocab] → [k]
+        return (logits[..., 5] - logits[..., 7]).mean(-1)
+
+    effects = node_effects(model, clean, abl, objective)
+    ones = g.edge_mask.double()
+    base = objective(reference_masked_logits(model, clean.tokens, clean.attention_mask, clean.answer_pos, abl,
+                                             ones)[None])
+    for src in range(g.n_senders):
+        mask = ones.clone()
+        mask[:, src] = 0
+        want = objective(reference_masked_logits(model, clean.tokens, clean.attention_mask, clean.answer_pos, abl,
+                                                 mask)[None]) - base
+        assert abs(effects[src].item() - want.item()) <= 1e-6, g.senders[src]
 
 
 def test_mlp_read_only_by_the_logits_is_exact(model):

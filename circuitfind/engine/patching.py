@@ -46,7 +46,8 @@ from circuitfind.engine.store import Workspace
 from circuitfind.engine.walk import Inputs, Walk
 from circuitfind.errors import ConfigError
 
-__all__ = ["Inputs", "Prefix", "Workspace", "masked_forward", "prefix", "sender_outputs", "clean_logits", "edge_effects"]
+__all__ = ["Inputs", "Prefix", "Workspace", "masked_forward", "prefix", "sender_outputs", "clean_logits", "edge_effects",
+           "node_effects"]
 
 
 @dataclass
@@ -149,4 +150,28 @@ def edge_effects(model, inputs: Inputs, ablated: Tensor, objective: Callable[[Te
                     out[dst, chunk] = (values - clean_value).to(out)
                     bar.update(len(chunk))
         bar.close()
+    return out
+
+
+def node_effects(model, inputs: Inputs, ablated: Tensor, objective: Callable[[Tensor], Tensor]) -> Tensor:
+    """Exact effect of ablating each node (all its out-edges) alone: objective(patched) − objective(clean), [src].
+
+    objective: logits [k, batch, vocab] → [k]. A layer's nodes are ablated together in one batch of
+    masks that continues the clean run from that layer, so nothing below a node is recomputed for it
+    (and a batch holds a layer's nodes, not the whole model's).
+    """
+    g = model.graph
+    out = torch.zeros(g.n_senders, device=model.device)
+    full = g.edge_mask.to(model.device, model.dtype)
+    with torch.no_grad():
+        clean_value = objective(clean_logits(model, inputs)[None])[0]
+        walk = Walk(model, inputs, ablated, None, record=True, branchable=True)
+        for layer in range(g.n_layers):
+            walk.run(stop=layer)
+            nodes = torch.arange(g.head_sender(layer, 0), g.mlp_sender(layer) + 1)  # its heads, then its MLP
+            if layer == 0:
+                nodes = torch.cat([torch.tensor([0]), nodes])  # the input reads nothing: it starts here too
+            masks = full.expand(len(nodes), -1, -1).clone()
+            masks[torch.arange(len(nodes)), :, nodes] = 0
+            out[nodes] = (objective(walk.branch(masks).run()) - clean_value).to(out)
     return out

@@ -210,6 +210,15 @@ class Walk:
             return torch.ones(M0.shape[0], dtype=torch.bool)
         return ~(M0[:, varying] != 0).any(1).cpu()
 
+    def _uniform(self, M: Tensor) -> bool:
+        """Do these receivers' mask rows M [k|1, r, src] agree within each mask, over the senders stored so
+        far (a node circuit, a node ablated: every kept receiver reads the same senders)? Then they share
+        one input per mask. Not under gradients: each receiver's input then needs its own."""
+        if self.on_grad is not None or M.requires_grad:
+            return False
+        Mc = take(M, self.store.cols, 2)
+        return bool((Mc == Mc[:, :1]).all())
+
     def _mix(self, M: Tensor, base: Tensor, start: int = 0, out: Tensor | None = None) -> Tensor:
         """base + Σ_u M[·, ·, u] D_u over the stored senders from column `start` on: mask rows M
         [k|1, r, src] → [r, K, b'·pos·d], into `out` where it can be."""
@@ -226,14 +235,18 @@ class Walk:
         return self.store.mix_at(take(M, self.store.cols, 2), pos) + _at(base, pos)
 
     def _receiver_inputs(self, rows: Tensor, resid: Tensor, base: Tensor, scratch: str,
-                         offset: int = 0) -> tuple[Tensor | None, int, Tensor]:
-        """Inputs of these receivers, [r, K, b'·pos·d], or None with the residual where they read it.
+                         offset: int = 0, each: bool = False) -> tuple[Tensor | None, int, Tensor]:
+        """Inputs of these receivers, [r, K, b'·pos·d], or None with the residual where they read it
+        (or with their one shared input [K, b', pos, d], unless `each` asks for one per receiver).
 
         Without gradients they are mixed into the walk's `scratch` buffer (from element `offset` on),
         reused layer after layer."""
         M, K = self._mask_rows(rows)
         if M is None:
             return None, resid.shape[0], resid
+        if not each and len(rows) > 1 and self._uniform(M):  # one input per mask for all: mixed once, then read as a residual
+            x = self._mix(M[:, :1], base)  # [1, K, b'·pos·d]
+            return None, K, x.view(K, self.bp, self.p, self.d)
         out = None
         if not torch.is_grad_enabled() or not (self.store.grad or M.requires_grad):
             out = self.workspace.get(scratch, (M.shape[1], K, self.store.W), M, offset)
@@ -258,7 +271,7 @@ class Walk:
             if by_kind:  # q, k and v mixed apart, into thirds of one buffer: [(x [a, K_t, b'·pos·d], K_t)] × 3
                 third = len(group) * self.k * self.store.W
                 x = [self._receiver_inputs(g.qkv_receiver(l, t, 0) + group, self.resid, self.base,
-                                           "attention inputs", i * third)[:2] for i, t in enumerate("qkv")]
+                                           "attention inputs", i * third, each=True)[:2] for i, t in enumerate("qkv")]
                 K, resid = self.k, self.resid
             else:
                 rows = torch.cat([g.qkv_receiver(l, t, 0) + group for t in "qkv"])
@@ -294,7 +307,8 @@ class Walk:
             return False
         rows = torch.cat([self.g.qkv_receiver(l, t, 0) + groups[0] for t in "qkv"])
         (M_attn, K_attn), (M_mlp, K_mlp) = self._mask_rows(rows), self._mask_rows(torch.tensor([self.g.mlp_receiver(l)]))
-        return M_attn is not None and M_mlp is not None and K_attn == K_mlp
+        # (uniform attention rows are mixed once, as one residual: cheaper than any fusion)
+        return M_attn is not None and M_mlp is not None and K_attn == K_mlp and not self._uniform(M_attn)
 
     def _head_groups(self, l: int, heads: Tensor) -> list[Tensor]:
         """Split heads into those whose q/k/v mask rows agree across the k masks (computed once)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from circuitfind.engine.ablation import ablated_outputs
-from circuitfind.engine.patching import masked_forward
+from circuitfind.engine.patching import clean_logits, node_effects
 from circuitfind.engine.tensors import Inputs
 from circuitfind.errors import ConfigError
 from circuitfind.inspect.common import position_in, prompts_of, token_id, tokens_of
@@ -62,13 +62,12 @@ def why(model, prompt, a, b, *, ablation: str = "zero", reference=None, position
         raise ConfigError("mean ablation needs reference= prompts to average over")
     ref = Inputs.of(*prompts_of(model, reference)) if ablation == "mean" else None
     ablated = ablated_outputs(model, ablation, inputs, reference=ref)  # [src, 1, 1, d]
-    # one mask per node: that node's out-edges off, everything else on; plus the full model
-    full = g.edge_mask.to(model.device, model.dtype)
-    masks = full[None].repeat(g.n_senders + 1, 1, 1)
-    masks[torch.arange(g.n_senders), :, torch.arange(g.n_senders)] = 0
-    logits = masked_forward(model, inputs, ablated, masks)[:, 0]  # [n_senders + 1, vocab]
-    diff = logits[:, ia] - logits[:, ib]
-    total = (diff[-1] - diff[:-1]).tolist()
+    def contrast(logits):  # [k, 1, vocab] → [k]
+        return logits[:, 0, ia] - logits[:, 0, ib]
+
+    # a node's total effect: what ablating all its out-edges takes away from the contrast
+    total = (-node_effects(model, inputs, ablated, contrast)).tolist()
+    logit_diff = float(contrast(clean_logits(model, inputs)[None])[0])
     nodes = [Contribution(n, d, t) for n, d, t in zip(g.senders, direct, total)]
     nodes.sort(key=lambda c: -abs(c.total))
-    return Contrast(ia, ib, float(diff[-1]), float(const[0, ia] - const[0, ib]), nodes)
+    return Contrast(ia, ib, logit_diff, float(const[0, ia] - const[0, ib]), nodes)
