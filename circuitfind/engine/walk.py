@@ -244,7 +244,7 @@ class Walk:
         M, K = self._mask_rows(rows)
         if M is None:
             return None, resid.shape[0], resid
-        if not each and len(rows) > 1 and self._uniform(M):  # one input per mask for all: mixed once, then read as a residual
+        if not each and len(rows) > 1 and self._uniform(M):  # one input per mask for all, mixed once: a residual
             x = self._mix(M[:, :1], base)  # [1, K, b'·pos·d]
             return None, K, x.view(K, self.bp, self.p, self.d)
         out = None
