@@ -36,6 +36,8 @@ class Graph:
         """From a `CanonicalConfig` or any Hugging Face config (no weights needed)."""
         if hasattr(cfg, "n_heads") and hasattr(cfg, "parallel"):
             return cls(cfg.n_layers, cfg.n_heads, cfg.parallel)
+        if getattr(cfg, "text_config", None) is not None and not hasattr(cfg, "num_hidden_layers"):
+            cfg = cfg.text_config  # an image-text model: the graph of its language model
         layers = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", None)
         heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head", None)
         if layers is None or heads is None:

@@ -32,6 +32,16 @@ def _jitter(model: torch.nn.Module, scale: float = 0.1) -> torch.nn.Module:
     return model
 
 
+def _gemma3_text(llama_like: dict) -> dict:
+    """A global layer between two sliding ones, each kind with its own rotary base and scaling; soft-capped logits."""
+    return llama_like | dict(num_hidden_layers=3, head_dim=8, query_pre_attn_scalar=12, sliding_window=4,
+                             final_logit_softcapping=3.0,
+                             layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                             rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10.0},
+                                              "full_attention": {"rope_type": "linear", "rope_theta": 1000.0,
+                                                                 "factor": 4.0}})
+
+
 def tiny_config(family: str, **overrides):
     """A tiny config of each supported family, built offline from its transformers config class."""
     common = dict(vocab_size=VOCAB, bos_token_id=1, eos_token_id=2, pad_token_id=0)
@@ -56,11 +66,12 @@ def tiny_config(family: str, **overrides):
         "phi3": lambda: transformers.Phi3Config(**llama_like, sliding_window=4, partial_rotary_factor=0.5),
         "gemma": lambda: transformers.GemmaConfig(**llama_like, head_dim=8),
         # a global layer between two sliding ones, each kind with its own rotary base and scaling
-        "gemma3_text": lambda: transformers.Gemma3TextConfig(
-            **(llama_like | {"num_hidden_layers": 3}), head_dim=8, query_pre_attn_scalar=12, sliding_window=4,
-            layer_types=["sliding_attention", "full_attention", "sliding_attention"],
-            rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10.0},
-                             "full_attention": {"rope_type": "linear", "rope_theta": 1000.0, "factor": 4.0}}),
+        "gemma3_text": lambda: transformers.Gemma3TextConfig(**_gemma3_text(llama_like)),
+        # Gemma 3 of 4B and up: an image-text model whose language model circuitfind reads
+        "gemma3": lambda: transformers.Gemma3Config(
+            text_config=_gemma3_text(llama_like), mm_tokens_per_image=4,
+            vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                               image_size=28, patch_size=14), **common),
     }[family]
     cfg = make()
     for k, v in overrides.items():
@@ -68,7 +79,7 @@ def tiny_config(family: str, **overrides):
     return cfg
 
 
-FAMILIES = ["gpt2", "gpt_neox", "gptj", "llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3_text"]
+FAMILIES = ["gpt2", "gpt_neox", "gptj", "llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3_text", "gemma3"]
 
 
 def tiny_hf(family: str, **overrides):

@@ -12,7 +12,7 @@ from circuitfind.models.adapters.common import SUPPORTED
 
 ADAPTERS = {"gpt2": gpt2.convert, "gpt_neox": neox.convert, "gptj": gptj.convert, "llama": llama.convert,
             "mistral": llama.convert, "qwen2": llama.convert, "qwen3": llama.convert, "phi3": llama.convert,
-            "gemma": gemma.convert, "gemma2": gemma.convert, "gemma3_text": gemma.convert}
+            "gemma": gemma.convert, "gemma2": gemma.convert, "gemma3_text": gemma.convert, "gemma3": gemma.convert}
 assert set(ADAPTERS) == set(SUPPORTED)
 
 __all__ = ["ADAPTERS", "SUPPORTED"]

@@ -1,4 +1,4 @@
-"""Gemma 1, 2 and 3 (text): scaled embeddings, (1 + w) RMSNorm, GeGLU. Gemma 2 and 3 add pre- and
+"""Gemma 1, 2 and 3 (text, or the text model of an image-text checkpoint): scaled embeddings, (1 + w) RMSNorm, GeGLU. Gemma 2 and 3 add pre- and
 post-norms around both blocks and sliding-window layers; Gemma 2 soft-caps attention and final
 logits; Gemma 3 norms queries and keys and gives its sliding layers rotary frequencies of their own."""
 
@@ -9,13 +9,16 @@ from circuitfind.models.canonical import CanonicalConfig
 
 
 def convert(hf):
-    c = hf.config
+    c, m = hf.config, hf.model
+    image_text = c.model_type == "gemma3"
+    if image_text:  # an image-text checkpoint (Gemma 3 4B and up): its language model alone
+        c, m = c.text_config, m.language_model
     v1, v3 = c.model_type == "gemma", c.model_type == "gemma3_text"
     refuse(c, "attention_bias", lambda v: v is False, "attention biases in Gemma")
     refuse(c, "use_bidirectional_attention", lambda v: v is False, "bidirectional attention (an encoder)")
     h, kv, dh = c.num_attention_heads, c.num_key_value_heads, c.head_dim
     sliding = () if v1 else layer_types(c)
-    rotary = _rotary(hf.model.rotary_emb, c, sliding)
+    rotary = _rotary(m.rotary_emb, c, sliding)
     cfg = CanonicalConfig(
         family=c.model_type, n_layers=c.num_hidden_layers, d_model=c.hidden_size, n_heads=h, n_kv_heads=kv,
         d_head=dh, d_mlp=c.intermediate_size, d_vocab=c.vocab_size, n_ctx=c.max_position_embeddings,
@@ -23,10 +26,9 @@ def convert(hf):
         norm_offset=1.0, positional="rotary", rotary_dim=2 * rotary[0].numel(), post_norms=not v1, qk_norm=v3,
         attn_scale=None if v1 else c.query_pre_attn_scalar ** -0.5,
         attn_softcap=None if v1 else c.attn_logit_softcapping,
-        final_softcap=None if v1 else c.final_logit_softcapping,
+        final_softcap=None if v1 or image_text else c.final_logit_softcapping,  # (the image-text head has none)
         sliding_window=c.sliding_window if sliding else None, sliding_layers=sliding,
         embed_scale=c.hidden_size ** 0.5)
-    m = hf.model
     state = {"W_E": m.embed_tokens.weight, "ln_final.w": m.norm.weight, "W_U": hf.lm_head.weight.t()}
     for l, blk in enumerate(m.layers):
         p, a = f"blocks.{l}.", blk.self_attn
