@@ -79,7 +79,8 @@ def tiny_config(family: str, **overrides):
     return cfg
 
 
-FAMILIES = ["gpt2", "gpt_neox", "gptj", "llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3_text", "gemma3"]
+FAMILIES = ["gpt2", "gpt_neox", "gptj", "llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3_text",
+            "gemma3"]
 
 
 def tiny_hf(family: str, **overrides):

@@ -1,6 +1,7 @@
-"""Gemma 1, 2 and 3 (text, or the text model of an image-text checkpoint): scaled embeddings, (1 + w) RMSNorm, GeGLU. Gemma 2 and 3 add pre- and
-post-norms around both blocks and sliding-window layers; Gemma 2 soft-caps attention and final
-logits; Gemma 3 norms queries and keys and gives its sliding layers rotary frequencies of their own."""
+"""Gemma 1, 2 and 3 (text, or the language model of an image-text checkpoint): scaled embeddings,
+(1 + w) RMSNorm, GeGLU. Gemma 2 and 3 add pre- and post-norms around both blocks and sliding-window
+layers; Gemma 2 soft-caps attention and final logits; Gemma 3 norms queries and keys and gives its
+sliding layers rotary frequencies of their own."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def convert(hf):
         norm_offset=1.0, positional="rotary", rotary_dim=2 * rotary[0].numel(), post_norms=not v1, qk_norm=v3,
         attn_scale=None if v1 else c.query_pre_attn_scalar ** -0.5,
         attn_softcap=None if v1 else c.attn_logit_softcapping,
-        final_softcap=None if v1 or image_text else c.final_logit_softcapping,  # (the image-text head has none)
+        final_softcap=None if v1 or image_text else c.final_logit_softcapping,  # (none in the image-text head)
         sliding_window=c.sliding_window if sliding else None, sliding_layers=sliding,
         embed_scale=c.hidden_size ** 0.5)
     state = {"W_E": m.embed_tokens.weight, "ln_final.w": m.norm.weight, "W_U": hf.lm_head.weight.t()}
