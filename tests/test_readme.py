@@ -5,6 +5,7 @@ argument fails here, not for a reader)."""
 from __future__ import annotations
 
 import ast
+import re
 import inspect
 from pathlib import Path
 
@@ -91,3 +92,14 @@ def test_options_named_in_the_methods_table_exist():
                 assert key in fields, f"{method}: {key}"
                 named += 1
     assert sorted(listed) == sorted(METHODS) and named >= 6  # every method in the table, once
+
+
+def test_the_families_table_lists_every_adapter():
+    """The Models table names each model_type an adapter reads, and no other."""
+    from circuitfind.models.adapters import SUPPORTED
+
+    text = README.read_text()
+    table = text[text.index("| family | `model_type` |"):]
+    table = table[: table.index("\n\n")]
+    named = {t for line in table.splitlines()[2:] for t in re.findall(r"`([a-z0-9_]+)`", line.split("|")[2])}
+    assert named == set(SUPPORTED)
