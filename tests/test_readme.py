@@ -5,8 +5,8 @@ argument fails here, not for a reader)."""
 from __future__ import annotations
 
 import ast
-import re
 import inspect
+import re
 from pathlib import Path
 
 import circuitfind as cf
