@@ -46,7 +46,7 @@ def prune(scores: EdgeScores, edges: int | None = None, *, nodes: int | None = N
     if nodes is not None:
         nodes = count(nodes, "nodes", most=g.n_senders)
         mask, strategy, chosen = top_nodes(g, key, nodes), "top-nodes", {"nodes": nodes}
-    elif strategy == "topn" and scores.level == "node":
+    elif edges is not None and strategy == "topn" and scores.level == "node":
         edges = count(edges, "edges", most=g.n_edges)
         nodes = nodes_within(g, key, edges)
         mask, strategy, chosen = top_nodes(g, key, nodes), "top-nodes", {"edges": edges, "nodes": nodes}
