@@ -299,8 +299,10 @@ def test_node_scores_sized_in_edges_make_node_circuits(model):
         assert circuit.provenance["nodes"] == k and circuit.provenance["strategy"] == "top-nodes"
         assert torch.equal(circuit.mask, cf.prune(node, nodes=k).mask)
     assert cf.prune(node, edges=first).n_edges == first
-    by_value = cf.prune(node, threshold=float(node.scores.abs().max()) / 2)  # thresholds stay per edge
-    assert by_value.provenance["strategy"] == "threshold" and by_value.n_edges > 0
+    t = float(node.scores.abs().max()) / 2  # a threshold stays one per edge
+    by_value = cf.prune(node, threshold=t, remove_dangling=False)
+    assert by_value.provenance["strategy"] == "threshold"
+    assert by_value.n_edges == int((node.scores.abs() >= t)[model.graph.edge_mask].sum()) > 0
 
 
 def test_discover_with_node_scores_finds_a_circuit_smaller_than_the_model():
