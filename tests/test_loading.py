@@ -103,7 +103,8 @@ def test_loaded_hf_model_and_its_tokenizer_pass_through():
 
 def test_a_checkpoint_saved_without_its_tokenizer_takes_one_by_name(tmp_path, capsys):
     """Fine-tuned weights are often saved alone: tokenizer= (--tokenizer) names the base model's tokenizer.
-    A tokenizer with more tokens than the embedding, or a directory that is not there, is refused."""
+    A directory that is not there is refused, and so are token ids past the embedding (another model's
+    tokenizer), before they index past it."""
     import transformers
 
     from circuitfind.cli import main
@@ -123,7 +124,10 @@ def test_a_checkpoint_saved_without_its_tokenizer_takes_one_by_name(tmp_path, ca
     assert "Mary" in capsys.readouterr().out
     small = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=10, n_positions=64)
     transformers.GPT2LMHeadModel(small).save_pretrained(tmp_path / "small")
-    with pytest.raises(cf.ConfigError, match=f"the tokenizer has {len(tokenizer)} tokens but .* embeds 10"):
-        cf.load_model(str(tmp_path / "small"), tokenizer=str(tmp_path / "tok"))
+    small = cf.load_model(str(tmp_path / "small"), tokenizer=str(tmp_path / "tok"))  # another model's tokenizer
+    with pytest.raises(cf.ConfigError, match="past '.*small'.s embedding of 10 tokens: is the tokenizer"):
+        small(small.to_tokens("When Mary"))
+    with pytest.raises(cf.ConfigError, match="past .* embedding"):
+        cf.score_edges(small, cf.load_task("ioi", n=4), "eap")
     with pytest.raises(cf.ModelNotFoundError, match="does not exist"):
         cf.load_model(str(tmp_path / "ckpt"), tokenizer=str(tmp_path / "nope"))

@@ -137,6 +137,9 @@ class CircuitModel(nn.Module):
 
     def embed(self, tokens: Tensor, positions: Tensor) -> Tensor:
         """tokens, positions [batch, pos] → the `input` sender's output [batch, pos, d_model]."""
+        if tokens.numel() and int(tokens.max()) >= self.cfg.d_vocab:  # (a tokenizer's vocabulary may outgrow it)
+            raise ConfigError(f"token id {int(tokens.max())} is past {self.name!r}'s embedding of {self.cfg.d_vocab} "
+                              "tokens: is the tokenizer the model's own?")
         x = self.W_E[tokens]
         if self.cfg.embed_scale != 1.0:
             x = x * torch.tensor(self.cfg.embed_scale, dtype=x.dtype)

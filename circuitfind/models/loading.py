@@ -87,7 +87,7 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, hf_model=None, 
         if entry is not None:
             model = zoo.load_entry(entry, dtype=dtype, device=device)
             if tokenizer is not None:
-                model.tokenizer = _fitting(tokenizer, model)
+                model.tokenizer = tokenizer
             return model
         try:
             hf_model, tokenizer = _from_pretrained(name, tokenizer)
@@ -115,14 +115,6 @@ def _tokenizer_from(name: str):
                                  f"(or the other tokenizer files), or a hub id in the local cache ({e})") from None
 
 
-def _fitting(tokenizer, model: CircuitModel):
-    """The tokenizer, if its ids fit the model's embedding; a tokenizer of another model would index past it."""
-    if tokenizer is not None and len(tokenizer) > model.cfg.d_vocab:
-        raise ConfigError(f"the tokenizer has {len(tokenizer)} tokens but {model.name!r} embeds {model.cfg.d_vocab}; "
-                          "is it the tokenizer of another model?")
-    return tokenizer
-
-
 def from_hf(hf_model, *, tokenizer=None, name: str = "", dtype=torch.float32, device="cpu") -> CircuitModel:
     """Convert an already-loaded Hugging Face causal LM into a `CircuitModel`."""
     dtype, device = resolve_dtype(dtype), resolve_device(device)
@@ -134,7 +126,6 @@ def from_hf(hf_model, *, tokenizer=None, name: str = "", dtype=torch.float32, de
         model = CircuitModel(cfg, tokenizer=tokenizer, name=name, **flags)
     state = {k: v.detach().to(torch.float32) for k, v in state.items()}
     model.load_state_dict(state, strict=True, assign=True)
-    _fitting(tokenizer, model)
     model.inv_freq, model.inv_freq_local = torch.zeros(0), torch.zeros(0)  # off the meta device
     if rotary is not None:
         model.inv_freq, model.rope_scaling = rotary[0], rotary[1]
