@@ -1,4 +1,5 @@
-"""Pearson correlation of first-order scores (EAP, EAP-IG and its variants) with exact patching, on the toy models:
+"""Pearson correlation of first-order scores (EAP, EAP-IG and its variants) with exact patching, on the toy models
+(edges; and nodes, eap-node and eap-ig-node against exact-node):
 toy-lm on each of its tasks, the hand-weighted induction model of the tests, the trained
 toy-induction, and the two tracr models, each on its task's metric; where that metric saturates
 (prob-diff, KL at the clean run), the same comparison on logit-diff too, to tell the metric's curvature
@@ -23,6 +24,11 @@ def pearson(a, b) -> float:
     return float(torch.corrcoef(torch.stack([a, b]))[0, 1])
 
 
+def _per_node(scores, g):
+    """Node scores [src] from scores written on every out-edge of each node."""
+    return scores.scores.sum(0) / g.edge_mask.sum(0)
+
+
 def main():
     cases = [("induction (hand-weighted)", induction_model().double(), "induction", "corrupted"),
              ("toy-induction (trained)", cf.load_model("toy-induction").double(), "induction", "corrupted"),
@@ -42,6 +48,11 @@ def main():
             r[method + (f" ({opts['steps']} steps)" if opts else "")] = pearson(scores, exact)
         print(f"{label} ({ablation} ablation, {metric_name(task)}, {model.graph.n_edges} edges): "
               + ", ".join(f"{m} r = {v:.3f}" for m, v in r.items()))
+        g = model.graph  # node level: one score per node, against each node ablated whole
+        exact_nodes = _per_node(cf.score_edges(model, task, "exact-node", ablation=ablation), g)
+        r = {m: pearson(_per_node(cf.score_edges(model, task, m, ablation=ablation), g), exact_nodes)
+             for m in ("eap-node", "eap-ig-node")}
+        print(f"    nodes ({g.n_senders}) against exact-node: " + ", ".join(f"{m} r = {v:.3f}" for m, v in r.items()))
         if task.metric in ("prob-diff", "kl"):  # saturating metrics: the same scores measured on logit-diff
             task = cf.load_task(task_name, n=40, metric="logit-diff")  # what the MIB circuit track attributes with
             exact = cf.score_edges(model, task, "exact", ablation=ablation).values()

@@ -67,6 +67,32 @@ def test_exact_equals_slow_per_edge_patching(model):
         assert abs(scores.scores[dst, src].item() - (base - metric(mask)).item()) <= 1e-5  # loss of behaviour
 
 
+def test_exact_node_equals_slow_ablation_of_each_node(model):
+    """exact-node: each node ablated whole (all out-edges), the loss of behaviour on every out-edge."""
+    task = Copy(n=5)
+    scores = cf.score_edges(model, task, "exact-node")
+    batch = task.batch(model)
+    abl = ablated_outputs(model, "corrupted", batch.clean, batch.corrupt)
+    g = model.graph
+
+    def metric(mask):
+        logits = reference_masked_logits(model, batch.clean.tokens, batch.clean.attention_mask,
+                                         batch.clean.answer_pos, abl, mask)
+        return cf.metrics.logit_diff(logits, batch.targets).mean()
+
+    full = g.edge_mask.double()
+    base = metric(full)
+    for src in range(g.n_senders):
+        mask = full.clone()
+        mask[:, src] = 0
+        want = (base - metric(mask)).item()
+        column = scores.scores[:, src][g.edge_mask[:, src]]
+        assert torch.allclose(column, torch.full_like(column, want), atol=1e-5), g.senders[src]
+    assert scores.level == "node"
+    with pytest.raises(cf.ConfigError, match="exact-node"):
+        cf.score_edges(model, task, "exact", level="node")
+
+
 def test_eap_equals_exact_on_a_linear_model():
     model = _linear_model()
     task = Copy(n=5)

@@ -21,13 +21,14 @@ from circuitfind.task import Task, load_task
 
 # name → (score function, config class, fixed options)
 METHODS = {
-    "eap": (eap.score, eap.EAPConfig, {}),
-    "eap-ig": (eap_ig.score, eap_ig.EAPIGConfig, {"variant": "inputs"}),
-    "eap-ig-activations": (eap_ig.score, eap_ig.EAPIGConfig, {"variant": "activations"}),
+    "eap": (eap.score, eap.EAPConfig, {"level": "edge"}),
+    "eap-ig": (eap_ig.score, eap_ig.EAPIGConfig, {"variant": "inputs", "level": "edge"}),
+    "eap-ig-activations": (eap_ig.score, eap_ig.EAPIGConfig, {"variant": "activations", "level": "edge"}),
     "eap-node": (eap.score, eap.EAPConfig, {"level": "node"}),
     "eap-ig-node": (eap_ig.score, eap_ig.EAPIGConfig, {"variant": "inputs", "level": "node"}),
-    "clean-corrupted": (eap_ig.score, eap_ig.EAPIGConfig, {"variant": "clean-corrupted"}),
-    "exact": (exact.score, exact.ExactConfig, {}),
+    "clean-corrupted": (eap_ig.score, eap_ig.EAPIGConfig, {"variant": "clean-corrupted", "level": "edge"}),
+    "exact": (exact.score, exact.ExactConfig, {"level": "edge"}),
+    "exact-node": (exact.score, exact.ExactConfig, {"level": "node"}),
     "acdc": (acdc.score, acdc.ACDCConfig, {}),
     "ifr": (ifr.score, ifr.IFRConfig, {}),
     "edge-pruning": (edge_pruning.score, edge_pruning.EdgePruningConfig, {}),
