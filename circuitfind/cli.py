@@ -71,7 +71,7 @@ def _discover(args) -> int:
                    n=args.n, seed=args.seed, quiet=args.quiet, report=not args.no_report, **options)
     r = run.result
     print(f"{r['model']} / {r['task']} ({r['metric_name']}) / {r['method']}: "
-          f"{r['n_edges']} of {r['n_edges_total']} edges, "
+          f"{r['n_edges']} of {r['n_edges_total']} edges ({r['n_nodes']} nodes), "
           f"faithfulness {r['faithfulness']:.3f}, CPR {r['cpr']:.3f}, CMD {r['cmd']:.3f}")
     if run.out is not None:
         print(f"wrote {run.out}/result.json, circuit.json, scores.safetensors")

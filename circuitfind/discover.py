@@ -89,7 +89,8 @@ def discover(model, task: Task | str, method: str = "eap-ig", ablation: str = "c
     truth = task.ground_truth(model)
     result = {"model": model.name, "task": task.name, "metric_name": metric_name(task), "method": method,
               "ablation": ablation,
-              "n_edges_total": model.graph.n_edges, "n_edges": circuit.n_edges, "target": target, "sized_by": sized_by,
+              "n_edges_total": model.graph.n_edges, "n_edges": circuit.n_edges, "n_nodes": len(circuit.nodes()),
+              "target": target, "sized_by": sized_by,
               "faithfulness": result["faithfulness"], "cpr": curve.cpr, "cmd": curve.cmd,
               "roc_auc": roc_auc(scores, truth) if truth else None,
               "metric": {k: result[k] for k in ("metric_circuit", "metric_full", "metric_empty")},

@@ -24,6 +24,7 @@ def test_discover_writes_a_run_directory(tmp_path):
     result = json.loads((tmp_path / "run" / "result.json").read_text())
     assert RESULT_KEYS <= set(result) and result == json.loads(json.dumps(run.result))
     assert result["n_edges"] == run.circuit.n_edges and result["n_edges_total"] == model.graph.n_edges
+    assert result["n_nodes"] == len(run.circuit.nodes()) == int(run.circuit.mask.any(0).sum())
     assert torch.equal(EdgeScores.load(tmp_path / "run").scores, run.scores.scores)
     assert torch.equal(Circuit.load(tmp_path / "run" / "circuit.json").mask, run.circuit.mask)
     reached = [f for f in result["curve"]["faithfulness_absolute"] if f >= 0.9]
