@@ -24,11 +24,6 @@ def pearson(a, b) -> float:
     return float(torch.corrcoef(torch.stack([a, b]))[0, 1])
 
 
-def _per_node(scores, g):
-    """Node scores [src] from scores written on every out-edge of each node."""
-    return scores.scores.sum(0) / g.edge_mask.sum(0)
-
-
 def main():
     cases = [("induction (hand-weighted)", induction_model().double(), "induction", "corrupted"),
              ("toy-induction (trained)", cf.load_model("toy-induction").double(), "induction", "corrupted"),
@@ -48,11 +43,11 @@ def main():
             r[method + (f" ({opts['steps']} steps)" if opts else "")] = pearson(scores, exact)
         print(f"{label} ({ablation} ablation, {metric_name(task)}, {model.graph.n_edges} edges): "
               + ", ".join(f"{m} r = {v:.3f}" for m, v in r.items()))
-        g = model.graph  # node level: one score per node, against each node ablated whole
-        exact_nodes = _per_node(cf.score_edges(model, task, "exact-node", ablation=ablation), g)
-        r = {m: pearson(_per_node(cf.score_edges(model, task, m, ablation=ablation), g), exact_nodes)
+        # node level: one score per node, against each node ablated whole
+        exact_nodes = cf.score_edges(model, task, "exact-node", ablation=ablation).node_values()
+        r = {m: pearson(cf.score_edges(model, task, m, ablation=ablation).node_values(), exact_nodes)
              for m in ("eap-node", "eap-ig-node")}
-        print(f"    nodes ({g.n_senders}) against exact-node: " + ", ".join(f"{m} r = {v:.3f}" for m, v in r.items()))
+        print(f"    nodes ({model.graph.n_senders}) against exact-node: " + ", ".join(f"{m} r = {v:.3f}" for m, v in r.items()))
         if task.metric in ("prob-diff", "kl"):  # saturating metrics: the same scores measured on logit-diff
             task = cf.load_task(task_name, n=40, metric="logit-diff")  # what the MIB circuit track attributes with
             exact = cf.score_edges(model, task, "exact", ablation=ablation).values()

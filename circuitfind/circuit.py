@@ -63,6 +63,13 @@ class EdgeScores:
         """"node" for node scores (`eap-node`, `eap-ig-node`: each node's score on all its out-edges), else "edge"."""
         return self.config.get("level", "edge")
 
+    def node_values(self) -> Tensor:
+        """The score of every node [src] of node scores (the one each node wrote on all its out-edges)."""
+        if self.level != "node":
+            raise ConfigError("edge scores hold no one score per node; node methods (eap-node, eap-ig-node, "
+                              "exact-node) do")
+        return self.scores.sum(0) / self.graph.edge_mask.sum(0)
+
     def values(self) -> Tensor:
         """The score of every edge, in `graph.edge_names()` order: [n_edges]."""
         return self.scores[self.graph.edge_mask]

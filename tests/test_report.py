@@ -257,3 +257,18 @@ def test_a_large_circuit_figure_draws_its_strongest_edges(run, monkeypatch, tmp_
     ax = drawn["fig"].axes[0]
     arrows = [t for t in ax.texts if isinstance(t, Annotation)]
     assert len(arrows) == 5 < r.circuit.n_edges and "the strongest 5 drawn" in ax.get_title()
+
+
+def test_node_scores_list_their_top_nodes(tmp_path):
+    """A table of the top edges of node scores repeats each node's one score over its out-edges: node
+    scores get a table of their top nodes (tables/top_nodes.*, and on the page)."""
+    r = cf.discover(_hostile_model(), Hostile(n=24), method="eap-node", out=tmp_path / "run", quiet=True)
+    values = r.scores.node_values()
+    best = r.scores.graph.senders[int(values.abs().argmax())]
+    tables_dir = tmp_path / "run" / "tables"
+    assert not (tables_dir / "top_edges.md").exists()
+    md = (tables_dir / "top_nodes.md").read_text()
+    assert md.splitlines()[0] == "| # | node | score |" and f"| 1 | {best} |" in md
+    assert "Top nodes" in (tmp_path / "run" / "report.html").read_text()
+    with pytest.raises(ConfigError, match="node methods"):
+        cf.score_edges(_hostile_model(), Hostile(n=8), "eap").node_values()

@@ -1,7 +1,7 @@
 """Reports for papers, rendered from a run directory's saved artifacts (no model needed):
 
     figures/  circuit, faithfulness, heads, scores, lens  (.png and .pdf), circuit.dot
-    tables/   summary.{tex,md}, top_edges.{tex,md}
+    tables/   summary.{tex,md}, top_edges.{tex,md} (top_nodes for node scores)
     report.html
 
 `write_report(run_dir)` is what `circuitfind report DIR` calls; `cf.discover(..., out=DIR)` calls it
@@ -59,10 +59,10 @@ def write_report(run_dir) -> Path:
     rows, header = tables.summary_rows([result]), tables.SUMMARY_COLUMNS
     _write(tab_dir / "summary.md", tables.markdown(header, rows))
     _write(tab_dir / "summary.tex", tables.latex(header, rows, caption, "tab:circuit-summary"))
-    top = tables.top_edge_rows(scores, 20)
-    _write(tab_dir / "top_edges.md", tables.markdown(("#", "edge", "score"), top))
-    _write(tab_dir / "top_edges.tex", tables.latex(("#", "edge", "score"), top, f"Top edges ({result['method']}).",
-                                                   "tab:top-edges"))
+    kind, top = tables.top_rows(scores, 20)  # top_edges, or top_nodes for node scores
+    _write(tab_dir / f"top_{kind}s.md", tables.markdown(("#", kind, "score"), top))
+    _write(tab_dir / f"top_{kind}s.tex", tables.latex(("#", kind, "score"), top, f"Top {kind}s ({result['method']}).",
+                                                      f"tab:top-{kind}s"))
     page = d / "report.html"
     _write(page, html.page(scores, circuit, result, inspect, fig_dir))
     return page

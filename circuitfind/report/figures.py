@@ -113,7 +113,7 @@ def node_importance(scores) -> tuple[torch.Tensor, torch.Tensor]:
     """(heads [layer, head], mlps [layer]): Σ |score| over each node's out-edges; for node scores
     (written whole on every out-edge) |the node's score|, which a sum would multiply by its out-degree."""
     g = scores.graph
-    per_sender = scores.scores.abs().amax(0) if scores.level == "node" else scores.scores.abs().sum(0)
+    per_sender = scores.node_values().abs() if scores.level == "node" else scores.scores.abs().sum(0)
     heads = torch.tensor([[float(per_sender[g.head_sender(l, h)]) for h in range(g.n_heads)] for l in range(g.n_layers)])
     mlps = torch.tensor([float(per_sender[g.mlp_sender(l)]) for l in range(g.n_layers)])
     return heads, mlps

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from circuitfind.prune import node_order
 from circuitfind.report.layout import node_positions
-from circuitfind.report.tables import SUMMARY_COLUMNS, summary_rows, top_edge_rows
+from circuitfind.report.tables import SUMMARY_COLUMNS, summary_rows, top_rows
 
 MAX_SLIDER_EDGES = 2000  # edges stored in the page for the slider (the top ones by |score|)
 
@@ -157,7 +157,7 @@ def page(scores, circuit, result: dict, inspect: dict | None, figures: Path) -> 
         # many senders each receiver reads (a prefix of them)
         start = int(circuit.provenance.get("nodes", g.n_senders))
         data |= {"nodeOrder": node_order(key).tolist(),
-                 "nodeScore": (scores.scores.sum(0) / g.edge_mask.sum(0)).tolist(),
+                 "nodeScore": scores.node_values().tolist(),
                  "reads": g.edge_mask.sum(1).tolist()}
     task = (inspect or {}).get("task", {"name": result["task"], "description": "", "citation": "", "metric": ""})
     examples = (inspect or {}).get("examples", [])[:8]
@@ -167,7 +167,8 @@ def page(scores, circuit, result: dict, inspect: dict | None, figures: Path) -> 
     provenance |= {"scores": scores.metadata()["config"], "circuit": circuit.provenance.get("strategy"),
                    **result.get("provenance", {})}
     summary = _table(SUMMARY_COLUMNS, summary_rows([result]))
-    top_edges = _table(("#", "edge", "score"), top_edge_rows(scores, 20))
+    kind, rows = top_rows(scores, 20)
+    top_table = _table(("#", kind, "score"), rows)
     top = g.n_senders if nodes else len(edges)  # the slider's range
     prompt_rows = [[e["clean"], e["corrupt"], e["correct"], e["wrong"]] for e in examples]
     flow = (inspect or {}).get("flow")
@@ -204,8 +205,8 @@ task, blue oppose it; q inputs dashed, k dotted.</p></div></div>
 {_img(figures / 'scores.png', 'score distribution')}{_img(figures / 'lens.png', 'logit lens')}</div>
 <h2>Tables</h2>
 {summary}
-<h3>Top edges</h3>
-{top_edges}
+<h3>Top {kind}s</h3>
+{top_table}
 <h2>Provenance</h2>
 <pre class="mono">{esc(json.dumps(provenance, indent=2, default=str))}</pre>
 <script type="application/json" id="report-data">{_json_block(data)}</script>

@@ -1,7 +1,7 @@
 """Tables as LaTeX (booktabs) and Markdown, from result dicts and scores.
 
     summary(results)      one row per run: method, ablation, edges, faithfulness, CPR, CMD, ROC AUC, time
-    top_edges(scores)     the highest-|score| edges with their scores
+    top_rows(scores)      the highest-|score| edges (nodes, for node scores) with their scores
 """
 
 from __future__ import annotations
@@ -25,8 +25,14 @@ def summary_rows(results: list[dict]) -> list[list[str]]:
              _fmt(r.get("seconds"), 1)] for r in results]
 
 
-def top_edge_rows(scores, n: int = 20) -> list[list[str]]:
-    return [[str(i + 1), name, f"{s:.4g}"] for i, (name, s) in enumerate(scores.top(n))]
+def top_rows(scores, n: int = 20) -> tuple[str, list[list[str]]]:
+    """("edge", rows) of the n highest-|score| edges; for node scores ("node", rows) of the n highest-|score|
+    nodes (their edges would only repeat each node's one score)."""
+    if scores.level == "node":
+        values = scores.node_values()
+        order = values.abs().argsort(descending=True, stable=True)[:n].tolist()
+        return "node", [[str(i + 1), scores.graph.senders[s], f"{float(values[s]):.4g}"] for i, s in enumerate(order)]
+    return "edge", [[str(i + 1), name, f"{s:.4g}"] for i, (name, s) in enumerate(scores.top(n))]
 
 
 def markdown(header, rows) -> str:
