@@ -47,7 +47,8 @@ def main():
         exact_nodes = cf.score_edges(model, task, "exact-node", ablation=ablation).node_values()
         r = {m: pearson(cf.score_edges(model, task, m, ablation=ablation).node_values(), exact_nodes)
              for m in ("eap-node", "eap-ig-node")}
-        print(f"    nodes ({model.graph.n_senders}) against exact-node: " + ", ".join(f"{m} r = {v:.3f}" for m, v in r.items()))
+        print(f"    nodes ({model.graph.n_senders}) against exact-node: "
+              + ", ".join(f"{m} r = {v:.3f}" for m, v in r.items()))
         if task.metric in ("prob-diff", "kl"):  # saturating metrics: the same scores measured on logit-diff
             task = cf.load_task(task_name, n=40, metric="logit-diff")  # what the MIB circuit track attributes with
             exact = cf.score_edges(model, task, "exact", ablation=ablation).values()
