@@ -46,18 +46,22 @@ def test_eap_ig_with_one_step_is_eap(model):
     assert not torch.allclose(cf.score_edges(model, task, "clean-corrupted").scores, eap.scores, atol=1e-4)
 
 
-def test_exact_equals_slow_per_edge_patching(model):
-    task = Copy(n=5)
-    scores = cf.score_edges(model, task, "exact", max_masks=7)
+def _reference_logit_diff(model, task):
+    """mask [dst, src] → the task's mean logit-diff under that circuit, by the slow reference loop."""
     batch = task.batch(model)
     abl = ablated_outputs(model, "corrupted", batch.clean, batch.corrupt)
-    g = model.graph
 
     def metric(mask):
         logits = reference_masked_logits(model, batch.clean.tokens, batch.clean.attention_mask,
                                          batch.clean.answer_pos, abl, mask)
         return cf.metrics.logit_diff(logits, batch.targets).mean()
+    return metric
 
+
+def test_exact_equals_slow_per_edge_patching(model):
+    task = Copy(n=5)
+    scores = cf.score_edges(model, task, "exact", max_masks=7)
+    metric, g = _reference_logit_diff(model, task), model.graph
     full = g.edge_mask.double()
     base = metric(full)
     edges = g.edge_mask.nonzero()
@@ -71,15 +75,7 @@ def test_exact_node_equals_slow_ablation_of_each_node(model):
     """exact-node: each node ablated whole (all out-edges), the loss of behaviour on every out-edge."""
     task = Copy(n=5)
     scores = cf.score_edges(model, task, "exact-node")
-    batch = task.batch(model)
-    abl = ablated_outputs(model, "corrupted", batch.clean, batch.corrupt)
-    g = model.graph
-
-    def metric(mask):
-        logits = reference_masked_logits(model, batch.clean.tokens, batch.clean.attention_mask,
-                                         batch.clean.answer_pos, abl, mask)
-        return cf.metrics.logit_diff(logits, batch.targets).mean()
-
+    metric, g = _reference_logit_diff(model, task), model.graph
     full = g.edge_mask.double()
     base = metric(full)
     for src in range(g.n_senders):

@@ -150,15 +150,20 @@ def _browser():
     return sync_playwright
 
 
+def _launch(playwright, tmp_path):
+    """Headless Chromium with a profile of its own, nothing fetched from the network."""
+    return playwright.chromium.launch_persistent_context(
+        str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True,
+        args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+              "--disable-sync", "--no-first-run"])
+
+
 def test_page_in_a_real_browser(run, tmp_path):
     sync_playwright = _browser()
     _, r = run
     errors, dialogs = [], []
     with sync_playwright() as p:
-        browser = p.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run"])
+        browser = _launch(p, tmp_path)
         try:
             page = browser.new_page()
             page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
@@ -190,10 +195,7 @@ def test_page_of_node_scores_in_a_real_browser(tmp_path):
     g = model.graph
     assert all(bool(row[: int(row.sum())].all()) for row in g.edge_mask)  # each receiver reads a prefix of senders
     with sync_playwright() as p:
-        browser = p.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run"])
+        browser = _launch(p, tmp_path)
         try:
             page = browser.new_page()
             errors = []
