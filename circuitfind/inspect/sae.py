@@ -8,7 +8,6 @@ Encoding: relu((x − b_dec) @ W_enc + b_enc); decoding: f @ W_dec + b_dec.
 
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,8 +74,7 @@ def latent_projection(model, sae: SAE, latent: int, k: int = 10) -> dict:
     """What a latent's decoder direction writes to the vocabulary (through the final norm's weight
     and W_U; meaningful for residual-stream SAEs): its top promoted and suppressed tokens."""
     count(k, "k")
-    if isinstance(latent, bool) or not isinstance(latent, numbers.Integral) or not 0 <= latent < sae.n_latents:
-        raise ConfigError(f"latent must be in 0..{sae.n_latents - 1}, got {latent!r}")
+    latent = count(latent, "latent", most=sae.n_latents - 1)
     direction = sae.W_dec[latent].to(model.dtype)
     norm = model.ln_final
     if norm.kind == "layernorm":

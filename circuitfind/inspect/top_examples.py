@@ -31,8 +31,7 @@ def top_activations(model, data, node: str | None = None, *, sae=None, latent: i
     count(k, "k")
     tokens, mask = prompts_of(model, data)
     if sae is not None:
-        if latent is None or not 0 <= latent < sae.n_latents:
-            raise ConfigError(f"latent must be in 0..{sae.n_latents - 1}")
+        latent = count(latent, "latent", most=sae.n_latents - 1)
         _, cache = model.run_with_cache(tokens, mask, names_filter=[sae.hook])
         act = sae.encode(cache[sae.hook])[..., latent]
     else:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from circuitfind.discover import discover
 from circuitfind.engine.ablation import ABLATIONS
-from circuitfind.errors import ConfigError
+from circuitfind.errors import ConfigError, count
 from circuitfind.methods import check_options
 from circuitfind.metrics import METRICS
 from circuitfind.sweep.store import SCHEMA_VERSION
@@ -83,9 +83,9 @@ def expand(models, tasks, methods, ablations=("corrupted",), seeds=(0,), *, n: i
     models, tasks, methods, ablations, seeds = axes.values()
     if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
         raise ConfigError(f"n must be a positive number of examples, got {n!r}")
-    if edges is not None and (isinstance(edges, bool) or not isinstance(edges, numbers.Integral) or edges < 0):
-        raise ConfigError(f"edges must be a count ≥ 0 (or None: the smallest size reaching target), got {edges!r}")
-    n, edges = int(n), None if edges is None else int(edges)  # numpy integers too: the key hashes JSON
+    if edges is not None:  # numpy integers too, as Python ints: the key hashes JSON
+        edges = count(edges, "edges (or None: the smallest size reaching target)")
+    n = int(n)
     for m in models:
         _check_model(m)
     if metric is not None and metric not in METRICS:  # a job is stored by name: no callables
