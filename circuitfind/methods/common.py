@@ -61,4 +61,9 @@ def to_level(scores, graph, level: str):
         return scores
     if level != "node":
         raise ConfigError(f"level must be 'edge' or 'node', got {level!r}")
-    return graph.edge_mask.to(scores.dtype) * scores.sum(0, keepdim=True)
+    return on_out_edges(graph, scores.sum(0))
+
+
+def on_out_edges(graph, node_scores: Tensor) -> Tensor:
+    """Node scores [src] written on each node's out-edges [dst, src]: the form every node method returns."""
+    return graph.edge_mask.to(node_scores) * node_scores[None, :]

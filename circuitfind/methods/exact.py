@@ -10,7 +10,7 @@ from typing import Literal
 
 from circuitfind.engine.patching import edge_effects, node_effects
 from circuitfind.errors import ConfigError
-from circuitfind.methods.common import prepare
+from circuitfind.methods.common import on_out_edges, prepare
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ def score(model, task, cfg: ExactConfig, ablation: str = "corrupted", seed: int 
     setup = prepare(model, task, ablation, seed)
     if cfg.level == "node":
         effects = node_effects(model, setup.batch.clean, setup.ablated, setup.per_mask)  # [src]
-        return -setup.sign * model.graph.edge_mask.to(effects) * effects[None, :]
+        return on_out_edges(model.graph, -setup.sign * effects)
     effects = edge_effects(model, setup.batch.clean, setup.ablated, setup.per_mask, max_masks=cfg.max_masks,
                            quiet=quiet)
     return -setup.sign * effects
