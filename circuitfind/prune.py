@@ -45,11 +45,12 @@ def prune(scores: EdgeScores, edges: int | None = None, *, nodes: int | None = N
         raise ConfigError(f"the {strategy} strategy takes {takes}=, not {given[0]}=")
     if nodes is not None:
         nodes = count(nodes, "nodes", most=g.n_senders)
-        mask, strategy, chosen = top_nodes(g, key, nodes), "top-nodes", {"nodes": nodes}
+        mask, strategy, chosen = top_nodes(g, node_order(key), nodes), "top-nodes", {"nodes": nodes}
     elif edges is not None and strategy == "topn" and scores.level == "node":
         edges = count(edges, "edges", most=g.n_edges)
-        nodes = nodes_within(g, key, edges)
-        mask, strategy, chosen = top_nodes(g, key, nodes), "top-nodes", {"edges": edges, "nodes": nodes}
+        order = node_order(key)
+        nodes = nodes_within(g, order, edges)
+        mask, strategy, chosen = top_nodes(g, order, nodes), "top-nodes", {"edges": edges, "nodes": nodes}
     elif threshold is not None:
         try:
             value = float(threshold)
@@ -85,21 +86,21 @@ def node_order(key: Tensor) -> Tensor:
     return key.max(0).values.argsort(descending=True, stable=True)
 
 
-def top_nodes(g: Graph, key: Tensor, k: int) -> Tensor:
-    """Edge mask of the k nodes whose best out-edge scores highest: their out-edges (those into
-    other nodes are dangling, removed after)."""
+def top_nodes(g: Graph, order: Tensor, k: int) -> Tensor:
+    """Edge mask of the first k nodes of `node_order`: their out-edges (those into other nodes are
+    dangling, removed after)."""
     kept = torch.zeros(g.n_senders, dtype=torch.bool)
-    kept[node_order(key)[:k]] = True
+    kept[order[:k]] = True
     return g.nodes_to_edges(kept)
 
 
-def nodes_within(g: Graph, key: Tensor, n_edges: int) -> int:
+def nodes_within(g: Graph, order: Tensor, n_edges: int) -> int:
     """The most top nodes whose circuit (dangling edges removed) has at most n_edges edges: circuits of
     more nodes hold every edge of those of fewer, so the count is found by bisection."""
     low, high = 0, g.n_senders  # the answer lies in [low, high]
     while low < high:
         mid = (low + high + 1) // 2
-        if int(without_dangling(g, top_nodes(g, key, mid)).sum()) <= n_edges:
+        if int(without_dangling(g, top_nodes(g, order, mid)).sum()) <= n_edges:
             low = mid
         else:
             high = mid - 1
