@@ -168,8 +168,8 @@ def _from_pretrained(name: str, tokenizer):
                                                                               "vocab.json", "tokenizer.model"))
     if tokenizer is None and has_tokenizer_files:  # token-level models (toy, tracr) have none
         try:
-            tokenizer = transformers.AutoTokenizer.from_pretrained(name, trust_remote_code=False)
-        except (OSError, ValueError, TypeError):
+            tokenizer = _tokenizer_from(name)
+        except ModelNotFoundError:  # the model still loads: text needs a tokenizer, token ids do not
             log.warning("no tokenizer found for %s; pass token ids instead of text", name)
     return hf, tokenizer
 
