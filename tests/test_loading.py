@@ -131,3 +131,10 @@ def test_a_checkpoint_saved_without_its_tokenizer_takes_one_by_name(tmp_path, ca
         cf.score_edges(small, cf.load_task("ioi", n=4), "eap")
     with pytest.raises(cf.ModelNotFoundError, match="does not exist"):
         cf.load_model(str(tmp_path / "ckpt"), tokenizer=str(tmp_path / "nope"))
+
+
+def test_rotary_that_changes_with_length_is_refused():
+    """Dynamic (and long-) RoPE rescale with the sequence length: no fixed canonical frequencies."""
+    hf = tiny_hf("llama", rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0})
+    with pytest.raises(cf.UnsupportedModelError, match="rope_type='dynamic'"):
+        cf.from_hf(hf)

@@ -29,22 +29,17 @@ def linear_t(linear) -> Tensor:
 
 def rotary_of(rotary_emb, config, layer_type: str | None = None) -> tuple[Tensor, float]:
     """inv_freq and attention scaling from a Hugging Face rotary module (all static RoPE types); for
-    a module holding one set per layer type (Gemma 3), those of `layer_type`."""
-    if layer_type is not None:
-        rope_type = rotary_emb.rope_type[layer_type]
-        _refuse_dynamic(rope_type, config)
-        return (getattr(rotary_emb, f"{layer_type}_original_inv_freq").detach().clone().float(),
-                float(getattr(rotary_emb, f"{layer_type}_attention_scaling")))
-    rope_type = getattr(rotary_emb, "rope_type", "default")
-    _refuse_dynamic(rope_type, config)
-    return rotary_emb.original_inv_freq.detach().clone().float(), float(rotary_emb.attention_scaling)
-
-
-def _refuse_dynamic(rope_type, config) -> None:
+    a module holding one set per layer type (Gemma 3: `{layer_type}_inv_freq`...), those of `layer_type`."""
+    if layer_type is None:
+        rope_type, prefix = getattr(rotary_emb, "rope_type", "default"), ""
+    else:
+        rope_type, prefix = rotary_emb.rope_type[layer_type], f"{layer_type}_"
     if "dynamic" in str(rope_type) or rope_type == "longrope":
         raise UnsupportedModelError(
             f"{config.model_type} uses rope_type={rope_type!r}, whose frequencies change with the "
             "sequence length; circuitfind supports default, linear, llama3 and yarn rotary scaling")
+    return (getattr(rotary_emb, prefix + "original_inv_freq").detach().clone().float(),
+            float(getattr(rotary_emb, prefix + "attention_scaling")))
 
 
 def layer_types(config) -> tuple[int, ...]:
