@@ -85,6 +85,15 @@ def test_exact_node_equals_slow_ablation_of_each_node(model):
         column = scores.scores[:, src][g.edge_mask[:, src]]
         assert torch.allclose(column, torch.full_like(column, want), atol=1e-5), g.senders[src]
     assert scores.level == "node"
+    from circuitfind.engine.walk import Walk
+    branch, sizes = Walk.branch, []
+
+    def counted(self, masks, workspace=None):
+        sizes.append(len(masks))
+        return branch(self, masks, workspace)
+    with mock.patch.object(Walk, "branch", counted):  # max_masks bounds each batch of nodes too
+        assert torch.allclose(cf.score_edges(model, task, "exact-node", max_masks=2).scores, scores.scores, atol=1e-9)
+    assert sizes and max(sizes) == 2
     with pytest.raises(cf.ConfigError, match="exact-node"):
         cf.score_edges(model, task, "exact", level="node")
 

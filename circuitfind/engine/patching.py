@@ -153,12 +153,13 @@ def edge_effects(model, inputs: Inputs, ablated: Tensor, objective: Callable[[Te
     return out
 
 
-def node_effects(model, inputs: Inputs, ablated: Tensor, objective: Callable[[Tensor], Tensor]) -> Tensor:
+def node_effects(model, inputs: Inputs, ablated: Tensor, objective: Callable[[Tensor], Tensor], *,
+                 max_masks: int | None = None) -> Tensor:
     """Exact effect of ablating each node (all its out-edges) alone: objective(patched) − objective(clean), [src].
 
-    objective: logits [k, batch, vocab] → [k]. A layer's nodes are ablated together in one batch of
-    masks that continues the clean run from that layer, so nothing below a node is recomputed for it
-    (and a batch holds a layer's nodes, not the whole model's).
+    objective: logits [k, batch, vocab] → [k]. A layer's nodes are ablated together in batches of
+    masks (at most max_masks; default all of the layer's) that continue the clean run from that
+    layer, so nothing below a node is recomputed for it.
     """
     g = model.graph
     out = torch.zeros(g.n_senders, device=model.device)
@@ -171,7 +172,8 @@ def node_effects(model, inputs: Inputs, ablated: Tensor, objective: Callable[[Te
             nodes = torch.arange(g.head_sender(layer, 0), g.mlp_sender(layer) + 1)  # its heads, then its MLP
             if layer == 0:
                 nodes = torch.cat([torch.tensor([0]), nodes])  # the input reads nothing: it starts here too
-            masks = full.expand(len(nodes), -1, -1).clone()
-            masks[torch.arange(len(nodes)), :, nodes] = 0
-            out[nodes] = (objective(walk.branch(masks).run()) - clean_value).to(out)
+            for chunk in nodes.split(max_masks or len(nodes)):
+                masks = full.expand(len(chunk), -1, -1).clone()
+                masks[torch.arange(len(chunk)), :, chunk] = 0
+                out[chunk] = (objective(walk.branch(masks).run()) - clean_value).to(out)
     return out

@@ -15,7 +15,7 @@ from circuitfind.methods.common import on_out_edges, prepare
 
 @dataclass(frozen=True)
 class ExactConfig:
-    max_masks: int = 32  # masks per forward (memory grows with it; edges only: a node batch is one layer's nodes)
+    max_masks: int = 32  # masks per forward (memory grows with it)
     level: Literal["edge", "node"] = "edge"  # "node": ablate each head, MLP and the input whole
 
     def __post_init__(self):
@@ -28,7 +28,7 @@ class ExactConfig:
 def score(model, task, cfg: ExactConfig, ablation: str = "corrupted", seed: int = 0, quiet: bool = True):
     setup = prepare(model, task, ablation, seed)
     if cfg.level == "node":
-        effects = node_effects(model, setup.batch.clean, setup.ablated, setup.per_mask)  # [src]
+        effects = node_effects(model, setup.batch.clean, setup.ablated, setup.per_mask, max_masks=cfg.max_masks)
         return on_out_edges(model.graph, -setup.sign * effects)
     effects = edge_effects(model, setup.batch.clean, setup.ablated, setup.per_mask, max_masks=cfg.max_masks,
                            quiet=quiet)
