@@ -106,6 +106,11 @@ class EdgeScores:
         return cls(load_file(str(d / "scores.safetensors"))["scores"], Graph(**meta["graph"]), meta["method"],
                    meta["model"], meta["task"], meta["ablation"], meta["config"])
 
+    def __repr__(self) -> str:  # not the tensor: a notebook cell showing a Run would print all of it
+        made = " / ".join(part for part in (self.model, self.task, self.method) if part) or "unnamed"
+        ablation = f", {self.ablation} ablation" if self.ablation else ""
+        return f"EdgeScores({made}: {self.graph.n_edges} edges, {self.level} scores{ablation})"
+
 
 @dataclass
 class Circuit:

@@ -51,6 +51,11 @@ class Run:
     result: dict
     out: Path | None
 
+    def __repr__(self) -> str:
+        where = f", in {self.out}" if self.out is not None else ""
+        return (f"Run({self.scores!r} -> {self.circuit!r}, "
+                f"faithfulness {self.result['faithfulness']:.3f}{where})")
+
 
 def discover(model, task: Task | str, method: str = "eap-ig", ablation: str = "corrupted", *, out=None,
              edges: int | None = None, target: float = 0.9, n: int | None = None, seed: int = 0, quiet: bool = False,

@@ -32,6 +32,10 @@ def test_discover_writes_a_run_directory(tmp_path):
     assert not list((tmp_path / "run").glob(".*tmp"))  # nothing half-written
     assert result["n"] == 8
     assert result["target"] == 0.9 and result["sized_by"] in ("target", "target not reached: all edges")
+    shown = repr(run)  # what a notebook prints: one line, not the scores tensor
+    assert "\n" not in shown and "tensor" not in shown and len(shown) < 300
+    assert f"{run.circuit.n_edges} of {model.graph.n_edges} edges" in shown and "/ induction / eap" in shown
+    assert f"faithfulness {result['faithfulness']:.3f}" in shown and str(tmp_path / "run") in shown
     with pytest.raises(cf.ConfigError, match="loaded with n=6; n=8 applies only to a task given by name"):
         cf.discover(model, cf.load_task("induction", n=6), method="eap", n=8)  # would run on 6 silently
     with pytest.raises(cf.ConfigError, match="the test split has 1"):  # before scoring, not after
