@@ -32,7 +32,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from circuitfind.engine.walk import Inputs
+from circuitfind.types import Inputs
 from circuitfind.errors import TaskError
 from circuitfind.metrics import METRICS, Targets, checked, resolve_metric
 
@@ -207,11 +207,10 @@ class Task:
     def check_metric(self, model, batch: Batch | None = None, logits: Tensor | None = None) -> Tensor:
         """Evaluate the metric once on the clean prompts (logits [batch, vocab] if already computed);
         raise a MetricError on NaN or a wrong shape."""
-        from circuitfind.engine.patching import clean_logits
-
         batch = batch or self.batch(model)
         with torch.no_grad():
-            logits = clean_logits(model, batch.clean) if logits is None else logits
+            if logits is None:  # the model's own forward, at the answer positions (the engine sits above tasks)
+                logits = model(batch.clean.tokens, batch.clean.attention_mask, at=batch.clean.answer_pos)
             return checked(resolve_metric(self.metric)(logits, batch.targets.with_clean(logits)), batch.size,
                            f"metric {metric_name(self)!r} of task {self.name!r}")
 

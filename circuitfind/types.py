@@ -12,9 +12,45 @@
     k        a batch of masks (circuits) evaluated in one forward
 
 Annotations are jaxtyping style, e.g. ``Float[Tensor, "batch pos d_model"]``.
+
+`Inputs` is the one data type every layer passes around (tasks build it, the engine reads it), so it
+lives here, on the ground floor of the import chain.
 """
 
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-__all__ = ["Bool", "Float", "Int", "Tensor"]
+__all__ = ["Bool", "Float", "Inputs", "Int", "Tensor"]
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Prompts for the engine: tokens [batch, pos], attention_mask [batch, pos], answer_pos [batch]."""
+
+    tokens: Tensor
+    attention_mask: Tensor
+    answer_pos: Tensor
+
+    @classmethod
+    def of(cls, tokens: Tensor, attention_mask: Tensor | None = None, answer_pos: Tensor | None = None) -> "Inputs":
+        """Defaults: every token real; the answer is read at each prompt's last real token."""
+        if tokens.ndim == 1:
+            tokens = tokens[None]
+        if attention_mask is None:
+            attention_mask = torch.ones_like(tokens)
+        if answer_pos is None:
+            idx = torch.arange(tokens.shape[1], device=tokens.device)
+            answer_pos = (attention_mask.bool() * idx).argmax(-1)
+        return cls(tokens, attention_mask.long(), answer_pos.long())
+
+    @property
+    def batch(self) -> int:
+        return self.tokens.shape[0]
+
+    def to(self, device) -> "Inputs":
+        return Inputs(self.tokens.to(device), self.attention_mask.to(device), self.answer_pos.to(device))

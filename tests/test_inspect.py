@@ -136,7 +136,7 @@ def test_zero_ablating_a_head_while_generating_equals_removing_its_weights(model
 @pytest.mark.parametrize("node", ["a0.h1", "m0", "m1"])
 def test_zeroing_a_node_matches_the_engines_node_ablation(model, node):
     from circuitfind.engine.patching import masked_forward
-    from circuitfind.engine.tensors import Inputs
+    from circuitfind.types import Inputs
     from circuitfind.inspect.interventions import hooks_for
 
     tokens = model.to_tokens(PROMPT)

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from circuitfind.engine.store import DiffStore, Workspace, take
-from circuitfind.engine.tensors import Inputs
+from circuitfind.types import Inputs
 from circuitfind.errors import ConfigError
 
 __all__ = ["Inputs", "Walk"]

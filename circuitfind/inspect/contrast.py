@@ -17,7 +17,7 @@ import torch
 
 from circuitfind.engine.ablation import ablated_outputs
 from circuitfind.engine.patching import clean_logits, node_effects
-from circuitfind.engine.tensors import Inputs
+from circuitfind.types import Inputs
 from circuitfind.errors import ConfigError
 from circuitfind.inspect.common import position_in, prompts_of, token_id, tokens_of
 from circuitfind.inspect.lens import direct_logits

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from circuitfind.engine.patching import sender_outputs
-from circuitfind.engine.tensors import Inputs
+from circuitfind.types import Inputs
 from circuitfind.errors import ConfigError, count
 from circuitfind.inspect.common import ranked_tokens, token_str
 
