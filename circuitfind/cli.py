@@ -139,7 +139,8 @@ def _sweep(args) -> int:
     if len(done):
         cols = ["model", "task", "method", "ablation", "seed", "n_edges", "faithfulness", "cpr", "cmd", "roc_auc"]
         print(done[cols].to_string(index=False))
-    print(f"store: {args.store}")
+    failed = df[df.status == "failed"] if len(df) else df
+    print(f"{len(done)} done, {len(failed)} failed; store: {args.store}")
     return 0 if len(df) and (df.status == "done").all() else 1
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import multiprocessing as mp
 import shutil
 from concurrent.futures import ProcessPoolExecutor
@@ -28,6 +29,8 @@ from tqdm.auto import tqdm
 from circuitfind.errors import ConfigError
 from circuitfind.sweep.jobs import Job, expand, group_by_model, run_group
 from circuitfind.sweep.store import Store
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Job", "load_sweep", "sweep"]
 
@@ -110,10 +113,9 @@ def sweep(models, tasks, methods, ablations=("corrupted",), seeds=(0,), *, store
     Path(store).parent.mkdir(parents=True, exist_ok=True)
     with _exclusive(Path(store)):
         failures, done_before, ran = _run_jobs(jobs, store, executor, workers, dtype, device, resources, quiet)
-    if not quiet:
-        print(f"sweep: {done_before} already done, {ran - len(failures)} ran, {len(failures)} failed")
-        for label, error in failures:
-            print(f"  failed: {label}: {error}")
+    log.info("sweep: %d already done, %d ran, %d failed", done_before, ran - len(failures), len(failures))
+    for label, error in failures:  # a warning: shown without any logging set up, as a finished bar would hide them
+        log.warning("sweep job failed: %s: %s", label, error)
     return load_sweep(store)
 
 

@@ -1,9 +1,12 @@
-"""The import chain of DESIGN.md holds: every circuitfind module imports only from its own level or below.
+"""Library hygiene (STYLE.md), checked on the source.
+
+The import chain of DESIGN.md holds: every circuitfind module imports only from its own level or below.
 
     cli → sweep → discover → report → evaluate / prune / inspect → methods → engine
         → graph / task / metrics → models → types / errors
 
 Imports inside functions count too: a lazy import still ties a lower layer to a higher one.
+And the library prints nothing: only the command line and the demo write to stdout (the rest logs).
 """
 
 from __future__ import annotations
@@ -75,3 +78,17 @@ def test_the_check_sees_an_import_up_the_chain(tmp_path):
     module = tmp_path / "m.py"
     module.write_text("def f():\n    from circuitfind.engine.walk import Walk\n    import circuitfind.sweep\n")
     assert _imports(module) == {"engine", "sweep"}
+
+
+PRINTERS = {"cli.py", "demo.py"}  # the programs; everything else is library
+
+
+def _prints(path: Path) -> list[int]:
+    return [node.lineno for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print"]
+
+
+def test_the_library_prints_nothing():
+    found = [f"{path.relative_to(ROOT.parent)}:{line}" for path in sorted(ROOT.rglob("*.py"))
+             if path.name not in PRINTERS for line in _prints(path)]
+    assert not found, "print in the library (log instead):\n" + "\n".join(found)
