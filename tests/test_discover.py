@@ -20,7 +20,7 @@ RESULT_KEYS = {"model", "task", "method", "ablation", "n_edges_total", "n_edges"
 
 def test_discover_writes_a_run_directory(tmp_path):
     model = cf.from_hf(tiny_hf("llama"))
-    run = cf.discover(model, "induction", method="eap", out=tmp_path / "run", n=8, quiet=True)
+    run = cf.discover(model, "induction", method="eap-ig", out=tmp_path / "run", n=8, quiet=True)  # KL: not eap
     result = json.loads((tmp_path / "run" / "result.json").read_text())
     assert RESULT_KEYS <= set(result) and result == json.loads(json.dumps(run.result))
     assert result["n_edges"] == run.circuit.n_edges and result["n_edges_total"] == model.graph.n_edges
@@ -34,7 +34,7 @@ def test_discover_writes_a_run_directory(tmp_path):
     assert result["target"] == 0.9 and result["sized_by"] in ("target", "target not reached: all edges")
     shown = repr(run)  # what a notebook prints: one line, not the scores tensor
     assert "\n" not in shown and "tensor" not in shown and len(shown) < 300
-    assert f"{run.circuit.n_edges} of {model.graph.n_edges} edges" in shown and "/ induction / eap" in shown
+    assert f"{run.circuit.n_edges} of {model.graph.n_edges} edges" in shown and "/ induction / eap-ig" in shown
     assert f"faithfulness {result['faithfulness']:.3f}" in shown and str(tmp_path / "run") in shown
     with pytest.raises(cf.ConfigError, match="loaded with n=6; n=8 applies only to a task given by name"):
         cf.discover(model, cf.load_task("induction", n=6), method="eap", n=8)  # would run on 6 silently
@@ -93,8 +93,8 @@ def test_another_metric_holds_for_scoring_and_for_the_test_split(tmp_path, capsy
 def test_an_unreachable_target_is_said_not_hidden(caplog):
     model = cf.from_hf(tiny_hf("gpt2"))
     with caplog.at_level("WARNING", logger="circuitfind.discover"):
-        run = cf.discover(model, "induction", method="eap", n=8, target=5.0, quiet=True, report=False)
+        run = cf.discover(model, "induction", method="eap-ig", n=8, target=5.0, quiet=True, report=False)
     assert run.result["sized_by"] == "target not reached: all edges" and run.circuit.n_edges > 0
     assert "no MIB size reached faithfulness 5.0" in caplog.text
-    fixed = cf.discover(model, "induction", method="eap", n=8, edges=3, quiet=True, report=False)
+    fixed = cf.discover(model, "induction", method="eap-ig", n=8, edges=3, quiet=True, report=False)
     assert fixed.result["sized_by"] == "edges"

@@ -37,8 +37,9 @@ class Copy(Task):
 
 
 def test_eap_ig_with_one_step_is_eap(model):
-    task = cf.load_task("induction", n=6)
+    task = cf.load_task("induction", n=6, metric="logit-diff")  # not its KL: EAP's gradient of KL is 0
     eap = cf.score_edges(model, task, "eap")
+    assert eap.scores.abs().max() > 1e-3  # a comparison of zeros would pass whatever the formulas
     assert torch.allclose(cf.score_edges(model, task, "eap-ig", steps=1).scores, eap.scores, atol=1e-6)
     assert torch.allclose(cf.score_edges(model, task, "eap-ig-activations", steps=1).scores, eap.scores, atol=1e-6)
     five = cf.score_edges(model, task, "eap-ig", steps=5).scores
@@ -108,7 +109,7 @@ def test_eap_equals_exact_on_a_linear_model():
 
 
 def test_scores_and_circuits_round_trip(model, tmp_path):
-    scores = cf.score_edges(model, cf.load_task("induction", n=4), "eap")
+    scores = cf.score_edges(model, cf.load_task("induction", n=4, metric="logit-diff"), "eap")
     scores.save(tmp_path / "run")
     back = EdgeScores.load(tmp_path / "run")
     assert torch.equal(back.scores, scores.scores) and back.method == "eap" and back.task == "induction"
@@ -125,7 +126,7 @@ def test_scores_and_circuits_round_trip(model, tmp_path):
 
 
 def test_topn_threshold_and_greedy(model):
-    scores = cf.score_edges(model, cf.load_task("induction", n=4), "eap")
+    scores = cf.score_edges(model, cf.load_task("induction", n=4, metric="logit-diff"), "eap")
     g = model.graph
     raw = cf.prune(scores, edges=30, remove_dangling=False)
     assert raw.n_edges == 30
@@ -133,8 +134,14 @@ def test_topn_threshold_and_greedy(model):
     assert kept.min() >= scores.scores.abs()[g.edge_mask & ~raw.mask].max()
     thr = cf.prune(scores, threshold=float(kept.min()), remove_dangling=False)
     assert torch.equal(thr.mask, raw.mask)
-    greedy = cf.prune(scores, edges=30, strategy="greedy")
-    assert greedy.n_edges <= 30 and greedy.provenance["dangling_removed"] == 0  # grown from logits: connected
+    grown = cf.prune(scores, edges=30, strategy="greedy", remove_dangling=False)
+    receivers = grown.mask.any(1).nonzero()[:, 0]
+    nodes = g.receiver_node[receivers]
+    assert grown.n_edges == 30 and bool(grown.mask[:, nodes[nodes >= 0]].any(0).all())  # grown from the logits
+    best_into_logits = scores.scores[g.logits_receiver].abs().masked_fill(~g.edge_mask[g.logits_receiver], -1).argmax()
+    assert grown.mask[g.logits_receiver, best_into_logits]  # the first edge taken
+    greedy = cf.prune(scores, edges=30, strategy="greedy")  # then edges not reached from the input go
+    assert not (greedy.mask & ~grown.mask).any() and greedy.provenance["dangling_removed"] == 30 - greedy.n_edges
     assert torch.equal(cf.prune(scores, edges=np.int64(30), remove_dangling=False).mask, raw.mask)
 
 
@@ -172,7 +179,7 @@ def test_full_circuit_is_faithful_and_empty_is_not(model):
 
 
 def test_faithfulness_curve_matches_separate_evaluations(model):
-    task = cf.load_task("induction", n=6)
+    task = cf.load_task("induction", n=6, metric="logit-diff")
     scores = cf.score_edges(model, task, "eap")
     curve = cf.faithfulness_curve(model, task, scores, chunk=5)
     assert curve.faithfulness_signed[-1] == pytest.approx(1.0) and curve.faithfulness_absolute[-1] == pytest.approx(1.0)
@@ -213,7 +220,7 @@ def test_bad_method_or_option(model):
     with pytest.raises(cf.ConfigError, match="no option 'stepz'"):
         cf.score_edges(model, "induction", "eap-ig", stepz=3)
     with pytest.raises(cf.ConfigError, match="unknown ablation"):
-        cf.score_edges(model, "induction", "eap", ablation="banana")
+        cf.score_edges(model, "induction", "exact", ablation="banana")
     # a variant is a method of its own: asking eap-ig for another one must not run eap-ig silently
     with pytest.raises(cf.ConfigError, match="fixes variant='inputs'.*eap-ig-activations, clean-corrupted"):
         cf.score_edges(model, "induction", "eap-ig", variant="activations")
@@ -229,6 +236,23 @@ def test_bad_method_or_option(model):
         cf.score_edges(model, "induction", "exact", max_masks=0)
     steps = cf.score_edges(model, cf.load_task("induction", n=2), "eap-ig", steps=np.int64(2)).config["steps"]
     assert steps == 2 and type(steps) is int  # saved as JSON with the scores
+
+
+@pytest.mark.parametrize("method, options", [("eap", {}), ("eap-node", {}), ("eap-ig", {"steps": 1}),
+                                             ("eap-ig-activations", {"steps": 1})])
+def test_a_gradient_at_the_clean_run_alone_refuses_kl(model, method, options):
+    """KL(clean ‖ run) is at its minimum at the clean run: its gradient there, and so every EAP score,
+    is 0 (induction's metric is KL). Refused before anything runs, with what to use instead."""
+    task = cf.load_task("induction", n=4)
+    assert task.metric == "kl"
+    ran = AssertionError("the method ran")
+    with mock.patch("circuitfind.methods.eap.prepare", side_effect=ran), \
+            mock.patch("circuitfind.methods.eap_ig.prepare", side_effect=ran):
+        with pytest.raises(cf.ConfigError, match="minimum.*would be 0.*eap-ig with steps ≥ 2.*metric='logit-diff'"):
+            cf.score_edges(model, task, method, **options)
+    # gradients off the clean run, and exact patching, score KL
+    for fine, extra in (("eap-ig", {"steps": 2}), ("clean-corrupted", {}), ("exact", {})):
+        assert cf.score_edges(model, task, fine, **extra).scores.abs().max() > 1e-4
 
 
 @pytest.mark.parametrize("family", ["gpt2", "gpt_neox"])

@@ -15,7 +15,7 @@ from torch import Tensor
 from circuitfind.engine.ablation import ABLATIONS, ablated_outputs
 from circuitfind.engine.patching import clean_logits
 from circuitfind.errors import ConfigError
-from circuitfind.metrics import HIGHER_IS_BETTER, Targets, resolve_metric
+from circuitfind.metrics import HIGHER_IS_BETTER, Targets, kl, resolve_metric
 from circuitfind.task import Batch, Task
 
 
@@ -51,6 +51,17 @@ def prepare(model, task: Task, ablation: str, seed: int = 0) -> Setup:
     name = task.metric if isinstance(task.metric, str) else None
     higher = HIGHER_IS_BETTER.get(name, task.higher_is_better)  # a built-in metric knows its direction
     return Setup(batch, ablated, batch.targets.with_clean(logits), resolve_metric(task.metric), 1.0 if higher else -1.0)
+
+
+def refuse_gradient_at_clean_of_kl(task: Task, method: str) -> None:
+    """A first-order method that takes the gradient at the clean run alone scores nothing under KL:
+    KL(clean ‖ run) is at its minimum there, its gradient zero, and every score float noise."""
+    if resolve_metric(task.metric) is kl:
+        raise ConfigError(
+            f"{method} takes the metric's gradient at the clean run alone, where KL(clean ‖ run) is at its minimum: "
+            f"every score of task {task.name!r} would be 0 (float noise). Use eap-ig with steps ≥ 2 (gradients along "
+            f"the path from the ablated run), or score under another metric: "
+            f"load_task({task.name!r}, metric='logit-diff'), --metric logit-diff")
 
 
 def to_level(scores, graph, level: str):

@@ -15,7 +15,7 @@ from typing import Literal
 
 from circuitfind.engine.attribution import attribute
 from circuitfind.errors import ConfigError
-from circuitfind.methods.common import prepare, to_level
+from circuitfind.methods.common import prepare, refuse_gradient_at_clean_of_kl, to_level
 
 
 @dataclass(frozen=True)
@@ -30,8 +30,10 @@ def score(model, task, cfg: EAPIGConfig, ablation: str = "corrupted", seed: int 
         raise ConfigError(f"steps must be at least 1, got {cfg.steps}")
     if cfg.variant not in ("inputs", "activations", "clean-corrupted"):
         raise ConfigError(f"unknown EAP-IG variant {cfg.variant!r}; use inputs, activations or clean-corrupted")
-    setup = prepare(model, task, ablation, seed)
     alphas = [0.0, 1.0] if cfg.variant == "clean-corrupted" else [i / cfg.steps for i in range(1, cfg.steps + 1)]
+    if alphas == [1.0]:  # one step: EAP, the clean run alone
+        refuse_gradient_at_clean_of_kl(task, f"eap-ig with steps=1 (variant {cfg.variant})")
+    setup = prepare(model, task, ablation, seed)
     interpolate = "activations" if cfg.variant == "activations" else "inputs"
     edges = -setup.sign * attribute(model, setup.batch.clean, setup.ablated, setup.objective, alphas=alphas,
                                     interpolate=interpolate, consume=True)
