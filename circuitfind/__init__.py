@@ -1,7 +1,7 @@
 """circuitfind: automated circuit discovery in transformer language models."""
 
 from circuitfind import metrics
-from circuitfind.circuit import Circuit, EdgeScores
+from circuitfind.circuit import Circuit, EdgeScores, overlap
 from circuitfind.discover import Run, discover
 from circuitfind.errors import (CircuitfindError, ConfigError, MetricError, ModelLoadError, ModelNotFoundError,
                                 TaskError, UnsupportedModelError)
@@ -14,6 +14,6 @@ from circuitfind.task import Batch, Example, Task, load_task
 
 __version__ = "0.1.0"
 
-__all__ = ["Run", "discover", "sweep", "load_sweep", "Circuit", "EdgeScores", "METHODS", "score_edges", "prune", "evaluate", "faithfulness_curve", "roc_auc", "task_accuracy",
+__all__ = ["Run", "discover", "sweep", "load_sweep", "Circuit", "EdgeScores", "overlap", "METHODS", "score_edges", "prune", "evaluate", "faithfulness_curve", "roc_auc", "task_accuracy",
            "Batch", "Example", "Task", "load_task", "metrics", "CircuitModel", "CircuitfindError", "ConfigError", "MetricError", "ModelLoadError", "ModelNotFoundError",
            "TaskError", "UnsupportedModelError", "from_hf", "load_model", "__version__"]

@@ -145,6 +145,9 @@ class Circuit:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Circuit":
+        """From a circuit file, or a run directory (its circuit.json)."""
+        if Path(path).is_dir():
+            path = Path(path) / "circuit.json"
         try:
             data = json.loads(Path(path).read_text())
         except (OSError, ValueError) as e:
@@ -156,3 +159,36 @@ class Circuit:
 
     def __repr__(self) -> str:
         return f"Circuit({self.n_edges} of {self.graph.n_edges} edges, {len(self.nodes())} nodes)"
+
+    # set algebra over the edges of one graph: a & b (shared), a | b (either), a - b (only in a)
+    def _combine(self, other: "Circuit", op: str, mask: Tensor) -> "Circuit":
+        return Circuit(mask, self.graph, {"combined": op, "a": self.provenance, "b": other.provenance})
+
+    def __and__(self, other: "Circuit") -> "Circuit":
+        return self._combine(other, "and", self.mask & _same_graph(self, other).mask)
+
+    def __or__(self, other: "Circuit") -> "Circuit":
+        return self._combine(other, "or", self.mask | _same_graph(self, other).mask)
+
+    def __sub__(self, other: "Circuit") -> "Circuit":
+        return self._combine(other, "minus", self.mask & ~_same_graph(self, other).mask)
+
+
+def _same_graph(a: Circuit, b) -> Circuit:
+    if not isinstance(b, Circuit):
+        raise ConfigError(f"circuits combine with circuits, not {type(b).__name__}")
+    if a.graph != b.graph:
+        raise ConfigError(f"the circuits are over different graphs ({a.graph} and {b.graph}); compare circuits "
+                          f"of one model")
+    return b
+
+
+def overlap(a: Circuit, b: Circuit) -> dict:
+    """How much two circuits of one model agree, in edges and in nodes (senders with an edge):
+    each one's count, the shared count and the intersection over union (1.0 for two empty circuits)."""
+    _same_graph(a, b)
+
+    def counts(x: set, y: set) -> dict:
+        union = len(x | y)
+        return {"a": len(x), "b": len(y), "shared": len(x & y), "iou": len(x & y) / union if union else 1.0}
+    return {"edges": counts(set(a.edges()), set(b.edges())), "nodes": counts(set(a.nodes()), set(b.nodes()))}

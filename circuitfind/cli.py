@@ -9,6 +9,7 @@
     circuitfind graph MODEL            cf.load_model(MODEL).graph
     circuitfind inspect lens|why|generate|patchscope|top|flow ...   circuitfind.inspect.*
     circuitfind export DIR --eap-ig FILE                             circuitfind.interop.save_eap_ig
+    circuitfind compare A B [C ...]    cf.overlap(Circuit.load(A), Circuit.load(B)) for each pair
 """
 
 from __future__ import annotations
@@ -220,6 +221,35 @@ def _export(args) -> int:
     return 0
 
 
+def _compare(args) -> int:
+    from circuitfind.circuit import Circuit, overlap
+
+    if len(args.circuits) < 2:
+        from circuitfind.errors import ConfigError
+
+        raise ConfigError("compare needs at least two run directories or circuit files")
+    circuits = [Circuit.load(path) for path in args.circuits]
+    labels = [chr(ord("A") + i) if i < 26 else f"C{i}" for i in range(len(circuits))]
+    for label, path, c in zip(labels, args.circuits, circuits):
+        method = c.provenance.get("method", "")
+        print(f"{label}: {path}{f' ({method})' if method else ''}: {c.n_edges} edges, {len(c.nodes())} nodes")
+    if len(circuits) == 2:
+        a, b = circuits
+        o = overlap(a, b)
+        print(f"edges: {o['edges']['shared']} shared, IoU {o['edges']['iou']:.3f}; "
+              f"nodes: {o['nodes']['shared']} shared, IoU {o['nodes']['iou']:.3f}")
+        for label, only in (("A", a - b), ("B", b - a)):
+            names = only.edges()
+            shown = ", ".join(names[: args.k]) + (f", ... ({len(names) - args.k} more)" if len(names) > args.k else "")
+            print(f"only in {label} ({len(names)}): {shown or '-'}")
+        return 0
+    for level in ("edges", "nodes"):  # pairwise intersection over union
+        print(f"{level} IoU:\n      " + " ".join(f"{x:>6}" for x in labels))
+        for x, a in zip(labels, circuits):
+            print(f"{x:>6} " + " ".join(f"{overlap(a, b)[level]['iou']:6.3f}" for b in circuits))
+    return 0
+
+
 def _method_names() -> list[str]:
     from circuitfind.methods import METHODS
 
@@ -316,6 +346,10 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--mib", metavar="DIR", help="add the scores to a MIB submission folder: DIR/<task>_<model>/")
     x.add_argument("--model-name", help="the model's name in the MIB folder (default: from the scores)")
     x.set_defaults(run=_export)
+    c = sub.add_parser("compare", help="how much circuits agree: shared edges and nodes, intersection over union")
+    c.add_argument("circuits", nargs="+", help="run directories or circuit.json files (of one model)")
+    c.add_argument("-k", type=int, default=10, help="edges listed as only in one circuit (two circuits)")
+    c.set_defaults(run=_compare)
     g = sub.add_parser("graph", help="load a model and print its edge graph")
     g.add_argument("model", help="zoo name, local directory or hub id")
     g.add_argument("--dtype", default="float32")

@@ -421,3 +421,36 @@ def test_a_loss_given_as_a_function_scores_like_the_builtin_loss():
     assert want.abs().max() > 0
     torch.testing.assert_close(cf.score_edges(model, as_loss, "eap").scores, want)
     torch.testing.assert_close(cf.score_edges(model, as_gain, "eap").scores, -want)
+
+
+def test_circuits_combine_and_overlap_as_edge_sets(model, tmp_path, capsys):
+    from circuitfind.cli import main
+
+    g = model.graph
+    names = g.edge_names(g.edge_mask)
+    a = Circuit(g.mask_from_edges(names[:6]), g, {"method": "x"})
+    b = Circuit(g.mask_from_edges(names[3:10]), g, {"method": "y"})
+    assert (a & b).edges() == names[3:6] and (a | b).edges() == names[:10] and (a - b).edges() == names[:3]
+    o = cf.overlap(a, b)
+    assert o["edges"] == {"a": 6, "b": 7, "shared": 3, "iou": 3 / 10}
+    nodes_a, nodes_b = set(a.nodes()), set(b.nodes())
+    assert o["nodes"] == {"a": len(nodes_a), "b": len(nodes_b), "shared": len(nodes_a & nodes_b),
+                          "iou": len(nodes_a & nodes_b) / len(nodes_a | nodes_b)}
+    empty = Circuit(torch.zeros_like(g.edge_mask), g)
+    assert cf.overlap(empty, empty)["edges"]["iou"] == 1.0 and cf.overlap(a, empty)["edges"]["iou"] == 0.0
+    other = Graph(g.n_layers + 1, g.n_heads)
+    with pytest.raises(cf.ConfigError, match="different graphs"):
+        cf.overlap(a, Circuit(other.edge_mask, other))
+    with pytest.raises(cf.ConfigError, match="combine with circuits"):
+        a & g.edge_mask
+    # the command line: run directories or files, two (shared, IoU, the edges only in each) or more (matrices)
+    a.save(tmp_path / "a" / "circuit.json")
+    b.save(tmp_path / "b.json")
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b.json"), "-k", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "edges: 3 shared, IoU 0.300" in out and "(x): 6 edges" in out
+    assert f"only in A (3): {names[0]}, {names[1]}, ... (1 more)" in out and f"only in B (4): {names[6]}" in out
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b.json"), str(tmp_path / "a")]) == 0
+    rows = capsys.readouterr().out.split("edges IoU:")[1].splitlines()[2:5]
+    assert rows[0].split()[1:] == ["1.000", "0.300", "1.000"]
+    assert main(["compare", str(tmp_path / "a")]) == 2

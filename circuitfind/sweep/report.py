@@ -2,6 +2,7 @@
 
     figures/faithfulness-<model>-<task>.{png,pdf}   curves of every method (and ablation, seed) there
     figures/cpr_cmd.{png,pdf}                        CPR and CMD of every finished job, as bars
+    tables/overlap-<model>-<task>.{md,tex}           how much the circuits there agree: edge IoU, pairwise
     tables/sweep.{md,tex}                            one row per finished job
     README.md                                        the above, linked, with the failures listed
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from circuitfind.circuit import Circuit, overlap
 from circuitfind.errors import ConfigError
 from circuitfind.report import _write, figures, tables
 from circuitfind.sweep import load_sweep
@@ -37,6 +39,22 @@ def _cpr_cmd(df, path: Path):
     return figures.save(fig, path)
 
 
+def _overlap_table(part, labels, base: Path, path: Path, what: str) -> list[str]:
+    """Pairwise edge IoU of the circuits of one model and task (README lines; the table written as .md and .tex)."""
+    found = [(label, base / r.run_dir / "circuit.json") for label, r in zip(labels, part.itertuples()) if r.run_dir]
+    circuits = {label: Circuit.load(file) for label, file in found if file.exists()}
+    if len(circuits) < 2:
+        return []
+    names = list(circuits)
+    rows = [[x] + [f"{overlap(circuits[x], circuits[y])['edges']['iou']:.2f}" for y in names] for x in names]
+    md = tables.markdown(["edge IoU", *names], rows)
+    # (names may hold dots, "Qwen2.5-0.5B": the suffix is appended, never swapped in)
+    _write(path.parent / f"{path.name}.md", md)
+    _write(path.parent / f"{path.name}.tex", tables.latex(["", *names], rows, f"Edge overlap (intersection over union) of "
+                                                  f"the circuits found for {what}.", f"tab:{path.name}"))
+    return ["How much the circuits agree (shared edges over either's):", "", md]
+
+
 def write_sweep_report(store, out=None) -> Path:
     """Write the comparison figures and tables for a sweep store; return the report directory."""
     df = load_sweep(store)
@@ -48,10 +66,13 @@ def write_sweep_report(store, out=None) -> Path:
              f"{len(done)} jobs done, {int((df.status == 'failed').sum())} failed.", ""]
     for (model, task), part in done.groupby(["model", "task"], sort=True):
         several = part.ablation.nunique() > 1 or part.seed.nunique() > 1
-        runs = {(f"{r.method}/{r.ablation}/s{r.seed}" if several else r.method): r.result for r in part.itertuples()}
+        labels = [f"{r.method}/{r.ablation}/s{r.seed}" if several else r.method for r in part.itertuples()]
+        runs = dict(zip(labels, part.result))
         name = f"faithfulness-{_slug(model)}-{_slug(task)}"
         figures.curves(runs, out / "figures" / name, title=f"{task} on {model}")
         lines += [f"## {task} on {model}", "", f"![faithfulness](figures/{name}.png)", ""]
+        lines += _overlap_table(part, labels, Path(store).parent, out / "tables" / f"overlap-{_slug(model)}-{_slug(task)}",
+                                f"{task} on {model}")
     if len(done):
         _cpr_cmd(done, out / "figures" / "cpr_cmd")
         lines += ["## CPR and CMD", "", "![CPR and CMD](figures/cpr_cmd.png)", ""]
