@@ -14,6 +14,8 @@ from circuitfind.task import Batch, Example, Task, load_task
 
 __version__ = "0.1.0"
 
-__all__ = ["Run", "discover", "sweep", "load_sweep", "Circuit", "EdgeScores", "overlap", "METHODS", "score_edges", "prune", "evaluate", "faithfulness_curve", "roc_auc", "task_accuracy",
-           "Batch", "Example", "Task", "load_task", "metrics", "CircuitModel", "CircuitfindError", "ConfigError", "MetricError", "ModelLoadError", "ModelNotFoundError",
-           "TaskError", "UnsupportedModelError", "from_hf", "load_model", "__version__"]
+__all__ = ["Run", "discover", "sweep", "load_sweep", "Circuit", "EdgeScores", "overlap", "METHODS", "score_edges",
+           "prune", "evaluate", "faithfulness_curve", "roc_auc", "task_accuracy", "Batch", "Example", "Task",
+           "load_task", "metrics", "CircuitModel", "CircuitfindError", "ConfigError", "MetricError",
+           "ModelLoadError", "ModelNotFoundError", "TaskError", "UnsupportedModelError", "from_hf", "load_model",
+           "__version__"]

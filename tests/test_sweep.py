@@ -61,7 +61,8 @@ def test_sweep_stores_every_combination(model_dirs, tmp_path):
     first = df[(df.model == model_dirs[0]) & (df.task == "ioi")].set_index("method").run_dir
     a, b = (Circuit.load(tmp_path / first[m]) for m in ("eap", "eap-ig"))
     table = (out / "tables" / f"overlap-{_slug(model_dirs[0])}-ioi.md").read_text()
-    assert f"| eap | 1.00 | {cf.overlap(a, b)['edges']['iou']:.2f} |" in table and table in (out / "README.md").read_text()
+    assert f"| eap | 1.00 | {cf.overlap(a, b)['edges']['iou']:.2f} |" in table
+    assert table in (out / "README.md").read_text()
     assert len(list((out / "figures").glob("faithfulness-*.png"))) == 4
     linked = re.findall(r"\]\((figures/[^)]+)\)", (out / "README.md").read_text())
     assert len(linked) == 5 and all((out / f).exists() for f in linked)  # a dotted name lost its tail to .png

@@ -50,8 +50,8 @@ def _overlap_table(part, labels, base: Path, path: Path, what: str) -> list[str]
     md = tables.markdown(["edge IoU", *names], rows)
     # (names may hold dots, "Qwen2.5-0.5B": the suffix is appended, never swapped in)
     _write(path.parent / f"{path.name}.md", md)
-    _write(path.parent / f"{path.name}.tex", tables.latex(["", *names], rows, f"Edge overlap (intersection over union) of "
-                                                  f"the circuits found for {what}.", f"tab:{path.name}"))
+    caption = f"Edge overlap (intersection over union) of the circuits found for {what}."
+    _write(path.parent / f"{path.name}.tex", tables.latex(["", *names], rows, caption, f"tab:{path.name}"))
     return ["How much the circuits agree (shared edges over either's):", "", md]
 
 
@@ -71,8 +71,8 @@ def write_sweep_report(store, out=None) -> Path:
         name = f"faithfulness-{_slug(model)}-{_slug(task)}"
         figures.curves(runs, out / "figures" / name, title=f"{task} on {model}")
         lines += [f"## {task} on {model}", "", f"![faithfulness](figures/{name}.png)", ""]
-        lines += _overlap_table(part, labels, Path(store).parent, out / "tables" / f"overlap-{_slug(model)}-{_slug(task)}",
-                                f"{task} on {model}")
+        table = out / "tables" / f"overlap-{_slug(model)}-{_slug(task)}"
+        lines += _overlap_table(part, labels, Path(store).parent, table, f"{task} on {model}")
     if len(done):
         _cpr_cmd(done, out / "figures" / "cpr_cmd")
         lines += ["## CPR and CMD", "", "![CPR and CMD](figures/cpr_cmd.png)", ""]
