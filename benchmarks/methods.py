@@ -5,10 +5,11 @@ model (12 layers, 12 heads, d_model 768, vocab 50257), fp32, CPU.
   the receivers of the top layer and the logits (a full naive sweep of 32,491 edges takes hours);
   batch 4 × 24 tokens. Target ≥ 2x. And on toy-lm (IOI, 20 prompts, all 479 edges; and 2 prompts,
   where per-forward overhead does dominate): target ≥ 10x.
-- EAP-IG with 5 steps vs EAP (batch 8 × 64). Target ≤ 6x.
+- EAP-IG with 5 steps vs EAP (batch 8 × 64), run in turns. Target ≤ 6x.
 - a 10-point faithfulness curve in plain-forward equivalents (batch 8 × 64): one ranking's curve
   (`ranking="signed"`, the CPR curve: 9 masked forwards + the clean and ablated runs). Target ≤ 12.
-  Both rankings (CPR and CMD, the default call) are printed too.
+  Both rankings (CPR and CMD, the default call) are printed too. Each curve runs in turns with the
+  plain forward it is divided by (that forward's time on this VM varied 375–743 ms within one session).
 A plain forward here is the Hugging Face-equivalent full forward (logits at every position).
 """
 
@@ -22,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import gpt2_small_random, timeit  # noqa: E402
+from common import gpt2_small_random, timeit_alternating  # noqa: E402
 
 import circuitfind as cf  # noqa: E402
 import circuitfind.methods.acdc as acdc  # noqa: E402
@@ -46,18 +47,21 @@ def main():
     model = cf.from_hf(gpt2_small_random())
     g = model.graph
     task = RandomPairs(n=8)
-    t_plain = timeit(lambda: model(task.batch(model).clean.tokens), repeat=3)
+    tokens = task.batch(model).clean.tokens
 
-    t_eap = timeit(lambda: cf.score_edges(model, task, "eap"), repeat=2, warmup=1)
-    t_ig = timeit(lambda: cf.score_edges(model, task, "eap-ig", steps=5), repeat=2, warmup=1)
+    # each ratio from its two sides run in turns (medians): this VM's slow spells then fall on both alike
+    t_eap, t_ig = timeit_alternating(lambda: cf.score_edges(model, task, "eap"),
+                                     lambda: cf.score_edges(model, task, "eap-ig", steps=5), repeat=3)
     print(f"EAP {t_eap:.2f} s, EAP-IG (5 steps) {t_ig:.2f} s: {t_ig / t_eap:.2f}x (target ≤ 6)")
 
     scores = cf.score_edges(model, task, "eap")
     test = task.with_split("test")
-    t_one = timeit(lambda: cf.faithfulness_curve(model, test, scores, ranking="signed"), repeat=3, warmup=1)
-    t_both = timeit(lambda: cf.faithfulness_curve(model, test, scores), repeat=3, warmup=1)
+    t_plain, t_one = timeit_alternating(lambda: model(tokens),
+                                        lambda: cf.faithfulness_curve(model, test, scores, ranking="signed"), repeat=5)
+    t_plain_b, t_both = timeit_alternating(lambda: model(tokens), lambda: cf.faithfulness_curve(model, test, scores),
+                                           repeat=3)
     print(f"faithfulness curve, 10 sizes, one ranking: {t_one:.2f} s = {t_one / t_plain:.1f} plain forwards "
-          f"(plain forward {t_plain * 1e3:.0f} ms; target ≤ 12); both rankings: {t_both / t_plain:.1f}")
+          f"(plain forward {t_plain * 1e3:.0f} ms; target ≤ 12); both rankings: {t_both / t_plain_b:.1f}")
 
     small = type("Short", (RandomPairs,), {"length": 24})(n=4)
     top = tuple([g.logits_receiver, g.mlp_receiver(11)] + [g.qkv_receiver(11, t, h) for t in "qkv" for h in (0, 1)])

@@ -85,12 +85,17 @@ def discover(model, task: Task | str, method: str = "eap-ig", ablation: str = "c
     sized_by = "edges"
     if edges is None:
         reached = [i for i, f in enumerate(curve.faithfulness_absolute) if f >= target]
-        edges = int(MIB_FRACTIONS[reached[0] if reached else -1] * model.graph.n_edges)
+        at = reached[0] if reached else -1
+        edges = int(MIB_FRACTIONS[at] * model.graph.n_edges)
         sized_by = "target" if reached else "target not reached: all edges"
         if not reached:
             log.warning("no MIB size reached faithfulness %s; the circuit is the whole graph", target)
     circuit = prune(scores, edges=edges)
-    result = evaluate(model, test, circuit, ablation=ablation, seed=seed)
+    if sized_by == "edges":
+        result = evaluate(model, test, circuit, ablation=ablation, seed=seed)
+    else:  # the curve's own circuit at that size (the same prune call): its figures are already measured
+        result = {"faithfulness": curve.faithfulness_absolute[at], "metric_circuit": curve.metric_absolute[at],
+                  "metric_full": curve.metric_full, "metric_empty": curve.metric_empty}
     truth = task.ground_truth(model)
     result = {"model": model.name, "task": task.name, "metric_name": metric_name(task), "method": method,
               "ablation": ablation,

@@ -30,7 +30,8 @@ MIB_FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 @dataclass
 class CurveResult:
     """Faithfulness at each fraction of edges for the signed and the |score| ranking, the circuits'
-    sizes after dangling edges are removed, and the areas: CPR (signed) and CMD (|1 − f|, |score|)."""
+    sizes after dangling edges are removed, and the areas: CPR (signed) and CMD (|1 − f|, |score|);
+    with the metric itself of each circuit, of the full model and of the empty circuit."""
 
     fractions: list[float]
     n_edges_signed: list[int] = field(default_factory=list)
@@ -39,6 +40,10 @@ class CurveResult:
     faithfulness_absolute: list[float] = field(default_factory=list)
     cpr: float = 0.0
     cmd: float = 0.0
+    metric_signed: list[float] = field(default_factory=list)
+    metric_absolute: list[float] = field(default_factory=list)
+    metric_full: float = float("nan")
+    metric_empty: float = float("nan")
 
 
 def _test_task(task: Task | str, split: str) -> Task:
@@ -141,7 +146,8 @@ def faithfulness_curve(model, task: Task | str, scores: EdgeScores, *, ablation:
     return CurveResult(list(fractions), [c.n_edges for c in circuits[False]], f_signed,
                        [c.n_edges for c in circuits[True]], f_abs,
                        cpr=_trapezoid(fractions, f_signed) if f_signed else float("nan"),
-                       cmd=_trapezoid(fractions, [abs(1 - f) for f in f_abs]) if f_abs else float("nan"))
+                       cmd=_trapezoid(fractions, [abs(1 - f) for f in f_abs]) if f_abs else float("nan"),
+                       metric_signed=rest[:n], metric_absolute=rest[n:], metric_full=m_full, metric_empty=m_empty)
 
 
 def _trapezoid(xs, ys) -> float:

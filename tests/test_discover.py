@@ -98,3 +98,20 @@ def test_an_unreachable_target_is_said_not_hidden(caplog):
     assert "no MIB size reached faithfulness 5.0" in caplog.text
     fixed = cf.discover(model, "induction", method="eap-ig", n=8, edges=3, quiet=True, report=False)
     assert fixed.result["sized_by"] == "edges"
+
+
+def test_a_target_sized_circuit_takes_its_figures_from_the_curve():
+    """Sized by the target, the circuit is one the curve measured: no second evaluation, the same figures."""
+    model = cf.load_model("toy-lm")
+    with mock.patch("circuitfind.discover.evaluate", side_effect=AssertionError("evaluated twice")):
+        run = cf.discover(model, "ioi", method="eap", n=20, quiet=True, report=False)
+    assert run.result["sized_by"] == "target"
+    again = cf.evaluate(model, cf.load_task("ioi", n=20).with_split("test", n=5), run.circuit)
+    # (fp32: the curve ran it batched with other circuits, in another order of sums)
+    assert run.result["faithfulness"] == pytest.approx(again["faithfulness"], abs=1e-5)
+    assert run.result["metric"] == pytest.approx({k: again[k] for k in ("metric_circuit", "metric_full",
+                                                                        "metric_empty")}, abs=1e-5)
+    fixed = cf.discover(model, "ioi", method="eap", n=20, edges=40, quiet=True, report=False)  # any size: evaluated
+    assert fixed.result["faithfulness"] == pytest.approx(cf.evaluate(model, cf.load_task("ioi", n=20).with_split(
+        "test", n=5), fixed.circuit)["faithfulness"], abs=1e-9)
+    assert run.result["n_edges"] != 40  # (so the second call did not size to the first's circuit)

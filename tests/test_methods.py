@@ -185,7 +185,10 @@ def test_faithfulness_curve_matches_separate_evaluations(model):
     assert curve.faithfulness_signed[-1] == pytest.approx(1.0) and curve.faithfulness_absolute[-1] == pytest.approx(1.0)
     for i in (3, 7):
         circuit = cf.prune(scores, edges=int(MIB_FRACTIONS[i] * model.graph.n_edges))
-        assert cf.evaluate(model, task, circuit)["faithfulness"] == pytest.approx(curve.faithfulness_absolute[i], abs=1e-9)
+        alone = cf.evaluate(model, task, circuit)
+        assert alone["faithfulness"] == pytest.approx(curve.faithfulness_absolute[i], abs=1e-9)
+        assert alone["metric_circuit"] == pytest.approx(curve.metric_absolute[i], abs=1e-9)
+        assert (alone["metric_full"], alone["metric_empty"]) == pytest.approx((curve.metric_full, curve.metric_empty))
     assert curve.cmd == pytest.approx(_trapezoid(MIB_FRACTIONS, [abs(1 - f) for f in curve.faithfulness_absolute]))
     assert curve.cpr == pytest.approx(_trapezoid(MIB_FRACTIONS, curve.faithfulness_signed))
     signed = cf.faithfulness_curve(model, task, scores, chunk=5, ranking="signed")
