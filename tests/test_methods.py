@@ -258,6 +258,20 @@ def test_a_gradient_at_the_clean_run_alone_refuses_kl(model, method, options):
         assert cf.score_edges(model, task, fine, **extra).scores.abs().max() > 1e-4
 
 
+def test_all_zero_first_order_scores_are_said(caplog):
+    """A metric the model already optimises at the clean run (tracr-xproportion's squared error: the
+    compiled program is exact) has no gradient there either: EAP's scores are all 0, and it says so."""
+    model = cf.load_model("tracr-xproportion")
+    task = cf.load_task("tracr-xproportion", n=8)
+    with caplog.at_level("WARNING", logger="circuitfind.methods.common"):
+        zeros = cf.score_edges(model, task, "eap")
+    assert not zeros.scores.any() and "every eap score of task 'tracr-xproportion' is 0" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="circuitfind.methods.common"):
+        assert cf.score_edges(model, task, "eap-ig").scores.any()
+    assert "is 0" not in caplog.text
+
+
 @pytest.mark.parametrize("family", ["gpt2", "gpt_neox"])
 def test_acdc_batched_equals_naive(family):
     model = cf.from_hf(tiny_hf(family)).double()

@@ -7,6 +7,7 @@ m(edge ablated) − m(clean) where lower is better (kl, ce). Positive = the edge
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +18,8 @@ from circuitfind.engine.patching import clean_logits
 from circuitfind.errors import ConfigError
 from circuitfind.metrics import HIGHER_IS_BETTER, Targets, kl, resolve_metric
 from circuitfind.task import Batch, Task
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -62,6 +65,17 @@ def refuse_gradient_at_clean_of_kl(task: Task, method: str) -> None:
             f"every score of task {task.name!r} would be 0 (float noise). Use eap-ig with steps ≥ 2 (gradients along "
             f"the path from the ablated run), or score under another metric: "
             f"load_task({task.name!r}, metric='logit-diff'), --metric logit-diff")
+
+
+def warn_if_all_zero(scores: Tensor, task: Task, method: str) -> Tensor:
+    """First-order scores that are all exactly 0: the metric's gradient at the clean run vanished (the
+    model already attains its optimum there: a squared error it gets exactly right, like KL). Said,
+    since a circuit pruned from them is arbitrary."""
+    if not bool(scores.any()):
+        log.warning("every %s score of task %r is 0: the metric's gradient at the clean run is 0 (the model "
+                    "attains its optimum there), so a circuit pruned from them is arbitrary; use eap-ig or exact",
+                    method, task.name)
+    return scores
 
 
 def to_level(scores, graph, level: str):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from circuitfind.engine.attribution import attribute
-from circuitfind.methods.common import prepare, refuse_gradient_at_clean_of_kl, to_level
+from circuitfind.methods.common import prepare, refuse_gradient_at_clean_of_kl, to_level, warn_if_all_zero
 
 
 @dataclass(frozen=True)
@@ -19,4 +19,4 @@ def score(model, task, cfg: EAPConfig, ablation: str = "corrupted", seed: int = 
     refuse_gradient_at_clean_of_kl(task, "eap-node" if cfg.level == "node" else "eap")
     setup = prepare(model, task, ablation, seed)
     edges = -setup.sign * attribute(model, setup.batch.clean, setup.ablated, setup.objective, consume=True)
-    return to_level(edges, model.graph, cfg.level)
+    return to_level(warn_if_all_zero(edges, task, "eap"), model.graph, cfg.level)

@@ -15,7 +15,7 @@ from typing import Literal
 
 from circuitfind.engine.attribution import attribute
 from circuitfind.errors import ConfigError
-from circuitfind.methods.common import prepare, refuse_gradient_at_clean_of_kl, to_level
+from circuitfind.methods.common import prepare, refuse_gradient_at_clean_of_kl, to_level, warn_if_all_zero
 
 
 @dataclass(frozen=True)
@@ -37,4 +37,6 @@ def score(model, task, cfg: EAPIGConfig, ablation: str = "corrupted", seed: int 
     interpolate = "activations" if cfg.variant == "activations" else "inputs"
     edges = -setup.sign * attribute(model, setup.batch.clean, setup.ablated, setup.objective, alphas=alphas,
                                     interpolate=interpolate, consume=True)
+    if alphas == [1.0]:
+        warn_if_all_zero(edges, task, "eap-ig (one step)")
     return to_level(edges, model.graph, cfg.level)
