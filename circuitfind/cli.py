@@ -69,7 +69,8 @@ def _discover(args) -> int:
     task = load_task(args.task, n=args.n, seed=args.seed, metric=args.metric)
     model = load_model(args.model, tokenizer=args.tokenizer, dtype=args.dtype, device=args.device)
     run = discover(model, task, args.method, args.ablation, out=args.out, edges=args.edges, target=args.target,
-                   n=args.n, seed=args.seed, quiet=args.quiet, report=not args.no_report, **options)
+                   n=args.n, seed=args.seed, quiet=args.quiet, report=not args.no_report, batch_size=args.batch_size,
+                   **options)
     r = run.result
     print(f"{r['model']} / {r['task']} ({r['metric_name']}) / {r['method']}: "
           f"{r['n_edges']} of {r['n_edges_total']} edges ({r['n_nodes']} nodes), "
@@ -135,7 +136,7 @@ def _sweep(args) -> int:
     df = sweep(_list(args.models), _list(args.tasks), _list(args.methods), _list(args.ablations),
                [int(s) for s in _list(args.seeds)], store=args.store, executor=args.executor, workers=args.workers,
                n=args.n, edges=args.edges, target=args.target, options=options, dtype=args.dtype, device=args.device,
-               resources=resources, metric=args.metric, quiet=args.quiet)
+               resources=resources, metric=args.metric, quiet=args.quiet, batch_size=args.batch_size)
     done = df[df.status == "done"] if len(df) else df
     if len(done):
         cols = ["model", "task", "method", "ablation", "seed", "n_edges", "faithfulness", "cpr", "cmd", "roc_auc"]
@@ -283,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--edges", type=int, help="circuit size (default: smallest MIB size reaching --target)")
     d.add_argument("--target", type=float, default=0.9, help="faithfulness the circuit must reach")
     d.add_argument("-n", type=int, default=100, help="examples")
+    d.add_argument("--batch-size", type=int, help="examples a pass (default: all at once; smaller for less memory)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--option", action="append", metavar="KEY=VALUE",
                    help="method option, e.g. steps=10 or receivers=52,51 (an unknown key lists the method's options)")
@@ -308,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--workers", type=int, default=1, help="local worker processes")
     w.add_argument("--resources", help="ray: per model group, e.g. num_cpus=1,num_gpus=1,memory=8e9")
     w.add_argument("-n", type=int, default=100, help="examples per job")
+    w.add_argument("--batch-size", type=int, help="examples a pass, for the methods that take one (less memory)")
     w.add_argument("--edges", type=int, help="circuit size (default: smallest MIB size reaching --target)")
     w.add_argument("--target", type=float, default=0.9)
     w.add_argument("--option", action="append", metavar="METHOD:KEY=VALUE", help="method option, e.g. eap-ig:steps=10")

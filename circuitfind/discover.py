@@ -59,13 +59,14 @@ class Run:
 
 def discover(model, task: Task | str, method: str = "eap-ig", ablation: str = "corrupted", *, out=None,
              edges: int | None = None, target: float = 0.9, n: int | None = None, seed: int = 0, quiet: bool = False,
-             report: bool = True, **options) -> Run:
+             report: bool = True, batch_size: int | None = None, **options) -> Run:
     """Score every edge with `method`, pick the smallest MIB-size circuit whose faithfulness on the
     test split (a quarter of n, no prompt shared with the train split) reaches `target` (or the top
     `edges`), evaluate it, and, with `out=`, write the run directory and its report.
 
     task: a Task, or a name loaded with n (default 100) and seed. options: the method's config
-    (e.g. steps=10 for eap-ig; `circuitfind.methods.METHODS` lists the config classes).
+    (e.g. steps=10 for eap-ig; `circuitfind.methods.METHODS` lists the config classes). batch_size:
+    examples a pass, for scoring, the curve and the evaluation (methods in `methods.BATCHED`).
     """
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
@@ -80,8 +81,8 @@ def discover(model, task: Task | str, method: str = "eap-ig", ablation: str = "c
         raise ConfigError(f"resample ablation draws from other examples, but the test split has {test.n} "
                           f"(a quarter of n={task.n}); use n ≥ 8")
     start = time.perf_counter()
-    scores = score_edges(model, task, method, ablation, seed=seed, quiet=quiet, **options)
-    curve = faithfulness_curve(model, test, scores, ablation=ablation, seed=seed, quiet=quiet)
+    scores = score_edges(model, task, method, ablation, seed=seed, quiet=quiet, batch_size=batch_size, **options)
+    curve = faithfulness_curve(model, test, scores, ablation=ablation, seed=seed, quiet=quiet, batch_size=batch_size)
     sized_by = "edges"
     if edges is None:
         reached = [i for i, f in enumerate(curve.faithfulness_absolute) if f >= target]
@@ -92,7 +93,7 @@ def discover(model, task: Task | str, method: str = "eap-ig", ablation: str = "c
             log.warning("no MIB size reached faithfulness %s; the circuit is the whole graph", target)
     circuit = prune(scores, edges=edges)
     if sized_by == "edges":
-        result = evaluate(model, test, circuit, ablation=ablation, seed=seed)
+        result = evaluate(model, test, circuit, ablation=ablation, seed=seed, batch_size=batch_size)
     else:  # the curve's own circuit at that size (the same prune call): its figures are already measured
         result = {"faithfulness": curve.faithfulness_absolute[at], "metric_circuit": curve.metric_absolute[at],
                   "metric_full": curve.metric_full, "metric_empty": curve.metric_empty}

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from circuitfind.circuit import Circuit, EdgeScores
 from circuitfind.engine.patching import Workspace, clean_logits, masked_forward
 from circuitfind.errors import ConfigError, count
-from circuitfind.methods.common import prepare
+from circuitfind.methods.common import setups
 from circuitfind.prune import prune
 from circuitfind.task import Task, load_task
 
@@ -51,25 +51,32 @@ def _test_task(task: Task | str, split: str) -> Task:
     return task if task.split == split else task.with_split(split)
 
 
-def _metric_of_masks(model, setup, masks: Tensor, chunk: int, quiet: bool = True) -> Tensor:
-    """Mean metric of each mask [k, dst, src] → [k], a few masks per forward."""
-    out, workspace = [], Workspace()
+def _metric_of_masks(model, parts, masks: Tensor, chunk: int, quiet: bool = True) -> tuple[Tensor, float]:
+    """Mean metric over the task of each mask [k, dst, src] → [k], a few masks per forward, and of the
+    full model; parts: the task's Setups (`setups`), each weighted by its share of the examples."""
+    total, full, workspace = 0, 0.0, Workspace()
     with torch.no_grad(), tqdm(total=len(masks), desc="faithfulness", unit="circuit", disable=quiet) as bar:
-        for part in masks.split(chunk):
-            part = part.to(model.device, model.dtype)
-            out.append(setup.per_mask(masked_forward(model, setup.batch.clean, setup.ablated, part, workspace=workspace)))
-            bar.update(len(part))
-    return torch.cat(out)
+        for setup in parts:
+            out = []
+            for chunk_masks in masks.split(chunk):
+                chunk_masks = chunk_masks.to(model.device, model.dtype)
+                out.append(setup.per_mask(masked_forward(model, setup.batch.clean, setup.ablated, chunk_masks,
+                                                         workspace=workspace)))
+                bar.update(len(chunk_masks) * setup.weight)
+            total = total + setup.weight * torch.cat(out)
+            full += setup.weight * float(setup.per_mask(setup.targets.clean_logits[None])[0])
+    return total, full
 
 
 def evaluate(model, task: Task | str, circuit: Circuit, *, ablation: str = "corrupted", split: str = "test",
-             seed: int = 0) -> dict:
-    """Metric of the circuit, the full model and the empty circuit, and the faithfulness, in one forward."""
+             seed: int = 0, batch_size: int | None = None) -> dict:
+    """Metric of the circuit, the full model and the empty circuit, and the faithfulness, in one forward
+    (a batch of at most batch_size examples at a time, if given)."""
     g = model.graph
     _check_graph("circuit is", circuit.graph, g)
-    setup = prepare(model, _test_task(task, split), ablation, seed)
+    parts = setups(model, _test_task(task, split), ablation, seed, batch_size)
     masks = torch.stack([circuit.mask, g.edge_mask, torch.zeros_like(g.edge_mask)]).float()
-    m_c, m_full, m_empty = _metric_of_masks(model, setup, masks, chunk=3).tolist()
+    m_c, m_full, m_empty = _metric_of_masks(model, parts, masks, chunk=3)[0].tolist()
     return {"metric_circuit": m_c, "metric_full": m_full, "metric_empty": m_empty,
             "faithfulness": faithfulness(m_c, m_full, m_empty), "n_edges": circuit.n_edges,
             "n_edges_total": g.n_edges}
@@ -106,14 +113,14 @@ RANKINGS = {"both": (False, True), "signed": (False,), "absolute": (True,)}
 
 def faithfulness_curve(model, task: Task | str, scores: EdgeScores, *, ablation: str = "corrupted",
                        split: str = "test", fractions=MIB_FRACTIONS, seed: int = 0, chunk: int | None = None,
-                       ranking: str = "both", quiet: bool = True) -> CurveResult:
+                       ranking: str = "both", quiet: bool = True, batch_size: int | None = None) -> CurveResult:
     """Faithfulness of the top-scoring circuits at each fraction of edges; CPR and CMD.
 
     ranking: "both" (default), or only "signed" (the CPR curve) or "absolute" (the CMD curve), at
     half the cost; the other's fields stay empty and its area NaN.
     chunk: circuits per forward. Batching pays only on small models: a batch computes the union of
     its circuits' nodes, so on wide models one circuit per forward (the default there) is fastest.
-    quiet=False: a progress bar over the circuits (discover shows it)."""
+    quiet=False: a progress bar over the circuits (discover shows it). batch_size: examples a pass."""
     g = model.graph
     _check_graph("scores are", scores.graph, g)
     if ranking not in RANKINGS:
@@ -124,12 +131,11 @@ def faithfulness_curve(model, task: Task | str, scores: EdgeScores, *, ablation:
                           f"under the curve is taken over them); got {fractions}")
     default = 1 if model.cfg.d_model >= 256 else 8  # see chunk above
     chunk = default if chunk is None else count(chunk, "chunk (circuits a forward)", least=1)
-    setup = prepare(model, _test_task(task, split), ablation, seed)
+    parts = setups(model, _test_task(task, split), ablation, seed, batch_size)
     circuits = {absolute: [prune(scores, edges=int(f * g.n_edges), absolute=absolute) for f in fractions]
                 if absolute in RANKINGS[ranking] else [] for absolute in (False, True)}
     wanted = [torch.zeros_like(g.edge_mask)] + [c.mask for c in circuits[False]] + [c.mask for c in circuits[True]]
-    # Each distinct circuit is run once; the full graph is the clean run, whose logits prepare() has.
-    m_full = float(setup.per_mask(setup.targets.clean_logits[None])[0])
+    # Each distinct circuit is run once; the full graph is the clean run, whose logits setups() made.
     full, keys = g.edge_mask.numpy().tobytes(), [m.numpy().tobytes() for m in wanted]
     distinct: dict[bytes, int] = {}  # circuit → its row among the masks run
     unique = []
@@ -137,7 +143,8 @@ def faithfulness_curve(model, task: Task | str, scores: EdgeScores, *, ablation:
         if key != full and key not in distinct:
             distinct[key] = len(unique)
             unique.append(m)
-    run = _metric_of_masks(model, setup, torch.stack(unique).float(), chunk, quiet).tolist()
+    run, m_full = _metric_of_masks(model, parts, torch.stack(unique).float(), chunk, quiet)
+    run = run.tolist()
     values = [m_full if key == full else run[distinct[key]] for key in keys]
     m_empty, rest = values[0], values[1:]
     n = len(circuits[False])

@@ -66,6 +66,21 @@ class Batch:
     def size(self) -> int:
         return self.clean.batch
 
+    def split(self, size: int) -> list["Batch"]:
+        """Consecutive batches of at most `size` examples, padded as this one (same positions)."""
+        def rows(x: Inputs, s: slice) -> Inputs:
+            return Inputs(x.tokens[s], x.attention_mask[s], x.answer_pos[s])
+
+        def part(t: Tensor | None, s: slice) -> Tensor | None:
+            return None if t is None else t[s]
+        out = []
+        for start in range(0, self.size, size):
+            s = slice(start, start + size)
+            t = self.targets
+            targets = Targets(t.correct[s], t.wrong[s], part(t.clean_logits, s), part(t.values, s))
+            out.append(Batch(rows(self.clean, s), rows(self.corrupt, s), targets, self.examples[s]))
+        return out
+
 
 class Words:
     """What a task may know of the model's vocabulary: which words are single tokens."""

@@ -115,3 +115,19 @@ def test_a_target_sized_circuit_takes_its_figures_from_the_curve():
     assert fixed.result["faithfulness"] == pytest.approx(cf.evaluate(model, cf.load_task("ioi", n=20).with_split(
         "test", n=5), fixed.circuit)["faithfulness"], abs=1e-9)
     assert run.result["n_edges"] != 40  # (so the second call did not size to the first's circuit)
+
+
+def test_discover_a_batch_of_examples_at_a_time(tmp_path, capsys):
+    """--batch-size / batch_size=: scoring, the curve and the evaluation take the task a batch at a
+    time and find the same circuit."""
+    model = cf.load_model("toy-lm")
+    whole = cf.discover(model, "ioi", method="eap-ig", n=20, quiet=True, report=False)
+    assert main(["--quiet", "discover", "--model", "toy-lm", "--task", "ioi", "--method", "eap-ig", "-n", "20",
+                 "--batch-size", "6", "--no-report", "--out", str(tmp_path / "run")]) == 0
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["n_edges"] == whole.result["n_edges"]
+    assert result["faithfulness"] == pytest.approx(whole.result["faithfulness"], abs=1e-5)
+    assert json.loads((tmp_path / "run" / "scores.json").read_text())["config"]["batch_size"] == 6
+    assert main(["discover", "--model", "toy-lm", "--task", "ioi", "--method", "acdc", "-n", "8",
+                 "--batch-size", "4"]) == 2
+    assert "takes the task whole" in capsys.readouterr().err

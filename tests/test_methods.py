@@ -249,8 +249,8 @@ def test_a_gradient_at_the_clean_run_alone_refuses_kl(model, method, options):
     task = cf.load_task("induction", n=4)
     assert task.metric == "kl"
     ran = AssertionError("the method ran")
-    with mock.patch("circuitfind.methods.eap.prepare", side_effect=ran), \
-            mock.patch("circuitfind.methods.eap_ig.prepare", side_effect=ran):
+    with mock.patch("circuitfind.methods.eap.setups", side_effect=ran), \
+            mock.patch("circuitfind.methods.eap_ig.setups", side_effect=ran):
         with pytest.raises(cf.ConfigError, match="minimum.*would be 0.*eap-ig with steps ≥ 2.*metric='logit-diff'"):
             cf.score_edges(model, task, method, **options)
     # gradients off the clean run, and exact patching, score KL
@@ -471,3 +471,42 @@ def test_circuits_combine_and_overlap_as_edge_sets(model, tmp_path, capsys):
     rows = capsys.readouterr().out.split("edges IoU:")[1].splitlines()[2:5]
     assert rows[0].split()[1:] == ["1.000", "0.300", "1.000"]
     assert main(["compare", str(tmp_path / "a")]) == 2
+
+
+BATCHED_CASES = [("eap", {}), ("eap-node", {}), ("eap-ig", {"steps": 3}), ("eap-ig-activations", {"steps": 2}),
+                 ("eap-ig-node", {"steps": 2}), ("clean-corrupted", {}), ("exact", {}), ("exact-node", {})]
+
+
+@pytest.mark.parametrize("ablation", ["corrupted", "mean", "mean-positional", "zero"])
+def test_scores_a_batch_of_examples_at_a_time_equal_the_whole_task(ablation):
+    """batch_size splits the task (8 examples into 3 + 3 + 2): every method's scores, the evaluation
+    and the curve are the task's means all the same (mean ablations still average the whole task)."""
+    model = cf.load_model("toy-lm").double()
+    task = cf.load_task("ioi", n=8, seed=1)  # prompts of several lengths: padding inside the batches
+    for method, options in BATCHED_CASES:
+        whole = cf.score_edges(model, task, method, ablation, **options).scores
+        parts = cf.score_edges(model, task, method, ablation, batch_size=3, **options)
+        assert whole.abs().max() > 1e-6 and parts.config["batch_size"] == 3
+        # (EdgeScores keep float32: equal to its rounding)
+        assert torch.allclose(parts.scores, whole, rtol=1e-6, atol=1e-6 * float(whole.abs().max())), method
+    scores = cf.score_edges(model, task, "eap", ablation)
+    circuit = cf.prune(scores, edges=30)
+    one, split = (cf.evaluate(model, task, circuit, ablation=ablation, split="train", batch_size=b) for b in (None, 3))
+    assert split == pytest.approx(one, abs=1e-10)
+    curves = [cf.faithfulness_curve(model, task, scores, ablation=ablation, split="train", batch_size=b)
+              for b in (None, 3)]
+    assert curves[1].faithfulness_absolute == pytest.approx(curves[0].faithfulness_absolute, abs=1e-9)
+    assert curves[1].metric_signed == pytest.approx(curves[0].metric_signed, abs=1e-10)
+
+
+def test_batch_size_is_refused_where_it_cannot_hold(model):
+    task = cf.load_task("induction", n=6)
+    for method in ("acdc", "ifr", "edge-pruning"):  # decisions, shares and training need the task whole
+        with pytest.raises(cf.ConfigError, match=f"method '{method}' takes the task whole"):
+            cf.score_edges(model, task, method, batch_size=2)
+    with pytest.raises(cf.ConfigError, match="resample ablation draws each example's donor from the whole task"):
+        cf.score_edges(model, task, "exact", "resample", batch_size=2)
+    assert cf.score_edges(model, task, "exact", "resample", batch_size=6).scores.any()  # one batch: the task
+    for bad in (0, 2.5):
+        with pytest.raises(cf.ConfigError, match="batch_size"):
+            cf.score_edges(model, task, "eap-ig", batch_size=bad)

@@ -49,19 +49,31 @@ def ablated_outputs(model, ablation: str, clean: Inputs, corrupt: Inputs | None 
             raise ConfigError("resample ablation needs at least 2 examples to draw from")
         return sender_outputs(model, clean)[:, _donors(clean.attention_mask.bool(), seed)]
     ref = clean if reference is None else reference
-    outs = sender_outputs(model, ref)  # [src, batch, pos, d]
-    real = ref.attention_mask.to(outs.dtype)[None, :, :, None]  # [1, batch, pos, 1]
-    if ablation == "mean":
-        return ((outs * real).sum((1, 2)) / real.sum())[:, None, None]
-    if ref.tokens.shape[1] != clean.tokens.shape[1]:
+    if ablation == "mean-positional" and ref.tokens.shape[1] != clean.tokens.shape[1]:
         raise ConfigError("mean-positional ablation needs reference prompts of the clean prompts' token length")
-    count = real.sum(1)  # [1, pos, 1]: reference prompts real at each position
-    if reference is None and bool((count == 1).any()):
+    return mean_outputs(model, [ref], positional=ablation == "mean-positional", own=reference is None)
+
+
+def mean_outputs(model, parts: list[Inputs], *, positional: bool, own: bool = True) -> Tensor:
+    """Every sender's mean output over the real tokens of all the prompts in `parts`, [src, 1, 1, d]
+    (or per position, [src, 1, pos, d]), taken a part at a time: the whole set's outputs are never
+    held at once. own: the means are of the prompts they will ablate (a position real in one prompt
+    only is then not ablated at all, and a warning says so)."""
+    total = count = None
+    for ref in parts:
+        outs = sender_outputs(model, ref)  # [src, batch, pos, d]
+        real = ref.attention_mask.to(outs.dtype)[None, :, :, None]  # [1, batch, pos, 1]
+        part_total, part_count = (outs * real).sum(1), real.sum(1)  # [src, pos, d], [1, pos, 1]
+        total = part_total if total is None else total + part_total
+        count = part_count if count is None else count + part_count
+    if not positional:
+        return (total.sum(1) / count.sum())[:, None, None]
+    if own and bool((count == 1).any()):
         lone = (count[0, :, 0] == 1).nonzero()[:, 0].tolist()
         warnings.warn(f"mean-positional ablation: {len(lone)} position(s), from {lone[0]}, are real in one prompt "
                       "only, whose mean is that prompt's own output: nothing is ablated there (more examples of "
-                      "each length, or reference= prompts, avoid it)", stacklevel=3)
-    return ((outs * real).sum(1) / count.clamp(min=1))[:, None]
+                      "each length, or reference= prompts, avoid it)", stacklevel=4)
+    return (total / count.clamp(min=1))[:, None]
 
 
 def _donors(real: Tensor, seed: int) -> Tensor:

@@ -34,6 +34,10 @@ METHODS = {
     "edge-pruning": (edge_pruning.score, edge_pruning.EdgePruningConfig, {}),
 }
 LONG_RUNNING = ("exact", "acdc", "edge-pruning")  # methods with a progress bar
+# methods that take the task a batch of examples at a time (batch_size=): their scores are means over
+# examples; ACDC's decisions, IFR's shares and edge pruning's training need the whole task at once
+BATCHED = ("eap", "eap-ig", "eap-ig-activations", "eap-node", "eap-ig-node", "clean-corrupted", "exact",
+           "exact-node")
 
 
 def check_options(method: str, options: dict) -> dict:
@@ -91,17 +95,27 @@ def _describe(hint) -> str:
 
 
 def score_edges(model, task: Task | str, method: str = "eap-ig", ablation: str = "corrupted", *, seed: int = 0,
-                quiet: bool = True, **options) -> EdgeScores:
-    """Score every edge of `model.graph` for `task` with `method`; options go to the method's config."""
+                quiet: bool = True, batch_size: int | None = None, **options) -> EdgeScores:
+    """Score every edge of `model.graph` for `task` with `method`; options go to the method's config.
+
+    batch_size: examples a pass (default: all), for tasks whose ablated outputs, held for every
+    example at once, would not fit in memory; the scores are the same (up to float rounding)."""
     options = check_options(method, options)
+    if batch_size is not None and method not in BATCHED:
+        raise ConfigError(f"method {method!r} takes the task whole (batch_size is for {', '.join(BATCHED)}); "
+                          "give it fewer examples instead")
     fn, config_cls, fixed = METHODS[method]
     cfg = config_cls(**{**options, **fixed})
     task = load_task(task) if isinstance(task, str) else task
     start = time.perf_counter()
     extra = {"quiet": quiet} if method in LONG_RUNNING else {}
+    if batch_size is not None:
+        extra["batch_size"] = batch_size
     raw = fn(model, task, cfg, ablation=ablation, seed=seed, **extra)
     config = dataclasses.asdict(cfg) | {"seed": seed, "n": task.n, "seconds": round(time.perf_counter() - start, 3)}
+    if batch_size is not None:
+        config["batch_size"] = batch_size
     return EdgeScores(raw, model.graph, method=method, model=model.name, task=task.name, ablation=ablation, config=config)
 
 
-__all__ = ["METHODS", "check_options", "score_edges"]
+__all__ = ["BATCHED", "METHODS", "check_options", "score_edges"]

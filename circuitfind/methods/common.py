@@ -8,14 +8,15 @@ m(edge ablated) − m(clean) where lower is better (kl, ce). Positive = the edge
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from circuitfind.engine.ablation import ABLATIONS, ablated_outputs
+from circuitfind.engine.ablation import ABLATIONS, ablated_outputs, mean_outputs
 from circuitfind.engine.patching import clean_logits
-from circuitfind.errors import ConfigError
+from circuitfind.errors import ConfigError, count
 from circuitfind.metrics import HIGHER_IS_BETTER, Targets, kl, resolve_metric
 from circuitfind.task import Batch, Task
 
@@ -29,6 +30,7 @@ class Setup:
     targets: Targets  # with the clean logits, for KL
     metric: object
     sign: float  # +1 if higher metric = better behaviour
+    weight: float = 1.0  # this batch's share of the task's examples (batch_size=: one Setup per batch)
 
     def per_mask(self, logits: Tensor) -> Tensor:
         """Mean metric per mask: logits [k, batch, vocab] → [k]."""
@@ -42,18 +44,44 @@ class Setup:
 
 def prepare(model, task: Task, ablation: str, seed: int = 0) -> Setup:
     """Batch the task, check the metric on the clean run, and compute the ablated sender outputs."""
+    return next(setups(model, task, ablation, seed))
+
+
+def setups(model, task: Task, ablation: str, seed: int = 0, batch_size: int | None = None) -> Iterator[Setup]:
+    """The task a batch of at most `batch_size` examples at a time (all at once by default): one Setup
+    per batch, each weighted by its share of the examples, so that a method's mean over the task is
+    Σ weight · its mean over each batch. Everything is checked, and the clean runs made, before the
+    first Setup; each batch's ablated outputs are made when it is reached (they are the memory that
+    batching saves). Mean ablations average over the whole task, a batch at a time; resample draws
+    its donors from the whole task, so it runs unbatched."""
     if ablation not in ABLATIONS:
         raise ConfigError(f"unknown ablation {ablation!r}; choose one of {', '.join(ABLATIONS)}")
     batch = task.batch(model)
     if ablation == "corrupted" and not task.aligned:
         raise ConfigError(f"task {task.name!r} is not position-aligned; use mean, zero or resample ablation")
+    size = batch.size if batch_size is None else count(batch_size, "batch_size (examples a pass)", least=1)
+    parts = batch.split(size)
+    if ablation == "resample" and len(parts) > 1:
+        raise ConfigError("resample ablation draws each example's donor from the whole task, which batch_size "
+                          f"splits ({len(parts)} batches); use another ablation, or no batch_size")
     with torch.no_grad():
-        logits = clean_logits(model, batch.clean)
-        task.check_metric(model, batch, logits)  # before the long work
-        ablated = ablated_outputs(model, ablation, batch.clean, batch.corrupt, seed=seed)
+        logits = [clean_logits(model, part.clean) for part in parts]
+        for part, part_logits in zip(parts, logits):
+            task.check_metric(model, part, part_logits)  # before the long work
+        means = None
+        if ablation in ("mean", "mean-positional"):  # over the whole task, whatever the batches
+            means = mean_outputs(model, [part.clean for part in parts], positional=ablation == "mean-positional")
     name = task.metric if isinstance(task.metric, str) else None
     higher = HIGHER_IS_BETTER.get(name, task.higher_is_better)  # a built-in metric knows its direction
-    return Setup(batch, ablated, batch.targets.with_clean(logits), resolve_metric(task.metric), 1.0 if higher else -1.0)
+    metric, sign = resolve_metric(task.metric), 1.0 if higher else -1.0
+
+    def each():
+        for part, part_logits in zip(parts, logits):
+            with torch.no_grad():
+                ablated = means if means is not None else ablated_outputs(model, ablation, part.clean, part.corrupt,
+                                                                          seed=seed)
+            yield Setup(part, ablated, part.targets.with_clean(part_logits), metric, sign, part.size / batch.size)
+    return each()
 
 
 def refuse_gradient_at_clean_of_kl(task: Task, method: str) -> None:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from circuitfind.engine.attribution import attribute
-from circuitfind.methods.common import prepare, refuse_gradient_at_clean_of_kl, to_level, warn_if_all_zero
+from circuitfind.methods.common import refuse_gradient_at_clean_of_kl, setups, to_level, warn_if_all_zero
 
 
 @dataclass(frozen=True)
@@ -15,8 +15,8 @@ class EAPConfig:
     level: Literal["edge", "node"] = "edge"  # "node": score heads and MLPs (the sum of their out-edges' scores)
 
 
-def score(model, task, cfg: EAPConfig, ablation: str = "corrupted", seed: int = 0):
+def score(model, task, cfg: EAPConfig, ablation: str = "corrupted", seed: int = 0, batch_size: int | None = None):
     refuse_gradient_at_clean_of_kl(task, "eap-node" if cfg.level == "node" else "eap")
-    setup = prepare(model, task, ablation, seed)
-    edges = -setup.sign * attribute(model, setup.batch.clean, setup.ablated, setup.objective, consume=True)
+    edges = sum(-s.sign * s.weight * attribute(model, s.batch.clean, s.ablated, s.objective, consume=True)
+                for s in setups(model, task, ablation, seed, batch_size))
     return to_level(warn_if_all_zero(edges, task, "eap"), model.graph, cfg.level)

@@ -15,7 +15,7 @@ from typing import Literal
 
 from circuitfind.engine.attribution import attribute
 from circuitfind.errors import ConfigError
-from circuitfind.methods.common import prepare, refuse_gradient_at_clean_of_kl, to_level, warn_if_all_zero
+from circuitfind.methods.common import refuse_gradient_at_clean_of_kl, setups, to_level, warn_if_all_zero
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class EAPIGConfig:
     level: Literal["edge", "node"] = "edge"  # "node": score heads and MLPs (the sum of their out-edges' scores)
 
 
-def score(model, task, cfg: EAPIGConfig, ablation: str = "corrupted", seed: int = 0):
+def score(model, task, cfg: EAPIGConfig, ablation: str = "corrupted", seed: int = 0, batch_size: int | None = None):
     if cfg.steps < 1:
         raise ConfigError(f"steps must be at least 1, got {cfg.steps}")
     if cfg.variant not in ("inputs", "activations", "clean-corrupted"):
@@ -33,10 +33,10 @@ def score(model, task, cfg: EAPIGConfig, ablation: str = "corrupted", seed: int 
     alphas = [0.0, 1.0] if cfg.variant == "clean-corrupted" else [i / cfg.steps for i in range(1, cfg.steps + 1)]
     if alphas == [1.0]:  # one step: EAP, the clean run alone
         refuse_gradient_at_clean_of_kl(task, f"eap-ig with steps=1 (variant {cfg.variant})")
-    setup = prepare(model, task, ablation, seed)
     interpolate = "activations" if cfg.variant == "activations" else "inputs"
-    edges = -setup.sign * attribute(model, setup.batch.clean, setup.ablated, setup.objective, alphas=alphas,
-                                    interpolate=interpolate, consume=True)
+    edges = sum(-s.sign * s.weight * attribute(model, s.batch.clean, s.ablated, s.objective, alphas=alphas,
+                                               interpolate=interpolate, consume=True)
+                for s in setups(model, task, ablation, seed, batch_size))
     if alphas == [1.0]:
         warn_if_all_zero(edges, task, "eap-ig (one step)")
     return to_level(edges, model.graph, cfg.level)

@@ -10,7 +10,7 @@ from typing import Literal
 
 from circuitfind.engine.patching import edge_effects, node_effects
 from circuitfind.errors import ConfigError
-from circuitfind.methods.common import on_out_edges, prepare
+from circuitfind.methods.common import on_out_edges, setups
 
 
 @dataclass(frozen=True)
@@ -25,11 +25,13 @@ class ExactConfig:
             raise ConfigError(f"level must be 'edge' or 'node', got {self.level!r}")
 
 
-def score(model, task, cfg: ExactConfig, ablation: str = "corrupted", seed: int = 0, quiet: bool = True):
-    setup = prepare(model, task, ablation, seed)
-    if cfg.level == "node":
-        effects = node_effects(model, setup.batch.clean, setup.ablated, setup.per_mask, max_masks=cfg.max_masks)
-        return on_out_edges(model.graph, -setup.sign * effects)
-    effects = edge_effects(model, setup.batch.clean, setup.ablated, setup.per_mask, max_masks=cfg.max_masks,
-                           quiet=quiet)
-    return -setup.sign * effects
+def score(model, task, cfg: ExactConfig, ablation: str = "corrupted", seed: int = 0, quiet: bool = True,
+          batch_size: int | None = None):
+    effects = 0
+    for s in setups(model, task, ablation, seed, batch_size):  # the task's mean: Σ weight · each batch's
+        if cfg.level == "node":
+            part = node_effects(model, s.batch.clean, s.ablated, s.per_mask, max_masks=cfg.max_masks)
+        else:
+            part = edge_effects(model, s.batch.clean, s.ablated, s.per_mask, max_masks=cfg.max_masks, quiet=quiet)
+        effects = effects + -s.sign * s.weight * part
+    return on_out_edges(model.graph, effects) if cfg.level == "node" else effects

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from circuitfind.errors import ConfigError
+from circuitfind.errors import ConfigError, count
 from circuitfind.sweep.jobs import Job, expand, group_by_model, run_group
 from circuitfind.sweep.store import Store
 
@@ -63,43 +63,45 @@ def _tidy(store: Store) -> None:
             shutil.rmtree(d, ignore_errors=True)
 
 
-def _group_worker(jobs, runs_dir, dtype, device, queue):
-    for job, outcome in run_group(jobs, runs_dir, dtype, device, quiet=True):
+def _group_worker(jobs, runs_dir, dtype, device, batch_size, queue):
+    for job, outcome in run_group(jobs, runs_dir, dtype, device, quiet=True, batch_size=batch_size):
         queue.put((job.key, outcome))
 
 
-def _local(groups, runs_dir, dtype, device, quiet, workers):
+def _local(groups, runs_dir, dtype, device, quiet, workers, batch_size):
     """Yield (job key, outcome) as jobs finish."""
     if workers <= 1:
         for jobs in groups.values():
-            for job, outcome in run_group(jobs, runs_dir, dtype, device, quiet):
+            for job, outcome in run_group(jobs, runs_dir, dtype, device, quiet, batch_size):
                 yield job.key, outcome
         return
     ctx = mp.get_context("spawn")  # fresh interpreters: no forked torch thread pools
     with ctx.Manager() as manager, ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
         queue = manager.Queue()
-        futures = [pool.submit(_group_worker, jobs, runs_dir, dtype, device, queue) for jobs in groups.values()]
+        futures = [pool.submit(_group_worker, jobs, runs_dir, dtype, device, batch_size, queue)
+                   for jobs in groups.values()]
         for _ in range(sum(len(j) for j in groups.values())):
             yield queue.get()
         for f in futures:
             f.result()
 
 
-def _ray(groups, runs_dir, dtype, device, resources):
+def _ray(groups, runs_dir, dtype, device, resources, batch_size):
     from circuitfind.sweep.ray_executor import run_on_ray
 
-    yield from run_on_ray(groups, runs_dir, dtype, device, resources)
+    yield from run_on_ray(groups, runs_dir, dtype, device, resources, batch_size)
 
 
 def sweep(models, tasks, methods, ablations=("corrupted",), seeds=(0,), *, store="sweep.sqlite",
           executor: str = "local", workers: int = 1, n: int = 100, edges: int | None = None, target: float = 0.9,
           options: dict | None = None, dtype: str = "float32", device: str = "cpu", resources: dict | None = None,
-          metric: str | None = None, quiet: bool = False):
+          metric: str | None = None, quiet: bool = False, batch_size: int | None = None):
     """Run every combination not yet done, storing each as it finishes; return `load_sweep(store)`.
 
     options: per-method options, e.g. {"eap-ig": {"steps": 10}}. metric: every task under this built-in
     metric instead of its own (stored as task "name@metric"). resources (Ray): per model group,
-    e.g. {"num_cpus": 1, "num_gpus": 1, "memory": 8 * 2**30}.
+    e.g. {"num_cpus": 1, "num_gpus": 1, "memory": 8 * 2**30}. batch_size: examples a pass for the methods
+    that take one (`methods.BATCHED`; the others run each task whole): how jobs run, not part of their keys.
     """
     if executor not in ("local", "ray"):
         raise ConfigError(f"executor must be 'local' or 'ray', got {executor!r}")
@@ -108,18 +110,21 @@ def sweep(models, tasks, methods, ablations=("corrupted",), seeds=(0,), *, store
     unknown = set(resources or {}) - {"num_cpus", "num_gpus", "memory"}
     if unknown:
         raise ConfigError(f"unknown resource {sorted(unknown)[0]!r}; a model group asks for num_cpus, num_gpus, memory")
+    if batch_size is not None:
+        batch_size = count(batch_size, "batch_size (examples a pass)", least=1)
     jobs = expand(models, tasks, methods, ablations, seeds, n=n, edges=edges, target=target, options=options,
                   metric=metric)
     Path(store).parent.mkdir(parents=True, exist_ok=True)
     with _exclusive(Path(store)):
-        failures, done_before, ran = _run_jobs(jobs, store, executor, workers, dtype, device, resources, quiet)
+        failures, done_before, ran = _run_jobs(jobs, store, executor, workers, dtype, device, resources, quiet,
+                                               batch_size)
     log.info("sweep: %d already done, %d ran, %d failed", done_before, ran - len(failures), len(failures))
     for label, error in failures:  # a warning: shown without any logging set up, as a finished bar would hide them
         log.warning("sweep job failed: %s: %s", label, error)
     return load_sweep(store)
 
 
-def _run_jobs(jobs, store, executor, workers, dtype, device, resources, quiet):
+def _run_jobs(jobs, store, executor, workers, dtype, device, resources, quiet, batch_size):
     """Run the jobs not yet done, recording each; → (failures, jobs done before, jobs run)."""
     db = Store(store)
     try:
@@ -132,8 +137,8 @@ def _run_jobs(jobs, store, executor, workers, dtype, device, resources, quiet):
         bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="sweep", unit="job", disable=quiet)
         failures = []
         groups = group_by_model(todo)
-        results = (_local(groups, runs_dir, dtype, device, quiet, workers) if executor == "local"
-                   else _ray(groups, runs_dir, dtype, device, resources or {}))
+        results = (_local(groups, runs_dir, dtype, device, quiet, workers, batch_size) if executor == "local"
+                   else _ray(groups, runs_dir, dtype, device, resources or {}, batch_size))
         for key, outcome in results:
             job = by_key[key]
             db.record(job, outcome)

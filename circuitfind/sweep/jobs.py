@@ -20,7 +20,7 @@ from pathlib import Path
 from circuitfind.discover import discover
 from circuitfind.engine.ablation import ABLATIONS
 from circuitfind.errors import ConfigError, count
-from circuitfind.methods import check_options
+from circuitfind.methods import BATCHED, check_options
 from circuitfind.metrics import METRICS
 from circuitfind.sweep.store import SCHEMA_VERSION
 from circuitfind.task import load_task
@@ -121,8 +121,10 @@ def _peak_mb(device) -> float:
     return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
 
 
-def run_job(model, job: Job, runs_dir: Path, quiet: bool = True) -> dict:
-    """Run one job into runs_dir/<key> (written to a temporary directory, then renamed) → its outcome."""
+def run_job(model, job: Job, runs_dir: Path, quiet: bool = True, batch_size: int | None = None) -> dict:
+    """Run one job into runs_dir/<key> (written to a temporary directory, then renamed) → its outcome.
+    batch_size: examples a pass, for the methods that take one (`methods.BATCHED`); how a job runs,
+    not what it computes, so not part of its key."""
     import torch
 
     tmp = runs_dir / f".tmp-{job.key}-{os.getpid()}"
@@ -134,7 +136,8 @@ def run_job(model, job: Job, runs_dir: Path, quiet: bool = True) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
         task = load_task(job.task, n=job.n, seed=job.seed, metric=job.metric)
         run = discover(model, task, job.method, job.ablation, out=tmp, edges=job.edges, target=job.target, n=job.n,
-                       seed=job.seed, quiet=quiet, **job.options)
+                       seed=job.seed, quiet=quiet, batch_size=batch_size if job.method in BATCHED else None,
+                       **job.options)
         shutil.rmtree(final, ignore_errors=True)  # left by an attempt killed before its row was written
         tmp.rename(final)
         return {"status": "done", "result": run.result, "started": start, "finished": time.time(),
@@ -162,8 +165,8 @@ def not_loaded(error: str) -> dict:
     return {"status": "failed", "error": error, "started": time.time(), "seconds": 0.0}
 
 
-def run_group(jobs: list[Job], runs_dir: Path, dtype: str, device: str, quiet: bool):
+def run_group(jobs: list[Job], runs_dir: Path, dtype: str, device: str, quiet: bool, batch_size: int | None = None):
     """Yield (job, outcome) for each job of one model's group, loading the model once."""
     model, error = load_for(jobs[0], dtype, device)
     for job in jobs:
-        yield job, (not_loaded(error) if model is None else run_job(model, job, runs_dir, quiet))
+        yield job, (not_loaded(error) if model is None else run_job(model, job, runs_dir, quiet, batch_size))

@@ -18,10 +18,10 @@ def _import_ray():
 class _GroupWorker:
     """Holds one loaded model and runs its jobs."""
 
-    def __init__(self, first_job, runs_dir, dtype, device):
+    def __init__(self, first_job, runs_dir, dtype, device, batch_size=None):
         from circuitfind.sweep.jobs import load_for
 
-        self.runs_dir = runs_dir
+        self.runs_dir, self.batch_size = runs_dir, batch_size
         self.model, self.error = load_for(first_job, dtype, device)
 
     def run(self, job):
@@ -29,10 +29,10 @@ class _GroupWorker:
 
         if self.model is None:
             return job.key, not_loaded(self.error)
-        return job.key, run_job(self.model, job, self.runs_dir, quiet=True)
+        return job.key, run_job(self.model, job, self.runs_dir, quiet=True, batch_size=self.batch_size)
 
 
-def run_on_ray(groups, runs_dir, dtype, device, resources):
+def run_on_ray(groups, runs_dir, dtype, device, resources, batch_size=None):
     """Yield (job key, outcome) as Ray finishes jobs."""
     ray = _import_ray()
     started_here = not ray.is_initialized()
@@ -43,7 +43,7 @@ def run_on_ray(groups, runs_dir, dtype, device, resources):
     pending = []
     actors = []
     for jobs in groups.values():
-        actor = actor_cls.remote(jobs[0], runs_dir, dtype, device)
+        actor = actor_cls.remote(jobs[0], runs_dir, dtype, device, batch_size)
         actors.append(actor)
         pending += [actor.run.remote(job) for job in jobs]
     try:
