@@ -26,6 +26,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/engine.py
 	$(PY) benchmarks/methods.py
 	$(PY) benchmarks/acdc_layers.py
+	$(PY) benchmarks/batching.py
 	$(PY) benchmarks/correlation.py
 	$(PY) benchmarks/edge_pruning.py
 
