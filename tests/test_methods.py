@@ -474,7 +474,8 @@ def test_circuits_combine_and_overlap_as_edge_sets(model, tmp_path, capsys):
 
 
 BATCHED_CASES = [("eap", {}), ("eap-node", {}), ("eap-ig", {"steps": 3}), ("eap-ig-activations", {"steps": 2}),
-                 ("eap-ig-node", {"steps": 2}), ("clean-corrupted", {}), ("exact", {}), ("exact-node", {})]
+                 ("eap-ig-node", {"steps": 2}), ("clean-corrupted", {}), ("exact", {}), ("exact-node", {}),
+                 ("ifr", {}), ("ifr", {"positions": "answer"})]
 
 
 @pytest.mark.parametrize("ablation", ["corrupted", "mean", "mean-positional", "zero"])
@@ -501,7 +502,7 @@ def test_scores_a_batch_of_examples_at_a_time_equal_the_whole_task(ablation):
 
 def test_batch_size_is_refused_where_it_cannot_hold(model):
     task = cf.load_task("induction", n=6)
-    for method in ("acdc", "ifr", "edge-pruning"):  # decisions, shares and training need the task whole
+    for method in ("acdc", "edge-pruning"):  # decisions and training need the task whole
         with pytest.raises(cf.ConfigError, match=f"method '{method}' takes the task whole"):
             cf.score_edges(model, task, method, batch_size=2)
     with pytest.raises(cf.ConfigError, match="resample ablation draws each example's donor from the whole task"):

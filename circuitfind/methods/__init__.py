@@ -35,9 +35,9 @@ METHODS = {
 }
 LONG_RUNNING = ("exact", "acdc", "edge-pruning")  # methods with a progress bar
 # methods that take the task a batch of examples at a time (batch_size=): their scores are means over
-# examples; ACDC's decisions, IFR's shares and edge pruning's training need the whole task at once
+# examples; ACDC's decisions and edge pruning's training need the whole task at once
 BATCHED = ("eap", "eap-ig", "eap-ig-activations", "eap-node", "eap-ig-node", "clean-corrupted", "exact",
-           "exact-node")
+           "exact-node", "ifr")
 
 
 def check_options(method: str, options: dict) -> dict:

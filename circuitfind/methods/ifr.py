@@ -21,7 +21,7 @@ from torch import Tensor
 
 from circuitfind.engine.patching import Inputs, sender_outputs
 from circuitfind.errors import ConfigError
-from circuitfind.methods.common import prepare
+from circuitfind.methods.common import setups
 
 
 @dataclass(frozen=True)
@@ -71,13 +71,16 @@ def contribution_graph(model, tokens: Tensor, position: int = -1) -> Tensor:
     return proximity_weights(model, inputs)[:, :, 0, position]
 
 
-def score(model, task, cfg: IFRConfig, ablation: str = "corrupted", seed: int = 0):
+def score(model, task, cfg: IFRConfig, ablation: str = "corrupted", seed: int = 0, batch_size: int | None = None):
     if cfg.positions not in ("all", "answer"):
         raise ConfigError(f"positions must be 'all' or 'answer', got {cfg.positions!r}")
-    setup = prepare(model, task, "zero", seed)  # the batch and metric checks; IFR patches nothing
-    inputs = setup.batch.clean
-    w = proximity_weights(model, inputs)  # [dst, src, batch, pos]
-    if cfg.positions == "answer":
-        return w[:, :, torch.arange(inputs.batch), inputs.answer_pos].mean(-1)
-    real = inputs.attention_mask.to(w.dtype)
-    return (w * real).sum((2, 3)) / real.sum()
+    total, count = 0, 0  # Σ of the shares averaged, and over how many (examples, or real tokens)
+    for setup in setups(model, task, "zero", seed, batch_size):  # the batch and metric checks; IFR patches nothing
+        inputs = setup.batch.clean
+        w = proximity_weights(model, inputs)  # [dst, src, batch, pos]
+        if cfg.positions == "answer":
+            total, count = total + w[:, :, torch.arange(inputs.batch), inputs.answer_pos].sum(-1), count + inputs.batch
+        else:
+            real = inputs.attention_mask.to(w.dtype)
+            total, count = total + (w * real).sum((2, 3)), count + real.sum()
+    return total / count
