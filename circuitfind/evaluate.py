@@ -55,14 +55,15 @@ def _metric_of_masks(model, parts, masks: Tensor, chunk: int, quiet: bool = True
     """Mean metric over the task of each mask [k, dst, src] → [k], a few masks per forward, and of the
     full model; parts: the task's Setups (`setups`), each weighted by its share of the examples."""
     total, full, workspace = 0, 0.0, Workspace()
-    with torch.no_grad(), tqdm(total=len(masks), desc="faithfulness", unit="circuit", disable=quiet) as bar:
+    with torch.no_grad(), tqdm(total=len(masks) * len(parts), desc="faithfulness", unit="circuit",
+                               disable=quiet) as bar:
         for setup in parts:
             out = []
             for chunk_masks in masks.split(chunk):
                 chunk_masks = chunk_masks.to(model.device, model.dtype)
                 out.append(setup.per_mask(masked_forward(model, setup.batch.clean, setup.ablated, chunk_masks,
                                                          workspace=workspace)))
-                bar.update(len(chunk_masks) * setup.weight)
+                bar.update(len(chunk_masks))
             total = total + setup.weight * torch.cat(out)
             full += setup.weight * float(setup.per_mask(setup.targets.clean_logits[None])[0])
     return total, full

@@ -8,7 +8,7 @@ m(edge ablated) − m(clean) where lower is better (kl, ce). Positive = the edge
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -44,10 +44,24 @@ class Setup:
 
 def prepare(model, task: Task, ablation: str, seed: int = 0) -> Setup:
     """Batch the task, check the metric on the clean run, and compute the ablated sender outputs."""
-    return next(setups(model, task, ablation, seed))
+    return next(iter(setups(model, task, ablation, seed)))
 
 
-def setups(model, task: Task, ablation: str, seed: int = 0, batch_size: int | None = None) -> Iterator[Setup]:
+class Batches:
+    """The Setups of a task's batches, made one at a time as they are iterated (each holds its batch's
+    ablated outputs: the memory that batching saves), and how many there are."""
+
+    def __init__(self, n: int, make: Callable[[int], Setup]):
+        self._n, self._make = n, make
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __iter__(self) -> Iterator[Setup]:
+        return (self._make(i) for i in range(self._n))
+
+
+def setups(model, task: Task, ablation: str, seed: int = 0, batch_size: int | None = None) -> Batches:
     """The task a batch of at most `batch_size` examples at a time (all at once by default): one Setup
     per batch, each weighted by its share of the examples, so that a method's mean over the task is
     Σ weight · its mean over each batch. Everything is checked, and the clean runs made, before the
@@ -75,13 +89,13 @@ def setups(model, task: Task, ablation: str, seed: int = 0, batch_size: int | No
     higher = HIGHER_IS_BETTER.get(name, task.higher_is_better)  # a built-in metric knows its direction
     metric, sign = resolve_metric(task.metric), 1.0 if higher else -1.0
 
-    def each():
-        for part, part_logits in zip(parts, logits):
-            with torch.no_grad():
-                ablated = means if means is not None else ablated_outputs(model, ablation, part.clean, part.corrupt,
-                                                                          seed=seed)
-            yield Setup(part, ablated, part.targets.with_clean(part_logits), metric, sign, part.size / batch.size)
-    return each()
+    def make(i: int) -> Setup:
+        part = parts[i]
+        with torch.no_grad():
+            ablated = means if means is not None else ablated_outputs(model, ablation, part.clean, part.corrupt,
+                                                                      seed=seed)
+        return Setup(part, ablated, part.targets.with_clean(logits[i]), metric, sign, part.size / batch.size)
+    return Batches(len(parts), make)
 
 
 def refuse_gradient_at_clean_of_kl(task: Task, method: str) -> None:
