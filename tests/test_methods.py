@@ -189,8 +189,10 @@ def test_faithfulness_curve_matches_separate_evaluations(model):
         assert alone["faithfulness"] == pytest.approx(curve.faithfulness_absolute[i], abs=1e-9)
         assert alone["metric_circuit"] == pytest.approx(curve.metric_absolute[i], abs=1e-9)
         assert (alone["metric_full"], alone["metric_empty"]) == pytest.approx((curve.metric_full, curve.metric_empty))
-    assert curve.cmd == pytest.approx(_trapezoid(MIB_FRACTIONS, [abs(1 - f) for f in curve.faithfulness_absolute]))
-    assert curve.cpr == pytest.approx(_trapezoid(MIB_FRACTIONS, curve.faithfulness_signed))
+    # the areas, by an independent rule (numpy's trapezoids) and by hand on a known curve
+    assert curve.cmd == pytest.approx(np.trapezoid([abs(1 - f) for f in curve.faithfulness_absolute], MIB_FRACTIONS))
+    assert curve.cpr == pytest.approx(np.trapezoid(curve.faithfulness_signed, MIB_FRACTIONS))
+    assert _trapezoid([0.0, 0.5, 1.0], [0.0, 1.0, 1.0]) == pytest.approx(0.75)  # a left sum would give 0.5
     signed = cf.faithfulness_curve(model, task, scores, chunk=5, ranking="signed")
     absolute = cf.faithfulness_curve(model, task, scores, chunk=5, ranking="absolute")
     assert signed.faithfulness_signed == pytest.approx(curve.faithfulness_signed, abs=1e-9)

@@ -1,0 +1,55 @@
+"""The built-in metrics against values worked out by hand or by torch's own functions, and the
+direction each is scored in (a score is the behaviour lost when an edge is ablated)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import circuitfind as cf
+from circuitfind.metrics import HIGHER_IS_BETTER, Targets, cross_entropy, kl, logit_diff, prob_diff
+
+
+def _targets():
+    # example 0: correct {2}, wrong {0, 1}; example 1: correct {1, 3}, wrong {0} (-1 pads)
+    return Targets(torch.tensor([[2, -1], [1, 3]]), torch.tensor([[0, 1], [0, -1]]))
+
+
+def test_logit_and_probability_differences_by_hand():
+    logits = torch.tensor([[1.0, 2.0, 4.0, 0.0], [0.0, 1.0, 0.0, 3.0]])
+    t = _targets()
+    # mean correct logit − mean wrong logit
+    assert logit_diff(logits, t).tolist() == pytest.approx([4.0 - 1.5, 2.0 - 0.0])
+    p = logits.softmax(-1)
+    # total probability of the correct answers − of the wrong ones
+    assert prob_diff(logits, t).tolist() == pytest.approx([float(p[0, 2] - p[0, 0] - p[0, 1]),
+                                                           float(p[1, 1] + p[1, 3] - p[1, 0])])
+
+
+def test_kl_and_cross_entropy_match_torch():
+    g = torch.Generator().manual_seed(0)
+    clean, logits = torch.randn(3, 7, generator=g), torch.randn(3, 7, generator=g)
+    t = Targets(torch.tensor([[4], [0], [6]]), torch.tensor([[1], [1], [1]])).with_clean(clean)
+    want = F.kl_div(logits.log_softmax(-1), clean.log_softmax(-1), log_target=True, reduction="none").sum(-1)
+    assert kl(logits, t).tolist() == pytest.approx(want.tolist(), abs=1e-6)  # KL(clean ‖ current)
+    assert kl(clean, t).abs().max() < 1e-6
+    assert cross_entropy(logits, t).tolist() == pytest.approx(
+        F.cross_entropy(logits, torch.tensor([4, 0, 6]), reduction="none").tolist(), abs=1e-6)
+    assert not math.isnan(float(kl(logits, t).sum()))
+
+
+@pytest.mark.parametrize("metric", ["kl", "logit-diff"])
+def test_exact_scores_are_behaviour_lost(metric):
+    """Scores are the behaviour lost when an edge is ablated: under KL (lower is better) that is
+    KL(ablated) − KL(clean) = KL(ablated) ≥ 0 for every edge; a metric scored in the wrong direction
+    flips them all. Under logit-diff, cutting the whole model's input loses the most."""
+    model = cf.load_model("toy-lm")
+    task = cf.load_task("induction", n=12, metric=metric)
+    scores = cf.score_edges(model, task, "exact").values()
+    if metric == "kl":
+        assert not HIGHER_IS_BETTER["kl"] and scores.min() >= -1e-6 and scores.max() > 0.01
+    else:
+        assert scores.max() > 0.5 and scores.max() > -scores.min()
