@@ -11,6 +11,7 @@ import torch
 import circuitfind as cf
 from circuitfind.circuit import Circuit, EdgeScores
 from circuitfind.cli import main
+from circuitfind.evaluate import MIB_FRACTIONS
 from tests.conftest import tiny_hf
 from tests.test_tasks import USER_TASK, _word_model
 
@@ -106,6 +107,10 @@ def test_a_target_sized_circuit_takes_its_figures_from_the_curve():
     with mock.patch("circuitfind.discover.evaluate", side_effect=AssertionError("evaluated twice")):
         run = cf.discover(model, "ioi", method="eap", n=20, quiet=True, report=False)
     assert run.result["sized_by"] == "target"
+    # the smallest MIB size whose circuit (ranked by |score|) reaches the target
+    curve = run.result["curve"]["faithfulness_absolute"]
+    first = next(i for i, f in enumerate(curve) if f >= 0.9)
+    assert first > 0 and run.circuit.n_edges == cf.prune(run.scores, edges=int(MIB_FRACTIONS[first] * 479)).n_edges
     again = cf.evaluate(model, cf.load_task("ioi", n=20).with_split("test", n=5), run.circuit)
     # (fp32: the curve ran it batched with other circuits, in another order of sums)
     assert run.result["faithfulness"] == pytest.approx(again["faithfulness"], abs=1e-5)

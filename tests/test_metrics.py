@@ -53,3 +53,10 @@ def test_exact_scores_are_behaviour_lost(metric):
         assert not HIGHER_IS_BETTER["kl"] and scores.min() >= -1e-6 and scores.max() > 0.01
     else:
         assert scores.max() > 0.5 and scores.max() > -scores.min()
+
+
+def test_faithfulness_is_undefined_where_the_ablation_changes_nothing():
+    from circuitfind.evaluate import faithfulness
+
+    assert faithfulness(3.0, 5.0, 1.0) == pytest.approx(0.5)
+    assert math.isnan(faithfulness(2.0, 1.0, 1.0))  # full model = empty circuit: no behaviour to recover

@@ -360,3 +360,21 @@ def test_mlp_read_only_by_the_logits_is_exact(model):
     for i in range(2):
         want = reference_masked_logits(model, clean.tokens, clean.attention_mask, clean.answer_pos, abl, masks[i])
         assert (masked_forward(model, clean, abl, masks)[i] - want).abs().max().item() <= 1e-5
+
+
+def test_mean_ablations_average_the_real_tokens():
+    """mean: every sender's output averaged over every real (unpadded) token of every prompt;
+    mean-positional: over the prompts real at each position; both also a batch of prompts at a time."""
+    from circuitfind.engine.ablation import mean_outputs
+
+    model = cf.from_hf(tiny_hf("gpt2")).double()
+    clean, _ = _pair(batch=4, pos=6)  # prompt 1 left-padded by two
+    outs, real = sender_outputs(model, clean), clean.attention_mask.bool()  # [src, batch, pos, d], [batch, pos]
+    want = torch.stack([outs[:, b, p] for b in range(4) for p in range(6) if real[b, p]]).mean(0)  # [src, d]
+    assert torch.allclose(ablated_outputs(model, "mean", clean)[:, 0, 0], want)
+    for p in (0, 1, 5):
+        at = torch.stack([outs[:, b, p] for b in range(4) if real[b, p]]).mean(0)
+        assert torch.allclose(ablated_outputs(model, "mean-positional", clean)[:, 0, p], at)
+    halves = [Inputs(x.tokens[s], x.attention_mask[s], x.answer_pos[s]) for x in [clean] for s in (slice(0, 3),
+                                                                                                   slice(3, 4))]
+    assert torch.allclose(mean_outputs(model, halves, positional=False)[:, 0, 0], want)
