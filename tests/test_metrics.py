@@ -60,3 +60,25 @@ def test_faithfulness_is_undefined_where_the_ablation_changes_nothing():
 
     assert faithfulness(3.0, 5.0, 1.0) == pytest.approx(0.5)
     assert math.isnan(faithfulness(2.0, 1.0, 1.0))  # full model = empty circuit: no behaviour to recover
+
+
+def test_cmd_is_the_area_of_the_distance_from_one_on_either_side():
+    """CMD integrates |1 − f|: circuits that overshoot the full model (f > 1) count as far off as those
+    that fall short (MIB's circuit track). Every circuit here scores 1.5 (the empty one 0, the full one 1)."""
+    from unittest import mock
+
+    import numpy as np
+
+    from circuitfind.evaluate import MIB_FRACTIONS
+
+    model = cf.load_model("toy-induction")
+    task = cf.load_task("induction", n=8)
+    scores = cf.score_edges(model, task, "exact")
+
+    def metrics(model, parts, masks, chunk, quiet):  # (metric per mask, full model's): the empty mask is first
+        return torch.tensor([0.0] + [1.5] * (len(masks) - 1)), 1.0
+    with mock.patch("circuitfind.evaluate._metric_of_masks", side_effect=metrics):
+        curve = cf.faithfulness_curve(model, task, scores)
+    overshoot = [abs(1 - f) for f in curve.faithfulness_absolute]
+    assert max(curve.faithfulness_absolute) == pytest.approx(1.5) and curve.cmd > 0.4
+    assert curve.cmd == pytest.approx(np.trapezoid(overshoot, MIB_FRACTIONS))
