@@ -343,3 +343,16 @@ def test_bad_lens_and_steering_targets_say_what_is_expected(model):
             logit_lens(model, PROMPT, what)
     with pytest.raises(ConfigError, match="resid:L with L in 0..1"):
         generate(model, PROMPT, 1, [Intervention("resid:2", "steer", torch.zeros(model.cfg.d_model))])
+
+
+def test_lens_of_resid_L_reads_the_stream_entering_layer_L(model):
+    """resid:0 is the embeddings, resid:1 what the first block leaves: computed here without the lens's hooks."""
+    tokens = model.to_tokens(PROMPT)
+    _, cache = model.run_with_cache(tokens, names_filter=["blocks.0.hook_resid_post"])
+    entering = {0: model.embed(tokens, model.positions(torch.ones_like(tokens))), 1: cache["blocks.0.hook_resid_post"]}
+    hidden = [i for i in (model.tokenizer.pad_token_id, model.tokenizer.unk_token_id) if i is not None]
+    for L, x in entering.items():
+        want = model.unembed(x)[0]  # [pos, vocab]
+        want[:, hidden] = float("-inf")  # the lens leaves them out of its rankings
+        rows = logit_lens(model, PROMPT, f"resid:{L}", k=1)
+        assert [r.promoted[0][0] for r in rows] == [model.tokenizer.decode([i]) for i in want.argmax(-1).tolist()]
