@@ -35,6 +35,11 @@ class Targets:
     def with_clean(self, clean_logits: Tensor) -> "Targets":
         return Targets(self.correct, self.wrong, clean_logits.detach(), self.values)
 
+    def rows(self, s: slice) -> "Targets":
+        """The targets of the examples s (a slice of the batch)."""
+        part = lambda t: None if t is None else t[s]  # noqa: E731
+        return Targets(self.correct[s], self.wrong[s], part(self.clean_logits), part(self.values))
+
     def repeat(self, k: int) -> "Targets":
         """The targets of k copies of the batch (k masks evaluated at once), [k·batch, ...]."""
         rep = lambda t: None if t is None else t.repeat(k, *([1] * (t.ndim - 1)))  # noqa: E731

@@ -68,18 +68,8 @@ class Batch:
 
     def split(self, size: int) -> list["Batch"]:
         """Consecutive batches of at most `size` examples, padded as this one (same positions)."""
-        def rows(x: Inputs, s: slice) -> Inputs:
-            return Inputs(x.tokens[s], x.attention_mask[s], x.answer_pos[s])
-
-        def part(t: Tensor | None, s: slice) -> Tensor | None:
-            return None if t is None else t[s]
-        out = []
-        for start in range(0, self.size, size):
-            s = slice(start, start + size)
-            t = self.targets
-            targets = Targets(t.correct[s], t.wrong[s], part(t.clean_logits, s), part(t.values, s))
-            out.append(Batch(rows(self.clean, s), rows(self.corrupt, s), targets, self.examples[s]))
-        return out
+        cuts = [slice(start, start + size) for start in range(0, self.size, size)]
+        return [Batch(self.clean.rows(s), self.corrupt.rows(s), self.targets.rows(s), self.examples[s]) for s in cuts]
 
 
 class Words:

@@ -52,5 +52,9 @@ class Inputs:
     def batch(self) -> int:
         return self.tokens.shape[0]
 
+    def rows(self, s: slice) -> "Inputs":
+        """These prompts' rows s (a slice of the batch), padded as they are."""
+        return Inputs(self.tokens[s], self.attention_mask[s], self.answer_pos[s])
+
     def to(self, device) -> "Inputs":
         return Inputs(self.tokens.to(device), self.attention_mask.to(device), self.answer_pos.to(device))

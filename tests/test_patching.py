@@ -375,6 +375,5 @@ def test_mean_ablations_average_the_real_tokens():
     for p in (0, 1, 5):
         at = torch.stack([outs[:, b, p] for b in range(4) if real[b, p]]).mean(0)
         assert torch.allclose(ablated_outputs(model, "mean-positional", clean)[:, 0, p], at)
-    halves = [Inputs(x.tokens[s], x.attention_mask[s], x.answer_pos[s]) for x in [clean] for s in (slice(0, 3),
-                                                                                                   slice(3, 4))]
+    halves = [clean.rows(slice(0, 3)), clean.rows(slice(3, 4))]
     assert torch.allclose(mean_outputs(model, halves, positional=False)[:, 0, 0], want)
