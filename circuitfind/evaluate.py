@@ -76,8 +76,9 @@ def evaluate(model, task: Task | str, circuit: Circuit, *, ablation: str = "corr
     g = model.graph
     _check_graph("circuit is", circuit.graph, g)
     parts = setups(model, _test_task(task, split), ablation, seed, batch_size)
-    masks = torch.stack([circuit.mask, g.edge_mask, torch.zeros_like(g.edge_mask)]).float()
-    m_c, m_full, m_empty = _metric_of_masks(model, parts, masks, chunk=3)[0].tolist()
+    masks = torch.stack([circuit.mask, torch.zeros_like(g.edge_mask)]).float()
+    values, m_full = _metric_of_masks(model, parts, masks, chunk=2)  # the full model: the clean run setups() made
+    m_c, m_empty = values.tolist()
     return {"metric_circuit": m_c, "metric_full": m_full, "metric_empty": m_empty,
             "faithfulness": faithfulness(m_c, m_full, m_empty), "n_edges": circuit.n_edges,
             "n_edges_total": g.n_edges}
