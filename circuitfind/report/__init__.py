@@ -23,6 +23,15 @@ def _write(path: Path, text: str) -> None:
     _atomic_write(path, lambda p: Path(p).write_text(text, encoding="utf-8"))
 
 
+def _write_table(stem: Path, header, rows, caption: str, label: str) -> str:
+    """A table as stem.md and stem.tex (booktabs) → its Markdown. The suffixes are appended, not swapped
+    in, as `figures.save` does: a name with a dot of its own ("overlap-Qwen2.5_0.5B-ioi") keeps all of it."""
+    md = tables.markdown(header, rows)
+    _write(stem.with_name(stem.name + ".md"), md)
+    _write(stem.with_name(stem.name + ".tex"), tables.latex(header, rows, caption, label))
+    return md
+
+
 def _flow_figure(graph, flow: dict, path: Path) -> None:
     import torch
 
@@ -57,12 +66,10 @@ def write_report(run_dir) -> Path:
     _write(fig_dir / "circuit.dot", figures.dot(scores, circuit))
     caption = f"Circuit found by {result['method']} for {result['task']} on {result['model']}."
     rows, header = tables.summary_rows([result]), tables.SUMMARY_COLUMNS
-    _write(tab_dir / "summary.md", tables.markdown(header, rows))
-    _write(tab_dir / "summary.tex", tables.latex(header, rows, caption, "tab:circuit-summary"))
+    _write_table(tab_dir / "summary", header, rows, caption, "tab:circuit-summary")
     kind, top = tables.top_rows(scores, 20)  # top_edges, or top_nodes for node scores
-    _write(tab_dir / f"top_{kind}s.md", tables.markdown(("#", kind, "score"), top))
-    _write(tab_dir / f"top_{kind}s.tex", tables.latex(("#", kind, "score"), top, f"Top {kind}s ({result['method']}).",
-                                                      f"tab:top-{kind}s"))
+    _write_table(tab_dir / f"top_{kind}s", ("#", kind, "score"), top, f"Top {kind}s ({result['method']}).",
+                 f"tab:top-{kind}s")
     page = d / "report.html"
     _write(page, html.page(scores, circuit, result, inspect, fig_dir))
     return page

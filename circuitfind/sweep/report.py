@@ -14,7 +14,7 @@ from pathlib import Path
 
 from circuitfind.circuit import Circuit, overlap
 from circuitfind.errors import ConfigError
-from circuitfind.report import _write, figures, tables
+from circuitfind.report import _write, _write_table, figures, tables
 from circuitfind.sweep import load_sweep
 
 
@@ -47,11 +47,8 @@ def _overlap_table(part, labels, base: Path, path: Path, what: str) -> list[str]
         return []
     names = list(circuits)
     rows = [[x] + [f"{overlap(circuits[x], circuits[y])['edges']['iou']:.2f}" for y in names] for x in names]
-    md = tables.markdown(["edge IoU", *names], rows)
-    # (names may hold dots, "Qwen2.5-0.5B": the suffix is appended, never swapped in)
-    _write(path.parent / f"{path.name}.md", md)
     caption = f"Edge overlap (intersection over union) of the circuits found for {what}."
-    _write(path.parent / f"{path.name}.tex", tables.latex(["", *names], rows, caption, f"tab:{path.name}"))
+    md = _write_table(path, ["edge IoU", *names], rows, caption, f"tab:{path.name}")
     return ["How much the circuits agree (shared edges over either's):", "", md]
 
 
@@ -77,10 +74,8 @@ def write_sweep_report(store, out=None) -> Path:
         _cpr_cmd(done, out / "figures" / "cpr_cmd")
         lines += ["## CPR and CMD", "", "![CPR and CMD](figures/cpr_cmd.png)", ""]
     rows = tables.summary_rows([r for r in done.result])
-    md = tables.markdown(tables.SUMMARY_COLUMNS, rows)
-    _write(out / "tables" / "sweep.md", md)
-    _write(out / "tables" / "sweep.tex", tables.latex(tables.SUMMARY_COLUMNS, rows, "Circuits found in the sweep.",
-                                                      "tab:sweep"))
+    md = _write_table(out / "tables" / "sweep", tables.SUMMARY_COLUMNS, rows, "Circuits found in the sweep.",
+                      "tab:sweep")
     lines += ["## All jobs", "", md]
     failed = df[df.status == "failed"]
     if len(failed):
