@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -70,7 +71,7 @@ def _discover(args) -> int:
     model = load_model(args.model, tokenizer=args.tokenizer, dtype=args.dtype, device=args.device)
     run = discover(model, task, args.method, args.ablation, out=args.out, edges=args.edges, target=args.target,
                    n=args.n, seed=args.seed, quiet=args.quiet, report=not args.no_report, batch_size=args.batch_size,
-                   **options)
+                   provenance={"command": "circuitfind " + shlex.join(args.argv)}, **options)
     r = run.result
     print(f"{r['model']} / {r['task']} ({r['metric_name']}) / {r['method']}: "
           f"{r['n_edges']} of {r['n_edges_total']} edges ({r['n_nodes']} nodes), "
@@ -364,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)  # for the run's provenance
     if rest:  # --quiet may come after the subcommand too
         args.quiet = args.quiet or "--quiet" in rest
         unknown = [r for r in rest if r != "--quiet"]

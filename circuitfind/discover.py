@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import platform
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,7 +58,7 @@ class Run:
 
 def discover(model, task: Task | str, method: str = "eap-ig", ablation: str = "corrupted", *, out=None,
              edges: int | None = None, target: float = 0.9, n: int | None = None, seed: int = 0, quiet: bool = False,
-             report: bool = True, batch_size: int | None = None, **options) -> Run:
+             report: bool = True, batch_size: int | None = None, provenance: dict | None = None, **options) -> Run:
     """Score every edge with `method`, pick the smallest MIB-size circuit whose faithfulness on the
     test split (a quarter of n, no prompt shared with the train split) reaches `target` (or the top
     `edges`), evaluate it, and, with `out=`, write the run directory and its report.
@@ -67,6 +66,8 @@ def discover(model, task: Task | str, method: str = "eap-ig", ablation: str = "c
     task: a Task, or a name loaded with n (default 100) and seed. options: the method's config
     (e.g. steps=10 for eap-ig; `circuitfind.methods.METHODS` lists the config classes). batch_size:
     examples a pass, for scoring, the curve and the evaluation (methods in `methods.BATCHED`).
+    provenance: entries added to result.json's provenance (the command line records itself there;
+    a notebook might add its experiment's commit).
     """
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
@@ -108,9 +109,10 @@ def discover(model, task: Task | str, method: str = "eap-ig", ablation: str = "c
               "curve": {"fractions": curve.fractions, "faithfulness_signed": curve.faithfulness_signed,
                         "faithfulness_absolute": curve.faithfulness_absolute},
               "seconds": round(time.perf_counter() - start, 2), "seed": seed, "n": task.n,
-              "provenance": {"command": " ".join(sys.argv), "python": platform.python_version(),
-                             "torch": torch.__version__, "transformers": _version("transformers"),
-                             "circuitfind": _version("circuitfind"), "options": options}}
+              "provenance": {"command": None, "python": platform.python_version(), "torch": torch.__version__,
+                             "transformers": _version("transformers"), "circuitfind": _version("circuitfind"),
+                             "dtype": str(model.dtype).removeprefix("torch."), "device": str(model.device),
+                             "batch_size": batch_size, "options": options} | (provenance or {})}
     if out is not None:
         out = Path(out)
         scores.save(out)

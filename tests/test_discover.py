@@ -32,6 +32,8 @@ def test_discover_writes_a_run_directory(tmp_path):
     assert result["faithfulness"] >= 0.9 or not reached
     assert not list((tmp_path / "run").glob(".*tmp"))  # nothing half-written
     assert result["n"] == 8
+    assert result["provenance"]["command"] is None  # called from Python: no command line to record
+    assert result["provenance"]["options"] == {} and result["provenance"]["batch_size"] is None
     assert result["target"] == 0.9 and result["sized_by"] in ("target", "target not reached: all edges")
     shown = repr(run)  # what a notebook prints: one line, not the scores tensor
     assert "\n" not in shown and "tensor" not in shown and len(shown) < 300
@@ -59,6 +61,10 @@ def test_cli_discover_with_a_user_task(tmp_path, capsys):
     assert "faithfulness" in out and (tmp_path / "run" / "result.json").exists()
     result = json.loads((tmp_path / "run" / "result.json").read_text())
     assert result["task"] == "greeting" and result["method"] == "eap-ig"
+    # the command that made the run, not the argv of whatever process called main()
+    assert result["provenance"]["command"] == (f"circuitfind discover --model {model_dir} --task {task_file}:Greeting "
+                                               f"--method eap-ig --option steps=2 -n 8 --out {tmp_path / 'run'} --quiet")
+    assert result["provenance"]["dtype"] == "float32" and result["provenance"]["device"] == "cpu"
 
 
 def test_cli_discover_bad_method(capsys):
