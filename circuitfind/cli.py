@@ -158,8 +158,17 @@ def _graph(args) -> int:
 
 def _inspect(args) -> int:
     from circuitfind import inspect as ins
+    from circuitfind.errors import ConfigError
+    from circuitfind.inspect.common import token_str
     from circuitfind.models.loading import load_model
 
+    if not args.prompt and not (args.tool == "top" and args.task):
+        raise ConfigError(f"inspect {args.tool} needs --prompt" + (" (or --task)" if args.tool == "top" else ""))
+    if args.tool in ("lens", "top") and not args.node:
+        raise ConfigError(f"inspect {args.tool} needs --node: a head (a3.h5), an MLP (m2)"
+                          + (", a neuron (m2.n17)" if args.tool == "top" else ", input, or resid:L"))
+    if args.tool == "why" and args.ablation == "mean" and not args.task:
+        raise ConfigError("inspect why --ablation mean needs --task: the prompts whose mean replaces a node")
     model = load_model(args.model, tokenizer=args.tokenizer, dtype=args.dtype, device=args.device)
     if args.tool == "lens":
         for row in ins.logit_lens(model, args.prompt, args.node, k=args.k):
@@ -167,8 +176,15 @@ def _inspect(args) -> int:
             down = ", ".join(f"{t!r} {v:+.2f}" for t, v in row.suppressed)
             print(f"{row.position:3d} {row.token!r:>14}  promotes {up}  |  suppresses {down}")
     elif args.tool == "why":
-        c = ins.why(model, args.prompt, args.a, args.b, ablation=args.ablation, position=args.position)
-        print(f"logit({args.a!r}) - logit({args.b!r}) = {c.logit_diff:.4f}  (constant part {c.constant:+.4f})")
+        reference = None
+        if args.ablation == "mean":
+            from circuitfind.task import load_task
+
+            reference = load_task(args.task, n=args.examples)  # the mean over its clean prompts
+        c = ins.why(model, args.prompt, args.a, args.b, ablation=args.ablation, reference=reference,
+                    position=args.position)
+        a, b = (token_str(model, t, output=True) for t in (c.a, c.b))
+        print(f"logit({a!r}) - logit({b!r}) = {c.logit_diff:.4f}  (constant part {c.constant:+.4f})")
         print(f"{'node':>10}  {'total':>9}  {'direct':>9}")
         for n in c.top(args.k):
             print(f"{n.node:>10}  {n.total:+9.4f}  {n.direct:+9.4f}")
@@ -324,9 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--tokenizer", help="directory or hub id of the tokenizer (default: the model's own)")
     i.add_argument("--prompt", default="", help="the prompt (top: several, one per line)")
     i.add_argument("--node", help="a3.h5, m2, m2.n17, input, or resid:L (lens)")
-    i.add_argument("--a", help="why: token A")
-    i.add_argument("--b", help="why: token B")
-    i.add_argument("--ablation", default="zero", help="why: zero (or mean)")
+    i.add_argument("--a", help="why: token A (default: the model's top prediction)")
+    i.add_argument("--b", help="why: token B (default: its best other prediction)")
+    i.add_argument("--ablation", default="zero", help="why: zero, or mean (over --task's clean prompts)")
     i.add_argument("--ablate", action="append", metavar="NODE", help="generate: zero-ablate a node or neuron")
     i.add_argument("--scale", action="append", metavar="NODE=FACTOR", help="generate: scale a node or neuron")
     i.add_argument("-n", type=int, default=10, help="tokens to generate")
@@ -337,8 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--target-model", help="patchscope: another model of the same width")
     i.add_argument("--target-prompt", default="cat -> cat; 1135 -> 1135; hello -> hello; ?")
     i.add_argument("--target-layer", type=int)
-    i.add_argument("--task", help="top: search this task's prompts")
-    i.add_argument("--examples", type=int, default=100, help="top: how many task examples")
+    i.add_argument("--task", help="top: search this task's prompts; why --ablation mean: average over them")
+    i.add_argument("--examples", type=int, default=100, help="top, why: how many task examples")
     i.add_argument("--threshold", type=float, default=0.04, help="flow: τ")
     i.add_argument("--out", help="flow: write the figure here (.png and .pdf)")
     i.add_argument("--dtype", default="float32")

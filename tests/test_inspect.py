@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from unittest import mock
 
 import pytest
 import torch
@@ -67,6 +68,15 @@ def test_why_direct_effects_sum_to_the_logit_difference(model):
     assert c.logit_diff == pytest.approx(float(logits[c.a] - logits[c.b]), abs=1e-9)
     assert sum(n.direct for n in c.nodes) + c.constant == pytest.approx(c.logit_diff, abs=1e-9)
     assert abs(c.nodes[0].total) >= abs(c.nodes[-1].total)
+
+
+def test_why_defaults_to_the_models_top_predictions(model):
+    """Left out, A is the model's top prediction and B its best other one (never A itself)."""
+    first, second = model(model.to_tokens(PROMPT))[0, -1].topk(2).indices.tolist()
+    c = why(model, PROMPT)
+    assert (c.a, c.b) == (first, second) and c.logit_diff > 0
+    assert (why(model, PROMPT, b=first).a, why(model, PROMPT, a=second).b) == (second, first)
+    assert why(model, PROMPT, a=first).b == second
 
 
 def test_why_refuses_answers_the_model_cannot_name(model):
@@ -281,6 +291,20 @@ def test_inspect_command_line(capsys, tmp_path):
     want = why(cf.load_model("toy-induction"), ids, "12", "3", position=2).logit_diff
     assert f"= {want:.4f}" in capsys.readouterr().out.splitlines()[0]
     assert main(["inspect", "flow", "--model", "toy-induction", "--prompt", ids, "--position", "9"]) == 2
+    # left-out arguments: a clear error before any loading, not a traceback
+    for argv, says in ((["lens", "--prompt", ids], "lens needs --node"), (["flow"], "flow needs --prompt"),
+                       (["top", "--node", "a1.h0"], "top needs --prompt (or --task)"),
+                       (["why", "--prompt", ids, "--ablation", "mean"], "needs --task")):
+        with mock.patch("circuitfind.models.loading.load_model", side_effect=AssertionError("loaded")):
+            assert main(["inspect", *argv, "--model", "toy-induction"]) == 2
+        assert says in capsys.readouterr().err
+    # why without tokens explains the top prediction over the runner-up; --task gives mean ablation its prompts
+    assert main(["inspect", "why", "--model", "toy-induction", "--prompt", ids, "--ablation", "mean", "--task",
+                 "induction", "--examples", "6"]) == 0
+    c = why(cf.load_model("toy-induction"), ids, ablation="mean", reference=cf.load_task("induction", n=6))
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"logit('#{c.a}') - logit('#{c.b}') = {c.logit_diff:.4f}")
+    assert lines[2].split() == [c.nodes[0].node, f"{c.nodes[0].total:+.4f}", f"{c.nodes[0].direct:+.4f}"]
 
 
 def test_export_command(tmp_path):
