@@ -141,7 +141,8 @@ def _sweep(args) -> int:
     done = df[df.status == "done"] if len(df) else df
     if len(done):
         cols = ["model", "task", "method", "ablation", "seed", "n_edges", "faithfulness", "cpr", "cmd", "roc_auc"]
-        print(done[cols].to_string(index=False))
+        table = done[cols].astype({"n_edges": int, "roc_auc": float})  # (counts came as floats, no AUC as None)
+        print(table.to_string(index=False, na_rep="–", float_format=lambda v: f"{v:.3f}"))
     failed = df[df.status == "failed"] if len(df) else df
     print(f"{len(done)} done, {len(failed)} failed; store: {args.store}")
     return 0 if len(df) and (df.status == "done").all() else 1

@@ -248,6 +248,8 @@ def test_sweep_under_another_metric(tmp_path, capsys):
                  "-n", "8", "--edges", "10", "--store", str(store), "--quiet"]) == 0
     row = cf.load_sweep(store).iloc[0]
     assert row.status == "done" and row.task == "greater-than@logit-diff" and row.key == other.key
+    printed = capsys.readouterr().out.splitlines()[1].split()  # the job's row of the printed table
+    assert printed[5:] == [str(int(row.n_edges)), f"{row.faithfulness:.3f}", f"{row.cpr:.3f}", f"{row.cmd:.3f}", "–"]
     assert row.result["metric_name"] == "logit-diff"
     with pytest.raises(ConfigError, match="unknown metric"):
         expand(["toy-lm"], ["ioi"], ["eap"], metric="accuracy")
