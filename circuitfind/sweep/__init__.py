@@ -22,12 +22,13 @@ import logging
 import multiprocessing as mp
 import shutil
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from circuitfind.errors import ConfigError, count
-from circuitfind.sweep.jobs import Job, expand, group_by_model, run_group
+from circuitfind.sweep.jobs import Job, Settings, expand, group_by_model, run_group
 from circuitfind.sweep.store import Store
 
 log = logging.getLogger(__name__)
@@ -63,33 +64,33 @@ def _tidy(store: Store) -> None:
             shutil.rmtree(d, ignore_errors=True)
 
 
-def _group_worker(jobs, runs_dir, dtype, device, batch_size, queue):
-    for job, outcome in run_group(jobs, runs_dir, dtype, device, quiet=True, batch_size=batch_size):
+def _group_worker(jobs, settings, queue):
+    for job, outcome in run_group(jobs, settings):
         queue.put((job.key, outcome))
 
 
-def _local(groups, runs_dir, dtype, device, quiet, workers, batch_size):
+def _local(groups, settings: Settings, workers: int):
     """Yield (job key, outcome) as jobs finish."""
     if workers <= 1:
         for jobs in groups.values():
-            for job, outcome in run_group(jobs, runs_dir, dtype, device, quiet, batch_size):
+            for job, outcome in run_group(jobs, settings):
                 yield job.key, outcome
         return
     ctx = mp.get_context("spawn")  # fresh interpreters: no forked torch thread pools
+    quiet = replace(settings, quiet=True)  # bars from several processes would interleave
     with ctx.Manager() as manager, ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
         queue = manager.Queue()
-        futures = [pool.submit(_group_worker, jobs, runs_dir, dtype, device, batch_size, queue)
-                   for jobs in groups.values()]
+        futures = [pool.submit(_group_worker, jobs, quiet, queue) for jobs in groups.values()]
         for _ in range(sum(len(j) for j in groups.values())):
             yield queue.get()
         for f in futures:
             f.result()
 
 
-def _ray(groups, runs_dir, dtype, device, resources, batch_size):
+def _ray(groups, settings: Settings, resources: dict):
     from circuitfind.sweep.ray_executor import run_on_ray
 
-    yield from run_on_ray(groups, runs_dir, dtype, device, resources, batch_size)
+    yield from run_on_ray(groups, replace(settings, quiet=True), resources)
 
 
 def sweep(models, tasks, methods, ablations=("corrupted",), seeds=(0,), *, store="sweep.sqlite",
@@ -116,15 +117,15 @@ def sweep(models, tasks, methods, ablations=("corrupted",), seeds=(0,), *, store
                   metric=metric)
     Path(store).parent.mkdir(parents=True, exist_ok=True)
     with _exclusive(Path(store)):
-        failures, done_before, ran = _run_jobs(jobs, store, executor, workers, dtype, device, resources, quiet,
-                                               batch_size)
+        settings = Settings(Store.runs_dir_of(store), dtype, device, batch_size, quiet)
+        failures, done_before, ran = _run_jobs(jobs, store, executor, workers, settings, resources)
     log.info("sweep: %d already done, %d ran, %d failed", done_before, ran - len(failures), len(failures))
     for label, error in failures:  # a warning: shown without any logging set up, as a finished bar would hide them
         log.warning("sweep job failed: %s: %s", label, error)
     return load_sweep(store)
 
 
-def _run_jobs(jobs, store, executor, workers, dtype, device, resources, quiet, batch_size):
+def _run_jobs(jobs, store, executor, workers, settings: Settings, resources):
     """Run the jobs not yet done, recording each; → (failures, jobs done before, jobs run)."""
     db = Store(store)
     try:
@@ -132,13 +133,12 @@ def _run_jobs(jobs, store, executor, workers, dtype, device, resources, quiet, b
         done = {k for k, s in db.status().items() if s == "done"}
         todo = [j for j in jobs if j.key not in done]
         by_key = {j.key: j for j in todo}
-        runs_dir = db.runs_dir
-        runs_dir.mkdir(parents=True, exist_ok=True)
-        bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="sweep", unit="job", disable=quiet)
+        settings.runs_dir.mkdir(parents=True, exist_ok=True)
+        bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="sweep", unit="job", disable=settings.quiet)
         failures = []
         groups = group_by_model(todo)
-        results = (_local(groups, runs_dir, dtype, device, quiet, workers, batch_size) if executor == "local"
-                   else _ray(groups, runs_dir, dtype, device, resources or {}, batch_size))
+        results = (_local(groups, settings, workers) if executor == "local"
+                   else _ray(groups, settings, resources or {}))
         for key, outcome in results:
             job = by_key[key]
             db.record(job, outcome)

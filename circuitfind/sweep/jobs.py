@@ -121,12 +121,25 @@ def _peak_mb(device) -> float:
     return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
 
 
-def run_job(model, job: Job, runs_dir: Path, quiet: bool = True, batch_size: int | None = None) -> dict:
-    """Run one job into runs_dir/<key> (written to a temporary directory, then renamed) → its outcome.
-    batch_size: examples a pass, for the methods that take one (`methods.BATCHED`); how a job runs,
-    not what it computes, so not part of its key."""
+@dataclass(frozen=True)
+class Settings:
+    """How a sweep's jobs run, the same for all of them; not what a job computes, so not part of its key.
+
+    batch_size: examples a pass, for the methods that take one (`methods.BATCHED`; the others take
+    each task whole). quiet: no progress bars inside a job (workers always run quiet)."""
+
+    runs_dir: Path
+    dtype: str = "float32"
+    device: str = "cpu"
+    batch_size: int | None = None
+    quiet: bool = True
+
+
+def run_job(model, job: Job, settings: Settings) -> dict:
+    """Run one job into runs_dir/<key> (written to a temporary directory, then renamed) → its outcome."""
     import torch
 
+    runs_dir = settings.runs_dir
     tmp = runs_dir / f".tmp-{job.key}-{os.getpid()}"
     final = runs_dir / job.key
     start = time.time()
@@ -136,7 +149,8 @@ def run_job(model, job: Job, runs_dir: Path, quiet: bool = True, batch_size: int
         shutil.rmtree(tmp, ignore_errors=True)
         task = load_task(job.task, n=job.n, seed=job.seed, metric=job.metric)
         run = discover(model, task, job.method, job.ablation, out=tmp, edges=job.edges, target=job.target, n=job.n,
-                       seed=job.seed, quiet=quiet, batch_size=batch_size if job.method in BATCHED else None,
+                       seed=job.seed, quiet=settings.quiet,
+                       batch_size=settings.batch_size if job.method in BATCHED else None,
                        **job.options)
         shutil.rmtree(final, ignore_errors=True)  # left by an attempt killed before its row was written
         tmp.rename(final)
@@ -149,13 +163,13 @@ def run_job(model, job: Job, runs_dir: Path, quiet: bool = True, batch_size: int
                 "started": start, "finished": time.time(), "seconds": round(time.time() - start, 3)}
 
 
-def load_for(job: Job, dtype: str, device: str):
+def load_for(job: Job, settings: Settings):
     """(the job's model, None), or (None, why it failed to load): such a model fails every job of its group."""
     from circuitfind.models.loading import load_model, quiet_loading
 
     try:
         with quiet_loading():  # the sweep's bar counts jobs; a loading bar per model would break it up
-            return load_model(job.model, dtype=dtype, device=device), None
+            return load_model(job.model, dtype=settings.dtype, device=settings.device), None
     except Exception as e:  # noqa: BLE001 — recorded against each job of the group
         return None, f"loading the model failed: {type(e).__name__}: {e}"
 
@@ -165,8 +179,8 @@ def not_loaded(error: str) -> dict:
     return {"status": "failed", "error": error, "started": time.time(), "seconds": 0.0}
 
 
-def run_group(jobs: list[Job], runs_dir: Path, dtype: str, device: str, quiet: bool, batch_size: int | None = None):
+def run_group(jobs: list[Job], settings: Settings):
     """Yield (job, outcome) for each job of one model's group, loading the model once."""
-    model, error = load_for(jobs[0], dtype, device)
+    model, error = load_for(jobs[0], settings)
     for job in jobs:
-        yield job, (not_loaded(error) if model is None else run_job(model, job, runs_dir, quiet, batch_size))
+        yield job, (not_loaded(error) if model is None else run_job(model, job, settings))

@@ -18,22 +18,22 @@ def _import_ray():
 class _GroupWorker:
     """Holds one loaded model and runs its jobs."""
 
-    def __init__(self, first_job, runs_dir, dtype, device, batch_size=None):
+    def __init__(self, first_job, settings):
         from circuitfind.sweep.jobs import load_for
 
-        self.runs_dir, self.batch_size = runs_dir, batch_size
-        self.model, self.error = load_for(first_job, dtype, device)
+        self.settings = settings
+        self.model, self.error = load_for(first_job, settings)
 
     def run(self, job):
         from circuitfind.sweep.jobs import not_loaded, run_job
 
         if self.model is None:
             return job.key, not_loaded(self.error)
-        return job.key, run_job(self.model, job, self.runs_dir, quiet=True, batch_size=self.batch_size)
+        return job.key, run_job(self.model, job, self.settings)
 
 
-def run_on_ray(groups, runs_dir, dtype, device, resources, batch_size=None):
-    """Yield (job key, outcome) as Ray finishes jobs."""
+def run_on_ray(groups, settings, resources):
+    """Yield (job key, outcome) as Ray finishes jobs (their settings quiet: no bars in actors)."""
     ray = _import_ray()
     started_here = not ray.is_initialized()
     if started_here:
@@ -43,7 +43,7 @@ def run_on_ray(groups, runs_dir, dtype, device, resources, batch_size=None):
     pending = []
     actors = []
     for jobs in groups.values():
-        actor = actor_cls.remote(jobs[0], runs_dir, dtype, device, batch_size)
+        actor = actor_cls.remote(jobs[0], settings)
         actors.append(actor)
         pending += [actor.run.remote(job) for job in jobs]
     try:

@@ -74,7 +74,13 @@ class Store:
 
     @property
     def runs_dir(self) -> Path:
-        return self.path.with_name(self.path.name + ".runs")
+        return self.runs_dir_of(self.path)
+
+    @staticmethod
+    def runs_dir_of(store) -> Path:
+        """Where a store's run directories live: beside it, as `<store>.runs/`."""
+        path = Path(store)
+        return path.with_name(path.name + ".runs")
 
     def status(self) -> dict[str, str]:
         return dict(self.db.execute("SELECT key, status FROM jobs"))
