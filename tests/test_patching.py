@@ -320,6 +320,12 @@ def test_edge_effects_equal_one_masked_forward_per_edge(model):
         want = objective(reference_masked_logits(model, clean.tokens, clean.attention_mask, clean.answer_pos, abl, mask)[None]) - base
         assert abs(effects[dst, src].item() - want.item()) <= 1e-6
     assert bool((effects[~g.edge_mask] == 0).all())
+    some = [g.logits_receiver, g.mlp_receiver(0)]  # receivers=: those rows alone, the rest 0
+    part = edge_effects(model, clean, abl, objective, receivers=some, max_masks=5)
+    assert torch.equal(part[some], effects[some]) and not part[some].eq(0).all()
+    others = torch.ones(g.n_receivers, dtype=torch.bool)
+    others[some] = False
+    assert bool((part[others] == 0).all())
 
 
 def test_node_effects_equal_the_reference_with_each_node_ablated(model):

@@ -132,10 +132,11 @@ def edge_effects(model, inputs: Inputs, ablated: Tensor, objective: Callable[[Te
     """
     g = model.graph
     wanted = set(range(g.n_receivers) if receivers is None else receivers)
-    out = torch.zeros(g.n_receivers, g.n_senders, device=model.device)
+    # patched values first, the clean value subtracted at the end: in float64, so that the difference
+    # of two nearby values loses nothing to the float32 scores
+    out = torch.zeros(g.n_receivers, g.n_senders, device=model.device, dtype=torch.float64)
     full = g.edge_mask.to(model.device, model.dtype)
     with torch.no_grad():
-        clean_value = objective(clean_logits(model, inputs)[None])[0]
         walk = Walk(model, inputs, ablated, None, record=True, branchable=True)
         total = int(g.edge_mask[sorted(wanted)].sum())
         bar = tqdm(total=total, desc="exact patching", unit="edge", disable=quiet)
@@ -146,11 +147,13 @@ def edge_effects(model, inputs: Inputs, ablated: Tensor, objective: Callable[[Te
                 for chunk in srcs.split(max_masks):
                     masks = full.expand(len(chunk), -1, -1).clone()
                     masks[torch.arange(len(chunk)), dst, chunk] = 0
-                    values = objective(walk.branch(masks).run())
-                    out[dst, chunk] = (values - clean_value).to(out)
+                    out[dst, chunk] = objective(walk.branch(masks).run()).to(out)
                     bar.update(len(chunk))
         bar.close()
-    return out
+        done = g.edge_mask.clone()
+        done[sorted(set(range(g.n_receivers)) - wanted)] = False
+        out[done.to(out.device)] -= objective(walk.run()).to(out)  # the clean run: the walk's own end
+    return out.float()
 
 
 def node_effects(model, inputs: Inputs, ablated: Tensor, objective: Callable[[Tensor], Tensor], *,
@@ -162,10 +165,9 @@ def node_effects(model, inputs: Inputs, ablated: Tensor, objective: Callable[[Te
     layer, so nothing below a node is recomputed for it.
     """
     g = model.graph
-    out = torch.zeros(g.n_senders, device=model.device)
+    out = torch.zeros(g.n_senders, device=model.device, dtype=torch.float64)  # (as in edge_effects)
     full = g.edge_mask.to(model.device, model.dtype)
     with torch.no_grad():
-        clean_value = objective(clean_logits(model, inputs)[None])[0]
         walk = Walk(model, inputs, ablated, None, record=True, branchable=True)
         for layer in range(g.n_layers):
             walk.run(stop=layer)
@@ -175,5 +177,6 @@ def node_effects(model, inputs: Inputs, ablated: Tensor, objective: Callable[[Te
             for chunk in nodes.split(max_masks or len(nodes)):
                 masks = full.expand(len(chunk), -1, -1).clone()
                 masks[torch.arange(len(chunk)), :, chunk] = 0
-                out[chunk] = (objective(walk.branch(masks).run()) - clean_value).to(out)
-    return out
+                out[chunk] = objective(walk.branch(masks).run()).to(out)
+        out -= objective(walk.run()).to(out)  # the clean run: the walk's own end
+    return out.float()
