@@ -29,10 +29,10 @@ def by_start_layer(model, task, threshold: float, **options) -> tuple[float, dic
     stats = defaultdict(lambda: [0, 0, 0.0])
     values = acdc._values
 
-    def timed(model, setup, cfg, masks, start=None, workspace=None):
+    def timed(model, batches, cfg, masks, starts=None, workspace=None):
         t0 = time.perf_counter()
-        out = values(model, setup, cfg, masks, start, workspace)
-        row = stats["full" if start is None else start.layer]
+        out = values(model, batches, cfg, masks, starts, workspace)
+        row = stats["full" if starts is None else starts[0].layer]
         row[0], row[1], row[2] = row[0] + 1, row[1] + masks.shape[0], row[2] + time.perf_counter() - t0
         return out
 

@@ -281,7 +281,7 @@ def test_acdc_batched_equals_naive(family):
     from circuitfind.methods.acdc import ACDCConfig, _values
     from circuitfind.methods.common import prepare
     setup = prepare(model, task, "corrupted")
-    empty = float(_values(model, setup, ACDCConfig(), torch.zeros(1, *model.graph.edge_mask.shape).double())[0])
+    empty = float(_values(model, [setup], ACDCConfig(), torch.zeros(1, *model.graph.edge_mask.shape).double())[0])
     for threshold in (empty / 100, empty / 20):
         batched = cf.score_edges(model, task, "acdc", threshold=threshold, chunk=5)
         naive = cf.score_edges(model, task, "acdc", threshold=threshold, naive=True)
@@ -477,7 +477,7 @@ def test_circuits_combine_and_overlap_as_edge_sets(model, tmp_path, capsys):
 
 BATCHED_CASES = [("eap", {}), ("eap-node", {}), ("eap-ig", {"steps": 3}), ("eap-ig-activations", {"steps": 2}),
                  ("eap-ig-node", {"steps": 2}), ("clean-corrupted", {}), ("exact", {}), ("exact-node", {}),
-                 ("ifr", {}), ("ifr", {"positions": "answer"})]
+                 ("ifr", {}), ("ifr", {"positions": "answer"}), ("acdc", {"threshold": 0.01})]
 
 
 @pytest.mark.parametrize("ablation", ["corrupted", "mean", "mean-positional", "zero"])
@@ -504,9 +504,8 @@ def test_scores_a_batch_of_examples_at_a_time_equal_the_whole_task(ablation):
 
 def test_batch_size_is_refused_where_it_cannot_hold(model):
     task = cf.load_task("induction", n=6)
-    for method in ("acdc", "edge-pruning"):  # decisions and training need the task whole
-        with pytest.raises(cf.ConfigError, match=f"method '{method}' takes the task whole"):
-            cf.score_edges(model, task, method, batch_size=2)
+    with pytest.raises(cf.ConfigError, match="method 'edge-pruning' takes the task whole"):  # training does
+        cf.score_edges(model, task, "edge-pruning", batch_size=2)
     with pytest.raises(cf.ConfigError, match="resample ablation draws each example's donor from the whole task"):
         cf.score_edges(model, task, "exact", "resample", batch_size=2)
     assert cf.score_edges(model, task, "exact", "resample", batch_size=6).scores.any()  # one batch: the task

@@ -34,10 +34,10 @@ METHODS = {
     "edge-pruning": (edge_pruning.score, edge_pruning.EdgePruningConfig, {}),
 }
 LONG_RUNNING = ("exact", "acdc", "edge-pruning")  # methods with a progress bar
-# methods that take the task a batch of examples at a time (batch_size=): their scores are means over
-# examples; ACDC's decisions and edge pruning's training need the whole task at once
+# methods that take the task a batch of examples at a time (batch_size=): their scores, and ACDC's
+# metric of each circuit, are means over examples; edge pruning's training needs the whole task at once
 BATCHED = ("eap", "eap-ig", "eap-ig-activations", "eap-node", "eap-ig-node", "clean-corrupted", "exact",
-           "exact-node", "ifr")
+           "exact-node", "acdc", "ifr")
 
 
 def check_options(method: str, options: dict) -> dict:

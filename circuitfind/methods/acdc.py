@@ -14,6 +14,10 @@ edge rarely moves another edge across τ). The first prediction is removal: most
 receiver costs about one forward per misprediction, not one per kept edge, and the circuit is
 exactly the loop's.
 
+batch_size: the metric of a circuit is the task's mean, Σ weight · each batch's mean, so the
+examples go through each forward a batch at a time (each batch with the clean run below the layer of
+its own): the memory that grows with the masks of a forward grows with the batch, not the task.
+
 Scores: each edge's Δ when it was decided (edges into nodes already cut off get 0), so
 `prune(scores, threshold=τ, absolute=False)` is the ACDC circuit.
 """
@@ -28,7 +32,7 @@ from tqdm.auto import tqdm
 
 from circuitfind.engine.patching import Workspace, masked_forward, prefix
 from circuitfind.errors import ConfigError
-from circuitfind.methods.common import prepare
+from circuitfind.methods.common import setups
 from circuitfind.metrics import kl
 
 
@@ -41,33 +45,40 @@ class ACDCConfig:
     receivers: tuple[int, ...] | None = None  # sweep only these receivers (the rest stay whole)
 
 
-def score(model, task, cfg: ACDCConfig, ablation: str = "corrupted", seed: int = 0, quiet: bool = True):
+def score(model, task, cfg: ACDCConfig, ablation: str = "corrupted", seed: int = 0, quiet: bool = True,
+          batch_size: int | None = None):
     if cfg.threshold <= 0 or cfg.chunk < 1 or cfg.metric not in ("kl", "task"):
         raise ConfigError(f"ACDC needs threshold > 0, chunk ≥ 1 and metric 'kl' or 'task'; got {cfg}")
-    setup = prepare(model, task, ablation, seed)
-    return _run(model, setup, cfg, quiet)
+    batches = list(setups(model, task, ablation, seed, batch_size))  # every forward reads them all
+    return _run(model, batches, cfg, quiet)
 
 
-def _values(model, setup, cfg, masks, start=None, workspace=None):
-    """Behaviour lost [k] by circuits masks [k, dst, src] (KL to the clean run, or −sign·Δmetric)."""
+def _values(model, batches, cfg, masks, starts=None, workspace=None):
+    """Behaviour lost [k] by circuits masks [k, dst, src] (KL to the clean run, or −sign·Δmetric): the
+    task's mean, Σ weight · each batch's (`starts`: each batch's clean run below the masks' layer)."""
+    total = 0
     with torch.no_grad():
-        logits = masked_forward(model, setup.batch.clean, setup.ablated, masks, start=start,
-                                workspace=workspace)  # [k, batch, vocab]
-        if cfg.metric == "kl":
-            k, b = logits.shape[:2]
-            return kl(logits.reshape(k * b, -1), setup.targets.repeat(k)).view(k, b).mean(1)
-        return -setup.sign * setup.per_mask(logits)
+        for i, setup in enumerate(batches):
+            logits = masked_forward(model, setup.batch.clean, setup.ablated, masks, workspace=workspace,
+                                    start=None if starts is None else starts[i])  # [k, batch, vocab]
+            if cfg.metric == "kl":
+                k, b = logits.shape[:2]
+                value = kl(logits.reshape(k * b, -1), setup.targets.repeat(k)).view(k, b).mean(1)
+            else:
+                value = -setup.sign * setup.per_mask(logits)
+            total = total + setup.weight * value
+    return total
 
 
-def _run(model, setup, cfg, quiet):
+def _run(model, batches, cfg, quiet):
     g = model.graph
     circuit = g.edge_mask.to(model.device, model.dtype).clone()
     scores = torch.zeros(g.n_receivers, g.n_senders)
     wanted = range(g.n_receivers) if cfg.receivers is None else cfg.receivers
     bar = tqdm(total=int(g.edge_mask[list(wanted)].sum()), desc="ACDC", unit="edge", disable=quiet)
-    current = float(_values(model, setup, cfg, circuit[None])[0])
+    current = float(_values(model, batches, cfg, circuit[None])[0])
     sweep = _naive if cfg.naive else _batched
-    sweep(model, setup, cfg, circuit, current, scores, _groups(g, wanted), bar)
+    sweep(model, batches, cfg, circuit, current, scores, _groups(g, wanted), bar)
     bar.close()
     return scores
 
@@ -105,14 +116,14 @@ def _open_edges(g, circuit, receivers, bar) -> list[tuple[int, int]]:
     return edges
 
 
-def _naive(model, setup, cfg, circuit, current, scores, groups, bar):
+def _naive(model, batches, cfg, circuit, current, scores, groups, bar):
     """The reference: one full masked forward per edge, in order."""
     g = model.graph
     for dst in (r for group in groups for r in group):
         for _, src in _open_edges(g, circuit, [dst], bar):
             trial = circuit.clone()
             trial[dst, src] = 0
-            value = float(_values(model, setup, cfg, trial[None])[0])
+            value = float(_values(model, batches, cfg, trial[None])[0])
             scores[dst, src] = value - current
             bar.update(1)
             if value - current < cfg.threshold:
@@ -126,17 +137,18 @@ def _first_guess(dst: int, src: int) -> bool:
     return True
 
 
-def _batched(model, setup, cfg, circuit, current, scores, groups, bar):
+def _batched(model, batches, cfg, circuit, current, scores, groups, bar):
     """The same decisions, a group's edges in predicted chains (module docstring)."""
     g = model.graph
-    prefixes, workspace = {}, Workspace()  # one workspace: the sweep's forwards run one at a time
+    workspace = Workspace()  # one workspace: the sweep's forwards run one at a time
+    layer, prefixes = None, None  # each batch's clean run below the layer being swept
     for group in groups:
         edges = _open_edges(g, circuit, group, bar)  # (dst, src) in sweep order
         if not edges:
             continue
-        layer = int(g.receiver_layer[group[0]])
-        if layer not in prefixes:
-            prefixes[layer] = prefix(model, setup.batch.clean, setup.ablated, layer)
+        if layer != int(g.receiver_layer[group[0]]):  # the sweep only goes down: the last layer's are done with
+            layer, prefixes = int(g.receiver_layer[group[0]]), None
+            prefixes = [prefix(model, s.batch.clean, s.ablated, layer) for s in batches]
         predicted = [_first_guess(dst, src) for dst, src in edges]  # True: removal predicted
         i = 0
         while i < len(edges):
@@ -146,7 +158,7 @@ def _batched(model, setup, cfg, circuit, current, scores, groups, bar):
                 masks[j, dst, src] = 0
                 if predicted[i + j]:
                     masks[j + 1:, dst, src] = 0
-            values = _values(model, setup, cfg, masks, prefixes[layer], workspace).tolist()
+            values = _values(model, batches, cfg, masks, prefixes, workspace).tolist()
             for j, (dst, src) in enumerate(chunk):
                 before = current  # the metric of the circuit member j removed edge j from
                 delta = values[j] - before
