@@ -368,6 +368,38 @@ def test_mlp_read_only_by_the_logits_is_exact(model):
         assert (masked_forward(model, clean, abl, masks)[i] - want).abs().max().item() <= 1e-5
 
 
+def test_heads_read_at_the_answer_positions_alone_are_exact(model):
+    """A head read only by the logits and by last-layer queries is computed with its queries at the
+    answer positions alone (so is every last-layer head, but under post-norms): against the reference,
+    at answer positions inside the prompts, for one mask, masks that share the head's inputs or not,
+    and per-example masks."""
+    from circuitfind.engine.walk import Walk
+    clean, corrupt = _pair(left_pad=False)
+    clean = Inputs(clean.tokens, clean.attention_mask, torch.tensor([3, 6, 4]))  # not each prompt's last token
+    corrupt = Inputs(corrupt.tokens, corrupt.attention_mask, clean.answer_pos)
+    abl = ablated_outputs(model, "corrupted", clean, corrupt)
+    g, L = model.graph, model.cfg.n_layers
+    mask = _random_mask(g, 0.6, seed=7)
+    s = g.head_sender(0, 1)
+    mask[:, s] = 0
+    mask[[g.logits_receiver, g.qkv_receiver(L - 1, "q", 2)], s] = 1
+    walk = Walk(model, clean, abl, mask[None])
+    last = [g.head_sender(L - 1, h) for h in range(g.n_heads)]
+    assert bool(walk.answer_only[[s] + last].all()) != model.cfg.post_norms  # the path under test runs
+    assert not bool(walk.answer_only[g.head_sender(0, 0)])
+    masks = torch.stack([mask, mask.clone(), mask.clone()])
+    masks[1, g.qkv_receiver(0, "q", 1), 0] = 0  # the head's own query input differs
+    masks[2, g.qkv_receiver(L - 1, "k", 2)] = _random_mask(g, 0.5, seed=8)[g.qkv_receiver(L - 1, "k", 2)]
+    masks[2, g.qkv_receiver(L - 1, "k", 2), s] = 0  # keys differ, still not reading the head
+    want = torch.stack([reference_masked_logits(model, clean.tokens, clean.attention_mask, clean.answer_pos, abl, m)
+                        for m in masks])
+    assert (masked_forward(model, clean, abl, masks[0]) - want[0]).abs().max().item() <= 1e-8
+    assert (masked_forward(model, clean, abl, masks) - want).abs().max().item() <= 1e-8
+    per_example = masked_forward(model, clean, abl, masks, per_example=True)
+    for i in range(3):
+        assert (per_example[i] - want[i, i]).abs().max().item() <= 1e-8
+
+
 def test_mean_ablations_average_the_real_tokens():
     """mean: every sender's output averaged over every real (unpadded) token of every prompt;
     mean-positional: over the prompts real at each position; both also a batch of prompts at a time."""

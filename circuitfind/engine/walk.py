@@ -71,6 +71,7 @@ class Walk:
         self.abl_is_zero = ablated.shape[1:3] == (1, 1) and not bool(ablated.any())
         self.positions = model.positions(inputs.attention_mask)
         self.active = self._active_senders()
+        self.answer_only = self._answer_only_senders()
         self.mix_until = self._last_mixing_layer()
         # the store tracks gradients only where receivers mix stored D under a learned mask; a clean
         # run with on_grad never mixes, and records D detached
@@ -106,6 +107,32 @@ class Walk:
                 s = slice(self.g.head_sender(l, 0), self.g.mlp_sender(l))
                 active[s] = active[s].any()
         return active
+
+    def _answer_only_senders(self) -> Tensor:
+        """Senders read at the answer positions alone ([src] bool), in every mask: by the logits, or by
+        the query of a head or the input of an MLP that is itself read there alone (from the top down).
+        Such a node is computed at the answer positions only; its D is zero elsewhere, where nobody
+        reads it. A recorded walk or one with gradients keeps every position."""
+        g = self.g
+        out = torch.zeros(g.n_senders, dtype=torch.bool)
+        if self.record or self.on_grad is not None or (self.masks is not None and self.masks.requires_grad):
+            return out
+        reads = g.edge_mask if self.masks is None else (self.masks.detach() != 0).any(0).cpu()  # [dst, src]
+        at_answer = torch.zeros(g.n_receivers, dtype=torch.bool)  # receivers that read the answer positions alone
+        at_answer[g.logits_receiver] = True
+
+        def read_there_alone(s: int) -> bool:
+            return not bool((reads[:, s] & ~at_answer).any())
+
+        for l in reversed(range(self.cfg.n_layers)):
+            if read_there_alone(g.mlp_sender(l)):  # (before its heads: the MLP reads them)
+                out[g.mlp_sender(l)] = at_answer[g.mlp_receiver(l)] = True
+            if self.cfg.post_norms:  # a layer's heads share their normaliser: they keep every position
+                continue
+            for h in range(g.n_heads):
+                if read_there_alone(g.head_sender(l, h)):
+                    out[g.head_sender(l, h)] = at_answer[g.qkv_receiver(l, "q", h)] = True
+        return out
 
     def _last_mixing_layer(self) -> int:
         """The last layer with a receiver that mixes (n_layers = logits); later senders need no D stored."""
@@ -151,6 +178,7 @@ class Walk:
         other.__dict__.update(self.__dict__)
         other.masks, other.k, other.record, other.on_grad = masks, masks.shape[0], False, None
         other.active = other._active_senders()
+        other.answer_only = other._answer_only_senders()
         other.mix_until = other._last_mixing_layer()
         other.active[: self.g.senders_before(self.layer)] = True  # computed already
         other.workspace = workspace or self.workspace
@@ -265,9 +293,13 @@ class Walk:
         inc = abl.sum(0) + (bias if bias is not None else 0)
         outs = []
         groups = self._head_groups(l, heads)
-        split = [self._split_by_kind(l, group) for group in groups]
-        fuse_mlp = not any(split) and self._fuse_mlp(l, groups)
-        for group, by_kind in zip(groups, split):  # all groups read the same residual
+        at_answer = [bool(self.answer_only[take(senders, group, 0)].all()) for group in groups]
+        split = [not here and self._split_by_kind(l, group) for group, here in zip(groups, at_answer)]
+        fuse_mlp = not any(split) and not any(at_answer) and self._fuse_mlp(l, groups)
+        for group, by_kind, here in zip(groups, split, at_answer):  # all groups read the same residual
+            if here:  # read at the answer positions alone: queries there only
+                outs.append(self._heads_at_answer(l, attn, group, take(senders, group, 0), take(abl, group, 0)))
+                continue
             if by_kind:  # q, k and v mixed apart, into thirds of one buffer: [(x [a, K_t, b'·pos·d], K_t)] × 3
                 third = len(group) * self.k * self.store.W
                 x = [self._receiver_inputs(g.qkv_receiver(l, t, 0) + group, self.resid, self.base,
@@ -303,7 +335,7 @@ class Walk:
         Only when both mix with the same copies; the MLP then adds its layer's own heads later.
         """
         if len(groups) != 1 or not self.active[self.g.mlp_sender(l)] or self.on_grad is not None \
-                or self._logits_only(self.g.mlp_sender(l)):
+                or self.answer_only[self.g.mlp_sender(l)]:
             return False
         rows = torch.cat([self.g.qkv_receiver(l, t, 0) + groups[0] for t in "qkv"])
         (M_attn, K_attn), (M_mlp, K_mlp) = self._mask_rows(rows), self._mask_rows(torch.tensor([self.g.mlp_receiver(l)]))
@@ -372,6 +404,49 @@ class Walk:
             self.store.append_diff(senders, diff)
         return diff
 
+    def _heads_at_answer(self, l: int, attn, heads: Tensor, senders: Tensor, abl: Tensor) -> Tensor:
+        """D [a, K, b', pos, d] of heads read at the answer positions alone: queries mixed, projected and
+        attending from there only (keys and values at every position); D is zero elsewhere."""
+        g, cfg, ln, dh, bp, p, d = self.g, self.cfg, self.model.blocks[l].ln1, self.cfg.d_head, self.bp, self.p, self.d
+        a, groups = len(heads), heads // cfg.group_size
+        pos = self.inputs.answer_pos.view(self.data_k, bp)
+        M_q, K_q = self._mask_rows(g.qkv_receiver(l, "q", 0) + heads)
+        if M_q is None:  # the real residual there, one input for all: fused projection
+            xq = ln(_at(self.resid, pos))  # [K_q, b', d]
+            K_q = xq.shape[0]
+            q = _proj(xq.reshape(K_q * bp, 1, d), attn.w_q, attn.b_q, dh)
+            q = q if a == cfg.n_heads else q[:, heads]
+        else:
+            xq = self._mix_at(M_q, self.base, pos)  # [a, K_q, b', d]
+            K_q = xq.shape[1]
+            q = _proj_each(ln, xq.reshape(a, K_q * bp, d), take(attn.W_Q, heads, 0), attn.b_q, heads, dh,
+                           K_q * bp, 1)
+        rows = torch.cat([g.qkv_receiver(l, t, 0) + heads for t in "kv"])
+        x, K_kv, resid = self._receiver_inputs(rows, self.resid, self.base, "attention inputs", each=True)
+        if x is None:
+            xn = ln(resid.expand(K_kv, bp, p, d).reshape(K_kv * bp, p, d))
+            k, v = _proj(xn, attn.w_k, attn.b_k, dh), _proj(xn, attn.w_v, attn.b_v, dh)
+            if a < cfg.n_heads:
+                k, v = k[:, groups], v[:, groups]
+        else:
+            k, v = (_proj_each(ln, xt.reshape(a, K_kv * bp * p, d), take(W, groups, 0), bias, groups, dh, K_kv * bp, p)
+                    for xt, W, bias in zip(x.split(a), (attn.W_K, attn.W_V), (attn.b_k, attn.b_v)))
+        K = max(K_q, K_kv)
+        q, k, v = _copies(q, K // K_q), _copies(k, K // K_kv), _copies(v, K // K_kv)
+        rows_at = torch.arange(K * bp, device=pos.device)
+        at = pos.expand(K, bp).reshape(-1)  # each attention row's answer position
+        rope = self._rope_rows(K, l)
+        q_rope = None if rope is None else tuple(t[rows_at, :, at][:, :, None] for t in rope)  # [K·b', 1, 1, rot]
+        allowed = self._allowed_rows(l, K)[rows_at, :, at][:, :, None]  # [K·b', 1, 1, pos]
+        z, _ = attn.attend(q, k, v, rope, allowed, q_rope=q_rope)  # [K·b', a, 1, d_head]
+        out = torch.bmm(z[:, :, 0].transpose(0, 1), take(attn.W_O, heads, 0))  # [a, K·b', d]
+        copy, example = rows_at // bp, rows_at % bp
+        diff = abl.new_zeros(a, K, bp, p, d)
+        diff[:, copy, example, at] = out - abl.expand(a, K, bp, p, d)[:, copy, example, at]
+        if l <= self.mix_until:
+            self.store.append_diff(senders, diff)
+        return diff
+
     def _tracked_head_diffs(self, l: int, attn, heads: Tensor, z: Tensor, senders: Tensor, abl: Tensor,
                             K: int) -> Tensor:
         """The clean run with gradients: each head's D goes to the store detached (written in place,
@@ -434,7 +509,7 @@ class Walk:
             self.resid, self.base = self.resid + add, self.base + add
             return
         rows = torch.tensor([g.mlp_receiver(l)])
-        if self._logits_only(s):
+        if self.answer_only[s]:
             return self._mlp_at_answer(l, s, rows, resid, base, abl, add)
         partial, self._mlp_partial = self._mlp_partial, None
         if partial is not None:  # mixed with the attention receivers; add what this layer's heads wrote
@@ -455,18 +530,10 @@ class Walk:
         diff = self._diff(torch.tensor([s]), out[None], abl[None], l)[0]
         self.resid, self.base = self.resid + add + diff, self.base + add
 
-    def _logits_only(self, s: int) -> bool:
-        """Is sender s read by the logits alone (in every mask)? Then only the answer positions matter."""
-        if self.record or self.on_grad is not None or (self.masks is not None and self.masks.requires_grad):
-            return False
-        if s >= self.g.mlp_sender(self.cfg.n_layers - 1):
-            return True  # the last layer writes to the logits only
-        return self.masks is not None and not bool((self.masks[:, :-1, s] != 0).any())
-
     def _mlp_at_answer(self, l: int, s: int, rows: Tensor, resid: Tensor, base: Tensor, abl: Tensor,
                        add: Tensor) -> None:
-        """An MLP whose output only the logits read, computed at the answer positions alone; its D is
-        zero elsewhere (no receiver reads it there)."""
+        """An MLP read at the answer positions alone (`_answer_only_senders`), computed there alone; its
+        D is zero elsewhere (no receiver reads it there)."""
         mlp, pos = self.model.blocks[l].mlp, self.inputs.answer_pos.view(self.data_k, self.bp)
         self._mlp_partial = None
         M, K = self._mask_rows(rows)

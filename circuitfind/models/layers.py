@@ -170,18 +170,21 @@ class Attention(nn.Module):
         return self.w_o.view(self.cfg.n_heads, self.cfg.d_head, self.cfg.d_model)
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, rope: tuple[Tensor, Tensor] | None,
-               allowed: Tensor, want_pattern: bool = False) -> tuple[Tensor, Tensor | None]:
+               allowed: Tensor, want_pattern: bool = False,
+               q_rope: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor | None]:
         """Attention from projected queries/keys/values to per-head mixed values.
 
-        q: [..., head, pos, d_head]; k, v: [..., head or kv_head, pos, d_head] (biases added).
-        rope: (cos, sin) broadcastable to [..., pos, rotary_dim]; allowed: bool, broadcastable to
-        [..., head, q_pos, k_pos]. Returns z [..., head, pos, d_head] and, if asked, the pattern.
+        q: [..., head, q_pos, d_head]; k, v: [..., head or kv_head, pos, d_head] (biases added).
+        rope: (cos, sin) broadcastable to [..., pos, rotary_dim]; q_rope: the queries' own, where they
+        are at other positions than the keys (queries at the answer positions alone); allowed: bool,
+        broadcastable to [..., head, q_pos, k_pos]. Returns z [..., head, q_pos, d_head] and, if asked,
+        the pattern.
         """
         cfg = self.cfg
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
-            q, k = apply_rotary(q, rope), apply_rotary(k, rope)
+            q, k = apply_rotary(q, rope if q_rope is None else q_rope), apply_rotary(k, rope)
         if k.shape[-3] != q.shape[-3]:
             k = k.repeat_interleave(q.shape[-3] // k.shape[-3], dim=-3)
             v = v.repeat_interleave(q.shape[-3] // v.shape[-3], dim=-3)
