@@ -120,18 +120,17 @@ class Walk:
         reads = g.edge_mask if self.masks is None else (self.masks.detach() != 0).any(0).cpu()  # [dst, src]
         at_answer = torch.zeros(g.n_receivers, dtype=torch.bool)  # receivers that read the answer positions alone
         at_answer[g.logits_receiver] = True
-
-        def read_there_alone(s: int) -> bool:
-            return not bool((reads[:, s] & ~at_answer).any())
-
+        heads = torch.arange(g.n_heads)
         for l in reversed(range(self.cfg.n_layers)):
-            if read_there_alone(g.mlp_sender(l)):  # (before its heads: the MLP reads them)
-                out[g.mlp_sender(l)] = at_answer[g.mlp_receiver(l)] = True
+            mlp = g.mlp_sender(l)
+            if not bool((reads[:, mlp] & ~at_answer).any()):  # (before its heads: the MLP reads them)
+                out[mlp] = at_answer[g.mlp_receiver(l)] = True
             if self.cfg.post_norms:  # a layer's heads share their normaliser: they keep every position
                 continue
-            for h in range(g.n_heads):
-                if read_there_alone(g.head_sender(l, h)):
-                    out[g.head_sender(l, h)] = at_answer[g.qkv_receiver(l, "q", h)] = True
+            senders = g.head_sender(l, 0) + heads
+            alone = ~(reads[:, senders] & ~at_answer[:, None]).any(0)  # [heads]
+            out[senders] = alone
+            at_answer[g.qkv_receiver(l, "q", 0) + heads] = alone
         return out
 
     def _last_mixing_layer(self) -> int:
