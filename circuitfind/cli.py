@@ -41,10 +41,22 @@ def _tasks(args) -> int:
 
     if args.action == "show":
         task = load_task(args.task, n=args.n, seed=args.seed, split=args.split, metric=args.metric)
+        model = None
+        if args.model:  # the examples this model sees (a task may keep the words it holds as one token)
+            from circuitfind.models.loading import load_model
+
+            model = load_model(args.model, tokenizer=args.tokenizer)
         about = f": {task.description}" if task.description else ""  # a user's task may have none
         print(f"{task.name}{about} (metric: {metric_name(task)})")
-        for ex in task.examples():
+        for ex in task.examples(model):
             print(f"  clean:   {ex.clean!r}\n  corrupt: {ex.corrupt!r}\n  answer:  {ex.correct!r}  vs  {ex.wrong!r}")
+        if model is not None:  # every check discover makes before its first forward
+            batch = task.batch(model)
+            task.check_metric(model, batch)
+            lengths = sorted({int(n) for n in batch.clean.attention_mask.sum(1)})
+            span = str(lengths[0]) if len(lengths) == 1 else f"{lengths[0]}–{lengths[-1]}"
+            print(f"checked for {model.name}: prompts of {span} tokens, clean and corrupted alike; the answers are "
+                  "tokens it can name; the metric is finite")
         return 0
     rows = [(name, metric_name(cls), cls.description) for name, cls in builtin_tasks().items()]
     width = max(len(r[0]) for r in rows)
@@ -290,6 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--split", default="train", choices=["train", "test"])
     t.add_argument("--metric", help=METRIC_HELP)
+    t.add_argument("--model", help="show: the examples this model sees, checked as discover checks them")
+    t.add_argument("--tokenizer", help="show: the tokenizer's directory or hub id (default: the model's own)")
     t.set_defaults(run=_tasks)
     d = sub.add_parser("discover", help="score edges, choose the smallest faithful circuit, write a run directory")
     d.add_argument("--model", required=True, help="zoo name, local directory or hub id")

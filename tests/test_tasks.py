@@ -12,6 +12,7 @@ from tokenizers import Regex, Tokenizer, models, pre_tokenizers
 
 import circuitfind as cf
 from circuitfind.task import Example, Task, builtin_tasks, load_task
+from tests.conftest import tiny_hf
 
 SPLIT = re.compile(r"\d\d|[,.]|[^\s\d,.]+")
 STRING_TASKS = ["ioi", "greater-than", "sva", "gendered-pronoun", "capital-country", "arithmetic", "docstring", "mcqa"]
@@ -142,6 +143,17 @@ def test_user_task_from_the_cli(user_file, capsys):
     bare.write_text(user_file.read_text().replace('    description = "Who is greeted back."\n', ""))
     assert main(["tasks", "show", f"{bare}:Greeting", "-n", "1"]) == 0
     assert "greeting (metric: logit-diff)" in capsys.readouterr().out
+    # --model: the examples that model sees (its single-token words only), checked as discover checks them
+    model = _word_model()
+    model_dir = user_file.parent / "word-model"
+    tiny_hf("gpt2", vocab_size=model.cfg.d_vocab).save_pretrained(model_dir)
+    model.tokenizer.save_pretrained(model_dir)
+    assert main(["tasks", "show", f"{user_file}:Greeting", "-n", "2", "--model", str(model_dir)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    shown = load_task(f"{user_file}:Greeting", n=2).examples(cf.load_model(str(model_dir)))
+    assert out[1] == f"  clean:   {shown[0].clean!r}" and out[-1].startswith(f"checked for {model_dir}: prompts of ")
+    assert main(["tasks", "show", "ioi", "-n", "1", "--model", "toy-induction"]) == 2  # text for a token-level model
+    assert "'toy-induction' has no tokenizer" in capsys.readouterr().err
 
 
 def test_another_metric_for_one_loaded_task(user_file, capsys):
