@@ -64,6 +64,7 @@ def prob_diff(logits: Tensor, t: Targets) -> Tensor:
 
 
 def kl(logits: Tensor, t: Targets) -> Tensor:
+    """KL(clean ‖ run) per example: logits [..., batch, vocab] (several runs of the batch broadcast) → [..., batch]."""
     if t.clean_logits is None:
         raise MetricError("the kl metric needs the clean model's logits (targets.with_clean(...))")
     ref = t.clean_logits.log_softmax(-1)

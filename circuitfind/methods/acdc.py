@@ -61,9 +61,8 @@ def _values(model, batches, cfg, masks, starts=None, workspace=None):
         for i, setup in enumerate(batches):
             logits = masked_forward(model, setup.batch.clean, setup.ablated, masks, workspace=workspace,
                                     start=None if starts is None else starts[i])  # [k, batch, vocab]
-            if cfg.metric == "kl":
-                k, b = logits.shape[:2]
-                value = kl(logits.reshape(k * b, -1), setup.targets.repeat(k)).view(k, b).mean(1)
+            if cfg.metric == "kl":  # the clean distribution [batch, vocab] broadcast over the masks, normed once
+                value = kl(logits, setup.targets).mean(1)
             else:
                 value = -setup.sign * setup.per_mask(logits)
             total = total + setup.weight * value
