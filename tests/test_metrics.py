@@ -39,6 +39,15 @@ def test_kl_and_cross_entropy_match_torch():
     assert cross_entropy(logits, t).tolist() == pytest.approx(
         F.cross_entropy(logits, torch.tensor([4, 0, 6]), reduction="none").tolist(), abs=1e-6)
     assert not math.isnan(float(kl(logits, t).sum()))
+    # several runs of the batch at once ([k, batch, vocab]: the masks of a forward), the clean
+    # distribution broadcast over them, as a method's per-mask mean takes it
+    runs = torch.randn(4, 3, 7, generator=g)
+    each = torch.stack([F.kl_div(r.log_softmax(-1), clean.log_softmax(-1), log_target=True, reduction="none").sum(-1)
+                        for r in runs])
+    torch.testing.assert_close(kl(runs, t), each, atol=1e-6, rtol=0)
+    from circuitfind.methods.common import Setup
+    setup = Setup(batch=None, ablated=None, targets=t, metric=kl, sign=-1.0)
+    assert setup.per_mask(runs).tolist() == pytest.approx(each.mean(1).tolist(), abs=1e-6)
 
 
 @pytest.mark.parametrize("metric", ["kl", "logit-diff"])

@@ -34,6 +34,8 @@ class Setup:
 
     def per_mask(self, logits: Tensor) -> Tensor:
         """Mean metric per mask: logits [k, batch, vocab] → [k]."""
+        if self.metric is kl:  # the clean distribution broadcast over the masks, normalised once
+            return kl(logits, self.targets).mean(1)
         k, b = logits.shape[:2]
         return self.metric(logits.reshape(k * b, -1), self.targets.repeat(k)).view(k, b).mean(1)
 
