@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -260,15 +261,16 @@ def _compare(args) -> int:
 
         raise ConfigError("compare needs at least two run directories or circuit files")
     circuits = [Circuit.load(path) for path in args.circuits]
+    # every pair first: circuits of different models are refused before anything is printed
+    o = [[overlap(a, b) for b in circuits] for a in circuits]
     labels = [chr(ord("A") + i) if i < 26 else f"C{i}" for i in range(len(circuits))]
     for label, path, c in zip(labels, args.circuits, circuits):
         method = c.provenance.get("method", "")
         print(f"{label}: {path}{f' ({method})' if method else ''}: {c.n_edges} edges, {len(c.nodes())} nodes")
     if len(circuits) == 2:
         a, b = circuits
-        o = overlap(a, b)
-        print(f"edges: {o['edges']['shared']} shared, IoU {o['edges']['iou']:.3f}; "
-              f"nodes: {o['nodes']['shared']} shared, IoU {o['nodes']['iou']:.3f}")
+        print(f"edges: {o[0][1]['edges']['shared']} shared, IoU {o[0][1]['edges']['iou']:.3f}; "
+              f"nodes: {o[0][1]['nodes']['shared']} shared, IoU {o[0][1]['nodes']['iou']:.3f}")
         for label, only in (("A", a - b), ("B", b - a)):
             names = only.edges()
             shown = ", ".join(names[: args.k]) + (f", ... ({len(names) - args.k} more)" if len(names) > args.k else "")
@@ -276,8 +278,8 @@ def _compare(args) -> int:
         return 0
     for level in ("edges", "nodes"):  # pairwise intersection over union
         print(f"{level} IoU:\n      " + " ".join(f"{x:>6}" for x in labels))
-        for x, a in zip(labels, circuits):
-            print(f"{x:>6} " + " ".join(f"{overlap(a, b)[level]['iou']:6.3f}" for b in circuits))
+        for x, row in zip(labels, o):
+            print(f"{x:>6} " + " ".join(f"{pair[level]['iou']:6.3f}" for pair in row))
     return 0
 
 
@@ -412,6 +414,9 @@ def main(argv: list[str] | None = None) -> int:
     except CircuitfindError as e:
         print(f"circuitfind: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader left (`| head`): stop quietly, as other command-line tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (Python's own flush at exit would fail)
+        return 141
 
 
 if __name__ == "__main__":

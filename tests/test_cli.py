@@ -66,3 +66,16 @@ def test_option_values_parse_as_the_config_types_expect():
     assert _option_value("10") == 10 and _option_value("0.5") == 0.5 and _option_value("True") is True
     assert _option_value("task") == "task"
     assert _option_value("52,51") == [52, 51]  # ACDC's receivers: a list, as the config's type-check takes it
+
+
+def test_a_reader_that_leaves_ends_the_command_quietly():
+    """`circuitfind ... | head`: the pipe closes under the command, which stops without a traceback."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "circuitfind.cli", "tasks", "show", "ioi", "-n", "3000"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = proc.stdout.readline()
+    proc.stdout.close()  # the reader leaves after one line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141 and first.startswith(b"ioi: ") and err == ""
