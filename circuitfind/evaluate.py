@@ -74,6 +74,7 @@ def evaluate(model, task: Task | str, circuit: Circuit, *, ablation: str = "corr
     """Metric of the circuit, the full model and the empty circuit, and the faithfulness, in one forward
     (a batch of at most batch_size examples at a time, if given)."""
     g = model.graph
+    _expect(circuit, Circuit, "evaluate takes a Circuit: prune the scores first, e.g. cf.prune(scores, edges=200)")
     _check_graph("circuit is", circuit.graph, g)
     parts = setups(model, _test_task(task, split), ablation, seed, batch_size)
     masks = torch.stack([circuit.mask, torch.zeros_like(g.edge_mask)]).float()
@@ -82,6 +83,11 @@ def evaluate(model, task: Task | str, circuit: Circuit, *, ablation: str = "corr
     return {"metric_circuit": m_c, "metric_full": m_full, "metric_empty": m_empty,
             "faithfulness": faithfulness(m_c, m_full, m_empty), "n_edges": circuit.n_edges,
             "n_edges_total": g.n_edges}
+
+
+def _expect(value, kind: type, advice: str) -> None:
+    if not isinstance(value, kind):
+        raise ConfigError(f"{advice}; got {type(value).__name__}")
 
 
 def _check_graph(what: str, graph, model_graph) -> None:
@@ -124,6 +130,8 @@ def faithfulness_curve(model, task: Task | str, scores: EdgeScores, *, ablation:
     its circuits' nodes, so on wide models one circuit per forward (the default there) is fastest.
     quiet=False: a progress bar over the circuits (discover shows it). batch_size: examples a pass."""
     g = model.graph
+    _expect(scores, EdgeScores, "the faithfulness curve ranks edges by their scores: give it EdgeScores (a circuit "
+            "is one point of it: cf.evaluate)")
     _check_graph("scores are", scores.graph, g)
     if ranking not in RANKINGS:
         raise ConfigError(f"ranking must be one of {', '.join(RANKINGS)}; got {ranking!r}")

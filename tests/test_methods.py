@@ -176,6 +176,15 @@ def test_full_circuit_is_faithful_and_empty_is_not(model):
     full = cf.evaluate(model, task, Circuit(g.edge_mask, g))
     empty = cf.evaluate(model, task, Circuit(torch.zeros_like(g.edge_mask), g))
     assert full["faithfulness"] == pytest.approx(1.0) and empty["faithfulness"] == pytest.approx(0.0)
+    # scores where a circuit belongs (and the reverse), or another model's circuit: said, not an AttributeError
+    scores = cf.score_edges(model, task, "eap-ig", steps=2)
+    with pytest.raises(cf.ConfigError, match="prune the scores first"):
+        cf.evaluate(model, task, scores)
+    with pytest.raises(cf.ConfigError, match="give it EdgeScores"):
+        cf.faithfulness_curve(model, task, Circuit(g.edge_mask, g))
+    other = Graph(g.n_layers + 1, g.n_heads)
+    with pytest.raises(cf.ConfigError, match="the model's graph is"):
+        cf.evaluate(model, task, Circuit(other.edge_mask, other))
 
 
 def test_faithfulness_curve_matches_separate_evaluations(model):
