@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import time
 from dataclasses import dataclass
@@ -38,6 +39,18 @@ def _version(package: str) -> str:
         return version(package)
     except PackageNotFoundError:
         return "unknown"
+
+
+def _check_out(out: Path) -> None:
+    """Refuse, before any work, a run directory that could not be written: a file in its place, or
+    no writable directory to make it in."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out={str(out)!r} is a file; a run writes a directory there")
+    parent = out
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise ConfigError(f"cannot write the run directory {str(out)!r}: {str(parent)!r} is not a writable directory")
 
 
 @dataclass
@@ -76,6 +89,8 @@ def discover(model, task: Task | str, method: str = "eap-ig", ablation: str = "c
     elif n is not None and n != task.n:  # a loaded task keeps its examples; n would be ignored
         raise ConfigError(f"the task was loaded with n={task.n}; n={n} applies only to a task given by name "
                           "(pass n to load_task instead)")
+    if out is not None:
+        _check_out(Path(out))
     test = task.with_split("test", n=max(1, task.n // 4))
     test.batch(model)  # validate both splits before the long work
     if ablation == "resample" and test.n < 2:

@@ -41,6 +41,11 @@ def test_discover_writes_a_run_directory(tmp_path):
     assert f"faithfulness {result['faithfulness']:.3f}" in shown and str(tmp_path / "run") in shown
     with pytest.raises(cf.ConfigError, match="loaded with n=6; n=8 applies only to a task given by name"):
         cf.discover(model, cf.load_task("induction", n=6), method="eap", n=8)  # would run on 6 silently
+    (tmp_path / "a-file").write_text("")
+    for out, says in ((tmp_path / "a-file", "is a file"), (tmp_path / "a-file" / "run", "not a writable directory")):
+        with pytest.raises(cf.ConfigError, match=says):  # before scoring, not when the run is written
+            with mock.patch("circuitfind.discover.score_edges", side_effect=AssertionError("scored")):
+                cf.discover(model, "induction", method="eap-ig", n=8, out=out)
     with pytest.raises(cf.ConfigError, match="the test split has 1"):  # before scoring, not after
         with mock.patch("circuitfind.discover.score_edges", side_effect=AssertionError("scored")):
             cf.discover(model, "induction", method="eap", ablation="resample", n=4)
