@@ -270,3 +270,6 @@ def test_a_sweep_a_batch_of_examples_at_a_time(model_dirs, tmp_path):
     assert a.faithfulness.tolist() == pytest.approx(b.faithfulness.tolist(), abs=1e-5)
     with pytest.raises(ConfigError, match="batch_size"):
         cf.sweep(model_dirs[:1], store=tmp_path / "bad.sqlite", batch_size=0, **common)
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(ConfigError, match="cannot make the folder of the store"):
+        cf.sweep(model_dirs[:1], store=tmp_path / "a-file" / "s.sqlite", **common)

@@ -115,7 +115,10 @@ def sweep(models, tasks, methods, ablations=("corrupted",), seeds=(0,), *, store
         batch_size = count(batch_size, "batch_size (examples a pass)", least=1)
     jobs = expand(models, tasks, methods, ablations, seeds, n=n, edges=edges, target=target, options=options,
                   metric=metric)
-    Path(store).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        Path(store).parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file where a folder should be, or no permission: said before any job
+        raise ConfigError(f"cannot make the folder of the store {str(store)!r}: {e.strerror}: {e.filename!r}") from None
     with _exclusive(Path(store)):
         settings = Settings(Store.runs_dir_of(store), dtype, device, batch_size, quiet)
         failures, done_before, ran = _run_jobs(jobs, store, executor, workers, settings, resources)
