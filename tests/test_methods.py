@@ -525,3 +525,18 @@ def test_batch_size_is_refused_where_it_cannot_hold(model):
     for bad in (0, 2.5):
         with pytest.raises(cf.ConfigError, match="batch_size"):
             cf.score_edges(model, task, "eap-ig", batch_size=bad)
+
+
+def test_exact_scores_of_a_bfloat16_model_are_not_rounding():
+    """A metric reads float32 logits whatever the model's dtype: in bfloat16 logits (a step of 0.03 at
+    a logit of 8) most of toy-lm's exact IOI effects, median |effect| 0.004, were rounding; the median
+    error against float32 was 0.012, and is 0.003 with float32 logits."""
+    task = cf.load_task("ioi", n=12)
+    model = cf.load_model("toy-lm")
+    want = cf.score_edges(model, task, "exact").scores[model.graph.edge_mask]
+    half = cf.load_model("toy-lm", dtype="bfloat16")
+    got = cf.score_edges(half, task, "exact").scores[model.graph.edge_mask]
+    assert float((got - want).abs().median()) < 0.006 < float(want.abs().median()) * 2
+    batch = task.batch(half).clean
+    assert half(batch.tokens, batch.attention_mask, at=batch.answer_pos).dtype == torch.float32
+    assert half(batch.tokens, batch.attention_mask).dtype == torch.bfloat16  # whole-sequence logits stay narrow

@@ -557,7 +557,7 @@ class Walk:
             x = x.view_as(x)
             on_grad, shape = self.on_grad, (self.bp, self.p, self.d)  # not self: see _tracked_qkv
             x.register_hook(lambda g: on_grad(rows, _spread(g, pos, shape), None))
-        logits = self.model.unembed(x)  # [K, b', vocab]
+        logits = self.model.unembed(x, wide=True)  # [K, b', vocab], float32 (the metric's resolution)
         return logits.expand(self.k, -1, -1) if logits.shape[0] != self.k else logits
 
     def diffs(self) -> Tensor:

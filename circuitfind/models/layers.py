@@ -39,8 +39,9 @@ class Norm(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.kind == "none":
             return x
-        if self.kind == "layernorm":
-            return F.layer_norm(x, x.shape[-1:], self.w, self.b, self.eps)
+        if self.kind == "layernorm":  # (weights cast to x: a half-precision model's final norm on float32 rows)
+            w, b = self.w.to(x.dtype), None if self.b is None else self.b.to(x.dtype)
+            return F.layer_norm(x, x.shape[-1:], w, b, self.eps)
         wide = torch.promote_types(x.dtype, torch.float32)  # at least fp32, as Hugging Face does
         x32 = x.to(wide)
         normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
