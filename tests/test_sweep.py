@@ -258,13 +258,14 @@ def test_sweep_under_another_metric(tmp_path, capsys):
 def test_a_sweep_a_batch_of_examples_at_a_time(model_dirs, tmp_path):
     """batch_size reaches the methods that take one (others run each task whole), finds the same
     circuits, and is not part of a job's key (it says how a job runs, not what it computes)."""
-    common = {"tasks": ["ioi"], "methods": ["eap", "edge-pruning"], "n": 8, "edges": 20, "quiet": True,
-              "options": {"edge-pruning": {"steps": 5}}}
+    common = {"tasks": ["ioi"], "methods": ["eap", "edge-pruning"], "ablations": ["corrupted", "resample"], "n": 8,
+              "edges": 20, "quiet": True, "options": {"edge-pruning": {"steps": 5}}}
     whole = cf.sweep(model_dirs[:1], store=tmp_path / "whole.sqlite", **common)
     with mock.patch("circuitfind.sweep.jobs.discover", wraps=cf.discover) as discover:
         parts = cf.sweep(model_dirs[:1], store=tmp_path / "parts.sqlite", batch_size=3, **common)
-    given = {c.args[2]: c.kwargs["batch_size"] for c in discover.call_args_list}
-    assert given == {"eap": 3, "edge-pruning": None}
+    given = {(c.args[2], c.args[3]): c.kwargs["batch_size"] for c in discover.call_args_list}
+    assert given == {("eap", "corrupted"): 3, ("eap", "resample"): None,  # resample draws from the whole task
+                     ("edge-pruning", "corrupted"): None, ("edge-pruning", "resample"): None}
     a, b = whole.sort_values("key").reset_index(drop=True), parts.sort_values("key").reset_index(drop=True)
     assert list(a.key) == list(b.key) and (b.status == "done").all()
     assert a.faithfulness.tolist() == pytest.approx(b.faithfulness.tolist(), abs=1e-5)

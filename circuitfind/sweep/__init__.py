@@ -101,8 +101,8 @@ def sweep(models, tasks, methods, ablations=("corrupted",), seeds=(0,), *, store
 
     options: per-method options, e.g. {"eap-ig": {"steps": 10}}. metric: every task under this built-in
     metric instead of its own (stored as task "name@metric"). resources (Ray): per model group,
-    e.g. {"num_cpus": 1, "num_gpus": 1, "memory": 8 * 2**30}. batch_size: examples a pass for the methods
-    that take one (`methods.BATCHED`; the others run each task whole): how jobs run, not part of their keys.
+    e.g. {"num_cpus": 1, "num_gpus": 1, "memory": 8 * 2**30}. batch_size: examples a pass for the jobs
+    that take one (edge pruning and resample ablation run each task whole): how jobs run, not part of their keys.
     """
     if executor not in ("local", "ray"):
         raise ConfigError(f"executor must be 'local' or 'ray', got {executor!r}")

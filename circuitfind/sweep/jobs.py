@@ -125,14 +125,20 @@ def _peak_mb(device) -> float:
 class Settings:
     """How a sweep's jobs run, the same for all of them; not what a job computes, so not part of its key.
 
-    batch_size: examples a pass, for the methods that take one (`methods.BATCHED`; the others take
-    each task whole). quiet: no progress bars inside a job (workers always run quiet)."""
+    batch_size: examples a pass, for the jobs that take one (`takes_batches`; the others take each
+    task whole). quiet: no progress bars inside a job (workers always run quiet)."""
 
     runs_dir: Path
     dtype: str = "float32"
     device: str = "cpu"
     batch_size: int | None = None
     quiet: bool = True
+
+
+def takes_batches(job: Job) -> bool:
+    """Does the job take the sweep's batch_size? Not edge pruning (it trains on the task whole) nor
+    resample ablation (each example's donor is drawn from the whole task): those run whole."""
+    return job.method in BATCHED and job.ablation != "resample"
 
 
 def run_job(model, job: Job, settings: Settings) -> dict:
@@ -150,7 +156,7 @@ def run_job(model, job: Job, settings: Settings) -> dict:
         task = load_task(job.task, n=job.n, seed=job.seed, metric=job.metric)
         run = discover(model, task, job.method, job.ablation, out=tmp, edges=job.edges, target=job.target, n=job.n,
                        seed=job.seed, quiet=settings.quiet,
-                       batch_size=settings.batch_size if job.method in BATCHED else None,
+                       batch_size=settings.batch_size if takes_batches(job) else None,
                        **job.options)
         shutil.rmtree(final, ignore_errors=True)  # left by an attempt killed before its row was written
         tmp.rename(final)
