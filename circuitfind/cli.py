@@ -86,9 +86,10 @@ def _discover(args) -> int:
                    n=args.n, seed=args.seed, quiet=args.quiet, report=not args.no_report, batch_size=args.batch_size,
                    provenance={"command": "circuitfind " + shlex.join(args.argv)}, **options)
     r = run.result
+    auc = "" if r["roc_auc"] is None else f", ROC AUC {r['roc_auc']:.3f}"  # where the task knows the true circuit
     print(f"{r['model']} / {r['task']} ({r['metric_name']}) / {r['method']}: "
           f"{r['n_edges']} of {r['n_edges_total']} edges ({r['n_nodes']} nodes), "
-          f"faithfulness {r['faithfulness']:.3f}, CPR {r['cpr']:.3f}, CMD {r['cmd']:.3f}")
+          f"faithfulness {r['faithfulness']:.3f}, CPR {r['cpr']:.3f}, CMD {r['cmd']:.3f}{auc}")
     if run.out is not None:
         print(f"wrote {run.out}/result.json, circuit.json, scores.safetensors")
         if not args.no_report:

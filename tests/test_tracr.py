@@ -58,7 +58,7 @@ def test_exact_patching_is_graded_against_the_ground_truth(name):
     assert 0.5 < auc <= 1.0
 
 
-def test_eap_ig_recovers_the_reverse_circuit_with_zero_ablation(tmp_path):
+def test_eap_ig_recovers_the_reverse_circuit_with_zero_ablation(tmp_path, capsys):
     """Same-length corruption leaves reverse's length/index path unchanged; zero ablation sees it all."""
     model = cf.load_model("tracr-reverse").double()
     truth = model.ground_truth["tracr-reverse"]
@@ -67,6 +67,10 @@ def test_eap_ig_recovers_the_reverse_circuit_with_zero_ablation(tmp_path):
     assert cf.roc_auc(scores, truth) == 1.0
     run = cf.discover(model, task, method="eap-ig", ablation="zero", out=tmp_path / "run", quiet=True)
     assert set(run.circuit.edges()) == set(truth) and run.result["faithfulness"] == pytest.approx(1.0)
+    from circuitfind.cli import main  # the command line prints the grade against the true circuit
+    assert main(["--quiet", "discover", "--model", "tracr-reverse", "--task", "tracr-reverse", "--method", "eap-ig",
+                 "--ablation", "zero", "-n", "60", "--no-report"]) == 0
+    assert capsys.readouterr().out.rstrip().endswith(", ROC AUC 1.000")
 
 
 def test_tokens_are_named_in_reports_and_lenses():
