@@ -132,14 +132,15 @@ def test_receiver_gradients_score_like_a_plain_product():
 def test_gradients_handed_out_in_chunks_of_positions_score_the_same(family, monkeypatch):
     """q/k/v gradients arrive a chunk of positions at a time; one position per chunk must give the
     scores of one chunk for everything (layer norm and RMS norm)."""
-    import circuitfind.engine.walk as walk
+    import circuitfind.engine.walk_grad as walk_grad
     model = cf.from_hf(tiny_hf(family)).double()
     clean, corrupt = _pair()
     abl = ablated_outputs(model, "corrupted", clean, corrupt)
     whole = attribute(model, clean, abl, _objective)
-    monkeypatch.setattr(walk, "GRAD_CHUNK_ELEMENTS", 1)
+    monkeypatch.setattr(walk_grad, "GRAD_CHUNK_ELEMENTS", 1)
     assert torch.allclose(attribute(model, clean, abl, _objective), whole, atol=1e-9)
-    monkeypatch.setattr(walk, "GRAD_CHUNK_ELEMENTS", 5 * 3 * model.cfg.n_heads * model.cfg.d_model)  # 5 rows, 21 in all
+    rows = 5 * 3 * model.cfg.n_heads * model.cfg.d_model  # 5 rows a chunk, 21 in all
+    monkeypatch.setattr(walk_grad, "GRAD_CHUNK_ELEMENTS", rows)
     assert torch.allclose(attribute(model, clean, abl, _objective), whole, atol=1e-9)
 
 

@@ -8,6 +8,10 @@ Layouts (see `patching.py` for the maths):
   computed once (in a pruned circuit, heads whose queries and keys are cut).
 - residual-like tensors `[K, b', pos, d_model]`; receiver inputs `[r, K, b'·pos·d_model]`;
   sender blocks `[s, K, b', pos, d_model]`; stored differences `D [K, s, b'·pos·d_model]`.
+
+Two parts of the pass have modules of their own: `walk_answer.py` (nodes read at the answer
+positions alone, computed there alone) and `walk_grad.py` (the clean pass with receiver gradients);
+`walk_ops.py` holds the tensor helpers they share.
 """
 
 from __future__ import annotations
@@ -18,17 +22,16 @@ import torch
 from torch import Tensor
 
 from circuitfind.engine.store import DiffStore, Workspace, take
-from circuitfind.types import Inputs
+from circuitfind.engine.walk_answer import AnswerPositions
+from circuitfind.engine.walk_grad import Gradients
+from circuitfind.engine.walk_ops import copies, gather_at, out_minus, proj, proj_each, spread
 from circuitfind.errors import ConfigError
+from circuitfind.types import Inputs
 
 __all__ = ["Inputs", "Walk"]
 
-# q/k/v receiver gradients are handed out this many elements at a time (16 MiB in fp32): a chunk of
-# positions, consumed by on_grad while still in cache, and no [3·heads, batch·pos, d] buffer
-GRAD_CHUNK_ELEMENTS = 1 << 22
 
-
-class Walk:
+class Walk(AnswerPositions, Gradients):
     """Layer-by-layer state of one (masked) forward.
 
     masks None means every receiver reads the real residual stream (the clean run).
@@ -107,31 +110,6 @@ class Walk:
                 s = slice(self.g.head_sender(l, 0), self.g.mlp_sender(l))
                 active[s] = active[s].any()
         return active
-
-    def _answer_only_senders(self) -> Tensor:
-        """Senders read at the answer positions alone ([src] bool), in every mask: by the logits, or by
-        the query of a head or the input of an MLP that is itself read there alone (from the top down).
-        Such a node is computed at the answer positions only; its D is zero elsewhere, where nobody
-        reads it. A recorded walk or one with gradients keeps every position."""
-        g = self.g
-        out = torch.zeros(g.n_senders, dtype=torch.bool)
-        if self.record or self.on_grad is not None or (self.masks is not None and self.masks.requires_grad):
-            return out
-        reads = g.edge_mask if self.masks is None else (self.masks.detach() != 0).any(0).cpu()  # [dst, src]
-        at_answer = torch.zeros(g.n_receivers, dtype=torch.bool)  # receivers that read the answer positions alone
-        at_answer[g.logits_receiver] = True
-        heads = torch.arange(g.n_heads)
-        for l in reversed(range(self.cfg.n_layers)):
-            mlp = g.mlp_sender(l)
-            if not bool((reads[:, mlp] & ~at_answer).any()):  # (before its heads: the MLP reads them)
-                out[mlp] = at_answer[g.mlp_receiver(l)] = True
-            if self.cfg.post_norms:  # a layer's heads share their normaliser: they keep every position
-                continue
-            senders = g.head_sender(l, 0) + heads
-            alone = ~(reads[:, senders] & ~at_answer[:, None]).any(0)  # [heads]
-            out[senders] = alone
-            at_answer[g.qkv_receiver(l, "q", 0) + heads] = alone
-        return out
 
     def _last_mixing_layer(self) -> int:
         """The last layer with a receiver that mixes (n_layers = logits); later senders need no D stored."""
@@ -259,7 +237,7 @@ class Walk:
 
     def _mix_at(self, M: Tensor, base: Tensor, pos: Tensor) -> Tensor:
         """Like `_mix`, at one position per example: pos [K|1, b'] → [r, K, b', d]."""
-        return self.store.mix_at(take(M, self.store.cols, 2), pos) + _at(base, pos)
+        return self.store.mix_at(take(M, self.store.cols, 2), pos) + gather_at(base, pos)
 
     def _receiver_inputs(self, rows: Tensor, resid: Tensor, base: Tensor, scratch: str,
                          offset: int = 0, each: bool = False) -> tuple[Tensor | None, int, Tensor]:
@@ -370,15 +348,15 @@ class Walk:
             q, k, v = self._tracked_qkv(l, ln, attn, heads, resid.reshape(B, p, self.d))
         elif x is None:  # one shared input: fused projections, keys and values once per kv head
             xn = ln(resid.expand(K, self.bp, p, self.d).reshape(B, p, self.d))
-            q = _proj(xn, attn.w_q, attn.b_q, dh)
-            k, v = _proj(xn, attn.w_k, attn.b_k, dh), _proj(xn, attn.w_v, attn.b_v, dh)
+            q = proj(xn, attn.w_q, attn.b_q, dh)
+            k, v = proj(xn, attn.w_k, attn.b_k, dh), proj(xn, attn.w_v, attn.b_v, dh)
             if a < cfg.n_heads:
                 q, k, v = q[:, heads], k[:, groups], v[:, groups]
         else:  # a separate input per receiver, normed in the projection: [3a, K·b'·pos, d], or per kind
             if not isinstance(x, list):  # [(x_t, K_t)] with K_t ∈ {1, K}: a shared kind is projected once
                 x = [(part, K) for part in x.reshape(3 * a, -1).split(a)]
             weights = ((attn.W_Q, attn.b_q, heads), (attn.W_K, attn.b_k, groups), (attn.W_V, attn.b_v, groups))
-            q, k, v = (_copies(_proj_each(ln, xt.reshape(a, Kt * self.bp * p, self.d), take(W, idx, 0), bias, idx,
+            q, k, v = (copies(proj_each(ln, xt.reshape(a, Kt * self.bp * p, self.d), take(W, idx, 0), bias, idx,
                                           dh, Kt * self.bp, p), K // Kt)
                        for (xt, Kt), (W, bias, idx) in zip(x, weights))
         z, _ = attn.attend(q, k, v, self._rope_rows(K, l), self._allowed_rows(l, K))  # [B, a, pos, d_head]
@@ -398,104 +376,10 @@ class Walk:
         if self.abl_is_zero:  # D = z W_O: no input to copy in
             diff = torch.bmm(z, W_O, out=target).view(a, K, self.bp, p, self.d)
         else:
-            diff = _out_minus(abl3, z, W_O, target).view(a, K, self.bp, p, self.d)
+            diff = out_minus(abl3, z, W_O, target).view(a, K, self.bp, p, self.d)
         if keep and target is None:
             self.store.append_diff(senders, diff)
         return diff
-
-    def _heads_at_answer(self, l: int, attn, heads: Tensor, senders: Tensor, abl: Tensor) -> Tensor:
-        """D [a, K, b', pos, d] of heads read at the answer positions alone: queries mixed, projected and
-        attending from there only (keys and values at every position); D is zero elsewhere."""
-        g, cfg, ln, dh, bp, p, d = self.g, self.cfg, self.model.blocks[l].ln1, self.cfg.d_head, self.bp, self.p, self.d
-        a, groups = len(heads), heads // cfg.group_size
-        pos = self.inputs.answer_pos.view(self.data_k, bp)
-        M_q, K_q = self._mask_rows(g.qkv_receiver(l, "q", 0) + heads)
-        if M_q is None:  # the real residual there, one input for all: fused projection
-            xq = ln(_at(self.resid, pos))  # [K_q, b', d]
-            K_q = xq.shape[0]
-            q = _proj(xq.reshape(K_q * bp, 1, d), attn.w_q, attn.b_q, dh)
-            q = q if a == cfg.n_heads else q[:, heads]
-        else:
-            xq = self._mix_at(M_q, self.base, pos)  # [a, K_q, b', d]
-            K_q = xq.shape[1]
-            q = _proj_each(ln, xq.reshape(a, K_q * bp, d), take(attn.W_Q, heads, 0), attn.b_q, heads, dh,
-                           K_q * bp, 1)
-        rows = torch.cat([g.qkv_receiver(l, t, 0) + heads for t in "kv"])
-        x, K_kv, resid = self._receiver_inputs(rows, self.resid, self.base, "attention inputs", each=True)
-        if x is None:
-            xn = ln(resid.expand(K_kv, bp, p, d).reshape(K_kv * bp, p, d))
-            k, v = _proj(xn, attn.w_k, attn.b_k, dh), _proj(xn, attn.w_v, attn.b_v, dh)
-            if a < cfg.n_heads:
-                k, v = k[:, groups], v[:, groups]
-        else:
-            k, v = (_proj_each(ln, xt.reshape(a, K_kv * bp * p, d), take(W, groups, 0), bias, groups, dh, K_kv * bp, p)
-                    for xt, W, bias in zip(x.split(a), (attn.W_K, attn.W_V), (attn.b_k, attn.b_v)))
-        K = max(K_q, K_kv)
-        q, k, v = _copies(q, K // K_q), _copies(k, K // K_kv), _copies(v, K // K_kv)
-        rows_at = torch.arange(K * bp, device=pos.device)
-        at = pos.expand(K, bp).reshape(-1)  # each attention row's answer position
-        rope = self._rope_rows(K, l)
-        q_rope = None if rope is None else tuple(t[rows_at, :, at][:, :, None] for t in rope)  # [K·b', 1, 1, rot]
-        allowed = self._allowed_rows(l, K)[rows_at, :, at][:, :, None]  # [K·b', 1, 1, pos]
-        z, _ = attn.attend(q, k, v, rope, allowed, q_rope=q_rope)  # [K·b', a, 1, d_head]
-        out = torch.bmm(z[:, :, 0].transpose(0, 1), take(attn.W_O, heads, 0))  # [a, K·b', d]
-        copy, example = rows_at // bp, rows_at % bp
-        diff = abl.new_zeros(a, K, bp, p, d)
-        diff[:, copy, example, at] = out - abl.expand(a, K, bp, p, d)[:, copy, example, at]
-        if l <= self.mix_until:
-            self.store.append_diff(senders, diff)
-        return diff
-
-    def _tracked_head_diffs(self, l: int, attn, heads: Tensor, z: Tensor, senders: Tensor, abl: Tensor,
-                            K: int) -> Tensor:
-        """The clean run with gradients: each head's D goes to the store detached (written in place,
-        outside the graph); the graph carries only Σ_h (out_h − abl_h), from one fused product."""
-        a, B, p, dh = len(heads), z.shape[0], z.shape[2], self.cfg.d_head
-        abl_sum = abl.sum(0)  # before D may overwrite the ablated outputs
-        if self.record:
-            target = self.store.reserve(senders, z).view(a, B * p, self.d)
-            abl3 = abl.expand(a, K, self.bp, p, self.d).reshape(a, B * p, self.d) if abl.shape[2:4] != (1, 1) \
-                else abl.reshape(a, 1, self.d)
-            _out_minus(abl3, z.detach().transpose(0, 1).reshape(a, B * p, dh), attn.W_O, target)
-        total = z.transpose(1, 2).reshape(B * p, a * dh) @ attn.w_o  # Σ_h out_h  [B·pos, d]
-        return (total.view(K, self.bp, p, self.d) - abl_sum)[None]
-
-    def _tracked_qkv(self, l: int, ln, attn, heads: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """q, k, v [B, a, pos, d_head] from the shared residual x [B, pos, d], one key and value per
-        *query* head, projected together. Their gradient is pulled back through W and the norm
-        to each receiver's input (the norm's closed-form VJP: no per-receiver copy of the input is
-        made in the forward) and handed to on_grad a chunk of positions at a time, in one reused
-        buffer, as [3a, chunk·d] with rows q then k then v."""
-        dh, a, B, p = self.cfg.d_head, len(heads), x.shape[0], x.shape[1]
-        groups = heads // self.cfg.group_size
-        parts = ((attn.w_q, attn.b_q, heads), (attn.w_k, attn.b_k, groups), (attn.w_v, attn.b_v, groups))
-        xn = ln(x)
-        # separate products: autograd keeps the weights by reference, no gathered copies
-        y = torch.cat([take(_proj(xn, w, b, dh), idx, 1) for w, b, idx in parts], dim=1)  # [B, 3a, pos, d_head]
-        bias = None if all(b is None for _, b, _ in parts) else torch.cat(
-            [W.new_zeros(len(i), dh) if b is None else b.view(-1, dh)[i] for W, b, i in parts]).view(3 * a, 1, dh)
-        rows = torch.cat([self.g.qkv_receiver(l, t, 0) + heads for t in "qkv"])
-        x_flat = x.detach().reshape(B * p, self.d)
-        # The hook holds neither y nor the walk: either would close a cycle through the autograd graph
-        # (walk → residual → graph → hook → walk), which Python's collector cannot see into, and
-        # every walk with gradients would outlive its pass.
-        y_data, on_grad, workspace, d = y.detach(), self.on_grad, self.workspace, self.d
-
-        def pull_back(g):  # g [B, 3a, pos, d_head]
-            def heads_first(t):  # [B, 3a, pos, d_head] → [3a, B·pos, d_head]
-                return t.transpose(0, 1).reshape(3 * a, B * p, dh)
-            projected = heads_first(y_data)
-            if bias is not None:
-                projected = projected - bias
-            chunk = max(1, GRAD_CHUNK_ELEMENTS // (3 * a * d))
-            WT = workspace.get("weights", (3 * a, dh, d), g)
-            torch.cat([_transposed(w, dh, idx) for w, _, idx in parts], out=WT)  # [3a, d_head, d]
-            for span, grad in ln.input_grads(x_flat, heads_first(g), WT, projected=projected, chunk=chunk,
-                                             buffer=workspace.get("grads", (3 * a * chunk * d,), g)):
-                on_grad(rows, grad.view(3 * a, -1), span)
-
-        y.register_hook(pull_back)
-        return y[:, :a], y[:, a:2 * a], y[:, 2 * a:]
 
     def _mlp(self, l: int, resid: Tensor, base: Tensor):
         """The MLP of layer l, reading the residual and base given (pre-attention for parallel blocks)."""
@@ -529,85 +413,21 @@ class Walk:
         diff = self._diff(torch.tensor([s]), out[None], abl[None], l)[0]
         self.resid, self.base = self.resid + add + diff, self.base + add
 
-    def _mlp_at_answer(self, l: int, s: int, rows: Tensor, resid: Tensor, base: Tensor, abl: Tensor,
-                       add: Tensor) -> None:
-        """An MLP read at the answer positions alone (`_answer_only_senders`), computed there alone; its
-        D is zero elsewhere (no receiver reads it there)."""
-        mlp, pos = self.model.blocks[l].mlp, self.inputs.answer_pos.view(self.data_k, self.bp)
-        self._mlp_partial = None
-        M, K = self._mask_rows(rows)
-        x = _at(resid, pos) if M is None else self._mix_at(M, base, pos)[0]  # [K, b', d]
-        out = mlp.output(mlp.hidden(self.model.blocks[l].ln2(x))[1])  # [K, b', d]
-        K = out.shape[0]
-        out_full = add.new_zeros(K, self.bp, self.p, self.d) + abl  # = abl where nobody reads
-        idx = pos.expand(K, self.bp)
-        out_full[torch.arange(K)[:, None], torch.arange(self.bp)[None, :], idx] = out
-        diff = self._diff(torch.tensor([s]), out_full[None], abl[None], l)[0]
-        self.resid, self.base = self.resid + add + diff, self.base + add
-
     def _logits(self) -> Tensor:
         rows = torch.tensor([self.g.logits_receiver])
         M, K = self._mask_rows(rows)
         pos = self.inputs.answer_pos.view(self.data_k, self.bp)
         if M is None:
-            x = _at(self.resid, pos)  # [K, b', d]
+            x = gather_at(self.resid, pos)  # [K, b', d]
         else:
             x = self._mix_at(M, self.base, pos)[0]
         if self.on_grad is not None:
             x = x.view_as(x)
             on_grad, shape = self.on_grad, (self.bp, self.p, self.d)  # not self: see _tracked_qkv
-            x.register_hook(lambda g: on_grad(rows, _spread(g, pos, shape), None))
+            x.register_hook(lambda g: on_grad(rows, spread(g, pos, shape), None))
         logits = self.model.unembed(x, wide=True)  # [K, b', vocab], float32 (the metric's resolution)
         return logits.expand(self.k, -1, -1) if logits.shape[0] != self.k else logits
 
     def diffs(self) -> Tensor:
         """Recorded sender differences D as [src, batch, pos, d] (requires record and masks None)."""
         return self.store.dense(self.g.n_senders).view(self.g.n_senders, -1, self.p, self.d)
-
-
-def _at(x: Tensor, pos: Tensor) -> Tensor:
-    """x [K|1, b'|1, pos|1, d] at the answer positions pos [K|1, b'] → [K, b', d]."""
-    if x.shape[2] == 1:
-        return x[:, :, 0].expand(max(x.shape[0], pos.shape[0]), pos.shape[1], -1)
-    K, bp = max(x.shape[0], pos.shape[0]), pos.shape[1]
-    x = x.expand(K, bp, -1, -1)
-    idx = pos.expand(K, bp)[:, :, None, None].expand(K, bp, 1, x.shape[-1])
-    return x.gather(2, idx)[:, :, 0]
-
-
-def _copies(t: Tensor, n: int) -> Tensor:
-    """t [K·b', ...] as n copies along the mask axis, [n·K·b', ...] (t itself when n = 1)."""
-    return t if n == 1 else t.repeat(n, *([1] * (t.ndim - 1)))
-
-
-def _out_minus(abl: Tensor, z: Tensor, W_O: Tensor, target: Tensor | None) -> Tensor:
-    """D = z @ W_O − abl per head ([a, m, d_head] @ [a, d_head, d] − [a, m|1, d]), into target if
-    given; target may be abl's own memory (the ablated outputs overwritten in place)."""
-    if target is not None and target.data_ptr() == abl.data_ptr() and target.shape == abl.shape:
-        return target.baddbmm_(z, W_O, beta=-1)
-    return torch.baddbmm(abl, z, W_O, beta=-1, out=target)
-
-
-def _spread(g: Tensor, pos: Tensor, shape: tuple[int, int, int]) -> Tensor:
-    """A gradient at the answer positions [1, b', d] → [1, b'·pos·d] for shape (b', pos, d), zero elsewhere."""
-    full = g.new_zeros(shape)
-    full[torch.arange(shape[0]), pos[0]] = g[0]
-    return full.reshape(1, -1)
-
-
-def _transposed(w: Tensor, dh: int, heads: Tensor) -> Tensor:
-    """A fused projection weight w [d, n·d_head] as per-head transposes [len(heads), d_head, d] (a view
-    when heads is every head in order)."""
-    return take(w.t().reshape(-1, dh, w.shape[0]), heads, 0)
-
-
-def _proj(xn: Tensor, w: Tensor, bias: Tensor | None, dh: int) -> Tensor:
-    """Shared normed input xn [B, pos, d] through a fused weight w [d, heads·d_head] → [B, heads, pos, d_head]."""
-    y = xn @ w if bias is None else torch.addmm(bias, xn.flatten(0, 1), w).view(*xn.shape[:2], -1)
-    return y.view(*xn.shape[:2], -1, dh).transpose(1, 2)
-
-
-def _proj_each(ln, x: Tensor, W: Tensor, bias: Tensor | None, idx: Tensor, dh: int, B: int, p: int) -> Tensor:
-    """Per-head pre-norm inputs x [a, B·pos, d] through the norm and W [a, d, d_head] → [B, a, pos, d_head]."""
-    y = ln.project(x, W, None if bias is None else bias.view(-1, dh)[idx])
-    return y.view(len(idx), B, p, dh).transpose(0, 1)
