@@ -61,10 +61,7 @@ def _values(model, batches, cfg, masks, starts=None, workspace=None):
         for i, setup in enumerate(batches):
             logits = masked_forward(model, setup.batch.clean, setup.ablated, masks, workspace=workspace,
                                     start=None if starts is None else starts[i])  # [k, batch, vocab]
-            if cfg.metric == "kl":  # the clean distribution [batch, vocab] broadcast over the masks, normed once
-                value = kl(logits, setup.targets).mean(1)
-            else:
-                value = -setup.sign * setup.per_mask(logits)
+            value = setup.per_mask(logits, kl) if cfg.metric == "kl" else -setup.sign * setup.per_mask(logits)
             total = total + setup.weight * value
     return total
 

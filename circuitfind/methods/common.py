@@ -32,12 +32,13 @@ class Setup:
     sign: float  # +1 if higher metric = better behaviour
     weight: float = 1.0  # this batch's share of the task's examples (batch_size=: one Setup per batch)
 
-    def per_mask(self, logits: Tensor) -> Tensor:
-        """Mean metric per mask: logits [k, batch, vocab] → [k]."""
-        if self.metric is kl:  # the clean distribution broadcast over the masks, normalised once
+    def per_mask(self, logits: Tensor, metric=None) -> Tensor:
+        """Mean metric (the task's, or the one given) per mask: logits [k, batch, vocab] → [k]."""
+        metric = self.metric if metric is None else metric
+        if metric is kl:  # the clean distribution broadcast over the masks, normalised once
             return kl(logits, self.targets).mean(1)
         k, b = logits.shape[:2]
-        return self.metric(logits.reshape(k * b, -1), self.targets.repeat(k)).view(k, b).mean(1)
+        return metric(logits.reshape(k * b, -1), self.targets.repeat(k)).view(k, b).mean(1)
 
     def objective(self, logits: Tensor) -> Tensor:
         """Mean metric of one run: logits [batch, vocab] → scalar."""
