@@ -70,16 +70,28 @@ class AnswerPositions:
                     for xt, W, bias in zip(x.split(a), (attn.W_K, attn.W_V), (attn.b_k, attn.b_v)))
         K = max(K_q, K_kv)
         q, k, v = copies(q, K // K_q), copies(k, K // K_kv), copies(v, K // K_kv)
-        rows_at = torch.arange(K * bp, device=pos.device)
-        at = pos.expand(K, bp).reshape(-1)  # each attention row's answer position
+        rows_at, at = torch.arange(K * bp, device=pos.device), self._answer_rows(K)[2]  # each row's answer position
         rope = self._rope_rows(K, l)
         q_rope = None if rope is None else tuple(t[rows_at, :, at][:, :, None] for t in rope)  # [K·b', 1, 1, rot]
         allowed = self._allowed_rows(l, K)[rows_at, :, at][:, :, None]  # [K·b', 1, 1, pos]
         z, _ = attn.attend(q, k, v, rope, allowed, q_rope=q_rope)  # [K·b', a, 1, d_head]
         out = torch.bmm(z[:, :, 0].transpose(0, 1), take(attn.W_O, heads, 0))  # [a, K·b', d]
-        copy, example = rows_at // bp, rows_at % bp
-        diff = abl.new_zeros(a, K, bp, p, d)
-        diff[:, copy, example, at] = out - abl.expand(a, K, bp, p, d)[:, copy, example, at]
+        return self._answer_diff(senders, out.view(a, K, bp, d), abl, l)
+
+    def _answer_rows(self, K: int) -> tuple[Tensor, Tensor, Tensor]:
+        """For each of the K·b' rows of K copies of the batch: its copy, its example and its answer position."""
+        pos = self.inputs.answer_pos.view(self.data_k, self.bp)
+        rows = torch.arange(K * self.bp, device=pos.device)
+        return rows // self.bp, rows % self.bp, pos.expand(K, self.bp).reshape(-1)
+
+    def _answer_diff(self, senders: Tensor, out: Tensor, abl: Tensor, l: int) -> Tensor:
+        """D [n, K, b', pos, d] of senders computed at the answer positions alone, out [n, K, b', d]:
+        out − abl there and zero elsewhere, stored while a later receiver still mixes it (as `_diff`)."""
+        n, K = out.shape[:2]
+        copy, example, at = self._answer_rows(K)
+        diff = out.new_zeros(n, K, self.bp, self.p, self.d)
+        diff[:, copy, example, at] = out.reshape(n, K * self.bp, self.d) \
+            - abl.expand(n, K, self.bp, self.p, self.d)[:, copy, example, at]
         if l <= self.mix_until:
             self.store.append_diff(senders, diff)
         return diff
@@ -93,9 +105,5 @@ class AnswerPositions:
         M, K = self._mask_rows(rows)
         x = gather_at(resid, pos) if M is None else self._mix_at(M, base, pos)[0]  # [K, b', d]
         out = mlp.output(mlp.hidden(self.model.blocks[l].ln2(x))[1])  # [K, b', d]
-        K = out.shape[0]
-        out_full = add.new_zeros(K, self.bp, self.p, self.d) + abl  # = abl where nobody reads
-        idx = pos.expand(K, self.bp)
-        out_full[torch.arange(K)[:, None], torch.arange(self.bp)[None, :], idx] = out
-        diff = self._diff(torch.tensor([s]), out_full[None], abl[None], l)[0]
+        diff = self._answer_diff(torch.tensor([s]), out[None], abl[None], l)[0]
         self.resid, self.base = self.resid + add + diff, self.base + add
