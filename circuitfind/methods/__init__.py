@@ -40,6 +40,12 @@ BATCHED = ("eap", "eap-ig", "eap-ig-activations", "eap-node", "eap-ig-node", "cl
            "exact-node", "acdc", "ifr")
 
 
+def takes_batches(method: str, ablation: str) -> bool:
+    """Can `method` take the task a batch at a time under `ablation`? Not edge pruning (it trains on the
+    task whole) nor resample ablation (each example's donor is drawn from the whole task)."""
+    return method in BATCHED and ablation != "resample"
+
+
 def check_options(method: str, options: dict) -> dict:
     """The options as the config will hold them (numpy numbers as Python ones: configs are saved as
     JSON); a ConfigError for an unknown method, an option its config does not have or fixes, or a
@@ -118,4 +124,4 @@ def score_edges(model, task: Task | str, method: str = "eap-ig", ablation: str =
     return EdgeScores(raw, model.graph, method=method, model=model.name, task=task.name, ablation=ablation, config=config)
 
 
-__all__ = ["BATCHED", "METHODS", "check_options", "score_edges"]
+__all__ = ["BATCHED", "METHODS", "check_options", "score_edges", "takes_batches"]

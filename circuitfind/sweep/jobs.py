@@ -20,7 +20,7 @@ from pathlib import Path
 from circuitfind.discover import discover
 from circuitfind.engine.ablation import ABLATIONS
 from circuitfind.errors import ConfigError, count
-from circuitfind.methods import BATCHED, check_options
+from circuitfind.methods import check_options, takes_batches
 from circuitfind.metrics import METRICS
 from circuitfind.sweep.store import SCHEMA_VERSION
 from circuitfind.task import load_task
@@ -125,7 +125,7 @@ def _peak_mb(device) -> float:
 class Settings:
     """How a sweep's jobs run, the same for all of them; not what a job computes, so not part of its key.
 
-    batch_size: examples a pass, for the jobs that take one (`takes_batches`; the others take each
+    batch_size: examples a pass, for the jobs that take one (`methods.takes_batches`; the others take each
     task whole). quiet: no progress bars inside a job (workers always run quiet)."""
 
     runs_dir: Path
@@ -133,12 +133,6 @@ class Settings:
     device: str = "cpu"
     batch_size: int | None = None
     quiet: bool = True
-
-
-def takes_batches(job: Job) -> bool:
-    """Does the job take the sweep's batch_size? Not edge pruning (it trains on the task whole) nor
-    resample ablation (each example's donor is drawn from the whole task): those run whole."""
-    return job.method in BATCHED and job.ablation != "resample"
 
 
 def run_job(model, job: Job, settings: Settings) -> dict:
@@ -156,7 +150,7 @@ def run_job(model, job: Job, settings: Settings) -> dict:
         task = load_task(job.task, n=job.n, seed=job.seed, metric=job.metric)
         run = discover(model, task, job.method, job.ablation, out=tmp, edges=job.edges, target=job.target, n=job.n,
                        seed=job.seed, quiet=settings.quiet,
-                       batch_size=settings.batch_size if takes_batches(job) else None,
+                       batch_size=settings.batch_size if takes_batches(job.method, job.ablation) else None,
                        **job.options)
         shutil.rmtree(final, ignore_errors=True)  # left by an attempt killed before its row was written
         tmp.rename(final)
