@@ -8,7 +8,8 @@ import torch
 import circuitfind as cf
 from circuitfind.engine.ablation import ablated_outputs
 from circuitfind.engine import store
-from circuitfind.engine.patching import Inputs, Workspace, clean_logits, masked_forward, prefix, sender_outputs
+from circuitfind.engine.patching import (Inputs, Workspace, clean_logits, masked_forward, prefix, prefixes,
+                                        sender_outputs)
 from tests.conftest import VOCAB, tiny_hf
 from tests.reference import reference_masked_logits
 
@@ -108,6 +109,26 @@ def test_masks_sharing_lower_layers_and_prefix(model):
     assert torch.allclose(from_prefix, full, atol=1e-10)
     with pytest.raises(cf.ConfigError, match="prefix"):
         masked_forward(model, clean, abl, _random_mask(g, 0.5), start=pre)
+
+
+def test_prefixes_of_one_pass_equal_prefixes_run_apart(model):
+    """Snapshots of one recorded pass (ACDC's starts) must not see what the pass stores after them:
+    each layer's, branched twice and used top-down, equals the forward without a prefix."""
+    clean, corrupt = _pair()
+    abl = ablated_outputs(model, "corrupted", clean, corrupt)
+    g = model.graph
+    starts, logits = prefixes(model, clean, abl)
+    assert len(starts) == model.cfg.n_layers + 1
+    assert torch.allclose(logits, clean_logits(model, clean), atol=1e-10)
+    for layer in reversed(range(model.cfg.n_layers + 1)):
+        assert starts[layer].layer == layer
+        above = g.receiver_layer >= layer
+        masks = torch.ones(3, g.n_receivers, g.n_senders, dtype=torch.float64)
+        for i in range(3):
+            masks[i, above] = _random_mask(g, 0.5, 10 * layer + i)[above]
+        want = masked_forward(model, clean, abl, masks)
+        for _ in range(2):
+            assert torch.allclose(masked_forward(model, clean, abl, masks, start=starts[layer]), want, atol=1e-10)
 
 
 def test_sparse_node_circuit_skips_nodes_exactly(model):

@@ -19,7 +19,8 @@ How it stays fast:
 - A sender none of whose out-edges is kept in any mask is not computed (its ablated output stands in).
 - Logits are computed only at each example's answer position.
 - `prefix(...)` caches the clean run below a layer; a batch of masks whose rows below that layer are
-  all ones continues from it (exact patching and ACDC patch one layer at a time).
+  all ones continues from it (exact patching and ACDC patch one layer at a time). `prefixes(...)`
+  gives the prefix below every layer from one pass (snapshots sharing its stored D).
 
 Worked example:
 
@@ -46,7 +47,7 @@ from circuitfind.engine.store import Workspace
 from circuitfind.engine.walk import Inputs, Walk
 from circuitfind.errors import ConfigError
 
-__all__ = ["Inputs", "Prefix", "Workspace", "masked_forward", "prefix", "sender_outputs", "clean_logits", "edge_effects",
+__all__ = ["Inputs", "Prefix", "Workspace", "masked_forward", "prefix", "prefixes", "sender_outputs", "clean_logits", "edge_effects",
            "node_effects"]
 
 
@@ -107,6 +108,17 @@ def prefix(model, inputs: Inputs, ablated: Tensor, layer: int) -> Prefix:
     walk = Walk(model, inputs, ablated, None, record=True, branchable=True)
     walk.run(stop=layer)
     return Prefix(layer, walk)
+
+
+def prefixes(model, inputs: Inputs, ablated: Tensor) -> tuple[list[Prefix], Tensor]:
+    """The clean run below every layer (index l: below layer l, for l in 0..n_layers) from one pass,
+    and that run's logits [batch, vocab]: for sweeps that go down the layers (ACDC)."""
+    walk = Walk(model, inputs, ablated, None, record=True, branchable=True)
+    out = []
+    for layer in range(model.cfg.n_layers + 1):
+        walk.run(stop=layer)
+        out.append(Prefix(layer, walk.snapshot()))
+    return out, walk.run()[0]
 
 
 def sender_outputs(model, inputs: Inputs) -> Tensor:

@@ -298,6 +298,18 @@ class DiffStore:
         out[self.cols[real]] = data.transpose(0, 1)[real].reshape(int(real.sum()), -1)
         return out
 
+    def snapshot(self) -> "DiffStore":
+        """This store as it is now, unchanged by later appends to this one: its segments' buffers are
+        shared, but each snapshot segment keeps the count it had and is frozen (`branch` then starts
+        a new segment). No gradients."""
+        other = DiffStore(self.k, self.shape, self.capacity, grad=False, workspace=self.workspace)
+        for seg in self.segments:
+            copy = _Segment(seg.K, 0, self.W, seg.buf, seg.buf)
+            copy.n, copy.frozen = seg.n, True
+            other.segments.append(copy)
+        other._cols, other._shared = list(self._cols), set(self._shared)
+        return other
+
     def branch(self, k: int, workspace: Workspace | None = None) -> "DiffStore":
         """A store for k masks that starts from this one's contents (shared, never modified)."""
         other = DiffStore(k, self.shape, self.capacity, grad=False, workspace=workspace)

@@ -163,6 +163,17 @@ class Walk(AnswerPositions, Gradients):
         other._allowed = dict(self._allowed)
         return other
 
+    def snapshot(self) -> "Walk":
+        """This (recorded, unmasked, gradient-free) walk as it stands, to branch from later while this
+        one walks on: it shares the stored D, which later layers only append to."""
+        if self.masks is not None or self.store.grad:
+            raise ConfigError("only an unmasked walk without gradients can be snapshotted")
+        other = object.__new__(Walk)
+        other.__dict__.update(self.__dict__)
+        other.store = self.store.snapshot()
+        other._allowed = dict(self._allowed)
+        return other
+
     # ------------------------------------------------------------------ the pass
     def run(self, stop: int | None = None) -> Tensor | None:
         """Walk to layer `stop` (exclusive) and return None, or to the end and return logits [k, b', vocab]."""

@@ -30,7 +30,7 @@ from typing import Literal
 import torch
 from tqdm.auto import tqdm
 
-from circuitfind.engine.patching import Workspace, masked_forward, prefix
+from circuitfind.engine.patching import Workspace, masked_forward, prefixes
 from circuitfind.errors import ConfigError
 from circuitfind.methods.common import setups
 from circuitfind.metrics import kl
@@ -61,9 +61,13 @@ def _values(model, batches, cfg, masks, starts=None, workspace=None):
         for i, setup in enumerate(batches):
             logits = masked_forward(model, setup.batch.clean, setup.ablated, masks, workspace=workspace,
                                     start=None if starts is None else starts[i])  # [k, batch, vocab]
-            value = setup.per_mask(logits, kl) if cfg.metric == "kl" else -setup.sign * setup.per_mask(logits)
-            total = total + setup.weight * value
+            total = total + setup.weight * _lost(setup, cfg, logits)
     return total
+
+
+def _lost(setup, cfg, logits):
+    """Behaviour lost [k] on one batch, logits [k, batch, vocab]."""
+    return setup.per_mask(logits, kl) if cfg.metric == "kl" else -setup.sign * setup.per_mask(logits)
 
 
 def _run(model, batches, cfg, quiet):
@@ -72,9 +76,14 @@ def _run(model, batches, cfg, quiet):
     scores = torch.zeros(g.n_receivers, g.n_senders)
     wanted = range(g.n_receivers) if cfg.receivers is None else cfg.receivers
     bar = tqdm(total=int(g.edge_mask[list(wanted)].sum()), desc="ACDC", unit="edge", disable=quiet)
-    current = float(_values(model, batches, cfg, circuit[None])[0])
-    sweep = _naive if cfg.naive else _batched
-    sweep(model, batches, cfg, circuit, current, scores, _groups(g, wanted), bar)
+    # one recorded clean pass per batch: the prefix below every layer, and the whole circuit's value
+    with torch.no_grad():
+        runs = [prefixes(model, s.batch.clean, s.ablated) for s in batches]
+        current = float(sum(s.weight * _lost(s, cfg, logits[None]) for s, (_, logits) in zip(batches, runs))[0])
+    if cfg.naive:
+        _naive(model, batches, cfg, circuit, current, scores, _groups(g, wanted), bar)
+    else:
+        _batched(model, batches, cfg, circuit, current, scores, _groups(g, wanted), bar, [starts for starts, _ in runs])
     bar.close()
     return scores
 
@@ -133,18 +142,16 @@ def _first_guess(dst: int, src: int) -> bool:
     return True
 
 
-def _batched(model, batches, cfg, circuit, current, scores, groups, bar):
-    """The same decisions, a group's edges in predicted chains (module docstring)."""
+def _batched(model, batches, cfg, circuit, current, scores, groups, bar, starts):
+    """The same decisions, a group's edges in predicted chains (module docstring); starts[i][l]: batch i's
+    clean run below layer l."""
     g = model.graph
     workspace = Workspace()  # one workspace: the sweep's forwards run one at a time
-    layer, prefixes = None, None  # each batch's clean run below the layer being swept
     for group in groups:
         edges = _open_edges(g, circuit, group, bar)  # (dst, src) in sweep order
         if not edges:
             continue
-        if layer != int(g.receiver_layer[group[0]]):  # the sweep only goes down: the last layer's are done with
-            layer, prefixes = int(g.receiver_layer[group[0]]), None
-            prefixes = [prefix(model, s.batch.clean, s.ablated, layer) for s in batches]
+        layer = int(g.receiver_layer[group[0]])
         predicted = [_first_guess(dst, src) for dst, src in edges]  # True: removal predicted
         i = 0
         while i < len(edges):
@@ -154,7 +161,7 @@ def _batched(model, batches, cfg, circuit, current, scores, groups, bar):
                 masks[j, dst, src] = 0
                 if predicted[i + j]:
                     masks[j + 1:, dst, src] = 0
-            values = _values(model, batches, cfg, masks, prefixes, workspace).tolist()
+            values = _values(model, batches, cfg, masks, [s[layer] for s in starts], workspace).tolist()
             for j, (dst, src) in enumerate(chunk):
                 before = current  # the metric of the circuit member j removed edge j from
                 delta = values[j] - before
