@@ -3,8 +3,8 @@ model (12 layers, 12 heads, d_model 768, vocab 50257), fp32, CPU.
 
 - ACDC batched vs naive (one full masked forward per tested edge), same threshold, same circuit, on
   the receivers of the top layer and the logits (a full naive sweep of 32,491 edges takes hours);
-  batch 4 × 24 tokens. Target ≥ 2x. And on toy-lm (IOI, 20 prompts, all 479 edges; and 2 prompts,
-  where per-forward overhead does dominate): target ≥ 10x.
+  batch 4 × 24 tokens, one run each. Target ≥ 2x. And on toy-lm (IOI, 20 prompts, all 479 edges;
+  and 2 prompts, where per-forward overhead does dominate), medians of 5 runs in turns: target ≥ 10x.
 - EAP-IG with 5 steps vs EAP (batch 8 × 64), run in turns. Target ≤ 6x.
 - a 10-point faithfulness curve in plain-forward equivalents (batch 8 × 64): one ranking's curve
   (`ranking="signed"`, the CPR curve: 9 masked forwards + the clean and ablated runs). Target ≤ 12.
@@ -15,6 +15,7 @@ A plain forward here is the Hugging Face-equivalent full forward (logits at ever
 
 from __future__ import annotations
 
+import statistics
 import sys
 import time
 from unittest import mock
@@ -72,33 +73,38 @@ def main():
     toy = cf.load_model("toy-lm")  # small: per-forward overhead dominates
     for threshold in (0.01, 0.001):
         acdc_pair(toy, cf.load_task("ioi", n=20), threshold, f"ACDC on toy-lm IOI, all {toy.graph.n_edges} edges", 10,
-                  ceiling=True)
+                  ceiling=True, repeat=5)
     # two prompts: a forward costs about the same whatever it holds, so the ratio is one of forward counts
-    acdc_pair(toy, cf.load_task("ioi", n=2), 0.01, "ACDC on toy-lm IOI, 2 prompts", 10, ceiling=True)
+    acdc_pair(toy, cf.load_task("ioi", n=2), 0.01, "ACDC on toy-lm IOI, 2 prompts", 10, ceiling=True, repeat=5)
 
 
-def acdc_pair(model, task, threshold, label, target, ceiling=False, **options):
+def acdc_pair(model, task, threshold, label, target, ceiling=False, repeat=1, **options):
     """Time batched and naive ACDC at one threshold (counting their masked forwards) and check they
     keep the same circuit. ceiling: also time the batched sweep told the loop's decisions in advance
-    (every prediction right: one mask per tested edge), the most any chunk prediction could gain."""
-    seconds, kept, forwards = {}, {}, {}
+    (every prediction right: one mask per tested edge), the most any chunk prediction could gain.
+    repeat: rounds of the runs in turns, each run's time the median of its rounds (sub-second sweeps
+    vary by a third from run to run on this VM)."""
+    times, kept, forwards = {}, {}, {}
     runs = ["batched", "naive"] + (["ceiling"] if ceiling else [])
     cf.score_edges(model, task, "acdc", threshold=threshold, chunk=4, **options)  # warm-up (first calls, pages)
-    for run in runs:
-        guess = acdc._first_guess
-        if run == "ceiling":  # removal predicted exactly where the loop removed
-            guess = lambda dst, src: not bool(kept["naive"].mask[dst, src])  # noqa: E731
-        with mock.patch.object(acdc, "_values", wraps=acdc._values) as values, \
-                mock.patch.object(acdc, "_first_guess", guess):
-            t0 = time.perf_counter()
-            scores = cf.score_edges(model, task, "acdc", threshold=threshold, naive=run == "naive", **options)
-            seconds[run] = time.perf_counter() - t0
-        forwards[run] = values.call_count
-        kept[run] = cf.prune(scores, threshold=threshold, absolute=False, remove_dangling=False)
-    print(f"{label} (threshold {threshold}, {kept['batched'].n_edges} kept): batched {seconds['batched']:.2f} s "
-          f"({forwards['batched']} forwards), naive {seconds['naive']:.2f} s ({forwards['naive']} forwards) = "
-          f"{seconds['naive'] / seconds['batched']:.1f}x (target ≥ {target}); same circuit: "
-          f"{all(torch.equal(kept[r].mask, kept['naive'].mask) for r in runs)}")
+    for _ in range(repeat):
+        for run in runs:
+            guess = acdc._first_guess
+            if run == "ceiling":  # removal predicted exactly where the loop removed
+                guess = lambda dst, src: not bool(kept["naive"].mask[dst, src])  # noqa: E731
+            with mock.patch.object(acdc, "_values", wraps=acdc._values) as values, \
+                    mock.patch.object(acdc, "_first_guess", guess):
+                t0 = time.perf_counter()
+                scores = cf.score_edges(model, task, "acdc", threshold=threshold, naive=run == "naive", **options)
+                times.setdefault(run, []).append(time.perf_counter() - t0)
+            forwards[run] = values.call_count
+            kept[run] = cf.prune(scores, threshold=threshold, absolute=False, remove_dangling=False)
+    seconds = {run: statistics.median(t) for run, t in times.items()}
+    timing = "one run each" if repeat == 1 else f"medians of {repeat} runs in turns"
+    print(f"{label} (threshold {threshold}, {kept['batched'].n_edges} kept; {timing}): batched "
+          f"{seconds['batched']:.2f} s ({forwards['batched']} forwards), naive {seconds['naive']:.2f} s "
+          f"({forwards['naive']} forwards) = {seconds['naive'] / seconds['batched']:.1f}x (target ≥ {target}); "
+          f"same circuit: {all(torch.equal(kept[r].mask, kept['naive'].mask) for r in runs)}")
     if ceiling:
         print(f"  with every prediction right: {seconds['ceiling']:.2f} s ({forwards['ceiling']} forwards) = "
               f"{seconds['naive'] / seconds['ceiling']:.1f}x")
