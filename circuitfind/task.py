@@ -117,6 +117,7 @@ class Task:
     higher_is_better: ClassVar[bool] = True  # for a metric given as a function; False for a loss
     aligned: ClassVar[bool] = True  # clean and corrupted prompts must have equal token length
     test_fraction: ClassVar[float] = 0.2
+    models: ClassVar[tuple[str, ...]] = ()  # a token-level task written for these models' vocabularies only
 
     def __init__(self, n: int = 100, seed: int = 0, split: str = "train"):
         if split not in ("train", "test"):
@@ -144,6 +145,9 @@ class Task:
     # ------------------------------------------------------------------ generation
     def examples(self, model=None) -> list[Example]:
         """The n examples of this split, filtered for the model's tokenizer when a model is given."""
+        if model is not None and self.models and getattr(model, "name", None) not in self.models:
+            raise TaskError(f"task {self.name!r} is written in the token ids of {', '.join(self.models)}; model "
+                            f"{getattr(model, 'name', None)!r} would read them as other tokens")
         key = id(getattr(model, "tokenizer", None)) if model is not None else 0
         if key not in self._cache:
             self._cache[key] = self._generate(_words_of(model))

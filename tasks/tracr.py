@@ -22,6 +22,7 @@ class TracrReverse(Task):
     description = "Compiled tracr program: reverse a sequence over {a, b, c} (model tracr-reverse)."
     citation = "Conmy et al. 2023, Towards Automated Circuit Discovery (arXiv:2304.14997)"
     metric = "logit-diff"
+    models = ("tracr-reverse",)
 
     def example(self, rng, words):
         meta = tracr_meta("tracr-reverse")
@@ -45,6 +46,7 @@ class TracrXProportion(Task):
     citation = "Conmy et al. 2023, Towards Automated Circuit Discovery (arXiv:2304.14997)"
     metric = staticmethod(squared_error)
     higher_is_better = False
+    models = ("tracr-xproportion",)
 
     def example(self, rng, words):
         meta = tracr_meta("tracr-xproportion")

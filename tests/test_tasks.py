@@ -55,8 +55,15 @@ def test_every_builtin_is_listed_with_description_and_metric():
         assert cls.metric in cf.metrics.METRICS or callable(cls.metric)
 
 
+def _model_for(name, word_model):
+    """The word model, or the one model a token-level task is written for (tracr)."""
+    models = builtin_tasks()[name].models
+    return cf.load_model(models[0]) if models else word_model
+
+
 @pytest.mark.parametrize("name", sorted(builtin_tasks()))
 def test_builtin_generates_deterministically_and_validates(name, word_model):
+    word_model = _model_for(name, word_model)
     a, b = load_task(name, n=20, seed=3), load_task(name, n=20, seed=3)
     assert a.examples(word_model) == b.examples(word_model)
     assert load_task(name, n=20, seed=4).examples(word_model) != a.examples(word_model)
@@ -68,6 +75,7 @@ def test_builtin_generates_deterministically_and_validates(name, word_model):
 
 @pytest.mark.parametrize("name", sorted(builtin_tasks()))
 def test_train_and_test_never_overlap(name, word_model):
+    word_model = _model_for(name, word_model)
     train = {repr(e.clean) for e in load_task(name, n=40).examples(word_model)}
     test = {repr(e.clean) for e in load_task(name, n=10, split="test").examples(word_model)}
     assert train and test and not train & test
@@ -315,6 +323,14 @@ def test_tracr_task_invariants():
     for ex in load_task("tracr-xproportion", n=30).examples():
         seq = [decode[t] for t in ex.clean[1:]]
         assert ex.value == seq.count("x") / len(seq)
+
+
+def test_a_tracr_task_refuses_another_models_vocabulary():
+    """tracr tasks are token ids of one compiled model: any other model would read other tokens."""
+    other = cf.load_model("tracr-xproportion")
+    with pytest.raises(cf.TaskError, match="token ids of tracr-reverse; model 'tracr-xproportion'"):
+        load_task("tracr-reverse", n=4).batch(other)
+    assert load_task("tracr-reverse", n=4).batch(cf.load_model("tracr-reverse")).size == 4
 
 
 def test_greater_than_without_the_corrupted_year_is_a_task_error():
