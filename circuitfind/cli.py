@@ -122,6 +122,11 @@ def _report(args) -> int:
 
         print(f"report: {write_sweep_report(args.sweep, args.out) / 'README.md'}")
         return 0
+    if Path(args.dir).is_file():  # most likely a sweep store given where a run directory goes
+        raise ConfigError(f"{args.dir!r} is a file, not a run directory; for a sweep store's report: "
+                          f"circuitfind report --sweep {args.dir}")
+    if args.out is not None:
+        raise ConfigError("--out places a sweep's report; a run directory's report is written inside it")
     from circuitfind.report import write_report
 
     print(f"report: {write_report(args.dir)}")

@@ -138,6 +138,15 @@ def test_report_of_a_directory_that_is_not_a_run(tmp_path):
     assert not (tmp_path / "report.html").exists()
 
 
+def test_report_of_a_file_points_to_sweep_reports(run, tmp_path, capsys):
+    store = tmp_path / "sweep.sqlite"
+    store.write_bytes(b"")
+    assert main(["report", str(store)]) == 2
+    assert f"circuitfind report --sweep {store}" in capsys.readouterr().err
+    assert main(["report", str(run[1].out), "--out", str(tmp_path / "x")]) == 2  # --out is the sweep's
+    assert "--out places a sweep's report" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
 def _browser():
     try:
         from playwright.sync_api import sync_playwright
