@@ -6,7 +6,7 @@
     circuitfind sweep --models a,b --tasks t --methods x,y --store S    cf.sweep(models=[a, b], ..., store=S)
     circuitfind report DIR             cf.report.write_report(DIR)
     circuitfind report --sweep S       circuitfind.sweep.report.write_sweep_report(S)
-    circuitfind graph MODEL            cf.load_model(MODEL).graph
+    circuitfind graph --model M        cf.load_model(M).graph
     circuitfind inspect lens|why|generate|patchscope|top|flow ...   circuitfind.inspect.*
     circuitfind export DIR --eap-ig FILE                             circuitfind.interop.save_eap_ig
     circuitfind compare A B [C ...]    cf.overlap(Circuit.load(A), Circuit.load(B)) for each pair
@@ -394,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-k", type=int, default=10, help="edges listed as only in one circuit (two circuits)")
     c.set_defaults(run=_compare)
     g = sub.add_parser("graph", help="load a model and print its edge graph")
-    g.add_argument("model", help="zoo name, local directory or hub id")
+    g.add_argument("--model", required=True, help="zoo name, local directory or hub id")
     g.add_argument("--dtype", default="float32")
     g.add_argument("--device", default="cpu")
     g.set_defaults(run=_graph)

@@ -21,7 +21,7 @@ def test_zoo_lists_every_entry(capsys):
 
 def test_graph_of_a_local_directory(tmp_path, capsys):
     tiny_hf("gpt_neox").save_pretrained(tmp_path / "m")
-    assert main(["graph", str(tmp_path / "m")]) == 0
+    assert main(["graph", "--model", str(tmp_path / "m")]) == 0
     out = capsys.readouterr().out
     assert str(cf.load_model(str(tmp_path / "m")).graph) in out
 
@@ -35,17 +35,17 @@ def test_quiet_hides_the_loading_bar_of_a_local_directory(tmp_path, capfd):
     hf_logging.enable_progress_bar()  # on, as for a user
     try:
         capfd.readouterr()
-        assert main(["--quiet", "graph", str(tmp_path / "m")]) == 0
+        assert main(["--quiet", "graph", "--model", str(tmp_path / "m")]) == 0
         assert "Loading" not in capfd.readouterr().err
         assert hf_logging.is_progress_bar_enabled()
-        assert main(["graph", str(tmp_path / "m")]) == 0
+        assert main(["graph", "--model", str(tmp_path / "m")]) == 0
         assert "Loading" in capfd.readouterr().err  # shown without --quiet: the test can fail
     finally:
         (hf_logging.enable_progress_bar if before else hf_logging.disable_progress_bar)()
 
 
 def test_bad_model_is_a_clear_error(capsys):
-    assert main(["graph", "/no/such/model"]) == 2
+    assert main(["graph", "--model", "/no/such/model"]) == 2
     assert "ModelNotFoundError" in capsys.readouterr().err
 
 
