@@ -45,6 +45,15 @@ class CurveResult:
     metric_full: float = float("nan")
     metric_empty: float = float("nan")
 
+    def __repr__(self) -> str:  # a table: the fields' lists are long, and read best side by side
+        def row(label, values, fmt):
+            return f"  {label:<13}" + "".join(f"{fmt(v):>7}" for v in values)
+        sizes = row("% of edges", self.fractions, lambda f: f"{100 * f:g}")
+        return "\n".join([f"CurveResult(CPR {self.cpr:.3f}, CMD {self.cmd:.3f}; metric full {self.metric_full:.4g}, "
+                          f"empty {self.metric_empty:.4g}", sizes,
+                          row("f (signed)", self.faithfulness_signed, lambda f: f"{f:.3f}"),
+                          row("f (|score|)", self.faithfulness_absolute, lambda f: f"{f:.3f}") + ")"])
+
 
 def _test_task(task: Task | str, split: str) -> Task:
     task = load_task(task) if isinstance(task, str) else task

@@ -91,3 +91,8 @@ def test_cmd_is_the_area_of_the_distance_from_one_on_either_side():
     overshoot = [abs(1 - f) for f in curve.faithfulness_absolute]
     assert max(curve.faithfulness_absolute) == pytest.approx(1.5) and curve.cmd > 0.4
     assert curve.cmd == pytest.approx(np.trapezoid(overshoot, MIB_FRACTIONS))
+    lines = repr(curve).splitlines()  # a table of the curve, one column a size
+    assert lines[0].startswith(f"CurveResult(CPR {curve.cpr:.3f}, CMD {curve.cmd:.3f}")
+    assert lines[1].split()[-10:] == ["0.1", "0.2", "0.5", "1", "2", "5", "10", "20", "50", "100"]
+    assert lines[3].split()[-10:] == [f"{f:.3f}" for f in curve.faithfulness_absolute[:-1]] \
+        + [f"{curve.faithfulness_absolute[-1]:.3f})"]
