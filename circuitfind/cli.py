@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shlex
 import sys
@@ -401,7 +402,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Warnings(logging.Handler):
+    """circuitfind's warnings on the command line: `circuitfind: warning: …` on whatever sys.stderr is
+    when they come (Python's fallback printed the bare message, run into the line before it)."""
+
+    def emit(self, record):
+        print(f"circuitfind: warning: {record.getMessage()}", file=sys.stderr)
+
+
+def _show_warnings() -> None:
+    logger = logging.getLogger("circuitfind")
+    if not any(isinstance(h, _Warnings) for h in logger.handlers):
+        logger.addHandler(_Warnings(logging.WARNING))
+
+
 def main(argv: list[str] | None = None) -> int:
+    _show_warnings()
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     args.argv = sys.argv[1:] if argv is None else list(argv)  # for the run's provenance

@@ -105,8 +105,10 @@ def discover(model, task: Task | str, method: str = "eap-ig", ablation: str = "c
         at = reached[0] if reached else -1
         edges = int(MIB_FRACTIONS[at] * model.graph.n_edges)
         sized_by = "target" if reached else "target not reached: all edges"
-        if not reached:
-            log.warning("no MIB size reached faithfulness %s; the circuit is the whole graph", target)
+        if at == len(MIB_FRACTIONS) - 1 or not reached:
+            log.warning("no MIB size below the whole graph reached faithfulness %s, so the circuit is the whole "
+                        "graph: try more examples, another method or ablation, or a fixed size (edges=N, --edges N)",
+                        target)
     circuit = prune(scores, edges=edges)
     if sized_by == "edges":
         result = evaluate(model, test, circuit, ablation=ablation, seed=seed, batch_size=batch_size)

@@ -73,6 +73,14 @@ def test_cli_discover_with_a_user_task(tmp_path, capsys):
     assert result["provenance"]["dtype"] == "float32" and result["provenance"]["device"] == "cpu"
 
 
+def test_cli_discover_says_when_only_the_whole_graph_reaches_the_target(capsys):
+    assert main(["--quiet", "discover", "--model", "toy-lm", "--task", "ioi", "--method", "eap", "-n", "8",
+                 "--target", "1.5", "--no-report"]) == 0
+    captured = capsys.readouterr()
+    assert "479 of 479 edges" in captured.out
+    assert "circuitfind: warning: no MIB size below the whole graph reached faithfulness 1.5" in captured.err
+
+
 def test_cli_discover_bad_method(capsys):
     assert main(["discover", "--model", "/nope", "--task", "ioi", "--method", "magic"]) == 2
     assert "unknown method 'magic'" in capsys.readouterr().err
@@ -95,7 +103,8 @@ def test_another_metric_holds_for_scoring_and_for_the_test_split(tmp_path, capsy
 
     code = main(["discover", "--model", "toy-lm", "--task", "greater-than", "--metric", "logit-diff", "--method", "eap",
                  "-n", "12", "--edges", "20", "--out", str(tmp_path / "run"), "--no-report", "--quiet"])
-    assert code == 0 and "greater-than (logit-diff)" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert code == 0 and "greater-than (logit-diff)" in captured.out and "whole graph" not in captured.err
     result = json.loads((tmp_path / "run" / "result.json").read_text())
     assert result["metric"] == pytest.approx(run.result["metric"])  # CLI and Python agree
 
@@ -108,7 +117,7 @@ def test_an_unreachable_target_is_said_not_hidden(caplog):
     with caplog.at_level("WARNING", logger="circuitfind.discover"):
         run = cf.discover(model, "induction", method="eap-ig", n=8, target=5.0, quiet=True, report=False)
     assert run.result["sized_by"] == "target not reached: all edges" and run.circuit.n_edges > 0
-    assert "no MIB size reached faithfulness 5.0" in caplog.text
+    assert "no MIB size below the whole graph reached faithfulness 5.0" in caplog.text
     fixed = cf.discover(model, "induction", method="eap-ig", n=8, edges=3, quiet=True, report=False)
     assert fixed.result["sized_by"] == "edges"
 
