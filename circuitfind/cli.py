@@ -299,6 +299,10 @@ def _method_names() -> list[str]:
 METRIC_HELP = "score and evaluate under this metric instead of the task's own: logit-diff, prob-diff, kl, ce"
 
 
+DTYPE_HELP = "float32 (default), float64, float16 or bfloat16 (the logits a metric reads are at least float32)"
+DEVICE_HELP = "cpu (default), cuda, cuda:1, mps"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="circuitfind", description="Automated circuit discovery in transformers.")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -329,8 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--option", action="append", metavar="KEY=VALUE",
                    help="method option, e.g. steps=10 or receivers=52,51 (an unknown key lists the method's options)")
-    d.add_argument("--dtype", default="float32")
-    d.add_argument("--device", default="cpu")
+    d.add_argument("--dtype", default="float32", help=DTYPE_HELP)
+    d.add_argument("--device", default="cpu", help=DEVICE_HELP)
     d.add_argument("--no-report", action="store_true", help="skip figures, tables and report.html")
     d.set_defaults(run=_discover)
     r = sub.add_parser("report", help="re-render a run directory's figures, tables and report.html (no model "
@@ -355,12 +359,12 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--edges", type=int, help="circuit size (default: smallest MIB size reaching --target)")
     w.add_argument("--target", type=float, default=0.9)
     w.add_argument("--option", action="append", metavar="METHOD:KEY=VALUE", help="method option, e.g. eap-ig:steps=10")
-    w.add_argument("--dtype", default="float32")
-    w.add_argument("--device", default="cpu")
+    w.add_argument("--dtype", default="float32", help=DTYPE_HELP)
+    w.add_argument("--device", default="cpu", help=DEVICE_HELP)
     w.set_defaults(run=_sweep)
     i = sub.add_parser("inspect", help="inspect a model's parts: lens, why, generate, patchscope, top, flow")
     i.add_argument("tool", choices=["lens", "why", "generate", "patchscope", "top", "flow"])
-    i.add_argument("--model", required=True)
+    i.add_argument("--model", required=True, help="zoo name, local directory or hub id")
     i.add_argument("--tokenizer", help="directory or hub id of the tokenizer (default: the model's own)")
     i.add_argument("--prompt", default="", help="the prompt (top: several, one per line)")
     i.add_argument("--node", help="a3.h5, m2, m2.n17, input, or resid:L (lens)")
@@ -375,14 +379,15 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--position", type=int, default=-1,
                    help="why, flow: the position explained; patchscope: the source position (default: the last)")
     i.add_argument("--target-model", help="patchscope: another model of the same width")
-    i.add_argument("--target-prompt", default="cat -> cat; 1135 -> 1135; hello -> hello; ?")
-    i.add_argument("--target-layer", type=int)
+    i.add_argument("--target-prompt", default="cat -> cat; 1135 -> 1135; hello -> hello; ?",
+                   help="patchscope: the prompt whose last position receives the state (default: an identity prompt)")
+    i.add_argument("--target-layer", type=int, help="patchscope: layer the state is written at (default: --layer)")
     i.add_argument("--task", help="top: search this task's prompts; why --ablation mean: average over them")
     i.add_argument("--examples", type=int, default=100, help="top, why: how many task examples")
     i.add_argument("--threshold", type=float, default=0.04, help="flow: τ")
     i.add_argument("--out", help="flow: write the figure here (.png and .pdf)")
-    i.add_argument("--dtype", default="float32")
-    i.add_argument("--device", default="cpu")
+    i.add_argument("--dtype", default="float32", help=DTYPE_HELP)
+    i.add_argument("--device", default="cpu", help=DEVICE_HELP)
     i.set_defaults(run=_inspect)
     x = sub.add_parser("export", help="write a run directory's scores and circuit as EAP-IG / MIB graph JSON")
     x.add_argument("dir", help="run directory")
@@ -396,8 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(run=_compare)
     g = sub.add_parser("graph", help="load a model and print its edge graph")
     g.add_argument("--model", required=True, help="zoo name, local directory or hub id")
-    g.add_argument("--dtype", default="float32")
-    g.add_argument("--device", default="cpu")
+    g.add_argument("--dtype", default="float32", help=DTYPE_HELP)
+    g.add_argument("--device", default="cpu", help=DEVICE_HELP)
     g.set_defaults(run=_graph)
     return parser
 
