@@ -184,8 +184,9 @@ def test_ray_executor_matches_local(model_dirs, tmp_path):
     a, b = local.sort_values(key).reset_index(drop=True), remote.sort_values(key).reset_index(drop=True)
     assert len(b) == 4 and (b.status == "done").all()
     assert list(a.key) == list(b.key)
-    for col in ("faithfulness", "cpr", "cmd", "n_edges"):
-        assert a[col].tolist() == pytest.approx(b[col].tolist(), abs=1e-6), col
+    assert a.n_edges.tolist() == b.n_edges.tolist()
+    for col in ("faithfulness", "cpr", "cmd"):  # float32 sums of another order: a Ray actor runs torch on its one CPU
+        assert a[col].tolist() == pytest.approx(b[col].tolist(), rel=1e-4, abs=1e-6), col
     assert [r["n_edges"] for r in b.result] == b.n_edges.tolist()  # results came back to the driver whole
 
 
