@@ -45,7 +45,7 @@ class _Segment:
         self.K, self.n = K, 0
         self.buf = torch.empty(K, capacity, W, dtype=like.dtype, device=like.device) if buf is None else buf
         self.blocks: list[Tensor] = []  # the differentiable blocks, when gradients are tracked
-        self.frozen = False  # shared with a branch: never appended to again
+        self.frozen = False  # a branch's copy of another store's segment: never appended to
 
     @property
     def data(self) -> Tensor:  # [K, n, W]
@@ -299,23 +299,20 @@ class DiffStore:
         return out
 
     def snapshot(self) -> "DiffStore":
-        """This store as it is now, unchanged by later appends to this one: its segments' buffers are
-        shared, but each snapshot segment keeps the count it had and is frozen (`branch` then starts
-        a new segment). No gradients."""
-        other = DiffStore(self.k, self.shape, self.capacity, grad=False, workspace=self.workspace)
+        """This store as it is now, unchanged by later appends to this one (`branch` for its own k)."""
+        return self.branch(self.k, self.workspace)
+
+    def branch(self, k: int, workspace: Workspace | None = None) -> "DiffStore":
+        """A store for k masks that starts from this one's contents as they are now: the segments'
+        buffers are shared, each behind a frozen copy that keeps the count it had, so this store may
+        go on appending (a recorded walk branched layer by layer keeps one segment) and the branch
+        writes segments of its own. No gradients."""
+        other = DiffStore(k, self.shape, self.capacity, grad=False, workspace=workspace)
         for seg in self.segments:
             copy = _Segment(seg.K, 0, self.W, seg.buf, seg.buf)
             copy.n, copy.frozen = seg.n, True
             other.segments.append(copy)
         other._cols, other._shared = list(self._cols), set(self._shared)
-        return other
-
-    def branch(self, k: int, workspace: Workspace | None = None) -> "DiffStore":
-        """A store for k masks that starts from this one's contents (shared, never modified)."""
-        other = DiffStore(k, self.shape, self.capacity, grad=False, workspace=workspace)
-        for seg in self.segments:
-            seg.frozen = True
-        other.segments, other._cols, other._shared = list(self.segments), list(self._cols), set(self._shared)
         return other
 
 

@@ -151,8 +151,7 @@ class Walk(AnswerPositions, Gradients):
     def branch(self, masks: Tensor, workspace: Workspace | None = None) -> "Walk":
         """A walk that continues this (recorded, unmasked) one from its current layer under new masks,
         in this walk's workspace or the one given."""
-        other = object.__new__(Walk)
-        other.__dict__.update(self.__dict__)
+        other = self._copy()
         other.masks, other.k, other.record, other.on_grad = masks, masks.shape[0], False, None
         other.active = other._active_senders()
         other.answer_only = other._answer_only_senders()
@@ -160,7 +159,6 @@ class Walk(AnswerPositions, Gradients):
         other.active[: self.g.senders_before(self.layer)] = True  # computed already
         other.workspace = workspace or self.workspace
         other.store = self.store.branch(other.k, other.workspace)
-        other._allowed = dict(self._allowed)
         return other
 
     def snapshot(self) -> "Walk":
@@ -168,9 +166,14 @@ class Walk(AnswerPositions, Gradients):
         one walks on: it shares the stored D, which later layers only append to."""
         if self.masks is not None or self.store.grad:
             raise ConfigError("only an unmasked walk without gradients can be snapshotted")
+        other = self._copy()
+        other.store = self.store.snapshot()
+        return other
+
+    def _copy(self) -> "Walk":
+        """This walk's state in a new walk, with caches of its own (the store is the caller's to set)."""
         other = object.__new__(Walk)
         other.__dict__.update(self.__dict__)
-        other.store = self.store.snapshot()
         other._allowed = dict(self._allowed)
         return other
 
