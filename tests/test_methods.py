@@ -302,7 +302,8 @@ def test_acdc_batched_equals_naive(family):
 
 
 def test_acdc_predicted_chains_equal_the_loop_on_a_trained_model():
-    """On toy-lm, where dozens of edges are kept, batched chains mispredict and retry (counted): the
+    """On toy-lm, where dozens of edges are kept, batched chains mispredict and retry (counted), and
+    run on into the next group of the layer, cutting off heads under their predictions (seen): the
     circuit and every Δ still equal the one-forward-per-edge loop's, for several chunk sizes."""
     import circuitfind.methods.acdc as acdc
     model = cf.load_model("toy-lm").double()
@@ -312,9 +313,15 @@ def test_acdc_predicted_chains_equal_the_loop_on_a_trained_model():
     assert 20 < kept_naive.n_edges < model.graph.n_edges / 2
     forwards = []
     for chunk in (16, 5):
-        with mock.patch.object(acdc, "_values", wraps=acdc._values) as values:
+        with mock.patch.object(acdc, "_values", wraps=acdc._values) as values, \
+                mock.patch.object(acdc, "_chain_masks", wraps=acdc._chain_masks) as chains:
             batched = cf.score_edges(model, task, "acdc", threshold=0.01, chunk=chunk)
         forwards.append(values.call_count)
+        chunks = [call.args[1] for call in chains.call_args_list]
+        entered_with_cuts = [item for items in chunks for i, item in enumerate(items)
+                             if isinstance(item, acdc._Enter) and item.cut
+                             and any(isinstance(member, tuple) for member in items[:i])]
+        assert entered_with_cuts  # a chunk ran on into a group whose heads it had predicted cut off
         assert torch.equal(cf.prune(batched, threshold=0.01, absolute=False, remove_dangling=False).mask,
                            kept_naive.mask)
         assert torch.allclose(batched.scores, naive.scores, atol=1e-8)
