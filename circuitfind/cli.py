@@ -21,6 +21,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from circuitfind.cli_tools import compare, export, graph, inspect
 from circuitfind.errors import CircuitfindError
 
 
@@ -168,128 +169,6 @@ def _sweep(args) -> int:
     return 0 if len(df) and (df.status == "done").all() else 1
 
 
-def _graph(args) -> int:
-    from circuitfind.models.loading import load_model
-
-    model = load_model(args.model, dtype=args.dtype, device=args.device)
-    print(model)
-    print(model.graph)
-    return 0
-
-
-def _inspect(args) -> int:
-    from circuitfind import inspect as ins
-    from circuitfind.errors import ConfigError
-    from circuitfind.inspect.common import token_str
-    from circuitfind.models.loading import load_model
-
-    if not args.prompt and not (args.tool == "top" and args.task):
-        raise ConfigError(f"inspect {args.tool} needs --prompt" + (" (or --task)" if args.tool == "top" else ""))
-    if args.tool in ("lens", "top") and not args.node:
-        raise ConfigError(f"inspect {args.tool} needs --node: a head (a3.h5), an MLP (m2)"
-                          + (", a neuron (m2.n17)" if args.tool == "top" else ", input, or resid:L"))
-    if args.tool == "why" and args.ablation == "mean" and not args.task:
-        raise ConfigError("inspect why --ablation mean needs --task: the prompts whose mean replaces a node")
-    model = load_model(args.model, tokenizer=args.tokenizer, dtype=args.dtype, device=args.device)
-    if args.tool == "lens":
-        for row in ins.logit_lens(model, args.prompt, args.node, k=args.k):
-            up = ", ".join(f"{t!r} {v:+.2f}" for t, v in row.promoted)
-            down = ", ".join(f"{t!r} {v:+.2f}" for t, v in row.suppressed)
-            print(f"{row.position:3d} {row.token!r:>14}  promotes {up}  |  suppresses {down}")
-    elif args.tool == "why":
-        reference = None
-        if args.ablation == "mean":
-            from circuitfind.task import load_task
-
-            reference = load_task(args.task, n=args.examples)  # the mean over its clean prompts
-        c = ins.why(model, args.prompt, args.a, args.b, ablation=args.ablation, reference=reference,
-                    position=args.position)
-        a, b = (token_str(model, t, output=True) for t in (c.a, c.b))
-        print(f"logit({a!r}) - logit({b!r}) = {c.logit_diff:.4f}  (constant part {c.constant:+.4f})")
-        print(f"{'node':>10}  {'total':>9}  {'direct':>9}")
-        for n in c.top(args.k):
-            print(f"{n.node:>10}  {n.total:+9.4f}  {n.direct:+9.4f}")
-    elif args.tool == "generate":
-        ivs = [ins.Intervention(n, "zero") for n in args.ablate or []]
-        for item in args.scale or []:
-            node, _, factor = item.partition("=")
-            ivs.append(ins.Intervention(node, "scale", float(factor)))
-        out = ins.compare(model, args.prompt, ivs, args.n)
-        print(f"baseline:   {args.prompt}{out['baseline']}")
-        print(f"intervened: {args.prompt}{out['intervened']}")
-    elif args.tool == "patchscope":
-        target = load_model(args.target_model, dtype=args.dtype, device=args.device) if args.target_model else None
-        text = ins.patchscope(model, args.prompt, args.layer, source_position=args.position, target_model=target,
-                              target_prompt=args.target_prompt, target_layer=args.target_layer,
-                              max_new_tokens=args.n)
-        print(text)
-    elif args.tool == "top":
-        from circuitfind.task import load_task
-
-        data = load_task(args.task, n=args.examples) if args.task else args.prompt.split("\n")
-        for a in ins.top_activations(model, data, args.node, k=args.k):
-            print(f"{a.value:+9.4f}  example {a.example:3d} pos {a.position:3d}  {a.context}")
-    elif args.tool == "flow":
-        from circuitfind.report import figures
-
-        scores, graph = ins.flow_graph(model, args.prompt, args.threshold, position=args.position)
-        print(f"{graph.n_edges} edges at threshold {args.threshold}:")
-        for name in graph.edges():
-            d, s = graph.graph.edge_index(name)
-            print(f"  {name}  {float(scores.scores[d, s]):.3f}")
-        if args.out:
-            figures.circuit(scores, graph, Path(args.out).with_suffix(""), title=f"information flow (τ={args.threshold})")
-            print(f"figure: {Path(args.out).with_suffix('.png')}")
-    return 0
-
-
-def _export(args) -> int:
-    from circuitfind.circuit import Circuit, EdgeScores
-    from circuitfind.errors import ConfigError
-    from circuitfind.interop import save_eap_ig, write_mib_submission
-
-    if not (args.eap_ig or args.mib):
-        raise ConfigError("say where to write: --eap-ig FILE and/or --mib DIR")
-    scores = EdgeScores.load(args.dir)
-    if args.eap_ig:
-        circuit = Circuit.load(Path(args.dir) / "circuit.json")
-        print(f"wrote {save_eap_ig(args.eap_ig, scores, circuit)}")
-    if args.mib:
-        name = args.model_name or scores.model.split("/")[-1]
-        print(f"wrote {write_mib_submission(args.mib, {(scores.task, name): scores})[0]}")
-    return 0
-
-
-def _compare(args) -> int:
-    from circuitfind.circuit import Circuit, overlap
-
-    if len(args.circuits) < 2:
-        from circuitfind.errors import ConfigError
-
-        raise ConfigError("compare needs at least two run directories or circuit files")
-    circuits = [Circuit.load(path) for path in args.circuits]
-    # every pair first: circuits of different models are refused before anything is printed
-    o = [[overlap(a, b) for b in circuits] for a in circuits]
-    labels = [chr(ord("A") + i) if i < 26 else f"C{i}" for i in range(len(circuits))]
-    for label, path, c in zip(labels, args.circuits, circuits):
-        method = c.provenance.get("method", "")
-        print(f"{label}: {path}{f' ({method})' if method else ''}: {c.n_edges} edges, {len(c.nodes())} nodes")
-    if len(circuits) == 2:
-        a, b = circuits
-        print(f"edges: {o[0][1]['edges']['shared']} shared, IoU {o[0][1]['edges']['iou']:.3f}; "
-              f"nodes: {o[0][1]['nodes']['shared']} shared, IoU {o[0][1]['nodes']['iou']:.3f}")
-        for label, only in (("A", a - b), ("B", b - a)):
-            names = only.edges()
-            shown = ", ".join(names[: args.k]) + (f", ... ({len(names) - args.k} more)" if len(names) > args.k else "")
-            print(f"only in {label} ({len(names)}): {shown or '-'}")
-        return 0
-    for level in ("edges", "nodes"):  # pairwise intersection over union
-        print(f"{level} IoU:\n      " + " ".join(f"{x:>6}" for x in labels))
-        for x, row in zip(labels, o):
-            print(f"{x:>6} " + " ".join(f"{pair[level]['iou']:6.3f}" for pair in row))
-    return 0
-
-
 def _method_names() -> list[str]:
     from circuitfind.methods import METHODS
 
@@ -388,22 +267,22 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--out", help="flow: write the figure here (.png and .pdf)")
     i.add_argument("--dtype", default="float32", help=DTYPE_HELP)
     i.add_argument("--device", default="cpu", help=DEVICE_HELP)
-    i.set_defaults(run=_inspect)
+    i.set_defaults(run=inspect)
     x = sub.add_parser("export", help="write a run directory's scores and circuit as EAP-IG / MIB graph JSON")
     x.add_argument("dir", help="run directory")
     x.add_argument("--eap-ig", metavar="FILE", help="the EAP-IG graph JSON (scores and circuit)")
     x.add_argument("--mib", metavar="DIR", help="add the scores to a MIB submission folder: DIR/<task>_<model>/")
     x.add_argument("--model-name", help="the model's name in the MIB folder (default: from the scores)")
-    x.set_defaults(run=_export)
+    x.set_defaults(run=export)
     c = sub.add_parser("compare", help="how much circuits agree: shared edges and nodes, intersection over union")
     c.add_argument("circuits", nargs="+", help="run directories or circuit.json files (of one model)")
     c.add_argument("-k", type=int, default=10, help="edges listed as only in one circuit (two circuits)")
-    c.set_defaults(run=_compare)
+    c.set_defaults(run=compare)
     g = sub.add_parser("graph", help="load a model and print its edge graph")
     g.add_argument("--model", required=True, help="zoo name, local directory or hub id")
     g.add_argument("--dtype", default="float32", help=DTYPE_HELP)
     g.add_argument("--device", default="cpu", help=DEVICE_HELP)
-    g.set_defaults(run=_graph)
+    g.set_defaults(run=graph)
     return parser
 
 
