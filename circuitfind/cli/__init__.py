@@ -21,7 +21,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from circuitfind.cli_tools import compare, export, graph, inspect
+from circuitfind.cli.tools import compare, export, graph, inspect
 from circuitfind.errors import CircuitfindError
 
 
@@ -101,7 +101,7 @@ def _discover(args) -> int:
 
 def _option_value(text: str):
     """A method option from the command line: int, float, true/false, a comma-separated list of
-    these (e.g. ACDC's receivers=3,7), or the string itself."""
+    these (e.g. ACDC's receivers=logits,m3), or the string itself."""
     if "," in text:
         return [_option_value(part) for part in text.split(",")]
     if text.lower() in ("true", "false"):
@@ -211,7 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--batch-size", type=int, help="examples a pass (default: all at once; smaller for less memory)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--option", action="append", metavar="KEY=VALUE",
-                   help="method option, e.g. steps=10 or receivers=52,51 (an unknown key lists the method's options)")
+                   help="method option, e.g. steps=10 or receivers=logits,m3 "
+                        "(an unknown key lists the method's options)")
     d.add_argument("--dtype", default="float32", help=DTYPE_HELP)
     d.add_argument("--device", default="cpu", help=DEVICE_HELP)
     d.add_argument("--no-report", action="store_true", help="skip figures, tables and report.html")
@@ -324,6 +325,3 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (Python's own flush at exit would fail)
         return 141
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,5 +1,5 @@
 """The CLI's commands that look at a model or at saved circuits: graph, inspect, export and compare
-(`cli.py` builds the parser and runs the rest). Each mirrors one Python call, as there."""
+(`cli/__init__.py` builds the parser and runs the rest). Each mirrors one Python call, as there."""
 
 from __future__ import annotations
 
@@ -76,8 +76,9 @@ def inspect(args) -> int:
             d, s = graph.graph.edge_index(name)
             print(f"  {name}  {float(scores.scores[d, s]):.3f}")
         if args.out:
-            figures.circuit(scores, graph, Path(args.out).with_suffix(""), title=f"information flow (τ={args.threshold})")
-            print(f"figure: {Path(args.out).with_suffix('.png')}")
+            out = Path(args.out).with_suffix("")
+            figures.circuit(scores, graph, out, title=f"information flow (τ={args.threshold})")
+            print(f"figure: {out.with_suffix('.png')}")
     return 0
 
 

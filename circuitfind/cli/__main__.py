@@ -1,0 +1,7 @@
+"""`python -m circuitfind.cli`: the `circuitfind` command."""
+
+import sys
+
+from circuitfind.cli import main
+
+sys.exit(main())
