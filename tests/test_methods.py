@@ -328,6 +328,26 @@ def test_acdc_predicted_chains_equal_the_loop_on_a_trained_model():
     assert forwards[0] < kept_naive.n_edges  # fewer forwards than kept edges: predictions held
 
 
+def test_acdc_receivers_by_index_or_name(model):
+    """receivers= takes indices or the graph's names (one alone too, as `--option receivers=m1` gives it);
+    an index out of range, a negative one (Python's -1 would be the logits by accident) or none at all
+    is refused before any forward, as is a threshold that is not a finite positive number."""
+    g, task = model.graph, Copy(n=4)
+    by_index = cf.score_edges(model, task, "acdc", threshold=0.05, receivers=[g.logits_receiver, g.mlp_receiver(1)])
+    by_name = cf.score_edges(model, task, "acdc", threshold=0.05, receivers=["logits", "m1"])
+    assert torch.equal(by_index.scores, by_name.scores)
+    swept = by_name.scores != 0
+    assert swept[[g.logits_receiver, g.mlp_receiver(1)]].any() and not swept[: g.mlp_receiver(1)].any()
+    alone = cf.score_edges(model, task, "acdc", threshold=0.05, receivers="logits")
+    assert torch.equal(alone.scores[g.logits_receiver], by_name.scores[g.logits_receiver])
+    for bad in ([g.n_receivers], [-1], ["m9"], [], [True]):
+        with pytest.raises(cf.ConfigError, match="receivers"):
+            cf.score_edges(model, task, "acdc", receivers=bad)
+    for threshold in (float("nan"), float("inf"), 0.0):
+        with pytest.raises(cf.ConfigError, match="finite threshold"):
+            cf.score_edges(model, task, "acdc", threshold=threshold)
+
+
 def test_acdc_with_the_task_metric(model):
     scores = cf.score_edges(model, Copy(n=5), "acdc", threshold=0.05, metric="task")
     assert (scores.scores != 0).any()

@@ -64,6 +64,7 @@ def check_options(method: str, options: dict) -> dict:
     if unknown:
         raise ConfigError(f"method {method!r} has no option {sorted(unknown)[0]!r}; its options: {sorted(names - set(fixed)) or 'none'}")
     hints = typing.get_type_hints(config_cls)
+    options = {key: _one_as_list(value, hints[key]) for key, value in options.items()}
     for key, value in options.items():
         if not _fits(value, hints[key]):
             raise ConfigError(f"option {key} of method {method!r} must be {_describe(hints[key])}, got {value!r}")
@@ -88,6 +89,15 @@ def _fits(value, hint) -> bool:
     return isinstance(value, hint)
 
 
+def _one_as_list(value, hint):
+    """A single value for a list option, as a list of one (the command line's receivers=m3 is "m3")."""
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    for h in typing.get_args(hint) if union else (hint,):
+        if typing.get_origin(h) is tuple and not isinstance(value, (tuple, list)) and _fits(value, typing.get_args(h)[0]):
+            return [value]
+    return value
+
+
 def _describe(hint) -> str:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
@@ -95,7 +105,7 @@ def _describe(hint) -> str:
     if origin is typing.Literal:
         return "one of " + ", ".join(map(repr, args))
     if origin is tuple:
-        return "a list of " + {int: "integers", float: "numbers", str: "strings"}.get(args[0], str(args[0]))
+        return "a list of " + _plural(args[0])
     return {type(None): "None", float: "a number", int: "an integer", bool: "true or false", str: "a string"}.get(
         hint, getattr(hint, "__name__", str(hint)))
 
@@ -125,3 +135,9 @@ def score_edges(model, task: Task | str, method: str = "eap-ig", ablation: str =
 
 
 __all__ = ["BATCHED", "METHODS", "check_options", "score_edges", "takes_batches"]
+
+
+def _plural(hint) -> str:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_plural(a) for a in typing.get_args(hint))
+    return {int: "integers", float: "numbers", str: "strings"}.get(hint, str(hint))

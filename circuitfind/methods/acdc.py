@@ -30,8 +30,9 @@ Scores: each edge's Δ when it was decided (edges into nodes already cut off get
 from __future__ import annotations
 
 import itertools
+import math
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -49,15 +50,34 @@ class ACDCConfig:
     metric: Literal["kl", "task"] = "kl"
     chunk: int = 16  # edges tried per forward
     naive: bool = False  # one full forward per edge (the reference loop)
-    receivers: tuple[int, ...] | None = None  # sweep only these receivers (the rest stay whole)
+    receivers: tuple[int | str, ...] | None = None  # sweep only these (indices or names: "m3", "a2.h1<q>")
 
 
 def score(model, task, cfg: ACDCConfig, ablation: str = "corrupted", seed: int = 0, quiet: bool = True,
           batch_size: int | None = None):
-    if cfg.threshold <= 0 or cfg.chunk < 1 or cfg.metric not in ("kl", "task"):
-        raise ConfigError(f"ACDC needs threshold > 0, chunk ≥ 1 and metric 'kl' or 'task'; got {cfg}")
+    if not math.isfinite(cfg.threshold) or cfg.threshold <= 0 or cfg.chunk < 1 or cfg.metric not in ("kl", "task"):
+        raise ConfigError(f"ACDC needs a finite threshold > 0, chunk ≥ 1 and metric 'kl' or 'task'; got {cfg}")
+    if cfg.receivers is not None:
+        cfg = replace(cfg, receivers=_receiver_ids(model.graph, cfg.receivers))
     batches = list(setups(model, task, ablation, seed, batch_size))  # every forward reads them all
     return _run(model, batches, cfg, quiet)
+
+
+def _receiver_ids(g, receivers) -> tuple[int, ...]:
+    """Receivers given by index or name, as indices; anything else refused, saying what a receiver is."""
+    receivers = [receivers] if isinstance(receivers, (int, str)) else list(receivers)
+    ids = []
+    for r in receivers:
+        if isinstance(r, str) and r in g.receivers:
+            ids.append(g.receivers.index(r))
+        elif isinstance(r, int) and not isinstance(r, bool) and 0 <= r < g.n_receivers:
+            ids.append(r)
+        else:
+            raise ConfigError(f"ACDC receivers are indices 0..{g.n_receivers - 1} or names such as "
+                              f"{g.receivers[0]!r}, {g.receivers[-2]!r}, 'logits'; got {r!r}")
+    if not ids:
+        raise ConfigError("ACDC receivers=() sweeps nothing: name at least one receiver, or leave it out for all")
+    return tuple(dict.fromkeys(ids))
 
 
 def _values(model, batches, cfg, masks, starts=None, workspace=None):
