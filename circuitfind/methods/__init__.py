@@ -98,6 +98,12 @@ def _one_as_list(value, hint):
     return value
 
 
+def _plural(hint) -> str:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_plural(a) for a in typing.get_args(hint))
+    return {int: "integers", float: "numbers", str: "strings"}.get(hint, str(hint))
+
+
 def _describe(hint) -> str:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
@@ -136,8 +142,3 @@ def score_edges(model, task: Task | str, method: str = "eap-ig", ablation: str =
 
 __all__ = ["BATCHED", "METHODS", "check_options", "score_edges", "takes_batches"]
 
-
-def _plural(hint) -> str:
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return " or ".join(_plural(a) for a in typing.get_args(hint))
-    return {int: "integers", float: "numbers", str: "strings"}.get(hint, str(hint))
