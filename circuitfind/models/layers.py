@@ -6,6 +6,7 @@ on per-receiver inputs ([receivers, batch·pos, d_model]) as the plain forward d
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
@@ -16,11 +17,28 @@ from torch import Tensor, nn
 if TYPE_CHECKING:
     from circuitfind.models.canonical import CanonicalConfig
 
+_GELU_C = 2 * math.sqrt(2 / math.pi)
+
+
+def gelu_tanh(x: Tensor) -> Tensor:
+    """GELU, tanh approximation (GPT-2's gelu_new): 0.5·x·(1 + tanh(u)) = x·sigmoid(2u), u = √(2/π)(x + 0.044715x³).
+
+    On the CPU in fp32/fp64 the sigmoid form, in place on one new tensor: torch's tanh-GELU kernel there
+    took 590 µs on [16, 38, 512] floats where this takes 320 (2 cores), and the batched masked forwards
+    of ACDC at 2 prompts spend a tenth of their time in it. Elsewhere (GPU, half precision), torch's kernel."""
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
+        return F.gelu(x, approximate="tanh")
+    if x.requires_grad and torch.is_grad_enabled():
+        return x * torch.sigmoid(x * (_GELU_C + 0.044715 * _GELU_C * x * x))
+    y = x * x
+    return y.mul_(0.044715 * _GELU_C).add_(_GELU_C).mul_(x).sigmoid_().mul_(x)
+
+
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "gelu": F.gelu,
-    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu_fast": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_new": gelu_tanh,
+    "gelu_pytorch_tanh": gelu_tanh,
+    "gelu_fast": gelu_tanh,
     "relu": F.relu,
     "silu": F.silu,
     "identity": lambda x: x,  # linear MLPs (toy and test models)
