@@ -303,8 +303,8 @@ def test_acdc_batched_equals_naive(family):
 
 def test_acdc_predicted_chains_equal_the_loop_on_a_trained_model():
     """On toy-lm, where dozens of edges are kept, batched chains mispredict and retry (counted), run on
-    into the next group of the layer, cutting off heads under their predictions (seen), and stretch to
-    finish a layer (seen): the
+    into the next group of the layer, cutting off heads under their predictions, stretch to finish a
+    layer and take a few left over on with the layer below (each seen): the
     circuit and every Δ still equal the one-forward-per-edge loop's, for several chunk sizes."""
     import circuitfind.methods.acdc as acdc
     model = cf.load_model("toy-lm").double()
@@ -326,6 +326,8 @@ def test_acdc_predicted_chains_equal_the_loop_on_a_trained_model():
         # the logits' 21 edges: one forward at chunk 16 (stretched by up to half to finish the layer), 5 at a time at 5
         first = sum(isinstance(member, tuple) for member in chunks[0])
         assert first == (model.graph.n_senders if chunk == 16 else 5)
+        layers = [{int(model.graph.receiver_layer[m[0]]) for m in items if isinstance(m, tuple)} for items in chunks]
+        assert chunk == 5 or any(len(both) == 2 for both in layers)  # a few left over ran on with the layer below
         assert torch.equal(cf.prune(batched, threshold=0.01, absolute=False, remove_dangling=False).mask,
                            kept_naive.mask)
         assert torch.allclose(batched.scores, naive.scores, atol=1e-8)
