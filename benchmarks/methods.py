@@ -89,11 +89,11 @@ def acdc_pair(model, task, threshold, label, target, ceiling=False, repeat=1, **
     cf.score_edges(model, task, "acdc", threshold=threshold, chunk=4, **options)  # warm-up (first calls, pages)
     for _ in range(repeat):
         for run in runs:
-            guess = acdc._first_guess
+            guess = acdc._Guesses.first
             if run == "ceiling":  # removal predicted exactly where the loop removed
-                guess = lambda dst, src: not bool(kept["naive"].mask[dst, src])  # noqa: E731
+                guess = lambda self, dst, src: not bool(kept["naive"].mask[dst, src])  # noqa: E731
             with mock.patch.object(acdc, "_values", wraps=acdc._values) as values, \
-                    mock.patch.object(acdc, "_first_guess", guess):
+                    mock.patch.object(acdc._Guesses, "first", guess):
                 t0 = time.perf_counter()
                 scores = cf.score_edges(model, task, "acdc", threshold=threshold, naive=run == "naive", **options)
                 times.setdefault(run, []).append(time.perf_counter() - t0)

@@ -334,6 +334,22 @@ def test_acdc_predicted_chains_equal_the_loop_on_a_trained_model():
     assert forwards[0] < kept_naive.n_edges  # fewer forwards than kept edges: predictions held
 
 
+def test_acdc_first_guess_keeps_an_mlps_edges_from_senders_read_above(model):
+    """Before any Δ is measured, an edge is guessed removed, but for an MLP's edge from a sender a
+    receiver above the MLP's layer still reads; a measured guess overrides it."""
+    from circuitfind.methods.acdc import _Guesses
+    g = model.graph
+    circuit = g.edge_mask.clone().float()
+    a0 = g.head_sender(0, 0)
+    circuit[g.receiver_layer > 0, a0] = 0  # nothing above layer 0 reads head a0.h0 any more
+    guess = _Guesses(g, circuit)
+    assert not guess((g.mlp_receiver(0), g.head_sender(0, 1)))  # read above: kept
+    assert guess((g.mlp_receiver(0), a0))  # read by nothing above: removed
+    assert guess((g.qkv_receiver(1, "q", 0), g.head_sender(0, 1)))  # not an MLP: removed
+    guess[(g.mlp_receiver(0), g.head_sender(0, 1))] = True
+    assert guess((g.mlp_receiver(0), g.head_sender(0, 1)))
+
+
 def test_acdc_receivers_by_index_or_name(model):
     """receivers= takes indices or the graph's names (one alone too, as `--option receivers=m1` gives it);
     an index out of range, a negative one (Python's -1 would be the logits by accident) or none at all

@@ -21,11 +21,12 @@ _GELU_C = 2 * math.sqrt(2 / math.pi)
 
 
 def gelu_tanh(x: Tensor) -> Tensor:
-    """GELU, tanh approximation (GPT-2's gelu_new): 0.5·x·(1 + tanh(u)) = x·sigmoid(2u), u = √(2/π)(x + 0.044715x³).
+    """GELU, tanh approximation (GPT-2's gelu_new): 0.5·x·(1 + tanh(u)) = x·sigmoid(2u),
+    u = √(2/π)(x + 0.044715x³).
 
     On the CPU in fp32/fp64 the sigmoid form, in place on one new tensor: torch's tanh-GELU kernel there
-    took 590 µs on [16, 38, 512] floats where this takes 320 (2 cores), and the batched masked forwards
-    of ACDC at 2 prompts spend a tenth of their time in it. Elsewhere (GPU, half precision), torch's kernel."""
+    took 590 µs on [16, 38, 512] floats where this takes 320 (2 cores); a layer-0 ACDC forward of 17
+    masks on toy-lm spent 2.1 of its 15.7 ms in it. Elsewhere (GPU, half precision), torch's kernel."""
     if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
         return F.gelu(x, approximate="tanh")
     if x.requires_grad and torch.is_grad_enabled():
