@@ -73,3 +73,20 @@ def test_logits_at_one_position_per_prompt(family):
     for bad in (torch.tensor([7, 5]), torch.tensor([8, 5, 2]), torch.tensor([-1, 5, 2])):
         with pytest.raises(cf.ConfigError, match="one position per prompt"):
             model(tokens, mask, at=bad)
+
+
+def test_gelu_tanh_equals_torchs_kernel():
+    """The sigmoid form of GPT-2's gelu_new (CPU, no gradients) against torch's tanh kernel in float64,
+    over the range where the tails saturate; with gradients it is torch's kernel itself."""
+    import torch.nn.functional as F
+
+    from circuitfind.models.layers import gelu_tanh
+    x = torch.linspace(-30, 30, 20001, dtype=torch.float64)
+    reference = F.gelu(x, approximate="tanh")
+    assert torch.allclose(gelu_tanh(x), reference, rtol=1e-12, atol=1e-12)
+    assert torch.allclose(gelu_tanh(x.float()).double(), reference, rtol=1e-6, atol=1e-6)
+    leaf = x.clone().requires_grad_()
+    gelu_tanh(leaf).sum().backward()
+    expected = x.clone().requires_grad_()
+    F.gelu(expected, approximate="tanh").sum().backward()
+    assert torch.equal(leaf.grad, expected.grad)
