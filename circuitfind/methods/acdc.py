@@ -273,20 +273,23 @@ def _chunk(g, circuit, todo, groups, entered, guess, size, inputs):
     earlier edges are predicted to leave; and the layer the forward starts from. Up to half as many
     again when that finishes the layer: a forward's fixed cost is most of it, so a last forward for a
     few edges left over (the logits' 21 on toy-lm, at 16 a forward) would cost nearly a full one."""
-    items, layer, done = _fill(g, circuit, todo, groups, entered, guess, size + size // 2, inputs)
-    n = sum(isinstance(item, tuple) for item in items)
-    if n <= size or done:
-        return items, layer
-    return _fill(g, circuit, todo, groups, entered, guess, size, inputs)[:2]
+    items, done = _fill(g, circuit, todo, groups, entered, guess, size, size + size // 2, inputs)
+    if not done:  # the chunk as `size` would have filled it: up to its size-th edge
+        members = [i for i, item in enumerate(items) if isinstance(item, tuple)]
+        if len(members) > size:
+            items = items[: members[size - 1] + 1]
+    rows = [item[0] if isinstance(item, tuple) else min(item.cut, default=g.logits_receiver) for item in items]
+    return items, int(g.receiver_layer[rows].min())
 
 
-def _fill(g, circuit, todo, groups, entered, guess, size, inputs):
-    """_chunk's items for at most `size` edges, the layer, and whether they finish the layer."""
-    items = list(itertools.islice(todo, size))
+def _fill(g, circuit, todo, groups, entered, guess, size, limit, inputs):
+    """_chunk's items for at most `limit` edges (running on into the layer below while at most a third
+    of `size`), and whether they finish the layer."""
+    items = list(itertools.islice(todo, limit))
     n, spec, gone = len(items), None, [e for e in items if guess(e)]
-    whole = len(todo) <= size  # the last group's open edges all taken
+    whole = len(todo) <= limit  # the last group's open edges all taken
     layer = int(g.receiver_layer[items[0][0]]) if items else None
-    while n < size and entered < len(groups):
+    while n < limit and entered < len(groups):
         here = int(g.receiver_layer[groups[entered][0]])
         # a lower start runs every member through one more layer: only a few left over cross (and one layer)
         if n and here != layer and (3 * n > size or here < layer - 1):
@@ -298,14 +301,13 @@ def _fill(g, circuit, todo, groups, entered, guess, size, inputs):
             gone = []
         edges, cut, n_cut = _open_edges(g, spec, groups[entered], inputs)
         items.append(_Enter(entered, cut, n_cut, edges))
-        items += edges[: size - n]
-        gone += [e for e in edges[: size - n] if guess(e)]
-        whole = len(edges) <= size - n
-        n += min(len(edges), size - n)
+        items += edges[: limit - n]
+        gone += [e for e in edges[: limit - n] if guess(e)]
+        whole = len(edges) <= limit - n
+        n += min(len(edges), limit - n)
         entered += 1
-    rows = [item[0] if isinstance(item, tuple) else min(item.cut, default=g.logits_receiver) for item in items]
     done = whole and (entered == len(groups) or int(g.receiver_layer[groups[entered][0]]) != layer)
-    return items, int(g.receiver_layer[rows].min()), done
+    return items, done
 
 
 def _chain_masks(circuit, items, predicted):
