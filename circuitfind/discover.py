@@ -69,12 +69,22 @@ class Run:
                 f"faithfulness {self.result['faithfulness']:.3f}{where})")
 
 
+def _acdc_threshold(method: str, options: dict) -> float | None:
+    """τ of an ACDC run that swept every receiver (its circuit is then the edges it kept: Δ ≥ τ), else
+    None. With receivers= some edges were never tried (score 0), so ACDC did not decide the circuit."""
+    if method != "acdc" or options.get("receivers") is not None:
+        return None
+    return float(options.get("threshold", METHODS["acdc"][1].threshold))
+
+
 def discover(model, task: Task | str, method: str = "eap-ig", ablation: str = "corrupted", *, out=None,
              edges: int | None = None, target: float = 0.9, n: int | None = None, seed: int = 0, quiet: bool = False,
              report: bool = True, batch_size: int | None = None, provenance: dict | None = None, **options) -> Run:
     """Score every edge with `method`, pick the smallest MIB-size circuit whose faithfulness on the
     test split (a quarter of n, no prompt shared with the train split) reaches `target` (or the top
-    `edges`), evaluate it, and, with `out=`, write the run directory and its report.
+    `edges`), evaluate it, and, with `out=`, write the run directory and its report. ACDC's circuit is
+    its own, the edges it kept at its threshold (unless edges= is given, or receivers= left edges
+    untried); the curve is still measured, on |Δ|.
 
     task: a Task, or a name loaded with n (default 100) and seed. options: the method's config
     (e.g. steps=10 for eap-ig; `circuitfind.methods.METHODS` lists the config classes). batch_size:
@@ -100,7 +110,10 @@ def discover(model, task: Task | str, method: str = "eap-ig", ablation: str = "c
     scores = score_edges(model, task, method, ablation, seed=seed, quiet=quiet, batch_size=batch_size, **options)
     curve = faithfulness_curve(model, test, scores, ablation=ablation, seed=seed, quiet=quiet, batch_size=batch_size)
     sized_by = "edges"
-    if edges is None:
+    acdc_threshold = _acdc_threshold(method, options) if edges is None else None
+    if acdc_threshold is not None:  # ACDC decided its circuit itself: the edges kept at τ
+        sized_by = "acdc threshold"
+    elif edges is None:
         reached = [i for i, f in enumerate(curve.faithfulness_absolute) if f >= target]
         at = reached[0] if reached else -1
         edges = int(MIB_FRACTIONS[at] * model.graph.n_edges)
@@ -109,8 +122,12 @@ def discover(model, task: Task | str, method: str = "eap-ig", ablation: str = "c
             log.warning("no MIB size below the whole graph reached faithfulness %s, so the circuit is the whole "
                         "graph: try more examples, another method or ablation, or a fixed size (edges=N, --edges N)",
                         target)
-    circuit = prune(scores, edges=edges)
-    if sized_by == "edges":
+    circuit = prune(scores, threshold=acdc_threshold, absolute=False) if acdc_threshold is not None \
+        else prune(scores, edges=edges)
+    if acdc_threshold is not None and circuit.n_edges == 0:
+        log.warning("ACDC kept no edge at threshold %s (no edge's removal lost that much): lower the threshold "
+                    "(threshold=, --option threshold=)", acdc_threshold)
+    if sized_by in ("edges", "acdc threshold"):
         result = evaluate(model, test, circuit, ablation=ablation, seed=seed, batch_size=batch_size)
     else:  # the curve's own circuit at that size (the same prune call): its figures are already measured
         result = {"faithfulness": curve.faithfulness_absolute[at], "metric_circuit": curve.metric_absolute[at],

@@ -157,3 +157,23 @@ def test_discover_a_batch_of_examples_at_a_time(tmp_path, capsys):
     assert main(["discover", "--model", "toy-lm", "--task", "ioi", "--method", "edge-pruning", "-n", "8",
                  "--batch-size", "4"]) == 2  # training takes the task whole
     assert "takes the task whole" in capsys.readouterr().err
+
+
+def test_acdc_discovers_its_own_circuit(caplog):
+    """discover with ACDC returns the edges ACDC kept at its threshold, evaluated on the test split; with
+    edges= or receivers= (edges left untried) it sizes the circuit as for every method; none kept is said."""
+    model = cf.load_model("toy-lm")
+    run = cf.discover(model, "ioi", method="acdc", n=8, threshold=0.02, quiet=True, report=False)
+    kept = cf.prune(run.scores, threshold=0.02, absolute=False)
+    assert run.result["sized_by"] == "acdc threshold" and 0 < run.circuit.n_edges < model.graph.n_edges
+    assert torch.equal(run.circuit.mask, kept.mask)
+    again = cf.evaluate(model, cf.load_task("ioi", n=8).with_split("test", n=2), run.circuit)
+    assert run.result["faithfulness"] == pytest.approx(again["faithfulness"], abs=1e-6)
+    fixed = cf.discover(model, "ioi", method="acdc", n=8, threshold=0.02, edges=5, quiet=True, report=False)
+    assert fixed.result["sized_by"] == "edges" and fixed.circuit.n_edges <= 5
+    some = cf.discover(model, "ioi", method="acdc", n=8, threshold=0.02, receivers=["logits"], quiet=True,
+                       report=False)
+    assert some.result["sized_by"].startswith("target")
+    with caplog.at_level("WARNING", logger="circuitfind.discover"):
+        none = cf.discover(model, "ioi", method="acdc", n=8, threshold=100.0, quiet=True, report=False)
+    assert none.circuit.n_edges == 0 and "ACDC kept no edge at threshold 100.0" in caplog.text

@@ -175,6 +175,7 @@ def _method_names() -> list[str]:
     return list(METHODS)
 
 
+EDGES_HELP = "circuit size (default: smallest MIB size reaching --target; acdc: the edges it kept)"
 METRIC_HELP = "score and evaluate under this metric instead of the task's own: logit-diff, prob-diff, kl, ce"
 
 
@@ -205,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--ablation", default="corrupted", help="corrupted, mean, mean-positional, zero, resample")
     d.add_argument("--metric", help=METRIC_HELP)
     d.add_argument("--out", help="run directory to write")
-    d.add_argument("--edges", type=int, help="circuit size (default: smallest MIB size reaching --target)")
+    d.add_argument("--edges", type=int, help=EDGES_HELP)
     d.add_argument("--target", type=float, default=0.9, help="faithfulness the circuit must reach")
     d.add_argument("-n", type=int, default=100, help="examples")
     d.add_argument("--batch-size", type=int, help="examples a pass (default: all at once; smaller for less memory)")
@@ -236,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--resources", help="ray: per model group, e.g. num_cpus=1,num_gpus=1,memory=8e9")
     w.add_argument("-n", type=int, default=100, help="examples per job")
     w.add_argument("--batch-size", type=int, help="examples a pass, for the methods that take one (less memory)")
-    w.add_argument("--edges", type=int, help="circuit size (default: smallest MIB size reaching --target)")
+    w.add_argument("--edges", type=int, help=EDGES_HELP)
     w.add_argument("--target", type=float, default=0.9)
     w.add_argument("--option", action="append", metavar="METHOD:KEY=VALUE", help="method option, e.g. eap-ig:steps=10")
     w.add_argument("--dtype", default="float32", help=DTYPE_HELP)
