@@ -334,9 +334,10 @@ def test_acdc_predicted_chains_equal_the_loop_on_a_trained_model():
     assert forwards[0] < kept_naive.n_edges  # fewer forwards than kept edges: predictions held
 
 
-def test_acdc_first_guess_keeps_an_mlps_edges_from_senders_read_above(model):
-    """Before any Δ is measured, an edge is guessed removed, but for an MLP's edge from a sender a
-    receiver above the MLP's layer still reads; a measured guess overrides it."""
+def test_acdc_first_guess_keeps_the_kinds_of_edge_usually_kept(model):
+    """Before any Δ is measured, an edge is guessed removed, but for an MLP's edge from a head or MLP a
+    receiver above the MLP's layer still reads, the logits' edge from an MLP and a value's edge from the
+    token embedding; a measured guess overrides it."""
     from circuitfind.methods.acdc import _Guesses
     g = model.graph
     circuit = g.edge_mask.clone().float()
@@ -346,6 +347,9 @@ def test_acdc_first_guess_keeps_an_mlps_edges_from_senders_read_above(model):
     assert not guess((g.mlp_receiver(0), g.head_sender(0, 1)))  # read above: kept
     assert guess((g.mlp_receiver(0), a0))  # read by nothing above: removed
     assert guess((g.qkv_receiver(1, "q", 0), g.head_sender(0, 1)))  # not an MLP: removed
+    assert guess((g.mlp_receiver(1), 0))  # from the embedding: removed
+    assert not guess((g.logits_receiver, g.mlp_sender(0))) and guess((g.logits_receiver, g.head_sender(1, 0)))
+    assert not guess((g.qkv_receiver(1, "v", 0), 0)) and guess((g.qkv_receiver(1, "k", 0), 0))
     guess[(g.mlp_receiver(0), g.head_sender(0, 1))] = True
     assert guess((g.mlp_receiver(0), g.head_sender(0, 1)))
 
