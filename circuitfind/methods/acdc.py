@@ -326,18 +326,23 @@ def _fill(g, circuit, todo, groups, entered, guess, size, limit, inputs):
 def _chain_masks(circuit, items, predicted):
     """Masks [k, dst, src] of a chunk's chain: member t removes edge t and each earlier edge predicted
     to go (predicted [k] bool), from the current circuit; from an `_Enter` on, its cut-offs too."""
-    members = [item for item in items if isinstance(item, tuple)]
-    k = len(members)
-    dst, src = torch.tensor(members).T  # [k] each
-    pred = torch.tensor(predicted)
-    removes = torch.eye(k, dtype=torch.bool) | (torch.ones(k, k, dtype=torch.bool).tril(-1) & pred[None, :])  # [t, j]
-    t, j = removes.nonzero(as_tuple=True)
-    masks = circuit.expand(k, -1, -1).clone()
-    masks[t, dst[j].to(masks.device), src[j].to(masks.device)] = 0
-    p = 0
+    rows, dsts, srcs, cuts = [], [], [], []  # the (member, dst, src) entries to zero, in one write
+    gone: list[tuple[int, int]] = []  # the earlier members' edges predicted to go
+    t = 0
     for item in items:
-        if isinstance(item, tuple):
-            p += 1
-        elif item.cut:
-            masks[p:, item.cut] = 0
+        if isinstance(item, _Enter):
+            if item.cut:
+                cuts.append((t, item.cut))
+            continue
+        for dst, src in gone + [item]:
+            rows.append(t)
+            dsts.append(dst)
+            srcs.append(src)
+        if predicted[t]:
+            gone.append(item)
+        t += 1
+    masks = circuit.expand(t, -1, -1).clone()
+    masks[rows, dsts, srcs] = 0
+    for first, cut in cuts:
+        masks[first:, cut] = 0
     return masks
