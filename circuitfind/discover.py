@@ -125,8 +125,8 @@ def discover(model, task: Task | str, method: str = "eap-ig", ablation: str = "c
     circuit = prune(scores, threshold=acdc_threshold, absolute=False) if acdc_threshold is not None \
         else prune(scores, edges=edges)
     if acdc_threshold is not None and circuit.n_edges == 0:
-        log.warning("ACDC kept no edge at threshold %s (no edge's removal lost that much): lower the threshold "
-                    "(threshold=, --option threshold=)", acdc_threshold)
+        log.warning("ACDC's circuit at threshold %s is empty (no edge kept, or none on a path from input to "
+                    "logits): lower the threshold (threshold=, --option threshold=)", acdc_threshold)
     if sized_by in ("edges", "acdc threshold"):
         result = evaluate(model, test, circuit, ablation=ablation, seed=seed, batch_size=batch_size)
     else:  # the curve's own circuit at that size (the same prune call): its figures are already measured

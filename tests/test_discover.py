@@ -176,4 +176,4 @@ def test_acdc_discovers_its_own_circuit(caplog):
     assert some.result["sized_by"].startswith("target")
     with caplog.at_level("WARNING", logger="circuitfind.discover"):
         none = cf.discover(model, "ioi", method="acdc", n=8, threshold=100.0, quiet=True, report=False)
-    assert none.circuit.n_edges == 0 and "ACDC kept no edge at threshold 100.0" in caplog.text
+    assert none.circuit.n_edges == 0 and "ACDC's circuit at threshold 100.0 is empty" in caplog.text

@@ -22,7 +22,8 @@ at most a third of its size: those few then run on with the layer below rather t
 fixed cost on their own. And it stretches by up to half its size when that finishes its layer, rather
 than leave a few edges to a forward of their own. A toy-lm sweep at 2 prompts took 18 forwards with
 none of these, 15 with the run-on into heads, 14 with the stretch (9 with every prediction right) and
-13 with the run-on into the layer below (at 20 prompts 33 → 32, in the same time).
+13 with the run-on into the layer below (at 20 prompts 33 → 32, in the same time); 14 again under the
+first guesses of `_Guesses.first`, which save forwards on most other tasks and sizes.
 
 batch_size: the metric of a circuit is the task's mean, Σ weight · each batch's mean, so the
 examples go through each forward a batch at a time (each batch with the clean run below the layer of
