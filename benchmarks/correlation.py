@@ -3,8 +3,14 @@
 toy-lm on each of its tasks, the hand-weighted induction model of the tests, the trained
 toy-induction, and the two tracr models, each on its task's metric; where that metric saturates
 (prob-diff, KL at the clean run), the same comparison on logit-diff too, to tell the metric's curvature
-from the method's error. (The EAP-IG paper reports 0.44–0.78 for EAP on GPT-2 small.) Run from the
-repository root."""
+from the method's error. (The EAP-IG paper reports 0.44–0.78 for EAP on GPT-2 small.)
+
+Under corrupted ablation the same EAP-IG scores are also set against exact patching in the other
+direction (`direction="denoising"`: the corrupted run, each edge given its clean value) and against the
+mean of the two. IG integrates along the path between the runs: where the metric is quadratic along it,
+IG is exactly that mean (`tests/test_methods.py`), so where noising and denoising disagree (edges that
+interact: redundant copies, ANDs, a saturated softmax) EAP-IG cannot track noising alone, and the
+r(noising, denoising) column says how far they disagree. Run from the repository root."""
 
 from __future__ import annotations
 
@@ -45,6 +51,12 @@ def main():
             r[method + (f" ({opts['steps']} steps)" if opts else "")] = pearson(scores, exact)
         print(f"{label} ({ablation} ablation, {metric_name(task)}, {model.graph.n_edges} edges): "
               + ", ".join(f"{m} r = {v:.3f}" for m, v in r.items()))
+        if ablation == "corrupted":  # EAP-IG against both directions of exact patching, and their mean
+            ig = cf.score_edges(model, task, "eap-ig", ablation=ablation).values()
+            denoising = cf.score_edges(model, task, "exact", ablation=ablation, direction="denoising").values()
+            print(f"    eap-ig against denoising r = {pearson(ig, denoising):.3f}, against the mean of noising and "
+                  f"denoising r = {pearson(ig, (exact + denoising) / 2):.3f}; "
+                  f"r(noising, denoising) = {pearson(exact, denoising):.3f}")
         # node level: one score per node, against each node ablated whole
         exact_nodes = cf.score_edges(model, task, "exact-node", ablation=ablation).node_values()
         r = {m: pearson(cf.score_edges(model, task, m, ablation=ablation).node_values(), exact_nodes)

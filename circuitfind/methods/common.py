@@ -3,6 +3,8 @@
 Sign convention of every method: a score is the *loss of behaviour* when the edge alone is ablated,
 m(clean) − m(edge ablated) for metrics where higher is better (logit-diff, prob-diff) and
 m(edge ablated) − m(clean) where lower is better (kl, ce). Positive = the edge supports the task.
+(Denoising exact patching, `exact.py`, scores the behaviour an edge restores to the corrupted run, with
+the same sign.)
 """
 
 from __future__ import annotations

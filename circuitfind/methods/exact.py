@@ -1,14 +1,26 @@
 """Exact activation patching: ablate every edge alone and measure the metric (`engine.edge_effects`),
 batched through masks and reusing the clean run below each receiver's layer. `exact-node` ablates
 each node whole (all its out-edges: the classic head-ablation scan, `engine.node_effects`) and
-writes its score on each of its out-edges, as the other node methods do."""
+writes its score on each of its out-edges, as the other node methods do.
+
+direction (Heimersheim & Nanda 2024 name the two):
+    noising    (default) in the clean run, give edge e its ablated value:
+               score = m(clean) − m(clean, e ablated)            the loss of behaviour
+    denoising  in the corrupted run, give edge e its clean value (corrupted ablation only):
+               score = m(corrupt, e restored) − m(corrupt)       the behaviour restored
+Both are positive for an edge that supports the task. Without interactions between edges they are
+equal; where edges are redundant (a backup head) noising scores each copy near 0, and where they are
+needed together (an AND) denoising does. Integrated gradients (EAP-IG) follow the path between the two
+runs and so sit between them: on a model whose logits are affine in the edges and a quadratic metric,
+EAP-IG in the limit of many steps is exactly their mean (`tests/test_methods.py`).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
 
-from circuitfind.engine.patching import edge_effects, node_effects
+from circuitfind.engine.patching import edge_effects, node_effects, sender_outputs
 from circuitfind.errors import ConfigError
 from circuitfind.methods.common import on_out_edges, setups
 
@@ -17,21 +29,32 @@ from circuitfind.methods.common import on_out_edges, setups
 class ExactConfig:
     max_masks: int = 32  # masks per forward (memory grows with it)
     level: Literal["edge", "node"] = "edge"  # "node": ablate each head, MLP and the input whole
+    direction: Literal["noising", "denoising"] = "noising"  # see the module docstring
 
     def __post_init__(self):
         if self.max_masks < 1:
             raise ConfigError(f"max_masks must be at least 1, got {self.max_masks}")
         if self.level not in ("edge", "node"):
             raise ConfigError(f"level must be 'edge' or 'node', got {self.level!r}")
+        if self.direction not in ("noising", "denoising"):
+            raise ConfigError(f"direction must be 'noising' or 'denoising', got {self.direction!r}")
 
 
 def score(model, task, cfg: ExactConfig, ablation: str = "corrupted", seed: int = 0, quiet: bool = True,
           batch_size: int | None = None):
+    denoising = cfg.direction == "denoising"
+    if denoising and ablation != "corrupted":
+        raise ConfigError(f"denoising gives each edge its clean value in the corrupted run, which only corrupted "
+                          f"ablation has; got ablation {ablation!r} (use ablation='corrupted', or direction='noising')")
     effects = 0
     for s in setups(model, task, ablation, seed, batch_size):  # the task's mean: Σ weight · each batch's
+        run, patch = s.batch.clean, s.ablated  # noising: the clean run, each edge given its ablated value
+        if denoising:  # the corrupted run, each edge given its clean value: noising with the roles swapped
+            run, patch = s.batch.corrupt, sender_outputs(model, s.batch.clean)
         if cfg.level == "node":
-            part = node_effects(model, s.batch.clean, s.ablated, s.per_mask, max_masks=cfg.max_masks)
+            part = node_effects(model, run, patch, s.per_mask, max_masks=cfg.max_masks)
         else:
-            part = edge_effects(model, s.batch.clean, s.ablated, s.per_mask, max_masks=cfg.max_masks, quiet=quiet)
-        effects = effects + -s.sign * s.weight * part
+            part = edge_effects(model, run, patch, s.per_mask, max_masks=cfg.max_masks, quiet=quiet)
+        # part: m(patched) − m(run); noising's score is the behaviour lost, denoising's the behaviour restored
+        effects = effects + (1 if denoising else -1) * s.sign * s.weight * part
     return on_out_edges(model.graph, effects) if cfg.level == "node" else effects
