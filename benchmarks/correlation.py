@@ -61,6 +61,12 @@ def main():
         exact_nodes = cf.score_edges(model, task, "exact-node", ablation=ablation).node_values()
         r = {m: pearson(cf.score_edges(model, task, m, ablation=ablation).node_values(), exact_nodes)
              for m in ("eap-node",) * (task.metric != "kl") + ("eap-ig-node",)}
+        if ablation == "corrupted":
+            denoising_nodes = cf.score_edges(model, task, "exact-node", ablation=ablation,
+                                             direction="denoising").node_values()
+            ig_nodes = cf.score_edges(model, task, "eap-ig-node", ablation=ablation).node_values()
+            r["eap-ig-node against the mean of noising and denoising"] = pearson(ig_nodes,
+                                                                                 (exact_nodes + denoising_nodes) / 2)
         print(f"    nodes ({model.graph.n_senders}) against exact-node: "
               + ", ".join(f"{m} r = {v:.3f}" for m, v in r.items()))
         if task.metric in ("prob-diff", "kl"):  # saturating metrics: the same scores measured on logit-diff

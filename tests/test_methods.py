@@ -630,7 +630,8 @@ def test_scores_a_batch_of_examples_at_a_time_equal_the_whole_task(ablation):
     and the curve are the task's means all the same (mean ablations still average the whole task)."""
     model = cf.load_model("toy-lm").double()
     task = cf.load_task("ioi", n=8, seed=1)  # prompts of several lengths: padding inside the batches
-    for method, options in BATCHED_CASES:
+    denoising = [("exact", {"direction": "denoising"}), ("exact-node", {"direction": "denoising"})]
+    for method, options in BATCHED_CASES + (denoising if ablation == "corrupted" else []):
         whole = cf.score_edges(model, task, method, ablation, **options).scores
         parts = cf.score_edges(model, task, method, ablation, batch_size=3, **options)
         assert whole.abs().max() > 1e-6 and parts.config["batch_size"] == 3
