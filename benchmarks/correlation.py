@@ -6,7 +6,7 @@ toy-induction, and the two tracr models, each on its task's metric; where that m
 from the method's error. (The EAP-IG paper reports 0.44–0.78 for EAP on GPT-2 small.)
 
 Under corrupted ablation the same EAP-IG scores are also set against exact patching in the other
-direction (`direction="denoising"`: the corrupted run, each edge given its clean value) and against the
+direction (`exact-denoising`: the corrupted run, each edge given its clean value) and against the
 mean of the two. IG integrates along the path between the runs: where the metric is quadratic along it,
 IG is exactly that mean (`tests/test_methods.py`), so where noising and denoising disagree (edges that
 interact: redundant copies, ANDs, a saturated softmax) EAP-IG cannot track noising alone, and the
@@ -53,7 +53,7 @@ def main():
               + ", ".join(f"{m} r = {v:.3f}" for m, v in r.items()))
         if ablation == "corrupted":  # EAP-IG against both directions of exact patching, and their mean
             ig = cf.score_edges(model, task, "eap-ig", ablation=ablation).values()
-            denoising = cf.score_edges(model, task, "exact", ablation=ablation, direction="denoising").values()
+            denoising = cf.score_edges(model, task, "exact-denoising", ablation=ablation).values()
             print(f"    eap-ig against denoising r = {pearson(ig, denoising):.3f}, against the mean of noising and "
                   f"denoising r = {pearson(ig, (exact + denoising) / 2):.3f}; "
                   f"r(noising, denoising) = {pearson(exact, denoising):.3f}")
@@ -62,8 +62,7 @@ def main():
         r = {m: pearson(cf.score_edges(model, task, m, ablation=ablation).node_values(), exact_nodes)
              for m in ("eap-node",) * (task.metric != "kl") + ("eap-ig-node",)}
         if ablation == "corrupted":
-            denoising_nodes = cf.score_edges(model, task, "exact-node", ablation=ablation,
-                                             direction="denoising").node_values()
+            denoising_nodes = cf.score_edges(model, task, "exact-node-denoising", ablation=ablation).node_values()
             ig_nodes = cf.score_edges(model, task, "eap-ig-node", ablation=ablation).node_values()
             r["eap-ig-node against the mean of noising and denoising"] = pearson(ig_nodes,
                                                                                  (exact_nodes + denoising_nodes) / 2)

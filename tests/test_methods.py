@@ -73,11 +73,11 @@ def test_exact_equals_slow_per_edge_patching(model):
 
 
 def test_denoising_exact_equals_slow_patching_of_the_corrupted_run(model):
-    """direction="denoising": in the corrupted run, each edge alone given its clean value; the score is the
+    """exact-denoising: in the corrupted run, each edge alone given its clean value; the score is the
     behaviour it restores. Checked against the slow reference loop run on the corrupted prompts, every
     edge reading its sender's corrupted output but the one given the clean output."""
     task = Copy(n=5)
-    scores = cf.score_edges(model, task, "exact", direction="denoising", max_masks=7)
+    scores = cf.score_edges(model, task, "exact-denoising", max_masks=7)
     batch, g = task.batch(model), model.graph
     clean_out = ablated_outputs(model, "corrupted", batch.corrupt, batch.clean)  # the clean run's outputs
 
@@ -94,15 +94,15 @@ def test_denoising_exact_equals_slow_patching_of_the_corrupted_run(model):
         mask = full.clone()
         mask[dst, src] = 0  # 0: the edge reads the "ablated" outputs, here the clean run's
         assert abs(scores.scores[dst, src].item() - (metric(mask) - base).item()) <= 1e-5  # behaviour restored
-    nodes = cf.score_edges(model, task, "exact-node", direction="denoising").scores
+    nodes = cf.score_edges(model, task, "exact-node-denoising").scores
     src = g.senders.index("m0")
     mask = full.clone()
     mask[:, src] = 0  # m0 restored whole
     assert torch.allclose(nodes[:, src][g.edge_mask[:, src]], (metric(mask) - base).float(), atol=1e-5)
     with pytest.raises(cf.ConfigError, match="only corrupted ablation"):
-        cf.score_edges(model, task, "exact", ablation="mean", direction="denoising")
-    with pytest.raises(cf.ConfigError, match="direction"):
-        cf.score_edges(model, task, "exact", direction="both")
+        cf.score_edges(model, task, "exact-denoising", ablation="mean")
+    with pytest.raises(cf.ConfigError, match="fixes direction='noising'.*exact-denoising"):
+        cf.score_edges(model, task, "exact", direction="denoising")  # one way to do it: the method's name
 
 
 def test_eap_ig_is_the_mean_of_noising_and_denoising_under_a_quadratic_metric():
@@ -123,7 +123,7 @@ def test_eap_ig_is_the_mean_of_noising_and_denoising_under_a_quadratic_metric():
             return Example(clean=[a], corrupt=[b], correct=a, wrong=b)
     model, task = _linear_model(), Single(n=6)
     noising = cf.score_edges(model, task, "exact").scores.double()
-    denoising = cf.score_edges(model, task, "exact", direction="denoising").scores.double()
+    denoising = cf.score_edges(model, task, "exact-denoising").scores.double()
     assert (noising - denoising).abs().max() > 1e-2  # the curvature term is there
     eap = cf.score_edges(model, task, "eap").scores.double()
     ig2 = cf.score_edges(model, task, "eap-ig", steps=2).scores.double()
@@ -549,7 +549,7 @@ def test_eap_ig_tracks_the_mean_of_noising_and_denoising_under_saturating_metric
     model = cf.load_model("toy-lm")
     task = cf.load_task(name, n=20)
     noising = cf.score_edges(model, task, "exact").values()
-    denoising = cf.score_edges(model, task, "exact", direction="denoising").values()
+    denoising = cf.score_edges(model, task, "exact-denoising").values()
     eap_ig = cf.score_edges(model, task, "eap-ig").values()
 
     def r(a, b):
@@ -630,7 +630,7 @@ def test_scores_a_batch_of_examples_at_a_time_equal_the_whole_task(ablation):
     and the curve are the task's means all the same (mean ablations still average the whole task)."""
     model = cf.load_model("toy-lm").double()
     task = cf.load_task("ioi", n=8, seed=1)  # prompts of several lengths: padding inside the batches
-    denoising = [("exact", {"direction": "denoising"}), ("exact-node", {"direction": "denoising"})]
+    denoising = [("exact-denoising", {}), ("exact-node-denoising", {})]
     for method, options in BATCHED_CASES + (denoising if ablation == "corrupted" else []):
         whole = cf.score_edges(model, task, method, ablation, **options).scores
         parts = cf.score_edges(model, task, method, ablation, batch_size=3, **options)

@@ -27,17 +27,19 @@ METHODS = {
     "eap-node": (eap.score, eap.EAPConfig, {"level": "node"}),
     "eap-ig-node": (eap_ig.score, eap_ig.EAPIGConfig, {"variant": "inputs", "level": "node"}),
     "clean-corrupted": (eap_ig.score, eap_ig.EAPIGConfig, {"variant": "clean-corrupted", "level": "edge"}),
-    "exact": (exact.score, exact.ExactConfig, {"level": "edge"}),
-    "exact-node": (exact.score, exact.ExactConfig, {"level": "node"}),
+    "exact": (exact.score, exact.ExactConfig, {"level": "edge", "direction": "noising"}),
+    "exact-node": (exact.score, exact.ExactConfig, {"level": "node", "direction": "noising"}),
+    "exact-denoising": (exact.score, exact.ExactConfig, {"level": "edge", "direction": "denoising"}),
+    "exact-node-denoising": (exact.score, exact.ExactConfig, {"level": "node", "direction": "denoising"}),
     "acdc": (acdc.score, acdc.ACDCConfig, {}),
     "ifr": (ifr.score, ifr.IFRConfig, {}),
     "edge-pruning": (edge_pruning.score, edge_pruning.EdgePruningConfig, {}),
 }
-LONG_RUNNING = ("exact", "acdc", "edge-pruning")  # methods with a progress bar
+LONG_RUNNING = ("exact", "exact-denoising", "acdc", "edge-pruning")  # methods with a progress bar
 # methods that take the task a batch of examples at a time (batch_size=): their scores, and ACDC's
 # metric of each circuit, are means over examples; edge pruning's training needs the whole task at once
 BATCHED = ("eap", "eap-ig", "eap-ig-activations", "eap-node", "eap-ig-node", "clean-corrupted", "exact",
-           "exact-node", "acdc", "ifr")
+           "exact-node", "exact-denoising", "exact-node-denoising", "acdc", "ifr")
 
 
 def takes_batches(method: str, ablation: str) -> bool:

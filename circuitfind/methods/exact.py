@@ -3,10 +3,11 @@ batched through masks and reusing the clean run below each receiver's layer. `ex
 each node whole (all its out-edges: the classic head-ablation scan, `engine.node_effects`) and
 writes its score on each of its out-edges, as the other node methods do.
 
-direction (Heimersheim & Nanda 2024 name the two):
-    noising    (default) in the clean run, give edge e its ablated value:
+Each patches in one of two directions (Heimersheim & Nanda 2024 name them), a method each:
+    noising    `exact`, `exact-node`: in the clean run, give edge e its ablated value:
                score = m(clean) − m(clean, e ablated)            the loss of behaviour
-    denoising  in the corrupted run, give edge e its clean value (corrupted ablation only):
+    denoising  `exact-denoising`, `exact-node-denoising`: in the corrupted run, give edge e its
+               clean value (corrupted ablation only):
                score = m(corrupt, e restored) − m(corrupt)       the behaviour restored
 Both are positive for an edge that supports the task. Without interactions between edges they are
 equal; where edges are redundant (a backup head) noising scores each copy near 0, and where they are
@@ -29,7 +30,7 @@ from circuitfind.methods.common import on_out_edges, setups
 class ExactConfig:
     max_masks: int = 32  # masks per forward (memory grows with it)
     level: Literal["edge", "node"] = "edge"  # "node": ablate each head, MLP and the input whole
-    direction: Literal["noising", "denoising"] = "noising"  # see the module docstring
+    direction: Literal["noising", "denoising"] = "noising"  # "denoising": the other way (module docstring)
 
     def __post_init__(self):
         if self.max_masks < 1:
@@ -45,7 +46,7 @@ def score(model, task, cfg: ExactConfig, ablation: str = "corrupted", seed: int 
     denoising = cfg.direction == "denoising"
     if denoising and ablation != "corrupted":
         raise ConfigError(f"denoising gives each edge its clean value in the corrupted run, which only corrupted "
-                          f"ablation has; got ablation {ablation!r} (use ablation='corrupted', or direction='noising')")
+                          f"ablation has; got ablation {ablation!r} (use ablation='corrupted', or exact)")
     effects = 0
     for s in setups(model, task, ablation, seed, batch_size):  # the task's mean: Σ weight · each batch's
         run, patch = s.batch.clean, s.ablated  # noising: the clean run, each edge given its ablated value
