@@ -72,10 +72,12 @@ def test_exact_equals_slow_per_edge_patching(model):
         assert abs(scores.scores[dst, src].item() - (base - metric(mask)).item()) <= 1e-5  # loss of behaviour
 
 
-def test_denoising_exact_equals_slow_patching_of_the_corrupted_run(model):
+@pytest.mark.parametrize("family", ["gpt2", "llama", "gemma2"])  # learned positions; GQA and rotary; post-norms
+def test_denoising_exact_equals_slow_patching_of_the_corrupted_run(family):
     """exact-denoising: in the corrupted run, each edge alone given its clean value; the score is the
     behaviour it restores. Checked against the slow reference loop run on the corrupted prompts, every
     edge reading its sender's corrupted output but the one given the clean output."""
+    model = cf.from_hf(tiny_hf(family)).double()
     task = Copy(n=5)
     scores = cf.score_edges(model, task, "exact-denoising", max_masks=7)
     batch, g = task.batch(model), model.graph
