@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class Setup:
     batch: Batch
-    ablated: Tensor  # [src, batch|1, pos|1, d_model]
+    ablated: Tensor  # [src, batch|1, pos|1, d_model] what a patched edge carries (denoising: the clean run's outputs)
     targets: Targets  # with the clean logits, for KL
     metric: object
     sign: float  # +1 if higher metric = better behaviour
@@ -66,15 +66,21 @@ class Batches:
         return (self._make(i) for i in range(self._n))
 
 
-def setups(model, task: Task, ablation: str, seed: int = 0, batch_size: int | None = None) -> Batches:
+def setups(model, task: Task, ablation: str, seed: int = 0, batch_size: int | None = None, *,
+           denoising: bool = False) -> Batches:
     """The task a batch of at most `batch_size` examples at a time (all at once by default): one Setup
     per batch, each weighted by its share of the examples, so that a method's mean over the task is
     Σ weight · its mean over each batch. Everything is checked, and the clean runs made, before the
     first Setup; each batch's ablated outputs are made when it is reached (they are the memory that
     batching saves). Mean ablations average over the whole task, a batch at a time; resample draws
-    its donors from the whole task, so it runs unbatched."""
+    its donors from the whole task, so it runs unbatched. denoising: each Setup's `ablated` holds the
+    clean run's outputs instead, what an edge is given when the corrupted run is patched toward the
+    clean one (corrupted ablation only)."""
     if ablation not in ABLATIONS:
         raise ConfigError(f"unknown ablation {ablation!r}; choose one of {', '.join(ABLATIONS)}")
+    if denoising and ablation != "corrupted":
+        raise ConfigError(f"denoising gives each edge its clean value in the corrupted run, which only corrupted "
+                          f"ablation has; got ablation {ablation!r} (use ablation='corrupted', or exact)")
     batch = task.batch(model)
     if ablation == "corrupted" and not task.aligned:
         raise ConfigError(f"task {task.name!r} is not position-aligned; use mean, zero or resample ablation")
@@ -97,8 +103,12 @@ def setups(model, task: Task, ablation: str, seed: int = 0, batch_size: int | No
     def make(i: int) -> Setup:
         part = parts[i]
         with torch.no_grad():
-            ablated = means if means is not None else ablated_outputs(model, ablation, part.clean, part.corrupt,
-                                                                      seed=seed)
+            if denoising:  # the roles swapped: the clean run's outputs, patched into the corrupted run
+                ablated = ablated_outputs(model, "corrupted", part.corrupt, part.clean)
+            elif means is not None:
+                ablated = means
+            else:
+                ablated = ablated_outputs(model, ablation, part.clean, part.corrupt, seed=seed)
         return Setup(part, ablated, part.targets.with_clean(logits[i]), metric, sign, part.size / batch.size)
     return Batches(len(parts), make)
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from circuitfind.engine.patching import edge_effects, node_effects, sender_outputs
+from circuitfind.engine.patching import edge_effects, node_effects
 from circuitfind.errors import ConfigError
 from circuitfind.methods.common import on_out_edges, setups
 
@@ -44,18 +44,15 @@ class ExactConfig:
 def score(model, task, cfg: ExactConfig, ablation: str = "corrupted", seed: int = 0, quiet: bool = True,
           batch_size: int | None = None):
     denoising = cfg.direction == "denoising"
-    if denoising and ablation != "corrupted":
-        raise ConfigError(f"denoising gives each edge its clean value in the corrupted run, which only corrupted "
-                          f"ablation has; got ablation {ablation!r} (use ablation='corrupted', or exact)")
     effects = 0
-    for s in setups(model, task, ablation, seed, batch_size):  # the task's mean: Σ weight · each batch's
-        run, patch = s.batch.clean, s.ablated  # noising: the clean run, each edge given its ablated value
-        if denoising:  # the corrupted run, each edge given its clean value: noising with the roles swapped
-            run, patch = s.batch.corrupt, sender_outputs(model, s.batch.clean)
+    for s in setups(model, task, ablation, seed, batch_size, denoising=denoising):  # Σ weight · each batch's
+        # noising: the clean run, each edge given its ablated value; denoising: the roles swapped, the
+        # corrupted run, each edge given its clean value (s.ablated holds the clean run's outputs then)
+        run = s.batch.corrupt if denoising else s.batch.clean
         if cfg.level == "node":
-            part = node_effects(model, run, patch, s.per_mask, max_masks=cfg.max_masks)
+            part = node_effects(model, run, s.ablated, s.per_mask, max_masks=cfg.max_masks)
         else:
-            part = edge_effects(model, run, patch, s.per_mask, max_masks=cfg.max_masks, quiet=quiet)
+            part = edge_effects(model, run, s.ablated, s.per_mask, max_masks=cfg.max_masks, quiet=quiet)
         # part: m(patched) − m(run); noising's score is the behaviour lost, denoising's the behaviour restored
         effects = effects + (1 if denoising else -1) * s.sign * s.weight * part
     return on_out_edges(model.graph, effects) if cfg.level == "node" else effects
