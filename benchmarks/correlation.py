@@ -42,29 +42,30 @@ def main():
     for label, model, task_name, ablation in cases:
         task = cf.load_task(task_name, n=40)
         exact = cf.score_edges(model, task, "exact", ablation=ablation).values()
-        r = {}
+        values = {}  # scores by label, kept for the comparisons with denoising below
         # (under KL, eap and eap-node refuse: the gradient of KL at the clean run is 0, every score noise)
         first_order = ("eap",) if task.metric != "kl" else ()
         for method, opts in [(m, {}) for m in first_order] + [("eap-ig", {}), ("eap-ig", {"steps": 20}),
                                                              ("eap-ig-activations", {}), ("clean-corrupted", {})]:
-            scores = cf.score_edges(model, task, method, ablation=ablation, **opts).values()
-            r[method + (f" ({opts['steps']} steps)" if opts else "")] = pearson(scores, exact)
+            label_m = method + (f" ({opts['steps']} steps)" if opts else "")
+            values[label_m] = cf.score_edges(model, task, method, ablation=ablation, **opts).values()
+        r = {m: pearson(v, exact) for m, v in values.items()}
         print(f"{label} ({ablation} ablation, {metric_name(task)}, {model.graph.n_edges} edges): "
               + ", ".join(f"{m} r = {v:.3f}" for m, v in r.items()))
         if ablation == "corrupted":  # EAP-IG against both directions of exact patching, and their mean
-            ig = cf.score_edges(model, task, "eap-ig", ablation=ablation).values()
+            ig = values["eap-ig"]
             denoising = cf.score_edges(model, task, "exact-denoising", ablation=ablation).values()
             print(f"    eap-ig against denoising r = {pearson(ig, denoising):.3f}, against the mean of noising and "
                   f"denoising r = {pearson(ig, (exact + denoising) / 2):.3f}; "
                   f"r(noising, denoising) = {pearson(exact, denoising):.3f}")
         # node level: one score per node, against each node ablated whole
         exact_nodes = cf.score_edges(model, task, "exact-node", ablation=ablation).node_values()
-        r = {m: pearson(cf.score_edges(model, task, m, ablation=ablation).node_values(), exact_nodes)
-             for m in ("eap-node",) * (task.metric != "kl") + ("eap-ig-node",)}
+        nodes = {m: cf.score_edges(model, task, m, ablation=ablation).node_values()
+                 for m in ("eap-node",) * (task.metric != "kl") + ("eap-ig-node",)}
+        r = {m: pearson(v, exact_nodes) for m, v in nodes.items()}
         if ablation == "corrupted":
             denoising_nodes = cf.score_edges(model, task, "exact-node-denoising", ablation=ablation).node_values()
-            ig_nodes = cf.score_edges(model, task, "eap-ig-node", ablation=ablation).node_values()
-            r["eap-ig-node against the mean of noising and denoising"] = pearson(ig_nodes,
+            r["eap-ig-node against the mean of noising and denoising"] = pearson(nodes["eap-ig-node"],
                                                                                  (exact_nodes + denoising_nodes) / 2)
         print(f"    nodes ({model.graph.n_senders}) against exact-node: "
               + ", ".join(f"{m} r = {v:.3f}" for m, v in r.items()))
