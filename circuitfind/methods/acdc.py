@@ -327,23 +327,18 @@ def _fill(g, circuit, todo, groups, entered, guess, size, limit, inputs):
 def _chain_masks(circuit, items, predicted):
     """Masks [k, dst, src] of a chunk's chain: member t removes edge t and each earlier edge predicted
     to go (predicted [k] bool), from the current circuit; from an `_Enter` on, its cut-offs too."""
-    rows, dsts, srcs, cuts = [], [], [], []  # the (member, dst, src) entries to zero, in one write
-    gone: list[tuple[int, int]] = []  # the earlier members' edges predicted to go
-    t = 0
+    members = [item for item in items if not isinstance(item, _Enter)]
+    k = len(members)
+    dst, src = torch.tensor(members).T  # [k] each
+    gone = torch.tensor(predicted).expand(k, k).tril(-1) | torch.eye(k, dtype=torch.bool)  # [t, j]: t zeroes j
+    t, j = gone.nonzero(as_tuple=True)
+    masks = circuit.expand(k, -1, -1).clone()
+    masks[t, dst[j], src[j]] = 0
+    first = 0  # members before each `_Enter`
     for item in items:
         if isinstance(item, _Enter):
             if item.cut:
-                cuts.append((t, item.cut))
-            continue
-        for dst, src in gone + [item]:
-            rows.append(t)
-            dsts.append(dst)
-            srcs.append(src)
-        if predicted[t]:
-            gone.append(item)
-        t += 1
-    masks = circuit.expand(t, -1, -1).clone()
-    masks[rows, dsts, srcs] = 0
-    for first, cut in cuts:
-        masks[first:, cut] = 0
+                masks[first:, item.cut] = 0
+        else:
+            first += 1
     return masks
