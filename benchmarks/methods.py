@@ -101,12 +101,15 @@ def acdc_pair(model, task, threshold, label, target, ceiling=False, repeat=1, **
             kept[run] = cf.prune(scores, threshold=threshold, absolute=False, remove_dangling=False)
     seconds = {run: statistics.median(t) for run, t in times.items()}
     timing = "one run each" if repeat == 1 else f"medians of {repeat} runs in turns"
+    if repeat > 1:  # each round's own ratio too: how far this VM's speed moved within the run
+        rounds = sorted(n / b for n, b in zip(times["naive"], times["batched"]))
+        timing += f"; a round's ratio {rounds[0]:.1f}–{rounds[-1]:.1f}x"
     print(f"{label} (threshold {threshold}, {kept['batched'].n_edges} kept; {timing}): batched "
-          f"{seconds['batched']:.2f} s ({forwards['batched']} forwards), naive {seconds['naive']:.2f} s "
-          f"({forwards['naive']} forwards) = {seconds['naive'] / seconds['batched']:.1f}x (target ≥ {target}); "
+          f"{seconds['batched']:.3f} s ({forwards['batched']} forwards), naive {seconds['naive']:.3f} s "
+          f"({forwards['naive']} forwards) = {seconds['naive'] / seconds['batched']:.2f}x (target ≥ {target}); "
           f"same circuit: {all(torch.equal(kept[r].mask, kept['naive'].mask) for r in runs)}")
     if ceiling:
-        print(f"  with every prediction right: {seconds['ceiling']:.2f} s ({forwards['ceiling']} forwards) = "
+        print(f"  with every prediction right: {seconds['ceiling']:.3f} s ({forwards['ceiling']} forwards) = "
               f"{seconds['naive'] / seconds['ceiling']:.1f}x")
 
 
