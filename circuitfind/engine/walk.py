@@ -99,6 +99,7 @@ class Walk(Heads, AnswerPositions, Gradients):
         self._attn_const: Tensor | None = None  # what the last attention block added to the base
         self.resid: Tensor | None = None  # the real residual stream of this run  [K, b', pos, d]
         self._allowed: dict[tuple, object] = {}  # per-walk caches: attention masks and rotary rows, by K
+        self._facts: tuple[list[bool], list[bool]] | None = None  # see _row_facts
 
     # ------------------------------------------------------------------ set-up helpers
     def _active_senders(self) -> Tensor:
@@ -137,7 +138,8 @@ class Walk(Heads, AnswerPositions, Gradients):
     def _allowed_rows(self, layer: int, K: int) -> Tensor:
         key = (layer in self.cfg.sliding_layers, K)
         if key not in self._allowed:
-            self._allowed[key] = self._rows(self.model.allowed(self.inputs.attention_mask, layer), K)
+            self._allowed[key] = self.model.allowed(self.inputs.attention_mask, layer) if K == 1 \
+                else self._rows(self._allowed_rows(layer, 1), K)
         return self._allowed[key]
 
     def _rope_rows(self, K: int, layer: int):
@@ -154,6 +156,7 @@ class Walk(Heads, AnswerPositions, Gradients):
         in this walk's workspace or the one given."""
         other = self._copy()
         other.masks, other.k, other.record, other.on_grad = masks, masks.shape[0], False, None
+        other._facts = None
         other.active = other._active_senders()
         other.answer_only = other._answer_only_senders()
         other.mix_until = other._last_mixing_layer()
@@ -212,13 +215,24 @@ class Walk(Heads, AnswerPositions, Gradients):
         if self.masks is None:
             return None, K_state
         M = take(self.masks, rows, 1)
-        full = take(self.g.edge_mask, rows, 0).to(M.device, M.dtype)
-        same = self.k == 1 or bool((M == M[:1]).all())
-        if same and not M.requires_grad and bool((M[0] == full).all()):
+        same_rows, full_rows = self._row_facts()
+        ids = rows.tolist()
+        same = all(same_rows[r] for r in ids)
+        if same and not M.requires_grad and all(full_rows[r] for r in ids):
             return None, K_state
         if same and (K_state == 1 or bool(self._reads_shared(M[0]).all())):
             return M[:1], 1
         return M, self.k
+
+    def _row_facts(self) -> tuple[list[bool], list[bool]]:
+        """Per receiver [dst], found once a walk (not in each of the layer's many checks): is its mask
+        row the same in every mask, and is it the full graph's row?"""
+        if self._facts is None:
+            M = self.masks.detach()
+            same = (M == M[:1]).all(2).all(0) if self.k > 1 else torch.ones(M.shape[1], dtype=torch.bool)
+            full = (M[0] == self.g.edge_mask.to(M.device, M.dtype)).all(1)
+            self._facts = same.tolist(), full.tolist()
+        return self._facts
 
     def _reads_shared(self, M0: Tensor) -> Tensor:
         """Per mask row M0 [r, src] (the same in every mask): does it read only senders whose D all

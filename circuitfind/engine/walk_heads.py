@@ -84,10 +84,10 @@ class Heads:
         if self.masks is None or self.k == 1 or self.cfg.post_norms:
             return [heads]
         rows = torch.stack([self.g.qkv_receiver(l, t, 0) + heads for t in "qkv"])  # [3, a]
-        M = self.masks[:, rows.flatten()]
-        same = (M == M[:1]).flatten(2).all(2).all(0).view(3, -1).all(0)  # [a]
+        same_rows = self._row_facts()[0]
+        same = torch.tensor([all(same_rows[r] for r in head) for head in rows.T.tolist()])  # [a]
         if self.resid.shape[0] != 1:  # the masks differ below: only heads reading shared senders alone
-            same &= self._reads_shared(M[0]).view(3, -1).all(0)
+            same &= self._reads_shared(self.masks[0, rows.flatten()]).view(3, -1).all(0)
         if bool(same.all()) or not bool(same.any()):
             return [heads]
         return [heads[same], heads[~same]]
