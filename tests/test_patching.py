@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+from unittest import mock
+
 import pytest
 import torch
 
@@ -436,3 +439,64 @@ def test_mean_ablations_average_the_real_tokens():
         assert torch.allclose(ablated_outputs(model, "mean-positional", clean)[:, 0, p], at)
     halves = [clean.rows(slice(0, 3)), clean.rows(slice(3, 4))]
     assert torch.allclose(mean_outputs(model, halves, positional=False)[:, 0, 0], want)
+
+
+def _sharing_pair(batch=3, pos=9, n=4):
+    """Clean and corrupted prompts equal on their first n positions (prompt 1 left-padded by two)."""
+    clean, corrupt = _pair(batch, pos)
+    tokens = corrupt.tokens.clone()
+    tokens[:, :n] = clean.tokens[:, :n]
+    return clean, Inputs.of(tokens, clean.attention_mask)
+
+
+def test_a_shared_prefix_is_skipped_without_changing_any_logit(model):
+    """Positions before the first clean/corrupted difference are the clean run's under every mask: a
+    walk that skips them (attention reading their keys and values) gives the slow reference's logits,
+    for random and fractional masks, per-example masks, branches of prefixes, and exact patching; on
+    rotary, GQA, parallel, post-norm, sliding-window and q/k-norm models, with left padding."""
+    from circuitfind.engine.patching import edge_effects, node_effects, shared_prefix
+    clean, corrupt = _sharing_pair()
+    abl = ablated_outputs(model, "corrupted", clean, corrupt)
+    shared = shared_prefix(model, clean, corrupt)
+    assert shared.n == 4 and shared.keys[0].shape[2] == 4
+    g = model.graph
+    masks = torch.stack([_random_mask(g, d, seed) for seed, d in ((0, 0.5), (1, 0.9), (2, 0.1))])
+    masks[1] *= torch.rand(masks[1].shape, generator=torch.Generator().manual_seed(3))  # fractional
+    got = masked_forward(model, clean, abl, masks, shared=shared)
+    for mask, logits in zip(masks, got):
+        want = reference_masked_logits(model, clean.tokens, clean.attention_mask, clean.answer_pos, abl, mask)
+        assert (logits - want).abs().max().item() <= 1e-5
+    assert (got - masked_forward(model, clean, abl, masks)).abs().max().item() <= 1e-10
+    per = masks.clone()  # one mask per example
+    assert (masked_forward(model, clean, abl, per, per_example=True, shared=shared)
+            - masked_forward(model, clean, abl, per, per_example=True)).abs().max().item() <= 1e-10
+    starts, logits = prefixes(model, clean, abl, shared=shared)
+    assert (logits - clean_logits(model, clean)).abs().max().item() <= 1e-10
+    above = masks.clone()
+    above[:, g.receiver_layer < 1] = g.edge_mask[g.receiver_layer < 1].double()
+    assert (masked_forward(model, clean, abl, above, start=starts[1])
+            - masked_forward(model, clean, abl, above)).abs().max().item() <= 1e-10
+
+    def obj(lg):  # logits [k, batch, vocab] → [k]
+        return (lg[..., 5] - lg[..., 7]).sum(-1)
+    for effects in (edge_effects, node_effects):
+        skipped, whole = effects(model, clean, abl, obj, shared=shared), effects(model, clean, abl, obj)
+        assert whole.abs().max() > 1e-3 and (skipped - whole).abs().max() <= 1e-6
+
+
+def test_shared_prefix_only_where_there_is_one(model):
+    """None when the prompts differ from the first position, or the model attends both ways; never past
+    an answer position; and a prefix's walk refuses a second shared prefix."""
+    from circuitfind.engine.patching import shared_prefix
+    clean, corrupt = _pair(left_pad=False)
+    assert shared_prefix(model, clean, corrupt) is None
+    clean, corrupt = _sharing_pair(n=6)
+    early = Inputs.of(clean.tokens, clean.attention_mask, torch.tensor([8, 3, 8]))
+    assert shared_prefix(model, early, Inputs.of(corrupt.tokens, corrupt.attention_mask, early.answer_pos)).n == 3
+    with mock.patch.object(model, "cfg", dataclasses.replace(model.cfg, causal=False)):
+        assert shared_prefix(model, clean, corrupt) is None
+    abl = ablated_outputs(model, "corrupted", clean, corrupt)
+    shared = shared_prefix(model, clean, corrupt)
+    starts, _ = prefixes(model, clean, abl)
+    with pytest.raises(cf.ConfigError, match="carries its own"):
+        masked_forward(model, clean, abl, model.graph.edge_mask.double(), start=starts[1], shared=shared)

@@ -43,12 +43,13 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from circuitfind.engine.shared_prefix import SharedPrefix, shared_prefix
 from circuitfind.engine.store import Workspace
 from circuitfind.engine.walk import Inputs, Walk
 from circuitfind.errors import ConfigError
 
-__all__ = ["Inputs", "Prefix", "Workspace", "masked_forward", "prefix", "prefixes", "sender_outputs", "clean_logits", "edge_effects",
-           "node_effects"]
+__all__ = ["Inputs", "Prefix", "SharedPrefix", "Workspace", "shared_prefix", "masked_forward", "prefix", "prefixes",
+           "sender_outputs", "clean_logits", "edge_effects", "node_effects"]
 
 
 @dataclass
@@ -76,7 +77,8 @@ def _as_masks(model, mask: Tensor, per_example: bool, batch: int) -> tuple[Tenso
 
 
 def masked_forward(model, inputs: Inputs, ablated: Tensor, mask: Tensor, *, per_example: bool = False,
-                   start: Prefix | None = None, workspace: Workspace | None = None) -> Tensor:
+                   start: Prefix | None = None, workspace: Workspace | None = None,
+                   shared: SharedPrefix | None = None) -> Tensor:
     """Logits at the answer positions with the edges of `mask` kept and all others ablated.
 
     inputs: the prompts (`Inputs`); ablated: [src, batch|1, pos|1, d_model] what each sender writes
@@ -84,6 +86,8 @@ def masked_forward(model, inputs: Inputs, ablated: Tensor, mask: Tensor, *, per_
     [k, dst, src] → [k, batch, vocab]; per_example=True with [batch, dst, src] → [batch, vocab].
     start: a `Prefix` of the clean run; every mask's rows below start.layer must be all ones.
     workspace: buffers to reuse from a previous call (`Workspace`; for sweeps of many masks).
+    shared: the prefix the prompts share with the ablated run (`shared_prefix`), not computed again
+    (a `start` carries its own).
     """
     masks, single = _as_masks(model, mask, per_example, inputs.batch)
     if start is not None:
@@ -92,28 +96,30 @@ def masked_forward(model, inputs: Inputs, ablated: Tensor, mask: Tensor, *, per_
         below = model.graph.receiver_layer < start.layer
         if not bool((masks[:, below] == model.graph.edge_mask[below].to(masks.device, masks.dtype)).all()):
             raise ConfigError(f"masks differ from the full graph below layer {start.layer}; the prefix cannot be reused")
+        if shared is not None and shared is not start.walk.shared:
+            raise ConfigError("a prefix's walk carries its own shared prefix; give it to prefix()/prefixes() instead")
         walk = start.walk.branch(masks, workspace)
     else:
-        walk = Walk(model, inputs, ablated, masks, per_example=per_example, workspace=workspace)
+        walk = Walk(model, inputs, ablated, masks, per_example=per_example, workspace=workspace, shared=shared)
     logits = walk.run()  # [k, b', vocab]
     if per_example:
         return logits[:, 0]
     return logits[0] if single else logits
 
 
-def prefix(model, inputs: Inputs, ablated: Tensor, layer: int) -> Prefix:
+def prefix(model, inputs: Inputs, ablated: Tensor, layer: int, shared: SharedPrefix | None = None) -> Prefix:
     """Run the clean model below `layer` once, for batches of masks that differ only from there on."""
     if not 0 <= layer <= model.cfg.n_layers:
         raise ConfigError(f"layer must be in [0, {model.cfg.n_layers}], got {layer}")
-    walk = Walk(model, inputs, ablated, None, record=True, branchable=True)
+    walk = Walk(model, inputs, ablated, None, record=True, branchable=True, shared=shared)
     walk.run(stop=layer)
     return Prefix(layer, walk)
 
 
-def prefixes(model, inputs: Inputs, ablated: Tensor) -> tuple[list[Prefix], Tensor]:
+def prefixes(model, inputs: Inputs, ablated: Tensor, shared: SharedPrefix | None = None) -> tuple[list[Prefix], Tensor]:
     """The clean run below every layer (index l: below layer l, for l in 0..n_layers) from one pass,
     and that run's logits [batch, vocab]: for sweeps that go down the layers (ACDC)."""
-    walk = Walk(model, inputs, ablated, None, record=True, branchable=True)
+    walk = Walk(model, inputs, ablated, None, record=True, branchable=True, shared=shared)
     out = []
     for layer in range(model.cfg.n_layers + 1):
         walk.run(stop=layer)
@@ -135,12 +141,14 @@ def clean_logits(model, inputs: Inputs) -> Tensor:
 
 
 def edge_effects(model, inputs: Inputs, ablated: Tensor, objective: Callable[[Tensor], Tensor], *,
-                 receivers: list[int] | None = None, max_masks: int = 64, quiet: bool = True) -> Tensor:
+                 receivers: list[int] | None = None, max_masks: int = 64, quiet: bool = True,
+                 shared: SharedPrefix | None = None) -> Tensor:
     """Exact effect of ablating each edge alone: objective(patched) − objective(clean), [dst, src].
 
     objective: logits [k, batch, vocab] → [k] (one value per mask). Receivers are taken layer by
     layer from one clean run: a patch into layer l reuses everything below l, and within layer l
-    only the patched head (or MLP) is recomputed per edge. receivers: restrict to these ids.
+    only the patched head (or MLP) is recomputed per edge. receivers: restrict to these ids. shared:
+    the prefix the prompts share with the ablated run, not computed (`shared_prefix`).
     """
     g = model.graph
     wanted = set(range(g.n_receivers) if receivers is None else receivers)
@@ -149,7 +157,7 @@ def edge_effects(model, inputs: Inputs, ablated: Tensor, objective: Callable[[Te
     out = torch.zeros(g.n_receivers, g.n_senders, device=model.device, dtype=torch.float64)
     full = g.edge_mask.to(model.device, model.dtype)
     with torch.no_grad():
-        walk = Walk(model, inputs, ablated, None, record=True, branchable=True)
+        walk = Walk(model, inputs, ablated, None, record=True, branchable=True, shared=shared)
         total = int(g.edge_mask[sorted(wanted)].sum())
         bar = tqdm(total=total, desc="exact patching", unit="edge", disable=quiet)
         for layer in range(g.n_layers + 1):
@@ -169,7 +177,7 @@ def edge_effects(model, inputs: Inputs, ablated: Tensor, objective: Callable[[Te
 
 
 def node_effects(model, inputs: Inputs, ablated: Tensor, objective: Callable[[Tensor], Tensor], *,
-                 max_masks: int | None = None) -> Tensor:
+                 max_masks: int | None = None, shared: SharedPrefix | None = None) -> Tensor:
     """Exact effect of ablating each node (all its out-edges) alone: objective(patched) − objective(clean), [src].
 
     objective: logits [k, batch, vocab] → [k]. A layer's nodes are ablated together in batches of
@@ -180,7 +188,7 @@ def node_effects(model, inputs: Inputs, ablated: Tensor, objective: Callable[[Te
     out = torch.zeros(g.n_senders, device=model.device, dtype=torch.float64)  # (as in edge_effects)
     full = g.edge_mask.to(model.device, model.dtype)
     with torch.no_grad():
-        walk = Walk(model, inputs, ablated, None, record=True, branchable=True)
+        walk = Walk(model, inputs, ablated, None, record=True, branchable=True, shared=shared)
         for layer in range(g.n_layers):
             walk.run(stop=layer)
             nodes = torch.arange(g.head_sender(layer, 0), g.mlp_sender(layer) + 1)  # its heads, then its MLP

@@ -21,6 +21,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from circuitfind.engine.shared_prefix import SharedPrefix
 from circuitfind.engine.store import DiffStore, Workspace, take
 from circuitfind.engine.walk_answer import AnswerPositions
 from circuitfind.engine.walk_grad import Gradients
@@ -52,7 +53,8 @@ class Walk(Heads, AnswerPositions, Gradients):
     def __init__(self, model, inputs: Inputs, ablated: Tensor, masks: Tensor | None, *, per_example: bool = False,
                  record: bool = False, on_grad: Callable[[Tensor, Tensor, slice | None], None] | None = None,
                  input_alpha: float = 1.0, branchable: bool = False, overwrite_ablated: bool = False,
-                 input_ablated: Tensor | None = None, workspace: Workspace | None = None):
+                 input_ablated: Tensor | None = None, workspace: Workspace | None = None,
+                 shared: SharedPrefix | None = None):
         self.model, self.cfg, self.g = model, model.cfg, model.graph
         b, p = inputs.tokens.shape
         if ablated.ndim != 4 or ablated.shape[0] != self.g.n_senders or ablated.shape[1] not in (1, b) \
@@ -61,6 +63,17 @@ class Walk(Heads, AnswerPositions, Gradients):
                               f"d_model={self.cfg.d_model}]; got {tuple(ablated.shape)}")
         if input_ablated is not None and (masks is not None or record or per_example):
             raise ConfigError("input_ablated is for unmasked, unrecorded walks")
+        # the shared prefix (shared_prefix.py): positions n.. alone, attention reading the prefix's keys
+        # and values; positions and attention masks stay those of the whole prompts
+        self.shared, n = shared, 0 if shared is None else shared.n
+        if shared is not None:
+            if on_grad is not None or input_alpha != 1.0 or input_ablated is not None or not self.cfg.causal:
+                raise ConfigError("a shared prefix is skipped only in masked or recorded forwards of a causal model")
+            self.key_positions = model.positions(inputs.attention_mask)  # [batch, pos]: of every key
+            self.full_mask = inputs.attention_mask
+            inputs = Inputs(inputs.tokens[:, n:], inputs.attention_mask[:, n:], inputs.answer_pos - n)
+            ablated = ablated[:, :, n:] if ablated.shape[2] > 1 else ablated
+            p -= n
         self.input_abl = None if input_ablated is None else input_ablated[None]  # [1, b|1, pos|1, d]
         self.inputs, self.masks, self.per_example = inputs, masks, per_example
         self.k = 1 if masks is None else masks.shape[0]
@@ -73,7 +86,7 @@ class Walk(Heads, AnswerPositions, Gradients):
         # ablated outputs in walk layout [src, K, b', pos, d]
         self.abl = ablated.unsqueeze(2) if per_example else ablated.unsqueeze(1)
         self.abl_is_zero = ablated.shape[1:3] == (1, 1) and not bool(ablated.any())
-        self.positions = model.positions(inputs.attention_mask)
+        self.positions = model.positions(inputs.attention_mask) if shared is None else self.key_positions[:, n:]
         self.active = self._active_senders()
         self.answer_only = self._answer_only_senders()
         self.mix_until = self._last_mixing_layer()
@@ -138,18 +151,43 @@ class Walk(Heads, AnswerPositions, Gradients):
     def _allowed_rows(self, layer: int, K: int) -> Tensor:
         key = (layer in self.cfg.sliding_layers, K)
         if key not in self._allowed:
-            self._allowed[key] = self.model.allowed(self.inputs.attention_mask, layer) if K == 1 \
-                else self._rows(self._allowed_rows(layer, 1), K)
+            if K > 1:
+                self._allowed[key] = self._rows(self._allowed_rows(layer, 1), K)
+            elif self.shared is None:
+                self._allowed[key] = self.model.allowed(self.inputs.attention_mask, layer)
+            else:  # the walk's query rows, every key (the shared prefix's first)
+                self._allowed[key] = self.model.allowed(self.full_mask, layer)[:, :, self.shared.n:].contiguous()
         return self._allowed[key]
 
     def _rope_rows(self, K: int, layer: int):
-        """(cos, sin) of the layer as attention rows [K·b', 1, pos, rotary_dim], computed once per K
-        (and per kind of layer where sliding layers rotate by frequencies of their own)."""
+        """(cos, sin) of the layer as attention rows [K·b', 1, pos, rotary_dim] at the keys' positions
+        (a shared prefix's too), computed once per K (and per kind of layer where sliding layers rotate
+        by frequencies of their own)."""
         key = ("rope", K, self.model.local_rope(layer))
         if key not in self._allowed:
-            rope = self.model.rope(self.positions, layer)
+            rope = self.model.rope(self.positions if self.shared is None else self.key_positions, layer)
             self._allowed[key] = None if rope is None else tuple(self._rows(t, K)[:, None] for t in rope)
         return self._allowed[key]
+
+    def _rope_query_rows(self, K: int, layer: int):
+        """The queries' (cos, sin) [K·b', 1, pos, rotary_dim] where they differ from the keys' (after a
+        shared prefix: the walk's positions alone), else None."""
+        rope = self._rope_rows(K, layer)
+        if rope is None or self.shared is None:
+            return None
+        return tuple(t[:, :, self.shared.n:] for t in rope)
+
+    def _with_prefix(self, layer: int, k: Tensor, v: Tensor, kv_heads: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Keys and values [K·b', h, pos, d_head] with the shared prefix's in front (its kv heads
+        `kv_heads`, or all of them), for every copy; as they are without one."""
+        if self.shared is None:
+            return k, v
+        K = k.shape[0] // self.bp
+        out = []
+        for t, cached in ((k, self.shared.keys[layer]), (v, self.shared.values[layer])):
+            cached = cached if kv_heads is None else cached[:, kv_heads]  # [batch, h, n, d_head]
+            out.append(torch.cat([self._rows(cached, K), t], dim=2))
+        return out[0], out[1]
 
     def branch(self, masks: Tensor, workspace: Workspace | None = None) -> "Walk":
         """A walk that continues this (recorded, unmasked) one from its current layer under new masks,

@@ -70,9 +70,11 @@ class AnswerPositions:
                     for xt, W, bias in zip(x.split(a), (attn.W_K, attn.W_V), (attn.b_k, attn.b_v)))
         K = max(K_q, K_kv)
         q, k, v = copies(q, K // K_q), copies(k, K // K_kv), copies(v, K // K_kv)
+        k, v = self._with_prefix(l, k, v, None if x is None and a == cfg.n_heads else groups)
         rows_at, at = torch.arange(K * bp, device=pos.device), self._answer_rows(K)[2]  # each row's answer position
-        rope = self._rope_rows(K, l)
-        q_rope = None if rope is None else tuple(t[rows_at, :, at][:, :, None] for t in rope)  # [K·b', 1, 1, rot]
+        rope = self._rope_rows(K, l)  # at the keys' positions: a shared prefix's first
+        at_key = at if self.shared is None else at + self.shared.n
+        q_rope = None if rope is None else tuple(t[rows_at, :, at_key][:, :, None] for t in rope)  # [K·b', 1, 1, rot]
         allowed = self._allowed_rows(l, K)[rows_at, :, at][:, :, None]  # [K·b', 1, 1, pos]
         z, _ = attn.attend(q, k, v, rope, allowed, q_rope=q_rope)  # [K·b', a, 1, d_head]
         out = torch.bmm(z[:, :, 0].transpose(0, 1), take(attn.W_O, heads, 0))  # [a, K·b', d]

@@ -104,8 +104,9 @@ class Heads:
             xn = ln(resid.expand(K, self.bp, p, self.d).reshape(B, p, self.d))
             q = proj(xn, attn.w_q, attn.b_q, dh)
             k, v = proj(xn, attn.w_k, attn.b_k, dh), proj(xn, attn.w_v, attn.b_v, dh)
+            kv_heads = None  # every kv head, in order
             if a < cfg.n_heads:
-                q, k, v = q[:, heads], k[:, groups], v[:, groups]
+                q, k, v, kv_heads = q[:, heads], k[:, groups], v[:, groups], groups
         else:  # a separate input per receiver, normed in the projection: [3a, K·b'·pos, d], or per kind
             if not isinstance(x, list):  # [(x_t, K_t)] with K_t ∈ {1, K}: a shared kind is projected once
                 x = [(part, K) for part in x.reshape(3 * a, -1).split(a)]
@@ -113,7 +114,11 @@ class Heads:
             q, k, v = (copies(proj_each(ln, xt.reshape(a, Kt * self.bp * p, self.d), take(W, idx, 0), bias, idx,
                                           dh, Kt * self.bp, p), K // Kt)
                        for (xt, Kt), (W, bias, idx) in zip(x, weights))
-        z, _ = attn.attend(q, k, v, self._rope_rows(K, l), self._allowed_rows(l, K))  # [B, a, pos, d_head]
+            kv_heads = groups
+        if self.on_grad is None:
+            k, v = self._with_prefix(l, k, v, kv_heads)  # a shared prefix's keys and values in front
+        z, _ = attn.attend(q, k, v, self._rope_rows(K, l), self._allowed_rows(l, K),
+                           q_rope=self._rope_query_rows(K, l))  # [B, a, pos, d_head]
         if self.on_grad is not None and self.masks is None and attn.post_norm is None:
             return self._tracked_head_diffs(l, attn, heads, z, senders, abl, K)
         z = z.transpose(0, 1).reshape(a, B * p, dh)
