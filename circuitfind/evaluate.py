@@ -71,7 +71,7 @@ def _metric_of_masks(model, parts, masks: Tensor, chunk: int, quiet: bool = True
             for chunk_masks in masks.split(chunk):
                 chunk_masks = chunk_masks.to(model.device, model.dtype)
                 out.append(setup.per_mask(masked_forward(model, setup.batch.clean, setup.ablated, chunk_masks,
-                                                         workspace=workspace)))
+                                                         workspace=workspace, shared=setup.shared)))
                 bar.update(len(chunk_masks))
             total = total + setup.weight * torch.cat(out)
             full += setup.weight * float(setup.per_mask(setup.targets.clean_logits[None])[0])

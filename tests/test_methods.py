@@ -674,3 +674,30 @@ def test_exact_scores_of_a_bfloat16_model_are_not_rounding():
     batch = task.batch(half).clean
     assert half(batch.tokens, batch.attention_mask, at=batch.answer_pos).dtype == torch.float32
     assert half(batch.tokens, batch.attention_mask).dtype == torch.bfloat16  # whole-sequence logits stay narrow
+
+
+def test_methods_skip_the_prefix_clean_and_corrupted_share_without_changing_a_result():
+    """On toy-lm greater-than the prompts agree on their first 8 of 13 positions: exact patching (both
+    directions), ACDC and the faithfulness curve skip them (setups finds the prefix) and give what the
+    walk over whole prompts gives."""
+    import circuitfind.methods.common as common
+    from circuitfind.engine.shared_prefix import clean_run
+    model = cf.load_model("toy-lm").double()
+    task = cf.load_task("greater-than", n=8)
+    assert next(iter(common.setups(model, task, "corrupted"))).shared.n == 8
+    assert next(iter(common.setups(model, task, "mean"))).shared is None  # only the corrupted run shares it
+
+    def run():
+        scores = {m: cf.score_edges(model, task, m).scores for m in ("exact", "exact-denoising", "exact-node")}
+        acdc = cf.score_edges(model, task, "acdc", threshold=0.002)
+        curve = cf.faithfulness_curve(model, task, cf.score_edges(model, task, "eap"), ranking="signed")
+        return scores, acdc, curve
+    skipped = run()
+    with mock.patch.object(common, "clean_run", lambda model, inputs, other=None: clean_run(model, inputs, None)):
+        assert next(iter(common.setups(model, task, "corrupted"))).shared is None
+        whole = run()
+    for method, s in whole[0].items():
+        assert s.abs().max() > 1e-3 and torch.allclose(skipped[0][method], s, atol=1e-6), method
+    kept = [cf.prune(a, threshold=0.002, absolute=False, remove_dangling=False) for a in (skipped[1], whole[1])]
+    assert torch.equal(kept[0].mask, kept[1].mask) and 0 < kept[0].n_edges < model.graph.n_edges
+    assert all(abs(a - b) < 1e-6 for a, b in zip(skipped[2].faithfulness_signed, whole[2].faithfulness_signed))

@@ -94,7 +94,8 @@ def _values(model, batches, cfg, masks, starts=None, workspace=None):
     with torch.no_grad():
         for i, setup in enumerate(batches):
             logits = masked_forward(model, setup.batch.clean, setup.ablated, masks, workspace=workspace,
-                                    start=None if starts is None else starts[i])  # [k, batch, vocab]
+                                    start=None if starts is None else starts[i],
+                                    shared=setup.shared if starts is None else None)  # [k, batch, vocab]
             total = total + setup.weight * _lost(setup, cfg, logits)
     return total
 
@@ -112,7 +113,7 @@ def _run(model, batches, cfg, quiet):
     bar = tqdm(total=int(g.edge_mask[list(wanted)].sum()), desc="ACDC", unit="edge", disable=quiet)
     # one recorded clean pass per batch: the prefix below every layer, and the whole circuit's value
     with torch.no_grad():
-        runs = [prefixes(model, s.batch.clean, s.ablated) for s in batches]
+        runs = [prefixes(model, s.batch.clean, s.ablated, s.shared) for s in batches]
         current = float(sum(s.weight * _lost(s, cfg, logits[None]) for s, (_, logits) in zip(batches, runs))[0])
     if cfg.naive:
         _naive(model, batches, cfg, circuit, current, scores, _groups(g, wanted), bar)

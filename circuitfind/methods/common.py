@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from circuitfind.engine.ablation import ABLATIONS, ablated_outputs, mean_outputs
-from circuitfind.engine.patching import clean_logits
+from circuitfind.engine.shared_prefix import SharedPrefix, clean_run
 from circuitfind.errors import ConfigError, count
 from circuitfind.metrics import HIGHER_IS_BETTER, Targets, kl, resolve_metric
 from circuitfind.task import Batch, Task
@@ -33,6 +33,7 @@ class Setup:
     metric: object
     sign: float  # +1 if higher metric = better behaviour
     weight: float = 1.0  # this batch's share of the task's examples (batch_size=: one Setup per batch)
+    shared: SharedPrefix | None = None  # the positions the clean and corrupted prompts share: masked forwards skip them
 
     def per_mask(self, logits: Tensor, metric=None) -> Tensor:
         """Mean metric (the task's, or the one given) per mask: logits [k, batch, vocab] → [k]."""
@@ -89,8 +90,9 @@ def setups(model, task: Task, ablation: str, seed: int = 0, batch_size: int | No
     if ablation == "resample" and len(parts) > 1:
         raise ConfigError("resample ablation draws each example's donor from the whole task, which batch_size "
                           f"splits ({len(parts)} batches); use another ablation, or no batch_size")
-    with torch.no_grad():
-        logits = [clean_logits(model, part.clean) for part in parts]
+    with torch.no_grad():  # the clean runs, and the prefix each batch shares with its corrupted prompts
+        runs = [clean_run(model, part.clean, part.corrupt if ablation == "corrupted" else None) for part in parts]
+        logits = [part_logits for part_logits, _ in runs]
         for part, part_logits in zip(parts, logits):
             task.check_metric(model, part, part_logits)  # before the long work
         means = None
@@ -109,7 +111,9 @@ def setups(model, task: Task, ablation: str, seed: int = 0, batch_size: int | No
                 ablated = means
             else:
                 ablated = ablated_outputs(model, ablation, part.clean, part.corrupt, seed=seed)
-        return Setup(part, ablated, part.targets.with_clean(logits[i]), metric, sign, part.size / batch.size)
+        # (its keys and values are the clean run's; the corrupted run's are the same there, for denoising)
+        return Setup(part, ablated, part.targets.with_clean(logits[i]), metric, sign, part.size / batch.size,
+                     runs[i][1])
     return Batches(len(parts), make)
 
 

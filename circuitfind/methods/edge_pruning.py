@@ -104,7 +104,7 @@ def score(model, task, cfg: EdgePruningConfig, ablation: str = "corrupted", seed
                 gates = gates * sample_gates(node_logits, generator)[None, :]
                 keep = keep * keep_probability(node_logits)[None, :]
             mask = torch.where(edges, gates, torch.ones_like(gates))
-            logits = masked_forward(model, setup.batch.clean, setup.ablated, mask.to(model.dtype))
+            logits = masked_forward(model, setup.batch.clean, setup.ablated, mask.to(model.dtype), shared=setup.shared)
             loss_task = objective(logits.float())
             sparsity = 1 - (keep * edges).sum() / n_edges
             target = cfg.sparsity * min(1.0, (step + 1) / max(1.0, cfg.warmup * cfg.steps))

@@ -50,9 +50,10 @@ def score(model, task, cfg: ExactConfig, ablation: str = "corrupted", seed: int 
         # corrupted run, each edge given its clean value (s.ablated holds the clean run's outputs then)
         run = s.batch.corrupt if denoising else s.batch.clean
         if cfg.level == "node":
-            part = node_effects(model, run, s.ablated, s.per_mask, max_masks=cfg.max_masks)
+            part = node_effects(model, run, s.ablated, s.per_mask, max_masks=cfg.max_masks, shared=s.shared)
         else:
-            part = edge_effects(model, run, s.ablated, s.per_mask, max_masks=cfg.max_masks, quiet=quiet)
+            part = edge_effects(model, run, s.ablated, s.per_mask, max_masks=cfg.max_masks, quiet=quiet,
+                                shared=s.shared)
         # part: m(patched) − m(run); noising's score is the behaviour lost, denoising's the behaviour restored
         effects = effects + (1 if denoising else -1) * s.sign * s.weight * part
     return on_out_edges(model.graph, effects) if cfg.level == "node" else effects
