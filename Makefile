@@ -27,6 +27,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/methods.py
 	$(PY) benchmarks/acdc_layers.py
 	$(PY) benchmarks/batching.py
+	$(PY) benchmarks/shared_prefix.py
 	$(PY) benchmarks/correlation.py
 	$(PY) benchmarks/edge_pruning.py
 

@@ -18,6 +18,8 @@ How it stays fast:
 - A layer whose mask rows are all ones reads the real residual stream: no mixing, fused projections.
 - A sender none of whose out-edges is kept in any mask is not computed (its ablated output stands in).
 - Logits are computed only at each example's answer position.
+- Positions the prompts share with the ablated run (`shared_prefix.py`) are not computed at all: under
+  every mask they are the clean run's, and later positions read only their keys and values.
 - `prefix(...)` caches the clean run below a layer; a batch of masks whose rows below that layer are
   all ones continues from it (exact patching and ACDC patch one layer at a time). `prefixes(...)`
   gives the prefix below every layer from one pass (snapshots sharing its stored D).
