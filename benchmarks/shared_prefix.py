@@ -4,7 +4,8 @@ Each case runs the same work with and without the skip, in turns (medians), and 
 agree. No target: the issues ask for none; the figures are on record here and in RESULTS.md.
 
 - GPT-2-small-sized random model, 8 prompts × 64 tokens whose corrupted versions change only the last
-  16 (a late corruption, as in greater-than): one dense masked forward, and the faithfulness curve.
+  16 (a late corruption, as in greater-than): one dense masked forward, the faithfulness curve and
+  EAP-IG (whose passes skip the prefix too: no edge has an effect there).
 - toy-lm, 30 prompts: `exact` on greater-than (8 of 13 positions shared), mcqa (10 of 23) and IOI (2 of 19).
 """
 
@@ -79,6 +80,20 @@ def main():
     gap = max(abs(a - b) for a, b in zip(curves["whole"].faithfulness_signed, curves["skip"].faithfulness_signed))
     print(f"  faithfulness curve (10 sizes, signed): {t_whole:.2f} s whole, {t_skip:.2f} s skipping = "
           f"{t_whole / t_skip:.2f}x; max |Δf| {gap:.1e}")
+
+    ig = {}
+
+    def eap_ig(label):
+        def run():
+            if label == "whole":
+                with whole_prompts():
+                    ig[label] = cf.score_edges(model, task, "eap-ig").scores
+            else:
+                ig[label] = cf.score_edges(model, task, "eap-ig").scores
+        return run
+    t_whole, t_skip = timeit_alternating(eap_ig("whole"), eap_ig("skip"), repeat=3)
+    print(f"  EAP-IG (5 steps): {t_whole:.2f} s whole, {t_skip:.2f} s skipping = {t_whole / t_skip:.2f}x; "
+          f"max |Δscore| {(ig['whole'] - ig['skip']).abs().max():.1e} (largest {ig['whole'].abs().max():.1e})")
 
     toy = cf.load_model("toy-lm")
     for name in ("greater-than", "mcqa", "ioi"):

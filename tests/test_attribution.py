@@ -215,3 +215,29 @@ def test_a_walk_with_gradients_is_freed_after_its_pass(family):
     del walk
     gc.collect()
     assert ref() is None
+
+
+@pytest.mark.parametrize("family", ["gpt2", "gpt_neox", "llama", "gemma2", "gemma3_text"])
+def test_a_shared_prefix_skipped_leaves_every_attribution_score(family):
+    """Where the clean and corrupted prompts share their first positions, no edge has an effect there
+    (D = 0): EAP, EAP-IG over the inputs (the clean-corrupted endpoints too) and over the activations
+    skip them, given the corrupted run's outputs whole or past the prefix alone (written over, consume),
+    and give the whole-prompt scores, equal to the mask gradients of the slow path."""
+    from circuitfind.engine.patching import shared_prefix
+    model = cf.from_hf(tiny_hf(family)).double()
+    clean, corrupt = _pair(pos=9)
+    corrupt = Inputs.of(torch.cat([clean.tokens[:, :5], corrupt.tokens[:, 5:]], 1), clean.attention_mask)
+    shared = shared_prefix(model, clean, corrupt)
+    assert shared.n == 5
+    whole = ablated_outputs(model, "corrupted", clean, corrupt)
+    for alphas, interpolate in (((1.0,), "inputs"), ((0.25, 0.5, 1.0), "inputs"), ((0.0, 1.0), "inputs"),
+                                ((0.5, 1.0), "activations")):
+        want = attribute(model, clean, whole, _objective, alphas=alphas, interpolate=interpolate).double()
+        assert want.abs().max() > 1e-3
+        got = attribute(model, clean, whole, _objective, alphas=alphas, interpolate=interpolate, shared=shared)
+        assert torch.allclose(got.double(), want, atol=1e-6)
+        past = ablated_outputs(model, "corrupted", clean, corrupt, shared=shared)
+        assert past.shape[2] == 9 - 5
+        got = attribute(model, clean, past, _objective, alphas=alphas, interpolate=interpolate, consume=True,
+                        shared=shared)
+        assert torch.allclose(got.double(), want, atol=1e-6)

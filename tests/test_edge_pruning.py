@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import circuitfind as cf
+from circuitfind.engine.ablation import ablated_outputs
 from circuitfind.errors import ConfigError
 from circuitfind.methods.common import prepare
 from circuitfind.methods.edge_pruning import (
@@ -49,12 +50,13 @@ def _visible_truth(model, task_name, ablation):
     setup = prepare(model, cf.load_task(task_name, n=40), ablation)
     inp = setup.batch.clean
     full = g.mask_from_edges(truth).double()
-    base = reference_masked_logits(model, inp.tokens, inp.attention_mask, inp.answer_pos, setup.ablated, full)
+    abl = setup.ablated if setup.shared is None else ablated_outputs(model, ablation, inp, setup.batch.corrupt)
+    base = reference_masked_logits(model, inp.tokens, inp.attention_mask, inp.answer_pos, abl, full)
     visible = []
     for e in truth:
         mask = full.clone()
         mask[g.edge_index(e)] = 0
-        out = reference_masked_logits(model, inp.tokens, inp.attention_mask, inp.answer_pos, setup.ablated, mask)
+        out = reference_masked_logits(model, inp.tokens, inp.attention_mask, inp.answer_pos, abl, mask)
         if (out - base).abs().max() > 1e-6:
             visible.append(e)
     return visible

@@ -678,17 +678,19 @@ def test_exact_scores_of_a_bfloat16_model_are_not_rounding():
 
 def test_methods_skip_the_prefix_clean_and_corrupted_share_without_changing_a_result():
     """On toy-lm greater-than the prompts agree on their first 8 of 13 positions: exact patching (both
-    directions), ACDC and the faithfulness curve skip them (setups finds the prefix) and give what the
-    walk over whole prompts gives."""
+    directions), EAP, EAP-IG, ACDC and the faithfulness curve skip them (setups finds the prefix, and
+    makes the corrupted run's outputs past it alone) and give what the walk over whole prompts gives."""
     import circuitfind.methods.common as common
     from circuitfind.engine.shared_prefix import clean_run
     model = cf.load_model("toy-lm").double()
     task = cf.load_task("greater-than", n=8)
-    assert next(iter(common.setups(model, task, "corrupted"))).shared.n == 8
+    setup = next(iter(common.setups(model, task, "corrupted")))
+    assert setup.shared.n == 8 and setup.ablated.shape[2] == 13 - 8
     assert next(iter(common.setups(model, task, "mean"))).shared is None  # only the corrupted run shares it
 
     def run():
-        scores = {m: cf.score_edges(model, task, m).scores for m in ("exact", "exact-denoising", "exact-node")}
+        scores = {m: cf.score_edges(model, task, m).scores
+                  for m in ("exact", "exact-denoising", "exact-node", "eap", "eap-ig", "eap-ig-activations")}
         acdc = cf.score_edges(model, task, "acdc", threshold=0.002)
         curve = cf.faithfulness_curve(model, task, cf.score_edges(model, task, "eap"), ranking="signed")
         return scores, acdc, curve

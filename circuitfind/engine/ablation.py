@@ -18,22 +18,26 @@ import warnings
 import torch
 from torch import Tensor
 
-from circuitfind.engine.patching import Inputs, sender_outputs
+from circuitfind.engine.patching import Inputs, SharedPrefix, sender_outputs
 from circuitfind.errors import ConfigError
 
 ABLATIONS = ("corrupted", "mean", "mean-positional", "zero", "resample")
 
 
 def ablated_outputs(model, ablation: str, clean: Inputs, corrupt: Inputs | None = None, *,
-                    reference: Inputs | None = None, seed: int = 0) -> Tensor:
+                    reference: Inputs | None = None, seed: int = 0, shared: SharedPrefix | None = None) -> Tensor:
     """Ablated sender outputs [src, batch|1, pos|1, d_model] for the clean prompts.
 
     corrupt: the corrupted prompts (needed for "corrupted"); reference: the prompts means are
-    taken over (default: the clean prompts themselves).
+    taken over (default: the clean prompts themselves). shared: the prefix the clean and corrupted
+    prompts share (`shared_prefix`): the corrupted run's outputs only past it, [src, batch, pos − n,
+    d_model], for walks given the same prefix (corrupted ablation only).
     """
     if ablation not in ABLATIONS:
         raise ConfigError(f"unknown ablation {ablation!r}; choose one of {', '.join(ABLATIONS)}")
     g, d = model.graph, model.cfg.d_model
+    if shared is not None and ablation != "corrupted":
+        raise ConfigError(f"a shared prefix is the clean and corrupted prompts'; {ablation} ablation has none")
     if ablation == "zero":
         return torch.zeros(g.n_senders, 1, 1, d, dtype=model.dtype, device=model.device)
     if ablation == "corrupted":
@@ -43,7 +47,7 @@ def ablated_outputs(model, ablation: str, clean: Inputs, corrupt: Inputs | None 
             raise ConfigError(f"clean prompts are {tuple(clean.tokens.shape)} tokens but corrupted ones "
                               f"{tuple(corrupt.tokens.shape)}; patching aligns them position by position, so "
                               "they must have equal token length (reword, or use mean/zero ablation)")
-        return sender_outputs(model, corrupt)
+        return sender_outputs(model, corrupt, shared)
     if ablation == "resample":
         if clean.batch < 2:
             raise ConfigError("resample ablation needs at least 2 examples to draw from")

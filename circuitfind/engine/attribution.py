@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from circuitfind.engine.shared_prefix import SharedPrefix
 from circuitfind.engine.walk import Inputs, Walk
 from circuitfind.errors import ConfigError
 
@@ -48,7 +49,8 @@ class _Scorer:
 
 
 def attribute(model, inputs: Inputs, ablated: Tensor, objective: Objective, *,
-              alphas: Sequence[float] = (1.0,), interpolate: str = "inputs", consume: bool = False) -> Tensor:
+              alphas: Sequence[float] = (1.0,), interpolate: str = "inputs", consume: bool = False,
+              shared: SharedPrefix | None = None) -> Tensor:
     """First-order edge scores [dst, src] (zero off the graph), averaged over the interpolation alphas.
 
     alphas: where to take gradients, as fractions of the way from the ablated run (0) to the clean
@@ -57,6 +59,9 @@ def attribute(model, inputs: Inputs, ablated: Tensor, objective: Objective, *,
     consume: the caller no longer needs `ablated` (dense [src, batch, pos, d]); the sender differences
     are then written over it instead of into a second buffer of its size, and its contents are
     undefined after (interpolating inputs only; "activations" reads every ablated output each pass).
+    shared: the prefix the prompts share with the ablated run (`shared_prefix`): no edge has an effect
+    there (D = 0), so every pass skips it. `consume` needs `ablated` past the prefix alone then (as
+    `ablated_outputs(..., shared=)` makes it).
     """
     if not alphas:
         raise ConfigError("alphas must name at least one interpolation point")
@@ -66,11 +71,13 @@ def attribute(model, inputs: Inputs, ablated: Tensor, objective: Objective, *,
     scorer = _Scorer(g, model.device, 1.0 / len(alphas))
     # consume: the recording pass writes D over `ablated`; the input's ablated output, which the
     # interpolated passes still read, is kept aside first if there are any
-    reuse = consume and interpolate == "inputs" and ablated.shape[1:3] == inputs.tokens.shape and ablated.is_contiguous()
+    b, p = inputs.tokens.shape
+    reuse = consume and interpolate == "inputs" and ablated.is_contiguous() \
+        and ablated.shape[1:3] == (b, p - (0 if shared is None else shared.n))
     interpolated = any(alpha != 1.0 for alpha in alphas)
     input_abl = ablated[0].clone() if reuse and interpolated else ablated[0]
     if 1.0 not in alphas:  # D comes from the clean run; the alpha = 1 pass records it itself
-        clean = Walk(model, inputs, ablated, None, record=True, overwrite_ablated=reuse)
+        clean = Walk(model, inputs, ablated, None, record=True, overwrite_ablated=reuse, shared=shared)
         with torch.no_grad():
             clean.run()
         scorer.D = clean.diffs().reshape(g.n_senders, -1)
@@ -78,12 +85,14 @@ def attribute(model, inputs: Inputs, ablated: Tensor, objective: Objective, *,
         with torch.enable_grad():  # whatever the caller's grad mode, this pass needs gradients
             if interpolate == "activations" and alpha != 1.0:
                 masks = (float(alpha) * g.edge_mask.to(model.device, model.dtype))[None]
-                walk = Walk(model, inputs, ablated, masks, on_grad=scorer)
+                walk = Walk(model, inputs, ablated, masks, on_grad=scorer, shared=shared)
             elif scorer.D is None:  # the clean run, recording D
-                walk = Walk(model, inputs, ablated, None, on_grad=scorer, record=True, overwrite_ablated=reuse)
+                walk = Walk(model, inputs, ablated, None, on_grad=scorer, record=True, overwrite_ablated=reuse,
+                            shared=shared)
             else:  # an interpolated input; no other sender's ablated output is read
                 zeros = ablated.new_zeros(g.n_senders, 1, 1, ablated.shape[-1])
-                walk = Walk(model, inputs, zeros, None, on_grad=scorer, input_alpha=float(alpha), input_ablated=input_abl)
+                walk = Walk(model, inputs, zeros, None, on_grad=scorer, input_alpha=float(alpha), input_ablated=input_abl,
+                            shared=shared)
             logits = walk.run()[0]
             if scorer.D is None:
                 scorer.D = walk.diffs().reshape(g.n_senders, -1)

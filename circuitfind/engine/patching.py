@@ -129,10 +129,11 @@ def prefixes(model, inputs: Inputs, ablated: Tensor, shared: SharedPrefix | None
     return out, walk.run()[0]
 
 
-def sender_outputs(model, inputs: Inputs) -> Tensor:
-    """What every sender writes to the residual stream in the clean run: [src, batch, pos, d_model]."""
+def sender_outputs(model, inputs: Inputs, shared: SharedPrefix | None = None) -> Tensor:
+    """What every sender writes to the residual stream in the clean run: [src, batch, pos, d_model]
+    (only at the positions past `shared`, where given)."""
     zero = torch.zeros(model.graph.n_senders, 1, 1, model.cfg.d_model, dtype=model.dtype, device=model.device)
-    walk = Walk(model, inputs, zero, None, record=True)
+    walk = Walk(model, inputs, zero, None, record=True, shared=shared)
     walk.run()
     return walk.diffs()
 

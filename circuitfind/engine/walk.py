@@ -57,22 +57,27 @@ class Walk(Heads, AnswerPositions, Gradients):
                  shared: SharedPrefix | None = None):
         self.model, self.cfg, self.g = model, model.cfg, model.graph
         b, p = inputs.tokens.shape
+        n = 0 if shared is None else shared.n
         if ablated.ndim != 4 or ablated.shape[0] != self.g.n_senders or ablated.shape[1] not in (1, b) \
-                or ablated.shape[2] not in (1, p) or ablated.shape[3] != self.cfg.d_model:
-            raise ConfigError(f"ablated outputs must be [src={self.g.n_senders}, batch|1, pos|1, "
+                or ablated.shape[2] not in {1, p, p - n} or ablated.shape[3] != self.cfg.d_model:
+            past = f" (or the {p - n} past the shared prefix)" if n else ""
+            raise ConfigError(f"ablated outputs must be [src={self.g.n_senders}, batch|1, pos|1{past}, "
                               f"d_model={self.cfg.d_model}]; got {tuple(ablated.shape)}")
         if input_ablated is not None and (masks is not None or record or per_example):
             raise ConfigError("input_ablated is for unmasked, unrecorded walks")
         # the shared prefix (shared_prefix.py): positions n.. alone, attention reading the prefix's keys
-        # and values; positions and attention masks stay those of the whole prompts
-        self.shared, n = shared, 0 if shared is None else shared.n
+        # and values; positions and attention masks stay those of the whole prompts. The ablated outputs
+        # may cover the whole prompts or only the positions past the prefix.
+        self.shared = shared
         if shared is not None:
-            if on_grad is not None or input_alpha != 1.0 or input_ablated is not None or not self.cfg.causal:
-                raise ConfigError("a shared prefix is skipped only in masked or recorded forwards of a causal model")
+            if not self.cfg.causal:
+                raise ConfigError("a shared prefix is skipped only in a causal model (it settles nothing otherwise)")
             self.key_positions = model.positions(inputs.attention_mask)  # [batch, pos]: of every key
             self.full_mask = inputs.attention_mask
             inputs = Inputs(inputs.tokens[:, n:], inputs.attention_mask[:, n:], inputs.answer_pos - n)
-            ablated = ablated[:, :, n:] if ablated.shape[2] > 1 else ablated
+            ablated = ablated[:, :, n:] if ablated.shape[2] == p > 1 else ablated
+            if input_ablated is not None and input_ablated.shape[1] == p > 1:
+                input_ablated = input_ablated[:, n:]
             p -= n
         self.input_abl = None if input_ablated is None else input_ablated[None]  # [1, b|1, pos|1, d]
         self.inputs, self.masks, self.per_example = inputs, masks, per_example

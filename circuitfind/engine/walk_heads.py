@@ -100,6 +100,7 @@ class Heads:
         groups = heads // cfg.group_size
         if x is None and self.on_grad is not None:  # shared input, one gradient per receiver
             q, k, v = self._tracked_qkv(l, ln, attn, heads, resid.reshape(B, p, self.d))
+            kv_heads = groups  # (one key and value per query head)
         elif x is None:  # one shared input: fused projections, keys and values once per kv head
             xn = ln(resid.expand(K, self.bp, p, self.d).reshape(B, p, self.d))
             q = proj(xn, attn.w_q, attn.b_q, dh)
@@ -115,8 +116,7 @@ class Heads:
                                           dh, Kt * self.bp, p), K // Kt)
                        for (xt, Kt), (W, bias, idx) in zip(x, weights))
             kv_heads = groups
-        if self.on_grad is None:
-            k, v = self._with_prefix(l, k, v, kv_heads)  # a shared prefix's keys and values in front
+        k, v = self._with_prefix(l, k, v, kv_heads)  # a shared prefix's keys and values in front
         z, _ = attn.attend(q, k, v, self._rope_rows(K, l), self._allowed_rows(l, K),
                            q_rope=self._rope_query_rows(K, l))  # [B, a, pos, d_head]
         if self.on_grad is not None and self.masks is None and attn.post_norm is None:

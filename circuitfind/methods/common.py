@@ -28,7 +28,9 @@ log = logging.getLogger(__name__)
 @dataclass
 class Setup:
     batch: Batch
-    ablated: Tensor  # [src, batch|1, pos|1, d_model] what a patched edge carries (denoising: the clean run's outputs)
+    # [src, batch|1, pos|1, d_model] what a patched edge carries (denoising: the clean run's outputs); with a
+    # shared prefix, only the positions past it: walks take `shared` with it
+    ablated: Tensor
     targets: Targets  # with the clean logits, for KL
     metric: object
     sign: float  # +1 if higher metric = better behaviour
@@ -105,15 +107,14 @@ def setups(model, task: Task, ablation: str, seed: int = 0, batch_size: int | No
     def make(i: int) -> Setup:
         part = parts[i]
         with torch.no_grad():
+            shared = runs[i][1]  # (its keys and values the clean run's: the corrupted run's are the same there)
             if denoising:  # the roles swapped: the clean run's outputs, patched into the corrupted run
-                ablated = ablated_outputs(model, "corrupted", part.corrupt, part.clean)
+                ablated = ablated_outputs(model, "corrupted", part.corrupt, part.clean, shared=shared)
             elif means is not None:
                 ablated = means
             else:
-                ablated = ablated_outputs(model, ablation, part.clean, part.corrupt, seed=seed)
-        # (its keys and values are the clean run's; the corrupted run's are the same there, for denoising)
-        return Setup(part, ablated, part.targets.with_clean(logits[i]), metric, sign, part.size / batch.size,
-                     runs[i][1])
+                ablated = ablated_outputs(model, ablation, part.clean, part.corrupt, seed=seed, shared=shared)
+        return Setup(part, ablated, part.targets.with_clean(logits[i]), metric, sign, part.size / batch.size, shared)
     return Batches(len(parts), make)
 
 

@@ -17,6 +17,7 @@ class EAPConfig:
 
 def score(model, task, cfg: EAPConfig, ablation: str = "corrupted", seed: int = 0, batch_size: int | None = None):
     refuse_gradient_at_clean_of_kl(task, "eap-node" if cfg.level == "node" else "eap")
-    edges = sum(-s.sign * s.weight * attribute(model, s.batch.clean, s.ablated, s.objective, consume=True)
+    edges = sum(-s.sign * s.weight * attribute(model, s.batch.clean, s.ablated, s.objective, consume=True,
+                                               shared=s.shared)
                 for s in setups(model, task, ablation, seed, batch_size))
     return to_level(warn_if_all_zero(edges, task, "eap"), model.graph, cfg.level)

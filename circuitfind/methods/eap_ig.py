@@ -35,7 +35,7 @@ def score(model, task, cfg: EAPIGConfig, ablation: str = "corrupted", seed: int 
         refuse_gradient_at_clean_of_kl(task, f"eap-ig with steps=1 (variant {cfg.variant})")
     interpolate = "activations" if cfg.variant == "activations" else "inputs"
     edges = sum(-s.sign * s.weight * attribute(model, s.batch.clean, s.ablated, s.objective, alphas=alphas,
-                                               interpolate=interpolate, consume=True)
+                                               interpolate=interpolate, consume=True, shared=s.shared)
                 for s in setups(model, task, ablation, seed, batch_size))
     if alphas == [1.0]:
         warn_if_all_zero(edges, task, "eap-ig (one step)")
