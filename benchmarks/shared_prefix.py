@@ -45,6 +45,21 @@ def whole_prompts():
     return mock.patch.object(common, "clean_run", lambda model, inputs, other=None: clean_run(model, inputs, None))
 
 
+def both_ways(compute, repeat=3):
+    """compute() timed over whole prompts and skipping the shared prefix, in turns (medians): the two
+    times and the two results."""
+    out = {}
+
+    def whole():
+        with whole_prompts():
+            out["whole"] = compute()
+
+    def skip():
+        out["skip"] = compute()
+    t_whole, t_skip = timeit_alternating(whole, skip, repeat=repeat)
+    return t_whole, t_skip, out["whole"], out["skip"]
+
+
 def main():
     torch.set_grad_enabled(False)
     model = cf.from_hf(gpt2_small_random())
@@ -59,60 +74,30 @@ def main():
     dense = torch.rand(g.n_receivers, g.n_senders, generator=torch.Generator().manual_seed(1))
     t_whole, t_skip = timeit_alternating(lambda: masked_forward(model, clean, abl, dense),
                                          lambda: masked_forward(model, clean, abl, dense, shared=shared), repeat=5)
-    gap = (masked_forward(model, clean, abl, dense) - masked_forward(model, clean, abl, dense, shared=shared)).abs().max()
+    gap = (masked_forward(model, clean, abl, dense)
+           - masked_forward(model, clean, abl, dense, shared=shared)).abs().max()
     print(f"GPT-2-small-sized, 8 × 64 tokens, {shared.n} shared: dense masked forward {t_whole * 1e3:.0f} ms whole, "
           f"{t_skip * 1e3:.0f} ms skipping the prefix = {t_whole / t_skip:.2f}x; max |Δlogit| {gap:.1e}")
 
     task = LateCorruption(n=8)
     scores = cf.score_edges(model, task, "eap")
     test = task.with_split("test")
-    curves = {}
-
-    def curve(label):
-        def run():
-            if label == "whole":
-                with whole_prompts():
-                    curves[label] = cf.faithfulness_curve(model, test, scores, ranking="signed")
-            else:
-                curves[label] = cf.faithfulness_curve(model, test, scores, ranking="signed")
-        return run
-    t_whole, t_skip = timeit_alternating(curve("whole"), curve("skip"), repeat=3)
-    gap = max(abs(a - b) for a, b in zip(curves["whole"].faithfulness_signed, curves["skip"].faithfulness_signed))
+    t_whole, t_skip, a, b = both_ways(lambda: cf.faithfulness_curve(model, test, scores, ranking="signed"))
+    gap = max(abs(x - y) for x, y in zip(a.faithfulness_signed, b.faithfulness_signed))
     print(f"  faithfulness curve (10 sizes, signed): {t_whole:.2f} s whole, {t_skip:.2f} s skipping = "
           f"{t_whole / t_skip:.2f}x; max |Δf| {gap:.1e}")
-
-    ig = {}
-
-    def eap_ig(label):
-        def run():
-            if label == "whole":
-                with whole_prompts():
-                    ig[label] = cf.score_edges(model, task, "eap-ig").scores
-            else:
-                ig[label] = cf.score_edges(model, task, "eap-ig").scores
-        return run
-    t_whole, t_skip = timeit_alternating(eap_ig("whole"), eap_ig("skip"), repeat=3)
+    t_whole, t_skip, a, b = both_ways(lambda: cf.score_edges(model, task, "eap-ig").scores)
     print(f"  EAP-IG (5 steps): {t_whole:.2f} s whole, {t_skip:.2f} s skipping = {t_whole / t_skip:.2f}x; "
-          f"max |Δscore| {(ig['whole'] - ig['skip']).abs().max():.1e} (largest {ig['whole'].abs().max():.1e})")
+          f"max |Δscore| {(a - b).abs().max():.1e} (largest {a.abs().max():.1e})")
 
     toy = cf.load_model("toy-lm")
     for name in ("greater-than", "mcqa", "ioi"):
         task = cf.load_task(name, n=30)
-        out = {}
-
-        def exact(label):
-            def run():
-                if label == "whole":
-                    with whole_prompts():
-                        out[label] = cf.score_edges(toy, task, "exact").scores
-                else:
-                    out[label] = cf.score_edges(toy, task, "exact").scores
-            return run
-        t_whole, t_skip = timeit_alternating(exact("whole"), exact("skip"), repeat=3)
-        n = common.setups(toy, task, "corrupted").__iter__().__next__().shared
+        t_whole, t_skip, a, b = both_ways(lambda: cf.score_edges(toy, task, "exact").scores)  # noqa: B023
+        n = next(iter(common.setups(toy, task, "corrupted"))).shared
         print(f"toy-lm {name}, 30 prompts ({0 if n is None else n.n} of {task.batch(toy).clean.tokens.shape[1]} "
               f"positions shared): exact {t_whole:.2f} s whole, {t_skip:.2f} s skipping = {t_whole / t_skip:.2f}x; "
-              f"max |Δscore| {(out['whole'] - out['skip']).abs().max():.1e}")
+              f"max |Δscore| {(a - b).abs().max():.1e}")
 
 
 if __name__ == "__main__":
