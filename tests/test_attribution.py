@@ -238,6 +238,8 @@ def test_a_shared_prefix_skipped_leaves_every_attribution_score(family):
         assert torch.allclose(got.double(), want, atol=1e-6)
         past = ablated_outputs(model, "corrupted", clean, corrupt, shared=shared)
         assert past.shape[2] == 9 - 5
+        before = past.clone()
         got = attribute(model, clean, past, _objective, alphas=alphas, interpolate=interpolate, consume=True,
                         shared=shared)
         assert torch.allclose(got.double(), want, atol=1e-6)
+        assert torch.equal(past, before) == (interpolate == "activations")  # D written over it where it may be
