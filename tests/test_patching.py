@@ -468,7 +468,8 @@ def test_a_shared_prefix_is_skipped_without_changing_any_logit(model):
         assert (logits - want).abs().max().item() <= 1e-5
     assert (got - masked_forward(model, clean, abl, masks)).abs().max().item() <= 1e-10
     past = ablated_outputs(model, "corrupted", clean, corrupt, shared=shared)  # the outputs past the prefix alone
-    assert past.shape[2] == 9 - 4 and (masked_forward(model, clean, past, masks, shared=shared) - got).abs().max() <= 1e-10
+    assert past.shape[2] == 9 - 4
+    assert (masked_forward(model, clean, past, masks, shared=shared) - got).abs().max() <= 1e-10
     per = masks.clone()  # one mask per example
     assert (masked_forward(model, clean, abl, per, per_example=True, shared=shared)
             - masked_forward(model, clean, abl, per, per_example=True)).abs().max().item() <= 1e-10
@@ -502,5 +503,7 @@ def test_shared_prefix_only_where_there_is_one(model):
     starts, _ = prefixes(model, clean, abl)
     with pytest.raises(cf.ConfigError, match="mean ablation has none"):
         ablated_outputs(model, "mean", clean, corrupt, shared=shared)
+    with pytest.raises(cf.ConfigError, match="not these prompts'"):  # another batch's prefix
+        masked_forward(model, clean.rows(slice(0, 2)), abl[:, :2], model.graph.edge_mask.double(), shared=shared)
     with pytest.raises(cf.ConfigError, match="carries its own"):
         masked_forward(model, clean, abl, model.graph.edge_mask.double(), start=starts[1], shared=shared)

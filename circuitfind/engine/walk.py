@@ -72,6 +72,10 @@ class Walk(Heads, AnswerPositions, Gradients):
         if shared is not None:
             if not self.cfg.causal:
                 raise ConfigError("a shared prefix is skipped only in a causal model (it settles nothing otherwise)")
+            if shared.keys[0].shape[0] != b or not 0 < n <= int(inputs.answer_pos.min()):
+                raise ConfigError(f"this shared prefix ({n} positions of {shared.keys[0].shape[0]} prompts) is not "
+                                  f"these prompts' ({b}, answers from position {int(inputs.answer_pos.min())}): "
+                                  "make it with shared_prefix(model, inputs, other) for them")
             self.key_positions = model.positions(inputs.attention_mask)  # [batch, pos]: of every key
             self.full_mask = inputs.attention_mask
             inputs = Inputs(inputs.tokens[:, n:], inputs.attention_mask[:, n:], inputs.answer_pos - n)

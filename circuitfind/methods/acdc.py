@@ -93,9 +93,9 @@ def _values(model, batches, cfg, masks, starts=None, workspace=None):
     total = 0
     with torch.no_grad():
         for i, setup in enumerate(batches):
+            start = None if starts is None else starts[i]  # (a start carries the same shared prefix)
             logits = masked_forward(model, setup.batch.clean, setup.ablated, masks, workspace=workspace,
-                                    start=None if starts is None else starts[i],
-                                    shared=setup.shared if starts is None else None)  # [k, batch, vocab]
+                                    start=start, shared=setup.shared)  # [k, batch, vocab]
             total = total + setup.weight * _lost(setup, cfg, logits)
     return total
 
