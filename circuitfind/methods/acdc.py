@@ -35,6 +35,7 @@ Scores: each edge's Δ when it was decided (edges into nodes already cut off get
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections import deque
@@ -128,12 +129,13 @@ def _groups(g, wanted) -> list[list[int]]:
     cut into groups whose members' fates are independent: a layer's MLP, then its q/k/v receivers.
     Whether a node still feeds anything depends only on the receivers above it (and on its layer's
     MLP, which reads its heads), so no decision inside a group cuts off another member."""
-    order = sorted(wanted, key=lambda r: (-int(g.receiver_layer[r]), -r))
+    layer_of = _layer_of(g)
+    order = sorted(wanted, key=lambda r: (-layer_of[r], -r))
     mlps = {g.mlp_receiver(l) for l in range(g.n_layers)}
     groups: list[list[int]] = []
     for r in order:
         last = groups[-1][0] if groups else None
-        same_layer = last is not None and int(g.receiver_layer[last]) == int(g.receiver_layer[r])
+        same_layer = last is not None and layer_of[last] == layer_of[r]
         if same_layer and last not in mlps and r not in mlps:
             groups[-1].append(r)
         else:
@@ -146,9 +148,10 @@ def _open_edges(g, circuit, receivers, inputs) -> tuple[list[tuple[int, int]], l
     order (inputs[dst]: dst's senders); the receivers whose node feeds nothing any more, zeroed in
     `circuit` (their inputs go unasked); and how many edges those held."""
     feeds = circuit.any(0).tolist()  # [src]: once for all: no receiver of a group feeds another's node
+    node_of = _node_of(g)
     edges, cut, n_cut = [], [], 0
     for dst in receivers:
-        node = int(g.receiver_node[dst])
+        node = node_of[dst]
         if node >= 0 and not feeds[node]:
             cut.append(dst)
             n_cut += len(inputs[dst])
@@ -161,7 +164,20 @@ def _open_edges(g, circuit, receivers, inputs) -> tuple[list[tuple[int, int]], l
 
 def _inputs(g, receivers) -> dict[int, list[int]]:
     """Each receiver's senders, latest first (the order they are tried in)."""
-    return {r: g.edge_mask[r].nonzero()[:, 0].flip(0).tolist() for r in receivers}
+    reads = g.edge_mask.tolist()  # one call: a tensor op per receiver cost more than the sweep's decisions
+    return {r: [s for s in reversed(range(g.n_senders)) if reads[r][s]] for r in receivers}
+
+
+# The graph's layer and node of each receiver as lists: the sweep's bookkeeping reads them edge by edge,
+# where indexing the graph's tensors would cost a tensor op each time.
+@functools.cache
+def _layer_of(g) -> list[int]:
+    return g.receiver_layer.tolist()
+
+
+@functools.cache
+def _node_of(g) -> list[int]:
+    return g.receiver_node.tolist()
 
 
 def _naive(model, batches, cfg, circuit, current, scores, groups, bar):
@@ -217,10 +233,10 @@ class _Guesses(dict):
             return src != 0
         if dst not in self.mlps or src == 0:
             return True
-        layer = int(self.g.receiver_layer[dst])
+        layer = _layer_of(self.g)[dst]
         if layer not in self._read_above:  # once a layer: a guess need not follow every decision
-            above = (self.g.receiver_layer > layer).nonzero()[:, 0].tolist()
-            self._read_above[layer] = self.circuit[above].any(0).tolist()
+            above = self.g.qkv_receiver(layer + 1, "q", 0)  # receivers in order of layer: those above, a range
+            self._read_above[layer] = self.circuit[above:].any(0).tolist()
         return not self._read_above[layer][src]
 
 
@@ -293,19 +309,21 @@ def _chunk(g, circuit, todo, groups, entered, guess, size, inputs):
         members = [i for i, item in enumerate(items) if isinstance(item, tuple)]
         if len(members) > size:
             items = items[: members[size - 1] + 1]
+    layer_of = _layer_of(g)
     rows = [item[0] if isinstance(item, tuple) else min(item.cut, default=g.logits_receiver) for item in items]
-    return items, int(g.receiver_layer[rows].min())
+    return items, min(layer_of[r] for r in rows)
 
 
 def _fill(g, circuit, todo, groups, entered, guess, size, limit, inputs):
     """_chunk's items for at most `limit` edges (running on into the layer below while at most a third
     of `size`), and whether they finish the layer."""
+    layer_of = _layer_of(g)
     items = list(itertools.islice(todo, limit))
     n, spec, gone = len(items), None, [e for e in items if guess(e)]
     whole = len(todo) <= limit  # the last group's open edges all taken
-    layer = int(g.receiver_layer[items[0][0]]) if items else None
+    layer = layer_of[items[0][0]] if items else None
     while n < limit and entered < len(groups):
-        here = int(g.receiver_layer[groups[entered][0]])
+        here = layer_of[groups[entered][0]]
         # a lower start runs every member through one more layer: only a few left over cross (and one layer)
         if n and here != layer and (3 * n > size or here < layer - 1):
             break
@@ -321,7 +339,7 @@ def _fill(g, circuit, todo, groups, entered, guess, size, limit, inputs):
         whole = len(edges) <= limit - n
         n += min(len(edges), limit - n)
         entered += 1
-    done = whole and (entered == len(groups) or int(g.receiver_layer[groups[entered][0]]) != layer)
+    done = whole and (entered == len(groups) or layer_of[groups[entered][0]] != layer)
     return items, done
 
 
@@ -330,11 +348,14 @@ def _chain_masks(circuit, items, predicted):
     to go (predicted [k] bool), from the current circuit; from an `_Enter` on, its cut-offs too."""
     members = [item for item in items if not isinstance(item, _Enter)]
     k = len(members)
-    dst, src = torch.tensor(members).T  # [k] each
-    gone = torch.tensor(predicted).expand(k, k).tril(-1) | torch.eye(k, dtype=torch.bool)  # [t, j]: t zeroes j
-    t, j = gone.nonzero(as_tuple=True)
+    t_ids, dst_ids, src_ids, gone = [], [], [], []  # the zeroed entries, listed: one write for all
+    for t, (dst, src) in enumerate(members):
+        for d, s in gone + [(dst, src)]:
+            t_ids.append(t), dst_ids.append(d), src_ids.append(s)
+        if predicted[t]:
+            gone.append((dst, src))
     masks = circuit.expand(k, -1, -1).clone()
-    masks[t, dst[j], src[j]] = 0
+    masks[torch.tensor(t_ids), torch.tensor(dst_ids), torch.tensor(src_ids)] = 0
     first = 0  # members before each `_Enter`
     for item in items:
         if isinstance(item, _Enter):
