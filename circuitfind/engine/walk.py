@@ -204,10 +204,11 @@ class Walk(Heads, AnswerPositions, Gradients):
         other = self._copy()
         other.masks, other.k, other.record, other.on_grad = masks, masks.shape[0], False, None
         other._facts = None
-        other.active = other._active_senders()
-        other.answer_only = other._answer_only_senders()
-        other.mix_until = other._last_mixing_layer()
-        other.active[: self.g.senders_before(self.layer)] = True  # computed already
+        if self.layer < self.cfg.n_layers:  # (from the logits on, no sender is computed or stored)
+            other.active = other._active_senders()
+            other.answer_only = other._answer_only_senders()
+            other.mix_until = other._last_mixing_layer()
+            other.active[: self.g.senders_before(self.layer)] = True  # computed already
         other.workspace = workspace or self.workspace
         other.store = self.store.branch(other.k, other.workspace)
         return other
@@ -261,12 +262,12 @@ class Walk(Heads, AnswerPositions, Gradients):
         K_state = self.resid.shape[0]  # copies so far (the store may have stopped keeping blocks)
         if self.masks is None:
             return None, K_state
-        M = take(self.masks, rows, 1)
         same_rows, full_rows = self._row_facts()
-        ids = rows.tolist()
+        ids = rows.tolist()  # (the facts first: a walk asks this many times a layer, mostly of full rows)
         same = all(same_rows[r] for r in ids)
-        if same and not M.requires_grad and all(full_rows[r] for r in ids):
+        if same and not self.masks.requires_grad and all(full_rows[r] for r in ids):
             return None, K_state
+        M = take(self.masks, rows, 1)
         if same and (K_state == 1 or bool(self._reads_shared(M[0]).all())):
             return M[:1], 1
         return M, self.k
