@@ -399,9 +399,11 @@ def pad_token_ids(ids: list[list[int]], pad_id: int, padding_side: str = "right"
     if padding_side not in ("left", "right"):
         raise ConfigError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
     width = max(len(s) for s in ids)
-    tokens = torch.full((len(ids), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(ids), width), dtype=torch.long)
-    for i, s in enumerate(ids):
-        sl = slice(0, len(s)) if padding_side == "right" else slice(width - len(s), width)
-        tokens[i, sl], mask[i, sl] = torch.tensor(s, dtype=torch.long), 1
+    rows, marks = [], []  # padded as lists, one tensor each: a write per row cost more than the task's batch
+    for s in ids:
+        pad = width - len(s)
+        rows.append(list(s) + [pad_id] * pad if padding_side == "right" else [pad_id] * pad + list(s))
+        marks.append([1] * len(s) + [0] * pad if padding_side == "right" else [0] * pad + [1] * len(s))
+    tokens = torch.tensor(rows, dtype=torch.long).view(len(ids), width)
+    mask = torch.tensor(marks, dtype=torch.long).view(len(ids), width)
     return (tokens, mask) if return_attention_mask else tokens
