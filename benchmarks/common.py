@@ -1,4 +1,4 @@
-"""Shared benchmark helpers: a GPT-2-small-sized random model, timing and peak memory."""
+"""Shared benchmark helpers: a GPT-2-small-sized random model, timing, tensor-op counts and peak memory."""
 
 from __future__ import annotations
 
@@ -32,6 +32,23 @@ def timeit(fn, repeat: int = 5, warmup: int = 2) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def tensor_ops(fn) -> int:
+    """How many tensor operations fn() dispatches (as a TorchDispatchMode sees them, views included).
+    Unlike a time it is the same from run to run: for sub-second sweeps, whose time on this VM moves
+    by a third between runs, a change's effect on the per-call overhead shows here."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.n += 1
+            return func(*args, **(kwargs or {}))
+    with Count():
+        fn()
+    return Count.n
 
 
 def timeit_alternating(fn_a, fn_b, repeat: int = 7, warmup: int = 1) -> tuple[float, float]:

@@ -5,6 +5,8 @@ model (12 layers, 12 heads, d_model 768, vocab 50257), fp32, CPU.
   the receivers of the top layer and the logits (a full naive sweep of 32,491 edges takes hours);
   batch 4 × 24 tokens, one run each. Target ≥ 2x. And on toy-lm (IOI, 20 prompts, all 479 edges;
   and 2 prompts, where per-forward overhead does dominate), medians of 5 runs in turns: target ≥ 10x.
+  Each toy-lm case also prints the tensor ops each sweep dispatches, a count this VM's speed does
+  not move (the 2-prompt sweep's time moves by a third from run to run).
 - EAP-IG with 5 steps vs EAP (batch 8 × 64), run in turns. Target ≤ 6x.
 - a 10-point faithfulness curve in plain-forward equivalents (batch 8 × 64): one ranking's curve
   (`ranking="signed"`, the CPR curve: 9 masked forwards + the clean and ablated runs). Target ≤ 12.
@@ -24,7 +26,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import gpt2_small_random, timeit_alternating  # noqa: E402
+from common import gpt2_small_random, tensor_ops, timeit_alternating  # noqa: E402
 
 import circuitfind as cf  # noqa: E402
 import circuitfind.methods.acdc as acdc  # noqa: E402
@@ -111,6 +113,11 @@ def acdc_pair(model, task, threshold, label, target, ceiling=False, repeat=1, **
     if ceiling:
         print(f"  with every prediction right: {seconds['ceiling']:.3f} s ({forwards['ceiling']} forwards) = "
               f"{seconds['naive'] / seconds['ceiling']:.1f}x")
+    if repeat > 1:  # a figure this VM's speed does not move: the tensor ops each sweep dispatches
+        ops = {run: tensor_ops(lambda: cf.score_edges(model, task, "acdc", threshold=threshold, naive=run == "naive",
+                                                      **options)) for run in ("batched", "naive")}
+        print(f"  tensor ops dispatched: batched {ops['batched']:,}, naive {ops['naive']:,} = "
+              f"{ops['naive'] / ops['batched']:.2f}x")
 
 
 if __name__ == "__main__":
