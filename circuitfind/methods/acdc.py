@@ -348,14 +348,13 @@ def _chain_masks(circuit, items, predicted):
     to go (predicted [k] bool), from the current circuit; from an `_Enter` on, its cut-offs too."""
     members = [item for item in items if not isinstance(item, _Enter)]
     k = len(members)
-    t_ids, dst_ids, src_ids, gone = [], [], [], []  # the zeroed entries, listed: one write for all
-    for t, (dst, src) in enumerate(members):
-        for d, s in gone + [(dst, src)]:
-            t_ids.append(t), dst_ids.append(d), src_ids.append(s)
+    zeroed, gone = [], []  # (t, dst, src) of every entry zeroed, listed: one write for all
+    for t, edge in enumerate(members):
+        zeroed += [(t, *e) for e in gone + [edge]]
         if predicted[t]:
-            gone.append((dst, src))
+            gone.append(edge)
     masks = circuit.expand(k, -1, -1).clone()
-    masks[torch.tensor(t_ids), torch.tensor(dst_ids), torch.tensor(src_ids)] = 0
+    masks[tuple(torch.tensor(zeroed).T)] = 0
     first = 0  # members before each `_Enter`
     for item in items:
         if isinstance(item, _Enter):

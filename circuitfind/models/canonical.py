@@ -399,11 +399,9 @@ def pad_token_ids(ids: list[list[int]], pad_id: int, padding_side: str = "right"
     if padding_side not in ("left", "right"):
         raise ConfigError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
     width = max(len(s) for s in ids)
-    rows, marks = [], []  # padded as lists, one tensor each: a write per row cost more than the task's batch
-    for s in ids:
-        pad = width - len(s)
-        rows.append(list(s) + [pad_id] * pad if padding_side == "right" else [pad_id] * pad + list(s))
-        marks.append([1] * len(s) + [0] * pad if padding_side == "right" else [0] * pad + [1] * len(s))
-    tokens = torch.tensor(rows, dtype=torch.long).view(len(ids), width)
-    mask = torch.tensor(marks, dtype=torch.long).view(len(ids), width)
+    def placed(row: list[int], fill: int) -> list[int]:  # padded as a list: one tensor for all, not a write per row
+        pad = [fill] * (width - len(row))
+        return list(row) + pad if padding_side == "right" else pad + list(row)
+    tokens = torch.tensor([placed(s, pad_id) for s in ids], dtype=torch.long)
+    mask = torch.tensor([placed([1] * len(s), 0) for s in ids], dtype=torch.long)
     return (tokens, mask) if return_attention_mask else tokens
