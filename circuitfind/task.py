@@ -51,6 +51,9 @@ class Example:
     correct: Answer  # one answer, or several (e.g. every year greater than the start year)
     wrong: Answer
     value: float | None = None  # a numerical target, for tasks scored by squared error
+    # the token position (0-based, in both prompts) whose output the metric reads; default the last. A tracr
+    # program's output at every position is its answer there, and some depend on what follows (non-causal models)
+    answer_pos: int | None = None
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,9 @@ class Task:
     citation: ClassVar[str] = ""
     metric: ClassVar[str] = "logit-diff"
     higher_is_better: ClassVar[bool] = True  # for a metric given as a function; False for a loss
+    # the divergence from the clean run that ACDC and edge pruning minimise unless told otherwise: "kl" for a
+    # next-token distribution, "l2" for a numerical output (whose one logit's softmax is always 1)
+    divergence: ClassVar[str] = "kl"
     aligned: ClassVar[bool] = True  # clean and corrupted prompts must have equal token length
     test_fraction: ClassVar[float] = 0.2
     models: ClassVar[tuple[str, ...]] = ()  # a token-level task written for these models' vocabularies only
@@ -131,9 +137,17 @@ class Task:
         """One random example. Draw everything from rng, so a seed gives the same dataset."""
         raise NotImplementedError(f"{type(self).__name__} must implement example(rng, words)")
 
-    def ground_truth(self, model) -> list[str] | None:
-        """Edge names of the known circuit in this model, where one is known (toy and tracr models)."""
-        return getattr(model, "ground_truth", {}).get(self.name)
+    def ground_truth(self, model, kind: str = "functional") -> list[str] | None:
+        """Edge names of the known circuit in this model, where one is known (toy and tracr models).
+
+        kind: "functional", the edges the behaviour needs (what methods are graded against; for tracr,
+        ACDC's canonical circuits, derived from the program's dataflow), or "weights" (tracr only: every
+        edge whose weights connect a written dimension to a read one, which is what can carry
+        information at all)."""
+        if kind not in ("functional", "weights"):
+            raise TaskError(f"ground-truth kind is 'functional' or 'weights', got {kind!r}")
+        truths = getattr(model, "ground_truth" if kind == "functional" else "ground_truth_weights", {})
+        return truths.get(self.name)
 
     def with_split(self, split: str, n: int | None = None) -> "Task":
         """The same task on another split (and size), under the same metric (an instance's own included)."""
@@ -162,7 +176,7 @@ class Task:
         while len(out) < self.n and attempts < limit:
             attempts += 1
             ex = self._draw(rng, words)
-            key = repr((ex.clean, ex.corrupt))
+            key = repr((ex.clean, ex.corrupt, ex.answer_pos))
             if key in seen:
                 continue
             seen.add(key)
@@ -211,7 +225,8 @@ class Task:
         device = model.device
         targets = Targets(_pad(correct).to(device), _pad(wrong).to(device),
                           values=None if values is None else values.to(device))
-        return Batch(_inputs(model, clean).to(device), _inputs(model, corrupt).to(device), targets, examples)
+        at = _answer_positions(examples, clean)
+        return Batch(_inputs(model, clean, at).to(device), _inputs(model, corrupt, at).to(device), targets, examples)
 
     def check_metric(self, model, batch: Batch | None = None, logits: Tensor | None = None) -> Tensor:
         """Evaluate the metric once on the clean prompts (logits [batch, vocab] if already computed);
@@ -281,10 +296,24 @@ def _pad(rows: list[list[int]]) -> Tensor:
     return torch.tensor([r + [-1] * (width - len(r)) for r in rows], dtype=torch.long)
 
 
-def _inputs(model, rows: list[list[int]]) -> Inputs:
+def _answer_positions(examples: list[Example], prompts: list[list[int]]) -> Tensor | None:
+    """Each example's answer position [batch] where any example sets one (the last token otherwise), checked."""
+    if all(e.answer_pos is None for e in examples):
+        return None
+    out = []
+    for i, (e, ids) in enumerate(zip(examples, prompts)):
+        at = len(ids) - 1 if e.answer_pos is None else e.answer_pos
+        if isinstance(at, bool) or not isinstance(at, int) or not 0 <= at < len(ids):
+            raise TaskError(f"example {i}: answer_pos {e.answer_pos!r} is not a position of its {len(ids)}-token "
+                            f"prompt (0..{len(ids) - 1}; leave it None for the last)")
+        out.append(at)
+    return torch.tensor(out)
+
+
+def _inputs(model, rows: list[list[int]], answer_pos: Tensor | None = None) -> Inputs:
     from circuitfind.models.canonical import pad_token_ids
     tokens, mask = pad_token_ids(rows, model.pad_token_id, "right", return_attention_mask=True)
-    return Inputs.of(tokens, mask)
+    return Inputs.of(tokens, mask, answer_pos)
 
 
 def metric_name(task) -> str:

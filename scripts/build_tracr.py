@@ -6,9 +6,10 @@ canonical format (no JAX needed to load them), with ground-truth edges derived f
 - tracr-reverse: `make_reverse(tokens)` over {a, b, c}, max length 5 (categorical output).
 - tracr-xproportion: `make_frac_prevs(tokens == "x")` over {w, x, y, z}, max length 5 (numerical).
 
-Ground truth: a block writes to the residual dimensions its output weights touch; a receiver reads
-the dimensions its input weights touch (W_Q / W_K / W_V rows, the MLP's first layer, the output
-projection for the logits). An edge u→v belongs to the circuit when u writes a dimension v reads.
+Besides the weights, each export records the label of every residual dimension and the RASP
+program's dataflow (each SOp's kind, inputs and selector): `circuitfind.models.tracr` derives both
+ground-truth circuits from them at load time (the functional one, ACDC's, and the one read off the
+weights).
 """
 
 from __future__ import annotations
@@ -35,11 +36,41 @@ def compile_program(name: str):
     program = lib.make_reverse(rasp.tokens) if name == "tracr-reverse" else lib.make_frac_prevs(rasp.tokens == "x")
     model = compiling.compile_rasp_to_model(program, vocab=spec["vocab"], max_seq_len=spec["max_seq_len"],
                                             compiler_bos="BOS")
-    return model, program.label
+    return model, program
+
+
+def dataflow(program) -> list[dict]:
+    """Every computed SOp of the program (not tokens, indices or selectors), from the output down:
+    its kind, label and what it reads (a selector as its keys, queries and comparison)."""
+    from tracr.rasp import rasp
+
+    out, todo, seen = [], [program], set()
+    while todo:
+        expr = todo.pop(0)
+        if expr.label in seen or isinstance(expr, (rasp.TokensType, rasp.IndicesType)):
+            continue
+        seen.add(expr.label)
+        entry = {"label": expr.label, "kind": type(expr).__name__, "output": expr is program}
+        if isinstance(expr, (rasp.Aggregate, rasp.SelectorWidth)):
+            sel = expr.selector
+            if not isinstance(sel, rasp.Select):
+                raise NotImplementedError(f"{expr.label}: only plain Select selectors are exported")
+            entry |= {"keys": sel.keys.label, "queries": sel.queries.label, "predicate": sel.predicate.name}
+            if isinstance(expr, rasp.Aggregate):
+                entry["sop"] = expr.sop.label
+            todo += [sel.keys, sel.queries] + ([expr.sop] if isinstance(expr, rasp.Aggregate) else [])
+        elif isinstance(expr, (rasp.Map, rasp.SequenceMap)):
+            entry["inputs"] = [c.label for c in expr.children]
+            todo += list(expr.children)
+        else:
+            raise NotImplementedError(f"{expr.label}: {type(expr).__name__} is not exported")
+        out.append(entry)
+    return out
 
 
 def export(name: str) -> dict:
-    model, output_label = compile_program(name)
+    model, program = compile_program(name)
+    output_label = program.label
     p = {k: {kk: np.asarray(vv, dtype=np.float32) for kk, vv in v.items()} for k, v in model.params.items()}
     cfg = model.model_config
     labels = list(model.residual_labels)
@@ -65,7 +96,7 @@ def export(name: str) -> dict:
     decoding = [labels[i].split(":", 1)[1] if ":" in labels[i] else labels[i] for i in out_space]
     meta = {"config": config, "flags": dict(qkv_bias=True, out_bias=True, mlp_bias=True, unembed_bias=False),
             "input_encoding": encoding, "output_values": decoding, "numerical": PROGRAMS[name]["numerical"],
-            "residual_labels": labels, "ground_truth": ground_truth(state, config),
+            "residual_labels": labels, "program": dataflow(program),
             "max_seq_len": PROGRAMS[name]["max_seq_len"], "script": "scripts/build_tracr.py"}
     target = OUT / name
     target.mkdir(parents=True, exist_ok=True)
@@ -74,31 +105,12 @@ def export(name: str) -> dict:
     return meta
 
 
-def ground_truth(state: dict, config: dict) -> list[str]:
-    """Edges u→v where block u writes a residual dimension that receiver v reads."""
-    def dims(w, axis):  # residual dimensions a weight touches
-        return set(np.nonzero(np.abs(w).sum(axis=axis) > 1e-6)[0].tolist())
-
-    H, dh = config["n_heads"], config["d_head"]
-    writes = {"input": dims(state["W_E"], 0) | dims(state["W_pos"], 0)}
-    reads = {"logits": dims(state["W_U"], 1)}
-    for l in range(config["n_layers"]):
-        b = f"blocks.{l}."
-        for h in range(H):
-            cols = slice(h * dh, (h + 1) * dh)
-            writes[f"a{l}.h{h}"] = dims(state[b + "attn.w_o"][cols], 0)
-            for t in "qkv":
-                reads[f"a{l}.h{h}<{t}>"] = dims(state[b + f"attn.w_{t}"][:, cols], 1)
-        writes[f"m{l}"] = dims(state[b + "mlp.w_out"], 0)
-        reads[f"m{l}"] = dims(state[b + "mlp.w_in"], 1)
-    from circuitfind.graph import Graph
-    g = Graph(config["n_layers"], H)
-    return [g.edge_name(dst, src) for dst, src in g.edge_mask.nonzero().tolist()
-            if writes[g.senders[src]] & reads[g.receivers[dst]]]
-
-
 if __name__ == "__main__":
+    import circuitfind as cf
+
     for name in PROGRAMS:
         meta = export(name)
+        model = cf.load_model(name)
         print(f"{name}: {meta['config']['n_layers']} layers, d_model {meta['config']['d_model']}, "
-              f"outputs {meta['output_values']}, {len(meta['ground_truth'])} ground-truth edges")
+              f"outputs {meta['output_values']}, ground truth {len(model.ground_truth[name])} edges "
+              f"(functional), {len(model.ground_truth_weights[name])} (weights)")

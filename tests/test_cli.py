@@ -16,7 +16,7 @@ def test_zoo_lists_every_entry(capsys):
     for name in ("gpt2", "pythia-70m", "Qwen2.5-0.5B", "Llama-3.2-1B", "gemma-2-2b"):
         assert name in out
     assert "32,491" in out  # gpt2's edge count, from the entry's shape
-    assert "13 edges (compiled)" in out  # tracr-reverse's ground truth
+    assert "10 edges (compiled; 13 by weights)" in out  # tracr-reverse's ground truths: functional (ACDC's), weights
 
 
 def test_graph_of_a_local_directory(tmp_path, capsys):

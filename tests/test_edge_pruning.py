@@ -41,7 +41,7 @@ def test_bad_config_is_refused():
     with pytest.raises(ConfigError, match="sparsity"):
         EdgePruningConfig(sparsity=1.0)
     with pytest.raises(ConfigError, match="objective"):
-        EdgePruningConfig(objective="l2")
+        EdgePruningConfig(objective="mse")
 
 
 def _visible_truth(model, task_name, ablation):
@@ -68,8 +68,10 @@ def test_recovers_the_tracr_circuits(name):
     visible = _visible_truth(model, name, "zero")
     assert len(visible) >= 4
     g = model.graph
+    # a target a few edges above the circuit's size: at exactly its size the constraint binds, and the weakest true
+    # edge (reverse's flip query) competes with the compiler's BOS pull (input→a3.h0<q>) for the last place
     scores = cf.score_edges(model, cf.load_task(name, n=40), "edge-pruning", ablation="zero",
-                            sparsity=1 - len(visible) / g.n_edges, steps=300)
+                            sparsity=1 - (len(visible) + 3) / g.n_edges, steps=300)
     assert cf.roc_auc(scores, visible) == 1.0
     assert set(cf.prune(scores, edges=len(visible)).edges()) == set(visible)  # the circuit at the target sparsity
     assert cf.roc_auc(scores, model.ground_truth[name]) > 0.85

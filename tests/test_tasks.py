@@ -314,14 +314,18 @@ def test_tracr_task_invariants():
     from circuitfind.models.zoo import tracr_meta
     meta = tracr_meta("tracr-reverse")
     decode = {v: k for k, v in meta["input_encoding"].items()}
+    positions = set()
     for ex in load_task("tracr-reverse", n=30).examples():
-        seq = [decode[t] for t in ex.clean[1:]]
-        assert ex.clean[0] == meta["input_encoding"]["BOS"] and meta["output_values"][ex.correct] == seq[0]
-        assert ex.correct not in ex.wrong and len(ex.corrupt) == len(ex.clean)
+        seq, other = [decode[t] for t in ex.clean[1:]], [decode[t] for t in ex.corrupt[1:]]
+        n, p = len(seq), ex.answer_pos  # position p (BOS is 0) outputs token n − p: reversed
+        assert ex.clean[0] == meta["input_encoding"]["BOS"] and meta["output_values"][ex.correct] == seq[n - p]
+        assert ex.correct not in ex.wrong and len(ex.corrupt) == len(ex.clean) and other[n - p] != seq[n - p]
+        positions.add(p)
+    assert positions == {1, 2, 3, 4, 5}  # every position is read, as ACDC's metrics read them all
     meta = tracr_meta("tracr-xproportion")
     decode = {v: k for k, v in meta["input_encoding"].items()}
     for ex in load_task("tracr-xproportion", n=30).examples():
-        seq = [decode[t] for t in ex.clean[1:]]
+        seq = [decode[t] for t in ex.clean[1:ex.answer_pos + 1]]
         assert ex.value == seq.count("x") / len(seq)
 
 
@@ -357,3 +361,24 @@ def test_the_readme_task_example_runs(tmp_path):
     model = cf.load_model("toy-lm")
     task = load_task(f"{tmp_path / 'my_task.py'}:Capital", n=20)
     assert task.batch(model).size == 20 and task.with_split("test", n=5).batch(model).size == 5
+
+
+def test_an_answer_position_is_read_where_the_example_says():
+    """Example(answer_pos=p): the metric reads position p of both prompts (the engine's answer_pos); a position
+    outside the prompt is refused naming the example."""
+    model = cf.load_model("tracr-reverse")
+
+    class At(cf.Task):
+        name = "at"
+        models = ("tracr-reverse",)
+        position = 2
+
+        def example(self, rng, words):
+            seq = [rng.randrange(1, 4) for _ in range(4)]
+            return Example(clean=[0] + seq, corrupt=[0] + seq[::-1], correct=0, wrong=1, answer_pos=self.position)
+
+    batch = At(n=5).batch(model)
+    assert batch.clean.answer_pos.tolist() == [2] * 5 == batch.corrupt.answer_pos.tolist()
+    At.position = 5
+    with pytest.raises(cf.TaskError, match="example 0: answer_pos 5 is not a position of its 5-token prompt"):
+        At(n=5).batch(model)

@@ -113,6 +113,7 @@ class CircuitModel(nn.Module):
         self._hook_fns: dict[str, list[HookFn]] = {}
         self._graph = None
         self.ground_truth: dict[str, list[str]] = {}  # task name → edge names, where a circuit is known
+        self.ground_truth_weights: dict[str, list[str]] = {}  # tracr: the edges whose weights connect (a superset)
 
     # ------------------------------------------------------------------ pieces the engine reuses
     @property

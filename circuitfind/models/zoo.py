@@ -120,7 +120,7 @@ ZOO: dict[str, ZooEntry] = {e.name: e for e in [
 
 
 def tracr_meta(name: str) -> dict:
-    """The exported tracr model's metadata: config, encodings, output values, ground truth."""
+    """The exported tracr model's metadata: config, encodings, output values, residual labels, program."""
     return json.loads((SHIPPED / name / "tracr.json").read_text())
 
 
@@ -143,7 +143,8 @@ def load_entry(entry: ZooEntry, *, dtype: torch.dtype, device: torch.device):
     from circuitfind.models.loading import _from_pretrained, from_hf, quiet_loading
 
     if entry.source == "tracr":
-        return _load_tracr(entry, dtype, device)
+        from circuitfind.models.tracr import load_tracr
+        return load_tracr(SHIPPED / entry.location, entry.name, dtype, device)
     if entry.source == "shipped":  # trained by the project's scripts, saved in Hugging Face format
         directory = SHIPPED / entry.location
         with quiet_loading():  # a megabyte from the package: the bar would only clutter the output
@@ -157,25 +158,12 @@ def load_entry(entry: ZooEntry, *, dtype: torch.dtype, device: torch.device):
     return from_hf(hf, tokenizer=tokenizer, name=entry.name, dtype=dtype, device=device)
 
 
-def _load_tracr(entry: ZooEntry, dtype: torch.dtype, device: torch.device):
-    from safetensors.torch import load_file
-
-    from circuitfind.models.canonical import CanonicalConfig, CircuitModel
-
-    meta = tracr_meta(entry.location)
-    model = CircuitModel(CanonicalConfig(**meta["config"]), name=entry.name, **meta["flags"])
-    model.load_state_dict(load_file(str(SHIPPED / entry.location / "model.safetensors")), strict=True)
-    model.ground_truth = {entry.name: meta["ground_truth"]}  # keyed by the task that grades it
-    names = {i: t for t, i in meta["input_encoding"].items()}
-    model.token_names = [str(names.get(i, f"#{i}")) for i in range(model.cfg.d_vocab)]
-    model.output_names = [str(v) for v in meta["output_values"]]
-    return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
-
-
 def ground_truth_summary(entry: ZooEntry) -> str:
     """'N edges (how)' for entries with a known circuit, '-' otherwise."""
-    if entry.source == "tracr":
-        return f"{len(tracr_meta(entry.location)['ground_truth'])} edges (compiled)"
+    if entry.source == "tracr":  # derived from the program's dataflow (and the weights) when loaded
+        model = load_entry(entry, dtype=torch.float32, device=torch.device("cpu"))
+        return (f"{len(model.ground_truth[entry.name])} edges (compiled; "
+                f"{len(model.ground_truth_weights[entry.name])} by weights)")
     path = SHIPPED / entry.location / "ground_truth.json"
     if entry.source == "shipped" and path.exists():
         return f"{len(json.loads(path.read_text())['edges'])} edges (trained)"
