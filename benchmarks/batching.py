@@ -59,7 +59,7 @@ def acdc_forward(model, task, batch_size, masks=4, density=0.05):
         chain[j:, r, 0] = 0  # member j: the first j + 1 edges removed, as ACDC's predicted chains
     batches = list(setups(model, task, "corrupted", 0, batch_size))
     starts = [prefix(model, s.batch.clean, s.ablated, 0, s.shared) for s in batches]
-    return acdc._values(model, batches, acdc.ACDCConfig(), chain, starts, Workspace())
+    return acdc._values(model, batches, acdc.ACDCConfig(metric="kl"), chain, starts, Workspace())
 
 
 def timed_once(fn):

@@ -7,7 +7,11 @@ with -1) and, for KL, the clean model's logits (`clean_logits`). Built-ins:
     logit-diff   mean logit of the correct answers − mean logit of the wrong ones   (higher = better)
     prob-diff    total probability of correct answers − of wrong ones               (higher = better)
     kl           KL(clean ‖ current) of the next-token distribution                  (lower = better)
+    l2           ‖current − clean‖² of the output logits (a numerical output's KL)  (lower = better)
     ce           cross-entropy of the first correct answer                           (lower = better)
+
+`kl` and `l2` are divergences from the clean run: what ACDC and edge pruning minimise by default
+(`Task.divergence` says which suits a task's output; ACDC's own code takes L2 on tracr's numerical one).
 
 Any callable with the same signature works (e.g. a squared error for numerical tracr outputs).
 """
@@ -71,12 +75,20 @@ def kl(logits: Tensor, t: Targets) -> Tensor:
     return (ref.exp() * (ref - logits.log_softmax(-1))).sum(-1)
 
 
+def l2(logits: Tensor, t: Targets) -> Tensor:
+    """‖run − clean‖² of the output logits per example: logits [..., batch, out] → [..., batch]."""
+    if t.clean_logits is None:
+        raise MetricError("the l2 metric needs the clean model's logits (targets.with_clean(...))")
+    return ((logits - t.clean_logits) ** 2).sum(-1)
+
+
 def cross_entropy(logits: Tensor, t: Targets) -> Tensor:
     return -logits.log_softmax(-1).gather(-1, t.correct[:, :1].clamp(min=0))[:, 0]
 
 
-METRICS: dict[str, Metric] = {"logit-diff": logit_diff, "prob-diff": prob_diff, "kl": kl, "ce": cross_entropy}
-HIGHER_IS_BETTER = {"logit-diff": True, "prob-diff": True, "kl": False, "ce": False}
+METRICS: dict[str, Metric] = {"logit-diff": logit_diff, "prob-diff": prob_diff, "kl": kl, "l2": l2, "ce": cross_entropy}
+HIGHER_IS_BETTER = {"logit-diff": True, "prob-diff": True, "kl": False, "l2": False, "ce": False}
+DIVERGENCES = ("kl", "l2")  # from the clean run: what Task.divergence may name
 
 
 def resolve_metric(metric: str | Metric) -> Metric:

@@ -305,7 +305,7 @@ def test_bad_method_or_option(model):
     # strings through when they are not numbers)
     with pytest.raises(cf.ConfigError, match="option steps of method 'eap-ig' must be an integer, got 'abc'"):
         cf.score_edges(model, "induction", "eap-ig", steps="abc")
-    with pytest.raises(cf.ConfigError, match="must be one of 'kl', 'task', got 'ce'"):
+    with pytest.raises(cf.ConfigError, match="must be one of 'divergence', 'kl', 'l2', 'task', got 'ce'"):
         cf.score_edges(model, "induction", "acdc", metric="ce")
     with pytest.raises(cf.ConfigError, match="max_masks must be at least 1"):
         cf.score_edges(model, "induction", "exact", max_masks=0)
@@ -351,7 +351,7 @@ def test_acdc_batched_equals_naive(family):
     from circuitfind.methods.acdc import ACDCConfig, _values
     from circuitfind.methods.common import prepare
     setup = prepare(model, task, "corrupted")
-    empty = float(_values(model, [setup], ACDCConfig(), torch.zeros(1, *model.graph.edge_mask.shape).double())[0])
+    empty = float(_values(model, [setup], ACDCConfig(metric="kl"), torch.zeros(1, *model.graph.edge_mask.shape).double())[0])
     for threshold in (empty / 100, empty / 20):
         batched = cf.score_edges(model, task, "acdc", threshold=threshold, chunk=5)
         naive = cf.score_edges(model, task, "acdc", threshold=threshold, naive=True)

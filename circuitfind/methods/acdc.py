@@ -48,14 +48,16 @@ from tqdm.auto import tqdm
 
 from circuitfind.engine.patching import Workspace, masked_forward, prefixes
 from circuitfind.errors import ConfigError
-from circuitfind.methods.common import setups
-from circuitfind.metrics import kl
+from circuitfind.methods.common import divergence_of, refuse_constant_metric, setups
+from circuitfind.metrics import METRICS
 
 
 @dataclass(frozen=True)
 class ACDCConfig:
     threshold: float = 0.01
-    metric: Literal["kl", "task"] = "kl"
+    # behaviour lost is measured by: the task's divergence from the clean run (`Task.divergence`: KL, or l2 for a
+    # numerical output), "kl", "l2", or "task" (the task's own metric)
+    metric: Literal["divergence", "kl", "l2", "task"] = "divergence"
     chunk: int = 16  # edges tried per forward (up to half as many again when that finishes a layer)
     naive: bool = False  # one full forward per edge (the reference loop)
     receivers: tuple[int | str, ...] | None = None  # sweep only these (indices or names: "m3", "a2.h1<q>")
@@ -63,11 +65,17 @@ class ACDCConfig:
 
 def score(model, task, cfg: ACDCConfig, ablation: str = "corrupted", seed: int = 0, quiet: bool = True,
           batch_size: int | None = None):
-    if not math.isfinite(cfg.threshold) or cfg.threshold <= 0 or cfg.chunk < 1 or cfg.metric not in ("kl", "task"):
-        raise ConfigError(f"ACDC needs a finite threshold > 0, chunk ≥ 1 and metric 'kl' or 'task'; got {cfg}")
+    if not math.isfinite(cfg.threshold) or cfg.threshold <= 0 or cfg.chunk < 1 \
+            or cfg.metric not in ("divergence", "kl", "l2", "task"):
+        raise ConfigError(f"ACDC needs a finite threshold > 0, chunk ≥ 1 and metric 'divergence', 'kl', 'l2' or "
+                          f"'task'; got {cfg}")
     if cfg.receivers is not None:
         cfg = replace(cfg, receivers=_receiver_ids(model.graph, cfg.receivers))
+    cfg = replace(cfg, metric=divergence_of(cfg.metric, task))
     batches = list(setups(model, task, ablation, seed, batch_size))  # every forward reads them all
+    refuse_constant_metric(model, batches[0], batches[0].metric if cfg.metric == "task" else METRICS[cfg.metric],
+                           f"ACDC (metric {cfg.metric!r})", "Use --option metric=task (the task's own metric), or "
+                           "metric=l2 for a numerical output (tracr-xproportion's divergence)", seed)
     return _run(model, batches, cfg, quiet)
 
 
@@ -103,7 +111,7 @@ def _values(model, batches, cfg, masks, starts=None, workspace=None):
 
 def _lost(setup, cfg, logits):
     """Behaviour lost [k] on one batch, logits [k, batch, vocab]."""
-    return setup.per_mask(logits, kl) if cfg.metric == "kl" else -setup.sign * setup.per_mask(logits)
+    return -setup.sign * setup.per_mask(logits) if cfg.metric == "task" else setup.per_mask(logits, METRICS[cfg.metric])
 
 
 def _run(model, batches, cfg, quiet):

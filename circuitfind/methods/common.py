@@ -17,10 +17,11 @@ import torch
 from torch import Tensor
 
 from circuitfind.engine.ablation import ABLATIONS, ablated_outputs, mean_outputs
+from circuitfind.engine.patching import masked_forward
 from circuitfind.engine.shared_prefix import SharedPrefix, clean_run
-from circuitfind.errors import ConfigError, count
-from circuitfind.metrics import HIGHER_IS_BETTER, Targets, kl, resolve_metric
-from circuitfind.task import Batch, Task
+from circuitfind.errors import ConfigError, TaskError, count
+from circuitfind.metrics import DIVERGENCES, HIGHER_IS_BETTER, Targets, kl, resolve_metric
+from circuitfind.task import Batch, Task, metric_name
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +37,19 @@ class Setup:
     sign: float  # +1 if higher metric = better behaviour
     weight: float = 1.0  # this batch's share of the task's examples (batch_size=: one Setup per batch)
     shared: SharedPrefix | None = None  # the positions the clean and corrupted prompts share: masked forwards skip them
+    empty_logits: Tensor | None = None  # [batch, vocab] every edge ablated (the empty circuit ∅)
+
+    def per_example(self, logits: Tensor, metric=None) -> Tensor:
+        """The metric (the task's, or the one given) per mask and example: logits [k, batch, vocab] → [k, batch]."""
+        metric = self.metric if metric is None else metric
+        if metric is kl:  # the clean distribution broadcast over the masks, normalised once
+            return kl(logits, self.targets)
+        k, b = logits.shape[:2]
+        return metric(logits.reshape(k * b, -1), self.targets.repeat(k)).view(k, b)
 
     def per_mask(self, logits: Tensor, metric=None) -> Tensor:
         """Mean metric (the task's, or the one given) per mask: logits [k, batch, vocab] → [k]."""
-        metric = self.metric if metric is None else metric
-        if metric is kl:  # the clean distribution broadcast over the masks, normalised once
-            return kl(logits, self.targets).mean(1)
-        k, b = logits.shape[:2]
-        return metric(logits.reshape(k * b, -1), self.targets.repeat(k)).view(k, b).mean(1)
+        return self.per_example(logits, metric).mean(1)
 
     def objective(self, logits: Tensor) -> Tensor:
         """Mean metric of one run: logits [batch, vocab] → scalar."""
@@ -114,8 +120,69 @@ def setups(model, task: Task, ablation: str, seed: int = 0, batch_size: int | No
                 ablated = means
             else:
                 ablated = ablated_outputs(model, ablation, part.clean, part.corrupt, seed=seed, shared=shared)
-        return Setup(part, ablated, part.targets.with_clean(logits[i]), metric, sign, part.size / batch.size, shared)
+            # the empty circuit computes no sender (every one is ablated): one cheap pass
+            empty = masked_forward(model, part.clean, ablated, torch.zeros_like(model.graph.edge_mask, dtype=model.dtype),
+                                   shared=shared)
+        setup = Setup(part, ablated, part.targets.with_clean(logits[i]), metric, sign, part.size / batch.size, shared,
+                      empty)
+        refuse_degenerate(setup, task, ablation, denoising)
+        return setup
     return Batches(len(parts), make)
+
+
+# ---------------------------------------------------------------------- metrics that cannot vary
+TOLERANCE = 1e-9  # a metric that moves less than this between runs is taken as constant
+
+
+def _constant(values: Tensor) -> bool:
+    """Whether values [runs, batch] are the same (to TOLERANCE) in every run, for every example."""
+    return bool(((values.max(0).values - values.min(0).values).abs() <= TOLERANCE).all())
+
+
+def refuse_degenerate(setup: Setup, task: Task, ablation: str, denoising: bool = False) -> None:
+    """A TaskError when the ablation changes the task's metric on no example: the clean run and the empty
+    circuit agree (identical clean and corrupted prompts, say), so no edge can matter and faithfulness,
+    (m(C) − m(∅)) / (m(N) − m(∅)), is 0/0."""
+    values = setup.per_example(torch.stack([setup.targets.clean_logits, setup.empty_logits]))
+    if not _constant(values):
+        return
+    what = ("the clean and corrupted prompts give" if ablation == "corrupted" else
+            f"the clean run and the run with every edge {ablation}-ablated give")
+    raise TaskError(f"task {task.name!r}: {what} the same {metric_name(task)} on all {values.shape[1]} examples"
+                    f"{' of this batch' if setup.weight < 1 else ''}, so the clean-corrupted gap is zero: no edge can "
+                    f"change the behaviour{' back' if denoising else ''} and faithfulness is undefined (0/0). Make the "
+                    "corrupted prompts change the answer (are they the same as the clean ones?), or use another "
+                    "ablation")
+
+
+def refuse_constant_metric(model, setup: Setup, metric, method: str, advice: str, seed: int = 0) -> None:
+    """A ConfigError when `metric` (fn(logits, targets) → [batch], e.g. the KL a method minimises) takes
+    the same value on the clean run, the empty circuit and a random circuit, on every example: it cannot
+    see any edge, and scores or circuits from it would be arbitrary. A distribution over one class (a
+    numerical output) is named as such, before any forward."""
+    name = getattr(metric, "__name__", "metric")
+    if metric is kl and setup.targets.clean_logits.shape[-1] == 1:
+        raise ConfigError(f"{method} measures KL divergence, but {model.name} has one output, whose softmax is 1 "
+                          f"whatever the run: every KL is 0. {advice}")
+    g = model.graph
+    generator = torch.Generator().manual_seed(seed)
+    random = (torch.rand(g.edge_mask.shape, generator=generator) < 0.5).to(model.device, model.dtype)
+    with torch.no_grad():
+        logits = masked_forward(model, setup.batch.clean, setup.ablated, random, shared=setup.shared)
+    values = setup.per_example(torch.stack([setup.targets.clean_logits, setup.empty_logits, logits]), metric)
+    if _constant(values):
+        raise ConfigError(f"{method}'s {name} is the same (to {TOLERANCE:g}) on the clean run, the empty circuit and "
+                          f"a random one, on every example: it cannot tell edges apart. {advice}")
+
+
+def divergence_of(choice: str, task: Task) -> str:
+    """The divergence a method minimises: `choice` ("kl", "l2", "task"), or for "divergence" the task's own
+    (`Task.divergence`: KL for a next-token distribution, l2 for a numerical output)."""
+    if choice != "divergence":
+        return choice
+    if task.divergence not in DIVERGENCES:
+        raise TaskError(f"task {task.name!r} names divergence {task.divergence!r}; known: {', '.join(DIVERGENCES)}")
+    return task.divergence
 
 
 def refuse_gradient_at_clean_of_kl(task: Task, method: str) -> None:

@@ -10,9 +10,9 @@ and minimises
 where s is the expected fraction of edges removed, t the target sparsity (raised linearly from 0 to
 `sparsity` over the first `warmup` of the steps), and λ₁, λ₂ are Lagrange multipliers trained by
 gradient *ascent*, so the constraint s = t is enforced rather than merely encouraged. The objective
-is the KL divergence from the full model's output distribution (the paper's default), or the task's
-own metric (numerical tasks such as tracr-xproportion, whose one output has no distribution, use it
-always).
+is the task's divergence from the full model's output (`Task.divergence`): the KL divergence of its
+output distribution (the paper's default), or l2 for a numerical output such as tracr-xproportion's,
+whose one logit has no distribution; or, with objective="task", the task's own metric.
 
 Scores are σ(log α), the probability-like keep score of each edge: monotone in the mask logits and
 positive, so signed and absolute rankings agree. The learned circuit at the target sparsity is
@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from circuitfind.engine.patching import masked_forward
 from circuitfind.errors import ConfigError
-from circuitfind.methods.common import prepare
+from circuitfind.methods.common import divergence_of, prepare, refuse_constant_metric
 from circuitfind.metrics import resolve_metric
 
 # Hard-concrete stretch interval (γ, ζ) and temperature β, as in Louizos et al. 2018.
@@ -49,7 +49,8 @@ class EdgePruningConfig:
     warmup: float = 0.5  # fraction of the steps over which the target rises from 0 to `sparsity`
     init: float = 3.0  # initial mask logit: every gate starts almost surely open
     node_masks: bool = False  # also learn one gate per sender (multiplying its out-edges' gates)
-    objective: Literal["kl", "task"] = "kl"  # "kl" to the full model, or "task" (the task's metric)
+    # the task's divergence from the full model (KL, or l2 for a numerical output), "kl", "l2", or "task" (its metric)
+    objective: Literal["divergence", "kl", "l2", "task"] = "divergence"
 
     def __post_init__(self):
         if not 0.0 <= self.sparsity < 1.0:
@@ -58,8 +59,8 @@ class EdgePruningConfig:
             raise ConfigError("steps must be ≥ 1 and the learning rates positive")
         if not 0.0 <= self.warmup <= 1.0:
             raise ConfigError(f"warmup is a fraction of the steps, in [0, 1]; got {self.warmup!r}")
-        if self.objective not in ("kl", "task"):
-            raise ConfigError(f"objective must be 'kl' or 'task', got {self.objective!r}")
+        if self.objective not in ("divergence", "kl", "l2", "task"):
+            raise ConfigError(f"objective must be 'divergence', 'kl', 'l2' or 'task', got {self.objective!r}")
 
 
 def sample_gates(log_alpha: Tensor, generator: torch.Generator | None) -> Tensor:
@@ -78,12 +79,15 @@ def score(model, task, cfg: EdgePruningConfig, ablation: str = "corrupted", seed
     setup = prepare(model, task, ablation, seed)
     g = model.graph
     edges = g.edge_mask.to(model.device)
-    numerical = setup.targets.values is not None
-    if cfg.objective == "kl" and not numerical:
-        kl = resolve_metric("kl")
-        objective = lambda logits: kl(logits, setup.targets).mean()  # noqa: E731
-    else:  # lower is better for the optimiser
+    kind = divergence_of(cfg.objective, task)
+    metric = setup.metric if kind == "task" else resolve_metric(kind)
+    refuse_constant_metric(model, setup, metric, f"edge pruning (objective {kind!r})",
+                           "Use --option objective=task (the task's own metric), or objective=l2 for a numerical "
+                           "output", seed)
+    if kind == "task":  # lower is better for the optimiser
         objective = lambda logits: -setup.sign * setup.objective(logits)  # noqa: E731
+    else:
+        objective = lambda logits: metric(logits, setup.targets).mean()  # noqa: E731
 
     generator = torch.Generator(device=model.device).manual_seed(seed)
     edge_logits = torch.full(edges.shape, cfg.init, device=model.device, requires_grad=True)
