@@ -186,7 +186,7 @@ def test_a_task_whose_ablation_changes_nothing_is_refused_before_scoring(tmp_pat
                               answer_pos=ex.answer_pos)
 
     model = cf.load_model("tracr-reverse")
-    for method in ("eap", "eap-ig", "exact", "acdc", "edge-pruning"):  # (ifr patches nothing: it reads the clean run)
+    for method in ("eap", "eap-ig", "exact", "exact-denoising", "acdc", "edge-pruning"):  # (ifr patches nothing: it reads the clean run)
         with pytest.raises(cf.TaskError, match="gap is zero"):
             cf.score_edges(model, Same(n=20), method)
     with pytest.raises(cf.TaskError, match="faithfulness is undefined"):

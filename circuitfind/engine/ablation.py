@@ -25,14 +25,22 @@ ABLATIONS = ("corrupted", "mean", "mean-positional", "zero", "resample")
 
 
 def ablated_outputs(model, ablation: str, clean: Inputs, corrupt: Inputs | None = None, *,
-                    reference: Inputs | None = None, seed: int = 0, shared: SharedPrefix | None = None) -> Tensor:
+                    reference: Inputs | None = None, seed: int = 0, shared: SharedPrefix | None = None,
+                    with_logits: bool = False):
     """Ablated sender outputs [src, batch|1, pos|1, d_model] for the clean prompts.
 
     corrupt: the corrupted prompts (needed for "corrupted"); reference: the prompts means are
     taken over (default: the clean prompts themselves). shared: the prefix the clean and corrupted
     prompts share (`shared_prefix`): the corrupted run's outputs only past it, [src, batch, pos − n,
-    d_model], for walks given the same prefix (corrupted ablation only).
+    d_model], for walks given the same prefix (corrupted ablation only). with_logits: (outputs, logits), the
+    logits [batch, vocab] of the run every ablated edge reads, where one pass gives both (the corrupted run's),
+    else None: the empty circuit's, for free.
     """
+    if with_logits:
+        if ablation == "corrupted":
+            _check_aligned(clean, corrupt)
+            return sender_outputs(model, corrupt, shared, with_logits=True)
+        return ablated_outputs(model, ablation, clean, corrupt, reference=reference, seed=seed, shared=shared), None
     if ablation not in ABLATIONS:
         raise ConfigError(f"unknown ablation {ablation!r}; choose one of {', '.join(ABLATIONS)}")
     g, d = model.graph, model.cfg.d_model
@@ -41,12 +49,7 @@ def ablated_outputs(model, ablation: str, clean: Inputs, corrupt: Inputs | None 
     if ablation == "zero":
         return torch.zeros(g.n_senders, 1, 1, d, dtype=model.dtype, device=model.device)
     if ablation == "corrupted":
-        if corrupt is None:
-            raise ConfigError("corrupted ablation needs the corrupted prompts (corrupt=)")
-        if corrupt.tokens.shape != clean.tokens.shape:
-            raise ConfigError(f"clean prompts are {tuple(clean.tokens.shape)} tokens but corrupted ones "
-                              f"{tuple(corrupt.tokens.shape)}; patching aligns them position by position, so "
-                              "they must have equal token length (reword, or use mean/zero ablation)")
+        _check_aligned(clean, corrupt)
         return sender_outputs(model, corrupt, shared)
     if ablation == "resample":
         if clean.batch < 2:
@@ -56,6 +59,15 @@ def ablated_outputs(model, ablation: str, clean: Inputs, corrupt: Inputs | None 
     if ablation == "mean-positional" and ref.tokens.shape[1] != clean.tokens.shape[1]:
         raise ConfigError("mean-positional ablation needs reference prompts of the clean prompts' token length")
     return mean_outputs(model, [ref], positional=ablation == "mean-positional", own=reference is None)
+
+
+def _check_aligned(clean: Inputs, corrupt: Inputs | None) -> None:
+    if corrupt is None:
+        raise ConfigError("corrupted ablation needs the corrupted prompts (corrupt=)")
+    if corrupt.tokens.shape != clean.tokens.shape:
+        raise ConfigError(f"clean prompts are {tuple(clean.tokens.shape)} tokens but corrupted ones "
+                          f"{tuple(corrupt.tokens.shape)}; patching aligns them position by position, so "
+                          "they must have equal token length (reword, or use mean/zero ablation)")
 
 
 def mean_outputs(model, parts: list[Inputs], *, positional: bool, own: bool = True) -> Tensor:

@@ -129,13 +129,14 @@ def prefixes(model, inputs: Inputs, ablated: Tensor, shared: SharedPrefix | None
     return out, walk.run()[0]
 
 
-def sender_outputs(model, inputs: Inputs, shared: SharedPrefix | None = None) -> Tensor:
+def sender_outputs(model, inputs: Inputs, shared: SharedPrefix | None = None, *, with_logits: bool = False):
     """What every sender writes to the residual stream in the clean run: [src, batch, pos, d_model]
-    (only at the positions past `shared`, where given)."""
+    (only at the positions past `shared`, where given). with_logits: also the run's logits [batch, vocab] at the
+    answer positions, which the same pass computes: (outputs, logits)."""
     zero = torch.zeros(model.graph.n_senders, 1, 1, model.cfg.d_model, dtype=model.dtype, device=model.device)
     walk = Walk(model, inputs, zero, None, record=True, shared=shared)
-    walk.run()
-    return walk.diffs()
+    logits = walk.run()
+    return (walk.diffs(), logits[0]) if with_logits else walk.diffs()
 
 
 def clean_logits(model, inputs: Inputs) -> Tensor:

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from circuitfind.engine.ablation import ABLATIONS, ablated_outputs, mean_outputs
-from circuitfind.engine.patching import masked_forward
+from circuitfind.engine.patching import clean_logits, masked_forward
 from circuitfind.engine.shared_prefix import SharedPrefix, clean_run
 from circuitfind.errors import ConfigError, TaskError, count
 from circuitfind.metrics import DIVERGENCES, HIGHER_IS_BETTER, Targets, kl, resolve_metric
@@ -114,18 +114,24 @@ def setups(model, task: Task, ablation: str, seed: int = 0, batch_size: int | No
         part = parts[i]
         with torch.no_grad():
             shared = runs[i][1]  # (its keys and values the clean run's: the corrupted run's are the same there)
+            # the empty circuit's logits come with the corrupted run's outputs; else one pass that computes no sender
             if denoising:  # the roles swapped: the clean run's outputs, patched into the corrupted run
-                ablated = ablated_outputs(model, "corrupted", part.corrupt, part.clean, shared=shared)
+                ablated, empty = ablated_outputs(model, "corrupted", part.corrupt, part.clean, shared=shared,
+                                                 with_logits=True)
             elif means is not None:
-                ablated = means
+                ablated, empty = means, None
             else:
-                ablated = ablated_outputs(model, ablation, part.clean, part.corrupt, seed=seed, shared=shared)
-            # the empty circuit computes no sender (every one is ablated): one cheap pass
-            empty = masked_forward(model, part.clean, ablated, torch.zeros_like(model.graph.edge_mask, dtype=model.dtype),
-                                   shared=shared)
+                ablated, empty = ablated_outputs(model, ablation, part.clean, part.corrupt, seed=seed, shared=shared,
+                                                 with_logits=True)
+            run = part.corrupt if denoising else part.clean
+            if empty is None:
+                empty = masked_forward(model, run, ablated, torch.zeros_like(model.graph.edge_mask, dtype=model.dtype),
+                                       shared=shared)
+            # denoising patches the corrupted run, whose every edge given its clean value is the clean run
+            unpatched = clean_logits(model, part.corrupt) if denoising else logits[i]
         setup = Setup(part, ablated, part.targets.with_clean(logits[i]), metric, sign, part.size / batch.size, shared,
                       empty)
-        refuse_degenerate(setup, task, ablation, denoising)
+        refuse_degenerate(setup.per_example(torch.stack([unpatched, empty])), task, ablation, setup.weight < 1)
         return setup
     return Batches(len(parts), make)
 
@@ -139,20 +145,18 @@ def _constant(values: Tensor) -> bool:
     return bool(((values.max(0).values - values.min(0).values).abs() <= TOLERANCE).all())
 
 
-def refuse_degenerate(setup: Setup, task: Task, ablation: str, denoising: bool = False) -> None:
-    """A TaskError when the ablation changes the task's metric on no example: the clean run and the empty
-    circuit agree (identical clean and corrupted prompts, say), so no edge can matter and faithfulness,
-    (m(C) − m(∅)) / (m(N) − m(∅)), is 0/0."""
-    values = setup.per_example(torch.stack([setup.targets.clean_logits, setup.empty_logits]))
+def refuse_degenerate(values: Tensor, task: Task, ablation: str, part_of_task: bool = False) -> None:
+    """A TaskError when the ablation changes the task's metric on no example: values [2, batch], the metric of
+    the unpatched run and of the empty circuit, agree (identical clean and corrupted prompts, say), so no edge
+    can matter and faithfulness, (m(C) − m(∅)) / (m(N) − m(∅)), is 0/0."""
     if not _constant(values):
         return
     what = ("the clean and corrupted prompts give" if ablation == "corrupted" else
             f"the clean run and the run with every edge {ablation}-ablated give")
     raise TaskError(f"task {task.name!r}: {what} the same {metric_name(task)} on all {values.shape[1]} examples"
-                    f"{' of this batch' if setup.weight < 1 else ''}, so the clean-corrupted gap is zero: no edge can "
-                    f"change the behaviour{' back' if denoising else ''} and faithfulness is undefined (0/0). Make the "
-                    "corrupted prompts change the answer (are they the same as the clean ones?), or use another "
-                    "ablation")
+                    f"{' of this batch' if part_of_task else ''}, so the clean-corrupted gap is zero: no edge can "
+                    "change the behaviour and faithfulness is undefined (0/0). Make the corrupted prompts change the "
+                    "answer (are they the same as the clean ones?), or use another ablation")
 
 
 def refuse_constant_metric(model, setup: Setup, metric, method: str, advice: str, seed: int = 0) -> None:
@@ -164,13 +168,14 @@ def refuse_constant_metric(model, setup: Setup, metric, method: str, advice: str
     if metric is kl and setup.targets.clean_logits.shape[-1] == 1:
         raise ConfigError(f"{method} measures KL divergence, but {model.name} has one output, whose softmax is 1 "
                           f"whatever the run: every KL is 0. {advice}")
-    g = model.graph
+    values = setup.per_example(torch.stack([setup.targets.clean_logits, setup.empty_logits]), metric)
+    if not _constant(values):  # it moves between the two ends: no forward needed to know it can vary
+        return
     generator = torch.Generator().manual_seed(seed)
-    random = (torch.rand(g.edge_mask.shape, generator=generator) < 0.5).to(model.device, model.dtype)
+    random = (torch.rand(model.graph.edge_mask.shape, generator=generator) < 0.5).to(model.device, model.dtype)
     with torch.no_grad():
         logits = masked_forward(model, setup.batch.clean, setup.ablated, random, shared=setup.shared)
-    values = setup.per_example(torch.stack([setup.targets.clean_logits, setup.empty_logits, logits]), metric)
-    if _constant(values):
+    if _constant(torch.cat([values, setup.per_example(logits[None], metric)])):
         raise ConfigError(f"{method}'s {name} is the same (to {TOLERANCE:g}) on the clean run, the empty circuit and "
                           f"a random one, on every example: it cannot tell edges apart. {advice}")
 
