@@ -14,6 +14,7 @@ import time
 import types
 import typing
 
+from circuitfind import arguments
 from circuitfind.circuit import EdgeScores
 from circuitfind.errors import ConfigError
 from circuitfind.methods import acdc, eap, eap_ig, edge_pruning, exact, ifr
@@ -124,6 +125,8 @@ def score_edges(model, task: Task | str, method: str = "eap-ig", ablation: str =
 
     batch_size: examples a pass (default: all), for tasks whose ablated outputs, held for every
     example at once, would not fit in memory; the scores are the same (up to float rounding)."""
+    arguments.check(model=model, task=task, method=method, ablation=ablation, seed=seed, quiet=quiet,
+                    batch_size=batch_size, options=options)
     options = check_options(method, options)
     if batch_size is not None and method not in BATCHED:
         raise ConfigError(f"method {method!r} takes the task whole (batch_size is for {', '.join(BATCHED)}); "
