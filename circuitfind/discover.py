@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from circuitfind import arguments
+import circuitfind.arguments as arguments
 from circuitfind.circuit import INCOMPLETE, Circuit, EdgeScores, _atomic_write
 from circuitfind.errors import ConfigError
 from circuitfind.evaluate import MIB_FRACTIONS, evaluate, faithfulness_curve, roc_auc

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from circuitfind import arguments
+import circuitfind.arguments as arguments
 from circuitfind.circuit import Circuit, EdgeScores
 from circuitfind.engine.patching import Workspace, clean_logits, masked_forward
 from circuitfind.errors import ConfigError, count

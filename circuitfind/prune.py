@@ -22,7 +22,7 @@ import math
 import torch
 from torch import Tensor
 
-from circuitfind import arguments
+import circuitfind.arguments as arguments
 from circuitfind.circuit import Circuit, EdgeScores
 from circuitfind.errors import ConfigError, count
 from circuitfind.graph import Graph

@@ -14,11 +14,11 @@ import time
 import types
 import typing
 
-from circuitfind import arguments
+import circuitfind.arguments as arguments
 from circuitfind.circuit import EdgeScores
-from circuitfind.errors import ConfigError
+from circuitfind.errors import ConfigError, MetricError
 from circuitfind.methods import acdc, eap, eap_ig, edge_pruning, exact, ifr
-from circuitfind.task import Task, load_task
+from circuitfind.task import Task, load_task, non_finite_message, non_finite_node
 
 # name → (score function, config class, fixed options)
 METHODS = {
@@ -139,6 +139,12 @@ def score_edges(model, task: Task | str, method: str = "eap-ig", ablation: str =
     if batch_size is not None:
         extra["batch_size"] = batch_size
     raw = fn(model, task, cfg, ablation=ablation, seed=seed, **extra)
+    if not bool(raw.isfinite().all()):  # never handed on (nor saved): name where the run overflowed
+        batch = task.batch(model)
+        clean = non_finite_node(model, batch.clean) is not None
+        raise MetricError(non_finite_message(model, batch.clean if clean else batch.corrupt,
+                                             f"the {'clean' if clean else 'corrupted'} prompts of task {task.name!r}")
+                          + f" ({int((~raw.isfinite()).sum())} {method} scores were NaN or infinite)")
     config = dataclasses.asdict(cfg) | {"seed": seed, "n": task.n, "seconds": round(time.perf_counter() - start, 3)}
     if batch_size is not None:
         config["batch_size"] = batch_size

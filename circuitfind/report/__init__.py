@@ -77,7 +77,7 @@ def read_run(run_dir) -> tuple[EdgeScores, Circuit, dict, dict | None]:
 def write_report(run_dir) -> Path:
     """Render figures, tables and report.html in run_dir from its artifacts (checked first: nothing is
     written beside a damaged one); return the page's path."""
-    from circuitfind import arguments
+    import circuitfind.arguments as arguments
 
     arguments.check(run_dir=run_dir)
     return render(Path(run_dir), *read_run(run_dir))

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from circuitfind import arguments
+import circuitfind.arguments as arguments
 from circuitfind.errors import ConfigError, count
 from circuitfind.sweep.jobs import Job, Settings, expand, group_by_model, run_group
 from circuitfind.sweep.store import Store
