@@ -167,7 +167,8 @@ SEED = _at_least(0)
 RULES = {
     # what is computed on
     "model": _model, "task": _task,
-    "scores": _instance("EdgeScores", " (cf.score_edges(model, task))"),
+    "scores": _instance("EdgeScores", " (cf.score_edges(model, task); a circuit is one point of the curve: "
+                                      "cf.evaluate)"),
     "circuit": _instance("Circuit", ": prune the scores first, e.g. cf.prune(scores, edges=200)"),
     "truth": _truth,
     # how

@@ -81,8 +81,8 @@ def _discover(args) -> int:
             raise ConfigError(f"--option takes KEY=VALUE, got {item!r}")
         options[key.replace("-", "_")] = _option_value(value)
     # every argument, the method's options and the run directory, before anything loads
-    check_run(method=args.method, options=options, out=args.out, overwrite=args.overwrite, edges=args.edges,
-              target=args.target, n=args.n, seed=args.seed, batch_size=args.batch_size)
+    check_run(method=args.method, options=options, out=args.out, overwrite=args.overwrite, ablation=args.ablation,
+              edges=args.edges, target=args.target, n=args.n, seed=args.seed, batch_size=args.batch_size)
     held = args.out is not None and Path(args.out).is_dir() and any(Path(args.out).iterdir())
     task = load_task(args.task, n=args.n, seed=args.seed, metric=args.metric)
     model = load_model(args.model, tokenizer=args.tokenizer, dtype=args.dtype, device=args.device)

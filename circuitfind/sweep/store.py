@@ -37,7 +37,10 @@ class Store:
         if readonly:
             if not self.path.is_file():
                 raise ConfigError(f"no sweep store at {str(self.path)!r}")
-            self.db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
+            # immutable (no lock files left beside it) unless a sweep is writing it now (its -wal is there)
+            live = Path(str(self.path) + "-wal").exists()
+            self.db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro{'' if live else '&immutable=1'}",
+                                      uri=True, isolation_level=None)
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(self.path, isolation_level=None)  # explicit transactions below
