@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 import circuitfind as cf
 
-SETTINGS = settings(max_examples=40, derandomize=True, deadline=None,
+SETTINGS = settings(max_examples=25, derandomize=True, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 

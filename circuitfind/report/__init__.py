@@ -42,7 +42,23 @@ def _flow_figure(graph, flow: dict, path: Path) -> None:
                     title=f"information flow, example {flow['example']} (τ={flow['threshold']})")
 
 
-RESULT_KEYS = {"model": str, "task": str, "method": str, "n_edges": int, "n_edges_total": int, "curve": dict}
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _numbers(x) -> bool:
+    return isinstance(x, list) and all(_number(v) for v in x)
+
+
+# what the report reads of result.json, and the form it must have
+RESULT_FIELDS = {"model": lambda x: isinstance(x, str), "task": lambda x: isinstance(x, str),
+                 "method": lambda x: isinstance(x, str), "ablation": lambda x: isinstance(x, str),
+                 "n_edges": _number, "n_edges_total": _number, "cpr": _number, "cmd": _number,
+                 "faithfulness": lambda x: x is None or _number(x), "roc_auc": lambda x: x is None or _number(x),
+                 "seconds": lambda x: x is None or _number(x), "provenance": lambda x: x is None or isinstance(x, dict),
+                 "curve": lambda c: isinstance(c, dict) and all(_numbers(c.get(k)) for k in
+                                                                ("fractions", "faithfulness_signed"))
+                 and (c.get("faithfulness_absolute") is None or _numbers(c["faithfulness_absolute"]))}
 
 
 def read_run(run_dir) -> tuple[EdgeScores, Circuit, dict, dict | None]:
@@ -58,17 +74,16 @@ def read_run(run_dir) -> tuple[EdgeScores, Circuit, dict, dict | None]:
                           "write one with `circuitfind discover --out DIR`")
     scores, circuit = EdgeScores.load(d), Circuit.load(d / "circuit.json")
     result = read_json(d / "result.json", "a run's result")
-    wrong = [k for k, kind in RESULT_KEYS.items() if not isinstance(result.get(k), kind)]
-    curve = result.get("curve")
-    if not wrong and not all(isinstance(curve.get(k), list) for k in ("fractions", "faithfulness_absolute")):
-        wrong = ["curve"]
+    wrong = [k for k, fits in RESULT_FIELDS.items() if not fits(result.get(k))]
     if wrong:
         raise ConfigError(f"{d / 'result.json'} is damaged: {', '.join(repr(k) for k in wrong)} missing or of the "
                           "wrong type; rerun discover to write it again")
     inspect = None
     if (d / "inspect.json").exists():
         inspect = read_json(d / "inspect.json", "the examples and logit lens of a run")
-        if not all(isinstance(inspect.get(k), kind) for k, kind in (("lens", list), ("examples", list), ("task", dict))):
+        lens = inspect.get("lens")
+        if not all(isinstance(inspect.get(k), kind) for k, kind in (("lens", list), ("examples", list), ("task", dict))) \
+                or not all(isinstance(r, dict) and isinstance(r.get("node"), str) for r in lens):
             raise ConfigError(f"{d / 'inspect.json'} is damaged: it needs 'lens', 'examples' and 'task'; rerun "
                               "discover to write it again")
     return scores, circuit, result, inspect
