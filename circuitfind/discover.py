@@ -6,6 +6,8 @@ The circuit is the smallest of the MIB-size circuits (top edges by |score|, dang
 whose faithfulness on the test split reaches `target` (default 0.9), unless `edges=` fixes its size.
 The run directory holds scores.safetensors + scores.json, circuit.json, result.json, inspect.json
 (examples and logit lens) and the report (figures/, tables/, report.html; `report=False` skips it).
+It is written whole or not at all (a temporary sibling marked `.incomplete`, renamed into place when
+complete), and a directory holding a run is replaced only with `overwrite=True`.
 """
 
 from __future__ import annotations

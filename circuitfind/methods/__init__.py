@@ -18,7 +18,8 @@ import circuitfind.arguments as arguments
 from circuitfind.circuit import EdgeScores
 from circuitfind.errors import ConfigError, MetricError
 from circuitfind.methods import acdc, eap, eap_ig, edge_pruning, exact, ifr
-from circuitfind.task import Task, load_task, non_finite_message, non_finite_node
+from circuitfind.metrics import non_finite_message, non_finite_node
+from circuitfind.task import Task, load_task
 
 # name → (score function, config class, fixed options)
 METHODS = {
