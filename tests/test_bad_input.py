@@ -214,7 +214,12 @@ def test_other_bad_reads_on_the_command_line(run_dir, capsys, tmp_path):
              (["sweep", "--models", "toy-induction", "--tasks", "induction", "--methods", "eap", "--target", "nan",
                "--store", str(tmp_path / "s.sqlite")], "target (the faithfulness the circuit must reach) must be"),
              (["sweep", "--models", "toy-induction", "--tasks", "induction", "--methods", "eap", "--workers", "0",
-               "--store", str(tmp_path / "s.sqlite")], "workers (worker processes) must be a count ≥ 1")]
+               "--store", str(tmp_path / "s.sqlite")], "workers (worker processes) must be a count ≥ 1"),
+             (["sweep", "--models", "toy-induction", "--tasks", "induction", "--methods", "eap", "--seeds", "0,x",
+               "--store", str(tmp_path / "s.sqlite")], "--seeds takes integers, got 'x'"),
+             (["sweep", "--models", "toy-induction", "--tasks", "induction", "--methods", "eap", "--executor", "ray",
+               "--resources", "num_cpus=lots", "--store", str(tmp_path / "s.sqlite")],
+              "--resources num_cpus takes integers, got 'lots'")]
     for argv, says in cases:
         refused(capsys, argv, says)
     assert tree(tmp_path) == before

@@ -148,6 +148,17 @@ def _list(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
+def _number(text: str, what: str, kind):
+    """A number of the command line (an int may be written 8e9), or a ConfigError naming where it went."""
+    from circuitfind.errors import ConfigError
+
+    try:
+        value = float(text)
+        return kind(value) if kind is float or value.is_integer() else kind(text)
+    except (ValueError, OverflowError):
+        raise ConfigError(f"{what} takes {'integers' if kind is int else 'numbers'}, got {text!r}") from None
+
+
 def _sweep(args) -> int:
     from circuitfind.sweep import sweep
 
@@ -163,9 +174,10 @@ def _sweep(args) -> int:
     resources = {}
     for item in _list(args.resources or ""):  # num_cpus=1,num_gpus=1,memory=8e9
         key, _, value = item.partition("=")
-        resources[key] = float(value) if key == "num_gpus" else int(float(value))
-    df = sweep(_list(args.models), _list(args.tasks), _list(args.methods), _list(args.ablations),
-               [int(s) for s in _list(args.seeds)], store=args.store, executor=args.executor, workers=args.workers,
+        resources[key] = _number(value, f"--resources {key}", float if key == "num_gpus" else int)
+    seeds = [_number(s, "--seeds", int) for s in _list(args.seeds)]
+    df = sweep(_list(args.models), _list(args.tasks), _list(args.methods), _list(args.ablations), seeds,
+               store=args.store, executor=args.executor, workers=args.workers,
                n=args.n, edges=args.edges, target=args.target, options=options, dtype=args.dtype, device=args.device,
                resources=resources, metric=args.metric, quiet=args.quiet, batch_size=args.batch_size)
     done = df[df.status == "done"] if len(df) else df
