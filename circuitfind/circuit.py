@@ -6,6 +6,8 @@
     Circuit.load("run/circuit.json")
 
 Files are written to a temporary name and renamed, so an interrupted save leaves nothing half-written.
+Files are read through `read_json` and `check_format`: a damaged, foreign or newer file is refused
+with a ConfigError naming it and what is wrong, and nothing read is ever written back.
 """
 
 from __future__ import annotations
@@ -22,6 +24,59 @@ from circuitfind.errors import ConfigError, count
 from circuitfind.graph import Graph
 
 FORMAT_VERSION = 1
+INCOMPLETE = ".incomplete"  # the mark of a run directory discover has not finished writing
+MAX_GRAPH = 256  # layers, and heads: more than any model has; a damaged file's graph is not allocated
+
+
+def read_json(path: str | os.PathLike, what: str) -> dict:
+    """The JSON object in path (`what` it should hold, for the message), or a ConfigError naming the file and
+    what is wrong with it: missing, unreadable, not JSON (truncated?), not an object."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path} does not exist; expected {what}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read {path} ({getattr(e, 'strerror', None) or e}); expected {what}") from None
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        raise ConfigError(f"{path} is damaged: not JSON ({e}{'; truncated?' if text.strip() else '; empty'}); "
+                          f"expected {what}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} is damaged: it holds a JSON {type(data).__name__}, not {what}")
+    return data
+
+
+def check_format(data: dict, path, kind: str) -> None:
+    """Refuse a file that is not of `kind` or of a format this circuitfind does not read (a newer one: say so)."""
+    found = data.get("format")
+    if data.get("kind", kind) != kind:
+        raise ConfigError(f"{path} holds a {data.get('kind')!r}, not a circuitfind {kind}")
+    if isinstance(found, int) and not isinstance(found, bool) and found > FORMAT_VERSION:
+        raise ConfigError(f"{path} was written by a newer circuitfind (format {found}; this one reads format "
+                          f"{FORMAT_VERSION}): upgrade circuitfind to read it")
+    if found != FORMAT_VERSION:
+        raise ConfigError(f"{path} has format {found!r}, not a circuitfind {kind} of format {FORMAT_VERSION}")
+
+
+def graph_from(data: dict, path) -> Graph:
+    """The `graph` entry of a saved file, checked (a damaged one would build any graph, or none)."""
+    g = data.get("graph")
+    ok = isinstance(g, dict) and set(g) <= {"n_layers", "n_heads", "parallel"} and all(
+        isinstance(g.get(k), int) and not isinstance(g.get(k), bool) and 1 <= g[k] <= MAX_GRAPH
+        for k in ("n_layers", "n_heads")) and isinstance(g.get("parallel", False), bool)
+    if not ok:
+        raise ConfigError(f"{path} is damaged: its 'graph' is {g!r}, not {{'n_layers': L, 'n_heads': H, "
+                          "'parallel': bool}")
+    return Graph(**g)
+
+
+def refuse_incomplete(d: Path) -> None:
+    """A run directory discover was interrupted writing is not a run: refused, never read as one."""
+    if (d / INCOMPLETE).exists():
+        raise ConfigError(f"{d} is an unfinished run (discover was interrupted while writing it): nothing in it is "
+                          "a result; run discover again")
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -89,27 +144,62 @@ class EdgeScores:
     def save(self, directory: str | os.PathLike) -> None:
         from safetensors.torch import save_file
 
+        bad = int((~self.scores.isfinite()).sum())
+        if bad:  # never written: a reader would take them for scores
+            raise ConfigError(f"{bad} of the {self.method or 'edge'} scores are NaN or infinite; they are not saved "
+                              "(the model's activations may overflow: load it in float32 or bfloat16)")
         d = Path(directory)
         _atomic_write(d / "scores.safetensors", lambda p: save_file({"scores": self.scores.contiguous()}, p))
         _atomic_write(d / "scores.json", lambda p: Path(p).write_text(json.dumps(self.metadata(), indent=2)))
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> "EdgeScores":
-        from safetensors.torch import load_file
-
+        """From a run directory's scores.json and scores.safetensors (checked: named if damaged)."""
         d = Path(directory)
+        if not d.is_dir():
+            raise ConfigError(f"{str(d)!r} is not a directory; scores are read from a run directory")
+        refuse_incomplete(d)
         if not (d / "scores.json").exists():
             raise ConfigError(f"{str(d)!r} holds no scores.json; is it a run directory?")
-        meta = json.loads((d / "scores.json").read_text())
-        if meta.get("format") != FORMAT_VERSION:
-            raise ConfigError(f"{d}/scores.json has format {meta.get('format')}; this circuitfind reads {FORMAT_VERSION}")
-        return cls(load_file(str(d / "scores.safetensors"))["scores"], Graph(**meta["graph"]), meta["method"],
-                   meta["model"], meta["task"], meta["ablation"], meta["config"])
+        meta_path = d / "scores.json"
+        meta = read_json(meta_path, "edge-score metadata")
+        check_format(meta, meta_path, "edge-scores")
+        graph = graph_from(meta, meta_path)
+        names = {k: meta.get(k, "") for k in ("method", "model", "task", "ablation")}
+        if not all(isinstance(v, str) for v in names.values()) or not isinstance(meta.get("config", {}), dict):
+            raise ConfigError(f"{meta_path} is damaged: method, model, task and ablation must be strings and "
+                              "config an object")
+        scores = _read_scores(d / "scores.safetensors", (graph.n_receivers, graph.n_senders))
+        return cls(scores, graph, **names, config=meta.get("config", {}))
 
     def __repr__(self) -> str:  # not the tensor: a notebook cell showing a Run would print all of it
         made = " / ".join(part for part in (self.model, self.task, self.method) if part) or "unnamed"
         ablation = f", {self.ablation} ablation" if self.ablation else ""
         return f"EdgeScores({made}: {self.graph.n_edges} edges, {self.level} scores{ablation})"
+
+
+def _read_scores(path: Path, shape: tuple[int, int]) -> Tensor:
+    """The `scores` tensor of a safetensors file, [dst, src] of this shape and finite, or a ConfigError naming
+    the file and what is wrong."""
+    from safetensors import safe_open
+
+    if not path.exists():
+        raise ConfigError(f"{path} does not exist; a run directory holds its scores there")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            if "scores" not in f.keys():
+                raise ConfigError(f"{path} holds no 'scores' tensor (it has {sorted(f.keys())})")
+            scores = f.get_tensor("scores")
+    except ConfigError:
+        raise
+    except Exception as e:  # noqa: BLE001 — safetensors raises its own errors (and OSError) on a damaged file
+        raise ConfigError(f"{path} is damaged: not a readable safetensors file ({type(e).__name__}: {e})") from None
+    if tuple(scores.shape) != shape or not scores.is_floating_point():
+        raise ConfigError(f"{path} is damaged: its scores are {scores.dtype} {tuple(scores.shape)}, but scores.json's "
+                          f"graph needs float [dst, src] = {shape}")
+    if not bool(scores.isfinite().all()):
+        raise ConfigError(f"{path} is damaged: {int((~scores.isfinite()).sum())} of its scores are NaN or infinite")
+    return scores
 
 
 @dataclass
@@ -145,17 +235,22 @@ class Circuit:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Circuit":
-        """From a circuit file, or a run directory (its circuit.json)."""
+        """From a circuit file, or a run directory (its circuit.json); a damaged file is named, never read."""
         if Path(path).is_dir():
+            refuse_incomplete(Path(path))
             path = Path(path) / "circuit.json"
+        data = read_json(path, "a circuitfind circuit (circuit.json)")
+        check_format(data, path, "circuit")
+        graph = graph_from(data, path)
+        edges = data.get("edges")
+        if not isinstance(edges, list) or not all(isinstance(e, str) for e in edges):
+            raise ConfigError(f"{path} is damaged: 'edges' must be a list of edge names, got {type(edges).__name__}")
         try:
-            data = json.loads(Path(path).read_text())
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"cannot read a circuit from {str(path)!r}: {e}") from None
-        if not isinstance(data, dict) or data.get("kind") != "circuit" or data.get("format") != FORMAT_VERSION:
-            raise ConfigError(f"{path} is not a circuitfind circuit file of format {FORMAT_VERSION}")
-        graph = Graph(**data["graph"])
-        return cls(graph.mask_from_edges(data["edges"]), graph, data.get("provenance", {}))
+            mask = graph.mask_from_edges(edges)
+        except ConfigError as e:
+            raise ConfigError(f"{path} is damaged: {e}") from None
+        provenance = data.get("provenance", {})
+        return cls(mask, graph, provenance if isinstance(provenance, dict) else {})
 
     def __repr__(self) -> str:
         return f"Circuit({self.n_edges} of {self.graph.n_edges} edges, {len(self.nodes())} nodes)"
@@ -174,7 +269,9 @@ class Circuit:
         return self._combine(other, "minus", self.mask & ~_same_graph(self, other).mask)
 
 
-def _same_graph(a: Circuit, b) -> Circuit:
+def _same_graph(a, b) -> Circuit:
+    if not isinstance(a, Circuit):
+        raise ConfigError(f"circuits combine with circuits, not {type(a).__name__} (cf.prune, or Circuit.load)")
     if not isinstance(b, Circuit):
         raise ConfigError(f"circuits combine with circuits, not {type(b).__name__}")
     if a.graph != b.graph:

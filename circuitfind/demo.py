@@ -31,7 +31,7 @@ def main(out: str | None = None) -> Path:
     model = cf.load_model("toy-lm")
     print(f"\ntoy-lm: {model.graph}")
     out = Path(out or tempfile.mkdtemp(prefix="circuitfind-demo-")) / "ioi-toy-lm"
-    run = cf.discover(model, "ioi", method="eap-ig", out=out, quiet=True)
+    run = cf.discover(model, "ioi", method="eap-ig", out=out, quiet=True, overwrite=True)  # the demo's own run
     r = run.result
     print(f"IOI, eap-ig: a circuit of {r['n_edges']} of {r['n_edges_total']} edges, faithfulness "
           f"{r['faithfulness']:.3f}, CPR {r['cpr']:.3f}, CMD {r['cmd']:.3f}")

@@ -6,6 +6,8 @@ The circuit is the smallest of the MIB-size circuits (top edges by |score|, dang
 whose faithfulness on the test split reaches `target` (default 0.9), unless `edges=` fixes its size.
 The run directory holds scores.safetensors + scores.json, circuit.json, result.json, inspect.json
 (examples and logit lens) and the report (figures/, tables/, report.html; `report=False` skips it).
+It is written whole or not at all (a temporary sibling marked `.incomplete`, renamed into place when
+complete), and a directory holding a run is replaced only with `overwrite=True`.
 """
 
 from __future__ import annotations
@@ -14,18 +16,21 @@ import json
 import logging
 import os
 import platform
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from circuitfind.circuit import Circuit, EdgeScores, _atomic_write
+import circuitfind.arguments as arguments
+from circuitfind.circuit import INCOMPLETE, Circuit, EdgeScores, _atomic_write
 from circuitfind.errors import ConfigError
 from circuitfind.evaluate import MIB_FRACTIONS, evaluate, faithfulness_curve, roc_auc
-from circuitfind.methods import METHODS, score_edges
+from circuitfind.methods import METHODS, check_options, score_edges
 from circuitfind.prune import prune
-from circuitfind.report import write_report
+from circuitfind.report import render
 from circuitfind.report.data import collect
 from circuitfind.task import Task, load_task, metric_name
 
@@ -41,16 +46,86 @@ def _version(package: str) -> str:
         return "unknown"
 
 
-def _check_out(out: Path) -> None:
-    """Refuse, before any work, a run directory that could not be written: a file in its place, or
-    no writable directory to make it in."""
+INCOMPLETE_NOTE = "discover was interrupted while writing this run directory; it is not a whole run\n"
+
+
+def check_out(out, overwrite: bool = False) -> None:
+    """Refuse, before any work (the command line: before the model loads), a run directory that could
+    not be written (a file in its place, no writable directory to make it in) or that holds a run or
+    other files already (a finished run is data: replaced only with overwrite=True, and only if it is
+    a run directory)."""
+    out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"out={str(out)!r} is a file; a run writes a directory there")
+    if out.is_dir() and any(out.iterdir()):
+        if not is_run_dir(out):
+            raise ConfigError(f"out={str(out)!r} holds files that are not a circuitfind run; a run replaces its "
+                              "directory whole, so choose a new or empty directory")
+        if not overwrite:
+            raise ConfigError(f"out={str(out)!r} holds a run already; pass --overwrite (overwrite=True) to replace "
+                              "it, or choose another directory")
     parent = out
     while not parent.exists():
         parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
+    if not parent.is_dir() or not _writable(parent):
         raise ConfigError(f"cannot write the run directory {str(out)!r}: {str(parent)!r} is not a writable directory")
+
+
+def _writable(folder: Path) -> bool:
+    """Whether a directory can be made in folder (tried, not asked: os.access says yes to root on a read-only
+    file system)."""
+    try:
+        Path(tempfile.mkdtemp(dir=folder, prefix=".circuitfind-probe-")).rmdir()
+    except OSError:
+        return False
+    return True
+
+
+def is_run_dir(d: Path) -> bool:
+    """A directory discover wrote (whole or not): one holding the files every run has, or the mark of an
+    unfinished one."""
+    return (d / INCOMPLETE).exists() or any((d / f).exists() for f in ("result.json", "scores.json", "circuit.json"))
+
+
+def _stale(out: Path) -> None:
+    """Remove the unfinished run directories an interrupted discover (killed: nothing could tidy) left
+    beside out, `.tmp-<name>-<pid>-*` of processes no longer running; say so, one line each."""
+    for d in out.parent.glob(f".tmp-{out.name}-*-*"):
+        pid = d.name[len(f".tmp-{out.name}-"):].split("-")[0]
+        if not pid.isdigit() or not (d / INCOMPLETE).exists():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # that discover is still running
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+        log.warning("removed %s, the unfinished run of an interrupted discover (nothing in it was kept)", d)
+
+
+def _write_run(out: Path, overwrite: bool, write) -> None:
+    """Write a run directory whole or not at all: into a temporary sibling marked incomplete, renamed to out
+    when complete (an earlier run there replaced only with overwrite, after the new one is whole)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _stale(out)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".tmp-{out.name}-{os.getpid()}-"))
+    try:
+        (tmp / INCOMPLETE).write_text(INCOMPLETE_NOTE)
+        write(tmp)
+        (tmp / INCOMPLETE).unlink()
+        check_out(out, overwrite)  # again: something may have appeared there during the run
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if out.is_dir() and any(out.iterdir()):  # an earlier run (overwrite): set aside until the new one is in place
+        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".old-{out.name}-"))
+        os.replace(out, old / "run")
+    os.replace(tmp, out)  # (onto an empty directory, or none)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 @dataclass
@@ -69,6 +144,18 @@ class Run:
                 f"faithfulness {self.result['faithfulness']:.3f}{where})")
 
 
+def check_run(graph=None, *, method: str, options: dict, out=None, overwrite: bool = False, **values) -> None:
+    """Everything discover checks before work, in one pass: every argument by its rule (`arguments`;
+    sizes against the graph once it is known), the method's options, and the run directory. The command
+    line calls it with graph=None before it loads the task or the model, discover again with the graph."""
+    arguments.check(graph, method=method, options=options, out=out, overwrite=overwrite, **values)
+    if method not in METHODS:
+        raise ConfigError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
+    check_options(method, options)
+    if out is not None:
+        check_out(out, overwrite)
+
+
 def _acdc_threshold(method: str, options: dict) -> float | None:
     """τ of an ACDC run that swept every receiver (its circuit is then the edges it kept: Δ ≥ τ), else
     None. With receivers= some edges were never tried (score 0), so ACDC did not decide the circuit."""
@@ -79,7 +166,8 @@ def _acdc_threshold(method: str, options: dict) -> float | None:
 
 def discover(model, task: Task | str, method: str = "eap-ig", ablation: str = "corrupted", *, out=None,
              edges: int | None = None, target: float = 0.9, n: int | None = None, seed: int = 0, quiet: bool = False,
-             report: bool = True, batch_size: int | None = None, provenance: dict | None = None, **options) -> Run:
+             report: bool = True, batch_size: int | None = None, provenance: dict | None = None,
+             overwrite: bool = False, **options) -> Run:
     """Score every edge with `method`, pick the smallest MIB-size circuit whose faithfulness on the
     test split (a quarter of n, no prompt shared with the train split) reaches `target` (or the top
     `edges`), evaluate it, and, with `out=`, write the run directory and its report. ACDC's circuit is
@@ -90,17 +178,17 @@ def discover(model, task: Task | str, method: str = "eap-ig", ablation: str = "c
     (e.g. steps=10 for eap-ig; `circuitfind.methods.METHODS` lists the config classes). batch_size:
     examples a pass, for scoring, the curve and the evaluation (methods in `methods.BATCHED`).
     provenance: entries added to result.json's provenance (the command line records itself there;
-    a notebook might add its experiment's commit).
+    a notebook might add its experiment's commit). out: written whole when the run is complete (an
+    interrupted run leaves nothing there); a directory holding a run is refused unless overwrite=True.
     """
-    if method not in METHODS:
-        raise ConfigError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
+    check_run(model=model, task=task, method=method, ablation=ablation, out=out, edges=edges, target=target, n=n,
+              seed=seed, quiet=quiet, report=report, batch_size=batch_size, provenance=provenance,
+              overwrite=overwrite, options=options)
     if isinstance(task, str):
         task = load_task(task, n=100 if n is None else n, seed=seed)
     elif n is not None and n != task.n:  # a loaded task keeps its examples; n would be ignored
         raise ConfigError(f"the task was loaded with n={task.n}; n={n} applies only to a task given by name "
                           "(pass n to load_task instead)")
-    if out is not None:
-        _check_out(Path(out))
     test = task.with_split("test", n=max(1, task.n // 4))
     test.batch(model)  # validate both splits before the long work
     if ablation == "resample" and test.n < 2:
@@ -149,11 +237,15 @@ def discover(model, task: Task | str, method: str = "eap-ig", ablation: str = "c
                              "batch_size": batch_size, "options": options} | (provenance or {})}
     if out is not None:
         out = Path(out)
-        scores.save(out)
-        circuit.save(out / "circuit.json")
-        _atomic_write(out / "result.json", lambda p: Path(p).write_text(json.dumps(result, indent=2)))
-        if report:
-            inspect = collect(model, test)
-            _atomic_write(out / "inspect.json", lambda p: Path(p).write_text(json.dumps(inspect, indent=1)))
-            write_report(out)
+
+        def write(d: Path) -> None:
+            scores.save(d)
+            circuit.save(d / "circuit.json")
+            _atomic_write(d / "result.json", lambda p: Path(p).write_text(json.dumps(result, indent=2)))
+            if report:
+                inspect = collect(model, test)
+                _atomic_write(d / "inspect.json", lambda p: Path(p).write_text(json.dumps(inspect, indent=1)))
+                as_read = lambda data: json.loads(json.dumps(data))  # noqa: E731 — what a reader of the files sees
+                render(d, scores, circuit, as_read(result), as_read(inspect))
+        _write_run(out, overwrite, write)
     return Run(scores, circuit, result, out)

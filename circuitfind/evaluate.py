@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+import circuitfind.arguments as arguments
 from circuitfind.circuit import Circuit, EdgeScores
 from circuitfind.engine.patching import Workspace, clean_logits, masked_forward
 from circuitfind.errors import ConfigError, count
@@ -82,8 +83,9 @@ def evaluate(model, task: Task | str, circuit: Circuit, *, ablation: str = "corr
              seed: int = 0, batch_size: int | None = None) -> dict:
     """Metric of the circuit, the full model and the empty circuit, and the faithfulness, in one forward
     (a batch of at most batch_size examples at a time, if given)."""
+    arguments.check(model=model, task=task, circuit=circuit, ablation=ablation, split=split, seed=seed,
+                    batch_size=batch_size)
     g = model.graph
-    _expect(circuit, Circuit, "evaluate takes a Circuit: prune the scores first, e.g. cf.prune(scores, edges=200)")
     _check_graph("circuit is", circuit.graph, g)
     parts = setups(model, _test_task(task, split), ablation, seed, batch_size)
     masks = torch.stack([circuit.mask, torch.zeros_like(g.edge_mask)]).float()
@@ -94,11 +96,6 @@ def evaluate(model, task: Task | str, circuit: Circuit, *, ablation: str = "corr
             "n_edges_total": g.n_edges}
 
 
-def _expect(value, kind: type, advice: str) -> None:
-    if not isinstance(value, kind):
-        raise ConfigError(f"{advice}; got {type(value).__name__}")
-
-
 def _check_graph(what: str, graph, model_graph) -> None:
     if graph != model_graph:  # Graph is a frozen dataclass of its shape: layers, heads, parallel
         raise ConfigError(f"the {what} over a {graph} but the model's graph is {model_graph}")
@@ -107,6 +104,7 @@ def _check_graph(what: str, graph, model_graph) -> None:
 def task_accuracy(model, task: Task | str, *, split: str = "test") -> float:
     """Fraction of examples where the model prefers a correct answer to every wrong one: the best
     correct logit beats the best wrong logit (the task's own contrast, not the whole vocabulary)."""
+    arguments.check(model=model, task=task, split=split)
     task = _test_task(task, split)
     batch = task.batch(model)
     t = batch.targets
@@ -138,9 +136,9 @@ def faithfulness_curve(model, task: Task | str, scores: EdgeScores, *, ablation:
     chunk: circuits per forward. Batching pays only on small models: a batch computes the union of
     its circuits' nodes, so on wide models one circuit per forward (the default there) is fastest.
     quiet=False: a progress bar over the circuits (discover shows it). batch_size: examples a pass."""
+    arguments.check(model=model, task=task, scores=scores, ablation=ablation, split=split, fractions=fractions,
+                    seed=seed, chunk=chunk, ranking=ranking, quiet=quiet, batch_size=batch_size)
     g = model.graph
-    _expect(scores, EdgeScores, "the faithfulness curve ranks edges by their scores: give it EdgeScores (a circuit "
-            "is one point of it: cf.evaluate)")
     _check_graph("scores are", scores.graph, g)
     if ranking not in RANKINGS:
         raise ConfigError(f"ranking must be one of {', '.join(RANKINGS)}; got {ranking!r}")
@@ -182,6 +180,7 @@ def _trapezoid(xs, ys) -> float:
 
 def roc_auc(scores: EdgeScores, truth: Circuit | list[str]) -> float:
     """Probability that a ground-truth edge outscores (|score|) a non-circuit edge; ties count half."""
+    arguments.check(scores=scores, truth=truth)
     g = scores.graph
     true_mask = truth.mask if isinstance(truth, Circuit) else g.mask_from_edges(truth)
     s = scores.scores.abs()[g.edge_mask]

@@ -14,14 +14,14 @@ MIB submission: one folder per task and model, `<task>_<model>/`, holding one im
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
 import torch
 
-from circuitfind.circuit import Circuit, EdgeScores, _atomic_write
+from circuitfind.circuit import Circuit, EdgeScores, _atomic_write, graph_from, read_json
 from circuitfind.errors import ConfigError
-from circuitfind.graph import Graph
 
 
 def to_eap_ig(scores: EdgeScores, circuit: Circuit | None = None, d_model: int | None = None) -> dict:
@@ -41,23 +41,32 @@ def to_eap_ig(scores: EdgeScores, circuit: Circuit | None = None, d_model: int |
 
 
 def from_eap_ig(data: dict | str | os.PathLike) -> tuple[EdgeScores, Circuit]:
-    """Scores and circuit (the edges marked in_graph) from a graph JSON (dict or path)."""
+    """Scores and circuit (the edges marked in_graph) from a graph JSON (dict or path); a damaged or foreign
+    file is refused, naming it and what is wrong."""
+    where = "the EAP-IG graph" if isinstance(data, dict) else str(data)
     if not isinstance(data, dict):
-        data = json.loads(Path(data).read_text())
-    try:
-        cfg = data["cfg"]
-        g = Graph(cfg["n_layers"], cfg["n_heads"], bool(cfg.get("parallel_attn_mlp", False)))
-        edges = data["edges"]
-    except (KeyError, TypeError) as e:
-        raise ConfigError(f"not an EAP-IG graph JSON (missing {e})") from e
+        data = read_json(data, "an EAP-IG / MIB graph JSON ({'cfg': ..., 'nodes': ..., 'edges': ...})")
+    cfg, edges = data.get("cfg"), data.get("edges")
+    if not isinstance(cfg, dict) or not isinstance(edges, dict):
+        missing = "cfg" if not isinstance(cfg, dict) else "edges"
+        raise ConfigError(f"{where} is not an EAP-IG graph JSON (no {missing!r} object)")
+    g = graph_from({"graph": {"n_layers": cfg.get("n_layers"), "n_heads": cfg.get("n_heads"),
+                              "parallel": cfg.get("parallel_attn_mlp", False)}}, where)
     scores = torch.zeros(g.n_receivers, g.n_senders)
     mask = torch.zeros(g.n_receivers, g.n_senders, dtype=torch.bool)
     for name, e in edges.items():
-        d, s = g.edge_index(name)
-        scores[d, s] = float(e.get("score") or 0.0)
-        mask[d, s] = bool(e.get("in_graph", False))
+        try:
+            d, s = g.edge_index(name)
+        except ConfigError as error:
+            raise ConfigError(f"{where} is damaged or of another model: {error}") from None
+        score = e.get("score") if isinstance(e, dict) else None
+        if not isinstance(e, dict) or not (score is None or isinstance(score, (int, float))) or isinstance(score, bool) \
+                or not math.isfinite(score or 0.0) or not isinstance(e.get("in_graph", False), bool):
+            raise ConfigError(f"{where} is damaged: edge {name!r} is {e!r}, not {{'score': number, 'in_graph': bool}}")
+        scores[d, s] = float(score or 0.0)
+        mask[d, s] = e.get("in_graph", False)
     if len(edges) != g.n_edges:
-        raise ConfigError(f"the file lists {len(edges)} edges but a {g} has {g.n_edges}")
+        raise ConfigError(f"{where} lists {len(edges)} edges but a {g} has {g.n_edges}")
     return EdgeScores(scores, g, method="imported"), Circuit(mask, g, {"kind": "circuit", "source": "eap-ig json"})
 
 
@@ -81,6 +90,8 @@ def write_mib_submission(directory, entries: dict[tuple[str, str], EdgeScores]) 
 
 def read_mib_submission(directory) -> dict[tuple[str, str], EdgeScores]:
     """A MIB submission folder read back: {(task, model): scores}, one `<task>_<model>/*.json` each."""
+    if not Path(directory).is_dir():
+        raise ConfigError(f"{str(directory)!r} is not a directory; a MIB submission is a folder of <task>_<model>/")
     found = {}
     for folder in sorted(Path(directory).iterdir()):
         files = sorted(folder.glob("*.json")) if folder.is_dir() else []

@@ -14,6 +14,8 @@ with -1) and, for KL, the clean model's logits (`clean_logits`). Built-ins:
 (`Task.divergence` says which suits a task's output; ACDC's own code takes L2 on tracr's numerical one).
 
 Any callable with the same signature works (e.g. a squared error for numerical tracr outputs).
+A metric that goes NaN because the model's activations did is explained by `non_finite_message`: the
+first node of the forward that went non-finite, and the dtype to use instead.
 """
 
 from __future__ import annotations
@@ -109,3 +111,51 @@ def checked(values: Tensor, batch: int, name: str = "metric") -> Tensor:
         raise MetricError(f"{name} returned NaN or infinity on {int((~torch.isfinite(values)).sum())} of {batch} "
                           "examples; check the answer ids and the metric")
     return values
+
+
+# ---------------------------------------------------------------------- non-finite activations
+def _forward_order(model) -> list[tuple[str, str]]:
+    """(hook name, what it is) for every activation of the plain forward, in the order it computes them."""
+    names = set(model.hook_names())
+    order = [("hook_embed", "input (the token embeddings)"), ("hook_pos_embed", "input (the position embeddings)")]
+    for l in range(model.cfg.n_layers):
+        b = f"blocks.{l}"
+        order += [(f"{b}.attn.hook_{x}", f"a{l}.h{{h}} (its {what})")
+                  for x, what in (("q", "query"), ("k", "key"), ("v", "value"), ("z", "attention output"))]
+        order += [(f"{b}.hook_attn_out", f"the attention output of layer {l}"),
+                  (f"{b}.hook_resid_mid", f"the residual stream after a{l}"), (f"{b}.mlp.hook_pre", f"m{l} (its input)"),
+                  (f"{b}.mlp.hook_post", f"m{l} (its hidden activations)"), (f"{b}.hook_mlp_out", f"m{l} (its output)"),
+                  (f"{b}.hook_resid_post", f"the residual stream after layer {l}")]
+    order.append(("ln_final.hook_normalized", "the final norm"))
+    return [(n, what) for n, what in order if n in names]
+
+
+def non_finite_node(model, inputs) -> str | None:
+    """The first activation of the forward on inputs (at real positions) that holds NaN or inf, named as a node
+    (`a1.h3 (its query)`, `m0 (its output)`, ...); "the logits" if only they do; None if none does."""
+    order = _forward_order(model)
+    real = inputs.attention_mask.bool()
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(inputs.tokens, inputs.attention_mask, names_filter=[n for n, _ in order])
+    for name, what in order:
+        x = cache[name][real]  # [n real positions, ...]
+        if bool(x.isfinite().all()):
+            continue
+        if "{h}" in what:  # per head: [positions, head, d_head]
+            head = int((~x.isfinite()).flatten(2).any(-1).any(0).nonzero()[0])
+            what = what.format(h=head)
+        return f"{what}, at hook {name}"
+    return None if bool(logits[real].isfinite().all()) else "the logits (the unembedding)"
+
+
+def non_finite_message(model, inputs, on: str) -> str:
+    """Why a run went NaN or infinite, for an error: the first node it did at, and what to do (the dtype)."""
+    node = non_finite_node(model, inputs)
+    dtype = str(model.dtype).removeprefix("torch.")
+    where = f"first at {node}" if node else "(at no activation of the plain forward: in a patched run)"
+    advice = ("float16 overflows here: load the model in bfloat16 or float32 (dtype='bfloat16', --dtype bfloat16)"
+              if dtype == "float16" else
+              "check the model's weights for inf or NaN" + ("" if dtype == "float32" else
+                                                           "; or load it in float32 (--dtype float32)"))
+    return (f"the model's activations on {on} went NaN or infinite in {dtype}, {where}; the task and its metric "
+            f"are not at fault: {advice}")

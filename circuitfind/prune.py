@@ -22,6 +22,7 @@ import math
 import torch
 from torch import Tensor
 
+import circuitfind.arguments as arguments
 from circuitfind.circuit import Circuit, EdgeScores
 from circuitfind.errors import ConfigError, count
 from circuitfind.graph import Graph
@@ -32,6 +33,8 @@ def prune(scores: EdgeScores, edges: int | None = None, *, nodes: int | None = N
     """A circuit from scores: `edges=N` top edges, `nodes=K` top nodes (a node ranks by its best
     out-edge; the circuit is every edge among the K), or every edge with score ≥ `threshold`. Node
     scores (`eap-node`, `eap-ig-node`) given `edges=N` make the largest top-node circuit of ≤ N edges."""
+    arguments.check(scores=scores, edges=edges, nodes=nodes, threshold=threshold, strategy=strategy, absolute=absolute,
+                    remove_dangling=remove_dangling)
     g = scores.graph
     key = (scores.scores.abs() if absolute else scores.scores).masked_fill(~g.edge_mask, float("-inf"))
     if strategy not in ("topn", "threshold", "greedy"):

@@ -33,8 +33,8 @@ import torch
 from torch import Tensor
 
 from circuitfind.types import Inputs
-from circuitfind.errors import TaskError
-from circuitfind.metrics import METRICS, Targets, checked, resolve_metric
+from circuitfind.errors import MetricError, TaskError
+from circuitfind.metrics import METRICS, Targets, checked, non_finite_message, resolve_metric
 
 SINGLE_TOKEN_METRICS = {"logit-diff", "prob-diff", "ce"}
 Prompt = str | Sequence[int]
@@ -164,30 +164,53 @@ class Task:
                             f"{getattr(model, 'name', None)!r} would read them as other tokens")
         key = id(getattr(model, "tokenizer", None)) if model is not None else 0
         if key not in self._cache:
-            self._cache[key] = self._generate(_words_of(model))
+            self._cache[key] = self._generate(_words_of(model), model)
         return self._cache[key]
 
-    def _generate(self, words: Words) -> list[Example]:
+    def _generate(self, words: Words, model=None) -> list[Example]:
         rng = random.Random(f"{self.name or type(self).__name__}:{self.seed}")
         seen: set[str] = set()
         out: list[Example] = []
-        attempts = 0
+        draws: list[tuple[Example, str]] = []  # each draw and what became of it, said if too few are kept
         limit = 50 * self.n + 1000
-        while len(out) < self.n and attempts < limit:
-            attempts += 1
+        while len(out) < self.n and len(draws) < limit:
             ex = self._draw(rng, words)
             key = repr((ex.clean, ex.corrupt, ex.answer_pos))
             if key in seen:
+                draws.append((ex, "repeated an earlier draw"))
                 continue
             seen.add(key)
             # the split follows the clean prompt alone, so no clean prompt is in both splits
             if _in_test(repr(ex.clean), self.test_fraction) == (self.split == "test"):
                 out.append(ex)
+                draws.append((ex, ""))
+            else:
+                draws.append((ex, f"belongs to the {'train' if self.split == 'test' else 'test'} split"))
         if len(out) < self.n:
             raise TaskError(f"task {self.name!r} could generate only {len(out)} distinct {self.split} examples of the "
-                            f"{self.n} asked for (after {attempts} draws, with this tokenizer's single-token words); "
-                            "ask for fewer examples or widen the word lists")
+                            f"{self.n} asked for (after {len(draws)} draws, with this tokenizer's single-token words); "
+                            f"{self._shortfall(draws, model)}")
         return out
+
+    def _shortfall(self, draws: list[tuple[Example, str]], model) -> str:
+        """The most common reason draws were not kept (or, with a model, cannot be used: unequal token lengths,
+        an unknown answer, ...), with an example."""
+        reasons: dict[str, list[str]] = {}  # kind → what each such draw was
+        verdicts: dict[str, str | None] = {}
+        for ex, fate in draws:
+            key = repr((ex.clean, ex.corrupt))
+            if model is not None and key not in verdicts:
+                verdicts[key] = _unusable(self, model, ex)
+            unusable = verdicts.get(key)
+            if unusable:
+                reasons.setdefault(unusable.split(":")[0], []).append(unusable)
+            elif fate:
+                reasons.setdefault(fate, []).append(f"{fate}, e.g. clean {ex.clean!r}, corrupted {ex.corrupt!r}; "
+                                                    "draw more varied examples, ask for fewer, or widen the word lists")
+        if not reasons:
+            return "ask for fewer examples or widen the word lists"
+        hits = max(reasons.values(), key=len)
+        return f"the most common reason ({len(hits)} of {len(draws)} draws): {hits[0]}"
 
     def _draw(self, rng: random.Random, words: Words) -> Example:
         try:
@@ -209,16 +232,13 @@ class Task:
         clean, corrupt = _prompts(model, [e.clean for e in examples]), _prompts(model, [e.corrupt for e in examples])
         for i, (c, k) in enumerate(zip(clean, corrupt)):
             if self.aligned and len(c) != len(k):
-                raise TaskError(f"example {i}: clean prompt {examples[i].clean!r} is {len(c)} tokens but corrupted "
-                                f"prompt {examples[i].corrupt!r} is {len(k)}; patching aligns positions, so they must "
-                                "be equally long (reword, or set aligned = False and use mean or zero ablation)")
+                raise TaskError(f"example {i}: {_unaligned(examples[i], c, k)}")
         single = self.metric in SINGLE_TOKEN_METRICS
         correct = [_answer_ids(model, e.correct, single, self.metric) for e in examples]
         wrong = [_answer_ids(model, e.wrong, single, self.metric) for e in examples]
         for i, (c, w) in enumerate(zip(correct, wrong)):
             if examples[i].value is None and set(c) & set(w):  # numerical tasks score a value, not a choice
-                raise TaskError(f"example {i}: answer {examples[i].correct!r} is also a wrong answer "
-                                f"({examples[i].wrong!r}); a metric cannot tell them apart")
+                raise TaskError(f"example {i}: {_ambiguous(examples[i])}")
         values = None
         if any(e.value is not None for e in examples):
             values = torch.tensor([float(e.value) for e in examples])
@@ -235,11 +255,39 @@ class Task:
         with torch.no_grad():
             if logits is None:  # the model's own forward, at the answer positions (the engine sits above tasks)
                 logits = model(batch.clean.tokens, batch.clean.attention_mask, at=batch.clean.answer_pos)
+            if not bool(logits.isfinite().all()):  # the model's fault, not the metric's: say where
+                raise MetricError(non_finite_message(model, batch.clean, f"the clean prompts of task {self.name!r}"))
             return checked(resolve_metric(self.metric)(logits, batch.targets.with_clean(logits)), batch.size,
                            f"metric {metric_name(self)!r} of task {self.name!r}")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, n={self.n}, seed={self.seed}, split={self.split!r})"
+
+
+def _unaligned(ex: Example, clean: list[int], corrupt: list[int]) -> str:
+    return (f"clean prompt {ex.clean!r} is {len(clean)} tokens but corrupted prompt {ex.corrupt!r} is {len(corrupt)}; "
+            "patching aligns positions, so they must be equally long (reword, or set aligned = False and use mean "
+            "or zero ablation)")
+
+
+def _ambiguous(ex: Example) -> str:
+    return f"answer {ex.correct!r} is also a wrong answer ({ex.wrong!r}); a metric cannot tell them apart"
+
+
+def _unusable(task: Task, model, ex: Example) -> str | None:
+    """Why `model` cannot take this example (what `Task.batch` would refuse), or None: the check behind a
+    shortfall's reason. The reason's kind comes before its first colon."""
+    try:
+        (c,), (k,) = _prompts(model, [ex.clean]), _prompts(model, [ex.corrupt])
+        if task.aligned and len(c) != len(k):
+            return "unequal token lengths: " + _unaligned(ex, c, k)
+        single = task.metric in SINGLE_TOKEN_METRICS
+        right, wrong = (_answer_ids(model, a, single, task.metric) for a in (ex.correct, ex.wrong))
+    except TaskError as e:
+        return f"an answer or prompt this model cannot take: {e}"
+    if ex.value is None and set(right) & set(wrong):
+        return "an answer that is also wrong: " + _ambiguous(ex)
+    return None
 
 
 # ---------------------------------------------------------------------- helpers

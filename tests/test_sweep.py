@@ -135,7 +135,7 @@ def test_bad_input_is_refused_before_any_job(model_dirs, tmp_path):
         cf.sweep(["toy-induction"], ["induction"], ["eap"], options={"eap": {"steps": 3}}, store=store)
     with pytest.raises(ConfigError, match="unknown resource 'gpus'"):
         cf.sweep(["toy-induction"], ["induction"], ["eap"], executor="ray", resources={"gpus": 1}, store=store)
-    with pytest.raises(ConfigError, match="n must be a positive number"):  # not a failure per job, later
+    with pytest.raises(ConfigError, match=r"n \(examples\) must be a count ≥ 1"):  # not a failure per job, later
         cf.sweep(["toy-induction"], ["induction"], ["eap"], n=0, store=store)
     assert not store.exists()
     assert main(["sweep", "--models", "toy-induction", "--tasks", "induction", "--methods", "magic",

@@ -69,9 +69,8 @@ def _tasks(args) -> int:
 
 
 def _discover(args) -> int:
-    from circuitfind.discover import discover
+    from circuitfind.discover import check_run, discover
     from circuitfind.errors import ConfigError
-    from circuitfind.methods import check_options
     from circuitfind.models.loading import load_model
     from circuitfind.task import load_task
 
@@ -81,12 +80,22 @@ def _discover(args) -> int:
         if not sep:
             raise ConfigError(f"--option takes KEY=VALUE, got {item!r}")
         options[key.replace("-", "_")] = _option_value(value)
-    check_options(args.method, options)  # before any loading
+    # every argument, the method's options and the run directory, before anything loads
+    check_run(method=args.method, options=options, out=args.out, overwrite=args.overwrite, ablation=args.ablation,
+              edges=args.edges, target=args.target, n=args.n, seed=args.seed, batch_size=args.batch_size)
+    held = args.out is not None and Path(args.out).is_dir() and any(Path(args.out).iterdir())
     task = load_task(args.task, n=args.n, seed=args.seed, metric=args.metric)
     model = load_model(args.model, tokenizer=args.tokenizer, dtype=args.dtype, device=args.device)
-    run = discover(model, task, args.method, args.ablation, out=args.out, edges=args.edges, target=args.target,
-                   n=args.n, seed=args.seed, quiet=args.quiet, report=not args.no_report, batch_size=args.batch_size,
-                   provenance={"command": "circuitfind " + shlex.join(args.argv)}, **options)
+    try:
+        run = discover(model, task, args.method, args.ablation, out=args.out, edges=args.edges, target=args.target,
+                       n=args.n, seed=args.seed, quiet=args.quiet, report=not args.no_report,
+                       batch_size=args.batch_size, overwrite=args.overwrite,
+                       provenance={"command": "circuitfind " + shlex.join(args.argv)}, **options)
+    except KeyboardInterrupt:  # discover wrote nothing half-way: say what is on disk
+        kept = (f"{args.out} keeps the run that was there" if held else
+                f"nothing was written to {args.out}" if args.out else "nothing was written")
+        print(f"circuitfind: interrupted; {kept} (run the same command again to redo it)", file=sys.stderr)
+        return 130
     r = run.result
     auc = "" if r["roc_auc"] is None else f", ROC AUC {r['roc_auc']:.3f}"  # where the task knows the true circuit
     print(f"{r['model']} / {r['task']} ({r['metric_name']}) / {r['method']}: "
@@ -139,6 +148,17 @@ def _list(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
+def _number(text: str, what: str, kind):
+    """A number of the command line (an int may be written 8e9), or a ConfigError naming where it went."""
+    from circuitfind.errors import ConfigError
+
+    try:
+        value = float(text)
+        return kind(value) if kind is float or value.is_integer() else kind(text)
+    except (ValueError, OverflowError):
+        raise ConfigError(f"{what} takes {'integers' if kind is int else 'numbers'}, got {text!r}") from None
+
+
 def _sweep(args) -> int:
     from circuitfind.sweep import sweep
 
@@ -154,9 +174,10 @@ def _sweep(args) -> int:
     resources = {}
     for item in _list(args.resources or ""):  # num_cpus=1,num_gpus=1,memory=8e9
         key, _, value = item.partition("=")
-        resources[key] = float(value) if key == "num_gpus" else int(float(value))
-    df = sweep(_list(args.models), _list(args.tasks), _list(args.methods), _list(args.ablations),
-               [int(s) for s in _list(args.seeds)], store=args.store, executor=args.executor, workers=args.workers,
+        resources[key] = _number(value, f"--resources {key}", float if key == "num_gpus" else int)
+    seeds = [_number(s, "--seeds", int) for s in _list(args.seeds)]
+    df = sweep(_list(args.models), _list(args.tasks), _list(args.methods), _list(args.ablations), seeds,
+               store=args.store, executor=args.executor, workers=args.workers,
                n=args.n, edges=args.edges, target=args.target, options=options, dtype=args.dtype, device=args.device,
                resources=resources, metric=args.metric, quiet=args.quiet, batch_size=args.batch_size)
     done = df[df.status == "done"] if len(df) else df
@@ -205,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--method", default="eap-ig", help="one of: " + ", ".join(_method_names()))
     d.add_argument("--ablation", default="corrupted", help="corrupted, mean, mean-positional, zero, resample")
     d.add_argument("--metric", help=METRIC_HELP)
-    d.add_argument("--out", help="run directory to write")
+    d.add_argument("--out", help="run directory to write (written whole when the run is complete)")
+    d.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
     d.add_argument("--edges", type=int, help=EDGES_HELP)
     d.add_argument("--target", type=float, default=0.9, help="faithfulness the circuit must reach")
     d.add_argument("-n", type=int, default=100, help="examples")
@@ -322,7 +344,14 @@ def main(argv: list[str] | None = None) -> int:
     except CircuitfindError as e:
         print(f"circuitfind: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("circuitfind: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # the reader left (`| head`): stop quietly, as other command-line tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (Python's own flush at exit would fail)
         return 141
+    except OSError as e:  # the disk or a path said no (full, read-only, gone): a line, not a traceback
+        where = f": {e.filename}" if e.filename else ""
+        print(f"circuitfind: {type(e).__name__}: {e.strerror or e}{where}", file=sys.stderr)
+        return 2
 

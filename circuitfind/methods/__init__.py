@@ -14,9 +14,11 @@ import time
 import types
 import typing
 
+import circuitfind.arguments as arguments
 from circuitfind.circuit import EdgeScores
-from circuitfind.errors import ConfigError
+from circuitfind.errors import ConfigError, MetricError
 from circuitfind.methods import acdc, eap, eap_ig, edge_pruning, exact, ifr
+from circuitfind.metrics import non_finite_message, non_finite_node
 from circuitfind.task import Task, load_task
 
 # name → (score function, config class, fixed options)
@@ -124,6 +126,8 @@ def score_edges(model, task: Task | str, method: str = "eap-ig", ablation: str =
 
     batch_size: examples a pass (default: all), for tasks whose ablated outputs, held for every
     example at once, would not fit in memory; the scores are the same (up to float rounding)."""
+    arguments.check(model=model, task=task, method=method, ablation=ablation, seed=seed, quiet=quiet,
+                    batch_size=batch_size, options=options)
     options = check_options(method, options)
     if batch_size is not None and method not in BATCHED:
         raise ConfigError(f"method {method!r} takes the task whole (batch_size is for {', '.join(BATCHED)}); "
@@ -136,6 +140,12 @@ def score_edges(model, task: Task | str, method: str = "eap-ig", ablation: str =
     if batch_size is not None:
         extra["batch_size"] = batch_size
     raw = fn(model, task, cfg, ablation=ablation, seed=seed, **extra)
+    if not bool(raw.isfinite().all()):  # never handed on (nor saved): name where the run overflowed
+        batch = task.batch(model)
+        clean = non_finite_node(model, batch.clean) is not None
+        raise MetricError(non_finite_message(model, batch.clean if clean else batch.corrupt,
+                                             f"the {'clean' if clean else 'corrupted'} prompts of task {task.name!r}")
+                          + f" ({int((~raw.isfinite()).sum())} {method} scores were NaN or infinite)")
     config = dataclasses.asdict(cfg) | {"seed": seed, "n": task.n, "seconds": round(time.perf_counter() - start, 3)}
     if batch_size is not None:
         config["batch_size"] = batch_size

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from circuitfind.circuit import Circuit, EdgeScores, _atomic_write
+from circuitfind.circuit import Circuit, EdgeScores, _atomic_write, read_json, refuse_incomplete
 from circuitfind.errors import ConfigError
 from circuitfind.report import figures, html, tables
 
@@ -42,16 +42,65 @@ def _flow_figure(graph, flow: dict, path: Path) -> None:
                     title=f"information flow, example {flow['example']} (τ={flow['threshold']})")
 
 
-def write_report(run_dir) -> Path:
-    """Render figures, tables and report.html in run_dir from its artifacts; return the page's path."""
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _numbers(x) -> bool:
+    return isinstance(x, list) and all(_number(v) for v in x)
+
+
+# what the report reads of result.json, and the form it must have
+RESULT_FIELDS = {"model": lambda x: isinstance(x, str), "task": lambda x: isinstance(x, str),
+                 "method": lambda x: isinstance(x, str), "ablation": lambda x: isinstance(x, str),
+                 "n_edges": _number, "n_edges_total": _number, "cpr": _number, "cmd": _number,
+                 "faithfulness": lambda x: x is None or _number(x), "roc_auc": lambda x: x is None or _number(x),
+                 "seconds": lambda x: x is None or _number(x), "provenance": lambda x: x is None or isinstance(x, dict),
+                 "curve": lambda c: isinstance(c, dict) and all(_numbers(c.get(k)) for k in
+                                                                ("fractions", "faithfulness_signed"))
+                 and (c.get("faithfulness_absolute") is None or _numbers(c["faithfulness_absolute"]))}
+
+
+def read_run(run_dir) -> tuple[EdgeScores, Circuit, dict, dict | None]:
+    """A run directory's scores, circuit, result.json and inspect.json (None if absent), each checked: an
+    unfinished run, a missing file or a damaged one is refused, naming the file and what is wrong."""
     d = Path(run_dir)
+    if not d.is_dir():
+        raise ConfigError(f"{str(d)!r} is not a directory; write a run directory with `circuitfind discover --out DIR`")
+    refuse_incomplete(d)
     missing = [f for f in ("scores.json", "scores.safetensors", "circuit.json", "result.json") if not (d / f).exists()]
     if missing:
         raise ConfigError(f"{str(d)!r} is not a complete run directory (missing {', '.join(missing)}); "
                           "write one with `circuitfind discover --out DIR`")
     scores, circuit = EdgeScores.load(d), Circuit.load(d / "circuit.json")
-    result = json.loads((d / "result.json").read_text())
-    inspect = json.loads((d / "inspect.json").read_text()) if (d / "inspect.json").exists() else None
+    result = read_json(d / "result.json", "a run's result")
+    wrong = [k for k, fits in RESULT_FIELDS.items() if not fits(result.get(k))]
+    if wrong:
+        raise ConfigError(f"{d / 'result.json'} is damaged: {', '.join(repr(k) for k in wrong)} missing or of the "
+                          "wrong type; rerun discover to write it again")
+    inspect = None
+    if (d / "inspect.json").exists():
+        inspect = read_json(d / "inspect.json", "the examples and logit lens of a run")
+        lens = inspect.get("lens")
+        if not all(isinstance(inspect.get(k), kind) for k, kind in (("lens", list), ("examples", list), ("task", dict))) \
+                or not all(isinstance(r, dict) and isinstance(r.get("node"), str) for r in lens):
+            raise ConfigError(f"{d / 'inspect.json'} is damaged: it needs 'lens', 'examples' and 'task'; rerun "
+                              "discover to write it again")
+    return scores, circuit, result, inspect
+
+
+def write_report(run_dir) -> Path:
+    """Render figures, tables and report.html in run_dir from its artifacts (checked first: nothing is
+    written beside a damaged one); return the page's path."""
+    import circuitfind.arguments as arguments
+
+    arguments.check(run_dir=run_dir)
+    return render(Path(run_dir), *read_run(run_dir))
+
+
+def render(d: Path, scores: EdgeScores, circuit: Circuit, result: dict, inspect: dict | None) -> Path:
+    """The report of a run, from its artifacts in memory, into d (discover renders a run it has not yet put in
+    place); → the page's path."""
     fig_dir, tab_dir = d / "figures", d / "tables"
     label = f"{result['task']} · {result['model']} · {result['method']}"
     figures.circuit(scores, circuit, fig_dir / "circuit", title=f"{label}: {circuit.n_edges} edges")
@@ -75,4 +124,4 @@ def write_report(run_dir) -> Path:
     return page
 
 
-__all__ = ["write_report"]
+__all__ = ["read_run", "render", "write_report"]

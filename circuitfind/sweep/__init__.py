@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import logging
 import multiprocessing as mp
 import shutil
@@ -27,6 +26,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+import circuitfind.arguments as arguments
 from circuitfind.errors import ConfigError, count
 from circuitfind.sweep.jobs import Job, Settings, expand, group_by_model, run_group
 from circuitfind.sweep.store import Store
@@ -59,9 +59,14 @@ def _tidy(store: Store) -> None:
     if not runs.exists():
         return
     done = {k for k, s in store.status().items() if s == "done"}
+    removed = 0
     for d in runs.iterdir():
-        if d.name.startswith(".tmp-") or (d.is_dir() and d.name not in done):
+        if d.name.startswith((".tmp-", ".old-")) or (d.is_dir() and d.name not in done):
             shutil.rmtree(d, ignore_errors=True)
+            removed += 1
+    if removed:  # one line: what a resumed sweep kept and what it will redo
+        log.warning("resuming %s: kept the %d finished jobs; removed %d unfinished run directories (their jobs "
+                    "run again)", store.path, len(done), removed)
 
 
 def _group_worker(jobs, settings, queue):
@@ -104,6 +109,9 @@ def sweep(models, tasks, methods, ablations=("corrupted",), seeds=(0,), *, store
     e.g. {"num_cpus": 1, "num_gpus": 1, "memory": 8 * 2**30}. batch_size: examples a pass for the jobs
     that take one (edge pruning and resample ablation run each task whole): how jobs run, not part of their keys.
     """
+    arguments.check(models=models, tasks=tasks, methods=methods, ablations=ablations, seeds=seeds, store=store,
+                    executor=executor, workers=workers, n=n, edges=edges, target=target, options=options, dtype=dtype,
+                    device=device, resources=resources, metric=metric, quiet=quiet, batch_size=batch_size)
     if executor not in ("local", "ray"):
         raise ConfigError(f"executor must be 'local' or 'ray', got {executor!r}")
     if workers < 1:
@@ -158,14 +166,10 @@ def load_sweep(store):
     """The store as a pandas DataFrame: one row per job; `config` and `result` parsed from JSON."""
     import pandas as pd
 
-    if not Path(store).exists():
-        raise ConfigError(f"no sweep store at {str(store)!r}")
-    db = Store(store)
+    arguments.check(store=store)
+    db = Store(store, readonly=True)  # a report reads; it never writes to the store
     try:
         rows = db.rows()
     finally:
         db.close()
-    for r in rows:
-        r["config"] = json.loads(r["config"])
-        r["result"] = json.loads(r["result"]) if r["result"] else None
     return pd.DataFrame(rows, columns=list(rows[0]) if rows else None)

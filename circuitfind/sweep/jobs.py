@@ -8,9 +8,7 @@ import dataclasses
 import hashlib
 import json
 import numbers
-import os
 import resource
-import shutil
 import sys
 import time
 import traceback
@@ -136,29 +134,25 @@ class Settings:
 
 
 def run_job(model, job: Job, settings: Settings) -> dict:
-    """Run one job into runs_dir/<key> (written to a temporary directory, then renamed) → its outcome."""
+    """Run one job into runs_dir/<key> (discover writes it whole, through a temporary sibling) → its outcome."""
     import torch
 
     runs_dir = settings.runs_dir
-    tmp = runs_dir / f".tmp-{job.key}-{os.getpid()}"
     final = runs_dir / job.key
     start = time.time()
     if str(model.device).startswith("cuda"):
         torch.cuda.reset_peak_memory_stats(model.device)
     try:
-        shutil.rmtree(tmp, ignore_errors=True)
         task = load_task(job.task, n=job.n, seed=job.seed, metric=job.metric)
-        run = discover(model, task, job.method, job.ablation, out=tmp, edges=job.edges, target=job.target, n=job.n,
-                       seed=job.seed, quiet=settings.quiet,
+        # overwrite: a directory there is one an attempt killed before its row was written left
+        run = discover(model, task, job.method, job.ablation, out=final, overwrite=True, edges=job.edges,
+                       target=job.target, n=job.n, seed=job.seed, quiet=settings.quiet,
                        batch_size=settings.batch_size if takes_batches(job.method, job.ablation) else None,
                        **job.options)
-        shutil.rmtree(final, ignore_errors=True)  # left by an attempt killed before its row was written
-        tmp.rename(final)
         return {"status": "done", "result": run.result, "started": start, "finished": time.time(),
                 "seconds": round(time.time() - start, 3), "peak_mb": round(_peak_mb(model.device), 1),
                 "run_dir": str(final.relative_to(runs_dir.parent))}
     except Exception as e:  # noqa: BLE001 — a failed job is recorded and the sweep goes on
-        shutil.rmtree(tmp, ignore_errors=True)
         return {"status": "failed", "error": f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}",
                 "started": start, "finished": time.time(), "seconds": round(time.time() - start, 3)}
 

@@ -29,18 +29,35 @@ CREATE TABLE IF NOT EXISTS jobs (
 
 
 class Store:
-    """Open (creating if needed) a sweep store; refuse one written under another schema."""
+    """Open (creating if needed) a sweep store; refuse one written under another schema, or any other file,
+    before anything is written to it. readonly: open an existing store only to read it (reports)."""
 
-    def __init__(self, path):
+    def __init__(self, path, readonly: bool = False):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path, isolation_level=None)  # explicit transactions below
+        if readonly:
+            if not self.path.is_file():
+                raise ConfigError(f"no sweep store at {str(self.path)!r}")
+            # immutable (no lock files left beside it) unless a sweep is writing it now (its -wal is there)
+            live = Path(str(self.path) + "-wal").exists()
+            self.db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro{'' if live else '&immutable=1'}",
+                                      uri=True, isolation_level=None)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(self.path, isolation_level=None)  # explicit transactions below
         try:
-            self.db.execute("PRAGMA journal_mode=WAL")
-            found = self._schema()
+            found = self._schema()  # read first: a file that is not a store is left as it was
+            if not readonly:
+                self.db.execute("PRAGMA journal_mode=WAL")
         except sqlite3.DatabaseError as e:  # any other file: refused before anything is written to it
             self.db.close()
-            raise ConfigError(f"{self.path} is not a circuitfind sweep store ({e}); use a new --store file") from None
+            raise ConfigError(f"{self.path} is not a circuitfind sweep store, or is damaged ({e}); use a new "
+                              "--store file") from None
+        except ConfigError:
+            self.db.close()
+            raise
+        if found is None and readonly:
+            self.db.close()
+            raise ConfigError(f"{self.path} holds no sweep (an empty database)")
         if found is None:
             with self.transaction():
                 for statement in filter(str.strip, _CREATE.split(";")):  # executescript would COMMIT early
@@ -48,8 +65,12 @@ class Store:
                 self.db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
         elif found != str(SCHEMA_VERSION):
             self.db.close()
-            raise ConfigError(f"{self.path} was written by a different sweep configuration schema (version {found}); "
-                              f"this circuitfind writes version {SCHEMA_VERSION}. Use a new --store file.")
+            newer = found.isdigit() and int(found) > SCHEMA_VERSION
+            raise ConfigError(f"{self.path} was written by " + ("a newer circuitfind" if newer else
+                              "a different sweep configuration schema") + f" (schema version {found}); this "
+                              f"circuitfind reads version {SCHEMA_VERSION}. " +
+                              ("Upgrade circuitfind to read it, or use a new --store file." if newer else
+                               "Use a new --store file."))
 
     def _schema(self) -> str | None:
         tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
@@ -99,8 +120,19 @@ class Store:
                             [row[c] for c in COLUMNS])
 
     def rows(self) -> list[dict]:
-        cur = self.db.execute(f"SELECT {', '.join(COLUMNS)} FROM jobs ORDER BY model, task, method, ablation, seed")
-        return [dict(zip(COLUMNS, r)) for r in cur]
+        """Every job's row, `config` and `result` parsed from JSON; a damaged store or row is named."""
+        try:
+            cur = self.db.execute(f"SELECT {', '.join(COLUMNS)} FROM jobs ORDER BY model, task, method, ablation, seed")
+            rows = [dict(zip(COLUMNS, r)) for r in cur]
+        except sqlite3.DatabaseError as e:
+            raise ConfigError(f"{self.path} is damaged ({e}); its finished runs are in {self.runs_dir}") from None
+        for r in rows:
+            try:
+                r["config"] = json.loads(r["config"])
+                r["result"] = json.loads(r["result"]) if r["result"] else None
+            except (TypeError, ValueError) as e:
+                raise ConfigError(f"{self.path} is damaged: the row of job {r['key']} holds no JSON there ({e})") from None
+        return rows
 
     def close(self) -> None:
         self.db.close()
