@@ -154,6 +154,21 @@ def _run_jobs(jobs, store, executor, workers, settings: Settings, resources):
     return failures, len(jobs) - len(todo), len(todo)
 
 
+def filled_job_config(config: dict) -> dict:
+    """A stored job's configuration with what rows made before a setting existed used, said: an EAP-IG
+    (inputs) job's `points` ("right" when missing: k = 1..n), and an eap-ig-activations row from before the
+    per-node estimator (no "estimator"), which one it ran."""
+    from circuitfind.circuit import OLD_EAP_IG_ACTIVATIONS
+
+    config = dict(config)
+    method = config.get("method")
+    if method in ("eap-ig", "eap-ig-node"):
+        config["options"] = {"points": "right", **config.get("options", {})}
+    if method == "eap-ig-activations":
+        config.setdefault("estimator", OLD_EAP_IG_ACTIVATIONS)
+    return config
+
+
 def load_sweep(store):
     """The store as a pandas DataFrame: one row per job; `config` and `result` parsed from JSON."""
     import pandas as pd
@@ -166,6 +181,6 @@ def load_sweep(store):
     finally:
         db.close()
     for r in rows:
-        r["config"] = json.loads(r["config"])
+        r["config"] = filled_job_config(json.loads(r["config"]))
         r["result"] = json.loads(r["result"]) if r["result"] else None
     return pd.DataFrame(rows, columns=list(rows[0]) if rows else None)

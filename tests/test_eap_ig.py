@@ -1,0 +1,122 @@
+"""Every EAP-IG name against a slow re-derivation of its reference's quantity (tests/reference.py: plain autograd
+on explicit receiver inputs, scores edge by edge), on tiny GPT-2, Llama (grouped-query) and NeoX (parallel) models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import circuitfind as cf
+from circuitfind.engine.ablation import ablated_outputs
+from circuitfind.engine.attribution import attribute, edge_mask_integrated_gradients
+from circuitfind.engine.node_ig import node_integrated_gradients
+from circuitfind.engine.patching import Inputs, shared_prefix
+from circuitfind.methods.eap_ig import EAPIGConfig, alphas
+from tests.conftest import VOCAB, tiny_hf
+from tests.reference import _backward, clean_outputs, reference_scores
+
+STEPS = 3
+RELATIVE = 1e-5  # what the issue asks; in float64 the agreement is ~1e-12
+
+
+def _objective(logits):
+    return (logits[:, 5] - logits[:, 7]).mean()
+
+
+def _setup(family, pos=7):
+    model = cf.from_hf(tiny_hf(family)).double()
+    g = torch.Generator().manual_seed(5)
+    mask = torch.ones(3, pos, dtype=torch.long)
+    mask[0, :2] = 0  # a left-padded prompt
+    clean = Inputs.of(torch.randint(3, VOCAB, (3, pos), generator=g), mask)
+    corrupt = Inputs.of(torch.cat([clean.tokens[:, :3], torch.randint(3, VOCAB, (3, pos - 3), generator=g)], 1), mask)
+    return model, clean, corrupt, ablated_outputs(model, "corrupted", clean, corrupt)
+
+
+def _relative(got, want):
+    assert want.abs().max() > 1e-4  # a comparison of zeros would pass whatever the formulas
+    return float((got.double() - want).abs().max() / want.abs().max())
+
+
+def _node_groups(model):
+    """The library's nodes: input, then per layer the attention output (all heads) and the MLP output."""
+    g = model.graph
+    groups = [[0]]
+    for l in range(model.cfg.n_layers):
+        groups += [[g.head_sender(l, h) for h in range(g.n_heads)], [g.mlp_sender(l)]]
+    return groups
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("points", ["right", "left"])
+def test_eap_ig_inputs_match_the_slow_reference(family, points):
+    """eap-ig: the input embedding at abl + (k/n)(clean − abl), k = 1..n (right, MIB) or 0..n−1 (left, the
+    EAP-IG library), D from the clean run, the mean over the n passes."""
+    model, clean, _, abl = _setup(family)
+    ks = range(1, STEPS + 1) if points == "right" else range(STEPS)
+    assert alphas(EAPIGConfig(steps=STEPS, points=points)) == [k / STEPS for k in ks]
+    outs, D = clean_outputs(model, clean, abl)
+    want = sum(reference_scores(model, clean, abl, _objective, D, replace={0: abl[0] + k / STEPS * D[0]})
+               for k in ks) / STEPS
+    got = attribute(model, clean, abl.clone(), _objective, alphas=alphas(EAPIGConfig(steps=STEPS, points=points)))
+    assert _relative(got, want) <= RELATIVE
+
+
+def test_left_points_with_one_step_is_the_gradient_at_the_corrupted_run():
+    """points="left", steps=1: the one gradient is taken at k = 0, the corrupted run itself (corrupted
+    ablation): its receiver gradients times the clean run's differences."""
+    model, clean, corrupt, abl = _setup("gpt2")
+    assert alphas(EAPIGConfig(steps=1, points="left")) == [0.0]
+    _, D = clean_outputs(model, clean, abl)
+    _, received, _ = _backward(model, corrupt, abl, _objective)  # the corrupted prompts, nothing patched
+    g = model.graph
+    want = torch.zeros(g.n_receivers, g.n_senders, dtype=torch.float64)
+    for dst, src in g.edge_mask.nonzero().tolist():
+        want[dst, src] = -(received[dst].grad * D[src]).sum()
+    got = attribute(model, clean, abl, _objective, alphas=[0.0])
+    assert _relative(got, want) <= RELATIVE
+    eap = attribute(model, clean, abl, _objective)
+    assert _relative(eap, want) > 1e-3  # and it is not EAP's gradient at the clean run
+
+
+@pytest.mark.parametrize("family, steps", [("gpt2", STEPS), ("llama", STEPS), ("gpt_neox", 2)])
+def test_eap_ig_activations_matches_the_slow_reference(family, steps):
+    """eap-ig-activations: each of the 1 + 2L nodes (input, attention output of a layer with all its heads,
+    MLP output) at abl + (k/n)(clean − abl), k = 1..n, as a constant; every pass scores every edge with the
+    clean D; the mean over all passes. The engine's suffix runs, batched steps and one shared backward give
+    the same; so does skipping the prefix the prompts share."""
+    model, clean, corrupt, abl = _setup(family)
+    outs, D = clean_outputs(model, clean, abl)
+    want, passes = 0, 0
+    for group in _node_groups(model):
+        for k in range(1, steps + 1):
+            replace = {s: abl[s].expand_as(outs[s]) + k / steps * D[s] for s in group}
+            want = want + reference_scores(model, clean, abl, _objective, D, replace=replace)
+            passes += 1
+    want = want / passes
+    assert passes == (1 + 2 * model.cfg.n_layers) * steps
+    got = node_integrated_gradients(model, clean, abl, _objective, steps=steps)
+    assert _relative(got, want) <= RELATIVE
+    shared = shared_prefix(model, clean, corrupt)
+    assert shared is not None and shared.n == 3
+    past = ablated_outputs(model, "corrupted", clean, corrupt, shared=shared)
+    assert _relative(node_integrated_gradients(model, clean, past, _objective, steps=steps, shared=shared), want) \
+        <= RELATIVE
+    # one step: each node's pass is the clean run with that node cut from the backward, not EAP
+    one = node_integrated_gradients(model, clean, abl, _objective, steps=1)
+    assert _relative(one, attribute(model, clean, abl, _objective)) > 1e-3
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_eap_ig_edges_matches_the_slow_reference(family):
+    """eap-ig-edges: every edge's mask at m = k/n, k = 0..n (both endpoints), the edge carrying m·(its sender's
+    output in that run) + (1 − m)·abl; minus the mask gradient, averaged over the n + 1 points."""
+    model, clean, _, abl = _setup(family)
+    g = model.graph
+    want = torch.zeros(g.n_receivers, g.n_senders, dtype=torch.float64)
+    for k in range(STEPS + 1):
+        mask = (k / STEPS * g.edge_mask.double()).requires_grad_(True)
+        _backward(model, clean, abl, _objective, mask=mask)
+        want -= mask.grad * g.edge_mask / (STEPS + 1)
+    got = edge_mask_integrated_gradients(model, clean, abl, _objective, steps=STEPS)
+    assert _relative(got, want) <= RELATIVE
