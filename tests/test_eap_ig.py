@@ -120,3 +120,53 @@ def test_eap_ig_edges_matches_the_slow_reference(family):
         want -= mask.grad * g.edge_mask / (STEPS + 1)
     got = edge_mask_integrated_gradients(model, clean, abl, _objective, steps=STEPS)
     assert _relative(got, want) <= RELATIVE
+
+
+def test_old_runs_and_sweep_rows_say_what_they_used(tmp_path):
+    """Scores saved before `points` existed took gradients at k = 1..n: loaded, they say points="right" (and
+    which reference that is); an eap-ig-activations run or sweep row from before the per-node estimator says
+    which estimator it ran. A new eap-ig-activations job has a key of its own, so a sweep reruns it."""
+    from circuitfind.circuit import OLD_EAP_IG_ACTIVATIONS, EdgeScores, reproduces
+    from circuitfind.graph import Graph
+    from circuitfind.sweep import filled_job_config
+    from circuitfind.sweep.jobs import Job
+    g = Graph(2, 2)
+    old = {"steps": 5, "variant": "inputs", "level": "edge", "seed": 0, "n": 4, "seconds": 1.0}  # as saved before
+    EdgeScores(torch.randn(g.n_receivers, g.n_senders), g, method="eap-ig", config=old).save(tmp_path / "a")
+    loaded = EdgeScores.load(tmp_path / "a")
+    assert loaded.config["points"] == "right" and "MIB" in reproduces("eap-ig", loaded.config)
+    assert "k = 0..n-1" in reproduces("eap-ig", {**old, "points": "left"})
+    before = {**old, "variant": "activations"}
+    EdgeScores(torch.randn(g.n_receivers, g.n_senders), g, method="eap-ig-activations", config=before).save(
+        tmp_path / "b")
+    assert EdgeScores.load(tmp_path / "b").config["estimator"] == OLD_EAP_IG_ACTIVATIONS
+    assert reproduces("eap-ig-activations", before) is None
+    assert "per-node" not in OLD_EAP_IG_ACTIVATIONS.split(";")[0]
+    row = {"schema": 1, "method": "eap-ig", "options": {"steps": 10}}
+    assert filled_job_config(row)["options"] == {"points": "right", "steps": 10}
+    assert filled_job_config({"method": "eap-ig", "options": {"points": "left"}})["options"]["points"] == "left"
+    assert filled_job_config({"method": "eap-ig-activations", "options": {}})["estimator"] == OLD_EAP_IG_ACTIVATIONS
+    new = Job("toy-lm", "ioi", "eap-ig-activations", "corrupted", 0)
+    assert filled_job_config(new.config())["estimator"] == "node-outputs"
+    assert new.key != Job("toy-lm", "ioi", "eap-ig", "corrupted", 0).key
+
+
+def test_points_reach_the_method_the_run_and_the_export(tmp_path):
+    """points= is an option of eap-ig (the command line's --option points=left, a sweep's eap-ig:points=left):
+    recorded with the scores, in result.json's provenance with the reference it reproduces, and in the EAP-IG
+    graph JSON; refused where the variant takes its reference's own points."""
+    from circuitfind.interop import from_eap_ig, to_eap_ig
+    model = cf.load_model("toy-induction")
+    task = cf.load_task("induction", n=4, metric="logit-diff")
+    left = cf.score_edges(model, task, "eap-ig", steps=1, points="left")
+    assert left.config["points"] == "left"
+    data = to_eap_ig(left)
+    assert data["circuitfind"]["config"]["points"] == "left" and "library" in data["circuitfind"]["reproduces"]
+    assert from_eap_ig(data)[0].config["from"]["config"]["points"] == "left"
+    with pytest.raises(cf.ConfigError, match="fixes points='right'"):
+        cf.score_edges(model, task, "eap-ig-activations", points="left")
+    with pytest.raises(cf.ConfigError, match="points is for eap-ig"):
+        cf.score_edges(model, task, "clean-corrupted", points="left")
+    run = cf.discover(model, task, "eap-ig", n=4, edges=4, report=False, quiet=True, steps=2, points="left")
+    assert "library" in run.result["provenance"]["reproduces"]
+    assert run.result["provenance"]["options"] == {"steps": 2, "points": "left"}
