@@ -21,6 +21,13 @@ against a slow re-derivation (plain autograd on explicit receiver inputs, per-ed
                       the n + 1 samples auto-circuit sums). Test: test_eap_ig_edges_matches_the_slow_reference.
     clean-corrupted   gradients at the two endpoints only (alpha = 0 and 1), the library's `get_scores_clean_corrupted`.
 
+Where the references' own ablations differ from circuitfind's, the names agree under corrupted ablation (their
+"patching") alone: the library's EAP-IG-inputs takes no other; under mean ablation its EAP-IG-activations
+interpolates each node towards 0 (its corrupted activations are left unfilled) while scoring with the mean's
+differences, and its zero ablation zeroes hook_mlp_out with the MLP's output bias, which circuitfind's keeps
+(biases belong to no sender). circuitfind interpolates towards, and scores with, the ablated output itself.
+eap-ig-edges: auto-circuit's default ablation for mask gradients (resample from the corrupted prompts) is corrupted.
+
 Before issue 40 `eap-ig-activations` scaled every edge by alpha = 1/n..1 at once with the clean run's D: neither
 reference's quantity. Runs saved then say so when loaded (`circuit.filled_config`).
 
