@@ -35,6 +35,7 @@ from torch import Tensor
 from circuitfind.engine.attribution import _Scorer
 from circuitfind.engine.shared_prefix import SharedPrefix
 from circuitfind.engine.walk import Inputs, Walk
+from circuitfind.engine.walk_ops import gather_at, spread
 from circuitfind.errors import ConfigError
 
 Objective = Callable[[Tensor], Tensor]  # logits [batch, vocab] → scalar
@@ -153,12 +154,40 @@ def _suffix(model, inputs: Inputs, shared, start: Tensor, layer: int, at_mlp: bo
     if at_mlp:  # sequential blocks: the suffix after attention l begins with the MLP of layer l
         walk._mlp(layer, walk.resid, walk.base)
         layer += 1
+    last = model.cfg.n_layers - 1
     walk.layer = layer
-    logits = walk.run()[0]  # [m·b, vocab]
+    if layer <= last and not model.cfg.parallel:  # all but the last MLP as the walk runs them; that one at the answers
+        walk.run(stop=last)
+        walk._attention(last)
+        logits = _last_mlp_at_answers(walk, on_grad)
+    else:
+        logits = walk.run()[0]  # [m·b, vocab]
     b = inputs.tokens.shape[0]
     value = sum(objective(logits[i * b:(i + 1) * b]) for i in range(m))
     value.backward()
     return start.grad
+
+
+def _last_mlp_at_answers(walk: Walk, on_grad) -> Tensor:
+    """The last layer's MLP (sequential blocks) and the logits, at each prompt's answer position alone: nothing
+    else reads that MLP, so its output elsewhere is never used and its input's gradient there is 0. Receiver
+    gradients as the walk hands them out (zero off the answer positions). → logits [m·b, vocab]."""
+    model, g = walk.model, walk.g
+    l = walk.cfg.n_layers - 1
+    pos = walk.inputs.answer_pos.view(1, walk.bp)
+    shape = (walk.bp, walk.p, walk.d)
+    at = gather_at(walk.resid, pos)  # [1, m·b, d]
+    x = at.view_as(at)  # the MLP receiver's input, a node of its own
+
+    def receiver(rows: Tensor):
+        return lambda grad: on_grad(rows, spread(grad, pos, shape), None)
+    x.register_hook(receiver(torch.tensor([g.mlp_receiver(l)])))
+    mlp = model.blocks[l].mlp
+    bias = model.block_bias(l, "mlp")
+    final = at + mlp.output(mlp.hidden(model.blocks[l].ln2(x))[1]) + (0 if bias is None else bias)
+    y = final.view_as(final)
+    y.register_hook(receiver(torch.tensor([g.logits_receiver])))
+    return model.unembed(y, wide=True)[0]
 
 
 def node_integrated_gradients(model, inputs: Inputs, ablated: Tensor, objective: Objective, *, steps: int = 5,
