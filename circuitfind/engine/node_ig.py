@@ -19,10 +19,16 @@ How it is cheap without changing that value (pass (u, k) reads the clean run up 
   it goes through u). Prefix receivers are scored from that one backward.
 - k = n. The pass is the clean forward itself with u cut from the backward: its suffix receivers get the clean
   gradient (EAP's), and what it sends below u is the clean run's gradient there; so no k = n pass is run.
+- The last MLP (sequential blocks) and the logits of a suffix run are computed at the answer positions alone:
+  nothing else reads them, and the MLP's input gradient is zero elsewhere.
 
-Cost, for L layers and n steps (forward-equivalents, `benchmarks/node_ig.py`): one recorded clean forward, two
-backwards over it, and per node (n − 1) copies of the layers after it, forward and backward: about
-(n − 1)/n · (1 + 2L)/2 full passes instead of (1 + 2L)·n.
+Cost, for L layers and n steps: one recorded clean forward, two backwards over it, and per node (n − 1) copies
+of the layers after it, forward and backward: about (n − 1)/n · (1 + 2L)/2 full passes instead of (1 + 2L)·n.
+`benchmarks/node_ig.py` measures it in forward-equivalents on GPT-2 small's shape (RESULTS.md).
+
+Checked against the slow re-derivation (tests/reference.py, one pass per node and step by plain autograd) by
+tests/test_eap_ig.py::test_eap_ig_activations_matches_the_slow_reference (GPT-2, Llama with grouped-query
+attention, NeoX's parallel blocks; with and without a shared prefix).
 """
 
 from __future__ import annotations
