@@ -147,7 +147,7 @@ def discover(model, task: Task | str, method: str = "eap-ig", ablation: str = "c
                              "transformers": _version("transformers"), "circuitfind": _version("circuitfind"),
                              "dtype": str(model.dtype).removeprefix("torch."), "device": str(model.device),
                              "batch_size": batch_size, "options": options}
-              | ({"reproduces": reproduces(method, scores.config)} if reproduces(method, scores.config) else {})
+              | {k: v for k, v in [("reproduces", reproduces(method, scores.config))] if v}  # EAP-IG's reference
               | (provenance or {})}
     if out is not None:
         out = Path(out)
