@@ -134,7 +134,7 @@ def reference_scores(model, inputs, ablated, objective, D, **run):
     """One pass's edge scores ⟨g_v, −D_u⟩ [dst, src] (D [src, b, p, d]: the clean run's out − abl), edge by
     edge from the receiver gradients of `reference_run(..., **run)`."""
     g = model.graph
-    _, received, _ = _backward(model, inputs, ablated, objective, **run)
+    _, received, _ = reference_backward(model, inputs, ablated, objective, **run)
     scores = torch.zeros(g.n_receivers, g.n_senders, dtype=torch.float64)
     for dst, src in g.edge_mask.nonzero().tolist():
         grad = received[dst].grad if dst in received else None  # a replaced layer's q/k/v: never read
@@ -143,7 +143,8 @@ def reference_scores(model, inputs, ablated, objective, D, **run):
     return scores
 
 
-def _backward(model, inputs, ablated, objective, **run):
+def reference_backward(model, inputs, ablated, objective, **run):
+    """`reference_run` on inputs (an `Inputs`), then objective(logits).backward(): its (logits, inputs, outputs)."""
     logits, received, outs = reference_run(model, inputs.tokens, inputs.attention_mask, inputs.answer_pos, ablated,
                                            **run)
     objective(logits).backward()

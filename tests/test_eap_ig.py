@@ -13,7 +13,7 @@ from circuitfind.engine.node_ig import node_integrated_gradients
 from circuitfind.engine.patching import Inputs, shared_prefix
 from circuitfind.methods.eap_ig import EAPIGConfig, alphas
 from tests.conftest import VOCAB, tiny_hf
-from tests.reference import _backward, clean_outputs, reference_scores
+from tests.reference import clean_outputs, reference_backward, reference_scores
 
 STEPS = 3
 RELATIVE = 1e-5  # what the issue asks; in float64 the agreement is ~1e-12
@@ -68,7 +68,7 @@ def test_left_points_with_one_step_is_the_gradient_at_the_corrupted_run():
     model, clean, corrupt, abl = _setup("gpt2")
     assert alphas(EAPIGConfig(steps=1, points="left")) == [0.0]
     _, D = clean_outputs(model, clean, abl)
-    _, received, _ = _backward(model, corrupt, abl, _objective)  # the corrupted prompts, nothing patched
+    _, received, _ = reference_backward(model, corrupt, abl, _objective)  # the corrupted prompts, nothing patched
     g = model.graph
     want = torch.zeros(g.n_receivers, g.n_senders, dtype=torch.float64)
     for dst, src in g.edge_mask.nonzero().tolist():
@@ -116,7 +116,7 @@ def test_eap_ig_edges_matches_the_slow_reference(family):
     want = torch.zeros(g.n_receivers, g.n_senders, dtype=torch.float64)
     for k in range(STEPS + 1):
         mask = (k / STEPS * g.edge_mask.double()).requires_grad_(True)
-        _backward(model, clean, abl, _objective, mask=mask)
+        reference_backward(model, clean, abl, _objective, mask=mask)
         want -= mask.grad * g.edge_mask / (STEPS + 1)
     got = edge_mask_integrated_gradients(model, clean, abl, _objective, steps=STEPS)
     assert _relative(got, want) <= RELATIVE
@@ -129,7 +129,7 @@ def test_old_runs_and_sweep_rows_say_what_they_used(tmp_path):
     from circuitfind.circuit import OLD_EAP_IG_ACTIVATIONS, EdgeScores, reproduces
     from circuitfind.graph import Graph
     from circuitfind.sweep import filled_job_config
-    from circuitfind.sweep.jobs import Job
+    from circuitfind.sweep.jobs import Job, expand
     g = Graph(2, 2)
     old = {"steps": 5, "variant": "inputs", "level": "edge", "seed": 0, "n": 4, "seconds": 1.0}  # as saved before
     EdgeScores(torch.randn(g.n_receivers, g.n_senders), g, method="eap-ig", config=old).save(tmp_path / "a")
@@ -146,6 +146,9 @@ def test_old_runs_and_sweep_rows_say_what_they_used(tmp_path):
     assert filled_job_config(row)["options"] == {"points": "right", "steps": 10}
     assert filled_job_config({"method": "eap-ig", "options": {"points": "left"}})["options"]["points"] == "left"
     assert filled_job_config({"method": "eap-ig-activations", "options": {}})["estimator"] == OLD_EAP_IG_ACTIVATIONS
+    # --option eap-ig:points=left on the command line
+    job = expand("toy-induction", "induction", "eap-ig", options={"eap-ig": {"points": "left"}})[0]
+    assert job.options == {"points": "left"} and job.key != expand("toy-induction", "induction", "eap-ig")[0].key
     new = Job("toy-lm", "ioi", "eap-ig-activations", "corrupted", 0)
     assert filled_job_config(new.config())["estimator"] == "node-outputs"
     assert new.key != Job("toy-lm", "ioi", "eap-ig", "corrupted", 0).key
