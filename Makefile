@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/shared_prefix.py
 	$(PY) benchmarks/correlation.py
 	$(PY) benchmarks/edge_pruning.py
+	$(PY) benchmarks/node_ig.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -46,7 +46,8 @@ def main():
         # (under KL, eap and eap-node refuse: the gradient of KL at the clean run is 0, every score noise)
         first_order = ("eap",) if task.metric != "kl" else ()
         for method, opts in [(m, {}) for m in first_order] + [("eap-ig", {}), ("eap-ig", {"steps": 20}),
-                                                             ("eap-ig-activations", {}), ("clean-corrupted", {})]:
+                                                             ("eap-ig-activations", {}), ("eap-ig-edges", {}),
+                                                             ("clean-corrupted", {})]:
             label_m = method + (f" ({opts['steps']} steps)" if opts else "")
             values[label_m] = cf.score_edges(model, task, method, ablation=ablation, **opts).values()
         r = {m: pearson(v, exact) for m, v in values.items()}

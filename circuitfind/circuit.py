@@ -91,6 +91,42 @@ def _atomic_write(path: Path, write) -> None:
             os.remove(tmp)
 
 
+# the all-edges estimator `eap-ig-activations` named before it became the per-node one (issue 40)
+OLD_EAP_IG_ACTIVATIONS = ("every edge scaled by alpha = 1/n..n/n at once, scored with the clean run's differences "
+                          "(circuitfind's eap-ig-activations before issue 40; neither the EAP-IG library's nor MIB's "
+                          "per-node estimator, nor auto-circuit's: see eap-ig-edges)")
+
+
+def filled_config(method: str, config: dict) -> dict:
+    """A saved method config with what a run made before a setting existed used, said: EAP-IG's `points`
+    (missing: "right", gradients at k = 1..n), and the estimator of an eap-ig-activations run from before
+    the per-node one (its variant "activations")."""
+    config = dict(config)
+    if "steps" in config and "variant" in config:  # an EAP-IG config
+        config.setdefault("points", "right")
+        if method == "eap-ig-activations" and config["variant"] == "activations":
+            config.setdefault("estimator", OLD_EAP_IG_ACTIVATIONS)
+    return config
+
+
+def reproduces(method: str, config: dict) -> str | None:
+    """Which reference's quantity an EAP-IG-family run computes (None for other methods)."""
+    config = filled_config(method, config)
+    if method in ("eap-ig", "eap-ig-node"):
+        if config.get("points") == "left":
+            return "EAP-IG library >= 2.0 (hannamw/EAP-IG) EAP-IG-inputs: gradients at k/n, k = 0..n-1"
+        return "MIB circuit track (hannamw/MIB-circuit-track attribute.py) EAP-IG-inputs: gradients at k/n, k = 1..n"
+    if method == "eap-ig-activations":
+        if "estimator" in config:
+            return None  # a run of before the per-node estimator: no reference's
+        return "EAP-IG library and MIB circuit track EAP-IG-activations: one node's output at a time, k = 1..n"
+    if method == "eap-ig-edges":
+        return "auto-circuit mask_gradient_prune_scores(integrated_grad_samples=n), divided by its n + 1 samples"
+    if method == "clean-corrupted":
+        return "EAP-IG library clean-corrupted: gradients at the clean and the corrupted run"
+    return None
+
+
 def _graph_dict(g: Graph) -> dict:
     return {"n_layers": g.n_layers, "n_heads": g.n_heads, "parallel": g.parallel}
 
@@ -170,7 +206,7 @@ class EdgeScores:
             raise ConfigError(f"{meta_path} is damaged: method, model, task and ablation must be strings and "
                               "config an object")
         scores = _read_scores(d / "scores.safetensors", (graph.n_receivers, graph.n_senders))
-        return cls(scores, graph, **names, config=meta.get("config", {}))
+        return cls(scores, graph, **names, config=filled_config(names["method"], meta.get("config", {})))
 
     def __repr__(self) -> str:  # not the tensor: a notebook cell showing a Run would print all of it
         made = " / ".join(part for part in (self.model, self.task, self.method) if part) or "unnamed"

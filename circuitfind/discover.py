@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 import circuitfind.arguments as arguments
-from circuitfind.circuit import INCOMPLETE, Circuit, EdgeScores, _atomic_write
+from circuitfind.circuit import INCOMPLETE, Circuit, EdgeScores, _atomic_write, reproduces
 from circuitfind.errors import ConfigError
 from circuitfind.evaluate import MIB_FRACTIONS, evaluate, faithfulness_curve, roc_auc
 from circuitfind.methods import METHODS, check_options, score_edges
@@ -234,7 +234,9 @@ def discover(model, task: Task | str, method: str = "eap-ig", ablation: str = "c
               "provenance": {"command": None, "python": platform.python_version(), "torch": torch.__version__,
                              "transformers": _version("transformers"), "circuitfind": _version("circuitfind"),
                              "dtype": str(model.dtype).removeprefix("torch."), "device": str(model.device),
-                             "batch_size": batch_size, "options": options} | (provenance or {})}
+                             "batch_size": batch_size, "options": options}
+              | {k: v for k, v in [("reproduces", reproduces(method, scores.config))] if v}  # EAP-IG's reference
+              | (provenance or {})}
     if out is not None:
         out = Path(out)
 

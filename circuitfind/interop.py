@@ -4,7 +4,10 @@ submission layout.
 EAP-IG graph JSON:
     {"cfg": {"n_layers", "n_heads", "parallel_attn_mlp", "d_model"},
      "nodes": {"input": {"in_graph": bool}, "a0.h0": ..., "m0": ..., "logits": ...},
-     "edges": {"input->a0.h0<q>": {"score": float, "in_graph": bool}, ...}}
+     "edges": {"input->a0.h0<q>": {"score": float, "in_graph": bool}, ...},
+     "circuitfind": {"method", "ablation", "config" (EAP-IG's steps and points included), "reproduces"}}
+The last key (extra to the format, which readers ignore) says what made the scores and which reference's
+quantity they are.
 Edge and node names are circuitfind's own (the same graph as EAP-IG and MIB), so nothing is renamed.
 
 MIB submission: one folder per task and model, `<task>_<model>/`, holding one importance-score file
@@ -20,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from circuitfind.circuit import Circuit, EdgeScores, _atomic_write, graph_from, read_json
+from circuitfind.circuit import Circuit, EdgeScores, _atomic_write, filled_config, graph_from, read_json, reproduces
 from circuitfind.errors import ConfigError
 
 
@@ -37,7 +40,12 @@ def to_eap_ig(scores: EdgeScores, circuit: Circuit | None = None, d_model: int |
     nodes = {name: {"in_graph": bool(u)} for name, u in zip([*g.senders, "logits"], used)}
     edges = {g.edge_name(d, s): {"score": float(scores.scores[d, s]), "in_graph": bool(mask[d, s])}
              for d, s in g.edge_mask.nonzero().tolist()}
-    return {"cfg": cfg, "nodes": nodes, "edges": edges}
+    data = {"cfg": cfg, "nodes": nodes, "edges": edges}
+    if scores.method:  # what made the scores (readers of the format look at cfg, nodes and edges alone)
+        config = filled_config(scores.method, scores.config)
+        data["circuitfind"] = {"method": scores.method, "ablation": scores.ablation, "config": config,
+                               "reproduces": reproduces(scores.method, config)}
+    return data
 
 
 def from_eap_ig(data: dict | str | os.PathLike) -> tuple[EdgeScores, Circuit]:
@@ -67,7 +75,10 @@ def from_eap_ig(data: dict | str | os.PathLike) -> tuple[EdgeScores, Circuit]:
         mask[d, s] = e.get("in_graph", False)
     if len(edges) != g.n_edges:
         raise ConfigError(f"{where} lists {len(edges)} edges but a {g} has {g.n_edges}")
-    return EdgeScores(scores, g, method="imported"), Circuit(mask, g, {"kind": "circuit", "source": "eap-ig json"})
+    made = data.get("circuitfind") or {}
+    return (EdgeScores(scores, g, method="imported", ablation=made.get("ablation", ""),
+                       config={"from": made} if made else {}),
+            Circuit(mask, g, {"kind": "circuit", "source": "eap-ig json"}))
 
 
 def save_eap_ig(path, scores: EdgeScores, circuit: Circuit | None = None, d_model: int | None = None) -> Path:

@@ -61,3 +61,98 @@ def reference_masked_logits(model, tokens, attention_mask, answer_pos, ablated, 
             bias = bias + block.mlp.b_out
     x = receiver_input(g.logits_receiver)
     return model.unembed(x)[torch.arange(b), answer_pos]
+
+
+def reference_run(model, tokens, attention_mask, answer_pos, ablated, mask=None, replace=None):
+    """One forward by explicit loops, like `reference_masked_logits`, keeping every receiver's input for autograd.
+
+    mask [dst, src] (default: every edge 1): in_v = biases + Σ_u m·out_u + (1 − m)·abl_u, out_u *this* run's
+    output of u. replace {src: [b, p, d]}: those senders' outputs are the constants given (nothing flows back
+    through them: the EAP-IG library's interpolation hook). The input embedding is a leaf that requires grad.
+    Returns (logits [batch, vocab], receiver inputs {dst: [b, p, d]} with .grad after a backward, outputs [src])."""
+    g, cfg = model.graph, model.cfg
+    replace = replace or {}
+    b, p = tokens.shape
+    mask = torch.ones(g.n_receivers, g.n_senders, dtype=model.dtype) if mask is None else mask
+    positions = model.positions(attention_mask)
+    abl = ablated.expand(g.n_senders, b, p, cfg.d_model)
+    first = replace[0] if 0 in replace else model.embed(tokens, positions)
+    outs = [first.detach().clone().requires_grad_(True)]
+    bias = torch.zeros(cfg.d_model, dtype=model.dtype)
+    inputs = {}
+
+    def receiver_input(dst):
+        x = bias.clone().expand(b, p, cfg.d_model).clone()
+        for src in range(len(outs)):
+            if g.edge_mask[dst, src]:
+                x = x + mask[dst, src] * outs[src] + (1 - mask[dst, src]) * abl[src]
+        if x.requires_grad:
+            x.retain_grad()
+        inputs[dst] = x
+        return x
+
+    for l, block in enumerate(model.blocks):
+        attn = block.attn
+        allowed = model.allowed(attention_mask, l)
+        rope = model.rope(positions, l)
+        rope = None if rope is None else (rope[0][:, None], rope[1][:, None])
+        senders = [g.head_sender(l, h) for h in range(cfg.n_heads)]
+        mlp_in = receiver_input(g.mlp_receiver(l)) if cfg.parallel else None
+        if all(s in replace for s in senders):  # the whole attention output a constant: nothing reads q/k/v
+            raw = [replace[s] for s in senders]
+        else:
+            raw = []
+            for h in range(cfg.n_heads):
+                kv = h // cfg.group_size
+                qkv = []
+                for t, W, bvec, idx in (("q", attn.W_Q, attn.b_q, h), ("k", attn.W_K, attn.b_k, kv),
+                                        ("v", attn.W_V, attn.b_v, kv)):
+                    x = block.ln1(receiver_input(g.qkv_receiver(l, t, h))) @ W[idx]
+                    if bvec is not None:
+                        x = x + bvec.view(-1, cfg.d_head)[idx]
+                    qkv.append(x[:, None])
+                z, _ = attn.attend(*qkv, rope, allowed)
+                raw.append(z[:, 0] @ attn.W_O[h])
+            if attn.post_norm is not None:
+                total = torch.stack(raw).sum(0)
+                scale = torch.rsqrt(total.pow(2).mean(-1, keepdim=True) + attn.post_norm.eps) * (1 + attn.post_norm.w)
+                raw = [r * scale for r in raw]
+        outs += raw
+        if attn.b_o is not None and attn.post_norm is None:
+            bias = bias + attn.b_o
+        if not cfg.parallel:
+            mlp_in = receiver_input(g.mlp_receiver(l))
+        s = g.mlp_sender(l)
+        outs.append(replace[s] if s in replace else block.mlp.output(block.mlp.hidden(block.ln2(mlp_in))[1]))
+        if block.mlp.b_out is not None and block.mlp.post_norm is None:
+            bias = bias + block.mlp.b_out
+    x = receiver_input(g.logits_receiver)
+    return model.unembed(x)[torch.arange(b), answer_pos], inputs, outs
+
+
+def reference_scores(model, inputs, ablated, objective, D, **run):
+    """One pass's edge scores ⟨g_v, −D_u⟩ [dst, src] (D [src, b, p, d]: the clean run's out − abl), edge by
+    edge from the receiver gradients of `reference_run(..., **run)`."""
+    g = model.graph
+    _, received, _ = reference_backward(model, inputs, ablated, objective, **run)
+    scores = torch.zeros(g.n_receivers, g.n_senders, dtype=torch.float64)
+    for dst, src in g.edge_mask.nonzero().tolist():
+        grad = received[dst].grad if dst in received else None  # a replaced layer's q/k/v: never read
+        if grad is not None:
+            scores[dst, src] = -(grad * D[src]).sum()
+    return scores
+
+
+def reference_backward(model, inputs, ablated, objective, **run):
+    """`reference_run` on inputs (an `Inputs`), then objective(logits).backward(): its (logits, inputs, outputs)."""
+    logits, received, outs = reference_run(model, inputs.tokens, inputs.attention_mask, inputs.answer_pos, ablated,
+                                           **run)
+    objective(logits).backward()
+    return logits, received, outs
+
+
+def clean_outputs(model, inputs, ablated):
+    """Every sender's output in the clean run [src, b, p, d] and D = clean − abl."""
+    _, _, outs = reference_run(model, inputs.tokens, inputs.attention_mask, inputs.answer_pos, ablated)
+    clean = torch.stack([o.detach() for o in outs])
+    return clean, clean - ablated.expand_as(clean)

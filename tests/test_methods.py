@@ -41,7 +41,7 @@ def test_eap_ig_with_one_step_is_eap(model):
     eap = cf.score_edges(model, task, "eap")
     assert eap.scores.abs().max() > 1e-3  # a comparison of zeros would pass whatever the formulas
     assert torch.allclose(cf.score_edges(model, task, "eap-ig", steps=1).scores, eap.scores, atol=1e-6)
-    assert torch.allclose(cf.score_edges(model, task, "eap-ig-activations", steps=1).scores, eap.scores, atol=1e-6)
+    # (eap-ig-activations with one step is not: each node's pass cuts that node from the backward, test_eap_ig.py)
     five = cf.score_edges(model, task, "eap-ig", steps=5).scores
     assert not torch.allclose(five, eap.scores, atol=1e-4)
     assert not torch.allclose(cf.score_edges(model, task, "clean-corrupted").scores, eap.scores, atol=1e-4)

@@ -101,3 +101,33 @@ def attribute(model, inputs: Inputs, ablated: Tensor, objective: Objective, *,
                 raise ConfigError(f"the objective must return a scalar; got shape {tuple(value.shape)}")
             value.backward()
     return scorer.scores * g.edge_mask.to(scorer.scores.device)
+
+
+def edge_mask_integrated_gradients(model, inputs: Inputs, ablated: Tensor, objective: Objective, *, steps: int = 5,
+                                   shared: SharedPrefix | None = None) -> Tensor:
+    """auto-circuit's mask-gradient integrated gradients (`mask_gradient_prune_scores` with
+    `integrated_grad_samples=steps`, UFO-101/auto-circuit auto_circuit/prune_algos/mask_gradient.py): every
+    edge's mask set to the same value at once, at the steps + 1 points 0, 1/steps, ..., 1 (both endpoints), and
+    the mask gradient of each edge summed over them. A partly masked edge carries m·out_u + (1 − m)·abl_u with
+    out_u the sender's output *in that run* (auto-circuit adds mask·(patch − current output) to the receiver's
+    input), so an edge's mask gradient is ⟨g_v, out_u − abl_u⟩ at the run's own out_u, not the clean run's.
+
+    Returned in `attribute`'s convention, averaged instead of summed: −(1/(steps+1)) Σ_k ∂objective/∂mask[v, u]
+    at mask = k/steps. (auto-circuit's mask is the patched fraction, 1 − ours; its score, the gradient of −metric,
+    is then (steps + 1) times the method's score, the sign included.) [dst, src], zero off the graph."""
+    from circuitfind.engine.patching import masked_forward
+
+    if steps < 1:
+        raise ConfigError(f"steps must be at least 1, got {steps}")
+    g = model.graph
+    full = g.edge_mask.to(model.device, model.dtype)
+    total = torch.zeros(g.n_receivers, g.n_senders, dtype=torch.float32, device=model.device)
+    for k in range(steps + 1):  # one mask value a pass: each receiver's input has a gradient of its own
+        mask = (k / steps * full).requires_grad_(True)
+        with torch.enable_grad():
+            value = objective(masked_forward(model, inputs, ablated, mask, shared=shared))
+            if value.ndim != 0:
+                raise ConfigError(f"the objective must return a scalar; got shape {tuple(value.shape)}")
+            value.backward()
+        total -= mask.grad.float()
+    return total / (steps + 1) * g.edge_mask.to(total.device)

@@ -25,10 +25,12 @@ from circuitfind.task import Task, load_task
 METHODS = {
     "eap": (eap.score, eap.EAPConfig, {"level": "edge"}),
     "eap-ig": (eap_ig.score, eap_ig.EAPIGConfig, {"variant": "inputs", "level": "edge"}),
-    "eap-ig-activations": (eap_ig.score, eap_ig.EAPIGConfig, {"variant": "activations", "level": "edge"}),
+    "eap-ig-activations": (eap_ig.score, eap_ig.EAPIGConfig,
+                           {"variant": "node-outputs", "points": "right", "level": "edge"}),
     "eap-node": (eap.score, eap.EAPConfig, {"level": "node"}),
     "eap-ig-node": (eap_ig.score, eap_ig.EAPIGConfig, {"variant": "inputs", "level": "node"}),
     "clean-corrupted": (eap_ig.score, eap_ig.EAPIGConfig, {"variant": "clean-corrupted", "level": "edge"}),
+    "eap-ig-edges": (eap_ig.score, eap_ig.EAPIGConfig, {"variant": "edges", "points": "right", "level": "edge"}),
     "exact": (exact.score, exact.ExactConfig, {"level": "edge", "direction": "noising"}),
     "exact-node": (exact.score, exact.ExactConfig, {"level": "node", "direction": "noising"}),
     "exact-denoising": (exact.score, exact.ExactConfig, {"level": "edge", "direction": "denoising"}),
@@ -40,7 +42,7 @@ METHODS = {
 LONG_RUNNING = ("exact", "exact-denoising", "acdc", "edge-pruning")  # methods with a progress bar
 # methods that take the task a batch of examples at a time (batch_size=): their scores, and ACDC's
 # metric of each circuit, are means over examples; edge pruning's training needs the whole task at once
-BATCHED = ("eap", "eap-ig", "eap-ig-activations", "eap-node", "eap-ig-node", "clean-corrupted", "exact",
+BATCHED = ("eap", "eap-ig", "eap-ig-activations", "eap-ig-edges", "eap-node", "eap-ig-node", "clean-corrupted", "exact",
            "exact-node", "exact-denoising", "exact-node-denoising", "acdc", "ifr")
 
 

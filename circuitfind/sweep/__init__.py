@@ -162,6 +162,21 @@ def _run_jobs(jobs, store, executor, workers, settings: Settings, resources):
     return failures, len(jobs) - len(todo), len(todo)
 
 
+def filled_job_config(config: dict) -> dict:
+    """A stored job's configuration with what rows made before a setting existed used, said: an EAP-IG
+    (inputs) job's `points` ("right" when missing: k = 1..n), and an eap-ig-activations row from before the
+    per-node estimator (no "estimator"), which one it ran."""
+    from circuitfind.circuit import OLD_EAP_IG_ACTIVATIONS
+
+    config = dict(config)
+    method = config.get("method")
+    if method in ("eap-ig", "eap-ig-node"):
+        config["options"] = {"points": "right", **config.get("options", {})}
+    if method == "eap-ig-activations":
+        config.setdefault("estimator", OLD_EAP_IG_ACTIVATIONS)
+    return config
+
+
 def load_sweep(store):
     """The store as a pandas DataFrame: one row per job; `config` and `result` parsed from JSON."""
     import pandas as pd
@@ -172,4 +187,6 @@ def load_sweep(store):
         rows = db.rows()
     finally:
         db.close()
+    for r in rows:
+        r["config"] = filled_job_config(r["config"])
     return pd.DataFrame(rows, columns=list(rows[0]) if rows else None)

@@ -41,6 +41,8 @@ class Job:
         config = {"schema": SCHEMA_VERSION, **dataclasses.asdict(self)}
         if self.metric is None:  # left out, so jobs on the task's own metric keep the keys they had
             del config["metric"]
+        if self.method == "eap-ig-activations":  # the per-node estimator (issue 40): not the rows made before it
+            config["estimator"] = "node-outputs"
         return config
 
     @property
