@@ -72,6 +72,12 @@ def tiny_config(family: str, **overrides):
             text_config=_gemma3_text(llama_like), mm_tokens_per_image=4,
             vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
                                image_size=28, patch_size=14), **common),
+        "opt": lambda: transformers.OPTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, ffn_dim=48,
+                                              max_position_embeddings=128, word_embed_proj_dim=32, **common),
+        # a global layer, then a local one with a window shorter than the prompts
+        "gpt_neo": lambda: transformers.GPTNeoConfig(hidden_size=32, num_layers=2, num_heads=4, intermediate_size=48,
+                                                     max_position_embeddings=128, window_size=4,
+                                                     attention_types=[[["global", "local"], 1]], **common),
     }[family]
     cfg = make()
     for k, v in overrides.items():
@@ -80,7 +86,7 @@ def tiny_config(family: str, **overrides):
 
 
 FAMILIES = ["gpt2", "gpt_neox", "gptj", "llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3_text",
-            "gemma3"]
+            "gemma3", "opt", "gpt_neo"]
 
 
 def tiny_hf(family: str, **overrides):

@@ -31,7 +31,7 @@ def reference_masked_logits(model, tokens, attention_mask, answer_pos, ablated, 
         attn = block.attn
         allowed = model.allowed(attention_mask, l)
         rope = model.rope(positions, l)
-        rope = None if rope is None else (rope[0][:, None], rope[1][:, None])
+        rope = None if rope is None else tuple(t[:, None] for t in rope)
         raw = []
         for h in range(cfg.n_heads):
             kv = h // cfg.group_size
@@ -41,7 +41,7 @@ def reference_masked_logits(model, tokens, attention_mask, answer_pos, ablated, 
                 if bvec is not None:
                     x = x + bvec.view(-1, cfg.d_head)[idx]
                 qkv.append(x[:, None])  # [b, 1, p, d_head]
-            z, _ = attn.attend(*qkv, rope, allowed)
+            z, _ = attn.attend(*qkv, rope, allowed, heads=torch.tensor([h]))
             raw.append(z[:, 0] @ attn.W_O[h])
         if attn.post_norm is not None:
             total = torch.stack(raw).sum(0)
@@ -55,7 +55,7 @@ def reference_masked_logits(model, tokens, attention_mask, answer_pos, ablated, 
             mlp_in = receiver_input(g.mlp_receiver(l))
         else:
             pass
-        out = block.mlp.output(block.mlp.hidden(block.ln2(mlp_in))[1])
+        out = block.mlp(block.ln2(mlp_in))
         outs.append(out)
         if block.mlp.b_out is not None and block.mlp.post_norm is None:
             bias = bias + block.mlp.b_out

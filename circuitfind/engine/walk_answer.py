@@ -76,7 +76,7 @@ class AnswerPositions:
         at_key = at if self.shared is None else at + self.shared.n
         q_rope = None if rope is None else tuple(t[rows_at, :, at_key][:, :, None] for t in rope)  # [K·b', 1, 1, rot]
         allowed = self._allowed_rows(l, K)[rows_at, :, at][:, :, None]  # [K·b', 1, 1, pos]
-        z, _ = attn.attend(q, k, v, rope, allowed, q_rope=q_rope)  # [K·b', a, 1, d_head]
+        z, _ = attn.attend(q, k, v, rope, allowed, q_rope=q_rope, heads=heads)  # [K·b', a, 1, d_head]
         out = torch.bmm(z[:, :, 0].transpose(0, 1), take(attn.W_O, heads, 0))  # [a, K·b', d]
         return self._answer_diff(senders, out.view(a, K, bp, d), abl, l)
 
@@ -106,6 +106,6 @@ class AnswerPositions:
         self._mlp_partial = None
         M, K = self._mask_rows(rows)
         x = gather_at(resid, pos) if M is None else self._mix_at(M, base, pos)[0]  # [K, b', d]
-        out = mlp.output(mlp.hidden(self.model.blocks[l].ln2(x))[1])  # [K, b', d]
+        out = mlp(self.model.blocks[l].ln2(x))  # [K, b', d]
         diff = self._answer_diff(torch.tensor([s]), out[None], abl[None], l)[0]
         self.resid, self.base = self.resid + add + diff, self.base + add

@@ -124,7 +124,7 @@ def from_hf(hf_model, *, tokenizer=None, name: str = "", dtype=torch.float32, de
     cfg, flags, state, rotary = ADAPTERS[model_type](hf_model)
     with torch.device("meta"):
         model = CircuitModel(cfg, tokenizer=tokenizer, name=name, **flags)
-    state = {k: v.detach().to(torch.float32) for k, v in state.items()}
+    state = {k: v.detach().to(torch.float32) for k, v in state.items() if v is not None}  # (absent biases)
     model.load_state_dict(state, strict=True, assign=True)
     model.inv_freq, model.inv_freq_local = torch.zeros(0), torch.zeros(0)  # off the meta device
     if rotary is not None:
