@@ -78,6 +78,13 @@ def tiny_config(family: str, **overrides):
         "gpt_neo": lambda: transformers.GPTNeoConfig(hidden_size=32, num_layers=2, num_heads=4, intermediate_size=48,
                                                      max_position_embeddings=128, window_size=4,
                                                      attention_types=[[["global", "local"], 1]], **common),
+        "phi": lambda: transformers.PhiConfig(**llama_like | dict(num_key_value_heads=4), partial_rotary_factor=0.5,
+                                              qk_layernorm=True),
+        "persimmon": lambda: transformers.PersimmonConfig(**llama_like | dict(num_key_value_heads=4),
+                                                          partial_rotary_factor=0.5, qk_layernorm=True),
+        # grouped-query, a head-by-head q/k norm, blocks in parallel on one norm, q/k/v biases
+        "stablelm": lambda: transformers.StableLmConfig(**llama_like, partial_rotary_factor=0.25, qk_layernorm=True,
+                                                        use_parallel_residual=True, use_qkv_bias=True),
     }[family]
     cfg = make()
     for k, v in overrides.items():
@@ -86,7 +93,7 @@ def tiny_config(family: str, **overrides):
 
 
 FAMILIES = ["gpt2", "gpt_neox", "gptj", "llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3_text",
-            "gemma3", "opt", "gpt_neo"]
+            "gemma3", "opt", "gpt_neo", "phi", "persimmon", "stablelm"]
 
 
 def tiny_hf(family: str, **overrides):
