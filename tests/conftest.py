@@ -85,6 +85,10 @@ def tiny_config(family: str, **overrides):
         # grouped-query, a head-by-head q/k norm, blocks in parallel on one norm, q/k/v biases
         "stablelm": lambda: transformers.StableLmConfig(**llama_like, partial_rotary_factor=0.25, qk_layernorm=True,
                                                         use_parallel_residual=True, use_qkv_bias=True),
+        "olmo": lambda: transformers.OlmoConfig(**llama_like),
+        "granite": lambda: transformers.GraniteConfig(**llama_like, embedding_multiplier=3.0, residual_multiplier=0.4,
+                                                      attention_multiplier=0.2, logits_scaling=2.5),
+        "smollm3": lambda: transformers.SmolLM3Config(**llama_like, no_rope_layers=[1, 0]),  # layer 1 without rotary
     }[family]
     cfg = make()
     for k, v in overrides.items():
@@ -93,7 +97,7 @@ def tiny_config(family: str, **overrides):
 
 
 FAMILIES = ["gpt2", "gpt_neox", "gptj", "llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3_text",
-            "gemma3", "opt", "gpt_neo", "phi", "persimmon", "stablelm"]
+            "gemma3", "opt", "gpt_neo", "phi", "persimmon", "stablelm", "olmo", "granite", "smollm3"]
 
 
 def tiny_hf(family: str, **overrides):

@@ -14,7 +14,8 @@ ADAPTERS = {"gpt2": gpt2.convert, "gpt_neox": neox.convert, "gptj": gptj.convert
             "mistral": llama.convert, "qwen2": llama.convert, "qwen3": llama.convert, "phi3": llama.convert,
             "gemma": gemma.convert, "gemma2": gemma.convert, "gemma3_text": gemma.convert, "gemma3": gemma.convert,
             "opt": opt.convert, "gpt_neo": opt.convert,
-            "phi": phi.convert, "persimmon": phi.convert, "stablelm": phi.convert}
+            "phi": phi.convert, "persimmon": phi.convert, "stablelm": phi.convert,
+            "olmo": llama.convert, "granite": llama.convert, "smollm3": llama.convert}
 assert set(ADAPTERS) == set(SUPPORTED)
 
 

@@ -1,8 +1,12 @@
-"""Llama, Mistral, Qwen2, Qwen3, Phi-3: RMSNorm, rotary (incl. static scaling), grouped-query attention
-kept grouped, SwiGLU; Qwen2's q/k/v bias; Qwen3's q/k norm; Mistral/Qwen2/Phi-3 sliding windows;
-Phi-3's fused q/k/v and gate/up projections (split here) and partial rotary."""
+"""Llama, Mistral, Qwen2, Qwen3, Phi-3, OLMo, Granite, SmolLM3: RMSNorm, rotary (incl. static scaling),
+grouped-query attention kept grouped, SwiGLU; Qwen2's q/k/v bias; Qwen3's q/k norm; Mistral/Qwen2/Phi-3
+sliding windows; Phi-3's fused q/k/v and gate/up projections (split here) and partial rotary; OLMo's
+LayerNorm without weights; Granite's multipliers (of the embeddings and attention scores as config,
+of each block's output and the logits folded into W_O, W_out and W_U); SmolLM3's layers without rotary."""
 
 from __future__ import annotations
+
+import torch
 
 from circuitfind.errors import UnsupportedModelError
 from circuitfind.models.adapters.common import layer_types, linear_t, refuse, rotary_of
@@ -12,6 +16,8 @@ from circuitfind.models.canonical import CanonicalConfig
 def convert(hf):
     c = hf.config
     refuse(c, "pretraining_tp", lambda v: v == 1, "tensor-parallel weight slicing")
+    refuse(c, "clip_qkv", lambda v: False, "queries, keys and values clamped (OLMo's clip_qkv)")
+    olmo, granite = c.model_type == "olmo", c.model_type == "granite"
     h, kv = c.num_attention_heads, c.num_key_value_heads or c.num_attention_heads
     dh = getattr(c, "head_dim", None) or c.hidden_size // h
     phi3 = c.model_type == "phi3"
@@ -29,11 +35,16 @@ def convert(hf):
     cfg = CanonicalConfig(
         family=c.model_type, n_layers=c.num_hidden_layers, d_model=c.hidden_size, n_heads=h, n_kv_heads=kv,
         d_head=dh, d_mlp=c.intermediate_size, d_vocab=c.vocab_size, n_ctx=c.max_position_embeddings,
-        act_fn=c.hidden_act, gated_mlp=True, norm="rmsnorm", norm_eps=c.rms_norm_eps, positional="rotary",
-        rotary_dim=2 * inv_freq.numel(), qk_norm=c.model_type == "qwen3",
-        sliding_window=getattr(c, "sliding_window", None) if sliding else None, sliding_layers=sliding)
+        act_fn=c.hidden_act, gated_mlp=True, norm="layernorm" if olmo else "rmsnorm",
+        norm_eps=1e-5 if olmo else c.rms_norm_eps, positional="rotary", rotary_dim=2 * inv_freq.numel(),
+        nope_layers=tuple(l for l, rope in enumerate(getattr(c, "no_rope_layers", None) or ()) if not rope),
+        qk_norm=c.model_type == "qwen3", sliding_window=getattr(c, "sliding_window", None) if sliding else None,
+        sliding_layers=sliding, attn_scale=c.attention_multiplier if granite else None,
+        embed_scale=c.embedding_multiplier if granite else 1.0)
+    residual = c.residual_multiplier if granite else 1.0  # each block's output, folded into its weights
     m = hf.model
-    state = {"W_E": m.embed_tokens.weight, "ln_final.w": m.norm.weight, "W_U": hf.lm_head.weight.t()}
+    state = {"W_E": m.embed_tokens.weight, "W_U": hf.lm_head.weight.t() / (c.logits_scaling if granite else 1.0)}
+    state |= _norm_state("ln_final", m.norm, c.hidden_size)
     for l, blk in enumerate(m.layers):
         p, a = f"blocks.{l}.", blk.self_attn
         if phi3:  # fused [d, q | k | v] and [d, gate | up]
@@ -42,15 +53,24 @@ def convert(hf):
         else:
             w_q, w_k, w_v = linear_t(a.q_proj), linear_t(a.k_proj), linear_t(a.v_proj)
             w_gate, w_in = linear_t(blk.mlp.gate_proj), linear_t(blk.mlp.up_proj)
-        state |= {p + "ln1.w": blk.input_layernorm.weight, p + "ln2.w": blk.post_attention_layernorm.weight,
-                  p + "attn.w_q": w_q.contiguous(), p + "attn.w_k": w_k.contiguous(), p + "attn.w_v": w_v.contiguous(),
-                  p + "attn.w_o": linear_t(a.o_proj), p + "mlp.w_gate": w_gate.contiguous(),
-                  p + "mlp.w_in": w_in.contiguous(), p + "mlp.w_out": linear_t(blk.mlp.down_proj)}
+        state |= _norm_state(p + "ln1", blk.input_layernorm, c.hidden_size)
+        state |= _norm_state(p + "ln2", blk.post_attention_layernorm, c.hidden_size)
+        state |= {p + "attn.w_q": w_q.contiguous(), p + "attn.w_k": w_k.contiguous(), p + "attn.w_v": w_v.contiguous(),
+                  p + "attn.w_o": linear_t(a.o_proj) * residual, p + "mlp.w_gate": w_gate.contiguous(),
+                  p + "mlp.w_in": w_in.contiguous(), p + "mlp.w_out": linear_t(blk.mlp.down_proj) * residual}
         if qkv_bias:
             state |= {p + "attn.b_q": a.q_proj.bias, p + "attn.b_k": a.k_proj.bias, p + "attn.b_v": a.v_proj.bias}
         if out_bias:
-            state[p + "attn.b_o"] = a.o_proj.bias
+            state[p + "attn.b_o"] = a.o_proj.bias * residual
         if cfg.qk_norm:
             state |= {p + "attn.q_norm.w": a.q_norm.weight, p + "attn.k_norm.w": a.k_norm.weight}
     flags = dict(qkv_bias=qkv_bias, out_bias=out_bias, mlp_bias=mlp_bias, unembed_bias=False)
     return cfg, flags, state, (inv_freq, scaling)
+
+
+def _norm_state(name: str, norm, d: int) -> dict:
+    """A norm's canonical weights; OLMo's LayerNorm has none (weight 1, bias 0)."""
+    weight = getattr(norm, "weight", None)
+    if weight is not None:
+        return {name + ".w": weight}
+    return {name + ".w": torch.ones(d), name + ".b": torch.zeros(d)}
