@@ -89,6 +89,7 @@ def tiny_config(family: str, **overrides):
         "granite": lambda: transformers.GraniteConfig(**llama_like, embedding_multiplier=3.0, residual_multiplier=0.4,
                                                       attention_multiplier=0.2, logits_scaling=2.5),
         "smollm3": lambda: transformers.SmolLM3Config(**llama_like, no_rope_layers=[1, 0]),  # layer 1 without rotary
+        "cohere": lambda: transformers.CohereConfig(**llama_like, use_qk_norm=True, logit_scale=0.7),
     }[family]
     cfg = make()
     for k, v in overrides.items():
@@ -97,7 +98,7 @@ def tiny_config(family: str, **overrides):
 
 
 FAMILIES = ["gpt2", "gpt_neox", "gptj", "llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3_text",
-            "gemma3", "opt", "gpt_neo", "phi", "persimmon", "stablelm", "olmo", "granite", "smollm3"]
+            "gemma3", "opt", "gpt_neo", "phi", "persimmon", "stablelm", "olmo", "granite", "smollm3", "cohere"]
 
 
 def tiny_hf(family: str, **overrides):
