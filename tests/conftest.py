@@ -90,6 +90,9 @@ def tiny_config(family: str, **overrides):
                                                       attention_multiplier=0.2, logits_scaling=2.5),
         "smollm3": lambda: transformers.SmolLM3Config(**llama_like, no_rope_layers=[1, 0]),  # layer 1 without rotary
         "cohere": lambda: transformers.CohereConfig(**llama_like, use_qk_norm=True, logit_scale=0.7),
+        "starcoder2": lambda: transformers.Starcoder2Config(**llama_like, sliding_window=4, use_bias=True),
+        "nemotron": lambda: transformers.NemotronConfig(**llama_like, partial_rotary_factor=0.5, attention_bias=True,
+                                                        mlp_bias=True),
     }[family]
     cfg = make()
     for k, v in overrides.items():
@@ -98,7 +101,7 @@ def tiny_config(family: str, **overrides):
 
 
 FAMILIES = ["gpt2", "gpt_neox", "gptj", "llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3_text",
-            "gemma3", "opt", "gpt_neo", "phi", "persimmon", "stablelm", "olmo", "granite", "smollm3", "cohere"]
+            "gemma3", "opt", "gpt_neo", "phi", "persimmon", "stablelm", "olmo", "granite", "smollm3", "cohere", "starcoder2", "nemotron"]
 
 
 def tiny_hf(family: str, **overrides):
