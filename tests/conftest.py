@@ -93,6 +93,8 @@ def tiny_config(family: str, **overrides):
         "starcoder2": lambda: transformers.Starcoder2Config(**llama_like, sliding_window=4, use_bias=True),
         "nemotron": lambda: transformers.NemotronConfig(**llama_like, partial_rotary_factor=0.5, attention_bias=True,
                                                         mlp_bias=True),
+        "gpt_bigcode": lambda: transformers.GPTBigCodeConfig(n_layer=2, n_head=4, n_embd=32, n_positions=128,
+                                                             multi_query=True, **common),
     }[family]
     cfg = make()
     for k, v in overrides.items():
@@ -101,7 +103,7 @@ def tiny_config(family: str, **overrides):
 
 
 FAMILIES = ["gpt2", "gpt_neox", "gptj", "llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3_text",
-            "gemma3", "opt", "gpt_neo", "phi", "persimmon", "stablelm", "olmo", "granite", "smollm3", "cohere", "starcoder2", "nemotron"]
+            "gemma3", "opt", "gpt_neo", "phi", "persimmon", "stablelm", "olmo", "granite", "smollm3", "cohere", "starcoder2", "nemotron", "gpt_bigcode"]
 
 
 def tiny_hf(family: str, **overrides):

@@ -17,7 +17,8 @@ ADAPTERS = {"gpt2": gpt2.convert, "gpt_neox": neox.convert, "gptj": gptj.convert
             "phi": phi.convert, "persimmon": phi.convert, "stablelm": phi.convert,
             "olmo": llama.convert, "granite": llama.convert, "smollm3": llama.convert,
             "cohere": cohere.convert,
-            "starcoder2": starcoder.convert, "nemotron": starcoder.convert}
+            "starcoder2": starcoder.convert, "nemotron": starcoder.convert,
+            "gpt_bigcode": gpt2.convert}
 assert set(ADAPTERS) == set(SUPPORTED)
 
 

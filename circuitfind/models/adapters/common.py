@@ -10,7 +10,8 @@ from circuitfind.errors import UnsupportedModelError
 
 SUPPORTED = ("gpt2", "gpt_neox", "gptj", "llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3_text",
              "gemma3", "opt", "gpt_neo", "phi", "persimmon", "stablelm", "olmo", "granite",
-             "smollm3", "cohere", "starcoder2", "nemotron")
+             "smollm3", "cohere", "starcoder2", "nemotron",
+             "gpt_bigcode")
 
 
 def refuse(config, field: str, ok: Callable[[object], bool], why: str = "") -> None:
