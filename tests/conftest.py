@@ -42,6 +42,10 @@ def _gemma3_text(llama_like: dict) -> dict:
                                                                  "factor": 4.0}})
 
 
+_falcon = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=128, vocab_size=VOCAB,
+               bos_token_id=1, eos_token_id=2, pad_token_id=0)
+
+
 def tiny_config(family: str, **overrides):
     """A tiny config of each supported family, built offline from its transformers config class."""
     common = dict(vocab_size=VOCAB, bos_token_id=1, eos_token_id=2, pad_token_id=0)
@@ -95,6 +99,15 @@ def tiny_config(family: str, **overrides):
                                                         mlp_bias=True),
         "gpt_bigcode": lambda: transformers.GPTBigCodeConfig(n_layer=2, n_head=4, n_embd=32, n_positions=128,
                                                              multi_query=True, **common),
+        "bloom": lambda: transformers.BloomConfig(hidden_size=32, n_layer=2, n_head=4, **common),
+        # falcon-7b's form: multi-query, parallel attention on one norm, rotary
+        "falcon": lambda: transformers.FalconConfig(**_falcon, multi_query=True, parallel_attn=True, bias=False),
+        # falcon-rw's: ALiBi, sequential blocks, biases
+        "falcon_alibi": lambda: transformers.FalconConfig(**_falcon, alibi=True, multi_query=False, parallel_attn=False,
+                                                         bias=True),
+        # falcon-40b's: kv groups, two norms in parallel
+        "falcon_new": lambda: transformers.FalconConfig(**_falcon, new_decoder_architecture=True, num_kv_heads=2,
+                                                       num_ln_in_parallel_attn=2, bias=False),
     }[family]
     cfg = make()
     for k, v in overrides.items():
@@ -103,7 +116,8 @@ def tiny_config(family: str, **overrides):
 
 
 FAMILIES = ["gpt2", "gpt_neox", "gptj", "llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3_text",
-            "gemma3", "opt", "gpt_neo", "phi", "persimmon", "stablelm", "olmo", "granite", "smollm3", "cohere", "starcoder2", "nemotron", "gpt_bigcode"]
+            "gemma3", "opt", "gpt_neo", "phi", "persimmon", "stablelm", "olmo", "granite", "smollm3", "cohere", "starcoder2", "nemotron", "gpt_bigcode", "bloom", "falcon", "falcon_alibi",
+            "falcon_new"]
 
 
 def tiny_hf(family: str, **overrides):

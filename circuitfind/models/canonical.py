@@ -58,6 +58,8 @@ class CanonicalConfig:
     positional: str = "learned"  # "learned" | "rotary" | "alibi" | "none"
     rotary_dim: int = 0
     nope_layers: tuple[int, ...] = ()  # rotary models' layers without positions (SmolLM3)
+    alibi_dtype: str | None = None  # the ALiBi term rounded to this dtype before alibi_scale (Falcon: "bfloat16")
+    alibi_scale: float = 1.0
     parallel: bool = False  # attention and MLP read the same residual (GPT-NeoX)
     post_norms: bool = False  # norm on each block's output before it joins the residual (Gemma 2)
     qk_norm: bool = False  # a norm over d_head on queries and keys (Qwen3)

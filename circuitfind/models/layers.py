@@ -238,6 +238,10 @@ class Attention(nn.Module):
         if cfg.positional == "alibi":  # slope · key position ([..., a, 1, k_pos]); the query's own cancels in softmax
             slopes = self.alibi if heads is None else self.alibi[heads]
             bias = slopes[:, None, None].to(q.dtype) * rope[0].transpose(-1, -2).to(q.dtype)
+            if cfg.alibi_dtype is not None:  # (exact products of small integers, rounded as the source model rounds)
+                bias = bias.to(getattr(torch, cfg.alibi_dtype)).to(q.dtype)
+            if cfg.alibi_scale != 1.0:
+                bias = bias * cfg.alibi_scale
             allowed = torch.where(allowed, bias, float("-inf"))  # an additive mask [..., a, q_pos, k_pos]
         elif rope is not None:
             q, k = apply_rotary(q, rope if q_rope is None else q_rope), apply_rotary(k, rope)

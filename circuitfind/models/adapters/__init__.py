@@ -7,7 +7,7 @@ of their own (Gemma 3), or None. Config options an adapter does not understand r
 `UnsupportedModelError` naming the option (see `common.refuse`).
 """
 
-from circuitfind.models.adapters import cohere, gemma, gpt2, gptj, llama, neox, opt, phi, starcoder
+from circuitfind.models.adapters import bloom, cohere, falcon, gemma, gpt2, gptj, llama, neox, opt, phi, starcoder
 from circuitfind.models.adapters.common import SUPPORTED
 
 ADAPTERS = {"gpt2": gpt2.convert, "gpt_neox": neox.convert, "gptj": gptj.convert, "llama": llama.convert,
@@ -18,7 +18,8 @@ ADAPTERS = {"gpt2": gpt2.convert, "gpt_neox": neox.convert, "gptj": gptj.convert
             "olmo": llama.convert, "granite": llama.convert, "smollm3": llama.convert,
             "cohere": cohere.convert,
             "starcoder2": starcoder.convert, "nemotron": starcoder.convert,
-            "gpt_bigcode": gpt2.convert}
+            "gpt_bigcode": gpt2.convert,
+            "bloom": bloom.convert, "falcon": falcon.convert}
 assert set(ADAPTERS) == set(SUPPORTED)
 
 
