@@ -108,6 +108,14 @@ def tiny_config(family: str, **overrides):
         # falcon-40b's: kv groups, two norms in parallel
         "falcon_new": lambda: transformers.FalconConfig(**_falcon, new_decoder_architecture=True, num_kv_heads=2,
                                                        num_ln_in_parallel_attn=2, bias=False),
+        # 4 experts, top 2: exact routing, renormalised (Mixtral, Qwen3-MoE) or not, a shared expert (Qwen2-MoE)
+        "mixtral": lambda: transformers.MixtralConfig(**llama_like, num_local_experts=4, num_experts_per_tok=2,
+                                                      sliding_window=4),
+        "qwen2_moe": lambda: transformers.Qwen2MoeConfig(**llama_like, num_experts=4, num_experts_per_tok=2,
+                                                         moe_intermediate_size=24, shared_expert_intermediate_size=40,
+                                                         norm_topk_prob=False),
+        "qwen3_moe": lambda: transformers.Qwen3MoeConfig(**llama_like, head_dim=16, num_experts=4, num_experts_per_tok=2,
+                                                         moe_intermediate_size=24, norm_topk_prob=True),
     }[family]
     cfg = make()
     for k, v in overrides.items():
@@ -117,7 +125,7 @@ def tiny_config(family: str, **overrides):
 
 FAMILIES = ["gpt2", "gpt_neox", "gptj", "llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3_text",
             "gemma3", "opt", "gpt_neo", "phi", "persimmon", "stablelm", "olmo", "granite", "smollm3", "cohere", "starcoder2", "nemotron", "gpt_bigcode", "bloom", "falcon", "falcon_alibi",
-            "falcon_new"]
+            "falcon_new", "mixtral", "qwen2_moe", "qwen3_moe"]
 
 
 def tiny_hf(family: str, **overrides):

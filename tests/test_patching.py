@@ -507,3 +507,17 @@ def test_shared_prefix_only_where_there_is_one(model):
         masked_forward(model, clean.rows(slice(0, 2)), abl[:, :2], model.graph.edge_mask.double(), shared=shared)
     with pytest.raises(cf.ConfigError, match="carries its own"):
         masked_forward(model, clean, abl, model.graph.edge_mask.double(), start=starts[1], shared=shared)
+
+
+@pytest.mark.parametrize("family", ["bloom", "mixtral"])
+def test_alibi_and_mixture_of_experts_follow_the_slow_reference(family):
+    """ALiBi (a position term of each head's scores, not a sender) and a mixture of experts (one MLP node,
+    its router included, routed exactly on whatever input the mask gives it): the engine against the slow
+    reference on the checks above that exercise attention positions and MLP inputs, at a fraction of the
+    cost of the whole list."""
+    model = cf.from_hf(tiny_hf(family)).double()
+    test_all_ones_gives_clean_and_all_zeros_gives_corrupted(model)
+    test_random_masks_match_slow_reference(model, "mean")
+    test_node_circuits_match_slow_reference(model)
+    test_heads_read_at_the_answer_positions_alone_are_exact(model)
+    test_a_shared_prefix_is_skipped_without_changing_any_logit(model)

@@ -316,7 +316,8 @@ class MoE(nn.Module):
 
     def route(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """x [n, d_model] → (weights [n, top_k] in x's dtype, experts [n, top_k] long)."""
-        probs = torch.softmax((x @ self.w_router).float(), dim=-1)
+        logits = x @ self.w_router
+        probs = torch.softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)  # (at least fp32)
         weights, experts = torch.topk(probs, self.cfg.top_k, dim=-1)
         if self.cfg.norm_topk:
             weights = weights / weights.sum(-1, keepdim=True)

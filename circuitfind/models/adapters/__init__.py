@@ -19,7 +19,8 @@ ADAPTERS = {"gpt2": gpt2.convert, "gpt_neox": neox.convert, "gptj": gptj.convert
             "cohere": cohere.convert,
             "starcoder2": starcoder.convert, "nemotron": starcoder.convert,
             "gpt_bigcode": gpt2.convert,
-            "bloom": bloom.convert, "falcon": falcon.convert}
+            "bloom": bloom.convert, "falcon": falcon.convert,
+            "mixtral": llama.convert, "qwen2_moe": llama.convert, "qwen3_moe": llama.convert}
 assert set(ADAPTERS) == set(SUPPORTED)
 
 

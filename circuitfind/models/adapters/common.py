@@ -11,7 +11,8 @@ from circuitfind.errors import UnsupportedModelError
 SUPPORTED = ("gpt2", "gpt_neox", "gptj", "llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3_text",
              "gemma3", "opt", "gpt_neo", "phi", "persimmon", "stablelm", "olmo", "granite",
              "smollm3", "cohere", "starcoder2", "nemotron",
-             "gpt_bigcode", "bloom", "falcon")
+             "gpt_bigcode", "bloom", "falcon", "mixtral", "qwen2_moe",
+             "qwen3_moe")
 
 
 def refuse(config, field: str, ok: Callable[[object], bool], why: str = "") -> None:

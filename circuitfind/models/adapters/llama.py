@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from circuitfind.errors import UnsupportedModelError
+from circuitfind.models.adapters import moe
 from circuitfind.models.adapters.common import layer_types, linear_t, refuse, rotary_of
 from circuitfind.models.canonical import CanonicalConfig
 
@@ -18,27 +19,28 @@ def convert(hf):
     refuse(c, "pretraining_tp", lambda v: v == 1, "tensor-parallel weight slicing")
     refuse(c, "clip_qkv", lambda v: False, "queries, keys and values clamped (OLMo's clip_qkv)")
     olmo, granite = c.model_type == "olmo", c.model_type == "granite"
+    sparse = moe.fields(c) if c.model_type in moe.FAMILIES else {}
     h, kv = c.num_attention_heads, c.num_key_value_heads or c.num_attention_heads
     dh = getattr(c, "head_dim", None) or c.hidden_size // h
     phi3 = c.model_type == "phi3"
     attn0, mlp0 = hf.model.layers[0].self_attn, hf.model.layers[0].mlp
     qkv_bias = (attn0.qkv_proj if phi3 else attn0.q_proj).bias is not None
     out_bias = attn0.o_proj.bias is not None
-    mlp_bias = (mlp0.gate_up_proj if phi3 else mlp0.gate_proj).bias is not None
+    mlp_bias = not sparse and (mlp0.gate_up_proj if phi3 else mlp0.gate_proj).bias is not None
     refuse(c, "mlp_bias", lambda v: v is False, "gated MLP with biases")
     if phi3 and (qkv_bias or mlp_bias):
         raise UnsupportedModelError("a Phi-3 model with biases on its fused projections is not modelled")
     sliding = layer_types(c)
-    if c.model_type in ("mistral", "phi3") and getattr(c, "sliding_window", None):  # every layer
+    if c.model_type in ("mistral", "phi3", "mixtral") and getattr(c, "sliding_window", None):  # every layer
         sliding = tuple(range(c.num_hidden_layers))
     inv_freq, scaling = rotary_of(hf.model.rotary_emb, c)
     cfg = CanonicalConfig(
         family=c.model_type, n_layers=c.num_hidden_layers, d_model=c.hidden_size, n_heads=h, n_kv_heads=kv,
-        d_head=dh, d_mlp=c.intermediate_size, d_vocab=c.vocab_size, n_ctx=c.max_position_embeddings,
+        d_head=dh, d_vocab=c.vocab_size, n_ctx=c.max_position_embeddings, **({"d_mlp": c.intermediate_size} | sparse),
         act_fn=c.hidden_act, gated_mlp=True, norm="layernorm" if olmo else "rmsnorm",
         norm_eps=1e-5 if olmo else c.rms_norm_eps, positional="rotary", rotary_dim=2 * inv_freq.numel(),
         nope_layers=tuple(l for l, rope in enumerate(getattr(c, "no_rope_layers", None) or ()) if not rope),
-        qk_norm=c.model_type == "qwen3", sliding_window=getattr(c, "sliding_window", None) if sliding else None,
+        qk_norm=c.model_type in ("qwen3", "qwen3_moe"), sliding_window=getattr(c, "sliding_window", None) if sliding else None,
         sliding_layers=sliding, attn_scale=c.attention_multiplier if granite else None,
         embed_scale=c.embedding_multiplier if granite else 1.0)
     residual = c.residual_multiplier if granite else 1.0  # each block's output, folded into its weights
@@ -52,12 +54,16 @@ def convert(hf):
             w_gate, w_in = linear_t(blk.mlp.gate_up_proj).chunk(2, dim=1)
         else:
             w_q, w_k, w_v = linear_t(a.q_proj), linear_t(a.k_proj), linear_t(a.v_proj)
-            w_gate, w_in = linear_t(blk.mlp.gate_proj), linear_t(blk.mlp.up_proj)
+            w_gate, w_in = (None, None) if sparse else (linear_t(blk.mlp.gate_proj), linear_t(blk.mlp.up_proj))
         state |= _norm_state(p + "ln1", blk.input_layernorm, c.hidden_size)
         state |= _norm_state(p + "ln2", blk.post_attention_layernorm, c.hidden_size)
         state |= {p + "attn.w_q": w_q.contiguous(), p + "attn.w_k": w_k.contiguous(), p + "attn.w_v": w_v.contiguous(),
-                  p + "attn.w_o": linear_t(a.o_proj) * residual, p + "mlp.w_gate": w_gate.contiguous(),
-                  p + "mlp.w_in": w_in.contiguous(), p + "mlp.w_out": linear_t(blk.mlp.down_proj) * residual}
+                  p + "attn.w_o": linear_t(a.o_proj) * residual}
+        if sparse:  # the whole sparse block, router included (moe.py)
+            state |= moe.state(p, blk.mlp)
+        else:
+            state |= {p + "mlp.w_gate": w_gate.contiguous(), p + "mlp.w_in": w_in.contiguous(),
+                      p + "mlp.w_out": linear_t(blk.mlp.down_proj) * residual}
         if qkv_bias:
             state |= {p + "attn.b_q": a.q_proj.bias, p + "attn.b_k": a.k_proj.bias, p + "attn.b_v": a.v_proj.bias}
         if out_bias:
