@@ -116,6 +116,9 @@ def tiny_config(family: str, **overrides):
                                                          norm_topk_prob=False),
         "qwen3_moe": lambda: transformers.Qwen3MoeConfig(**llama_like, head_dim=16, num_experts=4, num_experts_per_tok=2,
                                                          moe_intermediate_size=24, norm_topk_prob=True),
+        # a sliding layer, then a global one without rotary
+        "cohere2": lambda: transformers.Cohere2Config(**llama_like, sliding_window=4, logit_scale=0.7,
+                                                      layer_types=["sliding_attention", "full_attention"]),
     }[family]
     cfg = make()
     for k, v in overrides.items():
@@ -125,7 +128,7 @@ def tiny_config(family: str, **overrides):
 
 FAMILIES = ["gpt2", "gpt_neox", "gptj", "llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3_text",
             "gemma3", "opt", "gpt_neo", "phi", "persimmon", "stablelm", "olmo", "granite", "smollm3", "cohere", "starcoder2", "nemotron", "gpt_bigcode", "bloom", "falcon", "falcon_alibi",
-            "falcon_new", "mixtral", "qwen2_moe", "qwen3_moe"]
+            "falcon_new", "mixtral", "qwen2_moe", "qwen3_moe", "cohere2"]
 
 
 def tiny_hf(family: str, **overrides):

@@ -20,14 +20,15 @@ ADAPTERS = {"gpt2": gpt2.convert, "gpt_neox": neox.convert, "gptj": gptj.convert
             "starcoder2": starcoder.convert, "nemotron": starcoder.convert,
             "gpt_bigcode": gpt2.convert,
             "bloom": bloom.convert, "falcon": falcon.convert,
-            "mixtral": llama.convert, "qwen2_moe": llama.convert, "qwen3_moe": llama.convert}
+            "mixtral": llama.convert, "qwen2_moe": llama.convert, "qwen3_moe": llama.convert,
+            "cohere2": cohere.convert}
 assert set(ADAPTERS) == set(SUPPORTED)
 
 
 def parallel_of(config) -> bool:
     """Whether a Hugging Face config's blocks run attention and MLP on one residual (no weights needed)."""
     kind = getattr(config, "model_type", "")
-    if kind in ("gptj", "phi", "cohere"):
+    if kind in ("gptj", "phi", "cohere", "cohere2"):
         return True
     if kind == "falcon":
         return bool(config.parallel_attn or config.new_decoder_architecture)

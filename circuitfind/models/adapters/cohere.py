@@ -1,6 +1,7 @@
-"""Command-R (Cohere): attention and SwiGLU MLP in parallel on one bias-free LayerNorm, rotary over
+"""Command-R (Cohere) and Command R7B (Cohere2): attention and SwiGLU MLP in parallel on one bias-free LayerNorm, rotary over
 interleaved pairs, optional LayerNorm of each head's queries and keys (weights per head), logits
-multiplied by logit_scale (folded into W_U). Rotary is made half-split (the canonical form) by
+multiplied by logit_scale (folded into W_U). Cohere2 alternates sliding-window layers with global
+layers that have no rotary at all. Rotary is made half-split (the canonical form) by
 permuting each head's query and key features, their norm weights alike, which leaves every q·k
 unchanged (as for GPT-J): interleaved pair (2i, 2i + 1) moves to (i, i + rotary_dim/2)."""
 
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from circuitfind.models.adapters.common import linear_t, rotary_of
+from circuitfind.models.adapters.common import layer_types, linear_t, rotary_of
 from circuitfind.models.canonical import CanonicalConfig
 
 
@@ -19,12 +20,15 @@ def convert(hf):
     dh = getattr(c, "head_dim", None) or d // h
     inv_freq, scaling = rotary_of(m.rotary_emb, c)
     rd = 2 * inv_freq.numel()
-    qk_norm = bool(c.use_qk_norm)
+    qk_norm = bool(getattr(c, "use_qk_norm", False))
+    sliding = layer_types(c) if c.model_type == "cohere2" else ()
+    nope = tuple(l for l in range(c.num_hidden_layers) if l not in sliding) if c.model_type == "cohere2" else ()
     cfg = CanonicalConfig(
-        family="cohere", n_layers=c.num_hidden_layers, d_model=d, n_heads=h, n_kv_heads=kv, d_head=dh,
+        family=c.model_type, n_layers=c.num_hidden_layers, d_model=d, n_heads=h, n_kv_heads=kv, d_head=dh,
         d_mlp=c.intermediate_size, d_vocab=c.vocab_size, n_ctx=c.max_position_embeddings, act_fn=c.hidden_act,
         gated_mlp=True, norm="layernorm", norm_eps=c.layer_norm_eps, positional="rotary", rotary_dim=rd,
-        parallel=True, qk_norm=qk_norm, qk_norm_kind="layernorm", qk_norm_per_head=True)
+        parallel=True, qk_norm=qk_norm, qk_norm_kind="layernorm", qk_norm_per_head=True, nope_layers=nope,
+        sliding_window=c.sliding_window if sliding else None, sliding_layers=sliding)
     half = torch.cat([torch.arange(0, rd, 2), torch.arange(1, rd, 2), torch.arange(rd, dh)])  # new → old feature
 
     def half_split(w, n):  # [d, n·dh] with interleaved rotary pairs → the same with half-split ones

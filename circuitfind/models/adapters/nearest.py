@@ -23,7 +23,6 @@ NEAREST: dict[str, tuple[str, str]] = {
                                  "rotary key) and grouped top-k routing"),
     "deepseek_v3": ("qwen2_moe", "multi-head latent attention and sigmoid-scored, group-limited routing with a bias"),
     "llama4": ("llama", "chunked attention, NoPE layers with temperature-scaled queries, and MoE layers"),
-    "cohere2": ("cohere", "sliding-window layers alongside global layers without rotary"),
     "glm": ("phi", "partial rotary over interleaved pairs with GLM's layout of fused gate/up weights"),
     "codegen": ("gptj", "CodeGen's fused q/v/k projection laid out over mp_num shards"),
     "gemma3n": ("gemma3_text", "per-layer input embeddings, AltUp and Laurel blocks, activation sparsity"),
