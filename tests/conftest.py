@@ -119,6 +119,10 @@ def tiny_config(family: str, **overrides):
         # a sliding layer, then a global one without rotary
         "cohere2": lambda: transformers.Cohere2Config(**llama_like, sliding_window=4, logit_scale=0.7,
                                                       layer_types=["sliding_attention", "full_attention"]),
+        # Llama's form under other names (InternLM3 and IQuestCoder run Llama's own modelling code)
+        "seed_oss": lambda: transformers.SeedOssConfig(**llama_like, attention_bias=True, attention_out_bias=True),
+        "internlm3": lambda: transformers.AutoConfig.for_model("internlm3", **llama_like),
+        "iquestcoder": lambda: transformers.AutoConfig.for_model("iquestcoder", **llama_like),
     }[family]
     cfg = make()
     for k, v in overrides.items():
@@ -128,7 +132,8 @@ def tiny_config(family: str, **overrides):
 
 FAMILIES = ["gpt2", "gpt_neox", "gptj", "llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3_text",
             "gemma3", "opt", "gpt_neo", "phi", "persimmon", "stablelm", "olmo", "granite", "smollm3", "cohere", "starcoder2", "nemotron", "gpt_bigcode", "bloom", "falcon", "falcon_alibi",
-            "falcon_new", "mixtral", "qwen2_moe", "qwen3_moe", "cohere2"]
+            "falcon_new", "mixtral", "qwen2_moe", "qwen3_moe", "cohere2", "seed_oss", "internlm3",
+            "iquestcoder"]
 
 
 def tiny_hf(family: str, **overrides):

@@ -12,7 +12,8 @@ SUPPORTED = ("gpt2", "gpt_neox", "gptj", "llama", "mistral", "qwen2", "qwen3", "
              "gemma3", "opt", "gpt_neo", "phi", "persimmon", "stablelm", "olmo", "granite",
              "smollm3", "cohere", "starcoder2", "nemotron",
              "gpt_bigcode", "bloom", "falcon", "mixtral", "qwen2_moe",
-             "qwen3_moe", "cohere2")
+             "qwen3_moe", "cohere2", "seed_oss",
+             "internlm3", "iquestcoder")
 
 
 def refuse(config, field: str, ok: Callable[[object], bool], why: str = "") -> None:
