@@ -123,6 +123,8 @@ def tiny_config(family: str, **overrides):
         "seed_oss": lambda: transformers.SeedOssConfig(**llama_like, attention_bias=True, attention_out_bias=True),
         "internlm3": lambda: transformers.AutoConfig.for_model("internlm3", **llama_like),
         "iquestcoder": lambda: transformers.AutoConfig.for_model("iquestcoder", **llama_like),
+        # MPT's own slopes, for a head count that is not a power of two
+        "mpt": lambda: transformers.MptConfig(d_model=48, n_heads=6, n_layers=2, max_seq_len=128, **common),
     }[family]
     cfg = make()
     for k, v in overrides.items():
@@ -133,7 +135,7 @@ def tiny_config(family: str, **overrides):
 FAMILIES = ["gpt2", "gpt_neox", "gptj", "llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3_text",
             "gemma3", "opt", "gpt_neo", "phi", "persimmon", "stablelm", "olmo", "granite", "smollm3", "cohere", "starcoder2", "nemotron", "gpt_bigcode", "bloom", "falcon", "falcon_alibi",
             "falcon_new", "mixtral", "qwen2_moe", "qwen3_moe", "cohere2", "seed_oss", "internlm3",
-            "iquestcoder"]
+            "iquestcoder", "mpt"]
 
 
 def tiny_hf(family: str, **overrides):

@@ -19,8 +19,10 @@ HUB = [e for e in ZOO.values() if e.source == "hub"]
 def scaled_down(entry):
     """The entry's config with 2 layers, head_dim 8, a small vocabulary and context — quirks kept."""
     c = dict(entry.config)
-    heads = c.get("n_head") or c.get("num_attention_heads") or c.get("num_heads")
-    if c["model_type"] in ("gpt2", "gptj", "gpt_bigcode"):
+    heads = c.get("n_head") or c.get("num_attention_heads") or c.get("num_heads") or c.get("n_heads")
+    if c["model_type"] == "mpt":
+        c |= {"n_layers": 2, "d_model": 8 * heads, "max_seq_len": 64}
+    elif c["model_type"] in ("gpt2", "gptj", "gpt_bigcode"):
         c |= {"n_layer": 2, "n_embd": 8 * heads, "n_positions": 64}
         if "rotary_dim" in c:
             c["rotary_dim"] = 4  # of a head of 8: partial, as in the entry

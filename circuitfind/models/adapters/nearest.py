@@ -15,7 +15,6 @@ NEAREST: dict[str, tuple[str, str]] = {
     "olmoe": ("mixtral", "OLMo 2's q/k norms over all heads together (the MoE block itself maps as Mixtral's)"),
     "gpt_oss": ("mixtral", "attention sinks (a learned logit per head in every softmax), alternating sliding "
                            "windows, experts with biases and a clamped SwiGLU, a router with a bias"),
-    "mpt": ("bloom", "ALiBi with MPT's slopes (alibi_bias_max), clip_qkv, LayerNorm without biases"),
     "dbrx": ("mixtral", "DBRX's fused expert layout, clip_qkv and LayerNorm without biases"),
     "phimoe": ("mixtral", "sparsemixer routing (a jittered, masked top-2 rather than a softmax top-k), LayerNorm"),
     "granitemoe": ("granite", "a mixture-of-experts MLP with Granite's multipliers (router over its own expert layout)"),
