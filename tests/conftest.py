@@ -125,6 +125,9 @@ def tiny_config(family: str, **overrides):
         "iquestcoder": lambda: transformers.AutoConfig.for_model("iquestcoder", **llama_like),
         # MPT's own slopes, for a head count that is not a power of two
         "mpt": lambda: transformers.MptConfig(d_model=48, n_heads=6, n_layers=2, max_seq_len=128, **common),
+        "granitemoe": lambda: transformers.GraniteMoeConfig(**llama_like, num_local_experts=4, num_experts_per_tok=2,
+                                                            embedding_multiplier=3.0, residual_multiplier=0.4,
+                                                            attention_multiplier=0.2, logits_scaling=2.5),
     }[family]
     cfg = make()
     for k, v in overrides.items():
@@ -135,7 +138,7 @@ def tiny_config(family: str, **overrides):
 FAMILIES = ["gpt2", "gpt_neox", "gptj", "llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3_text",
             "gemma3", "opt", "gpt_neo", "phi", "persimmon", "stablelm", "olmo", "granite", "smollm3", "cohere", "starcoder2", "nemotron", "gpt_bigcode", "bloom", "falcon", "falcon_alibi",
             "falcon_new", "mixtral", "qwen2_moe", "qwen3_moe", "cohere2", "seed_oss", "internlm3",
-            "iquestcoder", "mpt"]
+            "iquestcoder", "mpt", "granitemoe"]
 
 
 def tiny_hf(family: str, **overrides):

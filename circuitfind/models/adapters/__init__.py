@@ -23,7 +23,7 @@ ADAPTERS = {"gpt2": gpt2.convert, "gpt_neox": neox.convert, "gptj": gptj.convert
             "mixtral": llama.convert, "qwen2_moe": llama.convert, "qwen3_moe": llama.convert,
             "cohere2": cohere.convert,
             "seed_oss": llama.convert, "internlm3": llama.convert, "iquestcoder": llama.convert,
-            "mpt": bloom.convert}
+            "mpt": bloom.convert, "granitemoe": llama.convert}
 assert set(ADAPTERS) == set(SUPPORTED)
 
 

@@ -18,12 +18,12 @@ def convert(hf):
     c = hf.config
     refuse(c, "pretraining_tp", lambda v: v == 1, "tensor-parallel weight slicing")
     refuse(c, "clip_qkv", lambda v: False, "queries, keys and values clamped (OLMo's clip_qkv)")
-    olmo, granite = c.model_type == "olmo", c.model_type == "granite"
+    olmo, granite = c.model_type == "olmo", c.model_type in ("granite", "granitemoe")
     sparse = moe.fields(c) if c.model_type in moe.FAMILIES else {}
     h, kv = c.num_attention_heads, c.num_key_value_heads or c.num_attention_heads
     dh = getattr(c, "head_dim", None) or c.hidden_size // h
     phi3 = c.model_type == "phi3"
-    attn0, mlp0 = hf.model.layers[0].self_attn, hf.model.layers[0].mlp
+    attn0, mlp0 = hf.model.layers[0].self_attn, getattr(hf.model.layers[0], "mlp", None)
     qkv_bias = (attn0.qkv_proj if phi3 else attn0.q_proj).bias is not None
     out_bias = attn0.o_proj.bias is not None
     mlp_bias = not sparse and (mlp0.gate_up_proj if phi3 else mlp0.gate_proj).bias is not None
@@ -60,7 +60,7 @@ def convert(hf):
         state |= {p + "attn.w_q": w_q.contiguous(), p + "attn.w_k": w_k.contiguous(), p + "attn.w_v": w_v.contiguous(),
                   p + "attn.w_o": linear_t(a.o_proj) * residual}
         if sparse:  # the whole sparse block, router included (moe.py)
-            state |= moe.state(p, blk.mlp)
+            state |= moe.state(p, getattr(blk, "block_sparse_moe", None) or blk.mlp, residual)
         else:
             state |= {p + "mlp.w_gate": w_gate.contiguous(), p + "mlp.w_in": w_in.contiguous(),
                       p + "mlp.w_out": linear_t(blk.mlp.down_proj) * residual}

@@ -17,7 +17,6 @@ NEAREST: dict[str, tuple[str, str]] = {
                            "windows, experts with biases and a clamped SwiGLU, a router with a bias"),
     "dbrx": ("mixtral", "DBRX's fused expert layout, clip_qkv and LayerNorm without biases"),
     "phimoe": ("mixtral", "sparsemixer routing (a jittered, masked top-2 rather than a softmax top-k), LayerNorm"),
-    "granitemoe": ("granite", "a mixture-of-experts MLP with Granite's multipliers (router over its own expert layout)"),
     "deepseek_v2": ("qwen2_moe", "multi-head latent attention (low-rank compressed keys and values, a decoupled "
                                  "rotary key) and grouped top-k routing"),
     "deepseek_v3": ("qwen2_moe", "multi-head latent attention and sigmoid-scored, group-limited routing with a bias"),
