@@ -128,6 +128,9 @@ def tiny_config(family: str, **overrides):
         "granitemoe": lambda: transformers.GraniteMoeConfig(**llama_like, num_local_experts=4, num_experts_per_tok=2,
                                                             embedding_multiplier=3.0, residual_multiplier=0.4,
                                                             attention_multiplier=0.2, logits_scaling=2.5),
+        # norms after each block alone; q/k RMSNorm over every head together
+        "olmo2": lambda: transformers.Olmo2Config(**llama_like),
+        "olmoe": lambda: transformers.OlmoeConfig(**llama_like, num_experts=4, num_experts_per_tok=2),
     }[family]
     cfg = make()
     for k, v in overrides.items():
@@ -138,7 +141,7 @@ def tiny_config(family: str, **overrides):
 FAMILIES = ["gpt2", "gpt_neox", "gptj", "llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3_text",
             "gemma3", "opt", "gpt_neo", "phi", "persimmon", "stablelm", "olmo", "granite", "smollm3", "cohere", "starcoder2", "nemotron", "gpt_bigcode", "bloom", "falcon", "falcon_alibi",
             "falcon_new", "mixtral", "qwen2_moe", "qwen3_moe", "cohere2", "seed_oss", "internlm3",
-            "iquestcoder", "mpt", "granitemoe"]
+            "iquestcoder", "mpt", "granitemoe", "olmo2", "olmoe"]
 
 
 def tiny_hf(family: str, **overrides):

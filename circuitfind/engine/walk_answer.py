@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from circuitfind.engine.store import take
-from circuitfind.engine.walk_ops import copies, gather_at, proj, proj_each
+from circuitfind.engine.walk_ops import copies, gather_at, norm_over_heads, proj, proj_receivers
 
 
 class AnswerPositions:
@@ -51,23 +51,22 @@ class AnswerPositions:
         if M_q is None:  # the real residual there, one input for all: fused projection
             xq = ln(gather_at(self.resid, pos))  # [K_q, b', d]
             K_q = xq.shape[0]
-            q = proj(xq.reshape(K_q * bp, 1, d), attn.w_q, attn.b_q, dh)
+            q = proj(xq.reshape(K_q * bp, 1, d), attn.w_q, attn.b_q, dh, norm_over_heads(attn, "q"))
             q = q if a == cfg.n_heads else q[:, heads]
         else:
             xq = self._mix_at(M_q, self.base, pos)  # [a, K_q, b', d]
             K_q = xq.shape[1]
-            q = proj_each(ln, xq.reshape(a, K_q * bp, d), take(attn.W_Q, heads, 0), attn.b_q, heads, dh,
-                           K_q * bp, 1)
+            q = proj_receivers(ln, attn, "q", xq.reshape(a, K_q * bp, d), attn.W_Q, attn.b_q, heads, dh, K_q * bp, 1)
         rows = torch.cat([g.qkv_receiver(l, t, 0) + heads for t in "kv"])
         x, K_kv, resid = self._receiver_inputs(rows, self.resid, self.base, "attention inputs", each=True)
         if x is None:
             xn = ln(resid.expand(K_kv, bp, p, d).reshape(K_kv * bp, p, d))
-            k, v = proj(xn, attn.w_k, attn.b_k, dh), proj(xn, attn.w_v, attn.b_v, dh)
+            k, v = proj(xn, attn.w_k, attn.b_k, dh, norm_over_heads(attn, "k")), proj(xn, attn.w_v, attn.b_v, dh)
             if a < cfg.n_heads:
                 k, v = k[:, groups], v[:, groups]
         else:
-            k, v = (proj_each(ln, xt.reshape(a, K_kv * bp * p, d), take(W, groups, 0), bias, groups, dh, K_kv * bp, p)
-                    for xt, W, bias in zip(x.split(a), (attn.W_K, attn.W_V), (attn.b_k, attn.b_v)))
+            k, v = (proj_receivers(ln, attn, kind, xt.reshape(a, K_kv * bp * p, d), W, bias, groups, dh, K_kv * bp, p)
+                    for xt, W, bias, kind in zip(x.split(a), (attn.W_K, attn.W_V), (attn.b_k, attn.b_v), "kv"))
         K = max(K_q, K_kv)
         q, k, v = copies(q, K // K_q), copies(k, K // K_kv), copies(v, K // K_kv)
         k, v = self._with_prefix(l, k, v, None if x is None and a == cfg.n_heads else groups)

@@ -66,6 +66,8 @@ class CanonicalConfig:
     qk_norm_kind: str = "rmsnorm"  # "rmsnorm" | "layernorm" (Phi, Persimmon, StableLM, Command-R)
     qk_norm_per_head: bool = False  # one weight per head (StableLM, Command-R)
     qk_norm_bias: bool = False
+    qk_norm_width: str = "head"  # "head": over d_head; "all": RMSNorm over every head's projection together (OLMo 2)
+    pre_norms: bool = True  # False: no norm before attention and MLP (OLMo 2 norms their outputs alone)
     attn_scale: float | None = None  # multiplies q·k; None means 1/sqrt(d_head)
     attn_softcap: float | None = None
     final_softcap: float | None = None
@@ -84,6 +86,9 @@ class CanonicalConfig:
     def __post_init__(self):
         if self.act_fn not in ACTIVATIONS:
             raise ConfigError(f"activation {self.act_fn!r} is unknown; known: {sorted(ACTIVATIONS)}")
+        if self.qk_norm_width not in ("head", "all") or (self.qk_norm_width == "all" and self.qk_norm_kind != "rmsnorm"):
+            raise ConfigError(f"qk_norm_width {self.qk_norm_width!r} with {self.qk_norm_kind!r} is not modelled; "
+                              "known: 'head' (any norm), 'all' (RMSNorm)")
         if self.positional not in ("learned", "rotary", "alibi", "none"):
             raise ConfigError(f"positional {self.positional!r} is unknown; known: learned, rotary, alibi, none")
         if self.n_experts and not 0 < self.top_k <= self.n_experts:
@@ -278,7 +283,9 @@ class CircuitModel(nn.Module):
         """x [batch, pos, d_model] (normed) → attention block output [batch, pos, d_model]."""
         b, p, _ = x.shape
         dh, name = self.cfg.d_head, f"blocks.{l}.attn"
-        q, k, v = (y.view(b, p, -1, dh) for y in _project(x, attn))
+        q, k, v = _project(x, attn)
+        q, k = attn.full_norm("q", q), attn.full_norm("k", k)  # (over every head together, where the family does)
+        q, k, v = (y.view(b, p, -1, dh) for y in (q, k, v))
         q, k, v = (self._hook(f"{name}.hook_{n}", t).transpose(1, 2) for n, t in zip("qkv", (q, k, v)))
         want_pattern = f"{name}.hook_pattern" in self._hook_fns
         z, pattern = attn.attend(q, k, v, rope, allowed, want_pattern)

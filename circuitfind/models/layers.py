@@ -193,8 +193,11 @@ class Attention(nn.Module):
         self.w_o, self.b_o = _linear(h * dh, d), _maybe_bias(d, out_bias)
         qk = lambda n: HeadNorm(cfg.qk_norm_kind, n, dh, cfg.norm_eps, cfg.norm_offset, cfg.qk_norm_per_head,  # noqa: E731
                                 cfg.qk_norm_bias)
-        self.q_norm = qk(h) if cfg.qk_norm else None
-        self.k_norm = qk(kv) if cfg.qk_norm else None
+        if cfg.qk_norm and cfg.qk_norm_width == "all":  # over every head's projection together: [n·d_head]
+            self.q_norm, self.k_norm = (Norm("rmsnorm", n * dh, cfg.norm_eps, cfg.norm_offset) for n in (h, kv))
+        else:
+            self.q_norm = qk(h) if cfg.qk_norm else None
+            self.k_norm = qk(kv) if cfg.qk_norm else None
         self.post_norm = Norm("rmsnorm", d, cfg.norm_eps, cfg.norm_offset) if cfg.post_norms else None
         self.sliding = layer in cfg.sliding_layers
         # ALiBi (BLOOM, Falcon): each head's slope; its score bias is slope · key position
@@ -217,6 +220,13 @@ class Attention(nn.Module):
     def W_O(self) -> Tensor:  # [head, d_head, d_model]
         return self.w_o.view(self.cfg.n_heads, self.cfg.d_head, self.cfg.d_model)
 
+    def full_norm(self, kind: str, y: Tensor) -> Tensor:
+        """y [..., n·d_head], the projections of every query (kind "q") or key ("k") head, normed over all of
+        them together where the family does so (qk_norm_width "all"; per-head norms belong to `attend`)."""
+        if self.cfg.qk_norm_width != "all" or self.q_norm is None or kind == "v":
+            return y
+        return (self.q_norm if kind == "q" else self.k_norm)(y)
+
     def attend(self, q: Tensor, k: Tensor, v: Tensor, rope: tuple[Tensor, Tensor] | None,
                allowed: Tensor, want_pattern: bool = False,
                q_rope: tuple[Tensor, Tensor] | None = None, heads: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
@@ -231,7 +241,7 @@ class Attention(nn.Module):
         Returns z [..., head, q_pos, d_head] and, if asked, the pattern.
         """
         cfg = self.cfg
-        if self.q_norm is not None:
+        if self.q_norm is not None and cfg.qk_norm_width == "head":
             kv_heads = None if heads is None or k.shape[-3] != len(heads) else heads // cfg.group_size
             q, k = self.q_norm(q, heads), self.k_norm(k, kv_heads)
         bias = None
@@ -342,7 +352,7 @@ class MoE(nn.Module):
 class Block(nn.Module):
     def __init__(self, cfg: CanonicalConfig, layer: int, qkv_bias: bool, out_bias: bool, mlp_bias: bool):
         super().__init__()
-        ln = lambda: Norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.norm_offset)  # noqa: E731
+        ln = lambda: Norm(cfg.norm if cfg.pre_norms else "none", cfg.d_model, cfg.norm_eps, cfg.norm_offset)  # noqa: E731
         self.ln1, self.attn = ln(), Attention(cfg, layer, qkv_bias, out_bias)
         self.ln2, self.mlp = ln(), MoE(cfg) if cfg.n_experts else MLP(cfg, mlp_bias)
 

@@ -23,7 +23,8 @@ ADAPTERS = {"gpt2": gpt2.convert, "gpt_neox": neox.convert, "gptj": gptj.convert
             "mixtral": llama.convert, "qwen2_moe": llama.convert, "qwen3_moe": llama.convert,
             "cohere2": cohere.convert,
             "seed_oss": llama.convert, "internlm3": llama.convert, "iquestcoder": llama.convert,
-            "mpt": bloom.convert, "granitemoe": llama.convert}
+            "mpt": bloom.convert, "granitemoe": llama.convert,
+            "olmo2": llama.convert, "olmoe": llama.convert}
 assert set(ADAPTERS) == set(SUPPORTED)
 
 

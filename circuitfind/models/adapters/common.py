@@ -13,7 +13,8 @@ SUPPORTED = ("gpt2", "gpt_neox", "gptj", "llama", "mistral", "qwen2", "qwen3", "
              "smollm3", "cohere", "starcoder2", "nemotron",
              "gpt_bigcode", "bloom", "falcon", "mixtral", "qwen2_moe",
              "qwen3_moe", "cohere2", "seed_oss",
-             "internlm3", "iquestcoder", "mpt", "granitemoe")
+             "internlm3", "iquestcoder", "mpt", "granitemoe",
+             "olmo2", "olmoe")
 
 
 def refuse(config, field: str, ok: Callable[[object], bool], why: str = "") -> None:

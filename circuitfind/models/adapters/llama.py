@@ -1,7 +1,8 @@
 """Llama, Mistral, Qwen2, Qwen3, Phi-3, OLMo, Granite, SmolLM3: RMSNorm, rotary (incl. static scaling),
 grouped-query attention kept grouped, SwiGLU; Qwen2's q/k/v bias; Qwen3's q/k norm; Mistral/Qwen2/Phi-3
 sliding windows; Phi-3's fused q/k/v and gate/up projections (split here) and partial rotary; OLMo's
-LayerNorm without weights; Granite's multipliers (of the embeddings and attention scores as config,
+LayerNorm without weights; OLMo 2 (and OLMoE) norm queries and keys over every head together, and
+OLMo 2 norms each block's output instead of its input; Granite's multipliers (of the embeddings and attention scores as config,
 of each block's output and the logits folded into W_O, W_out and W_U); SmolLM3's layers without rotary."""
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ def convert(hf):
     refuse(c, "clip_qkv", lambda v: False, "queries, keys and values clamped (OLMo's clip_qkv)")
     olmo, granite = c.model_type == "olmo", c.model_type in ("granite", "granitemoe")
     sparse = moe.fields(c) if c.model_type in moe.FAMILIES else {}
+    olmo2 = c.model_type == "olmo2"
+    norms_all = olmo2 or c.model_type == "olmoe"  # q/k RMSNorm over every head's projection together
     h, kv = c.num_attention_heads, c.num_key_value_heads or c.num_attention_heads
     dh = getattr(c, "head_dim", None) or c.hidden_size // h
     phi3 = c.model_type == "phi3"
@@ -40,7 +43,8 @@ def convert(hf):
         act_fn=c.hidden_act, gated_mlp=True, norm="layernorm" if olmo else "rmsnorm",
         norm_eps=1e-5 if olmo else c.rms_norm_eps, positional="rotary", rotary_dim=2 * inv_freq.numel(),
         nope_layers=tuple(l for l, rope in enumerate(getattr(c, "no_rope_layers", None) or ()) if not rope),
-        qk_norm=c.model_type in ("qwen3", "qwen3_moe"), sliding_window=getattr(c, "sliding_window", None) if sliding else None,
+        qk_norm=c.model_type in ("qwen3", "qwen3_moe") or norms_all, qk_norm_width="all" if norms_all else "head",
+        pre_norms=not olmo2, post_norms=olmo2, sliding_window=getattr(c, "sliding_window", None) if sliding else None,
         sliding_layers=sliding, attn_scale=c.attention_multiplier if granite else None,
         embed_scale=c.embedding_multiplier if granite else 1.0)
     residual = c.residual_multiplier if granite else 1.0  # each block's output, folded into its weights
@@ -55,8 +59,12 @@ def convert(hf):
         else:
             w_q, w_k, w_v = linear_t(a.q_proj), linear_t(a.k_proj), linear_t(a.v_proj)
             w_gate, w_in = (None, None) if sparse else (linear_t(blk.mlp.gate_proj), linear_t(blk.mlp.up_proj))
-        state |= _norm_state(p + "ln1", blk.input_layernorm, c.hidden_size)
-        state |= _norm_state(p + "ln2", blk.post_attention_layernorm, c.hidden_size)
+        if olmo2:  # norms on the blocks' outputs alone
+            state |= {p + "attn.post_norm.w": blk.post_attention_layernorm.weight,
+                      p + "mlp.post_norm.w": blk.post_feedforward_layernorm.weight}
+        else:
+            state |= _norm_state(p + "ln1", blk.input_layernorm, c.hidden_size)
+            state |= _norm_state(p + "ln2", blk.post_attention_layernorm, c.hidden_size)
         state |= {p + "attn.w_q": w_q.contiguous(), p + "attn.w_k": w_k.contiguous(), p + "attn.w_v": w_v.contiguous(),
                   p + "attn.w_o": linear_t(a.o_proj) * residual}
         if sparse:  # the whole sparse block, router included (moe.py)

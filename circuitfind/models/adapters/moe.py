@@ -9,7 +9,7 @@ from __future__ import annotations
 from circuitfind.errors import UnsupportedModelError
 from circuitfind.models.adapters.common import refuse
 
-FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "granitemoe")
+FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "granitemoe", "olmoe")
 
 
 def fields(c) -> dict:
@@ -19,6 +19,9 @@ def fields(c) -> dict:
     refuse(c, "decoder_sparse_step", lambda v: v == 1, "dense MLP layers among the sparse ones")
     if kind in ("mixtral", "granitemoe"):
         return dict(n_experts=c.num_local_experts, top_k=c.num_experts_per_tok, norm_topk=True, d_mlp=c.intermediate_size)
+    if kind == "olmoe":
+        return dict(n_experts=c.num_experts, top_k=c.num_experts_per_tok, norm_topk=bool(c.norm_topk_prob),
+                    d_mlp=c.intermediate_size)
     if kind in ("qwen2_moe", "qwen3_moe"):
         shared = c.shared_expert_intermediate_size if kind == "qwen2_moe" else 0
         return dict(n_experts=c.num_experts, top_k=c.num_experts_per_tok, norm_topk=bool(c.norm_topk_prob),
