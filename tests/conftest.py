@@ -131,6 +131,9 @@ def tiny_config(family: str, **overrides):
         # norms after each block alone; q/k RMSNorm over every head together
         "olmo2": lambda: transformers.Olmo2Config(**llama_like),
         "olmoe": lambda: transformers.OlmoeConfig(**llama_like, num_experts=4, num_experts_per_tok=2),
+        # OLMo 2's form with a sliding layer (window 4) before a global one
+        "olmo3": lambda: transformers.Olmo3Config(**llama_like, sliding_window=4,
+                                                  layer_types=["sliding_attention", "full_attention"]),
     }[family]
     cfg = make()
     for k, v in overrides.items():
@@ -141,7 +144,7 @@ def tiny_config(family: str, **overrides):
 FAMILIES = ["gpt2", "gpt_neox", "gptj", "llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3_text",
             "gemma3", "opt", "gpt_neo", "phi", "persimmon", "stablelm", "olmo", "granite", "smollm3", "cohere", "starcoder2", "nemotron", "gpt_bigcode", "bloom", "falcon", "falcon_alibi",
             "falcon_new", "mixtral", "qwen2_moe", "qwen3_moe", "cohere2", "seed_oss", "internlm3",
-            "iquestcoder", "mpt", "granitemoe", "olmo2", "olmoe"]
+            "iquestcoder", "mpt", "granitemoe", "olmo2", "olmoe", "olmo3"]
 
 
 def tiny_hf(family: str, **overrides):

@@ -21,7 +21,7 @@ def convert(hf):
     refuse(c, "clip_qkv", lambda v: False, "queries, keys and values clamped (OLMo's clip_qkv)")
     olmo, granite = c.model_type == "olmo", c.model_type in ("granite", "granitemoe")
     sparse = moe.fields(c) if c.model_type in moe.FAMILIES else {}
-    olmo2 = c.model_type == "olmo2"
+    olmo2 = c.model_type in ("olmo2", "olmo3")  # (OLMo 3: OLMo 2 with sliding-window layers)
     norms_all = olmo2 or c.model_type == "olmoe"  # q/k RMSNorm over every head's projection together
     h, kv = c.num_attention_heads, c.num_key_value_heads or c.num_attention_heads
     dh = getattr(c, "head_dim", None) or c.hidden_size // h
@@ -36,7 +36,8 @@ def convert(hf):
     sliding = layer_types(c)
     if c.model_type in ("mistral", "phi3", "mixtral") and getattr(c, "sliding_window", None):  # every layer
         sliding = tuple(range(c.num_hidden_layers))
-    inv_freq, scaling = rotary_of(hf.model.rotary_emb, c)
+    rotary = _rotary(hf.model.rotary_emb, c, sliding)
+    inv_freq, scaling = rotary[:2]
     cfg = CanonicalConfig(
         family=c.model_type, n_layers=c.num_hidden_layers, d_model=c.hidden_size, n_heads=h, n_kv_heads=kv,
         d_head=dh, d_vocab=c.vocab_size, n_ctx=c.max_position_embeddings, **({"d_mlp": c.intermediate_size} | sparse),
@@ -79,7 +80,16 @@ def convert(hf):
         if cfg.qk_norm:
             state |= {p + "attn.q_norm.w": a.q_norm.weight, p + "attn.k_norm.w": a.k_norm.weight}
     flags = dict(qkv_bias=qkv_bias, out_bias=out_bias, mlp_bias=mlp_bias, unembed_bias=False)
-    return cfg, flags, state, (inv_freq, scaling)
+    return cfg, flags, state, rotary
+
+
+def _rotary(rotary_emb, c, sliding: tuple[int, ...]) -> tuple:
+    """(inv_freq, scaling), then the sliding layers' own where the module holds one set per layer type (OLMo 3)."""
+    if not isinstance(getattr(rotary_emb, "rope_type", None), dict):
+        return rotary_of(rotary_emb, c)
+    types = set(c.layer_types)
+    full = rotary_of(rotary_emb, c, "full_attention" if "full_attention" in types else "sliding_attention")
+    return full + rotary_of(rotary_emb, c, "sliding_attention") if sliding else full
 
 
 def _norm_state(name: str, norm, d: int) -> dict:

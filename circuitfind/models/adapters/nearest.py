@@ -9,10 +9,6 @@ from circuitfind.models.adapters.common import SUPPORTED
 
 # model_type → (closest supported model_type, what its adapter would need to model)
 NEAREST: dict[str, tuple[str, str]] = {
-    "olmo2": ("olmo", "RMSNorm over all heads' queries (and keys) together, width heads·d_head, which ties each "
-                      "head's query to the others' projections; norms after each block instead of before"),
-    "olmo3": ("olmo", "OLMo 2's q/k norms over all heads together and post-norms, and sliding-window layers"),
-    "olmoe": ("mixtral", "OLMo 2's q/k norms over all heads together (the MoE block itself maps as Mixtral's)"),
     "gpt_oss": ("mixtral", "attention sinks (a learned logit per head in every softmax), alternating sliding "
                            "windows, experts with biases and a clamped SwiGLU, a router with a bias"),
     "dbrx": ("mixtral", "DBRX's fused expert layout, clip_qkv and LayerNorm without biases"),
