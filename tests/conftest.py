@@ -42,8 +42,8 @@ def _gemma3_text(llama_like: dict) -> dict:
                                                                  "factor": 4.0}})
 
 
-_falcon = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=128, vocab_size=VOCAB,
-               bos_token_id=1, eos_token_id=2, pad_token_id=0)
+_falcon = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=128,
+               vocab_size=VOCAB, bos_token_id=1, eos_token_id=2, pad_token_id=0)
 
 
 def tiny_config(family: str, **overrides):
@@ -114,8 +114,9 @@ def tiny_config(family: str, **overrides):
         "qwen2_moe": lambda: transformers.Qwen2MoeConfig(**llama_like, num_experts=4, num_experts_per_tok=2,
                                                          moe_intermediate_size=24, shared_expert_intermediate_size=40,
                                                          norm_topk_prob=False),
-        "qwen3_moe": lambda: transformers.Qwen3MoeConfig(**llama_like, head_dim=16, num_experts=4, num_experts_per_tok=2,
-                                                         moe_intermediate_size=24, norm_topk_prob=True),
+        "qwen3_moe": lambda: transformers.Qwen3MoeConfig(**llama_like, head_dim=16, num_experts=4,
+                                                         num_experts_per_tok=2, moe_intermediate_size=24,
+                                                         norm_topk_prob=True),
         # a sliding layer, then a global one without rotary
         "cohere2": lambda: transformers.Cohere2Config(**llama_like, sliding_window=4, logit_scale=0.7,
                                                       layer_types=["sliding_attention", "full_attention"]),
@@ -141,10 +142,11 @@ def tiny_config(family: str, **overrides):
     return cfg
 
 
-FAMILIES = ["gpt2", "gpt_neox", "gptj", "llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3_text",
-            "gemma3", "opt", "gpt_neo", "phi", "persimmon", "stablelm", "olmo", "granite", "smollm3", "cohere", "starcoder2", "nemotron", "gpt_bigcode", "bloom", "falcon", "falcon_alibi",
-            "falcon_new", "mixtral", "qwen2_moe", "qwen3_moe", "cohere2", "seed_oss", "internlm3",
-            "iquestcoder", "mpt", "granitemoe", "olmo2", "olmoe", "olmo3"]
+FAMILIES = ["gpt2", "gpt_neox", "gptj", "llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2",
+            "gemma3_text", "gemma3", "opt", "gpt_neo", "phi", "persimmon", "stablelm", "olmo", "granite", "smollm3",
+            "cohere", "starcoder2", "nemotron", "gpt_bigcode", "bloom", "falcon", "falcon_alibi", "falcon_new",
+            "mixtral", "qwen2_moe", "qwen3_moe", "cohere2", "seed_oss", "internlm3", "iquestcoder", "mpt",
+            "granitemoe", "olmo2", "olmoe", "olmo3"]
 
 
 def tiny_hf(family: str, **overrides):

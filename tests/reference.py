@@ -51,7 +51,8 @@ def reference_masked_logits(model, tokens, attention_mask, answer_pos, ablated, 
             raw.append(z[:, 0] @ attn.W_O[h])
         if attn.post_norm is not None:
             total = torch.stack(raw).sum(0)
-            scale = torch.rsqrt(total.pow(2).mean(-1, keepdim=True) + attn.post_norm.eps) * (attn.post_norm.offset + attn.post_norm.w)
+            norm = attn.post_norm
+            scale = torch.rsqrt(total.pow(2).mean(-1, keepdim=True) + norm.eps) * (norm.offset + norm.w)
             raw = [r * scale for r in raw]
         mlp_in = receiver_input(g.mlp_receiver(l)) if cfg.parallel else None
         outs += raw

@@ -86,7 +86,7 @@ class CanonicalConfig:
     def __post_init__(self):
         if self.act_fn not in ACTIVATIONS:
             raise ConfigError(f"activation {self.act_fn!r} is unknown; known: {sorted(ACTIVATIONS)}")
-        if self.qk_norm_width not in ("head", "all") or (self.qk_norm_width == "all" and self.qk_norm_kind != "rmsnorm"):
+        if self.qk_norm_width not in ("head", "all") or (self.qk_norm_width, self.qk_norm_kind) == ("all", "layernorm"):
             raise ConfigError(f"qk_norm_width {self.qk_norm_width!r} with {self.qk_norm_kind!r} is not modelled; "
                               "known: 'head' (any norm), 'all' (RMSNorm)")
         if self.positional not in ("learned", "rotary", "alibi", "none"):

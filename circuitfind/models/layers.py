@@ -191,8 +191,9 @@ class Attention(nn.Module):
         self.w_q, self.w_k, self.w_v = _linear(d, h * dh), _linear(d, kv * dh), _linear(d, kv * dh)
         self.b_q, self.b_k, self.b_v = (_maybe_bias(n * dh, qkv_bias) for n in (h, kv, kv))
         self.w_o, self.b_o = _linear(h * dh, d), _maybe_bias(d, out_bias)
-        qk = lambda n: HeadNorm(cfg.qk_norm_kind, n, dh, cfg.norm_eps, cfg.norm_offset, cfg.qk_norm_per_head,  # noqa: E731
-                                cfg.qk_norm_bias)
+        def qk(n):
+            return HeadNorm(cfg.qk_norm_kind, n, dh, cfg.norm_eps, cfg.norm_offset, cfg.qk_norm_per_head,
+                            cfg.qk_norm_bias)
         if cfg.qk_norm and cfg.qk_norm_width == "all":  # over every head's projection together: [n·d_head]
             self.q_norm, self.k_norm = (Norm("rmsnorm", n * dh, cfg.norm_eps, cfg.norm_offset) for n in (h, kv))
         else:
@@ -229,7 +230,8 @@ class Attention(nn.Module):
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, rope: tuple[Tensor, Tensor] | None,
                allowed: Tensor, want_pattern: bool = False,
-               q_rope: tuple[Tensor, Tensor] | None = None, heads: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+               q_rope: tuple[Tensor, Tensor] | None = None,
+               heads: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """Attention from projected queries/keys/values to per-head mixed values.
 
         q: [..., head, q_pos, d_head]; k, v: [..., head or kv_head, pos, d_head] (biases added).
@@ -352,7 +354,8 @@ class MoE(nn.Module):
 class Block(nn.Module):
     def __init__(self, cfg: CanonicalConfig, layer: int, qkv_bias: bool, out_bias: bool, mlp_bias: bool):
         super().__init__()
-        ln = lambda: Norm(cfg.norm if cfg.pre_norms else "none", cfg.d_model, cfg.norm_eps, cfg.norm_offset)  # noqa: E731
+        kind = cfg.norm if cfg.pre_norms else "none"
+        ln = lambda: Norm(kind, cfg.d_model, cfg.norm_eps, cfg.norm_offset)  # noqa: E731
         self.ln1, self.attn = ln(), Attention(cfg, layer, qkv_bias, out_bias)
         self.ln2, self.mlp = ln(), MoE(cfg) if cfg.n_experts else MLP(cfg, mlp_bias)
 

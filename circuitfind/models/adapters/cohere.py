@@ -1,5 +1,5 @@
-"""Command-R (Cohere) and Command R7B (Cohere2): attention and SwiGLU MLP in parallel on one bias-free LayerNorm, rotary over
-interleaved pairs, optional LayerNorm of each head's queries and keys (weights per head), logits
+"""Command-R (Cohere) and Command R7B (Cohere2): attention and SwiGLU MLP in parallel on one bias-free
+LayerNorm, rotary over interleaved pairs, optional LayerNorm of each head's queries and keys (weights per head), logits
 multiplied by logit_scale (folded into W_U). Cohere2 alternates sliding-window layers with global
 layers that have no rotary at all. Rotary is made half-split (the canonical form) by
 permuting each head's query and key features, their norm weights alike, which leaves every q·k

@@ -1,9 +1,10 @@
-"""Llama, Mistral, Qwen2, Qwen3, Phi-3, OLMo, Granite, SmolLM3: RMSNorm, rotary (incl. static scaling),
-grouped-query attention kept grouped, SwiGLU; Qwen2's q/k/v bias; Qwen3's q/k norm; Mistral/Qwen2/Phi-3
-sliding windows; Phi-3's fused q/k/v and gate/up projections (split here) and partial rotary; OLMo's
-LayerNorm without weights; OLMo 2 (and OLMoE) norm queries and keys over every head together, and
-OLMo 2 norms each block's output instead of its input; Granite's multipliers (of the embeddings and attention scores as config,
-of each block's output and the logits folded into W_O, W_out and W_U); SmolLM3's layers without rotary."""
+"""Llama and the families of its form: RMSNorm, rotary (incl. static scaling), grouped-query attention
+kept grouped, SwiGLU. Qwen2's q/k/v bias; Qwen3's q/k norm; Mistral/Qwen2/Phi-3 sliding windows; Phi-3's
+fused q/k/v and gate/up projections (split here) and partial rotary; OLMo's LayerNorm without weights;
+OLMo 2 and 3 (and OLMoE) norm queries and keys over every head together, and OLMo 2 and 3 norm each
+block's output instead of its input; Granite's multipliers (of the embeddings and attention scores as
+config, of each block's output and the logits folded into W_O, W_out and W_U); SmolLM3's layers without
+rotary; the mixture-of-experts MLPs of `moe.py`."""
 
 from __future__ import annotations
 

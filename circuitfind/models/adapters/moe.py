@@ -18,7 +18,8 @@ def fields(c) -> dict:
     refuse(c, "mlp_only_layers", lambda v: not v, "dense MLP layers among the sparse ones")
     refuse(c, "decoder_sparse_step", lambda v: v == 1, "dense MLP layers among the sparse ones")
     if kind in ("mixtral", "granitemoe"):
-        return dict(n_experts=c.num_local_experts, top_k=c.num_experts_per_tok, norm_topk=True, d_mlp=c.intermediate_size)
+        return dict(n_experts=c.num_local_experts, top_k=c.num_experts_per_tok, norm_topk=True,
+                    d_mlp=c.intermediate_size)
     if kind == "olmoe":
         return dict(n_experts=c.num_experts, top_k=c.num_experts_per_tok, norm_topk=bool(c.norm_topk_prob),
                     d_mlp=c.intermediate_size)
