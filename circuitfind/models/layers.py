@@ -309,8 +309,9 @@ class MoE(nn.Module):
 
     The router's softmax over experts, its exact top-k (renormalised where the family does), each
     chosen expert a gated MLP weighted by its router probability, summed; Qwen-MoE adds a shared expert
-    under a sigmoid gate. Stored: w_router [d_model, expert], w_gate/w_in [expert, d_model, d_mlp],
-    w_out [expert, d_mlp, d_model]; shared_{gate,in,out} and shared_router [d_model, 1].
+    under a sigmoid gate. Stored: w_router [d_model, expert], w_up [expert, d_model, 2·d_mlp] (gate, then
+    in: one product per expert; `w_gate` and `w_in` are its halves), w_out [expert, d_mlp, d_model];
+    shared_{gate,in,out} and shared_router [d_model, 1].
     """
 
     b_out = post_norm = None
@@ -319,12 +320,20 @@ class MoE(nn.Module):
         super().__init__()
         self.cfg, e, d, m = cfg, cfg.n_experts, cfg.d_model, cfg.d_mlp
         self.w_router = _linear(d, e)
-        self.w_gate, self.w_in = (nn.Parameter(torch.empty(e, d, m).normal_(std=0.02)) for _ in range(2))
+        self.w_up = nn.Parameter(torch.empty(e, d, 2 * m).normal_(std=0.02))
         self.w_out = nn.Parameter(torch.empty(e, m, d).normal_(std=0.02))
         s = cfg.d_mlp_shared
         self.shared_gate, self.shared_in = (_linear(d, s) if s else None for _ in range(2))
         self.shared_out, self.shared_router = (_linear(s, d), _linear(d, 1)) if s else (None, None)
         self.act = ACTIVATIONS[cfg.act_fn]
+
+    @property
+    def w_gate(self) -> Tensor:  # [expert, d_model, d_mlp]
+        return self.w_up[..., : self.cfg.d_mlp]
+
+    @property
+    def w_in(self) -> Tensor:  # [expert, d_model, d_mlp]
+        return self.w_up[..., self.cfg.d_mlp:]
 
     def route(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """x [n, d_model] → (weights [n, top_k] in x's dtype, experts [n, top_k] long)."""
@@ -340,11 +349,19 @@ class MoE(nn.Module):
         flat = x.reshape(-1, x.shape[-1])
         weights, experts = self.route(flat)
         out = torch.zeros_like(flat)
-        for e in experts.unique().tolist():
-            token, slot = torch.where(experts == e)
+        in_place = not (torch.is_grad_enabled() and (flat.requires_grad or self.w_up.requires_grad))
+        order = experts.flatten().argsort(stable=True)  # (token, slot) pairs grouped by expert, in token order
+        counts = torch.bincount(experts.flatten(), minlength=self.cfg.n_experts).tolist()
+        m = self.cfg.d_mlp
+        for e, pairs in enumerate(order.split(counts)):
+            if not len(pairs):
+                continue
+            token = pairs // self.cfg.top_k
             xe = flat[token]
-            y = (self.act(xe @ self.w_gate[e]) * (xe @ self.w_in[e])) @ self.w_out[e]
-            out = out.index_add(0, token, y * weights[token, slot, None])
+            up = xe @ self.w_up[e]  # [tokens, gate | in]
+            y = (self.act(up[:, :m]) * up[:, m:]) @ self.w_out[e]
+            y = y * weights.flatten()[pairs, None]
+            out = out.index_add_(0, token, y) if in_place else out.index_add(0, token, y)
         if self.shared_out is not None:
             shared = (self.act(flat @ self.shared_gate) * (flat @ self.shared_in)) @ self.shared_out
             out = out + torch.sigmoid(flat @ self.shared_router) * shared

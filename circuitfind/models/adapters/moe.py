@@ -34,11 +34,9 @@ def state(p: str, block, scale: float = 1.0) -> dict:
     """The canonical weights of a sparse block under prefix p ("blocks.{l}."), its output times scale
     (Granite's residual multiplier, folded in)."""
     experts = block.experts
-    m = experts.gate_up_proj.shape[1] // 2  # [expert, gate | up, d_model]
     router = block.router if hasattr(block, "router") else block.gate
     out = {p + "mlp.w_router": router.weight.t(),
-           p + "mlp.w_gate": experts.gate_up_proj[:, :m].transpose(1, 2).contiguous(),
-           p + "mlp.w_in": experts.gate_up_proj[:, m:].transpose(1, 2).contiguous(),
+           p + "mlp.w_up": experts.gate_up_proj.transpose(1, 2).contiguous(),  # [expert, d_model, gate | up]
            p + "mlp.w_out": (experts.down_proj.transpose(1, 2) * scale).contiguous()}
     shared = getattr(block, "shared_expert", None)
     if shared is not None and scale != 1.0:
