@@ -521,4 +521,5 @@ def test_alibi_experts_and_norms_over_all_heads_follow_the_slow_reference(family
     test_random_masks_match_slow_reference(model, "mean")
     test_node_circuits_match_slow_reference(model)
     test_heads_read_at_the_answer_positions_alone_are_exact(model)
-    test_a_shared_prefix_is_skipped_without_changing_any_logit(model)
+    if family == "bloom":  # a prefix's keys read at their positions (the costliest check: on ALiBi alone)
+        test_a_shared_prefix_is_skipped_without_changing_any_logit(model)
