@@ -5,7 +5,8 @@ tokens, fp32, CPU: `--family gpt2` (default), `bloom` (ALiBi, embedding LayerNor
 experts of width 768, top 2, as each layer's MLP; its baseline is transformers' own eager experts
 loop, `experts_implementation="eager"`). Prints time and peak-memory ratios measured in this one run
 (times in turns, medians of 7; peak memory the median of 3 fresh processes per side, as in
-engine.py). Targets: time ≤ 1.15x, peak memory ≤ 1.2x.
+engine.py; `--repeat N` and `--peak-runs N` change those counts, for a loaded machine). Targets: time
+≤ 1.15x, peak memory ≤ 1.2x.
 """
 
 from __future__ import annotations
@@ -50,10 +51,13 @@ def main():
     run_cf = lambda: model(tokens, mask)  # noqa: E731
     if "--peak" in sys.argv:  # the child side of a memory measurement
         return report_peak({"hf": run_hf, "cf": run_cf}[sys.argv[sys.argv.index("--peak") + 1]])
-    m_hf, m_cf = (statistics.median(_peak(r, family) for _ in range(3)) for r in ("hf", "cf"))
+    repeat, peak_runs = (int(sys.argv[sys.argv.index(f) + 1]) if f in sys.argv else n
+                         for f, n in (("--repeat", 7), ("--peak-runs", 3)))
+    m_hf, m_cf = (statistics.median(_peak(r, family) for _ in range(peak_runs)) for r in ("hf", "cf"))
     diff = (run_hf() - run_cf()).abs().max().item()
-    t_hf, t_cf = timeit_alternating(run_hf, run_cf, repeat=7)
-    print(f"family={family} threads={torch.get_num_threads()} max|Δlogits|={diff:.2e}")
+    t_hf, t_cf = timeit_alternating(run_hf, run_cf, repeat=repeat)
+    print(f"family={family} threads={torch.get_num_threads()} max|Δlogits|={diff:.2e} "
+          f"(times: medians of {repeat}; peaks: of {peak_runs} processes a side)")
     print(f"HF forward        {t_hf * 1e3:8.1f} ms   peak +{m_hf / 2**20:7.1f} MiB")
     print(f"canonical forward {t_cf * 1e3:8.1f} ms   peak +{m_cf / 2**20:7.1f} MiB")
     print(f"ratio time {t_cf / t_hf:.3f}x (target ≤ 1.15)   ratio memory {m_cf / m_hf:.3f}x (target ≤ 1.2)")
