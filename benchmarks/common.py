@@ -65,11 +65,11 @@ def timeit_alternating(fn_a, fn_b, repeat: int = 7, warmup: int = 1) -> tuple[fl
     return statistics.median(a), statistics.median(b)
 
 
-def peak_memory_in_process(script: str, role: str) -> int:
+def peak_memory_in_process(script: str, role: str, args: list[str] = ()) -> int:
     """Peak resident memory one call adds, in bytes, measured in a fresh process: `python script
-    --peak role` builds its inputs, runs the role once under `report_peak` and prints the figure.
+    --peak role [args]` builds its inputs, runs the role once under `report_peak` and prints the figure.
     A fresh process per role: no allocator state, thread pool or page cache carried between them."""
-    out = subprocess.run([sys.executable, script, "--peak", role], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, script, "--peak", role, *args], capture_output=True, text=True, check=True)
     return int(out.stdout.strip().splitlines()[-1])
 
 

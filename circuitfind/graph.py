@@ -42,7 +42,8 @@ class Graph:
         heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head", None)
         if layers is None or heads is None:
             raise ConfigError(f"cannot read layer and head counts from {type(cfg).__name__}")
-        parallel = bool(getattr(cfg, "use_parallel_residual", False)) or getattr(cfg, "model_type", "") == "gptj"
+        from circuitfind.models.adapters import parallel_of  # (models sit below the graph)
+        parallel = parallel_of(cfg)
         return cls(layers, heads, parallel)
 
     # ---------------------------------------------------------------- indices

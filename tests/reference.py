@@ -31,21 +31,28 @@ def reference_masked_logits(model, tokens, attention_mask, answer_pos, ablated, 
         attn = block.attn
         allowed = model.allowed(attention_mask, l)
         rope = model.rope(positions, l)
-        rope = None if rope is None else (rope[0][:, None], rope[1][:, None])
+        rope = None if rope is None else tuple(t[:, None] for t in rope)
         raw = []
         for h in range(cfg.n_heads):
             kv = h // cfg.group_size
             qkv = []
             for t, W, bvec, idx in (("q", attn.W_Q, attn.b_q, h), ("k", attn.W_K, attn.b_k, kv), ("v", attn.W_V, attn.b_v, kv)):
-                x = block.ln1(receiver_input(g.qkv_receiver(l, t, h))) @ W[idx]
-                if bvec is not None:
-                    x = x + bvec.view(-1, cfg.d_head)[idx]
+                xn = block.ln1(receiver_input(g.qkv_receiver(l, t, h)))
+                if cfg.qk_norm_width == "all" and t != "v":  # normed over every head's projection of this input
+                    full = xn @ (attn.w_q if t == "q" else attn.w_k)
+                    full = full if bvec is None else full + bvec
+                    x = attn.full_norm(t, full).view(b, p, -1, cfg.d_head)[:, :, idx]
+                else:
+                    x = xn @ W[idx]
+                    if bvec is not None:
+                        x = x + bvec.view(-1, cfg.d_head)[idx]
                 qkv.append(x[:, None])  # [b, 1, p, d_head]
-            z, _ = attn.attend(*qkv, rope, allowed)
+            z, _ = attn.attend(*qkv, rope, allowed, heads=torch.tensor([h]))
             raw.append(z[:, 0] @ attn.W_O[h])
         if attn.post_norm is not None:
             total = torch.stack(raw).sum(0)
-            scale = torch.rsqrt(total.pow(2).mean(-1, keepdim=True) + attn.post_norm.eps) * (1 + attn.post_norm.w)
+            norm = attn.post_norm
+            scale = torch.rsqrt(total.pow(2).mean(-1, keepdim=True) + norm.eps) * (norm.offset + norm.w)
             raw = [r * scale for r in raw]
         mlp_in = receiver_input(g.mlp_receiver(l)) if cfg.parallel else None
         outs += raw
@@ -55,7 +62,7 @@ def reference_masked_logits(model, tokens, attention_mask, answer_pos, ablated, 
             mlp_in = receiver_input(g.mlp_receiver(l))
         else:
             pass
-        out = block.mlp.output(block.mlp.hidden(block.ln2(mlp_in))[1])
+        out = block.mlp(block.ln2(mlp_in))
         outs.append(out)
         if block.mlp.b_out is not None and block.mlp.post_norm is None:
             bias = bias + block.mlp.b_out

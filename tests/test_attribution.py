@@ -25,7 +25,8 @@ def _pair(batch=3, pos=7):
             Inputs.of(torch.randint(3, VOCAB, (batch, pos), generator=g), mask))
 
 
-@pytest.mark.parametrize("family", ["gpt2", "gpt_neox", "llama", "qwen2", "qwen3", "gemma2"])
+@pytest.mark.parametrize("family", ["gpt2", "gpt_neox", "llama", "qwen2", "qwen3", "gemma2",
+                                    "bloom", "mixtral", "olmo2"])  # ALiBi, experts, q/k norms over every head
 def test_scores_are_minus_mask_gradients_and_match_finite_differences(family):
     model = cf.from_hf(tiny_hf(family)).double()
     clean, corrupt = _pair()

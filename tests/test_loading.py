@@ -71,6 +71,15 @@ def test_unsupported_architecture(tmp_path):
         cf.load_model(str(tmp_path))
 
 
+def test_unsupported_architecture_names_the_closest_form_and_what_it_needs(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "gpt_oss"}')
+    with pytest.raises(cf.UnsupportedModelError, match="closest supported form is 'mixtral'.*attention sinks"):
+        cf.load_model(str(tmp_path))
+    (tmp_path / "config.json").write_text('{"model_type": "gpt_neox_japanese"}')
+    with pytest.raises(cf.UnsupportedModelError, match="closest supported name is 'gpt_neox'"):
+        cf.load_model(str(tmp_path))
+
+
 def test_unhandled_config_option_is_named():
     with pytest.raises(cf.UnsupportedModelError, match="scale_attn_by_inverse_layer_idx"):
         cf.from_hf(tiny_hf("gpt2", scale_attn_by_inverse_layer_idx=True))

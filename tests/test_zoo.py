@@ -19,8 +19,10 @@ HUB = [e for e in ZOO.values() if e.source == "hub"]
 def scaled_down(entry):
     """The entry's config with 2 layers, head_dim 8, a small vocabulary and context — quirks kept."""
     c = dict(entry.config)
-    heads = c.get("n_head", c.get("num_attention_heads"))
-    if c["model_type"] in ("gpt2", "gptj"):
+    heads = c.get("n_head") or c.get("num_attention_heads") or c.get("num_heads") or c.get("n_heads")
+    if c["model_type"] == "mpt":
+        c |= {"n_layers": 2, "d_model": 8 * heads, "max_seq_len": 64}
+    elif c["model_type"] in ("gpt2", "gptj", "gpt_bigcode"):
         c |= {"n_layer": 2, "n_embd": 8 * heads, "n_positions": 64}
         if "rotary_dim" in c:
             c["rotary_dim"] = 4  # of a head of 8: partial, as in the entry
@@ -37,6 +39,20 @@ def scaled_down(entry):
             c["query_pre_attn_scalar"] = 8
         if "rope_scaling" in c:
             c["rope_scaling"] = c["rope_scaling"] | {"original_max_position_embeddings": 16}
+        for key in ("ffn_dim", "moe_intermediate_size", "shared_expert_intermediate_size"):
+            if key in c:
+                c[key] = 24
+        if "word_embed_proj_dim" in c:  # (OPT's, equal to the width where there is no projection)
+            c["word_embed_proj_dim"] = c["hidden_size"]
+        if "num_layers" in c:  # GPT-Neo: a global layer, then a local one with a short window
+            c |= {"num_layers": 2, "attention_types": [[["global", "local"], 1]], "window_size": 4}
+        if "partial_rotary_factor" in c:  # a whole, even number of rotary features of a head of 8
+            c["partial_rotary_factor"] = 0.5
+        for key in ("num_experts", "num_local_experts"):  # 8 experts at most, half of them routed to at most
+            if key in c:
+                c |= {key: min(c[key], 8), "num_experts_per_tok": min(c["num_experts_per_tok"], 4)}
+        if "no_rope_layer_interval" in c:  # a layer with rotary, then one without
+            c["no_rope_layer_interval"] = 2
     c |= {"vocab_size": 97, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
     return transformers.AutoConfig.for_model(**c)
 

@@ -172,7 +172,7 @@ class Walk(Heads, AnswerPositions, Gradients):
         """(cos, sin) of the layer as attention rows [K·b', 1, pos, rotary_dim] at the keys' positions
         (a shared prefix's too), computed once per K (and per kind of layer where sliding layers rotate
         by frequencies of their own)."""
-        key = ("rope", K, self.model.local_rope(layer))
+        key = ("rope", K, self.model.rope_key(layer))
         if key not in self._allowed:
             rope = self.model.rope(self.positions if self.shared is None else self.key_positions, layer)
             self._allowed[key] = None if rope is None else tuple(self._rows(t, K)[:, None] for t in rope)
@@ -366,7 +366,7 @@ class Walk(Heads, AnswerPositions, Gradients):
                 on_grad = self.on_grad  # not self: see _tracked_qkv
                 x.register_hook(lambda g: on_grad(rows, g.reshape(1, -1), None))
         x = self.model.blocks[l].ln2(x.reshape(K, self.bp, self.p, self.d))
-        out = mlp.output(mlp.hidden(x)[1])  # [K, b', pos, d]
+        out = mlp(x)  # [K, b', pos, d]
         diff = self._diff(torch.tensor([s]), out[None], abl[None], l)[0]
         self.resid, self.base = self.resid + add + diff, self.base + add
 

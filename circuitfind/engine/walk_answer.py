@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from circuitfind.engine.store import take
-from circuitfind.engine.walk_ops import copies, gather_at, proj, proj_each
+from circuitfind.engine.walk_ops import copies, gather_at, norm_over_heads, proj, proj_receivers
 
 
 class AnswerPositions:
@@ -51,23 +51,22 @@ class AnswerPositions:
         if M_q is None:  # the real residual there, one input for all: fused projection
             xq = ln(gather_at(self.resid, pos))  # [K_q, b', d]
             K_q = xq.shape[0]
-            q = proj(xq.reshape(K_q * bp, 1, d), attn.w_q, attn.b_q, dh)
+            q = proj(xq.reshape(K_q * bp, 1, d), attn.w_q, attn.b_q, dh, norm_over_heads(attn, "q"))
             q = q if a == cfg.n_heads else q[:, heads]
         else:
             xq = self._mix_at(M_q, self.base, pos)  # [a, K_q, b', d]
             K_q = xq.shape[1]
-            q = proj_each(ln, xq.reshape(a, K_q * bp, d), take(attn.W_Q, heads, 0), attn.b_q, heads, dh,
-                           K_q * bp, 1)
+            q = proj_receivers(ln, attn, "q", xq.reshape(a, K_q * bp, d), attn.W_Q, attn.b_q, heads, dh, K_q * bp, 1)
         rows = torch.cat([g.qkv_receiver(l, t, 0) + heads for t in "kv"])
         x, K_kv, resid = self._receiver_inputs(rows, self.resid, self.base, "attention inputs", each=True)
         if x is None:
             xn = ln(resid.expand(K_kv, bp, p, d).reshape(K_kv * bp, p, d))
-            k, v = proj(xn, attn.w_k, attn.b_k, dh), proj(xn, attn.w_v, attn.b_v, dh)
+            k, v = proj(xn, attn.w_k, attn.b_k, dh, norm_over_heads(attn, "k")), proj(xn, attn.w_v, attn.b_v, dh)
             if a < cfg.n_heads:
                 k, v = k[:, groups], v[:, groups]
         else:
-            k, v = (proj_each(ln, xt.reshape(a, K_kv * bp * p, d), take(W, groups, 0), bias, groups, dh, K_kv * bp, p)
-                    for xt, W, bias in zip(x.split(a), (attn.W_K, attn.W_V), (attn.b_k, attn.b_v)))
+            k, v = (proj_receivers(ln, attn, kind, xt.reshape(a, K_kv * bp * p, d), W, bias, groups, dh, K_kv * bp, p)
+                    for xt, W, bias, kind in zip(x.split(a), (attn.W_K, attn.W_V), (attn.b_k, attn.b_v), "kv"))
         K = max(K_q, K_kv)
         q, k, v = copies(q, K // K_q), copies(k, K // K_kv), copies(v, K // K_kv)
         k, v = self._with_prefix(l, k, v, None if x is None and a == cfg.n_heads else groups)
@@ -76,7 +75,7 @@ class AnswerPositions:
         at_key = at if self.shared is None else at + self.shared.n
         q_rope = None if rope is None else tuple(t[rows_at, :, at_key][:, :, None] for t in rope)  # [K·b', 1, 1, rot]
         allowed = self._allowed_rows(l, K)[rows_at, :, at][:, :, None]  # [K·b', 1, 1, pos]
-        z, _ = attn.attend(q, k, v, rope, allowed, q_rope=q_rope)  # [K·b', a, 1, d_head]
+        z, _ = attn.attend(q, k, v, rope, allowed, q_rope=q_rope, heads=heads)  # [K·b', a, 1, d_head]
         out = torch.bmm(z[:, :, 0].transpose(0, 1), take(attn.W_O, heads, 0))  # [a, K·b', d]
         return self._answer_diff(senders, out.view(a, K, bp, d), abl, l)
 
@@ -106,6 +105,6 @@ class AnswerPositions:
         self._mlp_partial = None
         M, K = self._mask_rows(rows)
         x = gather_at(resid, pos) if M is None else self._mix_at(M, base, pos)[0]  # [K, b', d]
-        out = mlp.output(mlp.hidden(self.model.blocks[l].ln2(x))[1])  # [K, b', d]
+        out = mlp(self.model.blocks[l].ln2(x))  # [K, b', d]
         diff = self._answer_diff(torch.tensor([s]), out[None], abl[None], l)[0]
         self.resid, self.base = self.resid + add + diff, self.base + add

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from circuitfind.engine.store import take
-from circuitfind.engine.walk_ops import copies, out_minus, proj, proj_each
+from circuitfind.engine.walk_ops import copies, norm_over_heads, out_minus, proj, proj_receivers
 
 
 class Heads:
@@ -98,27 +98,34 @@ class Heads:
         cfg, a, B, p, dh = self.cfg, len(heads), K * self.bp, self.p, self.cfg.d_head
         ln = self.model.blocks[l].ln1
         groups = heads // cfg.group_size
+        if x is None and self.on_grad is not None and cfg.qk_norm_width == "all":
+            # a query's norm reads every head's projection of its input: each receiver gets a view of its own,
+            # whose gradient is that receiver's alone (rows q, k, v as the walk's other receivers)
+            x = resid.reshape(1, -1).expand(3 * a, -1)
+            rows, on_grad = torch.cat([self.g.qkv_receiver(l, t, 0) + heads for t in "qkv"]), self.on_grad
+            x.register_hook(lambda g: on_grad(rows, g, None))
         if x is None and self.on_grad is not None:  # shared input, one gradient per receiver
             q, k, v = self._tracked_qkv(l, ln, attn, heads, resid.reshape(B, p, self.d))
             kv_heads = groups  # (one key and value per query head)
         elif x is None:  # one shared input: fused projections, keys and values once per kv head
             xn = ln(resid.expand(K, self.bp, p, self.d).reshape(B, p, self.d))
-            q = proj(xn, attn.w_q, attn.b_q, dh)
-            k, v = proj(xn, attn.w_k, attn.b_k, dh), proj(xn, attn.w_v, attn.b_v, dh)
+            q = proj(xn, attn.w_q, attn.b_q, dh, norm_over_heads(attn, "q"))
+            k, v = proj(xn, attn.w_k, attn.b_k, dh, norm_over_heads(attn, "k")), proj(xn, attn.w_v, attn.b_v, dh)
             kv_heads = None  # every kv head, in order
             if a < cfg.n_heads:
                 q, k, v, kv_heads = q[:, heads], k[:, groups], v[:, groups], groups
         else:  # a separate input per receiver, normed in the projection: [3a, K·b'·pos, d], or per kind
             if not isinstance(x, list):  # [(x_t, K_t)] with K_t ∈ {1, K}: a shared kind is projected once
                 x = [(part, K) for part in x.reshape(3 * a, -1).split(a)]
-            weights = ((attn.W_Q, attn.b_q, heads), (attn.W_K, attn.b_k, groups), (attn.W_V, attn.b_v, groups))
-            q, k, v = (copies(proj_each(ln, xt.reshape(a, Kt * self.bp * p, self.d), take(W, idx, 0), bias, idx,
-                                          dh, Kt * self.bp, p), K // Kt)
-                       for (xt, Kt), (W, bias, idx) in zip(x, weights))
+            weights = ((attn.W_Q, attn.b_q, heads, "q"), (attn.W_K, attn.b_k, groups, "k"),
+                       (attn.W_V, attn.b_v, groups, "v"))
+            q, k, v = (copies(proj_receivers(ln, attn, kind, xt.reshape(a, Kt * self.bp * p, self.d), W, bias, idx,
+                                         dh, Kt * self.bp, p), K // Kt)
+                       for (xt, Kt), (W, bias, idx, kind) in zip(x, weights))
             kv_heads = groups
         k, v = self._with_prefix(l, k, v, kv_heads)  # a shared prefix's keys and values in front
         z, _ = attn.attend(q, k, v, self._rope_rows(K, l), self._allowed_rows(l, K),
-                           q_rope=self._rope_query_rows(K, l))  # [B, a, pos, d_head]
+                           q_rope=self._rope_query_rows(K, l), heads=heads)  # [B, a, pos, d_head]
         if self.on_grad is not None and self.masks is None and attn.post_norm is None:
             return self._tracked_head_diffs(l, attn, heads, z, senders, abl, K)
         z = z.transpose(0, 1).reshape(a, B * p, dh)
@@ -139,3 +146,4 @@ class Heads:
         if keep and target is None:
             self.store.append_diff(senders, diff)
         return diff
+

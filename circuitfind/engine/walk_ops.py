@@ -45,13 +45,44 @@ def transposed(w: Tensor, dh: int, heads: Tensor) -> Tensor:
     return take(w.t().reshape(-1, dh, w.shape[0]), heads, 0)
 
 
-def proj(xn: Tensor, w: Tensor, bias: Tensor | None, dh: int) -> Tensor:
-    """Shared normed input xn [B, pos, d] through a fused weight w [d, heads·d_head] → [B, heads, pos, d_head]."""
+def proj(xn: Tensor, w: Tensor, bias: Tensor | None, dh: int, norm=None) -> Tensor:
+    """Shared normed input xn [B, pos, d] through a fused weight w [d, heads·d_head] → [B, heads, pos, d_head]
+    (then through `norm` over every head together, if given: OLMo 2's q/k norms)."""
     y = xn @ w if bias is None else torch.addmm(bias, xn.flatten(0, 1), w).view(*xn.shape[:2], -1)
+    if norm is not None:
+        y = norm(y)
     return y.view(*xn.shape[:2], -1, dh).transpose(1, 2)
+
+
+def proj_each_all(ln, x: Tensor, w: Tensor, bias: Tensor | None, norm, idx: Tensor, dh: int, B: int, p: int) -> Tensor:
+    """Like `proj_each`, where each head's query or key is normed over every head's projection of its input
+    together (OLMo 2): x [a, B·pos, d] through the fused w [d, n·d_head] and `norm`, head idx[i] of row i
+    kept → [B, a, pos, d_head]. Each receiver's input is projected through every head: n times the work."""
+    a = len(idx)
+    y = norm(ln.project(x, w.expand(a, *w.shape), None if bias is None else bias.expand(a, -1)))  # [a, B·pos, n·dh]
+    y = y.view(a, B * p, -1, dh)[torch.arange(a, device=idx.device), :, idx]  # [a, B·pos, d_head]
+    return y.view(a, B, p, dh).transpose(0, 1)
 
 
 def proj_each(ln, x: Tensor, W: Tensor, bias: Tensor | None, idx: Tensor, dh: int, B: int, p: int) -> Tensor:
     """Per-head pre-norm inputs x [a, B·pos, d] through the norm and W [a, d, d_head] → [B, a, pos, d_head]."""
     y = ln.project(x, W, None if bias is None else bias.view(-1, dh)[idx])
     return y.view(len(idx), B, p, dh).transpose(0, 1)
+
+
+def norm_over_heads(attn, kind: str):
+    """The norm over every query (or key) head's projection together, where the family has one (OLMo 2), else None."""
+    if attn.cfg.qk_norm_width != "all" or attn.q_norm is None:
+        return None
+    return attn.q_norm if kind == "q" else attn.k_norm
+
+
+def proj_receivers(ln, attn, kind: str, x: Tensor, W: Tensor, bias: Tensor | None, idx: Tensor, dh: int,
+                   B: int, p: int) -> Tensor:
+    """Per-receiver inputs x [a, B·pos, d] of these heads' q, k or v → [B, a, pos, d_head] (`proj_each`, or
+    through every head and the norm over all of them, `proj_each_all`)."""
+    norm = norm_over_heads(attn, kind) if kind != "v" else None
+    if norm is not None:
+        return proj_each_all(ln, x, attn.w_q if kind == "q" else attn.w_k, attn.b_q if kind == "q" else attn.b_k,
+                             norm, idx, dh, B, p)
+    return proj_each(ln, x, take(W, idx, 0), bias, idx, dh, B, p)

@@ -55,17 +55,30 @@ class CanonicalConfig:
     norm: str = "layernorm"  # "layernorm" | "rmsnorm" | "none"
     norm_eps: float = 1e-5
     norm_offset: float = 0.0  # Gemma's RMSNorm multiplies by (1 + w)
-    positional: str = "learned"  # "learned" | "rotary" | "none"
+    positional: str = "learned"  # "learned" | "rotary" | "alibi" | "none"
     rotary_dim: int = 0
+    nope_layers: tuple[int, ...] = ()  # rotary models' layers without positions (SmolLM3)
+    alibi_dtype: str | None = None  # the ALiBi term rounded to this dtype before alibi_scale (Falcon: "bfloat16")
+    alibi_scale: float = 1.0
     parallel: bool = False  # attention and MLP read the same residual (GPT-NeoX)
     post_norms: bool = False  # norm on each block's output before it joins the residual (Gemma 2)
-    qk_norm: bool = False  # RMSNorm over d_head on queries and keys (Qwen3)
+    qk_norm: bool = False  # a norm over d_head on queries and keys (Qwen3)
+    qk_norm_kind: str = "rmsnorm"  # "rmsnorm" | "layernorm" (Phi, Persimmon, StableLM, Command-R)
+    qk_norm_per_head: bool = False  # one weight per head (StableLM, Command-R)
+    qk_norm_bias: bool = False
+    qk_norm_width: str = "head"  # "head": over d_head; "all": RMSNorm over every head's projection together (OLMo 2)
+    pre_norms: bool = True  # False: no norm before attention and MLP (OLMo 2 norms their outputs alone)
     attn_scale: float | None = None  # multiplies q·k; None means 1/sqrt(d_head)
     attn_softcap: float | None = None
     final_softcap: float | None = None
     sliding_window: int | None = None
     sliding_layers: tuple[int, ...] = ()
     embed_scale: float = 1.0
+    embed_norm: bool = False  # a LayerNorm on the embeddings, part of the input sender (BLOOM)
+    n_experts: int = 0  # mixture of experts: the MLP node is the whole block, router included
+    top_k: int = 0
+    norm_topk: bool = True  # the top-k router probabilities renormalised to sum to 1
+    d_mlp_shared: int = 0  # a shared expert of this width under a sigmoid gate (Qwen-MoE)
     prepend_bos: bool = False  # circuitfind adds BOS itself when the tokenizer does not
     causal: bool = True  # compiled (tracr) models attend in both directions
     d_out: int | None = None  # logits width when it differs from the input vocabulary (tracr outputs)
@@ -73,6 +86,13 @@ class CanonicalConfig:
     def __post_init__(self):
         if self.act_fn not in ACTIVATIONS:
             raise ConfigError(f"activation {self.act_fn!r} is unknown; known: {sorted(ACTIVATIONS)}")
+        if self.qk_norm_width not in ("head", "all") or (self.qk_norm_width, self.qk_norm_kind) == ("all", "layernorm"):
+            raise ConfigError(f"qk_norm_width {self.qk_norm_width!r} with {self.qk_norm_kind!r} is not modelled; "
+                              "known: 'head' (any norm), 'all' (RMSNorm)")
+        if self.positional not in ("learned", "rotary", "alibi", "none"):
+            raise ConfigError(f"positional {self.positional!r} is unknown; known: learned, rotary, alibi, none")
+        if self.n_experts and not 0 < self.top_k <= self.n_experts:
+            raise ConfigError(f"top_k={self.top_k} must be in [1, n_experts={self.n_experts}]")
         if self.n_heads % self.n_kv_heads:
             raise ConfigError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
 
@@ -101,6 +121,7 @@ class CircuitModel(nn.Module):
         self.output_names: list[str] | None = None
         self.W_E = nn.Parameter(torch.empty(cfg.d_vocab, cfg.d_model).normal_(std=0.02))
         self.W_pos = nn.Parameter(torch.zeros(cfg.n_ctx, cfg.d_model)) if cfg.positional == "learned" else None
+        self.ln_embed = Norm("layernorm", cfg.d_model, cfg.norm_eps) if cfg.embed_norm else None
         self.blocks = nn.ModuleList(Block(cfg, l, qkv_bias, out_bias, mlp_bias) for l in range(cfg.n_layers))
         self.ln_final = Norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.norm_offset)
         self.W_U = nn.Parameter(torch.empty(cfg.d_model, cfg.d_out or cfg.d_vocab).normal_(std=0.02))
@@ -147,11 +168,14 @@ class CircuitModel(nn.Module):
         x = self._hook("hook_embed", x)
         if self.W_pos is not None:
             x = x + self._hook("hook_pos_embed", self.W_pos[positions])
-        return x
+        return x if self.ln_embed is None else self.ln_embed(x)
 
-    def rope(self, positions: Tensor, layer: int = 0) -> tuple[Tensor, Tensor] | None:
-        """(cos, sin) of layer's attention, each [batch, pos, rotary_dim], or None without rotary positions."""
-        if self.cfg.positional != "rotary":
+    def rope(self, positions: Tensor, layer: int = 0) -> tuple[Tensor, ...] | None:
+        """(cos, sin) of layer's attention, each [batch, pos, rotary_dim]; under ALiBi (positions [batch, pos, 1],),
+        what its score bias needs; None without rotary positions (or in a layer without them)."""
+        if self.cfg.positional == "alibi":
+            return (positions[..., None].to(self.dtype),)
+        if self.cfg.positional != "rotary" or layer in self.cfg.nope_layers:
             return None
         inv_freq, scaling = self.inv_freq, self.rope_scaling
         if self.local_rope(layer):
@@ -159,6 +183,10 @@ class CircuitModel(nn.Module):
         freqs = positions[..., None].float() * inv_freq.float()
         emb = torch.cat((freqs, freqs), dim=-1)
         return ((emb.cos() * scaling).to(self.dtype), (emb.sin() * scaling).to(self.dtype))
+
+    def rope_key(self, layer: int) -> tuple[bool, bool]:
+        """Layers with the same key rotate alike: (without positions, by the sliding layers' frequencies)."""
+        return layer in self.cfg.nope_layers, self.local_rope(layer)
 
     def local_rope(self, layer: int) -> bool:
         """Does the layer rotate by the sliding layers' own frequencies?"""
@@ -221,14 +249,14 @@ class CircuitModel(nn.Module):
         if attention_mask is None:
             attention_mask = torch.ones_like(tokens)
         positions = self.positions(attention_mask)
-        ropes = {}  # by whether the layer rotates by the sliding layers' frequencies
+        ropes = {}  # by `rope_key`: layers that rotate alike share one
         for l in range(self.cfg.n_layers):
-            if self.local_rope(l) not in ropes:
+            if self.rope_key(l) not in ropes:
                 rope = self.rope(positions, l)
-                ropes[self.local_rope(l)] = None if rope is None else (rope[0][:, None], rope[1][:, None])  # over heads
+                ropes[self.rope_key(l)] = None if rope is None else tuple(t[:, None] for t in rope)  # over heads
         resid = self.embed(tokens, positions)
         for l, block in enumerate(self.blocks):
-            resid = self._block_forward(l, block, resid, ropes[self.local_rope(l)], self.allowed(attention_mask, l))
+            resid = self._block_forward(l, block, resid, ropes[self.rope_key(l)], self.allowed(attention_mask, l))
         if at is not None:  # the rows a metric reads: their logits in float32 (`unembed`)
             resid = resid[torch.arange(resid.shape[0], device=resid.device), at.to(resid.device)]
         return self.unembed(resid, wide=at is not None)
@@ -239,10 +267,13 @@ class CircuitModel(nn.Module):
         mlp_in = resid if self.cfg.parallel else resid + attn_out
         if not self.cfg.parallel:
             resid = self._hook(f"blocks.{l}.hook_resid_mid", mlp_in)
-        pre, post = block.mlp.hidden(block.ln2(mlp_in))
-        self._hook(f"blocks.{l}.mlp.hook_pre", pre)
-        post = self._hook(f"blocks.{l}.mlp.hook_post", post)
-        mlp_out = block.mlp.output(post)
+        if self.cfg.n_experts:  # a mixture of experts has no one hidden layer to hook
+            mlp_out = block.mlp(block.ln2(mlp_in))
+        else:
+            pre, post = block.mlp.hidden(block.ln2(mlp_in))
+            self._hook(f"blocks.{l}.mlp.hook_pre", pre)
+            post = self._hook(f"blocks.{l}.mlp.hook_post", post)
+            mlp_out = block.mlp.output(post)
         if block.mlp.b_out is not None and block.mlp.post_norm is None:
             mlp_out = mlp_out + block.mlp.b_out
         mlp_out = self._hook(f"blocks.{l}.hook_mlp_out", mlp_out)
@@ -253,7 +284,9 @@ class CircuitModel(nn.Module):
         """x [batch, pos, d_model] (normed) → attention block output [batch, pos, d_model]."""
         b, p, _ = x.shape
         dh, name = self.cfg.d_head, f"blocks.{l}.attn"
-        q, k, v = (y.view(b, p, -1, dh) for y in _project(x, attn))
+        q, k, v = _project(x, attn)
+        q, k = attn.full_norm("q", q), attn.full_norm("k", k)  # (over every head together, where the family does)
+        q, k, v = (y.view(b, p, -1, dh) for y in (q, k, v))
         q, k, v = (self._hook(f"{name}.hook_{n}", t).transpose(1, 2) for n, t in zip("qkv", (q, k, v)))
         want_pattern = f"{name}.hook_pattern" in self._hook_fns
         z, pattern = attn.attend(q, k, v, rope, allowed, want_pattern)
@@ -312,8 +345,9 @@ class CircuitModel(nn.Module):
 
     def hook_names(self) -> list[str]:
         names = ["hook_embed", "ln_final.hook_normalized"] + (["hook_pos_embed"] if self.W_pos is not None else [])
-        per_layer = ["hook_resid_pre", "hook_attn_out", "hook_mlp_out", "hook_resid_post", "mlp.hook_pre",
-                     "mlp.hook_post"] + [f"attn.hook_{n}" for n in ("q", "k", "v", "z", "pattern", "result")]
+        per_layer = ["hook_resid_pre", "hook_attn_out", "hook_mlp_out", "hook_resid_post"] \
+            + ([] if self.cfg.n_experts else ["mlp.hook_pre", "mlp.hook_post"]) \
+            + [f"attn.hook_{n}" for n in ("q", "k", "v", "z", "pattern", "result")]
         if not self.cfg.parallel:
             per_layer.append("hook_resid_mid")
         return names + [f"blocks.{l}.{n}" for l in range(self.cfg.n_layers) for n in per_layer]

@@ -40,6 +40,7 @@ ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "gelu_pytorch_tanh": gelu_tanh,
     "gelu_fast": gelu_tanh,
     "relu": F.relu,
+    "relu2": lambda x: F.relu(x).square(),  # Persimmon, Nemotron
     "silu": F.silu,
     "identity": lambda x: x,  # linear MLPs (toy and test models)
 }
@@ -144,6 +145,31 @@ class Norm(nn.Module):
         return (parts.to(wide) * scale).to(parts.dtype)
 
 
+class HeadNorm(Norm):
+    """A q/k norm over d_head: RMSNorm or LayerNorm, one weight for all heads or one per head
+    (StableLM, Command-R: w [head, d_head]), applied to q or k [..., head, pos, d_head]."""
+
+    def __init__(self, kind: str, n_heads: int, d_head: int, eps: float, offset: float, per_head: bool, bias: bool):
+        super().__init__(kind, d_head, eps, offset, bias)
+        if per_head:
+            self.w = nn.Parameter(torch.ones(n_heads, d_head))
+            self.b = nn.Parameter(torch.zeros(n_heads, d_head)) if self.b is not None else None
+        self.per_head = per_head
+
+    def forward(self, x: Tensor, heads: Tensor | None = None) -> Tensor:
+        """x [..., a, pos, d_head] of the heads `heads` ([a] long; None: every head, in order)."""
+        if not self.per_head:
+            return super().forward(x)
+        w = (self.w if heads is None else self.w[heads])[:, None]  # [a, 1, d_head]
+        b = None if self.b is None else (self.b if heads is None else self.b[heads])[:, None]
+        wide = torch.promote_types(x.dtype, torch.float32)
+        x32 = x.to(wide)
+        if self.kind == "layernorm":
+            x32 = x32 - x32.mean(-1, keepdim=True)
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps) * (self.offset + w.to(wide))
+        return (normed if b is None else normed + b.to(wide)).to(x.dtype)
+
+
 def _linear(d_in: int, d_out: int) -> nn.Parameter:
     return nn.Parameter(torch.empty(d_in, d_out).normal_(std=0.02))
 
@@ -165,11 +191,18 @@ class Attention(nn.Module):
         self.w_q, self.w_k, self.w_v = _linear(d, h * dh), _linear(d, kv * dh), _linear(d, kv * dh)
         self.b_q, self.b_k, self.b_v = (_maybe_bias(n * dh, qkv_bias) for n in (h, kv, kv))
         self.w_o, self.b_o = _linear(h * dh, d), _maybe_bias(d, out_bias)
-        rms = lambda n: Norm("rmsnorm", n, cfg.norm_eps, cfg.norm_offset)  # noqa: E731
-        self.q_norm = rms(dh) if cfg.qk_norm else None
-        self.k_norm = rms(dh) if cfg.qk_norm else None
-        self.post_norm = rms(d) if cfg.post_norms else None
+        def qk(n):
+            return HeadNorm(cfg.qk_norm_kind, n, dh, cfg.norm_eps, cfg.norm_offset, cfg.qk_norm_per_head,
+                            cfg.qk_norm_bias)
+        if cfg.qk_norm and cfg.qk_norm_width == "all":  # over every head's projection together: [n·d_head]
+            self.q_norm, self.k_norm = (Norm("rmsnorm", n * dh, cfg.norm_eps, cfg.norm_offset) for n in (h, kv))
+        else:
+            self.q_norm = qk(h) if cfg.qk_norm else None
+            self.k_norm = qk(kv) if cfg.qk_norm else None
+        self.post_norm = Norm("rmsnorm", d, cfg.norm_eps, cfg.norm_offset) if cfg.post_norms else None
         self.sliding = layer in cfg.sliding_layers
+        # ALiBi (BLOOM, Falcon): each head's slope; its score bias is slope · key position
+        self.register_buffer("alibi", torch.zeros(h) if cfg.positional == "alibi" else None)
 
     # Per-head views with TransformerLens names and shapes.
     @property
@@ -188,21 +221,41 @@ class Attention(nn.Module):
     def W_O(self) -> Tensor:  # [head, d_head, d_model]
         return self.w_o.view(self.cfg.n_heads, self.cfg.d_head, self.cfg.d_model)
 
+    def full_norm(self, kind: str, y: Tensor) -> Tensor:
+        """y [..., n·d_head], the projections of every query (kind "q") or key ("k") head, normed over all of
+        them together where the family does so (qk_norm_width "all"; per-head norms belong to `attend`)."""
+        if self.cfg.qk_norm_width != "all" or self.q_norm is None or kind == "v":
+            return y
+        return (self.q_norm if kind == "q" else self.k_norm)(y)
+
     def attend(self, q: Tensor, k: Tensor, v: Tensor, rope: tuple[Tensor, Tensor] | None,
                allowed: Tensor, want_pattern: bool = False,
-               q_rope: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor | None]:
+               q_rope: tuple[Tensor, Tensor] | None = None,
+               heads: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """Attention from projected queries/keys/values to per-head mixed values.
 
         q: [..., head, q_pos, d_head]; k, v: [..., head or kv_head, pos, d_head] (biases added).
-        rope: (cos, sin) broadcastable to [..., pos, rotary_dim]; q_rope: the queries' own, where they
-        are at other positions than the keys (queries at the answer positions alone); allowed: bool,
-        broadcastable to [..., head, q_pos, k_pos]. Returns z [..., head, q_pos, d_head] and, if asked,
-        the pattern.
+        rope: (cos, sin) broadcastable to [..., pos, rotary_dim], or under ALiBi (key positions,)
+        broadcastable to [..., pos, 1]; q_rope: the queries' own, where they are at other positions
+        than the keys (queries at the answer positions alone); allowed: bool, broadcastable to
+        [..., head, q_pos, k_pos]; heads: which heads q holds ([a] long; None: all, in order), for
+        per-head q/k norms and ALiBi slopes (k then holds one head per query head, or every kv head).
+        Returns z [..., head, q_pos, d_head] and, if asked, the pattern.
         """
         cfg = self.cfg
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        if rope is not None:
+        if self.q_norm is not None and cfg.qk_norm_width == "head":
+            kv_heads = None if heads is None or k.shape[-3] != len(heads) else heads // cfg.group_size
+            q, k = self.q_norm(q, heads), self.k_norm(k, kv_heads)
+        bias = None
+        if cfg.positional == "alibi":  # slope · key position ([..., a, 1, k_pos]); the query's own cancels in softmax
+            slopes = self.alibi if heads is None else self.alibi[heads]
+            bias = slopes[:, None, None].to(q.dtype) * rope[0].transpose(-1, -2).to(q.dtype)
+            if cfg.alibi_dtype is not None:  # (exact products of small integers, rounded as the source model rounds)
+                bias = bias.to(getattr(torch, cfg.alibi_dtype)).to(q.dtype)
+            if cfg.alibi_scale != 1.0:
+                bias = bias * cfg.alibi_scale
+            allowed = torch.where(allowed, bias, float("-inf"))  # an additive mask [..., a, q_pos, k_pos]
+        elif rope is not None:
             q, k = apply_rotary(q, rope if q_rope is None else q_rope), apply_rotary(k, rope)
         if k.shape[-3] != q.shape[-3]:
             k = k.repeat_interleave(q.shape[-3] // k.shape[-3], dim=-3)
@@ -213,7 +266,7 @@ class Attention(nn.Module):
         scores = (q @ k.transpose(-1, -2)) * cfg.scale
         if cfg.attn_softcap is not None:
             scores = torch.tanh(scores / cfg.attn_softcap) * cfg.attn_softcap
-        scores = scores.masked_fill(~allowed, float("-inf"))
+        scores = scores + allowed if bias is not None else scores.masked_fill(~allowed, float("-inf"))
         pattern = torch.softmax(scores.to(torch.promote_types(scores.dtype, torch.float32)), dim=-1).to(q.dtype)
         return pattern @ v, pattern
 
@@ -246,13 +299,82 @@ class MLP(nn.Module):
         out = post @ self.w_out
         return out if self.post_norm is None else self.post_norm(out)
 
+    def forward(self, x: Tensor) -> Tensor:
+        """x [..., d_model] (normed) → block output [..., d_model] (bias excluded, as `output`)."""
+        return self.output(self.hidden(x)[1])
+
+
+class MoE(nn.Module):
+    """A mixture-of-experts MLP (Mixtral, Qwen-MoE, OLMoE), one node of the graph, router included.
+
+    The router's softmax over experts, its exact top-k (renormalised where the family does), each
+    chosen expert a gated MLP weighted by its router probability, summed; Qwen-MoE adds a shared expert
+    under a sigmoid gate. Stored: w_router [d_model, expert], w_up [expert, d_model, 2·d_mlp] (gate, then
+    in: one product per expert; `w_gate` and `w_in` are its halves), w_out [expert, d_mlp, d_model];
+    shared_{gate,in,out} and shared_router [d_model, 1].
+    """
+
+    b_out = post_norm = None
+
+    def __init__(self, cfg: CanonicalConfig):
+        super().__init__()
+        self.cfg, e, d, m = cfg, cfg.n_experts, cfg.d_model, cfg.d_mlp
+        self.w_router = _linear(d, e)
+        self.w_up = nn.Parameter(torch.empty(e, d, 2 * m).normal_(std=0.02))
+        self.w_out = nn.Parameter(torch.empty(e, m, d).normal_(std=0.02))
+        s = cfg.d_mlp_shared
+        self.shared_gate, self.shared_in = (_linear(d, s) if s else None for _ in range(2))
+        self.shared_out, self.shared_router = (_linear(s, d), _linear(d, 1)) if s else (None, None)
+        self.act = ACTIVATIONS[cfg.act_fn]
+
+    @property
+    def w_gate(self) -> Tensor:  # [expert, d_model, d_mlp]
+        return self.w_up[..., : self.cfg.d_mlp]
+
+    @property
+    def w_in(self) -> Tensor:  # [expert, d_model, d_mlp]
+        return self.w_up[..., self.cfg.d_mlp:]
+
+    def route(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """x [n, d_model] → (weights [n, top_k] in x's dtype, experts [n, top_k] long)."""
+        logits = x @ self.w_router
+        probs = torch.softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)  # (at least fp32)
+        weights, experts = torch.topk(probs, self.cfg.top_k, dim=-1)
+        if self.cfg.norm_topk:
+            weights = weights / weights.sum(-1, keepdim=True)
+        return weights.to(x.dtype), experts
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x [..., d_model] (normed) → block output [..., d_model]: each token through its top-k experts alone."""
+        flat = x.reshape(-1, x.shape[-1])
+        weights, experts = self.route(flat)
+        out = torch.zeros_like(flat)
+        in_place = not (torch.is_grad_enabled() and (flat.requires_grad or self.w_up.requires_grad))
+        order = experts.flatten().argsort(stable=True)  # (token, slot) pairs grouped by expert, in token order
+        counts = torch.bincount(experts.flatten(), minlength=self.cfg.n_experts).tolist()
+        m = self.cfg.d_mlp
+        for e, pairs in enumerate(order.split(counts)):
+            if not len(pairs):
+                continue
+            token = pairs // self.cfg.top_k
+            xe = flat[token]
+            up = xe @ self.w_up[e]  # [tokens, gate | in]
+            y = (self.act(up[:, :m]) * up[:, m:]) @ self.w_out[e]
+            y = y * weights.flatten()[pairs, None]
+            out = out.index_add_(0, token, y) if in_place else out.index_add(0, token, y)
+        if self.shared_out is not None:
+            shared = (self.act(flat @ self.shared_gate) * (flat @ self.shared_in)) @ self.shared_out
+            out = out + torch.sigmoid(flat @ self.shared_router) * shared
+        return out.view(x.shape)
+
 
 class Block(nn.Module):
     def __init__(self, cfg: CanonicalConfig, layer: int, qkv_bias: bool, out_bias: bool, mlp_bias: bool):
         super().__init__()
-        ln = lambda: Norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.norm_offset)  # noqa: E731
+        kind = cfg.norm if cfg.pre_norms else "none"
+        ln = lambda: Norm(kind, cfg.d_model, cfg.norm_eps, cfg.norm_offset)  # noqa: E731
         self.ln1, self.attn = ln(), Attention(cfg, layer, qkv_bias, out_bias)
-        self.ln2, self.mlp = ln(), MLP(cfg, mlp_bias)
+        self.ln2, self.mlp = ln(), MoE(cfg) if cfg.n_experts else MLP(cfg, mlp_bias)
 
 
 def apply_rotary(x: Tensor, rope: tuple[Tensor, Tensor]) -> Tensor:

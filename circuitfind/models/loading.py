@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 from circuitfind.errors import ConfigError, ModelLoadError, ModelNotFoundError, UnsupportedModelError
-from circuitfind.models.adapters import ADAPTERS, SUPPORTED
+from circuitfind.models.adapters import ADAPTERS
+from circuitfind.models.adapters.nearest import unsupported
 from circuitfind.models.canonical import CircuitModel
 
 log = logging.getLogger(__name__)
@@ -120,11 +121,11 @@ def from_hf(hf_model, *, tokenizer=None, name: str = "", dtype=torch.float32, de
     dtype, device = resolve_dtype(dtype), resolve_device(device)
     model_type = getattr(getattr(hf_model, "config", None), "model_type", None)
     if model_type not in ADAPTERS:
-        raise UnsupportedModelError(f"architecture {model_type!r} has no circuitfind adapter; supported: {', '.join(SUPPORTED)}")
+        raise UnsupportedModelError(unsupported(model_type, "this"))
     cfg, flags, state, rotary = ADAPTERS[model_type](hf_model)
     with torch.device("meta"):
         model = CircuitModel(cfg, tokenizer=tokenizer, name=name, **flags)
-    state = {k: v.detach().to(torch.float32) for k, v in state.items()}
+    state = {k: v.detach().to(torch.float32) for k, v in state.items() if v is not None}  # (absent biases)
     model.load_state_dict(state, strict=True, assign=True)
     model.inv_freq, model.inv_freq_local = torch.zeros(0), torch.zeros(0)  # off the meta device
     if rotary is not None:
@@ -181,8 +182,7 @@ def _looks_like_hub_id(name: str) -> bool:
 
 def _check_supported(model_type, where: str) -> None:
     if model_type not in ADAPTERS:
-        raise UnsupportedModelError(f"{where} is a {model_type!r} model, which circuitfind has no adapter for; "
-                                    f"supported: {', '.join(SUPPORTED)}")
+        raise UnsupportedModelError(unsupported(model_type, where))
 
 
 def _from_state_dict(state_dict, config):

@@ -9,7 +9,12 @@ from torch import Tensor
 from circuitfind.errors import UnsupportedModelError
 
 SUPPORTED = ("gpt2", "gpt_neox", "gptj", "llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3_text",
-             "gemma3")
+             "gemma3", "opt", "gpt_neo", "phi", "persimmon", "stablelm", "olmo", "granite",
+             "smollm3", "cohere", "starcoder2", "nemotron",
+             "gpt_bigcode", "bloom", "falcon", "mixtral", "qwen2_moe",
+             "qwen3_moe", "cohere2", "seed_oss",
+             "internlm3", "iquestcoder", "mpt", "granitemoe",
+             "olmo2", "olmoe", "olmo3")
 
 
 def refuse(config, field: str, ok: Callable[[object], bool], why: str = "") -> None:
@@ -48,3 +53,17 @@ def layer_types(config) -> tuple[int, ...]:
     return tuple(i for i, t in enumerate(types) if t == "sliding_attention")
 
 
+
+
+def alibi_slopes(n_heads: int) -> Tensor:
+    """ALiBi's head slopes (Press et al. 2022): 2^(-8i/n) for i = 1..n where n is a power of two; otherwise
+    those of the largest power of two below n, then every other slope of twice that many."""
+    import math
+
+    import torch
+
+    def powers(n: int) -> list[float]:
+        return [2.0 ** (-8.0 * i / n) for i in range(1, n + 1)]
+
+    base = 2 ** math.floor(math.log2(n_heads))
+    return torch.tensor(powers(base) + powers(2 * base)[0::2][: n_heads - base])
