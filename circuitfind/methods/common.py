@@ -202,10 +202,10 @@ def refuse_gradient_at_clean_of_kl(task: Task, method: str) -> None:
 
 
 def warn_if_all_zero(scores: Tensor, task: Task, method: str) -> Tensor:
-    """First-order scores that are all exactly 0: the metric's gradient at the clean run vanished (the
-    model already attains its optimum there: a squared error it gets exactly right, like KL). Said,
+    """First-order scores that are all 0 (to float noise, 1e-20): the metric's gradient at the clean run vanished
+    (the model already attains its optimum there: a squared error it gets exactly right, like KL). Said,
     since a circuit pruned from them is arbitrary."""
-    if not bool(scores.any()):
+    if not bool((scores.abs() > 1e-20).any()):
         log.warning("every %s score of task %r is 0: the metric's gradient at the clean run is 0 (the model "
                     "attains its optimum there), so a circuit pruned from them is arbitrary; use eap-ig or exact",
                     method, task.name)
