@@ -19,7 +19,6 @@ every residual dimension, and the RASP program's dataflow (each SOp's kind, inpu
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -29,12 +28,12 @@ from circuitfind.errors import ModelLoadError
 EMBEDDED = ("tokens", "indices", "one")  # residual spaces the embedding writes
 
 
-def load_tracr(directory: Path, name: str, dtype: torch.dtype, device: torch.device):
+def load_tracr(directory: Path, meta: dict, name: str, dtype: torch.dtype, device: torch.device):
+    """The model exported in directory (meta: its tracr.json), with both ground truths derived."""
     from safetensors.torch import load_file
 
     from circuitfind.models.canonical import CanonicalConfig, CircuitModel
 
-    meta = json.loads((directory / "tracr.json").read_text())
     model = CircuitModel(CanonicalConfig(**meta["config"]), name=name, **meta["flags"])
     state = load_file(str(directory / "model.safetensors"))
     model.load_state_dict(state, strict=True)

@@ -258,7 +258,7 @@ def load_entry(entry: ZooEntry, *, dtype: torch.dtype, device: torch.device):
 
     if entry.source == "tracr":
         from circuitfind.models.tracr import load_tracr
-        return load_tracr(SHIPPED / entry.location, entry.name, dtype, device)
+        return load_tracr(SHIPPED / entry.location, tracr_meta(entry.location), entry.name, dtype, device)
     if entry.source == "shipped":  # trained by the project's scripts, saved in Hugging Face format
         directory = SHIPPED / entry.location
         with quiet_loading():  # a megabyte from the package: the bar would only clutter the output
