@@ -63,12 +63,14 @@ def check_format(data: dict, path, kind: str) -> None:
 def graph_from(data: dict, path) -> Graph:
     """The `graph` entry of a saved file, checked (a damaged one would build any graph, or none)."""
     g = data.get("graph")
-    ok = isinstance(g, dict) and set(g) <= {"n_layers", "n_heads", "parallel"} and all(
-        isinstance(g.get(k), int) and not isinstance(g.get(k), bool) and 1 <= g[k] <= MAX_GRAPH
-        for k in ("n_layers", "n_heads")) and isinstance(g.get("parallel", False), bool)
+    count = lambda v, least: isinstance(v, int) and not isinstance(v, bool) and least <= v <= MAX_GRAPH  # noqa: E731
+    ok = isinstance(g, dict) and set(g) <= {"n_layers", "n_heads", "parallel", "n_experts", "shared_expert"} \
+        and all(count(g.get(k), 1) for k in ("n_layers", "n_heads")) and count(g.get("n_experts", 0), 0) \
+        and isinstance(g.get("parallel", False), bool) and isinstance(g.get("shared_expert", False), bool) \
+        and (g.get("n_experts", 0) or not g.get("shared_expert", False))
     if not ok:
         raise ConfigError(f"{path} is damaged: its 'graph' is {g!r}, not {{'n_layers': L, 'n_heads': H, "
-                          "'parallel': bool}")
+                          "'parallel': bool}} (and, for an expert-level graph, 'n_experts': E, 'shared_expert': bool)")
     return Graph(**g)
 
 
@@ -128,7 +130,10 @@ def reproduces(method: str, config: dict) -> str | None:
 
 
 def _graph_dict(g: Graph) -> dict:
-    return {"n_layers": g.n_layers, "n_heads": g.n_heads, "parallel": g.parallel}
+    out = {"n_layers": g.n_layers, "n_heads": g.n_heads, "parallel": g.parallel}
+    if g.n_experts:  # (node graphs keep the keys older readers know)
+        out |= {"n_experts": g.n_experts, "shared_expert": g.shared_expert}
+    return out
 
 
 @dataclass

@@ -30,8 +30,11 @@ from circuitfind.errors import ConfigError
 def to_eap_ig(scores: EdgeScores, circuit: Circuit | None = None, d_model: int | None = None) -> dict:
     """The graph JSON of scores; `in_graph` from the circuit (all False without one)."""
     g = scores.graph
+    if g.n_experts:
+        raise ConfigError("the EAP-IG / MIB graph format has no expert nodes: export scores of the node graph "
+                          "(the model loaded without experts=True)")
     mask = circuit.mask if circuit is not None else torch.zeros_like(g.edge_mask)
-    if circuit is not None and (circuit.graph.n_layers, circuit.graph.n_heads) != (g.n_layers, g.n_heads):
+    if circuit is not None and circuit.graph != g:
         raise ConfigError("the circuit and the scores are over different graphs")
     used = mask.any(0).tolist() + [bool(mask[g.logits_receiver].any())]
     cfg = {"n_layers": g.n_layers, "n_heads": g.n_heads, "parallel_attn_mlp": g.parallel}

@@ -156,6 +156,13 @@ def tiny_hf(family: str, **overrides):
     return _jitter(hf).eval()
 
 
+def tiny_model(family: str):
+    """A tiny converted model in float64; "qwen2_moe+experts": with the expert-level graph."""
+    import circuitfind as cf
+    name, _, experts = family.partition("+")
+    return cf.from_hf(tiny_hf(name), experts=bool(experts)).double()
+
+
 @pytest.fixture(params=FAMILIES)
 def family(request):
     return request.param

@@ -58,16 +58,39 @@ def reference_masked_logits(model, tokens, attention_mask, answer_pos, ablated, 
         outs += raw
         if attn.b_o is not None and attn.post_norm is None:
             bias = bias + attn.b_o
+        if g.n_experts:  # the expert-level graph (sequential blocks only)
+            outs += expert_outputs(model, l, receiver_input)
+            continue
         if not cfg.parallel:
             mlp_in = receiver_input(g.mlp_receiver(l))
-        else:
-            pass
         out = block.mlp(block.ln2(mlp_in))
         outs.append(out)
         if block.mlp.b_out is not None and block.mlp.post_norm is None:
             bias = bias + block.mlp.b_out
     x = receiver_input(g.logits_receiver)
     return model.unembed(x)[torch.arange(b), answer_pos]
+
+
+def expert_outputs(model, l, read):
+    """Layer l's expert outputs (then the shared expert's) from their receivers' inputs `read(dst)`, densely:
+    every expert on every token, gated by its weight in a softmax and top-k of its own router input."""
+    g, block, cfg = model.graph, model.blocks[l], model.cfg
+    moe = block.mlp
+    outs = []
+    for j in range(g.n_experts):
+        x = block.ln2(read(g.expert_receiver(l, "in", j)))
+        logits = block.ln2(read(g.expert_receiver(l, "router", j))) @ moe.w_router
+        probs = torch.softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), -1)  # (as the model)
+        top = probs.topk(cfg.top_k, dim=-1)
+        weight = probs[..., j] / (top.values.sum(-1) if cfg.norm_topk else 1)
+        gate = torch.where((top.indices == j).any(-1), weight, torch.zeros_like(weight)).to(x.dtype)
+        hidden = moe.act(x @ moe.w_gate[j]) * (x @ moe.w_in[j])
+        outs.append(gate[..., None] * (hidden @ moe.w_out[j]))
+    if g.shared_expert:
+        x = block.ln2(read(g.mlp_receivers(l)[-1]))
+        hidden = moe.act(x @ moe.shared_gate) * (x @ moe.shared_in)
+        outs.append(torch.sigmoid(x @ moe.shared_router) * (hidden @ moe.shared_out))
+    return outs
 
 
 def reference_run(model, tokens, attention_mask, answer_pos, ablated, mask=None, replace=None):
@@ -127,10 +150,15 @@ def reference_run(model, tokens, attention_mask, answer_pos, ablated, mask=None,
         outs += raw
         if attn.b_o is not None and attn.post_norm is None:
             bias = bias + attn.b_o
+        if g.n_experts:  # the expert-level graph (sequential blocks only)
+            parts = list(g.mlp_senders(l))
+            outs += [replace[s] for s in parts] if all(s in replace for s in parts) \
+                else expert_outputs(model, l, receiver_input)
+            continue
         if not cfg.parallel:
             mlp_in = receiver_input(g.mlp_receiver(l))
         s = g.mlp_sender(l)
-        outs.append(replace[s] if s in replace else block.mlp.output(block.mlp.hidden(block.ln2(mlp_in))[1]))
+        outs.append(replace[s] if s in replace else block.mlp(block.ln2(mlp_in)))
         if block.mlp.b_out is not None and block.mlp.post_norm is None:
             bias = bias + block.mlp.b_out
     x = receiver_input(g.logits_receiver)

@@ -24,7 +24,9 @@ def _objective(logits):
 
 
 def _setup(family, pos=7):
-    model = cf.from_hf(tiny_hf(family)).double()
+    """family "mixtral+experts": the expert-level graph."""
+    family, _, experts = family.partition("+")
+    model = cf.from_hf(tiny_hf(family), experts=bool(experts)).double()
     g = torch.Generator().manual_seed(5)
     mask = torch.ones(3, pos, dtype=torch.long)
     mask[0, :2] = 0  # a left-padded prompt
@@ -43,7 +45,7 @@ def _node_groups(model):
     g = model.graph
     groups = [[0]]
     for l in range(model.cfg.n_layers):
-        groups += [[g.head_sender(l, h) for h in range(g.n_heads)], [g.mlp_sender(l)]]
+        groups += [[g.head_sender(l, h) for h in range(g.n_heads)], list(g.mlp_senders(l))]  # (experts together)
     return groups
 
 
@@ -79,7 +81,8 @@ def test_left_points_with_one_step_is_the_gradient_at_the_corrupted_run():
     assert _relative(eap, want) > 1e-3  # and it is not EAP's gradient at the clean run
 
 
-@pytest.mark.parametrize("family, steps", [("gpt2", STEPS), ("llama", STEPS), ("gpt_neox", 2)])
+@pytest.mark.parametrize("family, steps", [("gpt2", STEPS), ("llama", STEPS), ("gpt_neox", 2), ("qwen2_moe", 2),
+                                           ("qwen2_moe+experts", 2)])
 def test_eap_ig_activations_matches_the_slow_reference(family, steps):
     """eap-ig-activations: each of the 1 + 2L nodes (input, attention output of a layer with all its heads,
     MLP output) at abl + (k/n)(clean − abl), k = 1..n, as a constant; every pass scores every edge with the

@@ -16,7 +16,7 @@ from circuitfind.evaluate import MIB_FRACTIONS, _trapezoid
 from circuitfind.graph import Graph
 from circuitfind.prune import without_dangling
 from circuitfind.task import Example, Task
-from tests.conftest import tiny_hf
+from tests.conftest import tiny_hf, tiny_model
 from tests.reference import reference_masked_logits
 from tests.test_attribution import _linear_model
 
@@ -344,9 +344,9 @@ def test_all_zero_first_order_scores_are_said(caplog):
     assert "is 0" not in caplog.text
 
 
-@pytest.mark.parametrize("family", ["gpt2", "gpt_neox"])
+@pytest.mark.parametrize("family", ["gpt2", "gpt_neox", "qwen2_moe+experts"])
 def test_acdc_batched_equals_naive(family):
-    model = cf.from_hf(tiny_hf(family)).double()
+    model = tiny_model(family)
     task = cf.load_task("induction", n=6)
     from circuitfind.methods.acdc import ACDCConfig, _values
     from circuitfind.methods.common import prepare
@@ -440,11 +440,11 @@ def test_acdc_with_the_task_metric(model):
     assert (scores.scores != 0).any()
 
 
-@pytest.mark.parametrize("family", ["gpt2", "gpt_neox"])
+@pytest.mark.parametrize("family", ["gpt2", "gpt_neox", "qwen2_moe+experts"])
 def test_ifr_shares_against_a_loop(family):
     """Each receiver's weights are normalised proximities of its senders to its input (a plain loop)."""
     from circuitfind.methods.ifr import contribution_graph
-    model = cf.from_hf(tiny_hf(family)).double()
+    model = tiny_model(family)
     tokens = torch.randint(3, 90, (7,))
     w = contribution_graph(model, tokens, position=-1)
     g = model.graph

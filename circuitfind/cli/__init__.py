@@ -85,7 +85,8 @@ def _discover(args) -> int:
               edges=args.edges, target=args.target, n=args.n, seed=args.seed, batch_size=args.batch_size)
     held = args.out is not None and Path(args.out).is_dir() and any(Path(args.out).iterdir())
     task = load_task(args.task, n=args.n, seed=args.seed, metric=args.metric)
-    model = load_model(args.model, tokenizer=args.tokenizer, dtype=args.dtype, device=args.device)
+    model = load_model(args.model, tokenizer=args.tokenizer, dtype=args.dtype, device=args.device,
+                       experts=args.experts)
     try:
         run = discover(model, task, args.method, args.ablation, out=args.out, edges=args.edges, target=args.target,
                        n=args.n, seed=args.seed, quiet=args.quiet, report=not args.no_report,
@@ -200,6 +201,7 @@ EDGES_HELP = "circuit size (default: smallest MIB size reaching --target; acdc: 
 METRIC_HELP = "score and evaluate under this metric instead of the task's own: logit-diff, prob-diff, kl, ce"
 
 
+EXPERTS_HELP = "a mixture of experts' expert-level graph: each expert a sender m{l}.e{j} (load_model(experts=True))"
 DTYPE_HELP = "float32 (default), float64, float16 or bfloat16 (the logits a metric reads are at least float32)"
 DEVICE_HELP = "cpu (default), cuda, cuda:1, mps"
 
@@ -222,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("discover", help="score edges, choose the smallest faithful circuit, write a run directory")
     d.add_argument("--model", required=True, help="zoo name, local directory or hub id")
     d.add_argument("--tokenizer", help="directory or hub id of the tokenizer (default: the model's own)")
+    d.add_argument("--experts", action="store_true", help=EXPERTS_HELP)
     d.add_argument("--task", required=True, help="built-in task or path/to/file.py:ClassName")
     d.add_argument("--method", default="eap-ig", help="one of: " + ", ".join(_method_names()))
     d.add_argument("--ablation", default="corrupted", help="corrupted, mean, mean-positional, zero, resample")
@@ -304,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(run=compare)
     g = sub.add_parser("graph", help="load a model and print its edge graph")
     g.add_argument("--model", required=True, help="zoo name, local directory or hub id")
+    g.add_argument("--experts", action="store_true", help=EXPERTS_HELP)
     g.add_argument("--dtype", default="float32", help=DTYPE_HELP)
     g.add_argument("--device", default="cpu", help=DEVICE_HELP)
     g.set_defaults(run=graph)

@@ -9,7 +9,7 @@ from pathlib import Path
 def graph(args) -> int:
     from circuitfind.models.loading import load_model
 
-    model = load_model(args.model, dtype=args.dtype, device=args.device)
+    model = load_model(args.model, dtype=args.dtype, device=args.device, experts=args.experts)
     print(model)
     print(model.graph)
     return 0

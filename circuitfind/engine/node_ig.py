@@ -110,7 +110,7 @@ def _nodes(model) -> list[tuple[str, int, list[int], tuple[str, int], int]]:
         heads = [g.head_sender(l, h) for h in range(g.n_heads)]
         after_attn = ("pre", l + 1) if cfg.parallel else ("mid", l)
         out.append(("attn", l, heads, after_attn, l + 1 if cfg.parallel else l))
-        out.append(("mlp", l, [g.mlp_sender(l)], ("pre", l + 1), l + 1))
+        out.append(("mlp", l, list(g.mlp_senders(l)), ("pre", l + 1), l + 1))  # (every expert together)
     return out
 
 
@@ -122,7 +122,7 @@ def _suffix_receivers(model) -> Tensor:
         for t in "qkv":
             for h in range(g.n_heads):
                 w[g.qkv_receiver(l, t, h)] = 1 + 2 * l
-        w[g.mlp_receiver(l)] = 1 + 2 * l + (0 if cfg.parallel else 1)
+        w[list(g.mlp_receivers(l))] = 1 + 2 * l + (0 if cfg.parallel else 1)
     w[g.logits_receiver] = 1 + 2 * cfg.n_layers
     return w
 
@@ -162,7 +162,8 @@ def _suffix(model, inputs: Inputs, shared, start: Tensor, layer: int, at_mlp: bo
         layer += 1
     last = model.cfg.n_layers - 1
     walk.layer = layer
-    if layer <= last and not model.cfg.parallel:  # all but the last MLP as the walk runs them; that one at the answers
+    if layer <= last and not model.cfg.parallel and not model.graph.n_experts:
+        # all but the last MLP as the walk runs them; that one at the answers (experts: every position)
         walk.run(stop=last)
         walk._attention(last)
         logits = _last_mlp_at_answers(walk, on_grad)
@@ -190,7 +191,7 @@ def _last_mlp_at_answers(walk: Walk, on_grad) -> Tensor:
     x.register_hook(receiver(torch.tensor([g.mlp_receiver(l)])))
     mlp = model.blocks[l].mlp
     bias = model.block_bias(l, "mlp")
-    final = at + mlp.output(mlp.hidden(model.blocks[l].ln2(x))[1]) + (0 if bias is None else bias)
+    final = at + mlp(model.blocks[l].ln2(x)) + (0 if bias is None else bias)
     y = final.view_as(final)
     y.register_hook(receiver(torch.tensor([g.logits_receiver])))
     return model.unembed(y, wide=True)[0]

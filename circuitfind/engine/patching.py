@@ -195,7 +195,7 @@ def node_effects(model, inputs: Inputs, ablated: Tensor, objective: Callable[[Te
         walk = Walk(model, inputs, ablated, None, record=True, branchable=True, shared=shared)
         for layer in range(g.n_layers):
             walk.run(stop=layer)
-            nodes = torch.arange(g.head_sender(layer, 0), g.mlp_sender(layer) + 1)  # its heads, then its MLP
+            nodes = torch.arange(g.head_sender(layer, 0), g.senders_before(layer + 1))  # its heads, then its MLP
             if layer == 0:
                 nodes = torch.cat([torch.tensor([0]), nodes])  # the input reads nothing: it starts here too
             for chunk in nodes.split(max_masks or len(nodes)):

@@ -10,8 +10,9 @@ Layouts (see `patching.py` for the maths):
   sender blocks `[s, K, b', pos, d_model]`; stored differences `D [K, s, b'·pos·d_model]`.
 
 Three parts of the pass have modules of their own: `walk_heads.py` (the attention heads of a layer),
-`walk_answer.py` (nodes read at the answer positions alone, computed there alone) and `walk_grad.py`
-(the clean pass with receiver gradients); `walk_ops.py` holds the tensor helpers they share.
+`walk_answer.py` (nodes read at the answer positions alone, computed there alone), `walk_grad.py`
+(the clean pass with receiver gradients) and `walk_experts.py` (experts as senders of their own);
+`walk_ops.py` holds the tensor helpers they share.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from torch import Tensor
 from circuitfind.engine.shared_prefix import SharedPrefix
 from circuitfind.engine.store import DiffStore, Workspace, take
 from circuitfind.engine.walk_answer import AnswerPositions
+from circuitfind.engine.walk_experts import Experts
 from circuitfind.engine.walk_grad import Gradients
 from circuitfind.engine.walk_heads import Heads
 from circuitfind.engine.walk_ops import gather_at, spread
@@ -33,7 +35,7 @@ from circuitfind.types import Inputs
 __all__ = ["Inputs", "Walk"]
 
 
-class Walk(Heads, AnswerPositions, Gradients):
+class Walk(Heads, AnswerPositions, Gradients, Experts):
     """Layer-by-layer state of one (masked) forward.
 
     masks None means every receiver reads the real residual stream (the clean run).
@@ -341,6 +343,8 @@ class Walk(Heads, AnswerPositions, Gradients):
     def _mlp(self, l: int, resid: Tensor, base: Tensor):
         """The MLP of layer l, reading the residual and base given (pre-attention for parallel blocks)."""
         g, mlp = self.g, self.model.blocks[l].mlp
+        if g.n_experts:
+            return self._experts(l, resid, base)
         s = g.mlp_sender(l)
         abl = self.abl[s]
         bias = self.model.block_bias(l, "mlp")

@@ -31,7 +31,8 @@ class AnswerPositions:
         heads = torch.arange(g.n_heads)
         for l in reversed(range(self.cfg.n_layers)):
             mlp = g.mlp_sender(l)
-            if not bool((reads[:, mlp] & ~at_answer).any()):  # (before its heads: the MLP reads them)
+            # (before its heads: the MLP reads them; experts keep every position, walk_experts.py)
+            if not g.n_experts and not bool((reads[:, mlp] & ~at_answer).any()):
                 out[mlp] = at_answer[g.mlp_receiver(l)] = True
             if self.cfg.post_norms:  # a layer's heads share their normaliser: they keep every position
                 continue

@@ -64,7 +64,7 @@ class Heads:
 
         Only when both mix with the same copies; the MLP then adds its layer's own heads later.
         """
-        if len(groups) != 1 or not self.active[self.g.mlp_sender(l)] or self.on_grad is not None \
+        if self.g.n_experts or len(groups) != 1 or not self.active[self.g.mlp_sender(l)] or self.on_grad is not None \
                 or self.answer_only[self.g.mlp_sender(l)]:
             return False
         rows = torch.cat([self.g.qkv_receiver(l, t, 0) + groups[0] for t in "qkv"])

@@ -139,7 +139,7 @@ def _groups(g, wanted) -> list[list[int]]:
     MLP, which reads its heads), so no decision inside a group cuts off another member."""
     layer_of = _layer_of(g)
     order = sorted(wanted, key=lambda r: (-layer_of[r], -r))
-    mlps = {g.mlp_receiver(l) for l in range(g.n_layers)}
+    mlps = {r for l in range(g.n_layers) for r in g.mlp_receivers(l)}
     groups: list[list[int]] = []
     for r in order:
         last = groups[-1][0] if groups else None
@@ -213,8 +213,8 @@ class _Guesses(dict):
     def __init__(self, g, circuit: Tensor):
         super().__init__()
         self.g, self.circuit = g, circuit  # the sweep's circuit, decided above the layer in progress
-        self.mlps = {g.mlp_receiver(layer) for layer in range(g.n_layers)}
-        self.mlp_senders = {g.mlp_sender(layer) for layer in range(g.n_layers)}
+        self.mlps = {r for layer in range(g.n_layers) for r in g.mlp_receivers(layer)}
+        self.mlp_senders = {s for layer in range(g.n_layers) for s in g.mlp_senders(layer)}
         self.values = {g.qkv_receiver(layer, "v", h) for layer in range(g.n_layers) for h in range(g.n_heads)}
         self._read_above: dict[int, list[bool]] = {}  # by layer: [src] whether a receiver above reads it
 

@@ -52,10 +52,11 @@ def proximity_weights(model, inputs: Inputs) -> Tensor:
             consts = consts + (b if b is not None else 0)
             mlp_n = n if cfg.parallel else g.mlp_sender(l)
             mlp_x = x + (0 if cfg.parallel else heads.sum(0))  # parallel: the MLP reads what attention read
-            w[g.mlp_receiver(l), :mlp_n] = _shares(mlp_x + (pre_attn_consts if cfg.parallel else consts), y[:mlp_n])
+            shares = _shares(mlp_x + (pre_attn_consts if cfg.parallel else consts), y[:mlp_n])
+            w[list(g.mlp_receivers(l)), :mlp_n] = shares  # (every expert's inputs read the same residual)
             b = model.block_bias(l, "mlp")
             consts = consts + (b if b is not None else 0)
-            x = x + heads.sum(0) + y[g.mlp_sender(l)]
+            x = x + heads.sum(0) + y[list(g.mlp_senders(l))].sum(0)
     return w
 
 

@@ -79,6 +79,7 @@ class CanonicalConfig:
     top_k: int = 0
     norm_topk: bool = True  # the top-k router probabilities renormalised to sum to 1
     d_mlp_shared: int = 0  # a shared expert of this width under a sigmoid gate (Qwen-MoE)
+    expert_senders: bool = False  # the expert-level graph: each expert a sender of its own (graph.py)
     prepend_bos: bool = False  # circuitfind adds BOS itself when the tokenizer does not
     causal: bool = True  # compiled (tracr) models attend in both directions
     d_out: int | None = None  # logits width when it differs from the input vocabulary (tracr outputs)
@@ -91,6 +92,8 @@ class CanonicalConfig:
                               "known: 'head' (any norm), 'all' (RMSNorm)")
         if self.positional not in ("learned", "rotary", "alibi", "none"):
             raise ConfigError(f"positional {self.positional!r} is unknown; known: learned, rotary, alibi, none")
+        if self.expert_senders and not self.n_experts:
+            raise ConfigError(f"expert_senders needs a mixture of experts; this {self.family} model has dense MLPs")
         if self.n_experts and not 0 < self.top_k <= self.n_experts:
             raise ConfigError(f"top_k={self.top_k} must be in [1, n_experts={self.n_experts}]")
         if self.n_heads % self.n_kv_heads:

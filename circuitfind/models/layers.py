@@ -344,6 +344,23 @@ class MoE(nn.Module):
             weights = weights / weights.sum(-1, keepdim=True)
         return weights.to(x.dtype), experts
 
+    def gates(self, x: Tensor) -> Tensor:
+        """x [n, d_model] (normed) → each expert's gate [n, expert]: its router weight where it is in the
+        token's top-k, else 0 (the expert-level graph routes each expert from an input of its own)."""
+        weights, experts = self.route(x)
+        return weights.new_zeros(x.shape[0], self.cfg.n_experts).scatter(1, experts, weights)
+
+    def expert(self, e: int, x: Tensor) -> Tensor:
+        """x [n, d_model] (normed) → expert e's output [n, d_model], before its gate."""
+        up = x @ self.w_up[e]  # [n, gate | in]
+        m = self.cfg.d_mlp
+        return (self.act(up[:, :m]) * up[:, m:]) @ self.w_out[e]
+
+    def shared(self, x: Tensor) -> Tensor:
+        """x [n, d_model] (normed) → the shared expert's output under its sigmoid gate [n, d_model]."""
+        hidden = self.act(x @ self.shared_gate) * (x @ self.shared_in)
+        return torch.sigmoid(x @ self.shared_router) * (hidden @ self.shared_out)
+
     def forward(self, x: Tensor) -> Tensor:
         """x [..., d_model] (normed) → block output [..., d_model]: each token through its top-k experts alone."""
         flat = x.reshape(-1, x.shape[-1])
@@ -352,19 +369,14 @@ class MoE(nn.Module):
         in_place = not (torch.is_grad_enabled() and (flat.requires_grad or self.w_up.requires_grad))
         order = experts.flatten().argsort(stable=True)  # (token, slot) pairs grouped by expert, in token order
         counts = torch.bincount(experts.flatten(), minlength=self.cfg.n_experts).tolist()
-        m = self.cfg.d_mlp
         for e, pairs in enumerate(order.split(counts)):
             if not len(pairs):
                 continue
             token = pairs // self.cfg.top_k
-            xe = flat[token]
-            up = xe @ self.w_up[e]  # [tokens, gate | in]
-            y = (self.act(up[:, :m]) * up[:, m:]) @ self.w_out[e]
-            y = y * weights.flatten()[pairs, None]
+            y = self.expert(e, flat[token]) * weights.flatten()[pairs, None]
             out = out.index_add_(0, token, y) if in_place else out.index_add(0, token, y)
         if self.shared_out is not None:
-            shared = (self.act(flat @ self.shared_gate) * (flat @ self.shared_in)) @ self.shared_out
-            out = out + torch.sigmoid(flat @ self.shared_router) * shared
+            out = out + self.shared(flat)
         return out.view(x.shape)
 
 

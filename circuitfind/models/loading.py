@@ -8,6 +8,7 @@ Safety: never `trust_remote_code`; safetensors preferred; `torch.load` only with
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
 import json
 import logging
@@ -63,7 +64,7 @@ def quiet_loading():
 
 
 def load_model(name_or_path: str | os.PathLike | None = None, *, hf_model=None, state_dict=None, config=None,
-               tokenizer=None, dtype=torch.float32, device="cpu") -> CircuitModel:
+               tokenizer=None, dtype=torch.float32, device="cpu", experts: bool = False) -> CircuitModel:
     """Load a model and convert it to canonical form.
 
     name_or_path: a zoo name (`circuitfind zoo`), a local directory (saved or fine-tuned
@@ -74,8 +75,12 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, hf_model=None, 
         are often shared.
     tokenizer: a tokenizer, or the directory or hub id of one (a fine-tuned checkpoint saved without
         its tokenizer: the base model's); by default the checkpoint's own.
+    experts: for a mixture of experts, the expert-level graph: each expert a sender `m{l}.e{j}` with its
+        input and router input as receivers (`circuitfind.graph`), so a circuit says which experts it uses.
     """
     dtype, device = resolve_dtype(dtype), resolve_device(device)
+    if not isinstance(experts, bool):
+        raise ConfigError(f"experts must be True or False, got {experts!r}")
     given = [x is not None for x in (name_or_path, hf_model, state_dict)]
     if sum(given) != 1:
         raise ConfigError("pass exactly one of name_or_path, hf_model=, or state_dict= (with config=)")
@@ -89,7 +94,7 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, hf_model=None, 
             model = zoo.load_entry(entry, dtype=dtype, device=device)
             if tokenizer is not None:
                 model.tokenizer = tokenizer
-            return model
+            return expert_level(model) if experts else model
         try:
             hf_model, tokenizer = _from_pretrained(name, tokenizer)
         except ModelNotFoundError as e:  # a typo of a zoo name ("toy_lm") reads as a hub id first
@@ -100,7 +105,7 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, hf_model=None, 
     elif state_dict is not None:
         hf_model = _from_state_dict(state_dict, config)
     return from_hf(hf_model, tokenizer=tokenizer, name=name or getattr(hf_model.config, "_name_or_path", ""),
-                   dtype=dtype, device=device)
+                   dtype=dtype, device=device, experts=experts)
 
 
 def _tokenizer_from(name: str):
@@ -116,9 +121,12 @@ def _tokenizer_from(name: str):
                                  f"(or the other tokenizer files), or a hub id in the local cache ({e})") from None
 
 
-def from_hf(hf_model, *, tokenizer=None, name: str = "", dtype=torch.float32, device="cpu") -> CircuitModel:
-    """Convert an already-loaded Hugging Face causal LM into a `CircuitModel`."""
+def from_hf(hf_model, *, tokenizer=None, name: str = "", dtype=torch.float32, device="cpu",
+            experts: bool = False) -> CircuitModel:
+    """Convert an already-loaded Hugging Face causal LM into a `CircuitModel` (experts: as `load_model`)."""
     dtype, device = resolve_dtype(dtype), resolve_device(device)
+    if not isinstance(experts, bool):
+        raise ConfigError(f"experts must be True or False, got {experts!r}")
     model_type = getattr(getattr(hf_model, "config", None), "model_type", None)
     if model_type not in ADAPTERS:
         raise UnsupportedModelError(unsupported(model_type, "this"))
@@ -132,7 +140,18 @@ def from_hf(hf_model, *, tokenizer=None, name: str = "", dtype=torch.float32, de
         model.inv_freq, model.rope_scaling = rotary[0], rotary[1]
         if len(rotary) == 4:  # sliding layers with frequencies of their own
             model.inv_freq_local, model.rope_scaling_local = rotary[2], rotary[3]
-    return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    return expert_level(model) if experts else model
+
+
+def expert_level(model: CircuitModel) -> CircuitModel:
+    """The model with the expert-level graph (`load_model(..., experts=True)`), its weights shared."""
+    if not model.cfg.n_experts:
+        raise ConfigError(f"experts=True needs a mixture-of-experts model; {model.name or 'this model'} "
+                          f"({model.cfg.family}) has dense MLPs")
+    model.cfg = dataclasses.replace(model.cfg, expert_senders=True)
+    model._graph = None  # built again from the new config
+    return model
 
 
 def _from_pretrained(name: str, tokenizer):

@@ -23,7 +23,8 @@ from matplotlib.lines import Line2D  # noqa: E402
 from circuitfind.report.layout import bend, circuit_edges, node_positions  # noqa: E402
 
 COLUMN = 3.3  # inches: one column of a two-column paper
-STYLES = {"q": (0, (4, 2)), "k": (0, (1, 1.5)), "v": "solid", "": "solid"}  # q dashed, k dotted
+STYLES = {"q": (0, (4, 2)), "k": (0, (1, 1.5)), "v": "solid", "": "solid",  # q dashed, k dotted
+          "in": "solid", "router": (0, (4, 2))}  # an expert's input as a value, its router input as a query
 MAX_DRAWN_EDGES = 300  # a static circuit figure draws at most the strongest this many (legible, and seconds to render)
 plt.rcParams.update({"font.size": 7, "axes.titlesize": 8, "axes.labelsize": 7, "legend.fontsize": 6,
                      "pdf.fonttype": 42, "svg.fonttype": "none"})
@@ -115,7 +116,7 @@ def node_importance(scores) -> tuple[torch.Tensor, torch.Tensor]:
     g = scores.graph
     per_sender = scores.node_values().abs() if scores.level == "node" else scores.scores.abs().sum(0)
     heads = torch.tensor([[float(per_sender[g.head_sender(l, h)]) for h in range(g.n_heads)] for l in range(g.n_layers)])
-    mlps = torch.tensor([float(per_sender[g.mlp_sender(l)]) for l in range(g.n_layers)])
+    mlps = torch.tensor([float(per_sender[list(g.mlp_senders(l))].sum()) for l in range(g.n_layers)])  # (experts summed)
     return heads, mlps
 
 
@@ -177,7 +178,7 @@ def dot(scores, circ) -> str:
     for n in used:
         shape = "box" if n.startswith("m") or n in ("input", "logits") else "ellipse"
         lines.append(f'  "{n}" [shape={shape}];')
-    style = {"q": "dashed", "k": "dotted", "v": "solid", "": "solid"}
+    style = {"q": "dashed", "k": "dotted", "v": "solid", "": "solid", "in": "solid", "router": "dashed"}
     for s, d, kind, sc in edges:
         colour = "#cc2619" if sc >= 0 else "#1a4dcc"
         width = 0.5 + 2.5 * (abs(sc) / top if top else 1)

@@ -65,7 +65,7 @@ function withoutDangling(kept){
 const W = svg.viewBox.baseVal.width, H = svg.viewBox.baseVal.height, rows = D.rows;
 function xy(name){ const p=D.pos[name]; return [30+p[0]*(W-60), H-20-p[1]*(H-40)/(rows-1)]; }
 function colour(s, top){ const a=(0.25+0.75*Math.min(1,Math.abs(s)/top)).toFixed(3); return s>=0?`rgba(204,38,25,${a})`:`rgba(26,77,204,${a})`; }
-const dash = {q:'5,3', k:'1.5,2', v:'', '':''};
+const dash = {q:'5,3', k:'1.5,2', v:'', '':'', in:'', router:'5,3'};
 function draw(){
   const k = parseInt(slider.value);
   const edges = prune(k);
@@ -76,11 +76,11 @@ function draw(){
   for(const e of edges.slice().reverse()){
     const src = D.senders[e[1]], rname = D.receivers[e[0]];
     const node = D.receiverNode[e[0]]<0 ? 'logits' : D.senders[D.receiverNode[e[0]]];
-    const kind = rname.endsWith('>') ? rname.slice(-2,-1) : '';
+    const kind = rname.endsWith('>') ? rname.slice(rname.indexOf('<')+1,-1) : '';  // q k v, or an expert's in / router
     used.add(src); used.add(node);
     const [x0,y0]=xy(src), [x1,y1]=xy(node);
     // bent like the figure: control point off the chord, more the more rows the edge skips
-    const skip = Math.abs(D.pos[node][1]-D.pos[src][1]), rad = (skip<=1 ? 0 : Math.min(0.5, 0.08*skip)) + ({q:-0.15,k:0.15}[kind]||0);
+    const skip = Math.abs(D.pos[node][1]-D.pos[src][1]), rad = (skip<=1 ? 0 : Math.min(0.5, 0.08*skip)) + ({q:-0.15,k:0.15,router:-0.15}[kind]||0);
     const cx = (x0+x1)/2 + rad*(y1-y0), cy = (y0+y1)/2 - rad*(x1-x0);
     const line = el('path',{d:`M${x0},${y0} Q${cx},${cy} ${x1},${y1}`,fill:'none',class:'edge','stroke':colour(e[2],top),
       'stroke-width':(0.6+3*Math.abs(e[2])/top).toFixed(2),'stroke-dasharray':dash[kind],'data-edge':src+'->'+rname});

@@ -18,12 +18,15 @@ def node_positions(g: Graph) -> dict[str, tuple[float, float]]:
     for l in range(g.n_layers):
         for h in range(g.n_heads):
             pos[f"a{l}.h{h}"] = (0.8 * (h + 0.5) / g.n_heads, 2.0 * l + 1)
-        pos[f"m{l}"] = (0.92, 2.0 * l + 2)
+        parts = g._mlp_names(l)  # the MLP, or its experts side by side in the right fifth of the row
+        for j, name in enumerate(parts):
+            pos[name] = (0.92 if len(parts) == 1 else 0.82 + 0.16 * (j + 0.5) / len(parts), 2.0 * l + 2)
     pos["logits"] = (0.42, 2.0 * g.n_layers + 1)
     return pos
 
 
-KIND_BEND = {"q": -0.15, "k": 0.15, "v": 0.0, "": 0.0}  # a head's q, k and v inputs from one sender fan out
+# a head's q, k and v inputs from one sender fan out (an expert's router input bends as a query)
+KIND_BEND = {"q": -0.15, "k": 0.15, "v": 0.0, "": 0.0, "in": 0.0, "router": -0.15}
 
 
 def bend(row_from: float, row_to: float, kind: str = "") -> float:
@@ -34,7 +37,7 @@ def bend(row_from: float, row_to: float, kind: str = "") -> float:
 
 
 def receiver_parts(receiver: str) -> tuple[str, str]:
-    """`a1.h2<k>` → (`a1.h2`, `k`); `m3` → (`m3`, ``); `logits` → (`logits`, ``)."""
+    """`a1.h2<k>` → (`a1.h2`, `k`); `m3.e1<router>` → (`m3.e1`, `router`); `m3` → (`m3`, ``)."""
     if receiver.endswith(">"):
         node, _, kind = receiver[:-1].partition("<")
         return node, kind
