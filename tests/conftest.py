@@ -135,6 +135,9 @@ def tiny_config(family: str, **overrides):
         # OLMo 2's form with a sliding layer (window 4) before a global one
         "olmo3": lambda: transformers.Olmo3Config(**llama_like, sliding_window=4,
                                                   layer_types=["sliding_attention", "full_attention"]),
+        # attention sinks, a sliding layer then a global one, YaRN rotary, biased experts with a SwiGLU clamped
+        # low enough to bind at these small activations
+        "gpt_oss": lambda: transformers.GptOssConfig(**_gpt_oss, **common),
     }[family]
     cfg = make()
     for k, v in overrides.items():
@@ -142,11 +145,18 @@ def tiny_config(family: str, **overrides):
     return cfg
 
 
+_gpt_oss = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                intermediate_size=24, max_position_embeddings=128, num_local_experts=4,
+                num_experts_per_tok=2, sliding_window=4, layer_types=["sliding_attention", "full_attention"],
+                swiglu_limit=0.05, rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
+                                                    "beta_fast": 32.0, "beta_slow": 1.0, "truncate": False,
+                                                    "original_max_position_embeddings": 32})
+
 FAMILIES = ["gpt2", "gpt_neox", "gptj", "llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2",
             "gemma3_text", "gemma3", "opt", "gpt_neo", "phi", "persimmon", "stablelm", "olmo", "granite", "smollm3",
             "cohere", "starcoder2", "nemotron", "gpt_bigcode", "bloom", "falcon", "falcon_alibi", "falcon_new",
             "mixtral", "qwen2_moe", "qwen3_moe", "cohere2", "seed_oss", "internlm3", "iquestcoder", "mpt",
-            "granitemoe", "olmo2", "olmoe", "olmo3"]
+            "granitemoe", "olmo2", "olmoe", "olmo3", "gpt_oss"]
 
 
 def tiny_hf(family: str, **overrides):

@@ -80,12 +80,22 @@ def expert_outputs(model, l, read):
     for j in range(g.n_experts):
         x = block.ln2(read(g.expert_receiver(l, "in", j)))
         logits = block.ln2(read(g.expert_receiver(l, "router", j))) @ moe.w_router
+        if cfg.moe_bias:
+            logits = logits + moe.b_router
         probs = torch.softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), -1)  # (as the model)
         top = probs.topk(cfg.top_k, dim=-1)
         weight = probs[..., j] / (top.values.sum(-1) if cfg.norm_topk else 1)
         gate = torch.where((top.indices == j).any(-1), weight, torch.zeros_like(weight)).to(x.dtype)
-        hidden = moe.act(x @ moe.w_gate[j]) * (x @ moe.w_in[j])
-        outs.append(gate[..., None] * (hidden @ moe.w_out[j]))
+        pre, up = x @ moe.w_gate[j], x @ moe.w_in[j]
+        if cfg.moe_bias:
+            pre, up = pre + moe.b_up[j, :cfg.d_mlp], up + moe.b_up[j, cfg.d_mlp:]
+        if cfg.swiglu_limit is None:
+            hidden = moe.act(pre) * up
+        else:  # gpt-oss's clamped SwiGLU
+            pre, up = torch.minimum(pre, torch.tensor(cfg.swiglu_limit)), up.clamp(-cfg.swiglu_limit, cfg.swiglu_limit)
+            hidden = pre * torch.sigmoid(cfg.swiglu_alpha * pre) * (1 + up)
+        out = hidden @ moe.w_out[j] + (moe.b_expert_out[j] if cfg.moe_bias else 0)
+        outs.append(gate[..., None] * out)
     if g.shared_expert:
         x = block.ln2(read(g.mlp_receivers(l)[-1]))
         hidden = moe.act(x @ moe.shared_gate) * (x @ moe.shared_in)
@@ -141,7 +151,7 @@ def reference_run(model, tokens, attention_mask, answer_pos, ablated, mask=None,
                     if bvec is not None:
                         x = x + bvec.view(-1, cfg.d_head)[idx]
                     qkv.append(x[:, None])
-                z, _ = attn.attend(*qkv, rope, allowed)
+                z, _ = attn.attend(*qkv, rope, allowed, heads=torch.tensor([h]))
                 raw.append(z[:, 0] @ attn.W_O[h])
             if attn.post_norm is not None:
                 total = torch.stack(raw).sum(0)

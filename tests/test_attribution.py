@@ -10,7 +10,7 @@ from circuitfind.engine.ablation import ablated_outputs
 from circuitfind.engine.attribution import attribute
 from circuitfind.engine.patching import Inputs, masked_forward
 from circuitfind.models.canonical import CanonicalConfig, CircuitModel
-from tests.conftest import VOCAB, tiny_hf
+from tests.conftest import VOCAB, tiny_hf, tiny_model
 
 
 def _objective(logits):
@@ -26,9 +26,10 @@ def _pair(batch=3, pos=7):
 
 
 @pytest.mark.parametrize("family", ["gpt2", "gpt_neox", "llama", "qwen2", "qwen3", "gemma2",
-                                    "bloom", "mixtral", "olmo2"])  # ALiBi, experts, q/k norms over every head
+                                    "bloom", "mixtral", "olmo2", "gpt_oss", "qwen2_moe+experts"])
+# ALiBi, experts, q/k norms over every head, attention sinks, the expert-level graph
 def test_scores_are_minus_mask_gradients_and_match_finite_differences(family):
-    model = cf.from_hf(tiny_hf(family)).double()
+    model = tiny_model(family)
     clean, corrupt = _pair()
     abl = ablated_outputs(model, "corrupted", clean, corrupt)
     scores = attribute(model, clean, abl, _objective).double()

@@ -14,7 +14,7 @@ from circuitfind.graph import Graph
 from tests.conftest import VOCAB, tiny_hf
 from tests.reference import reference_masked_logits, reference_scores
 
-MOE_FAMILIES = ["mixtral", "qwen2_moe"]  # (Qwen-MoE: with a shared expert)
+MOE_FAMILIES = ["mixtral", "qwen2_moe", "gpt_oss"]  # (Qwen-MoE: with a shared expert; gpt-oss: biased experts)
 
 
 def _models(family):

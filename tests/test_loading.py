@@ -72,8 +72,8 @@ def test_unsupported_architecture(tmp_path):
 
 
 def test_unsupported_architecture_names_the_closest_form_and_what_it_needs(tmp_path):
-    (tmp_path / "config.json").write_text('{"model_type": "gpt_oss"}')
-    with pytest.raises(cf.UnsupportedModelError, match="closest supported form is 'mixtral'.*attention sinks"):
+    (tmp_path / "config.json").write_text('{"model_type": "deepseek_v3"}')
+    with pytest.raises(cf.UnsupportedModelError, match="closest supported form is 'qwen2_moe'.*latent attention"):
         cf.load_model(str(tmp_path))
     (tmp_path / "config.json").write_text('{"model_type": "gpt_neox_japanese"}')
     with pytest.raises(cf.UnsupportedModelError, match="closest supported name is 'gpt_neox'"):

@@ -13,7 +13,7 @@ from circuitfind.engine.ablation import ablated_outputs
 from circuitfind.engine import store
 from circuitfind.engine.patching import (Inputs, Workspace, clean_logits, masked_forward, prefix, prefixes,
                                         sender_outputs)
-from tests.conftest import VOCAB, tiny_hf
+from tests.conftest import VOCAB, tiny_hf, tiny_model
 from tests.reference import reference_masked_logits
 
 ENGINE_FAMILIES = ["gpt2", "gpt_neox", "llama", "gemma2", "gemma3_text"]
@@ -509,17 +509,19 @@ def test_shared_prefix_only_where_there_is_one(model):
         masked_forward(model, clean, abl, model.graph.edge_mask.double(), start=starts[1], shared=shared)
 
 
-@pytest.mark.parametrize("family", ["bloom", "mixtral", "olmo2"])
+@pytest.mark.parametrize("family", ["bloom", "mixtral", "olmo2", "gpt_oss", "qwen2_moe+experts"])
 def test_alibi_experts_and_norms_over_all_heads_follow_the_slow_reference(family):
-    """ALiBi (a position term of each head's scores, not a sender), a mixture of experts (one MLP node, its
-    router included, routed exactly on whatever input the mask gives it) and OLMo 2's q/k norms over every
+    """ALiBi and gpt-oss's attention sinks (position terms of each head's scores, not senders), a mixture of
+    experts (one MLP node, its router included, routed exactly on whatever input the mask gives it; or, with
+    experts=True, each expert a sender routed from a router input of its own) and OLMo 2's q/k norms over every
     head's projection of a receiver's input (with norms after the blocks alone): the engine against the
     slow reference on the checks above that exercise attention inputs and positions and MLP inputs, at a
     fraction of the cost of the whole list."""
-    model = cf.from_hf(tiny_hf(family)).double()
+    model = tiny_model(family)
     test_all_ones_gives_clean_and_all_zeros_gives_corrupted(model)
     test_random_masks_match_slow_reference(model, "mean")
     test_node_circuits_match_slow_reference(model)
-    test_heads_read_at_the_answer_positions_alone_are_exact(model)
-    if family == "bloom":  # a prefix's keys read at their positions (the costliest check: on ALiBi alone)
+    if not model.graph.n_experts:  # (experts keep every position, so the heads they read do too)
+        test_heads_read_at_the_answer_positions_alone_are_exact(model)
+    if family in ("bloom", "qwen2_moe+experts"):  # a prefix's keys read at their positions (the costliest check)
         test_a_shared_prefix_is_skipped_without_changing_any_logit(model)

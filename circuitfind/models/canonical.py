@@ -80,6 +80,10 @@ class CanonicalConfig:
     norm_topk: bool = True  # the top-k router probabilities renormalised to sum to 1
     d_mlp_shared: int = 0  # a shared expert of this width under a sigmoid gate (Qwen-MoE)
     expert_senders: bool = False  # the expert-level graph: each expert a sender of its own (graph.py)
+    moe_bias: bool = False  # biases on the router and on each expert's projections (gpt-oss)
+    swiglu_limit: float | None = None  # gpt-oss's clamped SwiGLU: (clamp(up, ±L) + 1) · g σ(α g), g = min(gate, L)
+    swiglu_alpha: float = 1.0
+    attn_sinks: bool = False  # a learned logit per head in every softmax's denominator, of no key (gpt-oss)
     prepend_bos: bool = False  # circuitfind adds BOS itself when the tokenizer does not
     causal: bool = True  # compiled (tracr) models attend in both directions
     d_out: int | None = None  # logits width when it differs from the input vocabulary (tracr outputs)

@@ -203,6 +203,8 @@ class Attention(nn.Module):
         self.sliding = layer in cfg.sliding_layers
         # ALiBi (BLOOM, Falcon): each head's slope; its score bias is slope · key position
         self.register_buffer("alibi", torch.zeros(h) if cfg.positional == "alibi" else None)
+        # attention sinks (gpt-oss): each head's logit of attending to nothing; a position term, not a sender
+        self.sinks = nn.Parameter(torch.zeros(h)) if cfg.attn_sinks else None
 
     # Per-head views with TransformerLens names and shapes.
     @property
@@ -260,14 +262,20 @@ class Attention(nn.Module):
         if k.shape[-3] != q.shape[-3]:
             k = k.repeat_interleave(q.shape[-3] // k.shape[-3], dim=-3)
             v = v.repeat_interleave(q.shape[-3] // v.shape[-3], dim=-3)
-        if not want_pattern and cfg.attn_softcap is None:
+        if not want_pattern and cfg.attn_softcap is None and self.sinks is None:
             z = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=cfg.scale)
             return z, None
         scores = (q @ k.transpose(-1, -2)) * cfg.scale
         if cfg.attn_softcap is not None:
             scores = torch.tanh(scores / cfg.attn_softcap) * cfg.attn_softcap
         scores = scores + allowed if bias is not None else scores.masked_fill(~allowed, float("-inf"))
-        pattern = torch.softmax(scores.to(torch.promote_types(scores.dtype, torch.float32)), dim=-1).to(q.dtype)
+        scores = scores.to(torch.promote_types(scores.dtype, torch.float32))
+        if self.sinks is None:
+            pattern = torch.softmax(scores, dim=-1).to(q.dtype)
+            return pattern @ v, pattern
+        sink = (self.sinks if heads is None else self.sinks[heads]).to(scores.dtype)  # [a]
+        sink = sink[:, None, None].expand(*scores.shape[:-1], 1)  # a column in every row of the pattern
+        pattern = torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1)[..., :-1].to(q.dtype)  # (rows sum < 1)
         return pattern @ v, pattern
 
 
@@ -311,7 +319,8 @@ class MoE(nn.Module):
     chosen expert a gated MLP weighted by its router probability, summed; Qwen-MoE adds a shared expert
     under a sigmoid gate. Stored: w_router [d_model, expert], w_up [expert, d_model, 2·d_mlp] (gate, then
     in: one product per expert; `w_gate` and `w_in` are its halves), w_out [expert, d_mlp, d_model];
-    shared_{gate,in,out} and shared_router [d_model, 1].
+    shared_{gate,in,out} and shared_router [d_model, 1]; gpt-oss's biases b_router [expert], b_up
+    [expert, 2·d_mlp] and b_expert_out [expert, d_model] (an expert's, so weighted by its gate).
     """
 
     b_out = post_norm = None
@@ -322,6 +331,9 @@ class MoE(nn.Module):
         self.w_router = _linear(d, e)
         self.w_up = nn.Parameter(torch.empty(e, d, 2 * m).normal_(std=0.02))
         self.w_out = nn.Parameter(torch.empty(e, m, d).normal_(std=0.02))
+        self.b_router, self.b_up, self.b_expert_out = (  # gpt-oss: the router's and each expert's biases
+            (nn.Parameter(torch.zeros(*shape)) for shape in ((e,), (e, 2 * m), (e, d))) if cfg.moe_bias
+            else (None, None, None))
         s = cfg.d_mlp_shared
         self.shared_gate, self.shared_in = (_linear(d, s) if s else None for _ in range(2))
         self.shared_out, self.shared_router = (_linear(s, d), _linear(d, 1)) if s else (None, None)
@@ -337,7 +349,7 @@ class MoE(nn.Module):
 
     def route(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """x [n, d_model] → (weights [n, top_k] in x's dtype, experts [n, top_k] long)."""
-        logits = x @ self.w_router
+        logits = x @ self.w_router if self.b_router is None else torch.addmm(self.b_router, x, self.w_router)
         probs = torch.softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)  # (at least fp32)
         weights, experts = torch.topk(probs, self.cfg.top_k, dim=-1)
         if self.cfg.norm_topk:
@@ -352,9 +364,16 @@ class MoE(nn.Module):
 
     def expert(self, e: int, x: Tensor) -> Tensor:
         """x [n, d_model] (normed) → expert e's output [n, d_model], before its gate."""
-        up = x @ self.w_up[e]  # [n, gate | in]
-        m = self.cfg.d_mlp
-        return (self.act(up[:, :m]) * up[:, m:]) @ self.w_out[e]
+        up = x @ self.w_up[e] if self.b_up is None else torch.addmm(self.b_up[e], x, self.w_up[e])  # [n, gate | in]
+        m, limit = self.cfg.d_mlp, self.cfg.swiglu_limit
+        gate, up = up[:, :m], up[:, m:]
+        if limit is None:
+            hidden = self.act(gate) * up
+        else:  # gpt-oss
+            gate, up = gate.clamp(max=limit), up.clamp(-limit, limit)
+            hidden = gate * torch.sigmoid(self.cfg.swiglu_alpha * gate) * (up + 1)
+        out = hidden @ self.w_out[e]
+        return out if self.b_expert_out is None else out + self.b_expert_out[e]
 
     def shared(self, x: Tensor) -> Tensor:
         """x [n, d_model] (normed) → the shared expert's output under its sigmoid gate [n, d_model]."""

@@ -24,7 +24,7 @@ ADAPTERS = {"gpt2": gpt2.convert, "gpt_neox": neox.convert, "gptj": gptj.convert
             "cohere2": cohere.convert,
             "seed_oss": llama.convert, "internlm3": llama.convert, "iquestcoder": llama.convert,
             "mpt": bloom.convert, "granitemoe": llama.convert,
-            "olmo2": llama.convert, "olmoe": llama.convert, "olmo3": llama.convert}
+            "olmo2": llama.convert, "olmoe": llama.convert, "olmo3": llama.convert, "gpt_oss": llama.convert}
 assert set(ADAPTERS) == set(SUPPORTED)
 
 

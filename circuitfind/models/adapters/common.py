@@ -14,7 +14,7 @@ SUPPORTED = ("gpt2", "gpt_neox", "gptj", "llama", "mistral", "qwen2", "qwen3", "
              "gpt_bigcode", "bloom", "falcon", "mixtral", "qwen2_moe",
              "qwen3_moe", "cohere2", "seed_oss",
              "internlm3", "iquestcoder", "mpt", "granitemoe",
-             "olmo2", "olmoe", "olmo3")
+             "olmo2", "olmoe", "olmo3", "gpt_oss")
 
 
 def refuse(config, field: str, ok: Callable[[object], bool], why: str = "") -> None:

@@ -4,7 +4,7 @@ fused q/k/v and gate/up projections (split here) and partial rotary; OLMo's Laye
 OLMo 2 and 3 (and OLMoE) norm queries and keys over every head together, and OLMo 2 and 3 norm each
 block's output instead of its input; Granite's multipliers (of the embeddings and attention scores as
 config, of each block's output and the logits folded into W_O, W_out and W_U); SmolLM3's layers without
-rotary; the mixture-of-experts MLPs of `moe.py`."""
+rotary; gpt-oss's attention sinks and alternating sliding window; the mixture-of-experts MLPs of `moe.py`."""
 
 from __future__ import annotations
 
@@ -39,6 +39,7 @@ def convert(hf):
         sliding = tuple(range(c.num_hidden_layers))
     rotary = _rotary(hf.model.rotary_emb, c, sliding)
     inv_freq, scaling = rotary[:2]
+    sinks = c.model_type == "gpt_oss"  # (and its alternating sliding window comes from layer_types)
     cfg = CanonicalConfig(
         family=c.model_type, n_layers=c.num_hidden_layers, d_model=c.hidden_size, n_heads=h, n_kv_heads=kv,
         d_head=dh, d_vocab=c.vocab_size, n_ctx=c.max_position_embeddings, **({"d_mlp": c.intermediate_size} | sparse),
@@ -48,7 +49,7 @@ def convert(hf):
         qk_norm=c.model_type in ("qwen3", "qwen3_moe") or norms_all, qk_norm_width="all" if norms_all else "head",
         pre_norms=not olmo2, post_norms=olmo2, sliding_window=getattr(c, "sliding_window", None) if sliding else None,
         sliding_layers=sliding, attn_scale=c.attention_multiplier if granite else None,
-        embed_scale=c.embedding_multiplier if granite else 1.0)
+        embed_scale=c.embedding_multiplier if granite else 1.0, attn_sinks=sinks)
     residual = c.residual_multiplier if granite else 1.0  # each block's output, folded into its weights
     m = hf.model
     state = {"W_E": m.embed_tokens.weight, "W_U": hf.lm_head.weight.t() / (c.logits_scaling if granite else 1.0)}
@@ -80,6 +81,8 @@ def convert(hf):
             state[p + "attn.b_o"] = a.o_proj.bias * residual
         if cfg.qk_norm:
             state |= {p + "attn.q_norm.w": a.q_norm.weight, p + "attn.k_norm.w": a.k_norm.weight}
+        if sinks:
+            state[p + "attn.sinks"] = a.sinks
     flags = dict(qkv_bias=qkv_bias, out_bias=out_bias, mlp_bias=mlp_bias, unembed_bias=False)
     return cfg, flags, state, rotary
 

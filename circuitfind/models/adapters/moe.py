@@ -1,15 +1,19 @@
-"""Mixture-of-experts MLPs (Mixtral, Qwen1.5/2-MoE, Qwen3-MoE, GraniteMoE), attention as in `llama.py`: the whole
+"""Mixture-of-experts MLPs (Mixtral, Qwen1.5/2-MoE, Qwen3-MoE, GraniteMoE, OLMoE, gpt-oss), attention as in
+`llama.py`: the whole
 sparse block is the MLP node `m{l}`, router included. The router's softmax and exact top-k (the top-k
 probabilities renormalised where norm_topk_prob says so; always for Mixtral), each chosen expert a
 SwiGLU weighted by its probability; Qwen-MoE adds a shared expert under a sigmoid gate. (GraniteMoE's
-softmax over the top-k logits is the renormalised top-k of the softmax.)"""
+softmax over the top-k logits is the renormalised top-k of the softmax; so is gpt-oss's, whose router and
+experts have biases, whose gate and up projections are interleaved, and whose SwiGLU is clamped.)"""
 
 from __future__ import annotations
+
+import torch
 
 from circuitfind.errors import UnsupportedModelError
 from circuitfind.models.adapters.common import refuse
 
-FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "granitemoe", "olmoe")
+FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "granitemoe", "olmoe", "gpt_oss")
 
 
 def fields(c) -> dict:
@@ -17,6 +21,10 @@ def fields(c) -> dict:
     kind = c.model_type
     refuse(c, "mlp_only_layers", lambda v: not v, "dense MLP layers among the sparse ones")
     refuse(c, "decoder_sparse_step", lambda v: v == 1, "dense MLP layers among the sparse ones")
+    if kind == "gpt_oss":
+        return dict(n_experts=c.num_local_experts, top_k=c.num_experts_per_tok, norm_topk=True,
+                    d_mlp=c.intermediate_size, moe_bias=True, swiglu_limit=float(c.swiglu_limit),
+                    swiglu_alpha=float(c.swiglu_alpha))
     if kind in ("mixtral", "granitemoe"):
         return dict(n_experts=c.num_local_experts, top_k=c.num_experts_per_tok, norm_topk=True,
                     d_mlp=c.intermediate_size)
@@ -35,6 +43,12 @@ def state(p: str, block, scale: float = 1.0) -> dict:
     (Granite's residual multiplier, folded in)."""
     experts = block.experts
     router = block.router if hasattr(block, "router") else block.gate
+    if hasattr(experts, "gate_up_proj_bias"):  # gpt-oss: [expert, d_model, gate/up interleaved], with biases
+        gate_up, bias = experts.gate_up_proj, experts.gate_up_proj_bias
+        return {p + "mlp.w_router": router.weight.t(), p + "mlp.b_router": router.bias,
+                p + "mlp.w_up": torch.cat([gate_up[..., 0::2], gate_up[..., 1::2]], dim=-1),
+                p + "mlp.b_up": torch.cat([bias[..., 0::2], bias[..., 1::2]], dim=-1),
+                p + "mlp.w_out": experts.down_proj * scale, p + "mlp.b_expert_out": experts.down_proj_bias * scale}
     out = {p + "mlp.w_router": router.weight.t(),
            p + "mlp.w_up": experts.gate_up_proj.transpose(1, 2).contiguous(),  # [expert, d_model, gate | up]
            p + "mlp.w_out": (experts.down_proj.transpose(1, 2) * scale).contiguous()}

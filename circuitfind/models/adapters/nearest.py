@@ -9,8 +9,6 @@ from circuitfind.models.adapters.common import SUPPORTED
 
 # model_type → (closest supported model_type, what its adapter would need to model)
 NEAREST: dict[str, tuple[str, str]] = {
-    "gpt_oss": ("mixtral", "attention sinks (a learned logit per head in every softmax), alternating sliding "
-                           "windows, experts with biases and a clamped SwiGLU, a router with a bias"),
     "dbrx": ("mixtral", "DBRX's fused expert layout, clip_qkv and LayerNorm without biases"),
     "phimoe": ("mixtral", "sparsemixer routing (a jittered, masked top-2 rather than a softmax top-k), LayerNorm"),
     "deepseek_v2": ("qwen2_moe", "multi-head latent attention (low-rank compressed keys and values, a decoupled "
