@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/correlation.py
 	$(PY) benchmarks/edge_pruning.py
 	$(PY) benchmarks/node_ig.py
+	$(PY) benchmarks/experts.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
