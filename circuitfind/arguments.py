@@ -180,7 +180,8 @@ RULES = {
     "n": _optional(_at_least(1)), "seed": SEED, "batch_size": _optional(_at_least(1)),
     "chunk": _optional(_at_least(1)), "workers": _at_least(1), "fractions": _fractions,
     # switches and places
-    "quiet": _flag, "report": _flag, "overwrite": _flag, "absolute": _flag, "remove_dangling": _flag,
+    "quiet": _flag, "report": _flag, "overwrite": _flag, "per_example": _flag, "absolute": _flag,
+    "remove_dangling": _flag,
     "out": _optional(_path), "store": _path, "run_dir": _path,
     "provenance": _optional(_mapping), "options": _optional(_mapping), "resources": _optional(_mapping),
     # a sweep's axes

@@ -147,12 +147,17 @@ class EdgeScores:
     task: str = ""
     ablation: str = ""
     config: dict = field(default_factory=dict)
+    # each example's scores [n, dst, src], whose mean is `scores` (score_edges(..., per_example=True)); not saved
+    per_example: Tensor | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
         expected = (self.graph.n_receivers, self.graph.n_senders)
         if tuple(self.scores.shape) != expected:
             raise ConfigError(f"scores must be [dst, src] = {expected} for this graph; got {tuple(self.scores.shape)}")
         self.scores = self.scores.detach().float().cpu() * self.graph.edge_mask
+        if self.per_example is not None and (self.per_example.ndim != 3 or tuple(self.per_example.shape[1:]) != expected):
+            raise ConfigError(f"per-example scores must be [n, dst, src] with [dst, src] = {expected}; got "
+                              f"{tuple(self.per_example.shape)}")
 
     @property
     def level(self) -> str:

@@ -198,21 +198,23 @@ def _last_mlp_at_answers(walk: Walk, on_grad) -> Tensor:
 
 
 def node_integrated_gradients(model, inputs: Inputs, ablated: Tensor, objective: Objective, *, steps: int = 5,
-                              shared: SharedPrefix | None = None) -> Tensor:
+                              shared: SharedPrefix | None = None, per_example: bool = False):
     """EAP-IG over node outputs (module docstring): edge scores [dst, src], zero off the graph, in
     `attribute`'s convention (⟨g_v, abl_u − clean_u⟩ averaged over the (1 + 2L)·steps passes).
 
     ablated [src, batch|1, pos|1, d]: what each node is interpolated from (its ablated output); shared: the
-    prefix the prompts share with the ablated run, skipped as `attribute` skips it."""
+    prefix the prompts share with the ablated run, skipped as `attribute` skips it. per_example: also each
+    example's part [batch, dst, src], as `attribute` gives it."""
     if steps < 1:
         raise ConfigError(f"steps must be at least 1, got {steps}")
     g, cfg = model.graph, model.cfg
+    examples = inputs.batch if per_example else None
     route = _Route()
     with torch.enable_grad():
         clean = Walk(model, inputs, ablated, None, on_grad=route, record=True, shared=shared)
         logits, kept = _clean_walk(clean)
         D = clean.diffs()  # [src, batch, pos, d] (past a shared prefix)
-        eap = _Scorer(g, model.device, 1.0)
+        eap = _Scorer(g, model.device, 1.0, examples, cfg.d_model)
         eap.D = D.reshape(g.n_senders, -1)
         value = objective(logits[0])
         if value.ndim != 0:
@@ -223,7 +225,7 @@ def node_integrated_gradients(model, inputs: Inputs, ablated: Tensor, objective:
         route.to = eap
         value.backward(retain_graph=True)  # EAP: every k = n pass's suffix gradients, and its cotangents
         clean_grad = {key: t.grad.detach().clone() for key, t in kept.items() if t.grad is not None}
-        suffix = _Scorer(g, model.device, 1.0)
+        suffix = _Scorer(g, model.device, 1.0, examples, cfg.d_model)
         suffix.D = eap.D
         b, p = D.shape[1], D.shape[2]
         m = steps - 1
@@ -242,12 +244,15 @@ def node_integrated_gradients(model, inputs: Inputs, ablated: Tensor, objective:
                 continue  # nothing below the embedding
             for key, sign in _injections(model, kind, l):
                 into[key] = into[key] + sign * sent if key in into else sign * sent
-        prefix = _Scorer(g, model.device, 1.0)
+        prefix = _Scorer(g, model.device, 1.0, examples, cfg.d_model)
         prefix.D = eap.D
         route.to = prefix
         keys = [key for key in into if kept[key].requires_grad]
         if keys:  # every pass's gradient below its node, down the clean run once
             torch.autograd.backward([kept[key] for key in keys], [into[key] for key in keys])
     weight = _suffix_receivers(model).to(eap.scores)[:, None]
-    total = weight * eap.scores + prefix.scores + suffix.scores
-    return total / ((1 + 2 * cfg.n_layers) * steps) * g.edge_mask.to(total.device)
+    passes, on_graph = (1 + 2 * cfg.n_layers) * steps, g.edge_mask.to(weight.device)
+    total = (weight * eap.scores + prefix.scores + suffix.scores) / passes * on_graph
+    if per_example:
+        return total, (weight * eap.per_example + prefix.per_example + suffix.per_example) / passes * on_graph
+    return total

@@ -146,22 +146,21 @@ def clean_logits(model, inputs: Inputs) -> Tensor:
 
 def edge_effects(model, inputs: Inputs, ablated: Tensor, objective: Callable[[Tensor], Tensor], *,
                  receivers: list[int] | None = None, max_masks: int = 64, quiet: bool = True,
-                 shared: SharedPrefix | None = None) -> Tensor:
+                 shared: SharedPrefix | None = None, per_example: bool = False) -> Tensor:
     """Exact effect of ablating each edge alone: objective(patched) − objective(clean), [dst, src].
 
-    objective: logits [k, batch, vocab] → [k] (one value per mask). Receivers are taken layer by
+    objective: logits [k, batch, vocab] → [k] (one value per mask); per_example=True: → [k, batch] (one per
+    mask and example), and the effects are each example's, [dst, src, batch]. Receivers are taken layer by
     layer from one clean run: a patch into layer l reuses everything below l, and within layer l
     only the patched head (or MLP) is recomputed per edge. receivers: restrict to these ids. shared:
     the prefix the prompts share with the ablated run, not computed (`shared_prefix`).
     """
     g = model.graph
     wanted = set(range(g.n_receivers) if receivers is None else receivers)
-    # patched values first, the clean value subtracted at the end: in float64, so that the difference
-    # of two nearby values loses nothing to the float32 scores
-    out = torch.zeros(g.n_receivers, g.n_senders, device=model.device, dtype=torch.float64)
     full = g.edge_mask.to(model.device, model.dtype)
     with torch.no_grad():
         walk = Walk(model, inputs, ablated, None, record=True, branchable=True, shared=shared)
+        out = _effects_buffer(g.n_receivers, g.n_senders, per_example, inputs.batch, model.device)
         total = int(g.edge_mask[sorted(wanted)].sum())
         bar = tqdm(total=total, desc="exact patching", unit="edge", disable=quiet)
         for layer in range(g.n_layers + 1):
@@ -181,15 +180,17 @@ def edge_effects(model, inputs: Inputs, ablated: Tensor, objective: Callable[[Te
 
 
 def node_effects(model, inputs: Inputs, ablated: Tensor, objective: Callable[[Tensor], Tensor], *,
-                 max_masks: int | None = None, shared: SharedPrefix | None = None) -> Tensor:
+                 max_masks: int | None = None, shared: SharedPrefix | None = None,
+                 per_example: bool = False) -> Tensor:
     """Exact effect of ablating each node (all its out-edges) alone: objective(patched) − objective(clean), [src].
 
-    objective: logits [k, batch, vocab] → [k]. A layer's nodes are ablated together in batches of
+    objective: logits [k, batch, vocab] → [k] (per_example=True: → [k, batch], the effects [src, batch], as
+    edge_effects gives them). A layer's nodes are ablated together in batches of
     masks (at most max_masks; default all of the layer's) that continue the clean run from that
     layer, so nothing below a node is recomputed for it.
     """
     g = model.graph
-    out = torch.zeros(g.n_senders, device=model.device, dtype=torch.float64)  # (as in edge_effects)
+    out = _effects_buffer(g.n_senders, None, per_example, inputs.batch, model.device)  # (as in edge_effects)
     full = g.edge_mask.to(model.device, model.dtype)
     with torch.no_grad():
         walk = Walk(model, inputs, ablated, None, record=True, branchable=True, shared=shared)
@@ -204,3 +205,11 @@ def node_effects(model, inputs: Inputs, ablated: Tensor, objective: Callable[[Te
                 out[chunk] = objective(walk.branch(masks).run()).to(out)
         out -= objective(walk.run()).to(out)  # the clean run: the walk's own end
     return out.float()
+
+
+def _effects_buffer(rows: int, cols: int | None, per_example: bool, batch: int, device) -> Tensor:
+    """Zeros for the effects [rows(, cols)], [rows(, cols), batch] per example."""
+    shape = ((rows,) if cols is None else (rows, cols)) + ((batch,) if per_example else ())
+    # patched values first, the clean value subtracted at the end: in float64, so that the difference
+    # of two nearby values loses nothing to the float32 scores
+    return torch.zeros(shape, device=device, dtype=torch.float64)

@@ -10,6 +10,8 @@ the same sign.)
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -213,16 +215,53 @@ def warn_if_all_zero(scores: Tensor, task: Task, method: str) -> Tensor:
 
 
 def to_level(scores, graph, level: str):
-    """Edge scores [dst, src] as they are, or node scores spread over each node's out-edges.
+    """Edge scores [(n,) dst, src] as they are, or node scores spread over each node's out-edges.
 
     To first order, ablating a node is ablating all its out-edges, so its score is their sum."""
     if level == "edge":
         return scores
     if level != "node":
         raise ConfigError(f"level must be 'edge' or 'node', got {level!r}")
-    return on_out_edges(graph, scores.sum(0))
+    return on_out_edges(graph, scores.sum(-2))
 
 
 def on_out_edges(graph, node_scores: Tensor) -> Tensor:
-    """Node scores [src] written on each node's out-edges [dst, src]: the form every node method returns."""
-    return graph.edge_mask.to(node_scores) * node_scores[None, :]
+    """Node scores [(n,) src] written on each node's out-edges [(n,) dst, src]: the form every node method returns."""
+    return graph.edge_mask.to(node_scores) * node_scores[..., None, :]
+
+
+# ---------------------------------------------------------------------- per-example scores
+EXAMPLE_MEMORY_BOUND = 2 << 30  # bytes of per-example scores held in memory; past it, a memory-mapped file
+
+
+def example_buffer(n: int, graph) -> Tensor:
+    """Zeros [n, dst, src] (float32) for each example's scores: in memory up to EXAMPLE_MEMORY_BOUND bytes, past it
+    in a memory-mapped temporary file (unlinked at once: the mapping holds it until the tensor is freed)."""
+    shape = (n, graph.n_receivers, graph.n_senders)
+    elements = n * graph.n_receivers * graph.n_senders
+    if 4 * elements <= EXAMPLE_MEMORY_BOUND:
+        return torch.zeros(shape)
+    with tempfile.NamedTemporaryFile(prefix="circuitfind-examples-", suffix=".f32", delete=False) as f:
+        f.truncate(4 * elements)
+    try:
+        return torch.from_file(f.name, shared=True, size=elements, dtype=torch.float32).view(shape)
+    finally:
+        os.unlink(f.name)
+
+
+class Examples:
+    """Each example's scores [n, dst, src] of a method, gathered a batch of Setups at a time (in the order
+    `setups` gives them), at the method's level; their mean over the task's examples is its scores."""
+
+    def __init__(self, graph, level: str = "edge"):
+        self.graph, self.level = graph, level
+        self.data: Tensor | None = None
+        self.at = 0
+
+    def add(self, setup: Setup, scores: Tensor) -> None:
+        """scores [b, dst, src]: this batch's examples' own scores (edge level)."""
+        b = scores.shape[0]
+        if self.data is None:  # the task's size, from this batch's share of it
+            self.data = example_buffer(round(b / setup.weight), self.graph)
+        self.data[self.at: self.at + b] = to_level(scores.detach().float(), self.graph, self.level).cpu()
+        self.at += b

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from circuitfind.engine.attribution import attribute
-from circuitfind.methods.common import refuse_gradient_at_clean_of_kl, setups, to_level, warn_if_all_zero
+from circuitfind.methods.common import (Examples, refuse_gradient_at_clean_of_kl, setups, to_level,
+                                        warn_if_all_zero)
 
 
 @dataclass(frozen=True)
@@ -15,9 +16,17 @@ class EAPConfig:
     level: Literal["edge", "node"] = "edge"  # "node": score heads and MLPs (the sum of their out-edges' scores)
 
 
-def score(model, task, cfg: EAPConfig, ablation: str = "corrupted", seed: int = 0, batch_size: int | None = None):
+def score(model, task, cfg: EAPConfig, ablation: str = "corrupted", seed: int = 0, batch_size: int | None = None,
+          per_example: bool = False):
+    """Scores [dst, src]; per_example: (scores, each example's [n, dst, src]), from the same passes."""
     refuse_gradient_at_clean_of_kl(task, "eap-node" if cfg.level == "node" else "eap")
-    edges = sum(-s.sign * s.weight * attribute(model, s.batch.clean, s.ablated, s.objective, consume=True,
-                                               shared=s.shared)
-                for s in setups(model, task, ablation, seed, batch_size))
-    return to_level(warn_if_all_zero(edges, task, "eap"), model.graph, cfg.level)
+    edges, examples = 0, Examples(model.graph, cfg.level)
+    for s in setups(model, task, ablation, seed, batch_size):
+        raw = attribute(model, s.batch.clean, s.ablated, s.objective, consume=True, shared=s.shared,
+                        per_example=per_example)
+        if per_example:  # each example's part of the batch's mean, times the batch's size: its own score
+            raw, parts = raw
+            examples.add(s, -s.sign * s.batch.size * parts)
+        edges = edges - s.sign * s.weight * raw
+    edges = to_level(warn_if_all_zero(edges, task, "eap"), model.graph, cfg.level)
+    return (edges, examples.data) if per_example else edges

@@ -42,7 +42,8 @@ from typing import Literal
 from circuitfind.engine.attribution import attribute, edge_mask_integrated_gradients
 from circuitfind.engine.node_ig import node_integrated_gradients
 from circuitfind.errors import ConfigError
-from circuitfind.methods.common import refuse_gradient_at_clean_of_kl, setups, to_level, warn_if_all_zero
+from circuitfind.methods.common import (Examples, refuse_gradient_at_clean_of_kl, setups, to_level,
+                                        warn_if_all_zero)
 
 VARIANTS = ("inputs", "node-outputs", "edges", "clean-corrupted")
 
@@ -65,7 +66,10 @@ def alphas(cfg: EAPIGConfig) -> list[float]:
     return [k / cfg.steps for k in range(first, first + cfg.steps)]
 
 
-def score(model, task, cfg: EAPIGConfig, ablation: str = "corrupted", seed: int = 0, batch_size: int | None = None):
+def score(model, task, cfg: EAPIGConfig, ablation: str = "corrupted", seed: int = 0, batch_size: int | None = None,
+          per_example: bool = False):
+    """Scores [dst, src]; per_example: (scores, each example's [n, dst, src]), from the same passes (not the
+    edges variant, whose masks are shared by all examples)."""
     if cfg.steps < 1:
         raise ConfigError(f"steps must be at least 1, got {cfg.steps}")
     if cfg.variant not in VARIANTS:
@@ -78,18 +82,26 @@ def score(model, task, cfg: EAPIGConfig, ablation: str = "corrupted", seed: int 
     at_clean_alone = cfg.variant in ("inputs", "node-outputs") and cfg.steps == 1 and cfg.points == "right"
     if at_clean_alone:  # one step at the clean run: EAP, or per node the clean run with that node cut
         refuse_gradient_at_clean_of_kl(task, f"eap-ig with steps=1 (variant {cfg.variant})")
-    edges = 0
+    if per_example and cfg.variant == "edges":
+        raise ConfigError("eap-ig-edges sets every edge's mask at once for all examples, so its mask gradients are "
+                          "the batch's, not each example's: no per-example scores (eap-ig and eap-ig-activations "
+                          "have them)")
+    edges, examples = 0, Examples(model.graph, cfg.level)
     for s in setups(model, task, ablation, seed, batch_size):
         if cfg.variant == "node-outputs":
             raw = node_integrated_gradients(model, s.batch.clean, s.ablated, s.objective, steps=cfg.steps,
-                                            shared=s.shared)
+                                            shared=s.shared, per_example=per_example)
         elif cfg.variant == "edges":
             raw = edge_mask_integrated_gradients(model, s.batch.clean, s.ablated, s.objective, steps=cfg.steps,
                                                  shared=s.shared)
         else:
             raw = attribute(model, s.batch.clean, s.ablated, s.objective, alphas=alphas(cfg), consume=True,
-                            shared=s.shared)
+                            shared=s.shared, per_example=per_example)
+        if per_example:  # each example's part of the batch's mean, times the batch's size: its own score
+            raw, parts = raw
+            examples.add(s, -s.sign * s.batch.size * parts)
         edges = edges - s.sign * s.weight * raw
     if at_clean_alone:
         warn_if_all_zero(edges, task, "eap-ig (one step)")
-    return to_level(edges, model.graph, cfg.level)
+    edges = to_level(edges, model.graph, cfg.level)
+    return (edges, examples.data) if per_example else edges

@@ -23,7 +23,7 @@ from typing import Literal
 
 from circuitfind.engine.patching import edge_effects, node_effects
 from circuitfind.errors import ConfigError
-from circuitfind.methods.common import on_out_edges, setups
+from circuitfind.methods.common import Examples, on_out_edges, setups
 
 
 @dataclass(frozen=True)
@@ -42,18 +42,28 @@ class ExactConfig:
 
 
 def score(model, task, cfg: ExactConfig, ablation: str = "corrupted", seed: int = 0, quiet: bool = True,
-          batch_size: int | None = None):
+          batch_size: int | None = None, per_example: bool = False):
+    """Scores [dst, src]; per_example: (scores, each example's [n, dst, src]) from the same forwards (the metric
+    kept per example; the scores are its mean)."""
     denoising = cfg.direction == "denoising"
-    effects = 0
+    effects, examples = 0, Examples(model.graph)
     for s in setups(model, task, ablation, seed, batch_size, denoising=denoising):  # Σ weight · each batch's
         # noising: the clean run, each edge given its ablated value; denoising: the roles swapped, the
         # corrupted run, each edge given its clean value (s.ablated holds the clean run's outputs then)
         run = s.batch.corrupt if denoising else s.batch.clean
+        objective = s.per_example if per_example else s.per_mask
         if cfg.level == "node":
-            part = node_effects(model, run, s.ablated, s.per_mask, max_masks=cfg.max_masks, shared=s.shared)
+            part = node_effects(model, run, s.ablated, objective, max_masks=cfg.max_masks, shared=s.shared,
+                                per_example=per_example)
         else:
-            part = edge_effects(model, run, s.ablated, s.per_mask, max_masks=cfg.max_masks, quiet=quiet,
-                                shared=s.shared)
+            part = edge_effects(model, run, s.ablated, objective, max_masks=cfg.max_masks, quiet=quiet,
+                                shared=s.shared, per_example=per_example)
         # part: m(patched) − m(run); noising's score is the behaviour lost, denoising's the behaviour restored
-        effects = effects + (1 if denoising else -1) * s.sign * s.weight * part
-    return on_out_edges(model.graph, effects) if cfg.level == "node" else effects
+        part = (1 if denoising else -1) * s.sign * part
+        if per_example:  # [(dst,) src, batch]: each example's, whose mean is the batch's
+            part = part.movedim(-1, 0)
+            examples.add(s, on_out_edges(model.graph, part) if cfg.level == "node" else part)
+            part = part.mean(0)
+        effects = effects + s.weight * part
+    effects = on_out_edges(model.graph, effects) if cfg.level == "node" else effects
+    return (effects, examples.data) if per_example else effects
