@@ -11,6 +11,7 @@ from circuitfind.models import CircuitModel, from_hf, load_model
 from circuitfind.prune import prune
 from circuitfind.sweep import load_sweep, sweep
 from circuitfind.task import Batch, Example, Task, load_task
+from circuitfind.uncertainty import Stability, stability
 
 __version__ = "0.1.0"
 
@@ -18,4 +19,4 @@ __all__ = ["Run", "discover", "sweep", "load_sweep", "Circuit", "EdgeScores", "o
            "prune", "evaluate", "faithfulness_curve", "roc_auc", "task_accuracy", "Batch", "Example", "Task",
            "load_task", "metrics", "CircuitModel", "CircuitfindError", "ConfigError", "MetricError",
            "ModelLoadError", "ModelNotFoundError", "TaskError", "UnsupportedModelError", "from_hf", "load_model",
-           "__version__"]
+           "Stability", "stability", "__version__"]

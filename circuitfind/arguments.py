@@ -163,6 +163,13 @@ def _fractions(value, name, graph):
     return value
 
 
+def _level(value, name, graph):
+    number = _number()(value, name, graph)
+    if not 0 < number < 1:
+        raise ConfigError(f"{name} must be a confidence level in (0, 1), e.g. 0.95; got {value!r}")
+    return number
+
+
 SEED = _at_least(0)
 RULES = {
     # what is computed on
@@ -179,6 +186,7 @@ RULES = {
     "threshold": _optional(_number()), "target": _number(least=0.0),
     "n": _optional(_at_least(1)), "seed": SEED, "batch_size": _optional(_at_least(1)),
     "chunk": _optional(_at_least(1)), "workers": _at_least(1), "fractions": _fractions,
+    "resamples": _at_least(0), "level": _level,  # (bootstrap resamples; 0: no intervals)
     # switches and places
     "quiet": _flag, "report": _flag, "overwrite": _flag, "per_example": _flag, "absolute": _flag,
     "remove_dangling": _flag,

@@ -24,6 +24,7 @@ from circuitfind.errors import ConfigError, count
 from circuitfind.methods.common import setups
 from circuitfind.prune import prune
 from circuitfind.task import Task, load_task
+from circuitfind.uncertainty import LEVEL, curve_intervals, faithfulness_interval
 
 MIB_FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
@@ -45,6 +46,8 @@ class CurveResult:
     metric_absolute: list[float] = field(default_factory=list)
     metric_full: float = float("nan")
     metric_empty: float = float("nan")
+    # resamples > 0: bootstrap intervals ([low, high]) of each point's faithfulness and of CPR and CMD
+    ci: dict | None = None
 
     def __repr__(self) -> str:  # a table: the fields' lists are long, and read best side by side
         def row(label, values, fmt):
@@ -61,39 +64,55 @@ def _test_task(task: Task | str, split: str) -> Task:
     return task if task.split == split else task.with_split(split)
 
 
-def _metric_of_masks(model, parts, masks: Tensor, chunk: int, quiet: bool = True) -> tuple[Tensor, float]:
+def _metric_of_masks(model, parts, masks: Tensor, chunk: int, quiet: bool = True, examples: list | None = None):
     """Mean metric over the task of each mask [k, dst, src] → [k], a few masks per forward, and of the
-    full model; parts: the task's Setups (`setups`), each weighted by its share of the examples."""
+    full model; parts: the task's Setups (`setups`), each weighted by its share of the examples. examples: a
+    list that receives the same forwards' metric per example, ([k, n], the full model's [n]) (for intervals)."""
     total, full, workspace = 0, 0.0, Workspace()
+    each, each_full = [], []
     with torch.no_grad(), tqdm(total=len(masks) * len(parts), desc="faithfulness", unit="circuit",
                                disable=quiet) as bar:
         for setup in parts:
             out = []
             for chunk_masks in masks.split(chunk):
                 chunk_masks = chunk_masks.to(model.device, model.dtype)
-                out.append(setup.per_mask(masked_forward(model, setup.batch.clean, setup.ablated, chunk_masks,
-                                                         workspace=workspace, shared=setup.shared)))
+                out.append(setup.per_example(masked_forward(model, setup.batch.clean, setup.ablated, chunk_masks,
+                                                            workspace=workspace, shared=setup.shared)))
                 bar.update(len(chunk_masks))
-            total = total + setup.weight * torch.cat(out)
-            full += setup.weight * float(setup.per_mask(setup.targets.clean_logits[None])[0])
+            values = torch.cat(out)  # [k, batch]
+            clean = setup.per_example(setup.targets.clean_logits[None])[0]  # [batch]
+            total = total + setup.weight * values.mean(1)
+            full += setup.weight * float(clean.mean())
+            each.append(values.double().cpu())
+            each_full.append(clean.double().cpu())
+    if examples is not None:
+        examples.extend([torch.cat(each, 1), torch.cat(each_full)])
     return total, full
 
 
 def evaluate(model, task: Task | str, circuit: Circuit, *, ablation: str = "corrupted", split: str = "test",
-             seed: int = 0, batch_size: int | None = None) -> dict:
+             seed: int = 0, batch_size: int | None = None, resamples: int = 0, level: float = LEVEL) -> dict:
     """Metric of the circuit, the full model and the empty circuit, and the faithfulness, in one forward
-    (a batch of at most batch_size examples at a time, if given)."""
+    (a batch of at most batch_size examples at a time, if given). resamples > 0: also `ci`, the percentile
+    bootstrap interval of the faithfulness at `level` (numerator and denominator resampled together, from the
+    same forwards' per-example metrics; seeded by `seed`)."""
     arguments.check(model=model, task=task, circuit=circuit, ablation=ablation, split=split, seed=seed,
-                    batch_size=batch_size)
+                    batch_size=batch_size, resamples=resamples, level=level)
     g = model.graph
     _check_graph("circuit is", circuit.graph, g)
     parts = setups(model, _test_task(task, split), ablation, seed, batch_size)
     masks = torch.stack([circuit.mask, torch.zeros_like(g.edge_mask)]).float()
-    values, m_full = _metric_of_masks(model, parts, masks, chunk=2)  # the full model: the clean run setups() made
+    examples: list = []
+    values, m_full = _metric_of_masks(model, parts, masks, chunk=2, examples=examples)  # (full: the clean run)
     m_c, m_empty = values.tolist()
-    return {"metric_circuit": m_c, "metric_full": m_full, "metric_empty": m_empty,
-            "faithfulness": faithfulness(m_c, m_full, m_empty), "n_edges": circuit.n_edges,
-            "n_edges_total": g.n_edges}
+    out = {"metric_circuit": m_c, "metric_full": m_full, "metric_empty": m_empty,
+           "faithfulness": faithfulness(m_c, m_full, m_empty), "n_edges": circuit.n_edges,
+           "n_edges_total": g.n_edges}
+    if resamples:
+        (each, each_full) = examples
+        out["ci"] = {"faithfulness": list(faithfulness_interval(each[0], each_full, each[1], resamples, seed, level)),
+                     "level": level, "resamples": resamples, "seed": seed}
+    return out
 
 
 def _check_graph(what: str, graph, model_graph) -> None:
@@ -128,16 +147,20 @@ RANKINGS = {"both": (False, True), "signed": (False,), "absolute": (True,)}
 
 def faithfulness_curve(model, task: Task | str, scores: EdgeScores, *, ablation: str = "corrupted",
                        split: str = "test", fractions=MIB_FRACTIONS, seed: int = 0, chunk: int | None = None,
-                       ranking: str = "both", quiet: bool = True, batch_size: int | None = None) -> CurveResult:
+                       ranking: str = "both", quiet: bool = True, batch_size: int | None = None,
+                       resamples: int = 0, level: float = LEVEL) -> CurveResult:
     """Faithfulness of the top-scoring circuits at each fraction of edges; CPR and CMD.
 
     ranking: "both" (default), or only "signed" (the CPR curve) or "absolute" (the CMD curve), at
     half the cost; the other's fields stay empty and its area NaN.
     chunk: circuits per forward. Batching pays only on small models: a batch computes the union of
     its circuits' nodes, so on wide models one circuit per forward (the default there) is fastest.
-    quiet=False: a progress bar over the circuits (discover shows it). batch_size: examples a pass."""
+    quiet=False: a progress bar over the circuits (discover shows it). batch_size: examples a pass.
+    resamples > 0: `ci` holds percentile bootstrap intervals at `level` of every point's faithfulness and of
+    CPR and CMD, from the per-example metrics of the same forwards (no extra forward; seeded by `seed`)."""
     arguments.check(model=model, task=task, scores=scores, ablation=ablation, split=split, fractions=fractions,
-                    seed=seed, chunk=chunk, ranking=ranking, quiet=quiet, batch_size=batch_size)
+                    seed=seed, chunk=chunk, ranking=ranking, quiet=quiet, batch_size=batch_size,
+                    resamples=resamples, level=level)
     g = model.graph
     _check_graph("scores are", scores.graph, g)
     if ranking not in RANKINGS:
@@ -160,18 +183,26 @@ def faithfulness_curve(model, task: Task | str, scores: EdgeScores, *, ablation:
         if key != full and key not in distinct:
             distinct[key] = len(unique)
             unique.append(m)
-    run, m_full = _metric_of_masks(model, parts, torch.stack(unique).float(), chunk, quiet)
+    examples: list = []
+    run, m_full = _metric_of_masks(model, parts, torch.stack(unique).float(), chunk, quiet, examples)
     run = run.tolist()
     values = [m_full if key == full else run[distinct[key]] for key in keys]
     m_empty, rest = values[0], values[1:]
     n = len(circuits[False])
     f_signed = [faithfulness(v, m_full, m_empty) for v in rest[:n]]
     f_abs = [faithfulness(v, m_full, m_empty) for v in rest[n:]]
+    ci = None
+    if resamples:  # each circuit's metric per example, from the same forwards
+        each, each_full = examples
+        rows = torch.stack([each_full if key == full else each[distinct[key]] for key in keys])  # [circuits, n]
+        ci = curve_intervals(rows[1:n + 1] if n else None, rows[n + 1:] if f_abs else None, each_full, rows[0],
+                             fractions, resamples, seed, level)
     return CurveResult(list(fractions), [c.n_edges for c in circuits[False]], f_signed,
                        [c.n_edges for c in circuits[True]], f_abs,
                        cpr=_trapezoid(fractions, f_signed) if f_signed else float("nan"),
                        cmd=_trapezoid(fractions, [abs(1 - f) for f in f_abs]) if f_abs else float("nan"),
-                       metric_signed=rest[:n], metric_absolute=rest[n:], metric_full=m_full, metric_empty=m_empty)
+                       metric_signed=rest[:n], metric_absolute=rest[n:], metric_full=m_full, metric_empty=m_empty,
+                       ci=ci)
 
 
 def _trapezoid(xs, ys) -> float:

@@ -90,3 +90,114 @@ def test_per_example_scores_past_the_memory_bound_live_in_a_mapped_file(model, m
     mapped = cf.score_edges(model, task, "eap", per_example=True).per_example
     assert torch.equal(mapped, in_memory)
     assert mapped.untyped_storage().filename is not None  # (a file mapping, not the heap)
+
+
+# ---------------------------------------------------------------------- the bootstrap
+from circuitfind import uncertainty as unc  # noqa: E402
+
+
+def test_a_statistic_whose_examples_are_all_equal_has_zero_width():
+    values = torch.full((30, 5), 0.25)  # (zero to float rounding: a resample's weights sum to 1 within an ulp)
+    low, high = unc.mean_interval(values, resamples=200)
+    assert (high - low).abs().max() <= 1e-7 and torch.allclose(low, torch.full((5,), 0.25))
+    f_low, f_high = unc.faithfulness_interval(torch.full((30,), 0.7), torch.ones(30), torch.zeros(30), resamples=200)
+    assert abs(f_high - f_low) <= 1e-12 and f_low == pytest.approx(0.7)
+
+
+def test_the_same_seed_gives_the_same_intervals_bit_for_bit_and_another_seed_others():
+    values = torch.randn(40, 3, 4, generator=torch.Generator().manual_seed(0))
+    a, b = unc.mean_interval(values, seed=5), unc.mean_interval(values, seed=5)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(a[0], unc.mean_interval(values, seed=6)[0])
+
+
+def test_resampled_means_are_the_means_of_the_drawn_examples():
+    """w @ values against drawing the examples by index (the definition of a bootstrap resample)."""
+    values = torch.randn(12, 3, generator=torch.Generator().manual_seed(1)).double()
+    w = unc.resample_weights(12, resamples=5, seed=3)
+    draws = torch.randint(12, (5, 12), generator=torch.Generator().manual_seed(3))
+    assert torch.allclose(w @ values, values[draws].mean(1))
+
+
+@pytest.mark.parametrize("statistic", ["mean", "faithfulness"])
+def test_95_percent_intervals_cover_the_true_value_in_93_to_97_percent_of_400_trials(statistic):
+    """A synthetic metric with a known sampling distribution: n = 60 examples, 400 seeded trials."""
+    gen, covered = torch.Generator().manual_seed(0), 0
+    for trial in range(400):
+        if statistic == "mean":
+            values = 2.0 + torch.randn(60, generator=gen)
+            low, high = unc.mean_interval(values[:, None], resamples=1000, seed=trial)
+            covered += int(low[0] <= 2.0 <= high[0])
+        else:  # true faithfulness (0.6 − 0) / (1 − 0) = 0.6, numerator and denominator correlated per example
+            base = torch.randn(60, generator=gen)
+            circuit, full = 0.6 + 0.3 * base + 0.2 * torch.randn(60, generator=gen), 1.0 + 0.3 * base
+            empty = 0.1 * torch.randn(60, generator=gen)
+            low, high = unc.faithfulness_interval(circuit, full, empty, resamples=1000, seed=trial)
+            covered += int(low <= 0.6 <= high)
+    assert 0.93 <= covered / 400 <= 0.97, covered / 400
+
+
+def test_top_k_frequency_is_one_for_a_clear_winner_and_between_for_a_tie():
+    gen = torch.Generator().manual_seed(0)
+    values = torch.stack([5 + 0.1 * torch.randn(50, generator=gen), 1 + torch.randn(50, generator=gen),
+                          1 + torch.randn(50, generator=gen), 0.01 * torch.randn(50, generator=gen)], 1)
+    freq = unc.top_k_frequency(values, k=2, resamples=400)
+    assert freq[0] == 1.0 and freq[3] == 0.0 and 0.2 < freq[1] < 0.8 and freq[1] + freq[2] == pytest.approx(1.0)
+    assert freq.sum() == pytest.approx(2.0)  # k per resample
+
+
+# ---------------------------------------------------------------------- intervals of circuits, and stability
+@pytest.fixture(scope="module")
+def toy():
+    return cf.load_model("toy-lm")
+
+
+def _draws(n, seed, resamples=1):
+    return torch.randint(n, (resamples, n), generator=torch.Generator().manual_seed(seed))
+
+
+def test_one_resample_of_the_curve_is_the_curve_of_the_resampled_task(toy):
+    """With one resample the interval is that resample's value: it equals CPR, CMD and faithfulness computed by
+    forwards on the task whose test examples are the ones drawn (an independent route to the same number)."""
+    from circuitfind.uncertainty import resampled_task
+    task = cf.load_task("ioi", n=30)
+    scores = cf.score_edges(toy, task, "eap")
+    curve = cf.faithfulness_curve(toy, task, scores, resamples=1, seed=4)
+    test = task.with_split("test")
+    drawn = resampled_task(test, _draws(len(test.examples(toy)), 4)[0].tolist())
+    again = cf.faithfulness_curve(toy, drawn, scores, split="test")
+    assert curve.ci["cpr"] == pytest.approx([again.cpr] * 2, abs=1e-6)
+    assert curve.ci["cmd"] == pytest.approx([again.cmd] * 2, abs=1e-6)
+    for (low, high), f in zip(curve.ci["faithfulness_absolute"], again.faithfulness_absolute):
+        assert low == pytest.approx(f, abs=1e-6) and high == pytest.approx(f, abs=1e-6)
+    circuit = cf.prune(scores, edges=60)
+    one = cf.evaluate(toy, task, circuit, resamples=1, seed=4)["ci"]["faithfulness"]
+    assert one == pytest.approx([cf.evaluate(toy, drawn, circuit)["faithfulness"]] * 2, abs=1e-6)
+    wide = cf.faithfulness_curve(toy, task, scores, resamples=500)  # and a real interval holds the estimate
+    assert wide.ci["cpr"][0] < wide.cpr < wide.ci["cpr"][1] and wide.ci["cmd"][0] < wide.cmd < wide.ci["cmd"][1]
+    assert (wide.cpr, wide.cmd) == (curve.cpr, curve.cmd)  # (intervals change no point estimate)
+
+
+def test_stability_prunes_each_resamples_mean_which_is_the_resampled_tasks_scores(toy):
+    from circuitfind.uncertainty import resampled_task
+    task = cf.load_task("ioi", n=24)
+    st = cf.stability(toy, task, "eap", edges=80, resamples=6, seeds=(0, 1))
+    assert len(st.circuits) == 12 and len(st.jaccard_edges) == 12 * 11 // 2
+    assert all(0 <= j <= 1 for j in st.jaccard_edges + st.jaccard_nodes) and min(st.jaccard_edges) < 1
+    n = len(task.examples(toy))
+    first = cf.prune(cf.score_edges(toy, resampled_task(task, _draws(n, 0, 6)[0].tolist()), "eap"), edges=80)
+    assert torch.equal(st.circuits[0].mask, first.mask)  # seed 0's first resample, by forwards on its examples
+    sizes = torch.tensor([c.n_edges for c in st.circuits], dtype=torch.float)
+    assert float(st.frequency.sum()) == pytest.approx(float(sizes.mean()), rel=1e-5)
+    assert set(st.always) <= set(toy.graph.edge_names(st.circuits[5].mask)) and not set(st.always) & set(st.sometimes)
+    assert st.summary()["jaccard_edges"]["interval"][0] <= st.summary()["jaccard_edges"]["median"]
+
+
+def test_stability_of_a_method_that_does_not_average_runs_it_again_on_each_resample(toy):
+    task = cf.load_task("ioi", n=12)
+    st = cf.stability(toy, task, "ifr", edges=40, resamples=3)
+    assert len(st.circuits) == 3 and all(c.n_edges <= 40 for c in st.circuits)
+    with pytest.raises(cf.ConfigError, match="edges=N or nodes=N"):
+        cf.stability(toy, task, "eap")
+    with pytest.raises(cf.ConfigError, match="resamples"):
+        cf.stability(toy, task, "eap", edges=10, resamples=-1)
