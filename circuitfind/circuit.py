@@ -149,6 +149,10 @@ class EdgeScores:
     config: dict = field(default_factory=dict)
     # each example's scores [n, dst, src], whose mean is `scores` (score_edges(..., per_example=True)); not saved
     per_example: Tensor | None = field(default=None, repr=False, compare=False)
+    # bootstrap intervals of the scores (`uncertainty.edge_intervals`): "low", "high" [dst, src], "frequency"
+    # [dst, src] or None (how often each edge is in a resample's top k), "level", "resamples", "seed", "k";
+    # saved as ci.safetensors beside the scores
+    intervals: dict | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
         expected = (self.graph.n_receivers, self.graph.n_senders)
@@ -196,7 +200,13 @@ class EdgeScores:
                               "(the model's activations may overflow: load it in float32 or bfloat16)")
         d = Path(directory)
         _atomic_write(d / "scores.safetensors", lambda p: save_file({"scores": self.scores.contiguous()}, p))
-        _atomic_write(d / "scores.json", lambda p: Path(p).write_text(json.dumps(self.metadata(), indent=2)))
+        meta = self.metadata()
+        if self.intervals is not None:
+            tensors = {k: self.intervals[k].contiguous() for k in ("low", "high", "frequency")
+                       if self.intervals.get(k) is not None}
+            _atomic_write(d / "ci.safetensors", lambda p: save_file(tensors, p))
+            meta["intervals"] = {k: self.intervals[k] for k in INTERVAL_FIELDS}
+        _atomic_write(d / "scores.json", lambda p: Path(p).write_text(json.dumps(meta, indent=2)))
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> "EdgeScores":
@@ -215,13 +225,40 @@ class EdgeScores:
         if not all(isinstance(v, str) for v in names.values()) or not isinstance(meta.get("config", {}), dict):
             raise ConfigError(f"{meta_path} is damaged: method, model, task and ablation must be strings and "
                               "config an object")
-        scores = _read_scores(d / "scores.safetensors", (graph.n_receivers, graph.n_senders))
-        return cls(scores, graph, **names, config=filled_config(names["method"], meta.get("config", {})))
+        shape = (graph.n_receivers, graph.n_senders)
+        scores = _read_scores(d / "scores.safetensors", shape)
+        return cls(scores, graph, **names, config=filled_config(names["method"], meta.get("config", {})),
+                   intervals=_read_intervals(d, meta, shape))
 
     def __repr__(self) -> str:  # not the tensor: a notebook cell showing a Run would print all of it
         made = " / ".join(part for part in (self.model, self.task, self.method) if part) or "unnamed"
         ablation = f", {self.ablation} ablation" if self.ablation else ""
         return f"EdgeScores({made}: {self.graph.n_edges} edges, {self.level} scores{ablation})"
+
+
+INTERVAL_FIELDS = ("level", "resamples", "seed", "k")  # scores.json's "intervals": what made ci.safetensors
+
+
+def _read_intervals(d: Path, meta: dict, shape: tuple[int, int]) -> dict | None:
+    """The scores' bootstrap intervals (ci.safetensors, described by scores.json's "intervals"), checked; None
+    for a run without them."""
+    described = meta.get("intervals")
+    if described is None:
+        return None
+    path = d / "ci.safetensors"
+    if not isinstance(described, dict) or set(described) != set(INTERVAL_FIELDS) or not path.exists():
+        raise ConfigError(f"{d / 'scores.json'} describes score intervals that {path} does not hold (or is damaged); "
+                          "rerun discover with --resamples to write them again")
+    from safetensors import safe_open
+    try:
+        with safe_open(str(path), "pt") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # noqa: BLE001 — safetensors raises several kinds for a damaged file
+        raise ConfigError(f"{path} is damaged ({e}); rerun discover with --resamples to write it again") from None
+    if not {"low", "high"} <= set(tensors) or any(tuple(t.shape) != shape or not bool(t.isfinite().all())
+                                                  for t in tensors.values()):
+        raise ConfigError(f"{path} is damaged: it needs finite 'low' and 'high' (and 'frequency') of shape {shape}")
+    return {"low": tensors["low"], "high": tensors["high"], "frequency": tensors.get("frequency")} | described
 
 
 def _read_scores(path: Path, shape: tuple[int, int]) -> Tensor:

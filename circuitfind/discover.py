@@ -28,11 +28,12 @@ import circuitfind.arguments as arguments
 from circuitfind.circuit import INCOMPLETE, Circuit, EdgeScores, _atomic_write, reproduces
 from circuitfind.errors import ConfigError
 from circuitfind.evaluate import MIB_FRACTIONS, evaluate, faithfulness_curve, roc_auc
-from circuitfind.methods import METHODS, check_options, score_edges
+from circuitfind.methods import METHODS, PER_EXAMPLE, check_options, score_edges
 from circuitfind.prune import prune
 from circuitfind.report import render
 from circuitfind.report.data import collect
 from circuitfind.task import Task, load_task, metric_name
+from circuitfind.uncertainty import LEVEL, edge_intervals
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +168,7 @@ def _acdc_threshold(method: str, options: dict) -> float | None:
 def discover(model, task: Task | str, method: str = "eap-ig", ablation: str = "corrupted", *, out=None,
              edges: int | None = None, target: float = 0.9, n: int | None = None, seed: int = 0, quiet: bool = False,
              report: bool = True, batch_size: int | None = None, provenance: dict | None = None,
-             overwrite: bool = False, **options) -> Run:
+             overwrite: bool = False, resamples: int = 0, level: float = LEVEL, **options) -> Run:
     """Score every edge with `method`, pick the smallest MIB-size circuit whose faithfulness on the
     test split (a quarter of n, no prompt shared with the train split) reaches `target` (or the top
     `edges`), evaluate it, and, with `out=`, write the run directory and its report. ACDC's circuit is
@@ -180,10 +181,14 @@ def discover(model, task: Task | str, method: str = "eap-ig", ablation: str = "c
     provenance: entries added to result.json's provenance (the command line records itself there;
     a notebook might add its experiment's commit). out: written whole when the run is complete (an
     interrupted run leaves nothing there); a directory holding a run is refused unless overwrite=True.
+    resamples > 0: error bars, percentile bootstrap intervals at `level` over the examples (seeded by `seed`),
+    from the passes the estimates make: of the faithfulness, the curve, CPR and CMD (every method), and of
+    every edge's score and its frequency in a resample's circuit of the chosen size (the methods that average
+    over examples; ACDC and edge pruning: `cf.stability`). In result.json's `ci` and the scores' ci.safetensors.
     """
     check_run(model=model, task=task, method=method, ablation=ablation, out=out, edges=edges, target=target, n=n,
               seed=seed, quiet=quiet, report=report, batch_size=batch_size, provenance=provenance,
-              overwrite=overwrite, options=options)
+              overwrite=overwrite, resamples=resamples, level=level, options=options)
     if isinstance(task, str):
         task = load_task(task, n=100 if n is None else n, seed=seed)
     elif n is not None and n != task.n:  # a loaded task keeps its examples; n would be ignored
@@ -195,8 +200,11 @@ def discover(model, task: Task | str, method: str = "eap-ig", ablation: str = "c
         raise ConfigError(f"resample ablation draws from other examples, but the test split has {test.n} "
                           f"(a quarter of n={task.n}); use n ≥ 8")
     start = time.perf_counter()
-    scores = score_edges(model, task, method, ablation, seed=seed, quiet=quiet, batch_size=batch_size, **options)
-    curve = faithfulness_curve(model, test, scores, ablation=ablation, seed=seed, quiet=quiet, batch_size=batch_size)
+    per_example = bool(resamples) and method in PER_EXAMPLE
+    scores = score_edges(model, task, method, ablation, seed=seed, quiet=quiet, batch_size=batch_size,
+                         per_example=per_example, **options)
+    curve = faithfulness_curve(model, test, scores, ablation=ablation, seed=seed, quiet=quiet, batch_size=batch_size,
+                               resamples=resamples, level=level)
     sized_by = "edges"
     acdc_threshold = _acdc_threshold(method, options) if edges is None else None
     if acdc_threshold is not None:  # ACDC decided its circuit itself: the edges kept at τ
@@ -216,10 +224,22 @@ def discover(model, task: Task | str, method: str = "eap-ig", ablation: str = "c
         log.warning("ACDC's circuit at threshold %s is empty (no edge kept, or none on a path from input to "
                     "logits): lower the threshold (threshold=, --option threshold=)", acdc_threshold)
     if sized_by in ("edges", "acdc threshold"):
-        result = evaluate(model, test, circuit, ablation=ablation, seed=seed, batch_size=batch_size)
+        result = evaluate(model, test, circuit, ablation=ablation, seed=seed, batch_size=batch_size,
+                          resamples=resamples, level=level)
     else:  # the curve's own circuit at that size (the same prune call): its figures are already measured
         result = {"faithfulness": curve.faithfulness_absolute[at], "metric_circuit": curve.metric_absolute[at],
                   "metric_full": curve.metric_full, "metric_empty": curve.metric_empty}
+        if resamples:
+            result["ci"] = {"faithfulness": curve.ci["faithfulness_absolute"][at]}
+    ci = None
+    if resamples:
+        if per_example:  # every edge's interval and its frequency in a resample's circuit of this size
+            scores.intervals = edge_intervals(scores, resamples, seed, level, k=circuit.n_edges)
+            scores.per_example = None  # (held no longer than needed: n × dst × src floats)
+        ci = {"level": level, "resamples": resamples, "seed": seed, "faithfulness": result["ci"]["faithfulness"],
+              "cpr": curve.ci.get("cpr"), "cmd": curve.ci.get("cmd"),
+              "curve": {k: curve.ci.get(k) for k in ("faithfulness_signed", "faithfulness_absolute")},
+              "edges": "ci.safetensors" if per_example else None}
     truth = task.ground_truth(model)
     result = {"model": model.name, "task": task.name, "metric_name": metric_name(task), "method": method,
               "ablation": ablation,
@@ -230,6 +250,7 @@ def discover(model, task: Task | str, method: str = "eap-ig", ablation: str = "c
               "metric": {k: result[k] for k in ("metric_circuit", "metric_full", "metric_empty")},
               "curve": {"fractions": curve.fractions, "faithfulness_signed": curve.faithfulness_signed,
                         "faithfulness_absolute": curve.faithfulness_absolute},
+              "ci": ci,
               "seconds": round(time.perf_counter() - start, 2), "seed": seed, "n": task.n,
               "provenance": {"command": None, "python": platform.python_version(), "torch": torch.__version__,
                              "transformers": _version("transformers"), "circuitfind": _version("circuitfind"),

@@ -84,6 +84,25 @@ def top_k_frequency(values: Tensor, k: int, resamples: int = RESAMPLES, seed: in
     return (hits / resamples).float().view(shape)
 
 
+def edge_intervals(scores, resamples: int = RESAMPLES, seed: int = 0, level: float = LEVEL,
+                   k: int | None = None) -> dict:
+    """Bootstrap intervals of every edge's score from `scores.per_example` (`score_edges(..., per_example=True)`):
+    {"low", "high": [dst, src], "frequency": [dst, src] how often the edge is among a resample's k highest |score|
+    (None without k), "level", "resamples", "seed", "k"}, the form `EdgeScores.intervals` holds."""
+    if scores.per_example is None:
+        raise ConfigError("these scores hold no per-example scores: score them with per_example=True "
+                          "(methods that average over examples: circuitfind.methods.PER_EXAMPLE)")
+    values = scores.per_example
+    low, high = mean_interval(values, resamples, seed, level)
+    mask = scores.graph.edge_mask
+    frequency = None
+    if k is not None:  # over the graph's edges only (off the graph a score is 0, never ranked)
+        frequency = torch.zeros(mask.shape)
+        frequency[mask] = top_k_frequency(values[:, mask], k, resamples, seed)
+    return {"low": low * mask, "high": high * mask, "frequency": frequency, "level": level, "resamples": resamples,
+            "seed": seed, "k": k}
+
+
 def faithfulness_samples(circuit: Tensor, full: Tensor, empty: Tensor, w: Tensor) -> Tensor:
     """Bootstrap samples of faithfulness (m(C) − m(∅)) / (m(N) − m(∅)): per-example metrics circuit [..., n],
     full [n] and empty [n], resampled together by weights w [R, n] → [R, ...] (NaN where a resample's full and

@@ -103,7 +103,9 @@ def render(d: Path, scores: EdgeScores, circuit: Circuit, result: dict, inspect:
     place); → the page's path."""
     fig_dir, tab_dir = d / "figures", d / "tables"
     label = f"{result['task']} · {result['model']} · {result['method']}"
-    figures.circuit(scores, circuit, fig_dir / "circuit", title=f"{label}: {circuit.n_edges} edges")
+    frequency = None if scores.intervals is None else scores.intervals.get("frequency")
+    figures.circuit(scores, circuit, fig_dir / "circuit", title=f"{label}: {circuit.n_edges} edges",
+                    frequency=frequency)
     figures.curves({result["method"]: result}, fig_dir / "faithfulness", title=f"faithfulness: {result['task']} · {result['model']}")
     figures.head_heatmap(scores, fig_dir / "heads")
     figures.score_distribution(scores, fig_dir / "scores")
@@ -117,7 +119,7 @@ def render(d: Path, scores: EdgeScores, circuit: Circuit, result: dict, inspect:
     rows, header = tables.summary_rows([result]), tables.SUMMARY_COLUMNS
     _write_table(tab_dir / "summary", header, rows, caption, "tab:circuit-summary")
     kind, top = tables.top_rows(scores, 20)  # top_edges, or top_nodes for node scores
-    _write_table(tab_dir / f"top_{kind}s", ("#", kind, "score"), top, f"Top {kind}s ({result['method']}).",
+    _write_table(tab_dir / f"top_{kind}s", tables.top_header(scores, kind), top, f"Top {kind}s ({result['method']}).",
                  f"tab:top-{kind}s")
     page = d / "report.html"
     _write(page, html.page(scores, circuit, result, inspect, fig_dir))

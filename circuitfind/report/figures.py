@@ -46,11 +46,12 @@ def _edge_colour(score: float, top: float):
     return (0.80, 0.15, 0.10, strength) if score >= 0 else (0.10, 0.30, 0.80, strength)
 
 
-def circuit(scores, circ, path: Path, title: str = "") -> list[Path]:
+def circuit(scores, circ, path: Path, title: str = "", frequency=None) -> list[Path]:
     """Nodes by layer (input at the bottom, logits on top); colour = sign (red supports the task, blue
     opposes it), width and opacity = |score|, line style = which input of a head (q dashed, k dotted,
     v solid). Nodes with no edge drawn are hidden. A circuit of more than MAX_DRAWN_EDGES edges is drawn
-    by its strongest (|score|) ones, and the title says so (the report page draws any number)."""
+    by its strongest (|score|) ones, and the title says so (the report page draws any number).
+    frequency [dst, src]: opacity is each edge's frequency in the circuits of bootstrap resamples instead."""
     g = scores.graph
     pos = node_positions(g)
     edges = sorted(circuit_edges(scores, circ.mask), key=lambda e: abs(e[3]))[-MAX_DRAWN_EDGES:]
@@ -61,8 +62,12 @@ def circuit(scores, circ, path: Path, title: str = "") -> list[Path]:
     for s, d, kind, sc in edges:  # weakest first, so the strongest are drawn on top
         (x0, y0), (x1, y1) = pos[s], pos[d]
         width = 0.4 + 2.2 * (abs(sc) / top if top else 1)
+        colour = _edge_colour(sc, top)
+        if frequency is not None:  # how sure: in how many resamples' circuits the edge is
+            f = float(frequency[g.edge_index(f"{s}->{d}<{kind}>" if kind else f"{s}->{d}")])
+            colour = (*colour[:3], 0.1 + 0.9 * f)
         ax.annotate("", xy=(x1, y1), xytext=(x0, y0),
-                    arrowprops=dict(arrowstyle="-|>", color=_edge_colour(sc, top), lw=width, linestyle=STYLES[kind],
+                    arrowprops=dict(arrowstyle="-|>", color=colour, lw=width, linestyle=STYLES[kind],
                                     shrinkA=6, shrinkB=6, mutation_scale=6,
                                     connectionstyle=f"arc3,rad={bend(y0, y1, kind)}"))
     for n in used:
@@ -99,6 +104,11 @@ def curves(runs: dict[str, dict], path: Path, title: str = "") -> list[Path]:
                         label=f"{label} (CPR {r['cpr']:.3f}, CMD {r['cmd']:.3f})")
         if r["curve"].get("faithfulness_absolute"):  # absent for a curve of one ranking
             ax.plot(xs, r["curve"]["faithfulness_absolute"], ls="--", lw=0.8, color=line.get_color())
+        bands = (r.get("ci") or {}).get("curve") or {}
+        for key, alpha in (("faithfulness_signed", 0.2), ("faithfulness_absolute", 0.1)):  # bootstrap intervals
+            if bands.get(key):
+                low, high = zip(*bands[key])
+                ax.fill_between(xs, low, high, color=line.get_color(), alpha=alpha, lw=0)
     ax.axhline(1.0, color="#888888", lw=0.5)
     ax.set_xscale("log")
     ax.set_xlabel("edges kept (%)")

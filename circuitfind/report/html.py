@@ -18,7 +18,7 @@ from pathlib import Path
 
 from circuitfind.prune import node_order
 from circuitfind.report.layout import node_positions
-from circuitfind.report.tables import SUMMARY_COLUMNS, summary_rows, top_rows
+from circuitfind.report.tables import SUMMARY_COLUMNS, summary_rows, top_header, top_rows
 
 MAX_SLIDER_EDGES = 2000  # edges stored in the page for the slider (the top ones by |score|)
 
@@ -84,7 +84,12 @@ function draw(){
     const cx = (x0+x1)/2 + rad*(y1-y0), cy = (y0+y1)/2 - rad*(x1-x0);
     const line = el('path',{d:`M${x0},${y0} Q${cx},${cy} ${x1},${y1}`,fill:'none',class:'edge','stroke':colour(e[2],top),
       'stroke-width':(0.6+3*Math.abs(e[2])/top).toFixed(2),'stroke-dasharray':dash[kind],'data-edge':src+'->'+rname});
-    const t = el('title',{}); t.textContent = `${src}->${rname}  score ${e[2].toPrecision(4)}`; line.appendChild(t);
+    const t = el('title',{}); t.textContent = `${src}->${rname}  score ${e[2].toPrecision(4)}`;
+    if(e.length>3){  // the bootstrap's interval, and how often the edge is in a resample's circuit (its opacity)
+      t.textContent += `  [${e[3].toPrecision(3)}, ${e[4].toPrecision(3)}]`;
+      if(e[5]>=0){ t.textContent += `  in ${(100*e[5]).toFixed(0)}% of resampled circuits`; line.setAttribute('stroke-opacity',(0.1+0.9*e[5]).toFixed(2)); }
+    }
+    line.appendChild(t);
     line.addEventListener('mouseenter',()=>{document.getElementById('hover').textContent=t.textContent;});
     gEdges.appendChild(line);
   }
@@ -146,6 +151,12 @@ def page(scores, circuit, result: dict, inspect: dict | None, figures: Path) -> 
     key = scores.scores.abs().masked_fill(~g.edge_mask, -1.0)
     order = key.flatten().argsort(descending=True)[:min(g.n_edges, max(MAX_SLIDER_EDGES, circuit.n_edges))]
     edges = [[int(i) // g.n_senders, int(i) % g.n_senders, float(scores.scores.flatten()[i])] for i in order]
+    ci = scores.intervals
+    if ci is not None:  # each edge's bootstrap interval and in-circuit frequency (-1: none), for hover and opacity
+        freq = ci.get("frequency")
+        for e in edges:
+            e += [float(ci["low"][e[0], e[1]]), float(ci["high"][e[0], e[1]]),
+                  -1.0 if freq is None else float(freq[e[0], e[1]])]
     start = int(circuit.provenance.get("edges", circuit.n_edges))
     nodes = scores.level == "node"
     data = {"senders": g.senders, "receivers": g.receivers, "receiverNode": g.receiver_node.tolist(),
@@ -168,7 +179,7 @@ def page(scores, circuit, result: dict, inspect: dict | None, figures: Path) -> 
                    **result.get("provenance", {})}
     summary = _table(SUMMARY_COLUMNS, summary_rows([result]))
     kind, rows = top_rows(scores, 20)
-    top_table = _table(("#", kind, "score"), rows)
+    top_table = _table(top_header(scores, kind), rows)
     top = g.n_senders if nodes else len(edges)  # the slider's range
     prompt_rows = [[e["clean"], e["corrupt"], e["correct"], e["wrong"]] for e in examples]
     flow = (inspect or {}).get("flow")

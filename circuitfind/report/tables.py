@@ -1,7 +1,8 @@
 """Tables as LaTeX (booktabs) and Markdown, from result dicts and scores.
 
     summary(results)      one row per run: method, ablation, edges, faithfulness, CPR, CMD, ROC AUC, time
-    top_rows(scores)      the highest-|score| edges (nodes, for node scores) with their scores
+                          (with bootstrap intervals [low, high] where the run has them)
+    top_rows(scores)      the highest-|score| edges (nodes, for node scores) with their scores (and intervals)
 """
 
 from __future__ import annotations
@@ -19,20 +20,50 @@ def _fmt(x, digits: int = 3) -> str:
     return str(x)
 
 
+def _with_interval(x, ci, key: str) -> str:
+    """A figure and, where the run has its bootstrap interval, the interval: `0.975 [0.960, 0.991]`."""
+    interval = (ci or {}).get(key)
+    if not interval or x is None or any(v is None or math.isnan(v) for v in interval):
+        return _fmt(x)
+    return f"{_fmt(x)} [{_fmt(interval[0])}, {_fmt(interval[1])}]"
+
+
 def summary_rows(results: list[dict]) -> list[list[str]]:
+    """One row per run; faithfulness, CPR and CMD with their intervals [low, high] where the run has them."""
     return [[r["model"], r["task"], r["method"], r["ablation"], f"{r['n_edges']}/{r['n_edges_total']}",
-             _fmt(r.get("faithfulness")), _fmt(r.get("cpr")), _fmt(r.get("cmd")), _fmt(r.get("roc_auc")),
-             _fmt(r.get("seconds"), 1)] for r in results]
+             _with_interval(r.get("faithfulness"), r.get("ci"), "faithfulness"),
+             _with_interval(r.get("cpr"), r.get("ci"), "cpr"), _with_interval(r.get("cmd"), r.get("ci"), "cmd"),
+             _fmt(r.get("roc_auc")), _fmt(r.get("seconds"), 1)] for r in results]
+
+
+def top_header(scores, kind: str) -> tuple[str, ...]:
+    """The columns of `top_rows`: with the scores' intervals, the interval and the in-circuit frequency too."""
+    if scores.intervals is None or kind == "node":
+        return ("#", kind, "score")
+    level = f"{100 * scores.intervals['level']:g}%"
+    return ("#", kind, "score", f"{level} interval") + (("in circuit",) if scores.intervals.get("frequency")
+                                                          is not None else ())
 
 
 def top_rows(scores, n: int = 20) -> tuple[str, list[list[str]]]:
-    """("edge", rows) of the n highest-|score| edges; for node scores ("node", rows) of the n highest-|score|
-    nodes (their edges would only repeat each node's one score)."""
+    """("edge", rows) of the n highest-|score| edges (with their bootstrap interval and in-circuit frequency
+    where the scores have them, `top_header`); for node scores ("node", rows) of the n highest-|score| nodes
+    (their edges would only repeat each node's one score)."""
     if scores.level == "node":
         values = scores.node_values()
         order = values.abs().argsort(descending=True, stable=True)[:n].tolist()
         return "node", [[str(i + 1), scores.graph.senders[s], f"{float(values[s]):.4g}"] for i, s in enumerate(order)]
-    return "edge", [[str(i + 1), name, f"{s:.4g}"] for i, (name, s) in enumerate(scores.top(n))]
+    rows = []
+    ci = scores.intervals
+    for i, (name, s) in enumerate(scores.top(n)):
+        row = [str(i + 1), name, f"{s:.4g}"]
+        if ci is not None:
+            at = scores.graph.edge_index(name)
+            row.append(f"[{float(ci['low'][at]):.4g}, {float(ci['high'][at]):.4g}]")
+            if ci.get("frequency") is not None:
+                row.append(f"{float(ci['frequency'][at]):.2f}")
+        rows.append(row)
+    return "edge", rows
 
 
 def markdown(header, rows) -> str:
