@@ -201,3 +201,71 @@ def test_stability_of_a_method_that_does_not_average_runs_it_again_on_each_resam
         cf.stability(toy, task, "eap")
     with pytest.raises(cf.ConfigError, match="resamples"):
         cf.stability(toy, task, "eap", edges=10, resamples=-1)
+
+
+# ---------------------------------------------------------------------- everywhere a figure is shown
+def test_discover_with_resamples_puts_intervals_in_every_artifact_and_changes_no_estimate(toy, tmp_path):
+    from circuitfind.report import write_report
+    plain = cf.discover(toy, "ioi", "eap", n=24, edges=120, out=tmp_path / "plain", quiet=True)
+    run = cf.discover(toy, "ioi", "eap", n=24, edges=120, out=tmp_path / "ci", resamples=300, quiet=True)
+    r, ci = run.result, run.result["ci"]
+    for key in ("faithfulness", "cpr", "cmd"):
+        assert r[key] == plain.result[key]  # (intervals change no estimate)
+        assert ci[key][0] <= r[key] + 1e-9 and r[key] - 1e-9 <= ci[key][1] and ci[key][0] < ci[key][1]
+    assert len(ci["curve"]["faithfulness_signed"]) == len(r["curve"]["fractions"]) and ci["resamples"] == 300
+    # the same scores to float rounding (summed example by example), and the per-example ones not kept
+    assert torch.allclose(run.scores.scores, plain.scores.scores, atol=1e-6) and run.scores.per_example is None
+    scores = cf.EdgeScores.load(tmp_path / "ci")
+    low, high, freq = (scores.intervals[k] for k in ("low", "high", "frequency"))
+    on = toy.graph.edge_mask
+    inside = ((low <= scores.scores + 1e-6) & (scores.scores <= high + 1e-6))[on]
+    assert float(inside.float().mean()) >= 0.99 and bool((high >= low).all())
+    kept = run.circuit.mask
+    assert freq[kept].mean() > 0.8 > freq[on & ~kept].mean()  # the circuit's edges are in most resamples'
+    assert scores.intervals["k"] == run.circuit.n_edges and scores.intervals["level"] == 0.95
+    summary = (tmp_path / "ci" / "tables" / "summary.md").read_text()
+    assert f"{r['cpr']:.3f} [{ci['cpr'][0]:.3f}, {ci['cpr'][1]:.3f}]" in summary
+    assert "95% interval | in circuit" in (tmp_path / "ci" / "tables" / "top_edges.md").read_text()
+    assert "[" in (tmp_path / "ci" / "tables" / "summary.tex").read_text()
+    import json
+    import re
+
+    def page_edges(d):  # the page's data: each edge [dst, src, score] (+ low, high, frequency with intervals)
+        page = (d / "report.html").read_text()
+        block = re.search(r'id="report-data">(.*?)</script>', page, re.S).group(1)
+        return json.loads(block)["edges"]
+    with_ci, without = page_edges(tmp_path / "ci"), page_edges(tmp_path / "plain")
+    assert {len(e) for e in with_ci} == {6} and {len(e) for e in without} == {3}
+    d, s, _, lo, hi, f = with_ci[0]
+    assert (lo, hi, f) == pytest.approx((float(low[d, s]), float(high[d, s]), float(freq[d, s])), abs=1e-6)
+    write_report(tmp_path / "ci")  # re-rendered from the files alone
+    (tmp_path / "ci" / "ci.safetensors").unlink()
+    with pytest.raises(cf.ConfigError, match="does not hold"):
+        cf.EdgeScores.load(tmp_path / "ci")
+
+
+def test_methods_that_do_not_average_get_intervals_of_their_circuits_figures_only(toy, tmp_path):
+    run = cf.discover(toy, "ioi", "ifr", n=16, edges=200, out=tmp_path / "r", resamples=100, quiet=True)
+    assert run.result["ci"]["edges"] is None and run.result["ci"]["faithfulness"][0] < run.result["ci"]["faithfulness"][1]
+    assert not (tmp_path / "r" / "ci.safetensors").exists() and run.scores.intervals is None
+    with pytest.raises(cf.ConfigError, match="level"):
+        cf.discover(toy, "ioi", "eap", n=16, resamples=10, level=1.5)
+    with pytest.raises(cf.ConfigError, match="resamples"):
+        cf.discover(toy, "ioi", "eap", n=16, resamples=-3)
+
+
+def test_the_command_line_and_a_sweep_show_the_intervals(toy, tmp_path, capsys):
+    from circuitfind.cli import main
+    assert main(["discover", "--model", "toy-lm", "--task", "ioi", "--method", "eap", "-n", "16", "--edges", "60",
+                 "--resamples", "50", "--no-report"]) == 0
+    assert "95% bootstrap intervals, 50 resamples" in capsys.readouterr().out
+    assert main(["stability", "--model", "toy-lm", "--task", "ioi", "--method", "eap", "-n", "16", "--edges", "60",
+                 "--resamples", "4", "--seeds", "0,1", "--json", str(tmp_path / "st.json")]) == 0
+    assert "Stability(8 circuits" in capsys.readouterr().out
+    import json
+    assert set(json.loads((tmp_path / "st.json").read_text())) >= {"jaccard_edges", "always", "sometimes"}
+    df = cf.sweep(["toy-lm"], ["ioi"], ["eap", "ifr"], store=tmp_path / "s.sqlite", n=16, edges=60, resamples=50,
+                  quiet=True)
+    assert (df.cpr_low < df.cpr).all() and (df.cpr < df.cpr_high).all()
+    assert main(["report", "--sweep", str(tmp_path / "s.sqlite")]) == 0
+    assert "[" in (tmp_path / "s.sqlite.report" / "tables" / "sweep.md").read_text()

@@ -3,6 +3,7 @@
     circuitfind zoo                    cf.models.zoo.ZOO
     circuitfind tasks [show TASK]      cf.task.builtin_tasks(), cf.load_task(TASK).examples()
     circuitfind discover --model M --task T --method X --out DIR    cf.discover(model, T, X, out=DIR)
+    circuitfind stability --model M --task T --method X --edges N   cf.stability(model, T, X, edges=N)
     circuitfind sweep --models a,b --tasks t --methods x,y --store S    cf.sweep(models=[a, b], ..., store=S)
     circuitfind report DIR             cf.report.write_report(DIR)
     circuitfind report --sweep S       circuitfind.sweep.report.write_sweep_report(S)
@@ -15,6 +16,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shlex
@@ -68,6 +70,34 @@ def _tasks(args) -> int:
     return 0
 
 
+def _stability(args) -> int:
+    from circuitfind.errors import ConfigError
+    from circuitfind.models.loading import load_model
+    from circuitfind.task import load_task
+    from circuitfind.uncertainty import stability
+
+    options = {}
+    for item in args.option or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--option takes KEY=VALUE, got {item!r}")
+        options[key.replace("-", "_")] = _option_value(value)
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        raise ConfigError(f"--seeds takes comma-separated integers, e.g. 0,1,2; got {args.seeds!r}") from None
+    task = load_task(args.task, n=args.n, metric=args.metric)
+    model = load_model(args.model, experts=args.experts)
+    st = stability(model, task, args.method, edges=args.edges, nodes=args.nodes, resamples=args.resamples,
+                   seeds=seeds, ablation=args.ablation, level=args.level, quiet=False, **options)
+    print(st)
+    if args.json:
+        Path(args.json).write_text(json.dumps(st.summary() | {"always": st.always, "sometimes": st.sometimes},
+                                              indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
 def _discover(args) -> int:
     from circuitfind.discover import check_run, discover
     from circuitfind.errors import ConfigError
@@ -82,7 +112,8 @@ def _discover(args) -> int:
         options[key.replace("-", "_")] = _option_value(value)
     # every argument, the method's options and the run directory, before anything loads
     check_run(method=args.method, options=options, out=args.out, overwrite=args.overwrite, ablation=args.ablation,
-              edges=args.edges, target=args.target, n=args.n, seed=args.seed, batch_size=args.batch_size)
+              edges=args.edges, target=args.target, n=args.n, seed=args.seed, batch_size=args.batch_size,
+              resamples=args.resamples, level=args.level)
     held = args.out is not None and Path(args.out).is_dir() and any(Path(args.out).iterdir())
     task = load_task(args.task, n=args.n, seed=args.seed, metric=args.metric)
     model = load_model(args.model, tokenizer=args.tokenizer, dtype=args.dtype, device=args.device,
@@ -90,8 +121,8 @@ def _discover(args) -> int:
     try:
         run = discover(model, task, args.method, args.ablation, out=args.out, edges=args.edges, target=args.target,
                        n=args.n, seed=args.seed, quiet=args.quiet, report=not args.no_report,
-                       batch_size=args.batch_size, overwrite=args.overwrite,
-                       provenance={"command": "circuitfind " + shlex.join(args.argv)}, **options)
+                       batch_size=args.batch_size, overwrite=args.overwrite, resamples=args.resamples,
+                       level=args.level, provenance={"command": "circuitfind " + shlex.join(args.argv)}, **options)
     except KeyboardInterrupt:  # discover wrote nothing half-way: say what is on disk
         kept = (f"{args.out} keeps the run that was there" if held else
                 f"nothing was written to {args.out}" if args.out else "nothing was written")
@@ -99,9 +130,15 @@ def _discover(args) -> int:
         return 130
     r = run.result
     auc = "" if r["roc_auc"] is None else f", ROC AUC {r['roc_auc']:.3f}"  # where the task knows the true circuit
+    ci = r.get("ci") or {}
+
+    def shown(key):  # a figure, with its interval where the run has one
+        low_high = ci.get(key)
+        return f"{r[key]:.3f}" + (f" [{low_high[0]:.3f}, {low_high[1]:.3f}]" if low_high else "")
     print(f"{r['model']} / {r['task']} ({r['metric_name']}) / {r['method']}: "
           f"{r['n_edges']} of {r['n_edges_total']} edges ({r['n_nodes']} nodes), "
-          f"faithfulness {r['faithfulness']:.3f}, CPR {r['cpr']:.3f}, CMD {r['cmd']:.3f}{auc}")
+          f"faithfulness {shown('faithfulness')}, CPR {shown('cpr')}, CMD {shown('cmd')}{auc}"
+          + (f" ({100 * ci['level']:g}% bootstrap intervals, {ci['resamples']} resamples)" if ci else ""))
     if run.out is not None:
         print(f"wrote {run.out}/result.json, circuit.json, scores.safetensors")
         if not args.no_report:
@@ -180,7 +217,8 @@ def _sweep(args) -> int:
     df = sweep(_list(args.models), _list(args.tasks), _list(args.methods), _list(args.ablations), seeds,
                store=args.store, executor=args.executor, workers=args.workers,
                n=args.n, edges=args.edges, target=args.target, options=options, dtype=args.dtype, device=args.device,
-               resources=resources, metric=args.metric, quiet=args.quiet, batch_size=args.batch_size)
+               resources=resources, metric=args.metric, quiet=args.quiet, batch_size=args.batch_size,
+               resamples=args.resamples)
     done = df[df.status == "done"] if len(df) else df
     if len(done):
         cols = ["model", "task", "method", "ablation", "seed", "n_edges", "faithfulness", "cpr", "cmd", "roc_auc"]
@@ -201,6 +239,8 @@ EDGES_HELP = "circuit size (default: smallest MIB size reaching --target; acdc: 
 METRIC_HELP = "score and evaluate under this metric instead of the task's own: logit-diff, prob-diff, kl, ce"
 
 
+RESAMPLES_HELP = ("bootstrap resamples of the examples for error bars (e.g. 1000; default 0: none): intervals of "
+                  "faithfulness, CPR, CMD and, for methods that average over examples, every edge's score")
 EXPERTS_HELP = "a mixture of experts' expert-level graph: each expert a sender m{l}.e{j} (load_model(experts=True))"
 DTYPE_HELP = "float32 (default), float64, float16 or bfloat16 (the logits a metric reads are at least float32)"
 DEVICE_HELP = "cpu (default), cuda, cuda:1, mps"
@@ -242,7 +282,27 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--dtype", default="float32", help=DTYPE_HELP)
     d.add_argument("--device", default="cpu", help=DEVICE_HELP)
     d.add_argument("--no-report", action="store_true", help="skip figures, tables and report.html")
+    d.add_argument("--resamples", type=int, default=0, help=RESAMPLES_HELP)
+    d.add_argument("--level", type=float, default=0.95, help="confidence level of the intervals (default 0.95)")
     d.set_defaults(run=_discover)
+    st = sub.add_parser("stability", help="how much of a circuit is the prompts' noise: circuits on bootstrap "
+                                          "resamples of the examples (and task seeds), their Jaccard overlaps")
+    st.add_argument("--model", required=True, help="zoo name, local directory or hub id")
+    st.add_argument("--experts", action="store_true", help=EXPERTS_HELP)
+    st.add_argument("--task", required=True, help="built-in task or path/to/file.py:ClassName")
+    st.add_argument("--method", default="eap-ig", help="one of: " + ", ".join(_method_names()))
+    st.add_argument("--ablation", default="corrupted", help="corrupted, mean, mean-positional, zero, resample")
+    st.add_argument("--metric", help=METRIC_HELP)
+    size = st.add_mutually_exclusive_group(required=True)
+    size.add_argument("--edges", type=int, help="the circuit's size in edges")
+    size.add_argument("--nodes", type=int, help="the circuit's size in nodes")
+    st.add_argument("--resamples", type=int, default=20, help="bootstrap resamples of the examples (default 20)")
+    st.add_argument("--seeds", default="0", help="comma-separated task sampling seeds (default 0)")
+    st.add_argument("-n", type=int, default=100, help="examples")
+    st.add_argument("--option", action="append", metavar="KEY=VALUE", help="method option, as for discover")
+    st.add_argument("--level", type=float, default=0.95, help="level of the Jaccard intervals (default 0.95)")
+    st.add_argument("--json", metavar="FILE", help="also write the summary and the always / sometimes edges")
+    st.set_defaults(run=_stability)
     r = sub.add_parser("report", help="re-render a run directory's figures, tables and report.html (no model "
                                       "needed), or a sweep's comparison report")
     r.add_argument("dir", nargs="?", help="run directory written by discover")
@@ -262,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--resources", help="ray: per model group, e.g. num_cpus=1,num_gpus=1,memory=8e9")
     w.add_argument("-n", type=int, default=100, help="examples per job")
     w.add_argument("--batch-size", type=int, help="examples a pass, for the methods that take one (less memory)")
+    w.add_argument("--resamples", type=int, default=0, help=RESAMPLES_HELP)
     w.add_argument("--edges", type=int, help=EDGES_HELP)
     w.add_argument("--target", type=float, default=0.9)
     w.add_argument("--option", action="append", metavar="METHOD:KEY=VALUE", help="method option, e.g. eap-ig:steps=10")

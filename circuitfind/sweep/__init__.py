@@ -101,17 +101,20 @@ def _ray(groups, settings: Settings, resources: dict):
 def sweep(models, tasks, methods, ablations=("corrupted",), seeds=(0,), *, store="sweep.sqlite",
           executor: str = "local", workers: int = 1, n: int = 100, edges: int | None = None, target: float = 0.9,
           options: dict | None = None, dtype: str = "float32", device: str = "cpu", resources: dict | None = None,
-          metric: str | None = None, quiet: bool = False, batch_size: int | None = None):
+          metric: str | None = None, quiet: bool = False, batch_size: int | None = None, resamples: int = 0):
     """Run every combination not yet done, storing each as it finishes; return `load_sweep(store)`.
 
     options: per-method options, e.g. {"eap-ig": {"steps": 10}}. metric: every task under this built-in
     metric instead of its own (stored as task "name@metric"). resources (Ray): per model group,
     e.g. {"num_cpus": 1, "num_gpus": 1, "memory": 8 * 2**30}. batch_size: examples a pass for the jobs
     that take one (edge pruning and resample ablation run each task whole): how jobs run, not part of their keys.
+    resamples: bootstrap resamples for each job's error bars (as discover's; the store's columns
+    `faithfulness_low`, `faithfulness_high`, `cpr_low`, ... hold them); not part of the keys either.
     """
     arguments.check(models=models, tasks=tasks, methods=methods, ablations=ablations, seeds=seeds, store=store,
                     executor=executor, workers=workers, n=n, edges=edges, target=target, options=options, dtype=dtype,
-                    device=device, resources=resources, metric=metric, quiet=quiet, batch_size=batch_size)
+                    device=device, resources=resources, metric=metric, quiet=quiet, batch_size=batch_size,
+                    resamples=resamples)
     if executor not in ("local", "ray"):
         raise ConfigError(f"executor must be 'local' or 'ray', got {executor!r}")
     if workers < 1:
@@ -128,7 +131,7 @@ def sweep(models, tasks, methods, ablations=("corrupted",), seeds=(0,), *, store
     except OSError as e:  # a file where a folder should be, or no permission: said before any job
         raise ConfigError(f"cannot make the folder of the store {str(store)!r}: {e.strerror}: {e.filename!r}") from None
     with _exclusive(Path(store)):
-        settings = Settings(Store.runs_dir_of(store), dtype, device, batch_size, quiet)
+        settings = Settings(Store.runs_dir_of(store), dtype, device, batch_size, quiet, resamples)
         failures, done_before, ran = _run_jobs(jobs, store, executor, workers, settings, resources)
     log.info("sweep: %d already done, %d ran, %d failed", done_before, ran - len(failures), len(failures))
     for label, error in failures:  # a warning: shown without any logging set up, as a finished bar would hide them
@@ -189,4 +192,8 @@ def load_sweep(store):
         db.close()
     for r in rows:
         r["config"] = filled_job_config(r["config"])
+        ci = (r.get("result") or {}).get("ci") or {}
+        for figure in ("faithfulness", "cpr", "cmd"):  # a job's bootstrap interval (NaN for a job without one)
+            low, high = ci.get(figure) or (float("nan"), float("nan"))
+            r[f"{figure}_low"], r[f"{figure}_high"] = low, high
     return pd.DataFrame(rows, columns=list(rows[0]) if rows else None)

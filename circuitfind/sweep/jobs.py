@@ -126,13 +126,15 @@ class Settings:
     """How a sweep's jobs run, the same for all of them; not what a job computes, so not part of its key.
 
     batch_size: examples a pass, for the jobs that take one (`methods.takes_batches`; the others take each
-    task whole). quiet: no progress bars inside a job (workers always run quiet)."""
+    task whole). quiet: no progress bars inside a job (workers always run quiet). resamples: bootstrap
+    resamples for each job's error bars (discover's; they add intervals, and change no figure)."""
 
     runs_dir: Path
     dtype: str = "float32"
     device: str = "cpu"
     batch_size: int | None = None
     quiet: bool = True
+    resamples: int = 0
 
 
 def run_job(model, job: Job, settings: Settings) -> dict:
@@ -150,7 +152,7 @@ def run_job(model, job: Job, settings: Settings) -> dict:
         run = discover(model, task, job.method, job.ablation, out=final, overwrite=True, edges=job.edges,
                        target=job.target, n=job.n, seed=job.seed, quiet=settings.quiet,
                        batch_size=settings.batch_size if takes_batches(job.method, job.ablation) else None,
-                       **job.options)
+                       resamples=settings.resamples, **job.options)
         return {"status": "done", "result": run.result, "started": start, "finished": time.time(),
                 "seconds": round(time.time() - start, 3), "peak_mb": round(_peak_mb(model.device), 1),
                 "run_dir": str(final.relative_to(runs_dir.parent))}

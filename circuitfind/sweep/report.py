@@ -32,7 +32,12 @@ def _cpr_cmd(df, path: Path):
     fig, axes = plt.subplots(1, 2, figsize=(figures.COLUMN * 2, max(1.6, 0.18 * len(df) + 0.8)), sharey=True)
     ys = list(range(len(df)))
     for ax, col, title in ((axes[0], "cpr", "CPR (higher is better)"), (axes[1], "cmd", "CMD (lower is better)")):
-        ax.barh(ys, df[col].fillna(0).tolist(), color="#4c72b0")
+        values = df[col].fillna(0)
+        errors = None
+        if f"{col}_low" in df and df[f"{col}_low"].notna().any():  # bootstrap intervals as error bars
+            errors = [(values - df[f"{col}_low"]).fillna(0).clip(lower=0).tolist(),
+                      (df[f"{col}_high"] - values).fillna(0).clip(lower=0).tolist()]
+        ax.barh(ys, values.tolist(), color="#4c72b0", xerr=errors, error_kw={"lw": 0.8, "capsize": 2})
         ax.set_title(title)
         ax.axvline(0, color="k", lw=0.5)
     axes[0].set_yticks(ys, labels)
