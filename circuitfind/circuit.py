@@ -18,6 +18,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from torch import Tensor
 
 from circuitfind.errors import ConfigError, count
@@ -202,7 +203,7 @@ class EdgeScores:
         _atomic_write(d / "scores.safetensors", lambda p: save_file({"scores": self.scores.contiguous()}, p))
         meta = self.metadata()
         if self.intervals is not None:
-            tensors = {k: self.intervals[k].contiguous() for k in ("low", "high", "frequency")
+            tensors = {k: self.intervals[k].contiguous() for k in ("low", "high", "frequency", "circuits")
                        if self.intervals.get(k) is not None}
             _atomic_write(d / "ci.safetensors", lambda p: save_file(tensors, p))
             meta["intervals"] = {k: self.intervals[k] for k in INTERVAL_FIELDS}
@@ -255,10 +256,13 @@ def _read_intervals(d: Path, meta: dict, shape: tuple[int, int]) -> dict | None:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # noqa: BLE001 — safetensors raises several kinds for a damaged file
         raise ConfigError(f"{path} is damaged ({e}); rerun discover with --resamples to write it again") from None
+    circuits = tensors.pop("circuits", None)  # packed bits [r, ⌈edges / 8⌉]
     if not {"low", "high"} <= set(tensors) or any(tuple(t.shape) != shape or not bool(t.isfinite().all())
-                                                  for t in tensors.values()):
+                                                  for t in tensors.values()) \
+            or (circuits is not None and (circuits.dtype != torch.uint8 or circuits.ndim != 2)):
         raise ConfigError(f"{path} is damaged: it needs finite 'low' and 'high' (and 'frequency') of shape {shape}")
-    return {"low": tensors["low"], "high": tensors["high"], "frequency": tensors.get("frequency")} | described
+    return {"low": tensors["low"], "high": tensors["high"], "frequency": tensors.get("frequency"),
+            "circuits": circuits} | described
 
 
 def _read_scores(path: Path, shape: tuple[int, int]) -> Tensor:
@@ -361,6 +365,24 @@ def _same_graph(a, b) -> Circuit:
         raise ConfigError(f"the circuits are over different graphs ({a.graph} and {b.graph}); compare circuits "
                           f"of one model")
     return b
+
+
+def depth_profile(circuit: Circuit, bins: int = 5) -> dict:
+    """Where a circuit's nodes sit, comparable across models of any depth: for heads and for MLPs, the
+    fraction of the graph's nodes of that kind in the circuit within each of `bins` equal slices of depth
+    (layer / n_layers): {"heads": [bins], "mlps": [bins], "bins": bins}."""
+    g, kept = circuit.graph, circuit.mask.any(0)  # a node is in when one of its out-edges is
+    out = {"heads": [0.0] * bins, "mlps": [0.0] * bins, "bins": bins}
+    totals = {"heads": [0] * bins, "mlps": [0] * bins}
+    for l in range(g.n_layers):
+        at = min(bins - 1, l * bins // g.n_layers)
+        for kind, senders in (("heads", [g.head_sender(l, h) for h in range(g.n_heads)]),
+                              ("mlps", list(g.mlp_senders(l)))):
+            out[kind][at] += float(kept[senders].sum())
+            totals[kind][at] += len(senders)
+    for kind in ("heads", "mlps"):
+        out[kind] = [v / t if t else float("nan") for v, t in zip(out[kind], totals[kind])]
+    return out
 
 
 def overlap(a: Circuit, b: Circuit) -> dict:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import itertools
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -66,10 +67,14 @@ def mean_interval(values: Tensor, resamples: int = RESAMPLES, seed: int = 0,
     return low.view(shape), high.view(shape)
 
 
+KEPT_CIRCUITS = 200  # resamples whose top-k circuits edge_intervals keeps (packed bits), for IoU intervals
+
+
 def top_k_frequency(values: Tensor, k: int, resamples: int = RESAMPLES, seed: int = 0,
-                    absolute: bool = True) -> Tensor:
+                    absolute: bool = True, keep: list | None = None) -> Tensor:
     """How often each entry of the mean of values [n, ...] is among the k largest (by |mean| where absolute)
-    over bootstrap resamples → [...] in [0, 1]: an edge's probability of being in a top-k circuit."""
+    over bootstrap resamples → [...] in [0, 1]: an edge's probability of being in a top-k circuit. keep: a list
+    that receives the first KEPT_CIRCUITS resamples' top-k sets, as bool [r, entries]."""
     n, shape = values.shape[0], values.shape[1:]
     flat = values.reshape(n, -1).double()
     if not 0 <= k <= flat.shape[1]:
@@ -81,26 +86,77 @@ def top_k_frequency(values: Tensor, k: int, resamples: int = RESAMPLES, seed: in
         means = w[start:start + step] @ flat  # [r, entries]
         top = (means.abs() if absolute else means).topk(k, dim=1).indices
         hits.index_add_(0, top.flatten(), torch.ones(top.numel(), dtype=torch.float64))
+        if keep is not None and start < KEPT_CIRCUITS:
+            sets = torch.zeros(means.shape, dtype=torch.bool).scatter_(1, top, True)
+            keep.append(sets[: KEPT_CIRCUITS - start])
     return (hits / resamples).float().view(shape)
+
+
+def pack(sets: Tensor) -> Tensor:
+    """bool [r, entries] → uint8 [r, ⌈entries / 8⌉] (numpy's bit order), as ci.safetensors keeps circuits."""
+    import numpy as np
+    return torch.from_numpy(np.packbits(sets.numpy(), axis=1))
+
+
+def unpack(packed: Tensor, entries: int) -> Tensor:
+    import numpy as np
+    return torch.from_numpy(np.unpackbits(packed.numpy(), axis=1, count=entries).astype(bool))
+
+
+def iou_interval(a: Tensor, b: Tensor, level: float = LEVEL) -> tuple[float, float]:
+    """The interval of the intersection over union of two runs' circuits under resampling of their prompts:
+    a, b bool [r, edges], resample i of one run paired with resample i of the other (independent draws)."""
+    r = min(len(a), len(b))
+    a, b = a[:r], b[:r]
+    union = (a | b).sum(1).double()
+    iou = torch.where(union > 0, (a & b).sum(1).double() / union.clamp(min=1), torch.ones_like(union))
+    low, high = interval(iou[:, None], level)
+    return float(low[0]), float(high[0])
 
 
 def edge_intervals(scores, resamples: int = RESAMPLES, seed: int = 0, level: float = LEVEL,
                    k: int | None = None) -> dict:
     """Bootstrap intervals of every edge's score from `scores.per_example` (`score_edges(..., per_example=True)`):
     {"low", "high": [dst, src], "frequency": [dst, src] how often the edge is among a resample's k highest |score|
-    (None without k), "level", "resamples", "seed", "k"}, the form `EdgeScores.intervals` holds."""
+    (None without k), "circuits": the first KEPT_CIRCUITS resamples' top-k sets over the graph's edges (packed
+    bits, `unpack`; for IoU intervals), "level", "resamples", "seed", "k"}, the form `EdgeScores.intervals` holds."""
     if scores.per_example is None:
         raise ConfigError("these scores hold no per-example scores: score them with per_example=True "
                           "(methods that average over examples: circuitfind.methods.PER_EXAMPLE)")
     values = scores.per_example
     low, high = mean_interval(values, resamples, seed, level)
     mask = scores.graph.edge_mask
-    frequency = None
+    frequency, kept = None, []
     if k is not None:  # over the graph's edges only (off the graph a score is 0, never ranked)
         frequency = torch.zeros(mask.shape)
-        frequency[mask] = top_k_frequency(values[:, mask], k, resamples, seed)
+        frequency[mask] = top_k_frequency(values[:, mask], k, resamples, seed, keep=kept)
     return {"low": low * mask, "high": high * mask, "frequency": frequency, "level": level, "resamples": resamples,
-            "seed": seed, "k": k}
+            "seed": seed, "k": k, "circuits": pack(torch.cat(kept)) if kept else None}
+
+
+def overlap_interval(a, b, level: float = LEVEL) -> tuple[float, float]:
+    """The interval of the edge IoU of two runs' circuits (EdgeScores over one graph, each with the resampled
+    circuits of `edge_intervals`) under resampling of each run's prompts."""
+    if a.graph != b.graph:
+        raise ConfigError("an IoU compares circuits of one graph; these scores are over different graphs")
+    if any(s.intervals is None or s.intervals.get("circuits") is None for s in (a, b)):
+        raise ConfigError("IoU intervals need both runs' resampled circuits: run discover with --resamples")
+    edges = a.graph.n_edges
+    return iou_interval(unpack(a.intervals["circuits"], edges), unpack(b.intervals["circuits"], edges), level)
+
+
+def overlap_intervals(run_dirs, level: float = LEVEL) -> list[list[tuple[float, float]]] | None:
+    """Pairwise edge-IoU intervals [i][j] of run directories whose scores hold resampled circuits (discover
+    --resamples), or None where one does not."""
+    from circuitfind.circuit import EdgeScores
+
+    dirs = [Path(d) for d in run_dirs]
+    if not all((d / "ci.safetensors").exists() and (d / "scores.json").exists() for d in dirs):
+        return None
+    scores = [EdgeScores.load(d) for d in dirs]
+    if any(s.intervals is None or s.intervals.get("circuits") is None for s in scores):
+        return None
+    return [[overlap_interval(a, b, level) for b in scores] for a in scores]
 
 
 def faithfulness_samples(circuit: Tensor, full: Tensor, empty: Tensor, w: Tensor) -> Tensor:

@@ -269,3 +269,25 @@ def test_the_command_line_and_a_sweep_show_the_intervals(toy, tmp_path, capsys):
     assert (df.cpr_low < df.cpr).all() and (df.cpr < df.cpr_high).all()
     assert main(["report", "--sweep", str(tmp_path / "s.sqlite")]) == 0
     assert "[" in (tmp_path / "s.sqlite.report" / "tables" / "sweep.md").read_text()
+
+
+def test_compare_gives_iou_intervals_for_runs_of_one_graph_and_depth_profiles_across_models(toy, tmp_path, capsys):
+    from circuitfind.circuit import depth_profile
+    from circuitfind.cli import main
+    from circuitfind.graph import Graph
+    from circuitfind.uncertainty import overlap_interval
+    a = cf.discover(toy, "ioi", "eap", n=16, edges=80, out=tmp_path / "a", resamples=200, quiet=True, report=False)
+    b = cf.discover(toy, "ioi", "exact", n=16, edges=80, out=tmp_path / "b", resamples=200, quiet=True, report=False)
+    low, high = overlap_interval(cf.EdgeScores.load(tmp_path / "a"), cf.EdgeScores.load(tmp_path / "b"))
+    assert 0 <= low < high <= 1
+    assert overlap_interval(a.scores, a.scores) == (1.0, 1.0)
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    assert f"[{low:.3f}, {high:.3f}]" in capsys.readouterr().out
+    other = Graph(10, 2)  # a deeper model: its circuit is compared by where its nodes sit
+    mask = torch.zeros(other.n_receivers, other.n_senders, dtype=torch.bool)
+    mask[other.logits_receiver, other.head_sender(9, 1)] = True  # one head in the last tenth of depth
+    cf.Circuit(mask, other).save(tmp_path / "other.json")
+    profile = depth_profile(cf.Circuit.load(tmp_path / "other.json"))
+    assert profile["heads"] == [0, 0, 0, 0, 0.25] and profile["mlps"] == [0] * 5  # 1 of the 4 heads of layers 8-9
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "other.json"), "--figure", str(tmp_path / "d")]) == 0
+    assert "by fifth of depth" in capsys.readouterr().out and (tmp_path / "d.png").exists()

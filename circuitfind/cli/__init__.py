@@ -365,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="how much circuits agree: shared edges and nodes, intersection over union")
     c.add_argument("circuits", nargs="+", help="run directories or circuit.json files (of one model)")
     c.add_argument("-k", type=int, default=10, help="edges listed as only in one circuit (two circuits)")
+    c.add_argument("--figure", help="circuits of different models: draw their depth profiles to FILE(.png/.pdf)")
     c.set_defaults(run=compare)
     g = sub.add_parser("graph", help="load a model and print its edge graph")
     g.add_argument("--model", required=True, help="zoo name, local directory or hub id")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from circuitfind.uncertainty import LEVEL, overlap_intervals
+
 
 def graph(args) -> int:
     from circuitfind.models.loading import load_model
@@ -106,16 +108,20 @@ def compare(args) -> int:
         from circuitfind.errors import ConfigError
 
         raise ConfigError("compare needs at least two run directories or circuit files")
-    circuits = [Circuit.load(path) for path in args.circuits]
-    # every pair first: circuits of different models are refused before anything is printed
-    o = [[overlap(a, b) for b in circuits] for a in circuits]
+    paths = [Path(p) / "circuit.json" if Path(p).is_dir() else Path(p) for p in args.circuits]
+    circuits = [Circuit.load(path) for path in paths]
     labels = [chr(ord("A") + i) if i < 26 else f"C{i}" for i in range(len(circuits))]
+    if len({c.graph for c in circuits}) > 1:  # circuits of different models: where their nodes sit, by depth
+        return _depth_profiles(args, labels, circuits)
+    o = [[overlap(a, b) for b in circuits] for a in circuits]
+    intervals = overlap_intervals([p.parent for p in paths])  # [i][j] (low, high), or None (module docstring)
     for label, path, c in zip(labels, args.circuits, circuits):
         method = c.provenance.get("method", "")
         print(f"{label}: {path}{f' ({method})' if method else ''}: {c.n_edges} edges, {len(c.nodes())} nodes")
     if len(circuits) == 2:
         a, b = circuits
-        print(f"edges: {o[0][1]['edges']['shared']} shared, IoU {o[0][1]['edges']['iou']:.3f}; "
+        ci = "" if intervals is None else f" [{intervals[0][1][0]:.3f}, {intervals[0][1][1]:.3f}]"
+        print(f"edges: {o[0][1]['edges']['shared']} shared, IoU {o[0][1]['edges']['iou']:.3f}{ci}; "
               f"nodes: {o[0][1]['nodes']['shared']} shared, IoU {o[0][1]['nodes']['iou']:.3f}")
         for label, only in (("A", a - b), ("B", b - a)):
             names = only.edges()
@@ -126,4 +132,28 @@ def compare(args) -> int:
         print(f"{level} IoU:\n      " + " ".join(f"{x:>6}" for x in labels))
         for x, row in zip(labels, o):
             print(f"{x:>6} " + " ".join(f"{pair[level]['iou']:6.3f}" for pair in row))
+    if intervals is not None:
+        print(f"edge IoU, {100 * LEVEL:g}% intervals under resampling of each run's prompts:")
+        for x, row in zip(labels, intervals):
+            print(f"{x:>6} " + " ".join(f"[{lo:.2f},{hi:.2f}]" for lo, hi in row))
+    return 0
+
+
+def _depth_profiles(args, labels, circuits) -> int:
+    """Circuits of different models: the fraction of heads and of MLPs in each, by fifth of depth."""
+    from circuitfind.circuit import depth_profile
+
+    profiles = [depth_profile(c) for c in circuits]
+    print("circuits of different models: the fraction of each kind of node in the circuit, by fifth of depth")
+    header = " ".join(f"{f'{20 * i}-{20 * (i + 1)}%':>9}" for i in range(5))
+    for kind in ("heads", "mlps"):
+        print(f"{kind}:{'':<{max(len(p) for p in args.circuits) + 3}}{header}")
+        for label, path, p in zip(labels, args.circuits, profiles):
+            print(f"  {label}: {path:<{max(len(p) for p in args.circuits)}} "
+                  + " ".join(f"{v:9.3f}" for v in p[kind]))
+    if args.figure:
+        from circuitfind.report.figures import depth_profiles
+        written = depth_profiles(dict(zip([f"{lab}: {c.provenance.get('model', '')}" for lab, c in
+                                           zip(labels, circuits)], profiles)), Path(args.figure))
+        print("wrote " + ", ".join(str(w) for w in written))
     return 0

@@ -197,3 +197,18 @@ def dot(scores, circ) -> str:
                      f'tooltip="{s}->{d}{"<" + kind + ">" if kind else ""} {sc:.4g}", label="{label}"];')
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def depth_profiles(profiles: dict[str, dict], path: Path) -> list[Path]:
+    """Circuits of different models side by side: per fifth of depth, the fraction of heads (left) and of MLPs
+    (right) in each circuit (`circuit.depth_profile`)."""
+    fig, axes = plt.subplots(1, 2, figsize=(COLUMN * 2, 2.3), sharey=True)
+    for ax, kind in zip(axes, ("heads", "mlps")):
+        for label, p in profiles.items():
+            bins = p["bins"]
+            ax.plot([100 * (i + 0.5) / bins for i in range(bins)], p[kind], marker="o", ms=3, lw=1, label=label)
+        ax.set_title(f"{kind} in the circuit")
+        ax.set_xlabel("depth (% of layers)")
+    axes[0].set_ylabel("fraction of nodes")
+    axes[0].legend(frameon=False, fontsize=6)
+    return save(fig, path)

@@ -16,6 +16,7 @@ from circuitfind.circuit import Circuit, overlap
 from circuitfind.errors import ConfigError
 from circuitfind.report import _write, _write_table, figures, tables
 from circuitfind.sweep import load_sweep
+from circuitfind.uncertainty import overlap_intervals
 
 
 def _slug(text: str) -> str:
@@ -51,7 +52,13 @@ def _overlap_table(part, labels, base: Path, path: Path, what: str) -> list[str]
     if len(circuits) < 2:
         return []
     names = list(circuits)
-    rows = [[x] + [f"{overlap(circuits[x], circuits[y])['edges']['iou']:.2f}" for y in names] for x in names]
+    intervals = overlap_intervals([base / r.run_dir for label, r in zip(labels, part.itertuples())
+                                   if label in circuits])  # (under resampling of the prompts, where kept)
+
+    def cell(i, j):
+        iou = f"{overlap(circuits[names[i]], circuits[names[j]])['edges']['iou']:.2f}"
+        return iou if intervals is None else f"{iou} [{intervals[i][j][0]:.2f}, {intervals[i][j][1]:.2f}]"
+    rows = [[x] + [cell(i, j) for j in range(len(names))] for i, x in enumerate(names)]
     caption = f"Edge overlap (intersection over union) of the circuits found for {what}."
     md = _write_table(path, ["edge IoU", *names], rows, caption, f"tab:{path.name}")
     return ["How much the circuits agree (shared edges over either's):", "", md]
