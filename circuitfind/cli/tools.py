@@ -108,13 +108,13 @@ def compare(args) -> int:
         from circuitfind.errors import ConfigError
 
         raise ConfigError("compare needs at least two run directories or circuit files")
-    paths = [Path(p) / "circuit.json" if Path(p).is_dir() else Path(p) for p in args.circuits]
-    circuits = [Circuit.load(path) for path in paths]
+    circuits = [Circuit.load(path) for path in args.circuits]  # (a run directory: checked as a whole)
+    dirs = [Path(p) if Path(p).is_dir() else Path(p).parent for p in args.circuits]
     labels = [chr(ord("A") + i) if i < 26 else f"C{i}" for i in range(len(circuits))]
     if len({c.graph for c in circuits}) > 1:  # circuits of different models: where their nodes sit, by depth
         return _depth_profiles(args, labels, circuits)
     o = [[overlap(a, b) for b in circuits] for a in circuits]
-    intervals = overlap_intervals([p.parent for p in paths])  # [i][j] (low, high), or None (module docstring)
+    intervals = overlap_intervals(dirs)  # [i][j] (low, high) where every run kept resampled circuits, else None
     for label, path, c in zip(labels, args.circuits, circuits):
         method = c.provenance.get("method", "")
         print(f"{label}: {path}{f' ({method})' if method else ''}: {c.n_edges} edges, {len(c.nodes())} nodes")
