@@ -352,6 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--task", help="top: search this task's prompts; why --ablation mean: average over them")
     i.add_argument("--examples", type=int, default=100, help="top, why: how many task examples")
     i.add_argument("--threshold", type=float, default=0.04, help="flow: τ")
+    i.add_argument("--tokens", action="store_true", help="flow: the token-by-layer graph (residual states at each "
+                                                         "layer and token) instead of the node graph")
     i.add_argument("--out", help="flow: write the figure here (.png and .pdf)")
     i.add_argument("--dtype", default="float32", help=DTYPE_HELP)
     i.add_argument("--device", default="cpu", help=DEVICE_HELP)

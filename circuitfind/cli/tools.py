@@ -69,6 +69,19 @@ def inspect(args) -> int:
         data = load_task(args.task, n=args.examples) if args.task else args.prompt.split("\n")
         for a in ins.top_activations(model, data, args.node, k=args.k):
             print(f"{a.value:+9.4f}  example {a.example:3d} pos {a.position:3d}  {a.context}")
+    elif args.tool == "flow" and args.tokens:  # the token-by-layer graph
+        from circuitfind.report import figures
+
+        graph = ins.flow(model, args.prompt, args.threshold, position=args.position)
+        print(graph)
+        for e in graph.edges:
+            (r0, r1), heads = e.rows, ", ".join(f"h{h} {s:.2f}" for h, s in e.heads[:3])
+            print(f"  L{e.layer} {e.kind:5s} {graph.tokens[e.src]!r}@{e.src} (row {r0}) -> {graph.tokens[e.dst]!r}@{e.dst} "
+                  f"(row {r1})  {e.weight:.3f}{f'  [{heads}]' if heads else ''}")
+        if args.out:
+            out = Path(args.out).with_suffix("")
+            figures.token_flow(graph, out)
+            print(f"figure: {out.with_suffix('.png')}")
     elif args.tool == "flow":
         from circuitfind.report import figures
 

@@ -7,7 +7,8 @@
     patchscope(model, source_prompt, layer, ...)                 decode a hidden state by patching it
     top_activations(model, data, "m2.n17")                       top-activating examples
     SAE.load(path) + latent_projection / latent_attribution / top_activations(sae=, latent=)
-    flow_graph(model, prompt, threshold)                         the per-prompt information-flow graph
+    flow_graph(model, prompt, threshold)                         the per-prompt information-flow graph of nodes
+    flow(model, prompt, tau)                                     the same, token by layer (TokenFlow)
 """
 
 from circuitfind.inspect.contrast import Contrast, Contribution, why
@@ -16,8 +17,9 @@ from circuitfind.inspect.interventions import Intervention, compare, generate, m
 from circuitfind.inspect.lens import LensRow, NodeLens, direct_logits, logit_lens, node_lens
 from circuitfind.inspect.patchscope import IDENTITY_PROMPT, hidden, patchscope
 from circuitfind.inspect.sae import SAE, latent_attribution, latent_projection
+from circuitfind.inspect.token_flow import FlowEdge, TokenFlow, flow
 from circuitfind.inspect.top_examples import Activation, top_activations
 
 __all__ = ["IDENTITY_PROMPT", "SAE", "Activation", "Contrast", "Contribution", "Intervention", "LensRow", "NodeLens",
-           "compare", "direct_logits", "flow_graph", "generate", "hidden", "latent_attribution", "latent_projection",
+           "FlowEdge", "TokenFlow", "compare", "direct_logits", "flow", "flow_graph", "generate", "hidden", "latent_attribution", "latent_projection",
            "logit_lens", "mean_of", "node_lens", "patchscope", "top_activations", "why"]

@@ -212,3 +212,28 @@ def depth_profiles(profiles: dict[str, dict], path: Path) -> list[Path]:
     axes[0].set_ylabel("fraction of nodes")
     axes[0].legend(frameon=False, fontsize=6)
     return save(fig, path)
+
+
+def token_flow(flow, path: Path) -> list[Path]:
+    """A prompt's token-by-layer flow graph (`inspect.flow`): tokens across, residual states up (the embeddings,
+    then after each layer's attention and FFN); edge width = weight; attention edges blue, FFN edges orange (drawn
+    as a bar at their token), residual edges grey."""
+    T, rows = len(flow.tokens), 2 * flow.n_layers + 1
+    fig, ax = plt.subplots(figsize=(max(COLUMN, 0.45 * T + 1), min(9.0, max(2.5, 0.3 * rows + 1))))
+    for e in flow.edges:
+        (r0, r1), width = e.rows, 0.3 + 3.0 * e.weight
+        if e.kind == "attn":
+            ax.plot([e.src, e.dst], [r0, r1], color="#3b6fb6", lw=width, alpha=0.8, solid_capstyle="round")
+        elif e.kind == "ffn":
+            ax.plot([e.dst + 0.12, e.dst + 0.12], [r0, r1], color="#e08a1e", lw=width, alpha=0.9)
+        else:
+            ax.plot([e.dst, e.dst], [r0, r1], color="#999999", lw=width, alpha=0.7)
+    for r, t in flow.nodes():
+        ax.scatter([t], [r], s=14, color="#333333", zorder=3)
+    ax.set_xticks(range(T), flow.tokens, rotation=60, ha="right", fontsize=6)
+    ax.set_yticks([0] + [2 * l + 2 for l in range(flow.n_layers)], ["emb"] + [f"L{l}" for l in range(flow.n_layers)])
+    ax.set_xlim(-0.6, T - 0.4)
+    ax.set_title(f"information flow, token by layer (τ={flow.tau})")
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    return save(fig, path)
