@@ -1,6 +1,6 @@
-"""The README's examples use the package as it is: every `cf.` / `ci.` call in its Python blocks binds
-to the function's real signature, and its concrete command lines parse (a renamed or misspelt
-argument fails here, not for a reader)."""
+"""The README's and the documentation's examples use the package as it is: every `cf.` / `ci.` call in their
+Python blocks binds to the function's real signature, and their concrete command lines parse (a renamed or
+misspelt argument fails here, not for a reader); the docs' tables name every method and model family."""
 
 from __future__ import annotations
 
@@ -13,18 +13,22 @@ import circuitfind as cf
 from circuitfind import inspect as ci
 
 README = Path(__file__).resolve().parent.parent / "README.md"
+DOCS = README.parent / "docs"
+PAGES = [README, *sorted(DOCS.rglob("*.md"))]
 
 
 def _blocks(language: str) -> list[str]:
-    """The README's fenced code blocks whose info string is `language` ("" for shell lines)."""
+    """The fenced code blocks of the README and the docs whose info string is `language` ("" for shell lines;
+    "console" blocks count as shell, their `$ ` prompts taken off)."""
     blocks, current, lang = [], None, None
-    for line in README.read_text().splitlines():
+    lines = [line for page in PAGES for line in page.read_text().splitlines()]
+    for line in lines:
         if line.startswith("```"):
             if current is None:
                 current, lang = [], line[3:].strip()
             else:
-                if lang == language:
-                    blocks.append("\n".join(current))
+                if lang == language or (language == "" and lang == "console"):
+                    blocks.append("\n".join(line.removeprefix("$ ") for line in current))
                 current = None
         elif current is not None:
             current.append(line)
@@ -36,7 +40,8 @@ def _calls():
         for node in ast.walk(ast.parse(block)):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
                 owner = node.func.value
-                if isinstance(owner, ast.Attribute) and isinstance(owner.value, ast.Name):  # ci.SAE.load
+                if isinstance(owner, ast.Attribute) and isinstance(owner.value, ast.Name) \
+                        and owner.value.id in ("cf", "ci"):  # ci.SAE.load
                     yield f"{owner.value.id}.{owner.attr}.{node.func.attr}", node
                 elif isinstance(owner, ast.Name) and owner.id in ("cf", "ci"):
                     yield f"{owner.id}.{node.func.attr}", node
@@ -75,13 +80,14 @@ def test_readme_command_lines_parse():
 
 
 def test_options_named_in_the_methods_table_exist():
-    """A `key=value` in a row of the README's methods table is an option of that row's method."""
+    """A `key=value` in a row of the methods table (docs/tutorials/methods.md) is an option of that row's method."""
     import dataclasses
     import re
 
     from circuitfind.methods import METHODS
 
-    rows = [line for line in README.read_text().splitlines() if re.match(r"^\| `[a-z-]+`[^|]*\|", line)]
+    text = (DOCS / "tutorials" / "methods.md").read_text()
+    rows = [line for line in text.splitlines() if re.match(r"^\| `[a-z-]+`[^|]*\|", line)]
     named, listed = 0, []
     for row in rows:
         methods = re.findall(r"`([a-z-]+)`", row.split("|")[1])
@@ -98,7 +104,7 @@ def test_the_families_table_lists_every_adapter():
     """The Models table names each model_type an adapter reads, and no other."""
     from circuitfind.models.adapters import SUPPORTED
 
-    text = README.read_text()
+    text = (DOCS / "reference" / "models.md").read_text()
     table = text[text.index("| family | `model_type` |"):]
     table = table[: table.index("\n\n")]
     named = {t for line in table.splitlines()[2:] for t in re.findall(r"`([a-z0-9_]+)`", line.split("|")[2])}

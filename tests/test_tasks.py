@@ -349,13 +349,13 @@ def test_greater_than_without_the_corrupted_year_is_a_task_error():
         load_task("greater-than", n=2)._generate(WithoutZeroOne())
 
 
-def test_the_readme_task_example_runs(tmp_path):
-    """The task a reader copies from the README must load, batch and give discover its test split
+def test_the_documented_task_example_runs(tmp_path):
+    """The task a reader copies from the task tutorial must load, batch and give discover its test split
     (its first version, five pairs and one template, could not make a single test example)."""
     import re
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    readme = (Path(__file__).resolve().parent.parent / "docs" / "tutorials" / "write-a-task.md").read_text()
     source = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "class Capital" in b)
     (tmp_path / "my_task.py").write_text(source)
     model = cf.load_model("toy-lm")
