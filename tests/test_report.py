@@ -196,6 +196,32 @@ def test_page_in_a_real_browser(run, tmp_path):
     assert (tmp_path / "report.png").stat().st_size > 10_000
 
 
+def test_token_flow_slider_and_states_in_a_real_browser(run, tmp_path):
+    """The page's τ slider re-prunes the token-by-layer graph as inspect.flow prunes it (the stored graph's own
+    pruning, tests/test_token_flow.py, equals inspect.flow at each τ); a click on a state shows its projection."""
+    from tests.test_token_flow import _prune_stored
+    sync_playwright = _browser()
+    _, r = run
+    stored = json.loads((r.out / "inspect.json").read_text())["token_flow"]
+    errors = []
+    with sync_playwright() as p:
+        browser = _launch(p, tmp_path)
+        try:
+            page = browser.new_page()
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto((r.out / "report.html").as_uri())
+            lines = page.locator("#token-flow line.flow-edge")
+            assert lines.count() == len(_prune_stored(stored, 0.04)) > 0
+            for tau in ("0.1", "0.3", "0.01"):
+                page.locator("#flow-tau").fill(tau)
+                assert lines.count() == len(_prune_stored(stored, float(tau))), tau
+            page.locator("#token-flow .flow-node").first.click()
+            assert "promotes" in page.inner_text("#flow-info")
+        finally:
+            browser.close()
+    assert not errors, errors
+
+
 def test_page_of_node_scores_in_a_real_browser(tmp_path):
     """For node scores the slider counts nodes and draws the edges among them, as cf.prune(nodes=k)."""
     sync_playwright = _browser()

@@ -83,3 +83,26 @@ def test_the_figure_and_the_command_line(toy, tmp_path, capsys):
                  "--out", str(tmp_path / "cli")]) == 0
     out = capsys.readouterr().out
     assert "TokenFlow(15 tokens" in out and (tmp_path / "cli.png").exists()
+
+
+def _prune_stored(flow: dict, tau: float) -> list[dict]:
+    """The page's pruning of the stored graph (its JavaScript, here in Python): top-down, weight ≥ τ into a kept state."""
+    kept, edges = {(2 * flow["n_layers"], flow["position"])}, []
+    for e in sorted(flow["edges"], key=lambda e: -e["rows"][1]):
+        if e["weight"] >= tau and (e["rows"][1], e["dst"]) in kept:
+            edges.append(e)
+            kept.add((e["rows"][0], e["src"]))
+    return edges
+
+
+def test_the_report_holds_the_graph_at_a_floor_from_which_every_higher_tau_is_exact(toy, tmp_path):
+    import json
+    run = cf.discover(toy, "ioi", "eap", n=8, edges=40, out=tmp_path / "r", quiet=True)
+    stored = json.loads((tmp_path / "r" / "inspect.json").read_text())["token_flow"]
+    batch = cf.load_task("ioi", n=8).with_split("test", n=2).batch(toy)
+    prompt = batch.clean.tokens[0, : int(batch.clean.attention_mask[0].sum())]
+    for tau in (0.04, 0.1, 0.3):
+        direct = ci.flow(toy, prompt, tau=tau, position=stored["position"])
+        assert len(_prune_stored(stored, tau)) == len(direct.edges), tau
+    assert all(f"{r},{t}" in stored["lens"] for r, t in ci.flow(toy, prompt, tau=0.01, position=stored["position"]).nodes())
+    assert 'id="token-flow"' in (tmp_path / "r" / "report.html").read_text()

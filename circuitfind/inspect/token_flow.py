@@ -175,3 +175,25 @@ def _prune(weights: dict, L: int, position: int, tau: float) -> list[tuple[str, 
                 pre.add(i)
         kept_rows[2 * l + 1], kept_rows[2 * l] = mid, pre
     return edges
+
+
+def state_lens(model, prompt, states, k: int = 5) -> dict[tuple[int, int], dict]:
+    """The vocabulary projection of residual states (row, token) of a prompt: each one through the final norm and
+    the unembedding, its k most promoted and k most suppressed tokens → {(row, token): {"up": [[token, logit]],
+    "down": [...]}} (row 0 the embeddings, 2l + 1 after layer l's attention, 2l + 2 after its FFN)."""
+    from circuitfind.inspect.common import token_str
+
+    tokens = tokens_of(model, prompt).to(model.device)
+    hooks = ["blocks.0.hook_resid_pre"] + [f"blocks.{l}.hook_resid_{n}" for l in range(model.cfg.n_layers)
+                                           for n in ("mid", "post")]
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in set(hooks))
+        out = {}
+        for row, t in sorted(states):
+            logits = model.unembed(cache[hooks[row]][0, t], wide=True)
+            up, down = logits.topk(k), (-logits).topk(k)
+            out[(row, t)] = {"up": [[token_str(model, int(i), output=True), round(float(v), 3)]
+                                    for v, i in zip(up.values, up.indices)],
+                             "down": [[token_str(model, int(i), output=True), round(-float(v), 3)]
+                                      for v, i in zip(down.values, down.indices)]}
+    return out

@@ -86,6 +86,13 @@ def read_run(run_dir) -> tuple[EdgeScores, Circuit, dict, dict | None]:
                 or not all(isinstance(r, dict) and isinstance(r.get("node"), str) for r in lens):
             raise ConfigError(f"{d / 'inspect.json'} is damaged: it needs 'lens', 'examples' and 'task'; rerun "
                               "discover to write it again")
+        flow = inspect.get("token_flow")
+        if flow is not None and not (isinstance(flow, dict) and isinstance(flow.get("tokens"), list)
+                                     and isinstance(flow.get("edges"), list) and isinstance(flow.get("lens"), dict)
+                                     and all(isinstance(e, dict) and {"rows", "src", "dst", "weight"} <= set(e)
+                                             for e in flow["edges"])):
+            raise ConfigError(f"{d / 'inspect.json'} is damaged: its 'token_flow' needs tokens, edges and lens; "
+                              "rerun discover to write it again")
     return scores, circuit, result, inspect
 
 

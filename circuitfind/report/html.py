@@ -127,6 +127,59 @@ draw();
 })();
 """
 
+FLOW_SCRIPT = r"""
+(function(){
+const F = JSON.parse(document.getElementById('report-data').textContent).tokenFlow;
+if(!F) return;
+const NS = 'http://www.w3.org/2000/svg', svg = document.getElementById('token-flow');
+const tau = document.getElementById('flow-tau'), info = document.getElementById('flow-info');
+const T = F.tokens.length, R = 2*F.n_layers+1, W = +svg.getAttribute('width'), H = +svg.getAttribute('height');
+const x = t => 40 + (W-60)*(t+0.5)/T, y = r => H-40 - (H-70)*r/(R-1);
+function el(tag, attrs){const e=document.createElementNS(NS,tag);for(const k in attrs)e.setAttribute(k,attrs[k]);return e;}
+// the graph at τ, pruned as circuitfind.inspect.flow prunes it: top-down, an edge kept when its weight ≥ τ and it
+// feeds a state already kept (the page holds the graph at a lower τ, of which every higher τ's is a part)
+function prune(t){
+  const kept = new Set([(R-1)+','+F.position]), edges = [];
+  const order = F.edges.slice().sort((a,b)=>b.rows[1]-a.rows[1]);
+  for(const e of order){ if(e.weight>=t && kept.has(e.rows[1]+','+e.dst)){ edges.push(e); kept.add(e.rows[0]+','+e.src); } }
+  return [edges, kept];
+}
+function show(key){
+  const [r,t] = key.split(',').map(Number), lens = F.lens[key];
+  info.textContent = '';
+  const h = document.createElement('h3');
+  h.textContent = `${r===0?'embedding':(r%2?'after attention':'after the FFN')} of layer ${r===0?'–':Math.floor((r-1)/2)}, token ${F.tokens[t]} (${t})`;
+  info.appendChild(h);
+  for(const [label, rows] of [['promotes', lens?lens.up:[]], ['suppresses', lens?lens.down:[]]]){
+    const p = document.createElement('p'); p.textContent = label+': '+rows.map(([w,v])=>`${w} (${v})`).join(', '); info.appendChild(p);
+  }
+}
+function draw(){
+  while(svg.firstChild) svg.removeChild(svg.firstChild);
+  const [edges, kept] = prune(+tau.value);
+  document.getElementById('flow-count').textContent = `τ = ${(+tau.value).toFixed(2)}: ${edges.length} edges, ${kept.size} states`;
+  F.tokens.forEach((w,t)=>{ const lab = el('text',{x:x(t),y:H-8,'font-size':10,'text-anchor':'middle'}); lab.textContent = w; svg.appendChild(lab); });
+  for(const e of edges){
+    const [r0,r1] = e.rows, off = e.kind==='ffn' ? 5 : 0;
+    const colour = e.kind==='attn' ? '#3b6fb6' : (e.kind==='ffn' ? '#e08a1e' : '#999999');
+    const line = el('line',{x1:x(e.src)+off,y1:y(r0),x2:x(e.dst)+off,y2:y(r1),stroke:colour,'stroke-width':(0.5+5*e.weight).toFixed(2),
+                            'stroke-opacity':0.8,class:'flow-edge'});
+    const t = el('title',{});
+    t.textContent = `layer ${e.layer} ${e.kind} ${F.tokens[e.src]} → ${F.tokens[e.dst]}: ${e.weight.toFixed(3)}` +
+      (e.heads.length ? '  heads ' + e.heads.slice(0,4).map(([h,s])=>`a${e.layer}.h${h} ${(100*s).toFixed(0)}%`).join(', ') : '');
+    line.appendChild(t); svg.appendChild(line);
+  }
+  for(const key of kept){
+    const [r,t] = key.split(',').map(Number);
+    const c = el('circle',{cx:x(t),cy:y(r),r:4,fill:'#333',class:'flow-node','data-state':key});
+    c.addEventListener('click',()=>show(key)); svg.appendChild(c);
+  }
+}
+tau.addEventListener('input', draw);
+draw();
+})();
+"""
+
 
 def _json_block(data) -> str:
     """JSON safe inside <script type=application/json>: no '<' survives, so no '</script>'."""
@@ -163,6 +216,7 @@ def page(scores, circuit, result: dict, inspect: dict | None, figures: Path) -> 
             "edges": edges, "pos": node_positions(g), "rows": 2 * g.n_layers + 2, "nEdgesTotal": g.n_edges,
             "level": scores.level,
             "lens": {row["node"]: row for row in (inspect or {}).get("lens", [])},
+            "tokenFlow": (inspect or {}).get("token_flow"),
             "examples": (inspect or {}).get("examples", [])}
     if nodes:  # the slider counts nodes: their order, each one's score (the same on every out-edge), and how
         # many senders each receiver reads (a prefix of them)
@@ -190,6 +244,20 @@ def page(scores, circuit, result: dict, inspect: dict | None, figures: Path) -> 
                         f'at the answer position (information-flow routes, τ = {flow["threshold"]}; '
                         f'{len(flow["edges"])} edges): what the model used on this prompt, with no ablation.</p>'
                         f'<div class="figs">{_img(figures / "flow.png", "information flow")}</div>')
+    token_flow = (inspect or {}).get("token_flow")
+    token_section = ""
+    if token_flow:
+        rows = 2 * token_flow["n_layers"] + 1
+        fw, fh = max(640, 48 * len(token_flow["tokens"]) + 60), max(280, 26 * rows + 70)
+        token_section = (f'<h2>Information flow, token by layer</h2><p>The same prompt\'s residual states at every layer '
+                         f'(rows: the embeddings, then after each layer\'s attention and FFN) and token; an edge is a '
+                         f'head block\'s contribution from one token to another (blue), an FFN\'s at its token (orange) '
+                         f'or the residual connection (grey), its width the proximity weight. Hover an edge for its '
+                         f'heads; click a state for the tokens it promotes and suppresses.</p>'
+                         f'<p><label for="flow-tau">τ:</label> <input type="range" id="flow-tau" min="{token_flow["tau"]}" '
+                         f'max="0.5" step="0.01" value="0.04" style="width:240px"> <span id="flow-count"></span></p>'
+                         f'<div class="row"><svg id="token-flow" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {fw} {fh}" '
+                         f'width="{fw}" height="{fh}"></svg><div id="flow-info" class="muted">Click a state.</div></div>')
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>circuitfind report: {esc(result['task'])} on {esc(result['model'])}</title>
 <style>{STYLE}</style></head><body>
@@ -211,6 +279,7 @@ suppresses, and the examples where it matters most. Hover an edge for its score.
 task, blue oppose it; q inputs dashed, k dotted.</p></div></div>
 </div>
 {flow_section}
+{token_section}
 <h2>Faithfulness and scores</h2>
 <div class="figs">{_img(figures / 'faithfulness.png', 'faithfulness curve')}{_img(figures / 'heads.png', 'node importance')}
 {_img(figures / 'scores.png', 'score distribution')}{_img(figures / 'lens.png', 'logit lens')}</div>
@@ -222,5 +291,6 @@ task, blue oppose it; q inputs dashed, k dotted.</p></div></div>
 <pre class="mono">{esc(json.dumps(provenance, indent=2, default=str))}</pre>
 <script type="application/json" id="report-data">{_json_block(data)}</script>
 <script>{SCRIPT}</script>
+<script>{FLOW_SCRIPT}</script>
 </body></html>
 """
