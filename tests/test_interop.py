@@ -84,3 +84,9 @@ def test_export_to_a_mib_folder_from_the_command_line(tmp_path):
     assert list(back) == [("induction", "toy-induction")]
     assert torch.equal(back["induction", "toy-induction"].scores, run.scores.scores)
     assert main(["export", str(tmp_path / "run")]) == 2  # nowhere to write
+    before = (tmp_path / "mib" / "induction_toy-induction" / "importances.json").read_bytes()
+    assert main(["export", str(tmp_path / "run"), "--mib", str(tmp_path / "mib")]) == 2  # an earlier export is kept
+    assert (tmp_path / "mib" / "induction_toy-induction" / "importances.json").read_bytes() == before
+    assert main(["export", str(tmp_path / "run"), "--eap-ig", str(tmp_path / "g.json")]) == 0
+    assert main(["export", str(tmp_path / "run"), "--eap-ig", str(tmp_path / "g.json")]) == 2
+    assert main(["export", str(tmp_path / "run"), "--eap-ig", str(tmp_path / "g.json"), "--overwrite"]) == 0

@@ -363,6 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--eap-ig", metavar="FILE", help="the EAP-IG graph JSON (scores and circuit)")
     x.add_argument("--mib", metavar="DIR", help="add the scores to a MIB submission folder: DIR/<task>_<model>/")
     x.add_argument("--model-name", help="the model's name in the MIB folder (default: from the scores)")
+    x.add_argument("--overwrite", action="store_true", help="replace files an earlier export wrote")
     x.set_defaults(run=export)
     c = sub.add_parser("compare", help="how much circuits agree: shared edges and nodes, intersection over union")
     c.add_argument("circuits", nargs="+", help="run directories or circuit.json files (of one model)")

@@ -105,11 +105,15 @@ def export(args) -> int:
     if not (args.eap_ig or args.mib):
         raise ConfigError("say where to write: --eap-ig FILE and/or --mib DIR")
     scores = EdgeScores.load(args.dir)
+    name = args.model_name or scores.model.split("/")[-1]
+    held = [p for p in ([Path(args.eap_ig)] if args.eap_ig else [])
+            + ([Path(args.mib) / f"{scores.task}_{name}" / "importances.json"] if args.mib else []) if p.exists()]
+    if held and not args.overwrite:  # an earlier export is data, as a run directory is: replaced only when asked
+        raise ConfigError(f"{held[0]} exists; pass --overwrite to replace it, or write elsewhere")
     if args.eap_ig:
         circuit = Circuit.load(Path(args.dir) / "circuit.json")
         print(f"wrote {save_eap_ig(args.eap_ig, scores, circuit)}")
     if args.mib:
-        name = args.model_name or scores.model.split("/")[-1]
         print(f"wrote {write_mib_submission(args.mib, {(scores.task, name): scores})[0]}")
     return 0
 
