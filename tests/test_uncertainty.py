@@ -35,10 +35,11 @@ def _metric(logits):  # logits [..., batch, vocab] → [..., batch]
 @pytest.mark.parametrize("family", ["gpt2", "llama", "qwen2_moe+experts"])
 def test_each_examples_part_is_that_example_scored_alone(family, monkeypatch):
     """attribute / node IG / exact patching with per_example: example i's part equals the method run on example
-    i alone (its objective that example's metric over the batch size), and the parts sum to the scores. Tiny
-    gradient chunks make q/k/v gradients arrive in spans that begin and end inside examples."""
+    i alone (its objective that example's metric over the batch size), and the parts sum to the scores. Small
+    gradient chunks (12 token rows, examples of 7) make q/k/v gradients arrive in spans that hold whole examples
+    (the batched product) and begin or end inside others (the ragged pieces): rows 0-12, 12-24, 24-28."""
     from circuitfind.engine import walk_grad
-    monkeypatch.setattr(walk_grad, "GRAD_CHUNK_ELEMENTS", 3 * 4 * 32 * 5)  # 5 token rows a chunk (pos 7)
+    monkeypatch.setattr(walk_grad, "GRAD_CHUNK_ELEMENTS", 3 * 4 * 32 * 12)  # 12 token rows a chunk (pos 7)
     model = tiny_model(family)
     clean, corrupt = _inputs()
     abl = ablated_outputs(model, "corrupted", clean, corrupt)
@@ -65,6 +66,8 @@ def test_the_mean_of_per_example_scores_is_the_methods_scores(model, method):
     assert scores.per_example.shape == (6, *scores.scores.shape)
     assert scores.scores.abs().max() > 1e-4
     assert (scores.per_example.mean(0) - scores.scores).abs().max() <= 1e-6 * scores.scores.abs().max()
+    point = cf.score_edges(model, task, method)  # the point estimate's own passes, without the split
+    assert (scores.per_example.mean(0) - point.scores).abs().max() <= 1e-6 * point.scores.abs().max()
     assert not torch.allclose(scores.per_example[0], scores.per_example[1])  # examples do differ
     if method in ("eap", "exact"):  # a batch at a time: the same examples' scores, in order
         split = cf.score_edges(model, task, method, per_example=True, batch_size=4)
