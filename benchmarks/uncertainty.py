@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import gpt2_small_random, peak_memory_in_process, report_peak, timeit_alternating  # noqa: E402
+from common import gpt2_small_random, peak_memory_in_process, report_peak, timeit, timeit_alternating  # noqa: E402
 
 import circuitfind as cf  # noqa: E402
 from circuitfind.task import Example, Task  # noqa: E402
@@ -86,6 +86,9 @@ def main():
           f"resamples, top-k frequency at k = {k} edges; per-example scores: {4 * N * g.n_receivers * g.n_senders / 1e6:.1f} MB")
     print(f"bootstrap products {boot / 1e9:.2f} GFLOP = {boot / forward:.3f} forwards "
           f"(EAP: 2 forwards + 1 backward ≈ 4 forwards; EAP-IG 5 steps ≈ 17)")
+    kept = cf.score_edges(model, task, "eap", per_example=True)
+    t_boot = timeit(lambda: edge_intervals(kept, RESAMPLES, seed=0, k=k), repeat=3, warmup=1)
+    print(f"edge_intervals alone (the bootstrap of every edge's score and top-k frequency): {t_boot:.2f} s")
     for method in ("eap", "eap-ig"):
         t_point, t_ci = timeit_alternating(run[method], run[method + "-ci"], repeat=args.repeat)
         m_point = peak_memory_in_process(__file__, method, ["-n", str(N)])
