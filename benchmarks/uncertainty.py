@@ -97,7 +97,8 @@ def main():
         m_point = peak_memory_in_process(__file__, method, ["-n", str(N)])
         m_ci = peak_memory_in_process(__file__, method + "-ci", ["-n", str(N)])
         print(f"{method}: point {t_point:.2f} s, with intervals {t_ci:.2f} s: {t_ci / t_point:.3f}x "
-              f"(target ≤ 1.2); peak memory {m_point / 2**20:.0f} MiB → {m_ci / 2**20:.0f} MiB: {m_ci / m_point:.3f}x (target ≤ 1.3)")
+              f"(target ≤ 1.2); peak memory {m_point / 2**20:.0f} MiB → {m_ci / 2**20:.0f} MiB: "
+              f"{m_ci / m_point:.3f}x (target ≤ 1.3)")
     t_curve, t_curve_ci = timeit_alternating(run["curve"], run["curve-ci"], repeat=args.repeat)
     print(f"faithfulness curve: alone {t_curve:.2f} s, with intervals {t_curve_ci:.2f} s: "
           f"{t_curve_ci / t_curve:.3f}x (target ≤ 1.1)")
