@@ -165,6 +165,15 @@ def _acdc_threshold(method: str, options: dict) -> float | None:
     return float(options.get("threshold", METHODS["acdc"][1].threshold))
 
 
+def split_reruns(method: str, options: dict) -> tuple[int, dict]:
+    """(reruns, the method's own options) of command-line or sweep options: for the methods that do not average
+    over examples, `resamples=N` among them means run again on N resamples (discover's reruns=N)."""
+    if method in PER_EXAMPLE or "resamples" not in options:
+        return 0, options
+    rest = dict(options)
+    return rest.pop("resamples"), rest
+
+
 def _rerun_intervals(model, task, method, ablation, seed, quiet, batch_size, options, edges, threshold, reruns,
                      level) -> tuple[dict, dict]:
     """A method that does not average over examples run again on `reruns` bootstrap resamples of the task's

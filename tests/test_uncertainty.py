@@ -344,3 +344,10 @@ def test_a_method_that_does_not_average_runs_again_on_resamples_for_its_edges_in
     kept = cf.Circuit.load(tmp_path / "a" / "circuit.json").mask
     assert acdc.intervals["resamples"] == 2 and set(acdc.intervals["frequency"].unique().tolist()) <= {0, 0.5, 1}
     assert acdc.intervals["frequency"][kept].mean() > acdc.intervals["frequency"][on & ~kept].mean()
+    # and in a sweep, as METHOD:resamples=N (part of the job's key)
+    cf.sweep(["toy-lm"], ["ioi"], ["ifr"], store=tmp_path / "s.sqlite", n=12, edges=150, quiet=True,
+             options={"ifr": {"resamples": 2}})
+    (written,) = list(tmp_path.glob("s*/**/ci.safetensors"))
+    assert cf.EdgeScores.load(written.parent).intervals["resamples"] == 2
+    with pytest.raises(cf.ConfigError, match="resamples"):
+        cf.sweep(["toy-lm"], ["ioi"], ["ifr"], store=tmp_path / "t.sqlite", options={"ifr": {"resamples": -2}})

@@ -99,7 +99,7 @@ def _stability(args) -> int:
 
 
 def _discover(args) -> int:
-    from circuitfind.discover import check_run, discover
+    from circuitfind.discover import check_run, discover, split_reruns
     from circuitfind.errors import ConfigError
     from circuitfind.models.loading import load_model
     from circuitfind.task import load_task
@@ -110,9 +110,8 @@ def _discover(args) -> int:
         if not sep:
             raise ConfigError(f"--option takes KEY=VALUE, got {item!r}")
         options[key.replace("-", "_")] = _option_value(value)
-    reruns = args.reruns
-    if "resamples" in options:  # the methods that do not average: --option resamples=N is --reruns N
-        reruns = options.pop("resamples")
+    reruns, options = split_reruns(args.method, options)  # acdc etc.: --option resamples=N is --reruns N
+    reruns = reruns or args.reruns
     # every argument, the method's options and the run directory, before anything loads
     check_run(method=args.method, options=options, out=args.out, overwrite=args.overwrite, ablation=args.ablation,
               edges=args.edges, target=args.target, n=args.n, seed=args.seed, batch_size=args.batch_size,
