@@ -186,7 +186,8 @@ RULES = {
     "threshold": _optional(_number()), "target": _number(least=0.0),
     "n": _optional(_at_least(1)), "seed": SEED, "batch_size": _optional(_at_least(1)),
     "chunk": _optional(_at_least(1)), "workers": _at_least(1), "fractions": _fractions,
-    "resamples": _at_least(0), "level": _level, "tau": _number(least=0.0),  # (bootstrap resamples; 0: no intervals)
+    "resamples": _at_least(0), "level": _level, "reruns": _at_least(0),  # (bootstrap resamples, re-runs; 0: none)
+    "tau": _number(least=0.0),
     # switches and places
     "quiet": _flag, "report": _flag, "overwrite": _flag, "per_example": _flag, "absolute": _flag,
     "remove_dangling": _flag,

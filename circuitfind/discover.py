@@ -33,7 +33,7 @@ from circuitfind.prune import prune
 from circuitfind.report import render
 from circuitfind.report.data import collect
 from circuitfind.task import Task, load_task, metric_name
-from circuitfind.uncertainty import LEVEL, edge_intervals
+from circuitfind.uncertainty import LEVEL, edge_intervals, interval, pack, resampled_task, stability_of
 
 log = logging.getLogger(__name__)
 
@@ -165,10 +165,45 @@ def _acdc_threshold(method: str, options: dict) -> float | None:
     return float(options.get("threshold", METHODS["acdc"][1].threshold))
 
 
+def split_reruns(method: str, options: dict) -> tuple[int, dict]:
+    """(reruns, the method's own options) of command-line or sweep options: for the methods that do not average
+    over examples, `resamples=N` among them means run again on N resamples (discover's reruns=N)."""
+    if method in PER_EXAMPLE or "resamples" not in options:
+        return 0, options
+    rest = dict(options)
+    return rest.pop("resamples"), rest
+
+
+def _rerun_intervals(model, task, method, ablation, seed, quiet, batch_size, options, edges, threshold, reruns,
+                     level) -> tuple[dict, dict]:
+    """A method that does not average over examples run again on `reruns` bootstrap resamples of the task's
+    examples (seeded by seed): (EdgeScores.intervals: each edge's percentile interval over the re-runs' scores
+    and its frequency in their circuits, each pruned as the run's own, by ACDC's threshold or to `edges`; the
+    re-runs' Jaccard summary)."""
+    n = len(task.examples(model))
+    draws = torch.randint(n, (reruns, n), generator=torch.Generator().manual_seed(seed))
+    extra = {} if batch_size is None else {"batch_size": batch_size}
+    runs, circuits = [], []
+    for r in range(reruns):
+        again = score_edges(model, resampled_task(task, draws[r].tolist()), method, ablation, seed=seed, quiet=quiet,
+                            **extra, **options)
+        runs.append(again.scores)  # [dst, src]
+        circuits.append(prune(again, threshold=threshold, absolute=False) if threshold is not None
+                        else prune(again, edges=edges))
+    low, high = interval(torch.stack(runs).double(), level)  # [dst, src] each
+    st = stability_of(circuits, model.graph, level)
+    on = model.graph.edge_mask
+    kept = torch.stack([c.mask[on] for c in circuits])  # [reruns, edges]
+    intervals = {"low": low.float() * on, "high": high.float() * on, "frequency": st.frequency, "level": level,
+                 "resamples": reruns, "seed": seed, "k": None if threshold is not None else edges,
+                 "circuits": pack(kept)}
+    return intervals, st.summary()
+
+
 def discover(model, task: Task | str, method: str = "eap-ig", ablation: str = "corrupted", *, out=None,
              edges: int | None = None, target: float = 0.9, n: int | None = None, seed: int = 0, quiet: bool = False,
              report: bool = True, batch_size: int | None = None, provenance: dict | None = None,
-             overwrite: bool = False, resamples: int = 0, level: float = LEVEL, **options) -> Run:
+             overwrite: bool = False, resamples: int = 0, level: float = LEVEL, reruns: int = 0, **options) -> Run:
     """Score every edge with `method`, pick the smallest MIB-size circuit whose faithfulness on the
     test split (a quarter of n, no prompt shared with the train split) reaches `target` (or the top
     `edges`), evaluate it, and, with `out=`, write the run directory and its report. ACDC's circuit is
@@ -185,10 +220,18 @@ def discover(model, task: Task | str, method: str = "eap-ig", ablation: str = "c
     from the passes the estimates make: of the faithfulness, the curve, CPR and CMD (every method), and of
     every edge's score and its frequency in a resample's circuit of the chosen size (the methods that average
     over examples; ACDC and edge pruning: `cf.stability`). In result.json's `ci` and the scores' ci.safetensors.
+    reruns > 0, for the methods that do not average over examples (ACDC, edge pruning, ifr: `--option
+    resamples=N` on the command line): run the method again on this many bootstrap resamples of the examples
+    (reruns times its cost), for every edge's interval (percentiles of its re-run scores), its frequency in the
+    re-runs' circuits (chosen as the run's own: ACDC's threshold, else its size) and their Jaccard overlaps
+    (result.json's `ci["stability"]`).
     """
     check_run(model=model, task=task, method=method, ablation=ablation, out=out, edges=edges, target=target, n=n,
               seed=seed, quiet=quiet, report=report, batch_size=batch_size, provenance=provenance,
-              overwrite=overwrite, resamples=resamples, level=level, options=options)
+              overwrite=overwrite, resamples=resamples, level=level, reruns=reruns, options=options)
+    if reruns and method in PER_EXAMPLE:
+        raise ConfigError(f"method {method!r} averages over examples: its intervals come from the same passes with "
+                          "resamples=N (--resamples N), no re-runs needed (reruns is for acdc, edge-pruning, ifr)")
     if isinstance(task, str):
         task = load_task(task, n=100 if n is None else n, seed=seed)
     elif n is not None and n != task.n:  # a loaded task keeps its examples; n would be ignored
@@ -231,7 +274,10 @@ def discover(model, task: Task | str, method: str = "eap-ig", ablation: str = "c
                   "metric_full": curve.metric_full, "metric_empty": curve.metric_empty}
         if resamples:
             result["ci"] = {"faithfulness": curve.ci["faithfulness_absolute"][at]}
-    ci = None
+    ci, stable = None, None
+    if reruns:  # ACDC, edge pruning, ifr: the method again on resamples of the examples
+        scores.intervals, stable = _rerun_intervals(model, task, method, ablation, seed, quiet, batch_size, options,
+                                                    edges, acdc_threshold, reruns, level)
     if resamples:
         if per_example:  # every edge's interval and its frequency in a resample's circuit of this size
             scores.intervals = edge_intervals(scores, resamples, seed, level, k=circuit.n_edges)
@@ -240,6 +286,8 @@ def discover(model, task: Task | str, method: str = "eap-ig", ablation: str = "c
               "cpr": curve.ci.get("cpr"), "cmd": curve.ci.get("cmd"),
               "curve": {k: curve.ci.get(k) for k in ("faithfulness_signed", "faithfulness_absolute")},
               "edges": "ci.safetensors" if per_example else None}
+    if stable is not None:
+        ci = (ci or {"level": level}) | {"reruns": reruns, "stability": stable, "edges": "ci.safetensors"}
     truth = task.ground_truth(model)
     result = {"model": model.name, "task": task.name, "metric_name": metric_name(task), "method": method,
               "ablation": ablation,

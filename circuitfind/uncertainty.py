@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,9 +47,26 @@ def interval(samples: Tensor, level: float = LEVEL) -> tuple[Tensor, Tensor]:
     """The percentile interval of bootstrap samples [R, ...] → (low, high), each [...]."""
     if not 0 < level < 1:
         raise ConfigError(f"level must be in (0, 1), e.g. 0.95; got {level!r}")
-    q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=samples.dtype)
-    low, high = torch.quantile(samples, q.to(samples.device), dim=0)
-    return low, high
+    r, shape = samples.shape[0], samples.shape[1:]
+    rows = samples.reshape(r, -1).T.contiguous()  # [entries, R]: a sort along the last dim is the fast one
+    return tuple(_percentile(rows, p).view(shape) for p in ((1 - level) / 2, (1 + level) / 2))
+
+
+def _percentile(rows: Tensor, p: float) -> Tensor:
+    """The p-th quantile of each row [entries, R] → [entries], interpolated linearly between order statistics
+    (numpy's default, torch.quantile's): only the tail up to that order statistic is selected (topk), not a sort
+    of every row (3x faster for the intervals of every GPT-2-small edge)."""
+    r = rows.shape[1]
+    h = (r - 1) * p
+    j = math.floor(h)
+    nxt = min(j + 1, r - 1)
+    if p <= 0.5:  # order statistics j and j + 1 are among the j + 2 smallest
+        tail = rows.topk(nxt + 1, dim=1, largest=False, sorted=True).values
+        below, above = tail[:, j], tail[:, nxt]
+    else:  # ... and among the r − j largest, from the largest down
+        tail = rows.topk(r - j, dim=1, largest=True, sorted=True).values
+        below, above = tail[:, r - 1 - j], tail[:, r - 1 - nxt]
+    return below + (h - j) * (above - below)
 
 
 def mean_interval(values: Tensor, resamples: int = RESAMPLES, seed: int = 0,
@@ -123,14 +141,15 @@ def edge_intervals(scores, resamples: int = RESAMPLES, seed: int = 0, level: flo
     if scores.per_example is None:
         raise ConfigError("these scores hold no per-example scores: score them with per_example=True "
                           "(methods that average over examples: circuitfind.methods.PER_EXAMPLE)")
-    values = scores.per_example
-    low, high = mean_interval(values, resamples, seed, level)
     mask = scores.graph.edge_mask
+    values = scores.per_example[:, mask]  # [n, edges]: off the graph a score is 0, its interval [0, 0]
+    low, high = torch.zeros(mask.shape), torch.zeros(mask.shape)
+    low[mask], high[mask] = mean_interval(values, resamples, seed, level)
     frequency, kept = None, []
-    if k is not None:  # over the graph's edges only (off the graph a score is 0, never ranked)
+    if k is not None:  # (never ranking an entry off the graph)
         frequency = torch.zeros(mask.shape)
-        frequency[mask] = top_k_frequency(values[:, mask], k, resamples, seed, keep=kept)
-    return {"low": low * mask, "high": high * mask, "frequency": frequency, "level": level, "resamples": resamples,
+        frequency[mask] = top_k_frequency(values, k, resamples, seed, keep=kept)
+    return {"low": low, "high": high, "frequency": frequency, "level": level, "resamples": resamples,
             "seed": seed, "k": k, "circuits": pack(torch.cat(kept)) if kept else None}
 
 
@@ -237,7 +256,7 @@ class Stability:
                 return {"median": float("nan"), "interval": [float("nan"), float("nan")]}
             t = torch.tensor(values, dtype=torch.float64)
             low, high = interval(t[:, None], self.level)
-            return {"median": float(t.median()), "interval": [float(low[0]), float(high[0])]}
+            return {"median": float(t.quantile(0.5)), "interval": [float(low[0]), float(high[0])]}  # (midpoint median)
         return {"circuits": len(self.circuits), "jaccard_edges": stats(self.jaccard_edges),
                 "jaccard_nodes": stats(self.jaccard_nodes), "always": len(self.always),
                 "sometimes": len(self.sometimes), "level": self.level}
@@ -311,11 +330,16 @@ def stability(model, task, method: str = "eap-ig", *, edges: int | None = None, 
                 part = resampled_task(seeded, draws[r].tolist())
                 scored = score_edges(model, part, method, ablation, seed=seed, quiet=quiet, **options)
                 circuits.append(prune(scored, edges=edges, nodes=nodes))
+    return stability_of(circuits, model.graph, level)
+
+
+def stability_of(circuits: list, graph, level: float = LEVEL) -> Stability:
+    """The Stability of circuits found on resamples: pairwise Jaccard of edges and of nodes, edge frequency."""
     masks = [c.mask for c in circuits]
     node_sets = [m.any(0) for m in masks]  # a node is in a circuit when one of its out-edges is
     pairs = list(itertools.combinations(range(len(masks)), 2))
     frequency = torch.stack(masks).float().mean(0)
     return Stability(circuits, [jaccard(masks[i], masks[j]) for i, j in pairs],
                      [jaccard(node_sets[i], node_sets[j]) for i, j in pairs], frequency,
-                     model.graph.edge_names(), level)
+                     graph.edge_names(), level)
 

@@ -35,10 +35,11 @@ def _metric(logits):  # logits [..., batch, vocab] → [..., batch]
 @pytest.mark.parametrize("family", ["gpt2", "llama", "qwen2_moe+experts"])
 def test_each_examples_part_is_that_example_scored_alone(family, monkeypatch):
     """attribute / node IG / exact patching with per_example: example i's part equals the method run on example
-    i alone (its objective that example's metric over the batch size), and the parts sum to the scores. Tiny
-    gradient chunks make q/k/v gradients arrive in spans that begin and end inside examples."""
+    i alone (its objective that example's metric over the batch size), and the parts sum to the scores. Small
+    gradient chunks (12 token rows, examples of 7) make q/k/v gradients arrive in spans that hold whole examples
+    (the batched product) and begin or end inside others (the ragged pieces): rows 0-12, 12-24, 24-28."""
     from circuitfind.engine import walk_grad
-    monkeypatch.setattr(walk_grad, "GRAD_CHUNK_ELEMENTS", 3 * 4 * 32 * 5)  # 5 token rows a chunk (pos 7)
+    monkeypatch.setattr(walk_grad, "GRAD_CHUNK_ELEMENTS", 3 * 4 * 32 * 12)  # 12 token rows a chunk (pos 7)
     model = tiny_model(family)
     clean, corrupt = _inputs()
     abl = ablated_outputs(model, "corrupted", clean, corrupt)
@@ -65,6 +66,8 @@ def test_the_mean_of_per_example_scores_is_the_methods_scores(model, method):
     assert scores.per_example.shape == (6, *scores.scores.shape)
     assert scores.scores.abs().max() > 1e-4
     assert (scores.per_example.mean(0) - scores.scores).abs().max() <= 1e-6 * scores.scores.abs().max()
+    point = cf.score_edges(model, task, method)  # the point estimate's own passes, without the split
+    assert (scores.per_example.mean(0) - point.scores).abs().max() <= 1e-6 * point.scores.abs().max()
     assert not torch.allclose(scores.per_example[0], scores.per_example[1])  # examples do differ
     if method in ("eap", "exact"):  # a batch at a time: the same examples' scores, in order
         split = cf.score_edges(model, task, method, per_example=True, batch_size=4)
@@ -109,6 +112,18 @@ def test_the_same_seed_gives_the_same_intervals_bit_for_bit_and_another_seed_oth
     a, b = unc.mean_interval(values, seed=5), unc.mean_interval(values, seed=5)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert not torch.equal(a[0], unc.mean_interval(values, seed=6)[0])
+
+
+@pytest.mark.parametrize("resamples", [1, 2, 7, 1000])
+def test_percentile_intervals_are_numpys_linear_percentiles(resamples):
+    import numpy as np
+    samples = torch.randn(resamples, 3, 5, generator=torch.Generator().manual_seed(resamples)).double()
+    samples[:, 0, 0] = 1.5  # ties
+    for level in (0.95, 0.5, 0.999):
+        low, high = unc.interval(samples, level)
+        assert low.shape == (3, 5)
+        assert np.allclose(low.numpy(), np.percentile(samples.numpy(), 50 * (1 - level), axis=0), rtol=0, atol=1e-12)
+        assert np.allclose(high.numpy(), np.percentile(samples.numpy(), 50 * (1 + level), axis=0), rtol=0, atol=1e-12)
 
 
 def test_resampled_means_are_the_means_of_the_drawn_examples():
@@ -291,3 +306,48 @@ def test_compare_gives_iou_intervals_for_runs_of_one_graph_and_depth_profiles_ac
     assert profile["heads"] == [0, 0, 0, 0, 0.25] and profile["mlps"] == [0] * 5  # 1 of the 4 heads of layers 8-9
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "other.json"), "--figure", str(tmp_path / "d")]) == 0
     assert "by fifth of depth" in capsys.readouterr().out and (tmp_path / "d.png").exists()
+
+
+def test_a_method_that_does_not_average_runs_again_on_resamples_for_its_edges_intervals(toy, tmp_path, capsys):
+    """discover(reruns=N): the intervals and in-circuit frequencies equal those of the method run by hand on the
+    resampled tasks the same seed draws (forwards on the drawn examples: an independent route)."""
+    import numpy as np
+
+    from circuitfind.cli import main
+    from circuitfind.uncertainty import jaccard, resampled_task
+    task = cf.load_task("ioi", n=12)
+    run = cf.discover(toy, task, "ifr", edges=150, reruns=4, seed=3, out=tmp_path / "r", quiet=True, report=False)
+    n = len(task.examples(toy))
+    again = [cf.score_edges(toy, resampled_task(task, d.tolist()), "ifr", seed=3) for d in _draws(n, 3, 4)]
+    masks = torch.stack([cf.prune(s, edges=150).mask for s in again])
+    stacked = np.stack([s.scores.numpy() for s in again])
+    iv = cf.EdgeScores.load(tmp_path / "r").intervals
+    on = toy.graph.edge_mask
+    assert torch.equal(iv["frequency"], masks.float().mean(0)) and 0 < iv["frequency"][on].max() == 1
+    assert np.allclose(iv["low"].numpy(), np.percentile(stacked, 2.5, axis=0) * on.numpy(), atol=1e-6)
+    assert np.allclose(iv["high"].numpy(), np.percentile(stacked, 97.5, axis=0) * on.numpy(), atol=1e-6)
+    assert (iv["high"] - iv["low"])[on].max() > 0 and iv["resamples"] == 4
+    pairs = [jaccard(masks[i], masks[j]) for i in range(4) for j in range(i + 1, 4)]
+    stable = run.result["ci"]["stability"]
+    assert stable["jaccard_edges"]["median"] == pytest.approx(float(np.median(pairs)))
+    assert run.result["ci"]["reruns"] == 4 and run.result["ci"]["edges"] == "ci.safetensors"
+    assert run.result["ci"].get("faithfulness") is None  # (no bootstrap of the figures asked for)
+    with pytest.raises(cf.ConfigError, match="averages over examples"):
+        cf.discover(toy, task, "eap", edges=40, reruns=2)
+    with pytest.raises(cf.ConfigError, match="reruns"):
+        cf.discover(toy, task, "ifr", edges=40, reruns=-1)
+    # ACDC's circuit is its own (the edges kept at its threshold), in each re-run too; the issue's spelling
+    assert main(["discover", "--model", "toy-lm", "--task", "ioi", "--method", "acdc", "-n", "4", "--option",
+                 "resamples=2", "--option", "threshold=0.05", "--out", str(tmp_path / "a"), "--no-report"]) == 0
+    assert "2 re-runs on resamples: Jaccard" in capsys.readouterr().out
+    acdc = cf.EdgeScores.load(tmp_path / "a")
+    kept = cf.Circuit.load(tmp_path / "a" / "circuit.json").mask
+    assert acdc.intervals["resamples"] == 2 and set(acdc.intervals["frequency"].unique().tolist()) <= {0, 0.5, 1}
+    assert acdc.intervals["frequency"][kept].mean() > acdc.intervals["frequency"][on & ~kept].mean()
+    # and in a sweep, as METHOD:resamples=N (part of the job's key)
+    cf.sweep(["toy-lm"], ["ioi"], ["ifr"], store=tmp_path / "s.sqlite", n=12, edges=150, quiet=True,
+             options={"ifr": {"resamples": 2}})
+    (written,) = list(tmp_path.glob("s*/**/ci.safetensors"))
+    assert cf.EdgeScores.load(written.parent).intervals["resamples"] == 2
+    with pytest.raises(cf.ConfigError, match="resamples"):
+        cf.sweep(["toy-lm"], ["ioi"], ["ifr"], store=tmp_path / "t.sqlite", options={"ifr": {"resamples": -2}})

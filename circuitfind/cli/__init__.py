@@ -99,7 +99,7 @@ def _stability(args) -> int:
 
 
 def _discover(args) -> int:
-    from circuitfind.discover import check_run, discover
+    from circuitfind.discover import check_run, discover, split_reruns
     from circuitfind.errors import ConfigError
     from circuitfind.models.loading import load_model
     from circuitfind.task import load_task
@@ -110,10 +110,12 @@ def _discover(args) -> int:
         if not sep:
             raise ConfigError(f"--option takes KEY=VALUE, got {item!r}")
         options[key.replace("-", "_")] = _option_value(value)
+    reruns, options = split_reruns(args.method, options)  # acdc etc.: --option resamples=N is --reruns N
+    reruns = reruns or args.reruns
     # every argument, the method's options and the run directory, before anything loads
     check_run(method=args.method, options=options, out=args.out, overwrite=args.overwrite, ablation=args.ablation,
               edges=args.edges, target=args.target, n=args.n, seed=args.seed, batch_size=args.batch_size,
-              resamples=args.resamples, level=args.level)
+              resamples=args.resamples, level=args.level, reruns=reruns)
     held = args.out is not None and Path(args.out).is_dir() and any(Path(args.out).iterdir())
     task = load_task(args.task, n=args.n, seed=args.seed, metric=args.metric)
     model = load_model(args.model, tokenizer=args.tokenizer, dtype=args.dtype, device=args.device,
@@ -122,7 +124,8 @@ def _discover(args) -> int:
         run = discover(model, task, args.method, args.ablation, out=args.out, edges=args.edges, target=args.target,
                        n=args.n, seed=args.seed, quiet=args.quiet, report=not args.no_report,
                        batch_size=args.batch_size, overwrite=args.overwrite, resamples=args.resamples,
-                       level=args.level, provenance={"command": "circuitfind " + shlex.join(args.argv)}, **options)
+                       level=args.level, reruns=reruns,
+                       provenance={"command": "circuitfind " + shlex.join(args.argv)}, **options)
     except KeyboardInterrupt:  # discover wrote nothing half-way: say what is on disk
         kept = (f"{args.out} keeps the run that was there" if held else
                 f"nothing was written to {args.out}" if args.out else "nothing was written")
@@ -138,7 +141,12 @@ def _discover(args) -> int:
     print(f"{r['model']} / {r['task']} ({r['metric_name']}) / {r['method']}: "
           f"{r['n_edges']} of {r['n_edges_total']} edges ({r['n_nodes']} nodes), "
           f"faithfulness {shown('faithfulness')}, CPR {shown('cpr')}, CMD {shown('cmd')}{auc}"
-          + (f" ({100 * ci['level']:g}% bootstrap intervals, {ci['resamples']} resamples)" if ci else ""))
+          + (f" ({100 * ci['level']:g}% bootstrap intervals, {ci['resamples']} resamples)" if ci.get("resamples")
+             else ""))
+    if ci.get("stability"):  # a method run again on resamples of the examples
+        e = ci["stability"]["jaccard_edges"]
+        print(f"{ci['reruns']} re-runs on resamples: Jaccard of their circuits' edges {e['median']:.3f} "
+              f"[{e['interval'][0]:.3f}, {e['interval'][1]:.3f}]")
     if run.out is not None:
         print(f"wrote {run.out}/result.json, circuit.json, scores.safetensors")
         if not args.no_report:
@@ -284,6 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-report", action="store_true", help="skip figures, tables and report.html")
     d.add_argument("--resamples", type=int, default=0, help=RESAMPLES_HELP)
     d.add_argument("--level", type=float, default=0.95, help="confidence level of the intervals (default 0.95)")
+    d.add_argument("--reruns", type=int, default=0, help="acdc, edge-pruning, ifr: run again on this many bootstrap "
+                   "resamples of the examples (each edge's interval and in-circuit frequency; also written "
+                   "--option resamples=N; default 0)")
     d.set_defaults(run=_discover)
     st = sub.add_parser("stability", help="how much of a circuit is the prompts' noise: circuits on bootstrap "
                                           "resamples of the examples (and task seeds), their Jaccard overlaps")

@@ -15,7 +15,7 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from circuitfind.discover import discover
+from circuitfind.discover import discover, split_reruns
 from circuitfind.engine.ablation import ABLATIONS
 from circuitfind.errors import ConfigError, count
 from circuitfind.methods import check_options, takes_batches
@@ -95,7 +95,7 @@ def expand(models, tasks, methods, ablations=("corrupted",), seeds=(0,), *, n: i
     for m in options:
         if m not in methods:
             raise ConfigError(f"options given for method {m!r}, which is not in the sweep")
-    options = {m: check_options(m, options.get(m, {})) for m in methods}  # JSON-ready: the job key hashes it
+    options = {m: _checked_options(m, options.get(m, {})) for m in methods}  # JSON-ready: the job key hashes it
     for a in ablations:
         if a not in ABLATIONS:
             raise ConfigError(f"unknown ablation {a!r}; choose from {', '.join(ABLATIONS)}")
@@ -137,6 +137,13 @@ class Settings:
     resamples: int = 0
 
 
+def _checked_options(method: str, options: dict) -> dict:
+    """The method's options checked, with `resamples=N` kept for the methods that re-run on resamples."""
+    reruns, own = split_reruns(method, options)
+    count(reruns, "resamples (re-runs on resamples of the examples)", least=0)
+    return check_options(method, own) | ({"resamples": reruns} if reruns else {})
+
+
 def run_job(model, job: Job, settings: Settings) -> dict:
     """Run one job into runs_dir/<key> (discover writes it whole, through a temporary sibling) → its outcome."""
     import torch
@@ -148,11 +155,12 @@ def run_job(model, job: Job, settings: Settings) -> dict:
         torch.cuda.reset_peak_memory_stats(model.device)
     try:
         task = load_task(job.task, n=job.n, seed=job.seed, metric=job.metric)
+        reruns, options = split_reruns(job.method, job.options)  # (acdc:resamples=N: re-runs, discover's)
         # overwrite: a directory there is one an attempt killed before its row was written left
         run = discover(model, task, job.method, job.ablation, out=final, overwrite=True, edges=job.edges,
                        target=job.target, n=job.n, seed=job.seed, quiet=settings.quiet,
                        batch_size=settings.batch_size if takes_batches(job.method, job.ablation) else None,
-                       resamples=settings.resamples, **job.options)
+                       resamples=settings.resamples, reruns=reruns, **options)
         return {"status": "done", "result": run.result, "started": start, "finished": time.time(),
                 "seconds": round(time.time() - start, 3), "peak_mb": round(_peak_mb(model.device), 1),
                 "run_dir": str(final.relative_to(runs_dir.parent))}
