@@ -32,7 +32,7 @@ def qk_fixed(model, inputs: Inputs, D: Tensor, objective, *, drop_layer: int | N
     edge, zero on the other rows, and the receivers [r] it filled. D [src, batch, pos, d_model]: the clean run's
     sender outputs minus the ablated ones. drop_layer: GradDrop's backward, layer drop_layer's outputs constant."""
     g, cfg = model.graph, model.cfg
-    run = _clean_run(model, inputs, objective, drop_layer)
+    run = attention_run(model, inputs, objective, drop_layer)
     raw = torch.zeros(g.n_receivers, g.n_senders, dtype=torch.float64, device=model.device)
     rows, positions = [], model.positions(inputs.attention_mask)
     for l in range(cfg.n_layers):
@@ -55,7 +55,7 @@ def qk_fixed(model, inputs: Inputs, D: Tensor, objective, *, drop_layer: int | N
     return raw.to(torch.float32) * g.edge_mask.to(raw.device), rows
 
 
-def _clean_run(model, inputs: Inputs, objective, drop_layer: int | None) -> list[tuple[Tensor, ...]]:
+def attention_run(model, inputs: Inputs, objective, drop_layer: int | None) -> list[tuple[Tensor, ...]]:
     """Per layer (resid_pre [b, p, d], q [b, h, p, dh], k, v [b, kv, p, dh] before rotation and per-head norms,
     pattern [b, h, p, p], z [b, h, p, dh], ∂objective/∂z [b, h, p, dh]) of the clean run."""
     cache: dict[str, Tensor] = {}
