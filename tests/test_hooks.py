@@ -32,7 +32,10 @@ def test_cache_matches_forward(model):
         out = result + (attn.b_o if attn.b_o is not None else 0)
         assert torch.allclose(out, cache["blocks.0.hook_attn_out"], atol=1e-5)
     pattern = cache["blocks.0.attn.hook_pattern"]
-    assert torch.allclose(pattern.sum(-1), torch.ones_like(pattern.sum(-1)), atol=1e-5)
+    if attn.sinks is None:
+        assert torch.allclose(pattern.sum(-1), torch.ones_like(pattern.sum(-1)), atol=1e-5)
+    else:  # (gpt-oss) each row's sink column, left out of the pattern, takes some of the mass
+        assert bool((pattern.sum(-1) < 1).all()) and bool((pattern.sum(-1) > 0).all())
 
 
 def test_identity_hook_changes_nothing(model):

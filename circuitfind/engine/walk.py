@@ -56,8 +56,11 @@ class Walk(Heads, AnswerPositions, Gradients, Experts):
                  record: bool = False, on_grad: Callable[[Tensor, Tensor, slice | None], None] | None = None,
                  input_alpha: float = 1.0, branchable: bool = False, overwrite_ablated: bool = False,
                  input_ablated: Tensor | None = None, workspace: Workspace | None = None,
-                 shared: SharedPrefix | None = None):
+                 shared: SharedPrefix | None = None, drop_layer: int | None = None):
         self.model, self.cfg, self.g = model, model.cfg, model.graph
+        # GradDrop (AtP*): layer drop_layer's outputs join the residual stream detached, so no receiver
+        # gradient flows back through that layer (its own receivers' gradients are then zero)
+        self.drop_layer = drop_layer
         b, p = inputs.tokens.shape
         n = 0 if shared is None else shared.n
         if ablated.ndim != 4 or ablated.shape[0] != self.g.n_senders or ablated.shape[1] not in (1, b) \
@@ -146,6 +149,10 @@ class Walk(Heads, AnswerPositions, Gradients, Experts):
         full = self.g.edge_mask.to(self.masks.device, self.masks.dtype)
         mixing = (self.masks.detach() != full).any(0).any(-1).cpu()  # [dst]
         return int(self.g.receiver_layer[mixing].max()) if bool(mixing.any()) else -1
+
+    def _kept(self, diff: Tensor, layer: int) -> Tensor:
+        """A layer's D as it joins the residual stream: detached in the GradDrop layer (`drop_layer`)."""
+        return diff.detach() if layer == self.drop_layer else diff
 
     def _diff(self, senders: Tensor, out: Tensor, abl: Tensor, layer: int) -> Tensor:
         """D = out − abl for these senders, kept in the store while a later receiver still mixes."""
@@ -372,7 +379,7 @@ class Walk(Heads, AnswerPositions, Gradients, Experts):
         x = self.model.blocks[l].ln2(x.reshape(K, self.bp, self.p, self.d))
         out = mlp(x)  # [K, b', pos, d]
         diff = self._diff(torch.tensor([s]), out[None], abl[None], l)[0]
-        self.resid, self.base = self.resid + add + diff, self.base + add
+        self.resid, self.base = self.resid + add + self._kept(diff, l), self.base + add
 
     def _logits(self) -> Tensor:
         rows = torch.tensor([self.g.logits_receiver])

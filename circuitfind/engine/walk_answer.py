@@ -108,4 +108,4 @@ class AnswerPositions:
         x = gather_at(resid, pos) if M is None else self._mix_at(M, base, pos)[0]  # [K, b', d]
         out = mlp(self.model.blocks[l].ln2(x))  # [K, b', d]
         diff = self._answer_diff(torch.tensor([s]), out[None], abl[None], l)[0]
-        self.resid, self.base = self.resid + add + diff, self.base + add
+        self.resid, self.base = self.resid + add + self._kept(diff, l), self.base + add

@@ -63,7 +63,7 @@ class Experts:
         if g.shared_expert and live[-1]:
             outs.append(moe.shared(norm(inputs[-1])).view(shape))
         diff = self._diff(senders[live], torch.stack(outs), abl[live], l)
-        self.resid, self.base = self.resid + add + diff.sum(0), self.base + add
+        self.resid, self.base = self.resid + add + self._kept(diff.sum(0), l), self.base + add
 
     def _gradient_view(self, x: Tensor, rows: Tensor) -> Tensor:
         """x as a node of its own whose gradient goes to on_grad as the receivers' `rows`."""

@@ -46,7 +46,7 @@ class Heads:
             outs.append(diff)  # D of these heads [a, K, b', pos, d]
         resid = self.resid + inc
         for diff in outs:
-            resid = resid + diff.sum(0)  # resid stays base + Σ D (skipped heads wrote their ablation)
+            resid = resid + self._kept(diff.sum(0), l)  # resid stays base + Σ D (skipped heads wrote their ablation)
         self.base, self._attn_const = self.base + inc, inc
         self.resid = resid
 

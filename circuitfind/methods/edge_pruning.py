@@ -19,6 +19,11 @@ positive, so signed and absolute rankings agree. The learned circuit at the targ
 `prune(scores, edges=round((1 − sparsity) · n_edges))`; thresholding σ(log α) at 0.5 keeps somewhat
 fewer, because gates that are nearly closed still count a little toward the expected L0 the
 constraint holds. The masked forward and its backward are the whole cost of a step.
+
+Warm start (`init="eap-ig"`, any method's name; the shared task's "sequential ensembling", Mondorf et al.
+2025): that method's top round((1 − sparsity) · n_edges) edges by |score| start open (logit +3), the rest
+nearly shut (logit −3), and the target sparsity holds from the first step (the start is already there, so no
+warm-up reopens it); training then corrects the method's circuit.
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ class EdgePruningConfig:
     lr: float = 0.1  # Adam learning rate of the mask logits
     lambda_lr: float = 0.1  # learning rate of the Lagrange multipliers (ascent)
     warmup: float = 0.5  # fraction of the steps over which the target rises from 0 to `sparsity`
-    init: float = 3.0  # initial mask logit: every gate starts almost surely open
+    init: float | str = 3.0  # initial mask logit (every gate almost surely open), or a method to warm-start from
     node_masks: bool = False  # also learn one gate per sender (multiplying its out-edges' gates)
     # the task's divergence from the full model (KL, or l2 for a numerical output), "kl", "l2", or "task" (its metric)
     objective: Literal["divergence", "kl", "l2", "task"] = "divergence"
@@ -61,6 +66,27 @@ class EdgePruningConfig:
             raise ConfigError(f"warmup is a fraction of the steps, in [0, 1]; got {self.warmup!r}")
         if self.objective not in ("divergence", "kl", "l2", "task"):
             raise ConfigError(f"objective must be 'divergence', 'kl', 'l2' or 'task', got {self.objective!r}")
+        if self.init == "edge-pruning":
+            raise ConfigError("edge pruning cannot warm-start from itself; name another method, e.g. init=eap-ig")
+
+
+WARM = 3.0  # |initial logit| of a warm start: open gates P(z > 0) ≈ 0.99, shut ones ≈ 0.2
+
+
+def initial_logits(model, task, cfg: EdgePruningConfig, ablation: str, seed: int) -> Tensor:
+    """[dst, src]: cfg.init everywhere, or ±WARM by whether an edge is among the warm-start method's top
+    round((1 − sparsity) · n_edges) by |score|."""
+    g = model.graph
+    if not isinstance(cfg.init, str):
+        return torch.full((g.n_receivers, g.n_senders), float(cfg.init), device=model.device)
+    from circuitfind.methods import score_edges  # the registry holds this module
+
+    warm = score_edges(model, task, cfg.init, ablation, seed=seed).scores
+    key = warm.abs().masked_fill(~g.edge_mask, float("-inf")).flatten()
+    top = torch.zeros(key.numel(), dtype=torch.bool)
+    top[torch.topk(key, round((1 - cfg.sparsity) * g.n_edges)).indices] = True
+    top = top.view(g.n_receivers, g.n_senders).to(model.device)
+    return torch.where(top, WARM, -WARM).to(torch.float32)
 
 
 def sample_gates(log_alpha: Tensor, generator: torch.Generator | None) -> Tensor:
@@ -76,6 +102,10 @@ def keep_probability(log_alpha: Tensor) -> Tensor:
 
 
 def score(model, task, cfg: EdgePruningConfig, ablation: str = "corrupted", seed: int = 0, quiet: bool = True):
+    from circuitfind.methods import METHODS  # (the registry holds this module)
+
+    if isinstance(cfg.init, str) and cfg.init not in METHODS:
+        raise ConfigError(f"init={cfg.init!r} is neither a logit nor a method; methods: {', '.join(METHODS)}")
     setup = prepare(model, task, ablation, seed)
     g = model.graph
     edges = g.edge_mask.to(model.device)
@@ -90,8 +120,10 @@ def score(model, task, cfg: EdgePruningConfig, ablation: str = "corrupted", seed
         objective = lambda logits: metric(logits, setup.targets).mean()  # noqa: E731
 
     generator = torch.Generator(device=model.device).manual_seed(seed)
-    edge_logits = torch.full(edges.shape, cfg.init, device=model.device, requires_grad=True)
-    node_logits = torch.full((g.n_senders,), cfg.init, device=model.device, requires_grad=cfg.node_masks)
+    edge_logits = initial_logits(model, task, cfg, ablation, seed).requires_grad_(True)
+    node_logits = torch.full((g.n_senders,), WARM if isinstance(cfg.init, str) else float(cfg.init),
+                             device=model.device, requires_grad=cfg.node_masks)
+    warmup = 0.0 if isinstance(cfg.init, str) else cfg.warmup  # a warm start begins at the target
     params = [edge_logits] + ([node_logits] if cfg.node_masks else [])
     lambdas = torch.zeros(2, device=model.device, requires_grad=True)
     opt = torch.optim.Adam(params, lr=cfg.lr)
@@ -111,7 +143,7 @@ def score(model, task, cfg: EdgePruningConfig, ablation: str = "corrupted", seed
             logits = masked_forward(model, setup.batch.clean, setup.ablated, mask.to(model.dtype), shared=setup.shared)
             loss_task = objective(logits.float())
             sparsity = 1 - (keep * edges).sum() / n_edges
-            target = cfg.sparsity * min(1.0, (step + 1) / max(1.0, cfg.warmup * cfg.steps))
+            target = cfg.sparsity * min(1.0, (step + 1) / max(1.0, warmup * cfg.steps))
             gap = sparsity - target
             loss = loss_task + lambdas[0] * gap + lambdas[1] * gap**2
             opt.zero_grad()
