@@ -65,3 +65,11 @@ def test_result_json_reference_names_every_field(tmp_path):
                       resamples=20)
     documented = set(re.findall(r"^\| `(\w+)` \|", (DOCS / "reference" / "result-json.md").read_text(), re.M))
     assert documented == set(json.loads((tmp_path / "r" / "result.json").read_text())) == set(run.result)
+
+
+def test_the_readme_is_a_front_door_of_at_most_120_lines_linking_into_the_docs():
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 120
+    links = re.findall(r"\]\((docs/[^)#]+)", readme)
+    assert len(set(links)) >= 10 and all((ROOT / link).exists() for link in links)
+    assert "make test" in readme and "make demo" in readme and "```python" in readme
