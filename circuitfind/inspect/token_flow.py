@@ -191,7 +191,8 @@ def state_lens(model, prompt, states, k: int = 5) -> dict[tuple[int, int], dict]
         out = {}
         for row, t in sorted(states):
             logits = model.unembed(cache[hooks[row]][0, t], wide=True)
-            up, down = logits.topk(k), (-logits).topk(k)
+            top = min(k, logits.shape[-1])  # (a compiled model may have fewer outputs than k)
+            up, down = logits.topk(top), (-logits).topk(top)
             out[(row, t)] = {"up": [[token_str(model, int(i), output=True), round(float(v), 3)]
                                     for v, i in zip(up.values, up.indices)],
                              "down": [[token_str(model, int(i), output=True), round(-float(v), 3)]
