@@ -70,18 +70,26 @@ def _tasks(args) -> int:
     return 0
 
 
+def _options(items) -> dict:
+    """--option KEY=VALUE items → the method's options (values typed as `_option_value` reads them)."""
+    from circuitfind.errors import ConfigError
+
+    options = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--option takes KEY=VALUE, got {item!r}")
+        options[key.replace("-", "_")] = _option_value(value)
+    return options
+
+
 def _stability(args) -> int:
     from circuitfind.errors import ConfigError
     from circuitfind.models.loading import load_model
     from circuitfind.task import load_task
     from circuitfind.uncertainty import stability
 
-    options = {}
-    for item in args.option or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--option takes KEY=VALUE, got {item!r}")
-        options[key.replace("-", "_")] = _option_value(value)
+    options = _options(args.option)
     try:
         seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError:
@@ -104,12 +112,7 @@ def _discover(args) -> int:
     from circuitfind.models.loading import load_model
     from circuitfind.task import load_task
 
-    options = {}
-    for item in args.option or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--option takes KEY=VALUE, got {item!r}")
-        options[key.replace("-", "_")] = _option_value(value)
+    options = _options(args.option)
     reruns, options = split_reruns(args.method, options)  # acdc etc.: --option resamples=N is --reruns N
     reruns = reruns or args.reruns
     # every argument, the method's options and the run directory, before anything loads
