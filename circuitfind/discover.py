@@ -33,7 +33,8 @@ from circuitfind.prune import prune
 from circuitfind.report import render
 from circuitfind.report.data import collect
 from circuitfind.task import Task, load_task, metric_name
-from circuitfind.uncertainty import LEVEL, edge_intervals, interval, pack, resampled_task, stability_of
+from circuitfind.uncertainty import (LEVEL, edge_intervals, interval, pack, resample_draws, resampled_task,
+                                     stability_of)
 
 log = logging.getLogger(__name__)
 
@@ -180,12 +181,10 @@ def _rerun_intervals(model, task, method, ablation, seed, quiet, batch_size, opt
     examples (seeded by seed): (EdgeScores.intervals: each edge's percentile interval over the re-runs' scores
     and its frequency in their circuits, each pruned as the run's own, by ACDC's threshold or to `edges`; the
     re-runs' Jaccard summary)."""
-    n = len(task.examples(model))
-    draws = torch.randint(n, (reruns, n), generator=torch.Generator().manual_seed(seed))
     extra = {} if batch_size is None else {"batch_size": batch_size}
     runs, circuits = [], []
-    for r in range(reruns):
-        again = score_edges(model, resampled_task(task, draws[r].tolist()), method, ablation, seed=seed, quiet=quiet,
+    for draw in resample_draws(len(task.examples(model)), reruns, seed).tolist():
+        again = score_edges(model, resampled_task(task, draw), method, ablation, seed=seed, quiet=quiet,
                             **extra, **options)
         runs.append(again.scores)  # [dst, src]
         circuits.append(prune(again, threshold=threshold, absolute=False) if threshold is not None

@@ -92,14 +92,16 @@ def save_eap_ig(path, scores: EdgeScores, circuit: Circuit | None = None, d_mode
     return path
 
 
+def mib_path(directory, task: str, model: str) -> Path:
+    """Where a MIB submission keeps a task's and model's scores: `<directory>/<task>_<model>/importances.json`."""
+    if "_" in task or "_" in model or "/" in task or "/" in model:
+        raise ConfigError(f"MIB folder names are <task>_<model>; {task!r} / {model!r} must not contain '_' or '/'")
+    return Path(directory) / f"{task}_{model}" / "importances.json"
+
+
 def write_mib_submission(directory, entries: dict[tuple[str, str], EdgeScores]) -> list[Path]:
-    """entries: {(task, model): scores} → `<directory>/<task>_<model>/importances.json` each."""
-    out = []
-    for (task, model), scores in entries.items():
-        if "_" in task or "_" in model or "/" in task or "/" in model:
-            raise ConfigError(f"MIB folder names are <task>_<model>; {task!r} / {model!r} must not contain '_' or '/'")
-        out.append(save_eap_ig(Path(directory) / f"{task}_{model}" / "importances.json", scores))
-    return out
+    """entries: {(task, model): scores} → `mib_path(directory, task, model)` each."""
+    return [save_eap_ig(mib_path(directory, task, model), scores) for (task, model), scores in entries.items()]
 
 
 def read_mib_submission(directory) -> dict[tuple[str, str], EdgeScores]:

@@ -32,12 +32,17 @@ LEVEL = 0.95
 CHUNK_ELEMENTS = 1 << 24  # resampled means held at once (64 MiB in float32)
 
 
-def resample_weights(n: int, resamples: int = RESAMPLES, seed: int = 0) -> Tensor:
-    """[resamples, n] float64: row r counts how often each example is drawn in resample r, over n."""
+def resample_draws(n: int, resamples: int = RESAMPLES, seed: int = 0) -> Tensor:
+    """[resamples, n] long: the examples drawn (with replacement) by each bootstrap resample, seeded."""
     if n < 1 or resamples < 1:
         raise ConfigError(f"a bootstrap needs at least one example and one resample; got n={n}, resamples={resamples}")
-    generator = torch.Generator().manual_seed(seed)
-    draws = torch.randint(n, (resamples, n), generator=generator)
+    return torch.randint(n, (resamples, n), generator=torch.Generator().manual_seed(seed))
+
+
+def resample_weights(n: int, resamples: int = RESAMPLES, seed: int = 0) -> Tensor:
+    """[resamples, n] float64: row r counts how often each example is drawn in resample r (`resample_draws`),
+    over n."""
+    draws = resample_draws(n, resamples, seed)
     counts = torch.zeros(resamples, n, dtype=torch.float64).scatter_add_(1, draws, torch.ones(resamples, n,
                                                                                           dtype=torch.float64))
     return counts / n
@@ -316,18 +321,17 @@ def stability(model, task, method: str = "eap-ig", *, edges: int | None = None, 
         seeded = task if task_seed == task.seed else type(task)(n=task.n, seed=task_seed, split=task.split)
         if "metric" in vars(task):
             seeded.metric = task.metric
-        n = len(seeded.examples(model))
-        draws = torch.randint(n, (resamples, n), generator=torch.Generator().manual_seed(seed + 7919 * task_seed))
+        n, draw_seed = len(seeded.examples(model)), seed + 7919 * task_seed
         if method in PER_EXAMPLE:
             scored = score_edges(model, seeded, method, ablation, seed=seed, per_example=True, **options)
-            w = resample_weights(n, resamples, seed + 7919 * task_seed)
+            w = resample_weights(n, resamples, draw_seed)
             for r in range(resamples):
                 mean = torch.einsum("n,nds->ds", w[r].float(), scored.per_example)
                 circuits.append(prune(EdgeScores(mean, model.graph, method=method, config=scored.config),
                                       edges=edges, nodes=nodes))
         else:
-            for r in range(resamples):
-                part = resampled_task(seeded, draws[r].tolist())
+            for draw in resample_draws(n, resamples, draw_seed).tolist():
+                part = resampled_task(seeded, draw)
                 scored = score_edges(model, part, method, ablation, seed=seed, quiet=quiet, **options)
                 circuits.append(prune(scored, edges=edges, nodes=nodes))
     return stability_of(circuits, model.graph, level)

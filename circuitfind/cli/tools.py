@@ -100,14 +100,14 @@ def inspect(args) -> int:
 def export(args) -> int:
     from circuitfind.circuit import Circuit, EdgeScores
     from circuitfind.errors import ConfigError
-    from circuitfind.interop import save_eap_ig, write_mib_submission
+    from circuitfind.interop import mib_path, save_eap_ig, write_mib_submission
 
     if not (args.eap_ig or args.mib):
         raise ConfigError("say where to write: --eap-ig FILE and/or --mib DIR")
     scores = EdgeScores.load(args.dir)
     name = args.model_name or scores.model.split("/")[-1]
     held = [p for p in ([Path(args.eap_ig)] if args.eap_ig else [])
-            + ([Path(args.mib) / f"{scores.task}_{name}" / "importances.json"] if args.mib else []) if p.exists()]
+            + ([mib_path(args.mib, scores.task, name)] if args.mib else []) if p.exists()]
     if held and not args.overwrite:  # an earlier export is data, as a run directory is: replaced only when asked
         raise ConfigError(f"{held[0]} exists; pass --overwrite to replace it, or write elsewhere")
     if args.eap_ig:
@@ -161,13 +161,13 @@ def _depth_profiles(args, labels, circuits) -> int:
     from circuitfind.circuit import depth_profile
 
     profiles = [depth_profile(c) for c in circuits]
+    bins, width = profiles[0]["bins"], max(len(path) for path in args.circuits)
     print("circuits of different models: the fraction of each kind of node in the circuit, by fifth of depth")
-    header = " ".join(f"{f'{20 * i}-{20 * (i + 1)}%':>9}" for i in range(5))
+    header = " ".join(f"{f'{100 * i // bins}-{100 * (i + 1) // bins}%':>9}" for i in range(bins))
     for kind in ("heads", "mlps"):
-        print(f"{kind}:{'':<{max(len(p) for p in args.circuits) + 3}}{header}")
-        for label, path, p in zip(labels, args.circuits, profiles):
-            print(f"  {label}: {path:<{max(len(p) for p in args.circuits)}} "
-                  + " ".join(f"{v:9.3f}" for v in p[kind]))
+        print(f"{kind}:{'':<{width + 3}}{header}")
+        for label, path, profile in zip(labels, args.circuits, profiles):
+            print(f"  {label}: {path:<{width}} " + " ".join(f"{v:9.3f}" for v in profile[kind]))
     if args.figure:
         from circuitfind.report.figures import depth_profiles
         written = depth_profiles(dict(zip([f"{lab}: {c.provenance.get('model', '')}" for lab, c in

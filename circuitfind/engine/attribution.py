@@ -69,7 +69,7 @@ class _Scorer:
         start = 0 if span is None else span.start
         first, stop = start, start + grad.shape[1] // width
         index = rows.to(self.per_example.device)
-        if len(rows) and int(rows[-1] - rows[0]) == len(rows) - 1 and bool((rows.diff() == 1).all()):
+        if len(rows) and bool((rows.diff() == 1).all()):
             index = slice(int(rows[0]), int(rows[-1]) + 1)  # a run of receivers: a strided add, no index_put
         lo, hi = -(-first // tokens), stop // tokens  # the examples wholly inside [first, stop)
         if hi > lo:

@@ -27,26 +27,18 @@ import torch
 from torch import Tensor
 
 from circuitfind.errors import ConfigError
-from circuitfind.inspect.common import position_in, tokens_of
+from circuitfind.inspect.common import position_in, token_str, tokens_of
 
 
 @dataclass
 class FlowEdge:
     kind: str  # "attn" (token src → token dst), "ffn" (at token dst) or "resid" (the residual connection)
     layer: int
-    src: int  # token of the sender state (row 2·layer for attn and resid into mid; 2·layer + 1 into post)
+    src: int  # token of the sender state
     dst: int  # token of the receiving state
     weight: float
+    rows: tuple[int, int]  # (sender state's row, receiving state's row): 2l → 2l + 1 into mid, 2l + 1 → 2l + 2 into post
     heads: list[tuple[int, float]] = field(default_factory=list)  # attn: (head, its share), largest first
-
-    @property
-    def rows(self) -> tuple[int, int]:
-        """(row of the sender state, row of the receiving state)."""
-        if self.kind == "attn" or (self.kind == "resid" and self.src_row_is_pre):
-            return 2 * self.layer, 2 * self.layer + 1
-        return 2 * self.layer + 1, 2 * self.layer + 2
-
-    src_row_is_pre: bool = False  # resid: into mid (from pre) rather than into post (from mid)
 
 
 @dataclass
@@ -104,15 +96,13 @@ def flow(model, prompt, tau: float = 0.04, position: int = -1) -> TokenFlow:
     kept = _prune(weights, cfg.n_layers, position, tau)
     edges = []
     for kind, layer, src, dst in kept:
-        w = float(weights[kind][layer][dst, src] if kind == "attn" else weights[kind][layer][dst])
-        e = FlowEdge(kind, layer, src if kind != "ffn" else dst, dst, w)
-        if kind == "attn":
-            e.heads = heads_of(layer, src, dst)
-        if kind == "resid_pre":
-            e.kind, e.src_row_is_pre = "resid", True
+        into_mid = kind in ("attn", "resid_pre")
+        e = FlowEdge("resid" if kind == "resid_pre" else kind, layer, src, dst,
+                     float(weights[kind][layer][dst, src] if kind == "attn" else weights[kind][layer][dst]),
+                     (2 * layer, 2 * layer + 1) if into_mid else (2 * layer + 1, 2 * layer + 2),
+                     heads_of(layer, src, dst) if kind == "attn" else [])
         edges.append(e)
-    return TokenFlow(model.to_str_tokens(tokens[0]) if model.tokenizer is not None else [str(int(t)) for t in tokens[0]],
-                     cfg.n_layers, position, tau, edges)
+    return TokenFlow([token_str(model, int(t)) for t in tokens[0]], cfg.n_layers, position, tau, edges)
 
 
 def _weights(model, tokens: Tensor):
@@ -121,13 +111,16 @@ def _weights(model, tokens: Tensor):
     cfg, L = model.cfg, model.cfg.n_layers
     names = [f"blocks.{l}.{h}" for l in range(L) for h in ("hook_resid_pre", "hook_resid_mid", "hook_resid_post",
                                                              "attn.hook_pattern", "attn.hook_v")]
+    wanted = set(names)
     with torch.no_grad():
-        _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in set(names))
+        _, cache = model.run_with_cache(tokens, names_filter=wanted.__contains__)
+
+    def wide(t: Tensor) -> Tensor:  # at least float32
+        return t.to(torch.promote_types(t.dtype, torch.float32))
     out = {"attn": [], "resid_pre": [], "ffn": [], "resid": []}
     parts_of = []  # per layer: vo [head, src, d] and the pattern [head, dst, src], for the heads' shares
     for l in range(L):
         b = f"blocks.{l}."
-        wide = lambda t: t.to(torch.promote_types(t.dtype, torch.float32))  # noqa: E731 — at least float32
         pre, mid, post = (wide(cache[b + n][0]) for n in ("hook_resid_pre", "hook_resid_mid", "hook_resid_post"))
         A = wide(cache[b + "attn.hook_pattern"][0])  # [head, dst, src]
         v = wide(cache[b + "attn.hook_v"][0])  # [src, kv_head, d_head]
@@ -181,13 +174,11 @@ def state_lens(model, prompt, states, k: int = 5) -> dict[tuple[int, int], dict]
     """The vocabulary projection of residual states (row, token) of a prompt: each one through the final norm and
     the unembedding, its k most promoted and k most suppressed tokens → {(row, token): {"up": [[token, logit]],
     "down": [...]}} (row 0 the embeddings, 2l + 1 after layer l's attention, 2l + 2 after its FFN)."""
-    from circuitfind.inspect.common import token_str
-
     tokens = tokens_of(model, prompt).to(model.device)
     hooks = ["blocks.0.hook_resid_pre"] + [f"blocks.{l}.hook_resid_{n}" for l in range(model.cfg.n_layers)
                                            for n in ("mid", "post")]
     with torch.no_grad():
-        _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in set(hooks))
+        _, cache = model.run_with_cache(tokens, names_filter=set(hooks).__contains__)
         out = {}
         for row, t in sorted(states):
             logits = model.unembed(cache[hooks[row]][0, t], wide=True)
