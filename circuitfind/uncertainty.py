@@ -315,6 +315,8 @@ def stability(model, task, method: str = "eap-ig", *, edges: int | None = None, 
                     options=options)
     if (edges is None) == (nodes is None):
         raise ConfigError("give the circuit's size: edges=N or nodes=N (one of them)")
+    if resamples < 1:  # (before any scoring: a bootstrap of no resample says nothing)
+        raise ConfigError(f"stability needs at least one resample; got resamples={resamples}")
     task = load_task(task) if isinstance(task, str) else task
     circuits = []
     for task_seed in seeds:

@@ -216,6 +216,8 @@ def test_stability_of_a_method_that_does_not_average_runs_it_again_on_each_resam
         cf.stability(toy, task, "eap")
     with pytest.raises(cf.ConfigError, match="resamples"):
         cf.stability(toy, task, "eap", edges=10, resamples=-1)
+    with pytest.raises(cf.ConfigError, match="at least one resample"):  # before scoring anything
+        cf.stability(toy, task, "eap", edges=10, resamples=0)
 
 
 # ---------------------------------------------------------------------- everywhere a figure is shown
@@ -277,6 +279,8 @@ def test_the_command_line_and_a_sweep_show_the_intervals(toy, tmp_path, capsys):
     assert main(["stability", "--model", "toy-lm", "--task", "ioi", "--method", "eap", "-n", "16", "--edges", "60",
                  "--resamples", "4", "--seeds", "0,1", "--json", str(tmp_path / "st.json")]) == 0
     assert "Stability(8 circuits" in capsys.readouterr().out
+    assert main(["stability", "--model", "no-such-model", "--task", "ioi", "--edges", "5", "--seed", "-1"]) == 2
+    assert "seed must be a count" in capsys.readouterr().err  # (refused before the model is looked for)
     import json
     assert set(json.loads((tmp_path / "st.json").read_text())) >= {"jaccard_edges", "always", "sometimes"}
     df = cf.sweep(["toy-lm"], ["ioi"], ["eap", "ifr"], store=tmp_path / "s.sqlite", n=16, edges=60, resamples=50,

@@ -84,6 +84,7 @@ def _options(items) -> dict:
 
 
 def _stability(args) -> int:
+    import circuitfind.arguments as arguments
     from circuitfind.errors import ConfigError
     from circuitfind.models.loading import load_model
     from circuitfind.task import load_task
@@ -94,10 +95,13 @@ def _stability(args) -> int:
         seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError:
         raise ConfigError(f"--seeds takes comma-separated integers, e.g. 0,1,2; got {args.seeds!r}") from None
+    # every argument before the task or the model loads (the size against the graph once it is known)
+    arguments.check(method=args.method, edges=args.edges, nodes=args.nodes, resamples=args.resamples, seeds=seeds,
+                    ablation=args.ablation, seed=args.seed, level=args.level, n=args.n, options=options)
     task = load_task(args.task, n=args.n, metric=args.metric)
     model = load_model(args.model, experts=args.experts)
     st = stability(model, task, args.method, edges=args.edges, nodes=args.nodes, resamples=args.resamples,
-                   seeds=seeds, ablation=args.ablation, level=args.level, quiet=False, **options)
+                   seeds=seeds, ablation=args.ablation, seed=args.seed, level=args.level, quiet=False, **options)
     print(st)
     if args.json:
         Path(args.json).write_text(json.dumps(st.summary() | {"always": st.always, "sometimes": st.sometimes},
@@ -312,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--nodes", type=int, help="the circuit's size in nodes")
     st.add_argument("--resamples", type=int, default=20, help="bootstrap resamples of the examples (default 20)")
     st.add_argument("--seeds", default="0", help="comma-separated task sampling seeds (default 0)")
+    st.add_argument("--seed", type=int, default=0, help="the bootstrap's and the method's seed (default 0)")
     st.add_argument("-n", type=int, default=100, help="examples")
     st.add_argument("--option", action="append", metavar="KEY=VALUE", help="method option, as for discover")
     st.add_argument("--level", type=float, default=0.95, help="level of the Jaccard intervals (default 0.95)")
