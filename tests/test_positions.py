@@ -106,9 +106,9 @@ def test_span_eap_sums_to_eap_on_prompts_of_unequal_length():
     assert not bool(per_span[~units].any())  # nothing scored where no unit exists
 
 
-@pytest.mark.parametrize("method,options", [("eap", {}), ("eap-ig", {"steps": 3})])
+@pytest.mark.parametrize("method,options", [("eap", {}), ("eap-ig", {"steps": 2})])
 def test_span_scores_sum_to_the_scores_without_positions(toy, method, options):
-    task = cf.load_task("ioi", n=12)
+    task = cf.load_task("ioi", n=6)
     spans = cf.score_edges(toy, task, method, positions="spans", **options)
     plain = cf.score_edges(toy, task, method, **options)
     assert spans.spans == ("IO", "S1", "S2", "END", "other") and spans.scores.shape[-1] == 5
@@ -186,7 +186,7 @@ def test_pruned_units_lie_on_paths_and_sizes_count_units(toy):
 
 
 def test_a_node_graph_circuit_at_every_span_evaluates_as_itself(toy):
-    task = cf.load_task("ioi", n=12)
+    task = cf.load_task("ioi", n=8)
     scores = cf.score_edges(toy, task, "eap", positions="spans")
     plain = cf.prune(cf.score_edges(toy, task, "eap"), edges=60)
     expanded = cf.Circuit(plain.mask[..., None, None] & scores.units, toy.graph, {}, scores.spans, "spans")
@@ -210,8 +210,10 @@ def test_span_scores_and_circuits_round_trip(toy, tmp_path):
 
 
 def test_tokens_positions_need_prompts_of_one_length(toy):
-    scores = cf.score_edges(toy, cf.load_task("greater-than", n=6), "eap", positions="tokens")
-    assert scores.spans == tuple(str(i) for i in range(13))
+    scores = cf.score_edges(toy, cf.load_task("arithmetic", n=6), "eap", positions="tokens")
+    assert scores.spans == tuple(str(i) for i in range(5)) and scores.positions == "tokens"
+    circuit = cf.prune(scores, edges=40)
+    assert cf.evaluate(toy, cf.load_task("arithmetic", n=6), circuit)["n_edges"] == circuit.n_edges
     with pytest.raises(cf.TaskError, match="one length|tokens long"):
         cf.score_edges(toy, cf.load_task("ioi", n=12), "eap", positions="tokens")
 
@@ -226,3 +228,23 @@ def test_bad_position_requests_are_refused_before_work(toy):
     scores = cf.score_edges(toy, cf.load_task("arithmetic", n=6), "eap", positions="spans")
     with pytest.raises(cf.ConfigError, match="edges= or threshold="):
         cf.prune(scores, edges=10, strategy="greedy")
+
+
+def test_discover_report_and_command_line_take_positions(tmp_path, capsys):
+    from circuitfind.cli import main
+
+    model = cf.load_model("toy-lm")
+    run = cf.discover(model, cf.load_task("arithmetic", n=8), "eap", positions="spans", out=tmp_path / "run",
+                      quiet=True)
+    r = run.result
+    assert r["positions"] == "spans" and r["spans"] == ["A", "B", "END", "other"]
+    assert r["n_edges_total"] == run.scores.n_edges > model.graph.n_edges and r["n_edges"] == run.circuit.n_edges
+    page = (tmp_path / "run" / "report.html").read_text()
+    assert 'id="span-circuit"' in page and "(edge, span) units" in page
+    assert (tmp_path / "run" / "tables" / "top_units.md").exists()
+    assert main(["--quiet", "discover", "--model", "toy-lm", "--task", "arithmetic", "-n", "8", "--method", "eap",
+                 "--positions", "spans", "--no-report"]) == 0
+    out = capsys.readouterr().out
+    assert f"{r['n_edges']} of {r['n_edges_total']} (edge, span) units" in out
+    assert main(["discover", "--model", "toy-lm", "--task", "ioi", "--method", "acdc", "--positions", "spans"]) != 0
+    assert "position-aware circuits are scored by eap" in capsys.readouterr().err
