@@ -228,6 +228,9 @@ def test_bad_position_requests_are_refused_before_work(toy):
     scores = cf.score_edges(toy, cf.load_task("arithmetic", n=6), "eap", positions="spans")
     with pytest.raises(cf.ConfigError, match="edges= or threshold="):
         cf.prune(scores, edges=10, strategy="greedy")
+    from circuitfind.interop import to_eap_ig
+    with pytest.raises(cf.ConfigError, match="no positions"):
+        to_eap_ig(scores)
 
 
 def test_discover_report_and_command_line_take_positions(tmp_path, capsys):
