@@ -24,7 +24,8 @@ def flat(scores: EdgeScores, circuit: Circuit) -> tuple[EdgeScores, Circuit]:
         return scores, circuit
     edge_scores = EdgeScores(scores.scores.sum((-1, -2)), scores.graph, scores.method, scores.model, scores.task,
                              scores.ablation, scores.config)
-    return edge_scores, Circuit(circuit.edge_mask, circuit.graph, circuit.provenance)
+    kept = circuit.edge_mask
+    return edge_scores, Circuit(kept, circuit.graph, circuit.provenance | {"edges": int(kept.sum())})
 
 
 def svg(scores: EdgeScores, circuit: Circuit) -> str:
@@ -80,6 +81,7 @@ def section(scores: EdgeScores, circuit: Circuit) -> str:
             f'the circuit keeps {circuit.n_edges} of {scores.n_edges} (edge, span) units, on {int(circuit.edge_mask.sum())} '
             f'of the graph\'s {scores.graph.n_edges} edges ({drawn} strongest drawn). A column per span; a line joins a '
             'sender at the key span to the receiving node at the query span (for q, MLP and logits inputs the same '
-            'span). The drawing above shows the same circuit on the node graph.</p>'
+            'span). The drawing above is the node-graph view: each edge scored by its units\' sum, its slider starting '
+            'at the edges this circuit keeps at some span.</p>'
             f'<div class="row">{svg(scores, circuit)}</div>'
             f'<h3>Top units</h3><table><tr><th>#</th><th>unit</th><th>score</th></tr>{rows}</table>')
