@@ -94,8 +94,10 @@ def test_random_span_masks_match_the_slow_reference(family):
         assert torch.allclose(got, expected, atol=1e-10), (got - expected).abs().max()
 
 
-def test_span_eap_sums_to_eap_on_prompts_of_unequal_length():
-    model = tiny_model("llama")
+@pytest.mark.parametrize("family", ["llama", "gpt_neox", "gemma2"])
+def test_span_eap_sums_to_eap_on_prompts_of_unequal_length(family):
+    """The gradient pass reads the residual stream (GQA and rotary, parallel blocks, post-norms)."""
+    model = tiny_model(family)
     clean, abl, spans = _random_case(model, seed=4)
     objective = lambda logits: logits[:, 3].mean() - logits[:, 5].mean()  # noqa: E731
     per_span = span_attribution(model, clean, abl, spans, 3, objective, alphas=(0.5, 1.0))

@@ -48,7 +48,9 @@ class _SpanWalk:
     """One position-aware pass over k masks; with `track`, each receiver input is kept for its gradient."""
 
     def __init__(self, model, inputs: Inputs, ablated: Tensor, spans: Tensor, masks: Tensor, T: int,
-                 input_alpha: float = 1.0, track: bool = False):
+                 input_alpha: float = 1.0, track: bool = False, residual: bool = False):
+        """residual: every mask is all ones (the clean run, gradients of attribution), so each receiver reads
+        the residual stream itself, one copy per read (its own gradient), and nothing is mixed."""
         _check(model, inputs, ablated, spans, masks, T)
         self.model, self.cfg, self.g = model, model.cfg, model.graph
         self.inputs, self.T, self.track = inputs, T, track
@@ -60,7 +62,8 @@ class _SpanWalk:
         pad[..., :T, :T] = masks.to(model.dtype) * self.g.edge_mask.to(masks.device, model.dtype)[..., None, None]
         self.M = pad  # [k, dst, src, T+1, T+1]
         self.abl = ablated.expand(self.g.n_senders, b, p, self.d)
-        self.input_alpha = input_alpha
+        self.input_alpha, self.residual = input_alpha, residual
+        self.resid: Tensor | None = None  # residual mode: the stream so far [k, b, p, d]
         self.D: list[Tensor] = []  # per sender [k, b, p, d]
         self.bias = torch.zeros(self.d, dtype=model.dtype, device=model.device)
         self.received: dict[int, list] = {}  # receiver → [(query span or None, its inputs [r, k, b, p, d], row)]
@@ -107,7 +110,9 @@ class _SpanWalk:
 
     def _read(self, rows: Tensor, query_span: int | None = None) -> Tensor:
         x = None
-        if query_span is not None:  # keys and values: the copy of an earlier query span whose mask rows agree
+        if self.residual:
+            x = self.resid[None].expand(len(rows), -1, -1, -1, -1) + 0  # [r, k, b, p, d], a node of its own
+        elif query_span is not None:  # keys and values: the copy of an earlier query span whose mask rows agree
             key = tuple(rows.tolist())
             S, cached = len(self.D), self._copies.get(key)
             M = self.M[:, rows, :S, query_span]  # [k, r, S, T+1]
@@ -137,6 +142,7 @@ class _SpanWalk:
         if self.track:
             out = out.detach().requires_grad_(True)
         self.D.append((out - abl0).expand(self.k, -1, -1, -1))
+        self.resid = out.expand(self.k, -1, -1, -1)
         for l, block in enumerate(model.blocks):
             self._attention(l, block, positions)
             self._mlp(l, block)
@@ -189,24 +195,27 @@ class _SpanWalk:
             outs = outs * torch.rsqrt(total.pow(2).mean(-1, keepdim=True) + norm.eps) * (norm.offset + norm.w)
         senders = [g.head_sender(l, h) for h in range(H)]
         self.D += [outs[h] - self.abl[s] for h, s in enumerate(senders)]
-        bias = self.model.block_bias(l, "attn")
-        self._pending_attn_bias = bias
+        self._pending_attn_bias = self.model.block_bias(l, "attn")
+        self._attn_out = outs.sum(0)  # [k, b, p, d]: what the layer's heads add to the stream
 
     def _mlp(self, l: int, block):
         g = self.g
         if self.cfg.parallel:  # the MLP reads what attention read: its layer's heads are not its senders
             x = self._read(torch.tensor([g.mlp_receiver(l)]))[0]
-            self._add_bias(self._pending_attn_bias)
+            self._add_bias(self._pending_attn_bias, self._attn_out)
         else:
-            self._add_bias(self._pending_attn_bias)
+            self._add_bias(self._pending_attn_bias, self._attn_out)
             x = self._read(torch.tensor([g.mlp_receiver(l)]))[0]
         out = block.mlp(block.ln2(x))  # [k, b, p, d]
         self.D.append(out - self.abl[g.mlp_sender(l)])
-        self._add_bias(self.model.block_bias(l, "mlp"))
+        self._add_bias(self.model.block_bias(l, "mlp"), out)
 
-    def _add_bias(self, bias: Tensor | None):
+    def _add_bias(self, bias: Tensor | None, out: Tensor | None = None):
+        """Add a block's constant to the biases and (residual mode) its output and constant to the stream."""
         if bias is not None:
             self.bias = self.bias + bias
+        if self.residual:
+            self.resid = self.resid + out + (0 if bias is None else bias)
 
 
 def model_rope(model, positions: Tensor, layer: int, k: int):
@@ -237,7 +246,7 @@ def span_attribution(model, inputs: Inputs, ablated: Tensor, spans: Tensor, T: i
     at_span = [(s, idx, flat[:, idx].flatten(1)) for s, idx in enumerate(clean.positions_of) if len(idx)]
     scores = torch.zeros(g.n_receivers, g.n_senders, T, T, dtype=torch.float32, device=D.device)
     for alpha in alphas:
-        walk = _SpanWalk(model, inputs, ablated, spans, ones, T, input_alpha=alpha, track=True)
+        walk = _SpanWalk(model, inputs, ablated, spans, ones, T, input_alpha=alpha, track=True, residual=True)
         with torch.enable_grad():
             objective(walk.run()[0]).backward()
         for v, reads in walk.received.items():
