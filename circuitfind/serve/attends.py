@@ -74,9 +74,10 @@ def attends(model, tokens: Tensor, layer: int, head: int, dst: int, src: int | N
     _, cache = model.run_with_cache(tokens, names_filter=[pre, q_name, k_name, p_name])
     pattern = cache[p_name][0, head, dst].float()  # [pos]
     src = int(pattern.argmax()) if src is None else position_in(src, T, "key position")
-    if cfg.causal and src > dst:
-        raise ConfigError(f"position {dst} cannot attend to the later position {src} (causal attention)")
     mask = torch.ones_like(tokens)
+    if not bool(model.allowed(mask, layer)[..., dst, src].all()):
+        raise ConfigError(f"position {dst} does not attend to position {src} in layer {layer} (a later position, "
+                          "or outside its sliding window): pick a key it sees")
     rope = model.rope(model.positions(mask), layer)
     kv = head // cfg.group_size
     q_own, k_own = cache[q_name][0, dst, head], cache[k_name][0, src, kv]  # [d_head] (before rotation)
@@ -86,7 +87,7 @@ def attends(model, tokens: Tensor, layer: int, head: int, dst: int, src: int | N
     alibi = 0.0
     if cfg.positional == "alibi":  # slope · key position, a term of no sender
         alibi = float(model.blocks[layer].attn.alibi[head]) * src * cfg.alibi_scale
-    score = float(q_own.float() @ k_own.float()) * cfg.scale + alibi
+    score = float(q_own.double() @ k_own.double()) * cfg.scale + alibi
     if cfg.attn_softcap is not None:
         score_note = f"before the soft-cap tanh(s / {cfg.attn_softcap}) · {cfg.attn_softcap}"
     else:
@@ -100,7 +101,8 @@ def attends(model, tokens: Tensor, layer: int, head: int, dst: int, src: int | N
                       (src, attn.W_K[kv], None if attn.b_k is None else attn.b_k.view(cfg.n_kv_heads, -1)[kv])):
         parts = torch.cat([outs[:, pos], (x[pos] - outs[:, pos].sum(0))[None]])  # [n + 1, d]: the senders, the rest
         sides.append(_side(model, layer, x[pos], parts, W, b, rope, pos))
-    terms = (sides[0] @ sides[1].T).float() * cfg.scale  # [n + 1, n + 1]: [into the query, into the key]
+    wide = torch.promote_types(sides[0].dtype, torch.float32)  # (at least float32)
+    terms = (sides[0].to(wide) @ sides[1].to(wide).T) * cfg.scale  # [n + 1, n + 1]: [into the query, into the key]
     return {"node": f"a{layer}.h{head}", "dst": dst, "src": src, "pattern": [round(float(p), 5) for p in pattern],
             "score": score, "total": float(terms.sum()) + alibi, "alibi": alibi, "note": score_note,
             "senders": g.senders[: g.senders_before(layer)] + ["bias"], "terms": terms.tolist()}

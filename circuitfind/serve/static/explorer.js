@@ -18,14 +18,14 @@ function showError(msg){ $('error').textContent = msg || ''; }
 
 // ---- requests: one at a time on the server's worker; the status line says what runs and how many wait
 async function api(path, body){
-  pending++; startPolling();
+  pending++; startPolling(); showError('');
   try {
     const r = await fetch(path, body === undefined ? {} : {method: 'POST', headers: {'Content-Type': 'application/json'}, body: JSON.stringify(body)});
     let j; try { j = await r.json(); } catch(e){ j = {error: `the server answered ${r.status} without JSON`}; }
     if(!r.ok || j.error) throw new Error(j.error || `the server answered ${r.status}`);
     showError('');
     return j;
-  } finally { pending--; }
+  } finally { pending--; if(pending === 0) $('status').textContent = ''; }
 }
 function startPolling(){
   $('status').textContent = 'working…';
@@ -51,11 +51,12 @@ const runPrompt = guarded(async () => {
   const data = await api('/api/analyse', body);
   current = {...body, data};
   const p = $('prediction'); p.replaceChildren();
-  p.appendChild(node('p', '', {})).append('prompt: ', node('code', body.prompt, {id: 'prompt-shown'}), `  (${data.tokens.length} tokens)`);
-  p.appendChild(table(['next token', 'probability', 'logit'], data.top.map(([w, pr, l]) => [JSON.stringify(w), num(pr), num(l, 3)]), 'topk'));
+  p.appendChild(node('p', '', {})).append(node('code', body.prompt, {id: 'prompt-shown'}), ` (${data.tokens.length} tokens)`);
+  p.appendChild(table(['next token', 'p'], data.top.map(([w, pr]) => [JSON.stringify(w), num(pr, 3)]), 'topk'));
   const F = data.flow, svg = $('flow'), R = 2*F.n_layers + 1;
   svg.setAttribute('width', Math.max(640, 48*F.tokens.length + 60)); svg.setAttribute('height', Math.max(280, 26*R + 70));
   drawFlow();
+  $('flow-box').scrollLeft = $('flow-box').scrollWidth;  // the prediction's position is the last
   const ms = performance.now() - t0;
   svg.setAttribute('data-ms', ms.toFixed(1));
   $('timing').textContent = `graph in ${ms.toFixed(0)} ms`;
@@ -87,7 +88,8 @@ const showHead = guarded(async (name, dst, src) => {
   const a = await api('/api/head', {model: current.model, prompt: current.prompt, node: name, dst, src});
   const T = current.data.flow.tokens;
   const d = detail(`${a.node} at ${JSON.stringify(T[a.dst])} (${a.dst}): its attention`);
-  d.appendChild(table(['key token', 'attention', ''], a.pattern.slice(0, a.dst + 1).map((p, i) => [
+  const keys = d.appendChild(node('div', undefined, {class: 'scroll keys'}));
+  keys.appendChild(table(['key token (click: why)', 'attention', ''], a.pattern.slice(0, a.dst + 1).map((p, i) => [
     node('span', `${JSON.stringify(T[i])} (${i})`, {class: 'pick key-pick', 'data-src': i}), num(p, 3),
     node('span', '', {class: 'bar', style: `width:${(80*p).toFixed(1)}px`})])));
   d.querySelectorAll('.key-pick').forEach(b => b.addEventListener('click', () => showHead(name, a.dst, +b.dataset.src)));
