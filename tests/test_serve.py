@@ -122,6 +122,18 @@ def test_intervention_matches_ci_compare(toy):
             explore.intervene(toy, PROMPT, *bad)
 
 
+def test_examples_and_patchscope_are_ci_s(toy):
+    r = explore.examples(toy, "m1.n212", "ioi", n=20)
+    top = ci.top_activations(toy, cf.load_task("ioi", n=20, seed=0), "m1.n212", k=5)
+    assert [e["context"] for e in r["examples"]] == [a.context for a in top] and len(top) == 5
+    p = explore.patchscope(toy, PROMPT, 4, -1)
+    assert p["layer"] == 1 and p["said"] == ci.patchscope(toy, PROMPT, 1, source_position=-1)
+    with pytest.raises(ConfigError, match="rows 2, 4"):
+        explore.patchscope(toy, PROMPT, 3, 0)
+    with pytest.raises(ConfigError, match="1..200"):
+        explore.examples(toy, "m1.n2", "ioi", n=0)
+
+
 def test_bad_prompts_are_refused_by_name(toy):
     for prompt, match in (("", "empty"), ("   ", "empty"), (" x" * 80, "past toy-lm's context of 64")):
         with pytest.raises(ConfigError, match=match):
@@ -327,10 +339,19 @@ def test_prompt_view_in_a_real_browser(server, browser, toy, tmp_path):
         lens = ci.logit_lens(toy, LONG, f"resid:{row // 2}", 5)[token]
         assert page.locator("#detail td.lens-up").all_inner_texts() == [w for w, _ in lens.promoted]
         assert page.locator("#detail td.lens-down").all_inner_texts() == [w for w, _ in lens.suppressed]
+        page.click("#patchscope")
+        page.wait_for_function("document.getElementById('patchscope-out').textContent.length > 0")
+        said = ci.patchscope(toy, LONG, row // 2 - 1, source_position=token)
+        assert json.dumps(said) in page.inner_text("#patchscope-out")
 
         page.locator("#flow line.flow-edge[data-kind='ffn']").first.dispatch_event("click")
         page.wait_for_selector("table.neurons td")
         assert page.locator("table.neurons tr").count() == 11
+        page.locator("table.neurons .neuron-pick").first.click()
+        page.wait_for_selector("#examples td.example")
+        neuron = page.locator("table.neurons .neuron-pick").first.inner_text()
+        top = ci.top_activations(toy, cf.load_task("ioi", n=40, seed=0), neuron, k=5)
+        assert page.locator("#examples td.example").all_inner_texts() == [a.context for a in top]
         page.locator("#flow line.flow-edge[data-kind='attn']").first.dispatch_event("click")
         page.locator("#detail .head-pick").first.click()
         page.wait_for_selector("#attn-score")

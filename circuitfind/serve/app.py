@@ -141,6 +141,9 @@ OPS = {  # POST /api/<op>: what each computes from the model and the request's b
     "contrast": lambda m, b: explore.contrast(m, b.get("prompt"), b.get("a"), b.get("b")),
     "intervene": lambda m, b: explore.intervene(m, b.get("prompt"), b.get("node"), b.get("kind", "zero"),
                                                 b.get("value"), _int(b, "new_tokens", 8)),
+    "examples": lambda m, b: explore.examples(m, b.get("node"), b.get("task", "ioi"), _int(b, "n", 40)),
+    "patchscope": lambda m, b: explore.patchscope(m, b.get("prompt"), _int(b, "row"), _int(b, "token"),
+                                                  b.get("target") or explore.ci.IDENTITY_PROMPT),
 }
 
 

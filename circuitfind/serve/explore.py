@@ -9,7 +9,7 @@ import math
 import torch
 from torch import Tensor
 
-from circuitfind import inspect as ci
+import circuitfind.inspect as ci
 from circuitfind.errors import ConfigError
 from circuitfind.inspect.common import parse_node, position_in, ranked_tokens, token_str, tokens_of
 from circuitfind.inspect.interventions import hooks_for
@@ -159,3 +159,36 @@ def intervene(model, prompt, node: str, kind: str = "zero", value=None, new_toke
     return {"node": iv.node, "kind": kind, "value": iv.value, "top_before": _top(model, before, k),
             "top_after": _top(model, after, k), "baseline": text(generated["baseline"]),
             "intervened": text(generated["intervened"])}
+
+
+MAX_EXAMPLES = 200
+
+
+@torch.no_grad()
+def examples(model, node: str, task: str, n: int = 40, k: int = 5) -> dict:
+    """The k top-activating examples of a neuron (or head, or MLP) over the clean prompts of a built-in task
+    (`ci.top_activations`), each as its context with the token in [brackets]."""
+    from circuitfind.task import load_task
+
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_EXAMPLES:
+        raise ConfigError(f"examples to search: 1..{MAX_EXAMPLES}; got {n!r}")
+    parse_node(model, (node or "").strip())
+    top = ci.top_activations(model, load_task(str(task), n=n, seed=0), node.strip(), k=k)
+    return {"node": node.strip(), "task": task,
+            "examples": [{"context": a.context, "token": a.token, "value": round(a.value, 4)} for a in top]}
+
+
+@torch.no_grad()
+def patchscope(model, prompt, row: int, token: int, target: str = ci.IDENTITY_PROMPT, new_tokens: int = 5) -> dict:
+    """A Patchscope of state (row, token): the residual stream after layer l (row 2l + 2) patched into the last
+    position of the target prompt at the same layer, and what the model then says (`ci.patchscope`)."""
+    tokens = prompt_tokens(model, prompt)
+    R = 2 * model.cfg.n_layers + 1
+    if isinstance(row, bool) or not isinstance(row, int) or not 2 <= row < R or row % 2:
+        raise ConfigError(f"a Patchscope reads a state after a layer's FFN: rows 2, 4, .., {R - 1}; got {row!r}")
+    token = position_in(token, tokens.shape[-1], "token")
+    target = target if isinstance(target, str) and target.strip() else ci.IDENTITY_PROMPT
+    said = ci.patchscope(model, tokens, row // 2 - 1, source_position=token, target_prompt=target,
+                         max_new_tokens=new_tokens)
+    return {"row": row, "token": token, "layer": row // 2 - 1, "target": target,
+            "said": said if isinstance(said, str) else " ".join(token_str(model, t) for t in said)}

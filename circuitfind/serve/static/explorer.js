@@ -75,6 +75,14 @@ const showState = guarded(async key => {
   const d = detail(`${s.where}, token ${JSON.stringify(s.text)} (${s.token})`);
   d.appendChild(table(['promotes', 'logit'], s.promoted.map(([w, v]) => [node('td', w, {class: 'lens-up'}), num(v, 3)])));
   d.appendChild(table(['suppresses', 'logit'], s.suppressed.map(([w, v]) => [node('td', w, {class: 'lens-down'}), num(v, 3)])));
+  if(row >= 2 && row % 2 === 0){  // after a layer's FFN: what the model says of this state, patched into a target
+    const b = d.appendChild(node('button', 'Patchscope', {id: 'patchscope'}));
+    const out = d.appendChild(node('p', '', {id: 'patchscope-out'}));
+    b.addEventListener('click', guarded(async () => {
+      const r = await api('/api/patchscope', {model: current.model, prompt: current.prompt, row, token});
+      out.textContent = `patched into ${JSON.stringify(r.target)} at layer ${r.layer}, the model says: ${JSON.stringify(r.said)}`;
+    }));
+  }
 });
 function showEdge(e){
   const F = current.data.flow;
@@ -111,7 +119,16 @@ const showNeurons = guarded(async (name, token) => {
   const d = detail(`${n.node} at ${JSON.stringify(current.data.flow.tokens[n.token])} (${n.token}): top neurons by contribution to ${JSON.stringify(n.predicted)}`);
   d.appendChild(table(['neuron', 'activation', 'contribution', 'promotes'], n.neurons.map(r => [
     node('span', r.neuron, {class: 'pick neuron-pick'}), num(r.activation, 3), num(r.contribution, 3), r.promotes.map(w => JSON.stringify(w)).join(' ')]), 'neurons'));
-  d.querySelectorAll('.neuron-pick').forEach(b => b.addEventListener('click', () => { $('iv-node').value = b.textContent; }));
+  const ex = d.appendChild(node('p')); ex.append('top-activating examples from task ');
+  const task = ex.appendChild(node('input', undefined, {id: 'examples-task', size: 8, value: 'ioi'}));
+  ex.append(' (click a neuron)');
+  const list = d.appendChild(node('div', undefined, {id: 'examples'}));
+  d.querySelectorAll('.neuron-pick').forEach(b => b.addEventListener('click', guarded(async () => {
+    $('iv-node').value = b.textContent;
+    const r = await api('/api/examples', {model: current.model, node: b.textContent, task: task.value});
+    list.replaceChildren(node('h3', `${r.node} on ${r.task}`));
+    list.appendChild(table(['context', 'activation'], r.examples.map(e => [node('td', e.context, {class: 'example'}), num(e.value, 3)])));
+  })));
 });
 const showTyped = guarded(async () => {
   if(!current) throw new Error('run a prompt first');
