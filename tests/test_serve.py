@@ -23,7 +23,7 @@ from circuitfind.errors import ConfigError
 from circuitfind.serve import access, build, explore
 from circuitfind.serve.attends import attends
 from tests.conftest import tiny_model
-from tests.test_report import HOSTILE, _browser, _launch
+from tests.test_report import HOSTILE, _browser, _hostile_model, _launch
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"
 LONG = ("When Mary and John went to the store , John gave a drink to Mary . Then Anna and Paul went to the "
@@ -203,7 +203,7 @@ def runs(toy, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(toy, runs):
-    app, _ = build(models=[toy], runs=runs)
+    app, _ = build(models=[toy, _hostile_model()], runs=runs)  # (the second has a token that is markup)
     with running(app) as url:
         yield url
 
@@ -262,6 +262,30 @@ def test_a_server_off_loopback_refuses_requests_without_its_token(toy):
         assert status == 200 and "toy-lm" in answer["models"]
         with urllib.request.urlopen(f"{url}/?token={token}") as r:  # the page, and its cookie for what follows
             assert r.status == 200 and f"circuitfind_token={token}" in r.headers["set-cookie"]
+
+
+def test_the_command_off_loopback_prints_a_generated_token_and_requires_it():
+    import re
+    import subprocess
+    import sys
+
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "circuitfind.cli", "serve", "--host", "0.0.0.0", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        token = re.search(r"\?token=([\w-]+)", line).group(1)
+        for _ in range(100):  # (the address is printed just before the server binds)
+            try:
+                status, _ = _request(f"http://127.0.0.1:{port}/api/models")
+                break
+            except urllib.error.URLError:
+                time.sleep(0.1)
+        assert status == 403
+        assert _request(f"http://127.0.0.1:{port}/api/models", headers={"X-Circuitfind-Token": token})[0] == 200
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 def test_runs_and_their_overlap(server, runs):
@@ -369,6 +393,10 @@ def test_prompt_view_in_a_real_browser(server, browser, toy, tmp_path):
         page.wait_for_function("document.getElementById('error').textContent.includes('empty')")
         _run(page, HOSTILE)  # markup in a prompt: shown as text, never run
         assert HOSTILE in page.inner_text("#prompt-shown") and page.locator("#prediction script").count() == 0
+        page.select_option("#model", "hostile-gpt2")
+        _run(page, f"{HOSTILE} a b c")  # a model whose vocabulary holds the markup as one token: drawn as text
+        assert page.locator("#flow text.flow-token").all_text_contents()[1] == HOSTILE
+        page.select_option("#model", "toy-lm")
 
         page.set_viewport_size({"width": 1400, "height": 760})
         _run(page, PROMPT)
