@@ -300,6 +300,22 @@ def test_runs_and_their_overlap(server, runs):
     assert shown["n_edges"] == a.n_edges and shown["summary"]["rows"][0][2] == "eap"
 
 
+def test_runs_of_a_sweep_store(tmp_path):
+    from circuitfind.serve.runs import Runs
+
+    store = tmp_path / "sweep.sqlite"
+    cf.sweep(models=["toy-lm"], tasks=["ioi"], methods=["eap"], store=store, n=8, quiet=True)
+    runs = Runs(store=store)
+    listed = runs.list()
+    assert len(listed) == 1 and listed[0]["name"].startswith("job:") and listed[0]["method"] == "eap"
+    shown = runs.show(listed[0]["name"])
+    assert shown["n_edges"] == listed[0]["n_edges"] and shown["drawing"]["senders"][0] == "input"
+    with pytest.raises(ConfigError, match="no sweep store"):
+        Runs(store=tmp_path / "none.sqlite")
+    with pytest.raises(ConfigError, match="not both"):
+        build(runs=tmp_path, sweep=store)
+
+
 # ---------------------------------------------------------------- in a real browser
 
 @pytest.fixture(scope="module")
