@@ -480,6 +480,7 @@ def test_runs_view_in_a_real_browser(server, browser, runs):
             pane.locator("input.run-k").fill(str(k))
             assert pane.locator("path.edge").count() == cf.prune(scores, edges=k).n_edges, k
         assert page.locator(".pane").count() == 2 and pane.locator("svg.curve polyline").count() == 1
+        assert pane.locator("table.top-edges td").first.inner_text() == scores.top(1)[0][0]
         other = cf.Circuit.load(runs / "ioi-eap-ig" / "circuit.json")
         assert f"shared {int((circuit.mask & other.mask).sum())} edges" in page.inner_text("#overlap")
 

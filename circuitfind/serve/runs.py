@@ -81,7 +81,7 @@ class Runs:
         return {"name": name, "drawing": data, "start": start, "n_edges": circuit.n_edges,
                 "summary": {"header": list(SUMMARY_COLUMNS), "rows": summary_rows([result])},
                 "curve": {k: curve.get(k) or [] for k in ("fractions", "faithfulness_signed", "faithfulness_absolute")},
-                "figures": figures, "edges": circuit.graph.edge_names(circuit.mask)[:200]}
+                "figures": figures}
 
     def overlap(self, a: str, b: str) -> dict:
         """Two runs' circuits compared: shared edges, each one's own, and their intersection over union."""

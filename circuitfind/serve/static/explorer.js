@@ -33,6 +33,7 @@ function startPolling(){
   polling = setInterval(async () => {
     if(pending === 0){ clearInterval(polling); polling = null; $('status').textContent = ''; return; }
     try { const s = await (await fetch('/api/status')).json();
+      if(pending === 0) return;  // (the answer came while this asked)
       $('status').textContent = `working: ${s.running || 'starting'}` + (s.waiting ? ` (${s.waiting} waiting)` : '');
     } catch(e){ $('status').textContent = 'working… (no answer from the server)'; }
   }, 250);
@@ -196,7 +197,9 @@ function pane(run){
   const draw = () => { const e = circuitfindDraw.drawCircuit(svg, D, +slider.value, {}); count.textContent = `${e.length} edges of ${D.nEdgesTotal}`; count.setAttribute('data-edges', e.length); };
   slider.addEventListener('input', draw); setTimeout(draw, 0);
   p.appendChild(curve(run.curve));
+  for(const [name, src] of Object.entries(run.figures)) p.appendChild(node('img', undefined, {src, alt: name, class: 'figure'}));
   p.appendChild(table(run.summary.header, run.summary.rows, 'summary'));
+  p.appendChild(table(['top edge', 'score'], D.edges.slice(0, 10).map(e => [`${D.senders[e[1]]}->${D.receivers[e[0]]}`, num(e[2])]), 'top-edges'));
   return p;
 }
 const showRuns = guarded(async () => {
