@@ -149,6 +149,7 @@ def test_access_rules():
         access("0.0.0.0", " ")
     assert main(["serve", "--host", "0.0.0.0", "--token", ""]) == 2
     assert main(["serve", "--runs", "/nonexistent/runs"]) == 2
+    assert main(["serve", "--model", "no-such-model-anywhere"]) == 2  # (loaded before the server starts)
 
 
 # ---------------------------------------------------------------- over HTTP

@@ -39,8 +39,9 @@ def access(host: str, token: str | None) -> str | None:
 
 
 def build(models=None, runs=None, sweep=None, host: str = "127.0.0.1", token: str | None = None,
-          device: str = "cpu"):
-    """The app and the token it requires (checked before anything loads)."""
+          device: str = "cpu", *, load: bool = False):
+    """The app and the token it requires, every argument checked before anything loads. load: load the models
+    named by a string now (a wrong name fails here; the zoo's offline models load when the page first asks)."""
     try:
         import starlette  # noqa: F401
         import uvicorn  # noqa: F401
@@ -53,6 +54,10 @@ def build(models=None, runs=None, sweep=None, host: str = "127.0.0.1", token: st
         raise ConfigError("give --runs DIR or --sweep STORE, not both")
     token = access(host, token)
     found = Runs(runs, sweep) if runs is not None or sweep is not None else None
+    if load:
+        from circuitfind.models.loading import load_model
+
+        models = [load_model(m, device=device) if isinstance(m, str) else m for m in models or []]
     return create_app(models, found, token, loopback=is_loopback(host), device=device), token
 
 
@@ -61,7 +66,7 @@ def serve(models=None, runs=None, sweep=None, host: str = "127.0.0.1", port: int
     """Run the explorer until interrupted. on_ready(url): called with the page's address (with its token)."""
     import uvicorn
 
-    app, token = build(models, runs, sweep, host, token, device)
+    app, token = build(models, runs, sweep, host, token, device, load=True)
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
