@@ -405,9 +405,11 @@ def test_prompt_view_in_a_real_browser(server, browser, toy, tmp_path):
             page.click("#show-node")
             page.wait_for_function("document.getElementById('error').textContent.length > 0")
             assert message in page.inner_text("#error")
-        page.fill("#prompt", "")
-        page.click("#run")
-        page.wait_for_function("document.getElementById('error').textContent.includes('empty')")
+        for prompt, message in (("", "the prompt is empty"), (" x" * 80, "past toy-lm's context of 64")):
+            page.fill("#prompt", prompt)
+            page.click("#run")
+            page.wait_for_function("document.getElementById('error').textContent.length > 0")
+            assert message in page.inner_text("#error")
         _run(page, HOSTILE)  # markup in a prompt: shown as text, never run
         assert HOSTILE in page.inner_text("#prompt-shown") and page.locator("#prediction script").count() == 0
         page.select_option("#model", "hostile-gpt2")
