@@ -231,6 +231,16 @@ def test_bad_input_is_answered_and_the_server_stays_up(server):
     assert status == 400 and "no run named" in answer["error"]
 
 
+def test_an_unexpected_failure_is_answered_and_the_server_stays_up(server, monkeypatch):
+    def broken(*args, **kw):
+        raise RuntimeError("a bug")
+    monkeypatch.setattr(explore, "analyse", broken)
+    status, answer = _request(f"{server}/api/analyse", {"model": "toy-lm", "prompt": PROMPT})
+    assert status == 500 and "RuntimeError: a bug" in answer["error"] and "still running" in answer["error"]
+    monkeypatch.undo()
+    assert _request(f"{server}/api/analyse", {"model": "toy-lm", "prompt": PROMPT})[0] == 200
+
+
 def test_concurrent_requests_are_queued_not_lost(server, toy):
     answers = []
 
