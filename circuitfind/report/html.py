@@ -97,24 +97,6 @@ draw();
 """
 
 
-def _json_block(data) -> str:
-    """JSON safe inside <script type=application/json>: no '<' survives, so no '</script>'."""
-    return json.dumps(data).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-
-
-def _table(header, rows) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
-def _img(path: Path, alt: str) -> str:
-    if not path.exists():
-        return ""
-    data = base64.b64encode(path.read_bytes()).decode()
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
-
-
 def drawing_data(scores, circuit, inspect: dict | None) -> tuple[dict, int]:
     """What the circuit drawing (`assets/draw.js`) reads of a run, and the slider's starting value (the run's
     circuit): the page's JSON block, and `circuitfind serve`'s runs view."""
@@ -142,6 +124,24 @@ def drawing_data(scores, circuit, inspect: dict | None) -> tuple[dict, int]:
                  "nodeScore": scores.node_values().tolist(),
                  "reads": g.edge_mask.sum(1).tolist()}
     return data, start
+
+
+def _json_block(data) -> str:
+    """JSON safe inside <script type=application/json>: no '<' survives, so no '</script>'."""
+    return json.dumps(data).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def _table(header, rows) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _img(path: Path, alt: str) -> str:
+    if not path.exists():
+        return ""
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
 def page(scores, circuit, result: dict, inspect: dict | None, figures: Path) -> str:
