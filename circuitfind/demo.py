@@ -38,6 +38,7 @@ def main(out: str | None = None) -> Path:
     print("top edges:", ", ".join(f"{name} ({score:+.3f})" for name, score in run.scores.top(5)))
     page = out / "report.html"
     print(f"report: {page}")
+    print(f"explore it live: circuitfind serve --model toy-lm --runs {out.parent}")
     return page
 
 

@@ -2,7 +2,7 @@
 
 The import chain of DESIGN.md holds: every circuitfind module imports only from its own level or below.
 
-    cli → sweep → discover → report → evaluate / prune / inspect → methods → engine
+    cli → serve / sweep → discover → report → evaluate / prune / inspect → methods → engine
         → graph / task / metrics → models → types / errors
 
 Imports inside functions count too: a lazy import still ties a lower layer to a higher one.
@@ -21,7 +21,7 @@ ROOT = Path(circuitfind.__file__).parent
 # level of each top-level module or package of circuitfind (0 is the top of the chain)
 LEVELS = {
     "__init__": 0, "cli": 0, "demo": 0,
-    "sweep": 1,
+    "sweep": 1, "serve": 1,  # (the explorer: over inspect and report's drawing; reads sweep stores)
     "discover": 2,
     "report": 3, "interop": 3,
     "evaluate": 4, "prune": 4, "inspect": 4, "uncertainty": 4,  # (bootstrap intervals: evaluate and discover read them)

@@ -11,6 +11,7 @@
     circuitfind inspect lens|why|generate|patchscope|top|flow ...   circuitfind.inspect.*
     circuitfind export DIR --eap-ig FILE                             circuitfind.interop.save_eap_ig
     circuitfind compare A B [C ...]    cf.overlap(Circuit.load(A), Circuit.load(B)) for each pair
+    circuitfind serve [--model M] [--runs DIR | --sweep S]          circuitfind.serve.serve(...)
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from circuitfind.cli.tools import compare, export, graph, inspect
+from circuitfind.cli.tools import compare, export, graph, inspect, serve
 from circuitfind.errors import CircuitfindError
 
 
@@ -398,6 +399,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dtype", default="float32", help=DTYPE_HELP)
     g.add_argument("--device", default="cpu", help=DEVICE_HELP)
     g.set_defaults(run=graph)
+    v = sub.add_parser("serve", help="the live explorer: a local web page over a model's prompts, parts and runs")
+    v.add_argument("--model", action="append", help="a model the page offers (zoo name, local dir or hub id; "
+                                                    "repeatable); the zoo's offline models are always offered")
+    v.add_argument("--runs", help="a folder of run directories for the runs view")
+    v.add_argument("--sweep", help="a sweep store whose finished jobs the runs view shows")
+    v.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; any other needs --token)")
+    v.add_argument("--port", type=int, default=8765)
+    v.add_argument("--token", help="the secret every request must carry (default off loopback: a generated one)")
+    v.add_argument("--device", default="cpu", help=DEVICE_HELP)
+    v.set_defaults(run=serve)
     return parser
 
 

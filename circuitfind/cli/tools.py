@@ -1,4 +1,4 @@
-"""The CLI's commands that look at a model or at saved circuits: graph, inspect, export and compare
+"""The CLI's commands that look at a model or at saved circuits: graph, inspect, export, compare and serve
 (`cli/__init__.py` builds the parser and runs the rest). Each mirrors one Python call, as there."""
 
 from __future__ import annotations
@@ -173,4 +173,18 @@ def _depth_profiles(args, labels, circuits) -> int:
         written = depth_profiles(dict(zip([f"{lab}: {c.provenance.get('model', '')}" for lab, c in
                                            zip(labels, circuits)], profiles)), Path(args.figure))
         print("wrote " + ", ".join(str(w) for w in written))
+    return 0
+
+
+def serve(args) -> int:
+    from circuitfind.errors import ConfigError
+    from circuitfind.serve import serve as run
+
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port {args.port} is not a port (0..65535)")
+
+    def ready(url):
+        print(f"circuitfind explorer at {url}  (Ctrl-C stops it)", flush=True)
+    run(models=args.model, runs=args.runs, sweep=args.sweep, host=args.host, port=args.port, token=args.token,
+        device=args.device, on_ready=ready)
     return 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+from importlib import resources
 from pathlib import Path
 
 from circuitfind.prune import node_order
@@ -32,76 +33,19 @@ th{background:#f6f6f6}code,.mono{font-family:Menlo,Consolas,monospace;font-size:
 .figs img{max-width:48%;margin:.3em}.muted{color:#777}#hover{min-height:1.3em;font-size:.85em}
 """
 
+def drawing_script() -> str:
+    """The drawing code (`assets/draw.js`), shared by this page and `circuitfind serve`'s."""
+    return (resources.files("circuitfind.report") / "assets" / "draw.js").read_text(encoding="utf-8")
+
+
 SCRIPT = r"""
 (function(){
 const D = JSON.parse(document.getElementById('report-data').textContent);
-const NS = 'http://www.w3.org/2000/svg';
-const svg = document.getElementById('circuit');
-const slider = document.getElementById('n-edges');
-const S = D.senders.length;
-function el(tag, attrs){const e=document.createElementNS(NS,tag);for(const k in attrs)e.setAttribute(k,attrs[k]);return e;}
-// Top-k edges by |score| (D.edges is sorted so), or for node scores every edge among the top-k nodes,
-// then dangling edges removed as circuitfind.prune does.
-function prune(k){
-  return withoutDangling(D.level==='node' ? amongTopNodes(k) : D.edges.slice(0,k));
-}
-function amongTopNodes(k){
-  const keep = new Array(S).fill(false); for(const s of D.nodeOrder.slice(0,k)) keep[s]=true;
-  const kept = [];
-  D.receivers.forEach((_, r)=>{ const n=D.receiverNode[r]; if(n>=0 && !keep[n]) return;
-    for(let s=0;s<D.reads[r];s++) if(keep[s]) kept.push([r,s,D.nodeScore[s]]); });
-  return kept;
-}
-function withoutDangling(kept){
-  const reached = new Array(S).fill(false); reached[0] = true;
-  const bySender = new Map();
-  for(const e of kept){ const n=D.receiverNode[e[0]]; if(!bySender.has(n)) bySender.set(n,[]); bySender.get(n).push(e); }
-  for(let s=1;s<S;s++){ const ins=bySender.get(s)||[]; reached[s]=ins.some(e=>reached[e[1]]); }
-  const useful = new Array(S).fill(false);
-  const outs = new Map(); for(const e of kept){ if(!outs.has(e[1])) outs.set(e[1],[]); outs.get(e[1]).push(e); }
-  for(let s=S-1;s>=0;s--){ for(const e of (outs.get(s)||[])){ const n=D.receiverNode[e[0]]; if(n<0||useful[n]){useful[s]=true;break;} } }
-  return kept.filter(e=>{ const n=D.receiverNode[e[0]]; return reached[e[1]] && (n<0 || (useful[n] && reached[n])); });
-}
-const W = svg.viewBox.baseVal.width, H = svg.viewBox.baseVal.height, rows = D.rows;
-function xy(name){ const p=D.pos[name]; return [30+p[0]*(W-60), H-20-p[1]*(H-40)/(rows-1)]; }
-function colour(s, top){ const a=(0.25+0.75*Math.min(1,Math.abs(s)/top)).toFixed(3); return s>=0?`rgba(204,38,25,${a})`:`rgba(26,77,204,${a})`; }
-const dash = {q:'5,3', k:'1.5,2', v:'', '':'', in:'', router:'5,3'};
+const svg = document.getElementById('circuit'), slider = document.getElementById('n-edges');
 function draw(){
   const k = parseInt(slider.value);
-  const edges = prune(k);
-  while(svg.firstChild) svg.removeChild(svg.firstChild);
-  const top = Math.max(1e-12, ...edges.map(e=>Math.abs(e[2])));
-  const used = new Set();
-  const gEdges = el('g',{id:'edges'}); svg.appendChild(gEdges);
-  for(const e of edges.slice().reverse()){
-    const src = D.senders[e[1]], rname = D.receivers[e[0]];
-    const node = D.receiverNode[e[0]]<0 ? 'logits' : D.senders[D.receiverNode[e[0]]];
-    const kind = rname.endsWith('>') ? rname.slice(rname.indexOf('<')+1,-1) : '';  // q k v, or an expert's in / router
-    used.add(src); used.add(node);
-    const [x0,y0]=xy(src), [x1,y1]=xy(node);
-    // bent like the figure: control point off the chord, more the more rows the edge skips
-    const skip = Math.abs(D.pos[node][1]-D.pos[src][1]), rad = (skip<=1 ? 0 : Math.min(0.5, 0.08*skip)) + ({q:-0.15,k:0.15,router:-0.15}[kind]||0);
-    const cx = (x0+x1)/2 + rad*(y1-y0), cy = (y0+y1)/2 - rad*(x1-x0);
-    const line = el('path',{d:`M${x0},${y0} Q${cx},${cy} ${x1},${y1}`,fill:'none',class:'edge','stroke':colour(e[2],top),
-      'stroke-width':(0.6+3*Math.abs(e[2])/top).toFixed(2),'stroke-dasharray':dash[kind],'data-edge':src+'->'+rname});
-    const t = el('title',{}); t.textContent = `${src}->${rname}  score ${e[2].toPrecision(4)}`;
-    if(e.length>3){  // the bootstrap's interval, and how often the edge is in a resample's circuit (its opacity)
-      t.textContent += `  [${e[3].toPrecision(3)}, ${e[4].toPrecision(3)}]`;
-      if(e[5]>=0){ t.textContent += `  in ${(100*e[5]).toFixed(0)}% of resampled circuits`; line.setAttribute('stroke-opacity',(0.1+0.9*e[5]).toFixed(2)); }
-    }
-    line.appendChild(t);
-    line.addEventListener('mouseenter',()=>{document.getElementById('hover').textContent=t.textContent;});
-    gEdges.appendChild(line);
-  }
-  const gNodes = el('g',{id:'nodes'}); svg.appendChild(gNodes);
-  for(const n of used){
-    const [x,y]=xy(n); const g=el('g',{class:'node','data-node':n});
-    const box = /^(m\d+|input|logits)$/.test(n);
-    g.appendChild(box? el('rect',{x:x-22,y:y-8,width:44,height:16,rx:3,fill:'#f2e6c9',stroke:'#333'})
-                     : el('ellipse',{cx:x,cy:y,rx:22,ry:9,fill:'#d9e8f5',stroke:'#333'}));
-    const label=el('text',{x:x,y:y+3.5,'text-anchor':'middle','font-size':'10'}); label.textContent=n; g.appendChild(label);
-    g.addEventListener('click',()=>showNode(n)); gNodes.appendChild(g);
-  }
+  const edges = circuitfindDraw.drawCircuit(svg, D, k, {node: showNode,
+    hover: text => { document.getElementById('hover').textContent = text; }});
   const chosen = D.level==='node' ? `the edges among the top ${k} nodes` : `top ${k} by |score|`;
   document.getElementById('edge-count').textContent =
     `${edges.length} edges drawn (${chosen}, dangling edges removed) of ${D.nEdgesTotal}`;
@@ -131,19 +75,8 @@ FLOW_SCRIPT = r"""
 (function(){
 const F = JSON.parse(document.getElementById('report-data').textContent).tokenFlow;
 if(!F) return;
-const NS = 'http://www.w3.org/2000/svg', svg = document.getElementById('token-flow');
-const tau = document.getElementById('flow-tau'), info = document.getElementById('flow-info');
-const T = F.tokens.length, R = 2*F.n_layers+1, W = +svg.getAttribute('width'), H = +svg.getAttribute('height');
-const x = t => 40 + (W-60)*(t+0.5)/T, y = r => H-40 - (H-70)*r/(R-1);
-function el(tag, attrs){const e=document.createElementNS(NS,tag);for(const k in attrs)e.setAttribute(k,attrs[k]);return e;}
-// the graph at τ, pruned as circuitfind.inspect.flow prunes it: top-down, an edge kept when its weight ≥ τ and it
-// feeds a state already kept (the page holds the graph at a lower τ, of which every higher τ's is a part)
-function prune(t){
-  const kept = new Set([(R-1)+','+F.position]), edges = [];
-  const order = F.edges.slice().sort((a,b)=>b.rows[1]-a.rows[1]);
-  for(const e of order){ if(e.weight>=t && kept.has(e.rows[1]+','+e.dst)){ edges.push(e); kept.add(e.rows[0]+','+e.src); } }
-  return [edges, kept];
-}
+const svg = document.getElementById('token-flow'), tau = document.getElementById('flow-tau');
+const info = document.getElementById('flow-info');
 function show(key){
   const [r,t] = key.split(',').map(Number), lens = F.lens[key];
   info.textContent = '';
@@ -155,30 +88,42 @@ function show(key){
   }
 }
 function draw(){
-  while(svg.firstChild) svg.removeChild(svg.firstChild);
-  const [edges, kept] = prune(+tau.value);
+  const [edges, kept] = circuitfindDraw.drawFlow(svg, F, +tau.value, {state: show});
   document.getElementById('flow-count').textContent = `τ = ${(+tau.value).toFixed(2)}: ${edges.length} edges, ${kept.size} states`;
-  F.tokens.forEach((w,t)=>{ const lab = el('text',{x:x(t),y:H-8,'font-size':10,'text-anchor':'middle'}); lab.textContent = w; svg.appendChild(lab); });
-  for(const e of edges){
-    const [r0,r1] = e.rows, off = e.kind==='ffn' ? 5 : 0;
-    const colour = e.kind==='attn' ? '#3b6fb6' : (e.kind==='ffn' ? '#e08a1e' : '#999999');
-    const line = el('line',{x1:x(e.src)+off,y1:y(r0),x2:x(e.dst)+off,y2:y(r1),stroke:colour,'stroke-width':(0.5+5*e.weight).toFixed(2),
-                            'stroke-opacity':0.8,class:'flow-edge'});
-    const t = el('title',{});
-    t.textContent = `layer ${e.layer} ${e.kind} ${F.tokens[e.src]} → ${F.tokens[e.dst]}: ${e.weight.toFixed(3)}` +
-      (e.heads.length ? '  heads ' + e.heads.slice(0,4).map(([h,s])=>`a${e.layer}.h${h} ${(100*s).toFixed(0)}%`).join(', ') : '');
-    line.appendChild(t); svg.appendChild(line);
-  }
-  for(const key of kept){
-    const [r,t] = key.split(',').map(Number);
-    const c = el('circle',{cx:x(t),cy:y(r),r:4,fill:'#333',class:'flow-node','data-state':key});
-    c.addEventListener('click',()=>show(key)); svg.appendChild(c);
-  }
 }
 tau.addEventListener('input', draw);
 draw();
 })();
 """
+
+
+def drawing_data(scores, circuit, inspect: dict | None) -> tuple[dict, int]:
+    """What the circuit drawing (`assets/draw.js`) reads of a run, and the slider's starting value (the run's
+    circuit): the page's JSON block, and `circuitfind serve`'s runs view."""
+    g = scores.graph
+    key = scores.scores.abs().masked_fill(~g.edge_mask, -1.0)
+    order = key.flatten().argsort(descending=True)[:min(g.n_edges, max(MAX_SLIDER_EDGES, circuit.n_edges))]
+    edges = [[int(i) // g.n_senders, int(i) % g.n_senders, float(scores.scores.flatten()[i])] for i in order]
+    ci = scores.intervals
+    if ci is not None:  # each edge's bootstrap interval and in-circuit frequency (-1: none), for hover and opacity
+        freq = ci.get("frequency")
+        for e in edges:
+            e += [float(ci["low"][e[0], e[1]]), float(ci["high"][e[0], e[1]]),
+                  -1.0 if freq is None else float(freq[e[0], e[1]])]
+    start = int(circuit.provenance.get("edges", circuit.n_edges))
+    data = {"senders": g.senders, "receivers": g.receivers, "receiverNode": g.receiver_node.tolist(),
+            "edges": edges, "pos": node_positions(g), "rows": 2 * g.n_layers + 2, "nEdgesTotal": g.n_edges,
+            "level": scores.level,
+            "lens": {row["node"]: row for row in (inspect or {}).get("lens", [])},
+            "tokenFlow": (inspect or {}).get("token_flow"),
+            "examples": (inspect or {}).get("examples", [])}
+    if scores.level == "node":  # the slider counts nodes: their order, each one's score (the same on every
+        # out-edge), and how many senders each receiver reads (a prefix of them)
+        start = int(circuit.provenance.get("nodes", g.n_senders))
+        data |= {"nodeOrder": node_order(key).tolist(),
+                 "nodeScore": scores.node_values().tolist(),
+                 "reads": g.edge_mask.sum(1).tolist()}
+    return data, start
 
 
 def _json_block(data) -> str:
@@ -210,29 +155,8 @@ def _size(result: dict, circuit, g) -> str:
 def page(scores, circuit, result: dict, inspect: dict | None, figures: Path, extra: str = "") -> str:
     """The report page; extra: a section of HTML after the circuit's (the circuit over spans)."""
     g = scores.graph
-    key = scores.scores.abs().masked_fill(~g.edge_mask, -1.0)
-    order = key.flatten().argsort(descending=True)[:min(g.n_edges, max(MAX_SLIDER_EDGES, circuit.n_edges))]
-    edges = [[int(i) // g.n_senders, int(i) % g.n_senders, float(scores.scores.flatten()[i])] for i in order]
-    ci = scores.intervals
-    if ci is not None:  # each edge's bootstrap interval and in-circuit frequency (-1: none), for hover and opacity
-        freq = ci.get("frequency")
-        for e in edges:
-            e += [float(ci["low"][e[0], e[1]]), float(ci["high"][e[0], e[1]]),
-                  -1.0 if freq is None else float(freq[e[0], e[1]])]
-    start = int(circuit.provenance.get("edges", circuit.n_edges))
+    data, start = drawing_data(scores, circuit, inspect)
     nodes = scores.level == "node"
-    data = {"senders": g.senders, "receivers": g.receivers, "receiverNode": g.receiver_node.tolist(),
-            "edges": edges, "pos": node_positions(g), "rows": 2 * g.n_layers + 2, "nEdgesTotal": g.n_edges,
-            "level": scores.level,
-            "lens": {row["node"]: row for row in (inspect or {}).get("lens", [])},
-            "tokenFlow": (inspect or {}).get("token_flow"),
-            "examples": (inspect or {}).get("examples", [])}
-    if nodes:  # the slider counts nodes: their order, each one's score (the same on every out-edge), and how
-        # many senders each receiver reads (a prefix of them)
-        start = int(circuit.provenance.get("nodes", g.n_senders))
-        data |= {"nodeOrder": node_order(key).tolist(),
-                 "nodeScore": scores.node_values().tolist(),
-                 "reads": g.edge_mask.sum(1).tolist()}
     task = (inspect or {}).get("task", {"name": result["task"], "description": "", "citation": "", "metric": ""})
     examples = (inspect or {}).get("examples", [])[:8]
     width, height = max(640, 56 * g.n_heads + 80), max(320, 34 * (2 * g.n_layers + 2))
@@ -243,7 +167,7 @@ def page(scores, circuit, result: dict, inspect: dict | None, figures: Path, ext
     summary = _table(SUMMARY_COLUMNS, summary_rows([result]))
     kind, rows = top_rows(scores, 20)
     top_table = _table(top_header(scores, kind), rows)
-    top = g.n_senders if nodes else len(edges)  # the slider's range
+    top = g.n_senders if nodes else len(data["edges"])  # the slider's range
     prompt_rows = [[e["clean"], e["corrupt"], e["correct"], e["wrong"]] for e in examples]
     flow = (inspect or {}).get("flow")
     flow_section = ""
@@ -300,6 +224,7 @@ task, blue oppose it; q inputs dashed, k dotted.</p></div></div>
 <h2>Provenance</h2>
 <pre class="mono">{esc(json.dumps(provenance, indent=2, default=str))}</pre>
 <script type="application/json" id="report-data">{_json_block(data)}</script>
+<script>{drawing_script()}</script>
 <script>{SCRIPT}</script>
 <script>{FLOW_SCRIPT}</script>
 </body></html>

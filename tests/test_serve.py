@@ -1,0 +1,507 @@
+"""`circuitfind serve`: the explorer's numbers against the Python calls they mirror, its HTTP answers to bad input
+and to requests without the token, and the page in headless Chromium (as tests/test_report.py drives it)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import torch
+
+import circuitfind as cf
+from circuitfind import inspect as ci
+from circuitfind.cli import main
+from circuitfind.errors import ConfigError
+from circuitfind.serve import access, build, explore
+from circuitfind.serve.attends import attends
+from tests.conftest import tiny_model
+from tests.test_report import HOSTILE, _browser, _hostile_model, _launch
+
+PROMPT = "When Mary and John went to the store, John gave a drink to"
+LONG = ("When Mary and John went to the store , John gave a drink to Mary . Then Anna and Paul went to the "
+        "garden , and Paul gave a book to")  # 32 tokens of toy-lm
+SHOTS = Path(__file__).resolve().parent.parent / "docs" / "images"
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return cf.load_model("toy-lm")
+
+
+# ---------------------------------------------------------------- the numbers, in Python
+
+def _pattern_from_terms(model, tokens, layer, head, dst):
+    """The attention row of (layer, head) at dst rebuilt from the bilinear terms alone: softmax over the keys of the
+    terms' totals (soft-capped where the family caps)."""
+    seen = model.allowed(torch.ones_like(tokens), layer).expand(1, model.cfg.n_heads, -1, -1)[0, head, dst, : dst + 1]
+    totals = torch.full((dst + 1,), float("-inf"), dtype=torch.float64)
+    for src in seen.nonzero()[:, 0].tolist():
+        totals[src] = attends(model, tokens, layer, head, dst, src)["total"]
+    cap = model.cfg.attn_softcap
+    if cap is not None:
+        totals = torch.where(seen, torch.tanh(totals / cap) * cap, totals)
+    return totals.softmax(-1)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "bloom", "gemma2"])  # learned, rotary + GQA, ALiBi, soft-cap
+def test_attention_terms_sum_to_the_models_score(family):
+    """The terms [sender into q, sender into k] sum to the forward's q·k score, and the scores they give every key
+    reproduce the model's own attention pattern (hook_pattern) after the softmax."""
+    model = tiny_model(family)
+    tokens = torch.randint(3, 90, (1, 7), generator=torch.Generator().manual_seed(0))
+    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_pattern"))
+    for layer, head, dst in ((0, 0, 6), (model.cfg.n_layers - 1, model.cfg.n_heads - 1, 5)):
+        a = attends(model, tokens, layer, head, dst, 3)
+        terms = torch.tensor(a["terms"], dtype=torch.float64)
+        assert terms.shape == (model.graph.senders_before(layer) + 1,) * 2
+        assert a["total"] == pytest.approx(a["score"], abs=1e-9), (layer, head)
+        pattern = cache[f"blocks.{layer}.attn.hook_pattern"][0, head, dst, : dst + 1]
+        torch.testing.assert_close(_pattern_from_terms(model, tokens, layer, head, dst), pattern.double(),
+                                   atol=1e-9, rtol=1e-7)
+
+
+def test_attention_terms_on_toy_lm_and_what_is_refused(toy):
+    tokens = explore.prompt_tokens(toy, PROMPT)
+    a = attends(toy, tokens, 2, 1, -1)
+    assert a["src"] == max(range(len(a["pattern"])), key=a["pattern"].__getitem__)  # default: the key it attends most
+    assert a["total"] == pytest.approx(a["score"], abs=1e-4) and a["senders"][-1] == "bias"
+    with pytest.raises(ConfigError, match="does not attend to position 5"):
+        attends(toy, tokens, 0, 0, 2, 5)
+    with pytest.raises(ConfigError, match="qk-norm"):
+        attends(tiny_model("qwen3"), torch.tensor([[3, 4, 5]]), 0, 0, 2)
+
+
+def test_states_show_the_logit_lens_and_the_graph_is_ci_flow(toy):
+    d = explore.analyse(toy, PROMPT)
+    logits = toy(explore.prompt_tokens(toy, PROMPT))[0, -1]
+    assert d["top"][0][0] == toy.tokenizer.decode([int(logits.argmax())])
+    assert len(d["flow"]["edges"]) == len(ci.flow(toy, PROMPT, tau=explore.TAU_MIN).edges)
+    for row, token in ((0, 1), (4, 3), (8, -1)):
+        lens = ci.logit_lens(toy, PROMPT, f"resid:{row // 2}", 5)[token]
+        s = explore.state(toy, PROMPT, row, token)
+        assert [w for w, _ in s["promoted"]] == [w for w, _ in lens.promoted]
+        assert [w for w, _ in s["suppressed"]] == [w for w, _ in lens.suppressed]
+    with pytest.raises(ConfigError, match="not a row"):
+        explore.state(toy, PROMPT, 99, 0)
+
+
+def test_neurons_sum_to_the_mlps_direct_effect(toy):
+    """Over every neuron, the contributions add up to the MLP's direct effect on the predicted token (its output,
+    bias aside, through the final norm frozen), as ci.direct_logits computes it."""
+    from circuitfind.types import Inputs
+
+    tokens = explore.prompt_tokens(toy, PROMPT)
+    n = explore.neurons(toy, PROMPT, 1, n=toy.cfg.d_mlp)
+    top = int(toy(tokens)[0, -1].argmax())
+    per_node, _ = ci.direct_logits(toy, Inputs.of(tokens))
+    direct = float(per_node[toy.graph.mlp_sender(1), 0, top])
+    assert sum(r["contribution"] for r in n["neurons"]) == pytest.approx(direct, abs=2e-3)
+    assert abs(n["neurons"][0]["contribution"]) >= abs(n["neurons"][-1]["contribution"])
+
+
+def test_intervention_matches_ci_compare(toy):
+    r = explore.intervene(toy, PROMPT, "m3", "scale", "-1", new_tokens=5)
+    iv = [ci.Intervention("m3", "scale", -1.0)]
+    from circuitfind.inspect.interventions import hooks_for
+
+    with toy.hooks(hooks_for(toy, iv)):
+        after = toy(explore.prompt_tokens(toy, PROMPT))[0, -1]
+    assert r["top_after"][0][0] == toy.tokenizer.decode([int(after.argmax())])
+    assert r["intervened"] == ci.compare(toy, PROMPT, iv, 5)["intervened"]
+    for bad, match in ((("input", "zero"), "intervenes on a head"), (("m9", "zero"), "4 layers"),
+                       (("m1", "steer"), "'zero' or 'scale'")):
+        with pytest.raises(ConfigError, match=match):
+            explore.intervene(toy, PROMPT, *bad)
+
+
+def test_examples_and_patchscope_are_ci_s(toy):
+    r = explore.examples(toy, "m1.n212", "ioi", n=20)
+    top = ci.top_activations(toy, cf.load_task("ioi", n=20, seed=0), "m1.n212", k=5)
+    assert [e["context"] for e in r["examples"]] == [a.context for a in top] and len(top) == 5
+    p = explore.patchscope(toy, PROMPT, 4, -1)
+    assert p["layer"] == 1 and p["said"] == ci.patchscope(toy, PROMPT, 1, source_position=-1)
+    with pytest.raises(ConfigError, match="rows 2, 4"):
+        explore.patchscope(toy, PROMPT, 3, 0)
+    with pytest.raises(ConfigError, match="1..200"):
+        explore.examples(toy, "m1.n2", "ioi", n=0)
+
+
+def test_bad_prompts_are_refused_by_name(toy):
+    for prompt, match in (("", "empty"), ("   ", "empty"), (" x" * 80, "past toy-lm's context of 64")):
+        with pytest.raises(ConfigError, match=match):
+            explore.analyse(toy, prompt)
+
+
+def test_access_rules():
+    assert access("127.0.0.1", None) is None and access("localhost", None) is None and access("::1", None) is None
+    assert access("127.0.0.1", "s3cret") == "s3cret" and access("0.0.0.0", "s3cret") == "s3cret"
+    generated = access("0.0.0.0", None)
+    assert generated and len(generated) >= 24 and access("192.168.1.5", None) != generated
+    with pytest.raises(ConfigError, match="--token is empty"):
+        access("0.0.0.0", " ")
+    assert main(["serve", "--host", "0.0.0.0", "--token", ""]) == 2
+    assert main(["serve", "--runs", "/nonexistent/runs"]) == 2
+    assert main(["serve", "--model", "no-such-model-anywhere"]) == 2  # (loaded before the server starts)
+
+
+# ---------------------------------------------------------------- over HTTP
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def running(app, host="127.0.0.1"):
+    import uvicorn
+
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(200):
+        if server.started:
+            break
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def _request(url, body=None, headers=None):
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            status, text = r.status, r.read()
+    except urllib.error.HTTPError as e:
+        status, text = e.code, e.read()
+    try:
+        return status, json.loads(text)
+    except ValueError:
+        return status, {"error": text.decode()}
+
+
+@pytest.fixture(scope="module")
+def runs(toy, tmp_path_factory):
+    """Two run directories of toy-lm (IOI; EAP and EAP-IG), without report pages: enough for the runs view."""
+    root = tmp_path_factory.mktemp("runs")
+    for method in ("eap", "eap-ig"):
+        cf.discover(toy, "ioi", method, n=8, out=root / f"ioi-{method}", quiet=True, report=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(toy, runs):
+    app, _ = build(models=[toy, _hostile_model()], runs=runs)  # (the second has a token that is markup)
+    with running(app) as url:
+        yield url
+
+
+def test_bad_input_is_answered_and_the_server_stays_up(server):
+    bad = [("analyse", {"model": "gpt-17", "prompt": PROMPT}, "unknown model 'gpt-17'"),
+           ("analyse", {"model": "toy-lm", "prompt": ""}, "prompt is empty"),
+           ("analyse", {"model": "toy-lm", "prompt": " x" * 80}, "past toy-lm's context"),
+           ("head", {"model": "toy-lm", "prompt": PROMPT, "node": "a7.h0"}, "the model has 4 layers"),
+           ("neurons", {"model": "toy-lm", "prompt": PROMPT, "node": "m1", "token": 99}, "outside the prompt"),
+           ("state", {"model": "toy-lm", "prompt": PROMPT, "row": "x", "token": 0}, "row must be an integer"),
+           ("contrast", {"model": "toy-lm", "prompt": PROMPT, "a": "zzzqqq"}, "not in the vocabulary"),
+           ("nothing", {}, "no operation 'nothing'")]
+    for op, body, match in bad:
+        status, answer = _request(f"{server}/api/{op}", body)
+        assert status == 400 and match in answer["error"], (op, answer)
+    status, _ = _request(f"{server}/api/analyse", {"model": "toy-lm", "prompt": PROMPT})
+    assert status == 200
+    req = urllib.request.Request(f"{server}/api/analyse", data=b"{not json", headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req)
+    assert e.value.code == 400 and "not JSON" in e.value.read().decode()
+    status, answer = _request(f"{server}/api/runs?name=../../etc")
+    assert status == 400 and "no run named" in answer["error"]
+
+
+def test_an_unexpected_failure_is_answered_and_the_server_stays_up(server, monkeypatch):
+    def broken(*args, **kw):
+        raise RuntimeError("a bug")
+    monkeypatch.setattr(explore, "analyse", broken)
+    status, answer = _request(f"{server}/api/analyse", {"model": "toy-lm", "prompt": PROMPT})
+    assert status == 500 and "RuntimeError: a bug" in answer["error"] and "still running" in answer["error"]
+    monkeypatch.undo()
+    assert _request(f"{server}/api/analyse", {"model": "toy-lm", "prompt": PROMPT})[0] == 200
+
+
+def test_concurrent_requests_are_queued_not_lost(server, toy):
+    answers = []
+
+    def ask(i):
+        answers.append(_request(f"{server}/api/analyse", {"model": "toy-lm", "prompt": f"{PROMPT} Mary"[: 20 + i]}))
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(answers) == 6 and all(status == 200 for status, _ in answers)
+
+
+def test_loopback_refuses_other_host_names(server):
+    status, _ = _request(f"{server}/api/models", headers={"Host": "attacker.example"})
+    assert status == 400  # (a page on another site cannot reach the explorer through DNS rebinding)
+
+
+def test_a_server_off_loopback_refuses_requests_without_its_token(toy):
+    app, token = build(models=[toy], host="0.0.0.0")
+    assert token
+    with running(app, host="0.0.0.0") as url:
+        for path in ("/", "/api/models", "/assets/draw.js"):
+            with pytest.raises(urllib.error.HTTPError) as e:
+                urllib.request.urlopen(url + path)
+            assert e.value.code == 403 and "needs its token" in e.value.read().decode()
+        status, _ = _request(f"{url}/api/analyse", {"model": "toy-lm", "prompt": PROMPT}, {"X-Circuitfind-Token": "no"})
+        assert status == 403
+        status, answer = _request(f"{url}/api/models", headers={"X-Circuitfind-Token": token})
+        assert status == 200 and "toy-lm" in answer["models"]
+        with urllib.request.urlopen(f"{url}/?token={token}") as r:  # the page, and its cookie for what follows
+            assert r.status == 200 and f"circuitfind_token={token}" in r.headers["set-cookie"]
+
+
+def test_the_command_off_loopback_prints_a_generated_token_and_requires_it():
+    import re
+    import subprocess
+    import sys
+
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "circuitfind.cli", "serve", "--host", "0.0.0.0", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        token = re.search(r"\?token=([\w-]+)", line).group(1)
+        for _ in range(100):  # (the address is printed just before the server binds)
+            try:
+                status, _ = _request(f"http://127.0.0.1:{port}/api/models")
+                break
+            except urllib.error.URLError:
+                time.sleep(0.1)
+        assert status == 403
+        assert _request(f"http://127.0.0.1:{port}/api/models", headers={"X-Circuitfind-Token": token})[0] == 200
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_runs_and_their_overlap(server, runs):
+    status, listed = _request(f"{server}/api/runs")
+    names = sorted(r["name"] for r in listed["runs"])
+    assert status == 200 and names == ["ioi-eap", "ioi-eap-ig"]
+    a, b = (cf.Circuit.load(runs / n / "circuit.json") for n in names)
+    _, o = _request(f"{server}/api/runs?a=ioi-eap&b=ioi-eap-ig")
+    assert o["shared"] == int((a.mask & b.mask).sum()) and o["iou"] == pytest.approx(
+        int((a.mask & b.mask).sum()) / int((a.mask | b.mask).sum()))
+    _, shown = _request(f"{server}/api/runs?name=ioi-eap")
+    assert shown["n_edges"] == a.n_edges and shown["summary"]["rows"][0][2] == "eap"
+
+
+def test_runs_of_a_sweep_store(tmp_path):
+    from circuitfind.serve.runs import Runs
+
+    store = tmp_path / "sweep.sqlite"
+    cf.sweep(models=["toy-lm"], tasks=["ioi"], methods=["eap"], store=store, n=8, quiet=True)
+    runs = Runs(store=store)
+    listed = runs.list()
+    assert len(listed) == 1 and listed[0]["name"].startswith("job:") and listed[0]["method"] == "eap"
+    shown = runs.show(listed[0]["name"])
+    assert shown["n_edges"] == listed[0]["n_edges"] and shown["drawing"]["senders"][0] == "input"
+    with pytest.raises(ConfigError, match="no sweep store"):
+        Runs(store=tmp_path / "none.sqlite")
+    with pytest.raises(ConfigError, match="not both"):
+        build(runs=tmp_path, sweep=store)
+
+
+# ---------------------------------------------------------------- in a real browser
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    sync_playwright = _browser()
+    with sync_playwright() as p:
+        context = _launch(p, tmp_path_factory.mktemp("chromium"))
+        try:
+            yield context
+        finally:
+            context.close()
+
+
+@contextmanager
+def page_of(browser, url):
+    """A page at url that records script errors and dialogs (a prompt's markup must never run)."""
+    page = browser.new_page()
+    page.errors, page.dialogs = [], []
+    page.on("pageerror", lambda e: page.errors.append(str(e)))
+    page.on("dialog", lambda d: (page.dialogs.append(d.message), d.dismiss()))
+    page.goto(url)
+    page.wait_for_selector("#model option", state="attached")
+    try:
+        yield page
+    finally:
+        assert not page.errors, page.errors
+        assert not page.dialogs, "markup ran as script"
+        page.close()
+
+
+def _run(page, prompt):
+    """Type a prompt, click Run, wait for its graph; → the seconds from the click to the graph on screen."""
+    page.fill("#prompt", prompt)
+    page.evaluate("document.getElementById('flow').removeAttribute('data-ms')")
+    t0 = time.perf_counter()
+    page.click("#run")
+    page.wait_for_selector("#flow[data-ms]", timeout=30_000)
+    return time.perf_counter() - t0
+
+
+def test_prompt_view_in_a_real_browser(server, browser, toy, tmp_path):
+    with page_of(browser, server) as page:
+        assert explore.prompt_tokens(toy, LONG).shape[-1] == 32
+        _run(page, LONG)  # (the first run warms the model's caches up)
+        seconds = _run(page, LONG)
+        in_page = float(page.get_attribute("#flow", "data-ms")) / 1e3
+        print(f"\n32-token prompt on toy-lm: graph on screen {seconds:.3f} s after the click ({in_page:.3f} s in the page)")
+        assert seconds <= 1.0
+        lines = page.locator("#flow line.flow-edge")
+        for tau in ("0.04", "0.1", "0.3", "0.02"):  # the slider re-prunes exactly as ci.flow prunes at τ
+            page.locator("#tau").fill(tau)
+            assert lines.count() == len(ci.flow(toy, LONG, tau=float(tau)).edges) > 0, tau
+            assert int(page.get_attribute("#flow-count", "data-edges")) == lines.count()
+        top = page.locator("table.topk td").first.inner_text()
+        assert json.loads(top) == toy.tokenizer.decode([int(toy(toy.to_tokens(LONG))[0, -1].argmax())])
+
+        state = page.locator("#flow .flow-node[data-state^='4,']").first  # a state entering layer 2
+        row, token = map(int, state.get_attribute("data-state").split(","))
+        state.click()
+        page.wait_for_selector("#detail td.lens-up")
+        lens = ci.logit_lens(toy, LONG, f"resid:{row // 2}", 5)[token]
+        assert page.locator("#detail td.lens-up").all_inner_texts() == [w for w, _ in lens.promoted]
+        assert page.locator("#detail td.lens-down").all_inner_texts() == [w for w, _ in lens.suppressed]
+        page.click("#patchscope")
+        page.wait_for_function("document.getElementById('patchscope-out').textContent.length > 0")
+        said = ci.patchscope(toy, LONG, row // 2 - 1, source_position=token)
+        assert json.dumps(said) in page.inner_text("#patchscope-out")
+
+        page.locator("#flow line.flow-edge[data-kind='ffn']").first.dispatch_event("click")
+        page.wait_for_selector("table.neurons td")
+        assert page.locator("table.neurons tr").count() == 11
+        page.locator("table.neurons .neuron-pick").first.click()
+        page.wait_for_selector("#examples td.example")
+        neuron = page.locator("table.neurons .neuron-pick").first.inner_text()
+        top = ci.top_activations(toy, cf.load_task("ioi", n=40, seed=0), neuron, k=5)
+        assert page.locator("#examples td.example").all_inner_texts() == [a.context for a in top]
+        page.locator("#flow line.flow-edge[data-kind='attn']").first.dispatch_event("click")
+        page.locator("#detail .head-pick").first.click()
+        page.wait_for_selector("#attn-score")
+        score = float(page.get_attribute("#attn-score", "data-value"))
+        terms = [float(v) for v in page.locator("table.terms td.num").evaluate_all("cs => cs.map(c => c.dataset.value)")]
+        assert len(terms) == 16 and sum(terms) == pytest.approx(score, abs=1e-4)
+
+        for name, message in (("a9.h9", "the model has 4 layers"), ("m1.zz", "not a node name")):
+            page.fill("#node", name)
+            page.click("#show-node")
+            page.wait_for_function("document.getElementById('error').textContent.length > 0")
+            assert message in page.inner_text("#error")
+        for prompt, message in (("", "the prompt is empty"), (" x" * 80, "past toy-lm's context of 64")):
+            page.fill("#prompt", prompt)
+            page.click("#run")
+            page.wait_for_function("document.getElementById('error').textContent.length > 0")
+            assert message in page.inner_text("#error")
+        _run(page, HOSTILE)  # markup in a prompt: shown as text, never run
+        assert HOSTILE in page.inner_text("#prompt-shown") and page.locator("#prediction script").count() == 0
+        page.select_option("#model", "hostile-gpt2")
+        _run(page, f"{HOSTILE} a b c")  # a model whose vocabulary holds the markup as one token: drawn as text
+        assert page.locator("#flow text.flow-token").all_text_contents()[1] == HOSTILE
+        page.select_option("#model", "toy-lm")
+
+        page.set_viewport_size({"width": 1400, "height": 760})
+        _run(page, PROMPT)
+        page.fill("#node", "a2.h1")
+        page.click("#show-node")
+        page.wait_for_selector("#attn-score")
+        # the README's picture: CIRCUITFIND_SCREENSHOTS=1 writes it into docs/images/
+        shot = SHOTS / "explorer.png" if os.environ.get("CIRCUITFIND_SCREENSHOTS") == "1" else tmp_path / "explorer.png"
+        page.screenshot(path=str(shot))
+        assert shot.stat().st_size > 20_000
+
+
+
+def test_contrast_and_intervention_in_a_real_browser(server, browser, toy):
+    with page_of(browser, server) as page:
+        page.fill("#prompt", PROMPT)
+        page.click(".tab[data-view='contrast']")
+        page.click("#why-run")
+        page.wait_for_selector("#why-table tbody tr")
+        why = ci.why(toy, PROMPT)
+        rows = page.locator("#why-table tbody tr")
+        assert rows.count() == len(why.nodes) and rows.first.locator("td").first.inner_text() == why.nodes[0].node
+        page.click("#why-table th[data-key='direct']")
+        best = max(why.nodes, key=lambda c: abs(c.direct))
+        assert rows.first.locator("td").first.inner_text() == best.node
+        page.click("#why-table th[data-key='node']")
+        assert rows.first.locator("td").first.inner_text() == sorted(c.node for c in why.nodes)[0]
+
+        page.fill("#iv-node", "m3")
+        page.select_option("#iv-kind", "scale")
+        page.fill("#iv-value", "-1")
+        page.fill("#iv-tokens", "5")
+        page.click("#iv-run")
+        page.wait_for_selector("#iv-after td.next")
+        r = explore.intervene(toy, PROMPT, "m3", "scale", -1.0, new_tokens=5)
+        assert page.locator("#iv-after td.next").first.inner_text() == r["top_after"][0][0]
+        assert page.inner_text("#iv-after .generation") == r["intervened"].strip()
+
+
+def test_two_pages_at_once(server, browser, toy):
+    with page_of(browser, server) as a, page_of(browser, server) as b:
+        a.fill("#prompt", PROMPT)
+        b.fill("#prompt", LONG)
+        a.click("#run")
+        b.click("#run")  # while a's request runs: queued behind it
+        for page, prompt in ((a, PROMPT), (b, LONG)):
+            page.wait_for_selector("#flow[data-ms]", timeout=30_000)
+            page.locator("#tau").fill("0.1")
+            assert page.locator("#flow line.flow-edge").count() == len(ci.flow(toy, prompt, tau=0.1).edges)
+
+
+def test_runs_view_in_a_real_browser(server, browser, runs):
+    with page_of(browser, server) as page:
+        page.click(".tab[data-view='runs']")
+        page.wait_for_selector("#run-a option", state="attached")
+        page.select_option("#run-a", "ioi-eap")
+        page.select_option("#run-b", "ioi-eap-ig")
+        page.click("#runs-show")
+        page.wait_for_function("document.getElementById('overlap').textContent.includes('IoU')")
+        scores = cf.EdgeScores.load(runs / "ioi-eap")
+        pane = page.locator(".pane[data-run='ioi-eap']")
+        circuit = cf.Circuit.load(runs / "ioi-eap" / "circuit.json")
+        assert pane.locator("path.edge").count() == circuit.n_edges
+        for k in (1, 10, 40):  # the runs view draws with report.html's code: cf.prune's circuit at each k
+            pane.locator("input.run-k").fill(str(k))
+            assert pane.locator("path.edge").count() == cf.prune(scores, edges=k).n_edges, k
+        assert page.locator(".pane").count() == 2 and pane.locator("svg.curve polyline").count() == 1
+        assert pane.locator("table.top-edges td").first.inner_text() == scores.top(1)[0][0]
+        other = cf.Circuit.load(runs / "ioi-eap-ig" / "circuit.json")
+        assert f"shared {int((circuit.mask & other.mask).sum())} edges" in page.inner_text("#overlap")
+
+
+def test_the_page_fetches_nothing_from_the_network(server):
+    with urllib.request.urlopen(server + "/") as r:
+        html = r.read().decode()
+    assert "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "") and "https://" not in html
+    for name in ("draw.js", "explorer.js", "explorer.css"):
+        with urllib.request.urlopen(f"{server}/assets/{name}") as r:
+            assert r.status == 200 and "cdn" not in r.read().decode().lower()
