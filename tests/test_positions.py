@@ -247,6 +247,10 @@ def test_discover_report_and_command_line_take_positions(tmp_path, capsys):
     page = (tmp_path / "run" / "report.html").read_text()
     assert 'id="span-circuit"' in page and "(edge, span) units" in page
     assert (tmp_path / "run" / "tables" / "top_units.md").exists()
+    from circuitfind.serve.runs import Runs  # the explorer's runs view: the node-graph view, overlaps in units
+    runs = Runs(tmp_path)
+    assert runs.show("run")["n_edges"] == int(run.circuit.edge_mask.sum())
+    assert runs.overlap("run", "run")["shared"] == run.circuit.n_edges
     assert main(["--quiet", "discover", "--model", "toy-lm", "--task", "arithmetic", "-n", "8", "--method", "eap",
                  "--positions", "spans", "--no-report"]) == 0
     out = capsys.readouterr().out

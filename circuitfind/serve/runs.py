@@ -7,9 +7,11 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 
+from circuitfind.circuit import Circuit
 from circuitfind.errors import ConfigError
 from circuitfind.report import read_run
 from circuitfind.report.html import drawing_data
+from circuitfind.report.spans import flat
 from circuitfind.report.tables import SUMMARY_COLUMNS, summary_rows
 
 MAX_RUNS = 500
@@ -70,6 +72,7 @@ class Runs:
         """A run's drawing data (as report.html holds it), its summary table, curve and figures."""
         d = self.path(name)
         scores, circuit, result, inspect = read_run(d)
+        scores, circuit = flat(scores, circuit)  # a position-aware run: its node-graph view
         data, start = drawing_data(scores, circuit, inspect)
         data.pop("tokenFlow", None)
         curve = result.get("curve") or {}
@@ -86,11 +89,15 @@ class Runs:
     def overlap(self, a: str, b: str) -> dict:
         """Two runs' circuits compared: shared edges, each one's own, and their intersection over union."""
         ca, cb = (read_run(self.path(n))[1] for n in (a, b))
+        if ca.spans != cb.spans:
+            raise ConfigError(f"{a!r} and {b!r} are over different spans ({', '.join(ca.spans) or 'none'} and "
+                              f"{', '.join(cb.spans) or 'none'}): their edges cannot be compared one to one")
         if ca.graph.senders != cb.graph.senders or ca.graph.receivers != cb.graph.receivers:
             raise ConfigError(f"{a!r} and {b!r} are circuits of different graphs (models): their edges cannot be "
                               "compared one to one")
         both, either = ca.mask & cb.mask, ca.mask | cb.mask
-        names = ca.graph.edge_names
+        names = ca.graph.edge_names if not ca.spans else \
+            (lambda m: Circuit(m, ca.graph, {}, ca.spans, ca.positions).edges())
         return {"a": a, "b": b, "shared": int(both.sum()), "only_a": int((ca.mask & ~cb.mask).sum()),
                 "only_b": int((cb.mask & ~ca.mask).sum()),
                 "iou": float(both.sum()) / max(1, int(either.sum())), "shared_edges": names(both)[:50]}
