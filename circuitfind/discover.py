@@ -29,6 +29,7 @@ from circuitfind.circuit import INCOMPLETE, Circuit, EdgeScores, _atomic_write, 
 from circuitfind.errors import ConfigError
 from circuitfind.evaluate import MIB_FRACTIONS, evaluate, faithfulness_curve, roc_auc
 from circuitfind.methods import METHODS, PER_EXAMPLE, check_options, score_edges
+from circuitfind.plan import batch_size_for
 from circuitfind.prune import prune
 from circuitfind.report import render
 from circuitfind.report.data import collect
@@ -202,7 +203,8 @@ def _rerun_intervals(model, task, method, ablation, seed, quiet, batch_size, opt
 def discover(model, task: Task | str, method: str = "eap-ig", ablation: str = "corrupted", *, out=None,
              edges: int | None = None, target: float = 0.9, n: int | None = None, seed: int = 0, quiet: bool = False,
              report: bool = True, batch_size: int | None = None, provenance: dict | None = None,
-             overwrite: bool = False, resamples: int = 0, level: float = LEVEL, reruns: int = 0, **options) -> Run:
+             overwrite: bool = False, resamples: int = 0, level: float = LEVEL, reruns: int = 0, max_memory=None,
+             **options) -> Run:
     """Score every edge with `method`, pick the smallest MIB-size circuit whose faithfulness on the
     test split (a quarter of n, no prompt shared with the train split) reaches `target` (or the top
     `edges`), evaluate it, and, with `out=`, write the run directory and its report. ACDC's circuit is
@@ -224,10 +226,14 @@ def discover(model, task: Task | str, method: str = "eap-ig", ablation: str = "c
     (reruns times its cost), for every edge's interval (percentiles of its re-run scores), its frequency in the
     re-runs' circuits (chosen as the run's own: ACDC's threshold, else its size) and their Jaccard overlaps
     (result.json's `ci["stability"]`).
+    max_memory: what the run may use ("20GiB"; default: what the model's device has free). Before any work the
+    run is planned (`cf.plan`): with no batch_size, the largest batch whose plan fits is taken (all examples
+    where they fit); a batch_size, or a run, that fits at no batch size is refused (`MemoryPlanError`).
     """
     check_run(model=model, task=task, method=method, ablation=ablation, out=out, edges=edges, target=target, n=n,
               seed=seed, quiet=quiet, report=report, batch_size=batch_size, provenance=provenance,
-              overwrite=overwrite, resamples=resamples, level=level, reruns=reruns, options=options)
+              overwrite=overwrite, resamples=resamples, level=level, reruns=reruns, max_memory=max_memory,
+              options=options)
     if reruns and method in PER_EXAMPLE:
         raise ConfigError(f"method {method!r} averages over examples: its intervals come from the same passes with "
                           "resamples=N (--resamples N), no re-runs needed (reruns is for acdc, edge-pruning, ifr)")
@@ -241,6 +247,7 @@ def discover(model, task: Task | str, method: str = "eap-ig", ablation: str = "c
     if ablation == "resample" and test.n < 2:
         raise ConfigError(f"resample ablation draws from other examples, but the test split has {test.n} "
                           f"(a quarter of n={task.n}); use n ≥ 8")
+    batch_size = batch_size_for(model, task, method, ablation, batch_size, max_memory, options=options)
     start = time.perf_counter()
     per_example = bool(resamples) and method in PER_EXAMPLE
     scores = score_edges(model, task, method, ablation, seed=seed, quiet=quiet, batch_size=batch_size,
