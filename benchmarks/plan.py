@@ -109,7 +109,7 @@ def child(shape: str, method: str, batch: int, positions: int) -> dict:
         setup = prepare(model, task, "corrupted")
         receivers = [g.mlp_receiver(g.n_layers // 4), g.mlp_receiver(3 * g.n_layers // 4)]
         run = lambda: edge_effects(model, setup.batch.clean, setup.ablated, setup.per_mask, receivers=receivers,  # noqa: E731
-                                   shared=setup.shared)
+                                   shared=setup.shared, max_masks=32)  # (exact's own, ExactConfig.max_masks)
     else:
         run = lambda: cf.score_edges(model, task, method, **({"steps": 5} if method == "eap-ig" else {}))  # noqa: E731
     _prepare(model, method, g)  # a small run of the same code first: its imports and first-call buffers

@@ -90,7 +90,7 @@ def shape_of(model_or_config):
     if isinstance(model_or_config, CircuitModel):
         model = model_or_config
         seen, total = set(), 0
-        for t in list(model.parameters()) + list(model.buffers()):
+        for t in model.parameters():
             key = (t.untyped_storage().data_ptr(), t.device)
             if key not in seen:
                 seen.add(key)
@@ -224,11 +224,11 @@ def _planner(model_or_config, task, method, device, dtype, positions=None, examp
 
 
 def fit(model_or_config, task, method: str, max_memory=None, device="cpu", *, dtype=torch.float32,
-        **options) -> Plan:
+        positions: int | None = None, examples: int | None = None, **options) -> Plan:
     """The plan at the largest batch (all examples at most) whose peak fits `max_memory` (default: what the
     device has free), or a MemoryPlanError with the plan at batch 1 and the memory that would fit it."""
     budget = budget_of(model_or_config, max_memory, device)
-    at = _planner(model_or_config, task, method, device, dtype)
+    at = _planner(model_or_config, task, method, device, dtype, positions, examples)
     whole = at(None, **options)
     if whole.fits(budget):
         return whole

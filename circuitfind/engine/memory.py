@@ -9,11 +9,11 @@ batch: a column of the store `DiffStore`).
                       writes D = out − abl over it (`attribute(consume=True)`), so it is also the store.
     store             the masked walks' D `[K, src, W]` (`store.DiffStore`): S·W more for the curve's and exact's
                       walks, which keep the ablated outputs beside it.
-    gradients         what autograd keeps of the clean pass with gradients (`walk_grad.py`), per layer:
-                      the residual into each norm (2d), each norm's output (d; RMSNorm's composite 2d), q|k|v
-                      projected together with one key and value per query head (3·hd), rotated q and k (2·hd,
-                      rotary models), the attention output and its head-major copy for W_O (2·hd), the MLP's
-                      pre- and post-activation (2·d_mlp; gated: gate, up, act(gate), their product, 4·d_mlp);
+    gradients         what autograd keeps of the clean pass with gradients (`walk_grad.py`), per layer and
+                      token: the residual into each norm (2d), q|k|v projected together with one key and value
+                      per query head (3·hd), rotated q and k (2·hd, rotary models), the attention output (hd),
+                      the MLP's pre-activation (d_mlp; gated: gate, up and act(gate), 3·d_mlp) — the weights
+                      need no gradient, so no product keeps its input;
                       plus, at the top of the backward, one layer's gradients (q|k|v's and the copy
                       `pull_back` projects from, 6·hd + 2d, or the MLP's) and the chunk buffers
                       (`GRAD_CHUNK_ELEMENTS`: twice a chunk of positions' q|k|v gradients), the transposed weights 3·hd·d).
@@ -22,7 +22,12 @@ batch: a column of the store `DiffStore`).
                       (float32 [k, dst, src]), the receiver-input scratch of masked walks ([3H + 1, K, W]),
                       the per-mask copies of exact patching, and one layer's working tensors.
 
-Time is counted in plain forwards of the batch (matrix-product FLOPs, 2·parameters·tokens + attention),
+    allocator         on the CPU, glibc's heap: blocks smaller than its mmap threshold (which rises to 32 MiB as
+                      large blocks are freed) go back to a heap that keeps them, and a pass whose blocks come in
+                      other sizes takes new pages: one pass's saved activations more for attribution, two for
+                      several passes (measured: `benchmarks/plan.py`; with MALLOC_MMAP_THRESHOLD_ fixed, ~0).
+
+Time is counted in plain forwards of the whole task (matrix-product FLOPs, 2·parameters·tokens + attention),
 a backward as two.
 """
 
@@ -83,19 +88,13 @@ class Work:
     offload: bool = False  # the store lives off the device (store="cpu"|"disk"): one layer's columns on it
 
 
-def _mlp_saved(s: Shape) -> int:
-    return (4 if s.gated else 2) * s.d_mlp
-
-
-def _norm_saved(s: Shape) -> int:
-    return 2 * s.d_model if s.rmsnorm else s.d_model
-
-
 def saved_per_token(s: Shape) -> int:
-    """Elements autograd keeps per token and layer in the clean pass with gradients (module docstring)."""
+    """Elements autograd keeps per token and layer in the clean pass with gradients (module docstring). The
+    weights need no gradient, so a product with a weight keeps nothing of its input: what is kept are the
+    inputs of the non-linear steps."""
     hd = s.n_heads * s.d_head
-    attention = 3 * hd + (2 * hd if s.rotary else 0) + 2 * hd
-    return 2 * s.d_model + 2 * _norm_saved(s) + attention + _mlp_saved(s)
+    attention = 3 * hd + (2 * hd if s.rotary else 0) + hd
+    return 2 * s.d_model + attention + (3 if s.gated else 1) * s.d_mlp
 
 
 def backward_top_per_token(s: Shape) -> int:
@@ -130,10 +129,13 @@ def breakdown(s: Shape, w: Work) -> dict[str, int]:
              "method buffers": logits + scores}
     if w.method in GRADIENT_METHODS:
         grads = s.n_layers * saved_per_token(s) * tokens * E + d * tokens * E  # (the embedding's output)
-        rows = max(1, GRAD_CHUNK_ELEMENTS // (3 * hd * d))  # token rows of a q|k|v gradient chunk
-        chunk = 3 * hd * d * (rows if w.device_type != "cpu" else min(rows, tokens))  # (on CPU: as far as written)
+        rows = max(1, GRAD_CHUNK_ELEMENTS // (3 * s.n_heads * d))  # token rows of a q|k|v gradient chunk
+        chunk = 3 * s.n_heads * d * (rows if w.device_type != "cpu" else min(rows, tokens))  # (on CPU: as far as written)
         top = backward_top_per_token(s) * tokens * E + 2 * chunk * E + 3 * hd * d * E
         parts["gradients"] = grads + top
+        if w.device_type == "cpu":  # glibc's heap (module docstring): one pass's blocks, two with several passes
+            passes = 2 if w.method == "clean-corrupted" else w.steps if w.method == "eap-ig" else 1
+            parts["allocator"] = grads * min(passes, 2)
         if w.method != "eap" and w.steps > 1 or w.method == "clean-corrupted":
             parts["method buffers"] += W * SE  # the input's ablated output, kept aside from D
             if w.device_type != "cpu":  # (an interpolated pass's store is reserved whole on an accelerator)
@@ -149,9 +151,11 @@ def breakdown(s: Shape, w: Work) -> dict[str, int]:
         if w.method == "curve":  # one circuit a forward: receiver inputs [3H + 1, 1, W] and the layer's projections
             parts["method buffers"] += (3 * s.n_heads + 1) * W * E + 3 * hd * tokens * E * 3 + 3 * hd * d * E
             parts["method buffers"] += forward_per_token(s) * tokens * E
-        else:  # k masks past the patched layer: residual, base and the patched head's q|k|v inputs per mask,
-            k = w.max_masks  # the per-mask store columns of the patched layer, and a layer's tensors per mask
-            parts["method buffers"] += k * W * E * 8 + forward_per_token(s, k) * tokens * E
+        else:  # k masks past the patched layer, each a copy of the layer's tensors: every head's D = z W_O − abl
+            k = w.max_masks  # and the ablated outputs broadcast to the masks ([H, k, W] each, `Heads._heads`), z and
+            # its head-major copy, the residual, base and the patched receivers' inputs, the per-mask store columns
+            per_mask = 2 * s.n_heads * d + 4 * hd + 8 * d
+            parts["method buffers"] += k * tokens * E * max(per_mask, (3 if s.gated else 2) * s.d_mlp + 8 * d)
     del n_parts
     return parts
 
@@ -162,7 +166,6 @@ def forwards(s: Shape, w: Work) -> float:
     forward = 2 * s.block_params * tokens + 4 * s.n_layers * s.n_heads * s.d_head * w.positions * tokens
     mixing = 2 * w.batch * w.positions * s.d_model * s.n_edges / forward  # Σ_edges one product of W a pass
     parts = math.ceil(w.examples / w.batch)
-    share = w.examples / (parts * w.batch)  # (the last batch may be short)
     if w.method in GRADIENT_METHODS:
         passes = 2 if w.method == "clean-corrupted" else w.steps if w.method in ("eap-ig", "eap-ig-node") else 1
         per_batch = 2 + passes * (3 + mixing)  # the clean and ablated runs, then forward + backward + scoring
@@ -170,4 +173,4 @@ def forwards(s: Shape, w: Work) -> float:
         per_batch = 2 + CURVE_MASKS * (1 + mixing)
     else:  # each edge a forward of the layers from its receiver's on: about half a forward each
         per_batch = 2 + s.n_edges * 0.5
-    return per_batch * parts * share
+    return per_batch * parts * w.batch / w.examples  # in forwards of the whole task (the last batch may be short)
