@@ -78,7 +78,7 @@ class Plan:
     def __str__(self) -> str:
         rows = [f"plan: {self.method} on {self.model or 'the model'} for {self.task} ({self.device}), "
                 f"{self.examples} examples × {self.positions} positions, batch {self.batch_size}"]
-        rows += [f"  {name:<16} {_size(v):>12}" for name, v in self.parts.items()]
+        rows += [f"  {name:<16} {_size(v):>12}" for name, v in self.parts.items() if v]
         rows.append(f"  {'total':<16} {_size(self.total):>12}   time ≈ {self.forwards:.1f} plain forwards")
         return "\n".join(rows)
 
