@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from circuitfind import arguments
 from circuitfind.arguments import parse_memory
 from circuitfind.engine.memory import Shape, Work, breakdown, forwards
 from circuitfind.errors import ConfigError, MemoryPlanError, count
@@ -193,6 +194,7 @@ def plan(model_or_config, task, method: str = "eap-ig", batch_size: int | None =
     on this model and task, a batch of `batch_size` examples a pass (default: all). No weights are loaded.
 
     positions, examples: override what the task gives (e.g. a length the task's prompts will have)."""
+    arguments.check(method=method, batch_size=batch_size, per_example=per_example)
     return _planner(model_or_config, task, method, device, dtype, positions, examples)(
         batch_size, steps=steps, max_masks=max_masks, per_example=per_example, store_dtype=store_dtype)
 
