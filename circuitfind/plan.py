@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from circuitfind import arguments
+import circuitfind.arguments as arguments
 from circuitfind.arguments import parse_memory
 from circuitfind.engine.memory import Shape, Work, breakdown, forwards
 from circuitfind.errors import ConfigError, MemoryPlanError, count
