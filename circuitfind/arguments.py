@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import re
 
 from circuitfind.errors import ConfigError, count
 
@@ -170,6 +171,25 @@ def _level(value, name, graph):
     return number
 
 
+UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 10**3, "kib": 2**10, "m": 2**20, "mb": 10**6, "mib": 2**20,
+         "g": 2**30, "gb": 10**9, "gib": 2**30, "t": 2**40, "tb": 10**12, "tib": 2**40}
+
+
+def parse_memory(value, name: str = "a memory size") -> int:
+    """Bytes from a count or a string such as "20GiB", "512 MB", "1.5g"; a ConfigError otherwise."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(value)) if isinstance(value, str) else None
+    if m is None or m.group(2).lower() not in UNITS or float(m.group(1)) <= 0:
+        raise ConfigError(f"{name} must be a positive number of bytes or a string like '20GiB', '512MB'; "
+                          f"got {value!r}")
+    return int(float(m.group(1)) * UNITS[m.group(2).lower()])
+
+
+def _memory(value, name, graph):
+    return parse_memory(value, name)
+
+
 SEED = _at_least(0)
 RULES = {
     # what is computed on
@@ -188,7 +208,7 @@ RULES = {
     "n": _optional(_at_least(1)), "seed": SEED, "batch_size": _optional(_at_least(1)),
     "chunk": _optional(_at_least(1)), "workers": _at_least(1), "fractions": _fractions,
     "resamples": _at_least(0), "level": _level, "reruns": _at_least(0),  # (bootstrap resamples, re-runs; 0: none)
-    "tau": _number(least=0.0),
+    "tau": _number(least=0.0), "max_memory": _optional(_memory),
     # switches and places
     "quiet": _flag, "report": _flag, "overwrite": _flag, "per_example": _flag, "absolute": _flag,
     "remove_dangling": _flag,
@@ -201,7 +221,7 @@ RULES = {
 
 ABOUT = {"target": "the faithfulness the circuit must reach", "edges": "the circuit's size in edges",
          "nodes": "the circuit's size in nodes", "batch_size": "examples a pass", "n": "examples",
-         "chunk": "circuits a forward", "workers": "worker processes", "threshold": "the score an edge must reach"}
+         "chunk": "circuits a forward", "max_memory": "the memory a run may use", "workers": "worker processes", "threshold": "the score an edge must reach"}
 
 
 def check(graph=None, **values) -> dict:

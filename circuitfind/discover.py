@@ -30,6 +30,7 @@ from circuitfind.errors import ConfigError
 from circuitfind.evaluate import MIB_FRACTIONS, evaluate, faithfulness_curve, roc_auc
 from circuitfind.methods import METHODS, PER_EXAMPLE, check_options, score_edges
 from circuitfind.methods.positional import POSITIONAL
+from circuitfind.plan import batch_size_for
 from circuitfind.prune import prune
 from circuitfind.report import render
 from circuitfind.report.data import collect
@@ -206,7 +207,7 @@ def discover(model, task: Task | str, method: str = "eap-ig", ablation: str = "c
              edges: int | None = None, target: float = 0.9, n: int | None = None, seed: int = 0, quiet: bool = False,
              report: bool = True, batch_size: int | None = None, provenance: dict | None = None,
              overwrite: bool = False, resamples: int = 0, level: float = LEVEL, reruns: int = 0,
-             positions: str | None = None, **options) -> Run:
+             positions: str | None = None, max_memory=None, **options) -> Run:
     """Score every edge with `method`, pick the smallest MIB-size circuit whose faithfulness on the
     test split (a quarter of n, no prompt shared with the train split) reaches `target` (or the top
     `edges`), evaluate it, and, with `out=`, write the run directory and its report. ACDC's circuit is
@@ -230,11 +231,15 @@ def discover(model, task: Task | str, method: str = "eap-ig", ablation: str = "c
     (result.json's `ci["stability"]`).
     positions: "spans" or "tokens", a position-aware circuit (`score_edges(..., positions=)`): scored, sized,
     evaluated and reported in (edge, span) units (eap, eap-ig, exact).
+    max_memory: what the run may use ("20GiB"; default: what the model's device has free). Before any work the
+    run is planned (`cf.plan`): with no batch_size, the largest batch whose plan fits is taken (all examples
+    where they fit); a batch_size, or a run, that fits at no batch size is refused (`MemoryPlanError`). The plan
+    does not cover position-aware runs (their engine is `engine/positional.py`), which are not planned.
     """
     check_run(model=model, task=task, method=method, ablation=ablation, out=out, edges=edges, target=target, n=n,
               seed=seed, quiet=quiet, report=report, batch_size=batch_size, provenance=provenance,
               overwrite=overwrite, resamples=resamples, level=level, reruns=reruns, positions=positions,
-              options=options)
+              max_memory=max_memory, options=options)
     if positions is not None and (resamples or reruns):
         raise ConfigError("error bars (resamples, reruns) are not computed for position-aware circuits yet; run "
                           "without positions for them, or without resamples")
@@ -251,6 +256,8 @@ def discover(model, task: Task | str, method: str = "eap-ig", ablation: str = "c
     if ablation == "resample" and test.n < 2:
         raise ConfigError(f"resample ablation draws from other examples, but the test split has {test.n} "
                           f"(a quarter of n={task.n}); use n ≥ 8")
+    if positions is None:  # (the plan covers the node-graph engine)
+        batch_size = batch_size_for(model, task, method, ablation, batch_size, max_memory, options=options)
     start = time.perf_counter()
     per_example = bool(resamples) and method in PER_EXAMPLE
     scores = score_edges(model, task, method, ablation, seed=seed, quiet=quiet, batch_size=batch_size,

@@ -36,6 +36,10 @@ class MetricError(CircuitfindError):
     """A metric that returns NaN or a tensor of the wrong shape."""
 
 
+class MemoryPlanError(CircuitfindError):
+    """A run whose planned peak memory fits the memory given at no batch size (`circuitfind.plan`)."""
+
+
 def count(value, name: str, least: int = 0, most: int | None = None) -> int:
     """value as an int in [least, most] (numpy and 0-d tensor integers too; not a bool or a float),
     or a ConfigError naming `name` and the range."""

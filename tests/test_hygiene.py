@@ -24,7 +24,7 @@ LEVELS = {
     "sweep": 1, "serve": 1,  # (the explorer: over inspect and report's drawing; reads sweep stores)
     "discover": 2,
     "report": 3, "interop": 3,
-    "evaluate": 4, "prune": 4, "inspect": 4, "uncertainty": 4,  # (bootstrap intervals: evaluate and discover read them)
+    "evaluate": 4, "prune": 4, "inspect": 4, "uncertainty": 4, "plan": 4,  # (bootstrap intervals: evaluate and discover read them)
     "methods": 5, "arguments": 5,  # the public calls' argument rules: beside methods, which score_edges lives in
     "engine": 6,
     "graph": 7, "task": 7, "metrics": 7, "circuit": 7, "tasks": 7, "spans": 7, "files": 7,

@@ -24,7 +24,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from circuitfind.cli.tools import compare, export, graph, inspect, serve
+from circuitfind.cli.tools import check_fits_before_loading, compare, export, graph, inspect, plan, serve
 from circuitfind.errors import CircuitfindError
 
 
@@ -123,7 +123,9 @@ def _discover(args) -> int:
     # every argument, the method's options and the run directory, before anything loads
     check_run(method=args.method, options=options, out=args.out, overwrite=args.overwrite, ablation=args.ablation,
               edges=args.edges, target=args.target, n=args.n, seed=args.seed, batch_size=args.batch_size,
-              resamples=args.resamples, level=args.level, reruns=reruns, positions=args.positions)
+              resamples=args.resamples, level=args.level, reruns=reruns, positions=args.positions,
+              max_memory=args.max_memory)
+    check_fits_before_loading(args)
     held = args.out is not None and Path(args.out).is_dir() and any(Path(args.out).iterdir())
     task = load_task(args.task, n=args.n, seed=args.seed, metric=args.metric)
     model = load_model(args.model, tokenizer=args.tokenizer, dtype=args.dtype, device=args.device,
@@ -132,7 +134,7 @@ def _discover(args) -> int:
         run = discover(model, task, args.method, args.ablation, out=args.out, edges=args.edges, target=args.target,
                        n=args.n, seed=args.seed, quiet=args.quiet, report=not args.no_report,
                        batch_size=args.batch_size, overwrite=args.overwrite, resamples=args.resamples,
-                       level=args.level, reruns=reruns, positions=args.positions,
+                       level=args.level, reruns=reruns, positions=args.positions, max_memory=args.max_memory,
                        provenance={"command": "circuitfind " + shlex.join(args.argv)}, **options)
     except KeyboardInterrupt:  # discover wrote nothing half-way: say what is on disk
         kept = (f"{args.out} keeps the run that was there" if held else
@@ -235,7 +237,7 @@ def _sweep(args) -> int:
                store=args.store, executor=args.executor, workers=args.workers,
                n=args.n, edges=args.edges, target=args.target, options=options, dtype=args.dtype, device=args.device,
                resources=resources, metric=args.metric, quiet=args.quiet, batch_size=args.batch_size,
-               resamples=args.resamples)
+               resamples=args.resamples, max_memory=args.max_memory)
     done = df[df.status == "done"] if len(df) else df
     if len(done):
         cols = ["model", "task", "method", "ablation", "seed", "n_edges", "faithfulness", "cpr", "cmd", "roc_auc"]
@@ -293,6 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("-n", type=int, default=100, help="examples")
     d.add_argument("--batch-size", type=int, help="examples a pass (default: all at once; smaller for less memory)")
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--max-memory", help="what the run may use, e.g. 20GiB (default: what the device has free); "
+                   "the batch size is chosen to fit, or the run refused before the model loads")
     d.add_argument("--option", action="append", metavar="KEY=VALUE",
                    help="method option, e.g. steps=10 or receivers=logits,m3 "
                         "(an unknown key lists the method's options)")
@@ -346,12 +350,28 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("-n", type=int, default=100, help="examples per job")
     w.add_argument("--batch-size", type=int, help="examples a pass, for the methods that take one (less memory)")
     w.add_argument("--resamples", type=int, default=0, help=RESAMPLES_HELP)
+    w.add_argument("--max-memory", help="what the run may use, e.g. 20GiB (default: what the device has free); "
+                   "the batch size is chosen to fit, or the run refused before the model loads")
     w.add_argument("--edges", type=int, help=EDGES_HELP)
     w.add_argument("--target", type=float, default=0.9)
     w.add_argument("--option", action="append", metavar="METHOD:KEY=VALUE", help="method option, e.g. eap-ig:steps=10")
     w.add_argument("--dtype", default="float32", help=DTYPE_HELP)
     w.add_argument("--device", default="cpu", help=DEVICE_HELP)
     w.set_defaults(run=_sweep)
+    pl = sub.add_parser("plan", help="a run's peak memory and time, planned from the model's config (no weights)")
+    pl.add_argument("--model", required=True, help="zoo name, local directory or cached hub id (its config.json)")
+    pl.add_argument("--task", required=True, help="built-in task or path/to/file.py:ClassName")
+    pl.add_argument("--method", default="eap-ig", help="eap, eap-ig, exact, curve (the faithfulness curve), ...")
+    pl.add_argument("-n", type=int, default=100, help="examples")
+    pl.add_argument("--seed", type=int, default=0)
+    pl.add_argument("--batch-size", type=int, help="examples a pass (default: all)")
+    pl.add_argument("--steps", type=int, default=5, help="eap-ig's steps")
+    pl.add_argument("--positions", type=int, help="token positions (default: the task's, by the model's tokenizer)")
+    pl.add_argument("--examples", type=int, help="examples (with --positions: the task need not be tokenized)")
+    pl.add_argument("--max-memory", help="also the largest batch size that fits this, e.g. 20GiB")
+    pl.add_argument("--dtype", default="float32", help=DTYPE_HELP)
+    pl.add_argument("--device", default="cpu", help=DEVICE_HELP)
+    pl.set_defaults(run=plan)
     i = sub.add_parser("inspect", help="inspect a model's parts: lens, why, generate, patchscope, top, flow")
     i.add_argument("tool", choices=["lens", "why", "generate", "patchscope", "top", "flow"])
     i.add_argument("--model", required=True, help="zoo name, local directory or hub id")

@@ -188,3 +188,44 @@ def serve(args) -> int:
     run(models=args.model, runs=args.runs, sweep=args.sweep, host=args.host, port=args.port, token=args.token,
         device=args.device, on_ready=ready)
     return 0
+
+
+def plan(args) -> int:
+    """`circuitfind plan`: the run's planned memory and time from the model's config (no weights loaded)."""
+    import torch
+
+    from circuitfind.plan import _size, fit
+    from circuitfind.plan import plan as make_plan
+    from circuitfind.task import load_task
+
+    task = load_task(args.task, n=args.n, seed=args.seed)
+    options = {"dtype": getattr(torch, args.dtype, None) or torch.float32, "steps": args.steps,
+               "positions": args.positions, "examples": args.examples}
+    p = make_plan(args.model, task, args.method, args.batch_size, args.device, **options)
+    print(p)
+    if args.max_memory is not None:
+        best = fit(args.model, task, args.method, args.max_memory, args.device, dtype=options["dtype"],
+                   steps=args.steps)
+        print(f"fits {args.max_memory} at batch_size={best.batch_size} (of {best.examples} examples): "
+              f"{_size(best.total)}")
+    return 0
+
+
+def check_fits_before_loading(args) -> None:
+    """discover's refusal from the model's config alone, before its weights load: a MemoryPlanError where the run
+    fits the memory given at no batch size. Where the config cannot be planned offline, discover plans it again
+    once the model is loaded."""
+    from circuitfind.errors import CircuitfindError, MemoryPlanError
+    from circuitfind.plan import batch_size_for
+    from circuitfind.task import load_task
+
+    if getattr(args, "positions", None) is not None:  # the plan covers the node-graph engine alone
+        return
+    try:
+        task = load_task(args.task, n=args.n, seed=args.seed, metric=args.metric)
+        batch_size_for(args.model, task, args.method, args.ablation, args.batch_size, args.max_memory,
+                       device=args.device, dtype=args.dtype)
+    except MemoryPlanError:
+        raise
+    except (CircuitfindError, OSError, ValueError):
+        return

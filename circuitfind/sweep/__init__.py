@@ -101,7 +101,8 @@ def _ray(groups, settings: Settings, resources: dict):
 def sweep(models, tasks, methods, ablations=("corrupted",), seeds=(0,), *, store="sweep.sqlite",
           executor: str = "local", workers: int = 1, n: int = 100, edges: int | None = None, target: float = 0.9,
           options: dict | None = None, dtype: str = "float32", device: str = "cpu", resources: dict | None = None,
-          metric: str | None = None, quiet: bool = False, batch_size: int | None = None, resamples: int = 0):
+          metric: str | None = None, quiet: bool = False, batch_size: int | None = None, resamples: int = 0,
+          max_memory=None):
     """Run every combination not yet done, storing each as it finishes; return `load_sweep(store)`.
 
     options: per-method options, e.g. {"eap-ig": {"steps": 10}}. metric: every task under this built-in
@@ -110,11 +111,13 @@ def sweep(models, tasks, methods, ablations=("corrupted",), seeds=(0,), *, store
     that take one (edge pruning and resample ablation run each task whole): how jobs run, not part of their keys.
     resamples: bootstrap resamples for each job's error bars (as discover's; the store's columns
     `faithfulness_low`, `faithfulness_high`, `cpr_low`, ... hold them); not part of the keys either.
+    max_memory: what a job may use ("20GiB"; default: what the device has free): each job's batch size is chosen
+    to fit (`cf.plan`), and a job that fits at no batch size fails with its plan, its model not loaded for it.
     """
     arguments.check(models=models, tasks=tasks, methods=methods, ablations=ablations, seeds=seeds, store=store,
                     executor=executor, workers=workers, n=n, edges=edges, target=target, options=options, dtype=dtype,
                     device=device, resources=resources, metric=metric, quiet=quiet, batch_size=batch_size,
-                    resamples=resamples)
+                    resamples=resamples, max_memory=max_memory)
     if executor not in ("local", "ray"):
         raise ConfigError(f"executor must be 'local' or 'ray', got {executor!r}")
     if workers < 1:
@@ -131,7 +134,7 @@ def sweep(models, tasks, methods, ablations=("corrupted",), seeds=(0,), *, store
     except OSError as e:  # a file where a folder should be, or no permission: said before any job
         raise ConfigError(f"cannot make the folder of the store {str(store)!r}: {e.strerror}: {e.filename!r}") from None
     with _exclusive(Path(store)):
-        settings = Settings(Store.runs_dir_of(store), dtype, device, batch_size, quiet, resamples)
+        settings = Settings(Store.runs_dir_of(store), dtype, device, batch_size, quiet, resamples, max_memory)
         failures, done_before, ran = _run_jobs(jobs, store, executor, workers, settings, resources)
     log.info("sweep: %d already done, %d ran, %d failed", done_before, ran - len(failures), len(failures))
     for label, error in failures:  # a warning: shown without any logging set up, as a finished bar would hide them

@@ -135,6 +135,7 @@ class Settings:
     batch_size: int | None = None
     quiet: bool = True
     resamples: int = 0
+    max_memory: int | str | None = None  # what a job may use (default: what the device has free; `cf.plan`)
 
 
 def _checked_options(method: str, options: dict) -> dict:
@@ -160,7 +161,7 @@ def run_job(model, job: Job, settings: Settings) -> dict:
         run = discover(model, task, job.method, job.ablation, out=final, overwrite=True, edges=job.edges,
                        target=job.target, n=job.n, seed=job.seed, quiet=settings.quiet,
                        batch_size=settings.batch_size if takes_batches(job.method, job.ablation) else None,
-                       resamples=settings.resamples, reruns=reruns, **options)
+                       resamples=settings.resamples, reruns=reruns, max_memory=settings.max_memory, **options)
         return {"status": "done", "result": run.result, "started": start, "finished": time.time(),
                 "seconds": round(time.time() - start, 3), "peak_mb": round(_peak_mb(model.device), 1),
                 "run_dir": str(final.relative_to(runs_dir.parent))}
@@ -185,8 +186,36 @@ def not_loaded(error: str) -> dict:
     return {"status": "failed", "error": error, "started": time.time(), "seconds": 0.0}
 
 
+def refused_by_plan(job: Job, settings: Settings) -> str | None:
+    """Why the job's plan fits its memory at no batch size, from the model's config alone (before loading it),
+    or None: it fits, or it cannot be planned before loading (discover plans it again, on the loaded model)."""
+    from circuitfind.errors import CircuitfindError, MemoryPlanError
+    from circuitfind.plan import batch_size_for
+
+    try:
+        task = load_task(job.task, n=job.n, seed=job.seed, metric=job.metric)
+        from circuitfind.plan import shape_of
+        shape_of(job.model)  # (a config the planner cannot read: planned after loading)
+        batch_size_for(job.model, task, job.method, job.ablation, settings.batch_size, settings.max_memory,
+                       options=split_reruns(job.method, job.options)[1], device=settings.device, dtype=settings.dtype)
+    except MemoryPlanError as e:
+        return f"MemoryPlanError: {e}"
+    except (CircuitfindError, OSError, ValueError):
+        return None
+    return None
+
+
 def run_group(jobs: list[Job], settings: Settings):
-    """Yield (job, outcome) for each job of one model's group, loading the model once."""
+    """Yield (job, outcome) for each job of one model's group, loading the model once, and not at all when
+    every job's plan says it does not fit (each such job fails with its plan, before any loading)."""
+    refused = {job.key: refused_by_plan(job, settings) for job in jobs}
+    if all(refused.values()):
+        for job in jobs:
+            yield job, not_loaded(refused[job.key])
+        return
     model, error = load_for(jobs[0], settings)
     for job in jobs:
+        if refused[job.key]:
+            yield job, not_loaded(refused[job.key])
+            continue
         yield job, (not_loaded(error) if model is None else run_job(model, job, settings))
