@@ -189,6 +189,7 @@ RULES = {
     # how
     "method": _text, "ablation": _ablation, "metric": _optional(_metric), "split": _choice("train", "test"),
     "strategy": _text, "ranking": _text, "executor": _text, "dtype": _text, "device": _text,
+    "positions": _optional(_choice("spans", "tokens")),
     # sizes and numbers
     "edges": _optional(_size("n_edges")), "nodes": _optional(_size("n_senders")),
     "threshold": _optional(_number()), "target": _number(least=0.0),
@@ -223,7 +224,13 @@ def check(graph=None, **values) -> dict:
     for name in ("model", "scores"):  # first: the graph the sizes are checked against
         if name in values:
             out[name] = RULES[name](values[name], name, None)
+            if graph is None and getattr(out[name], "spans", ()):  # sized in (edge, span) units
+                from types import SimpleNamespace
+                graph = SimpleNamespace(n_edges=out[name].n_edges, n_senders=out[name].graph.n_senders)
             graph = graph if graph is not None else out[name].graph
+    if values.get("positions") is not None and graph is not None:  # a circuit sized in (edge, span) units
+        from types import SimpleNamespace
+        graph = SimpleNamespace(n_edges=2**62, n_senders=graph.n_senders)
     for name, value in values.items():
         if name not in out:
             out[name] = RULES[name](value, label(name), graph)

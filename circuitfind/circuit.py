@@ -5,94 +5,25 @@
     circuit.save("run/circuit.json")   # edge names + provenance, readable by people and other tools
     Circuit.load("run/circuit.json")
 
-Files are written to a temporary name and renamed, so an interrupted save leaves nothing half-written.
-Files are read through `read_json` and `check_format`: a damaged, foreign or newer file is refused
-with a ConfigError naming it and what is wrong, and nothing read is ever written back.
+How they are written and read (atomically; every damaged file named, never read): `circuitfind.files`.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from circuitfind.errors import ConfigError, count
+from circuitfind.errors import CircuitfindError, ConfigError, count
+from circuitfind.files import (FORMAT_VERSION, INCOMPLETE,  # noqa: F401 — (INCOMPLETE: for discover)
+                               _atomic_write, _read_scores, _spans_from, check_format,
+                               graph_from, read_json, refuse_incomplete)
 from circuitfind.graph import Graph
-
-FORMAT_VERSION = 1
-INCOMPLETE = ".incomplete"  # the mark of a run directory discover has not finished writing
-MAX_GRAPH = 256  # layers, and heads: more than any model has; a damaged file's graph is not allocated
-
-
-def read_json(path: str | os.PathLike, what: str) -> dict:
-    """The JSON object in path (`what` it should hold, for the message), or a ConfigError naming the file and
-    what is wrong with it: missing, unreadable, not JSON (truncated?), not an object."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path} does not exist; expected {what}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read {path} ({getattr(e, 'strerror', None) or e}); expected {what}") from None
-    try:
-        data = json.loads(text)
-    except ValueError as e:
-        raise ConfigError(f"{path} is damaged: not JSON ({e}{'; truncated?' if text.strip() else '; empty'}); "
-                          f"expected {what}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} is damaged: it holds a JSON {type(data).__name__}, not {what}")
-    return data
-
-
-def check_format(data: dict, path, kind: str) -> None:
-    """Refuse a file that is not of `kind` or of a format this circuitfind does not read (a newer one: say so)."""
-    found = data.get("format")
-    if data.get("kind", kind) != kind:
-        raise ConfigError(f"{path} holds a {data.get('kind')!r}, not a circuitfind {kind}")
-    if isinstance(found, int) and not isinstance(found, bool) and found > FORMAT_VERSION:
-        raise ConfigError(f"{path} was written by a newer circuitfind (format {found}; this one reads format "
-                          f"{FORMAT_VERSION}): upgrade circuitfind to read it")
-    if found != FORMAT_VERSION:
-        raise ConfigError(f"{path} has format {found!r}, not a circuitfind {kind} of format {FORMAT_VERSION}")
-
-
-def graph_from(data: dict, path) -> Graph:
-    """The `graph` entry of a saved file, checked (a damaged one would build any graph, or none)."""
-    g = data.get("graph")
-    count = lambda v, least: isinstance(v, int) and not isinstance(v, bool) and least <= v <= MAX_GRAPH  # noqa: E731
-    ok = isinstance(g, dict) and set(g) <= {"n_layers", "n_heads", "parallel", "n_experts", "shared_expert"} \
-        and all(count(g.get(k), 1) for k in ("n_layers", "n_heads")) and count(g.get("n_experts", 0), 0) \
-        and isinstance(g.get("parallel", False), bool) and isinstance(g.get("shared_expert", False), bool) \
-        and (g.get("n_experts", 0) or not g.get("shared_expert", False))
-    if not ok:
-        raise ConfigError(f"{path} is damaged: its 'graph' is {g!r}, not {{'n_layers': L, 'n_heads': H, "
-                          "'parallel': bool}} (and, for an expert-level graph, 'n_experts': E, 'shared_expert': bool)")
-    return Graph(**g)
-
-
-def refuse_incomplete(d: Path) -> None:
-    """A run directory discover was interrupted writing is not a run: refused, never read as one."""
-    if (d / INCOMPLETE).exists():
-        raise ConfigError(f"{d} is an unfinished run (discover was interrupted while writing it): nothing in it is "
-                          "a result; run discover again")
-
-
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
+from circuitfind.spans import unit_index, unit_name
 
 # the all-edges estimator `eap-ig-activations` named before it became the per-node one (issue 40)
 OLD_EAP_IG_ACTIVATIONS = ("every edge scaled by alpha = 1/n..n/n at once, scored with the clean run's differences "
@@ -139,7 +70,8 @@ def _graph_dict(g: Graph) -> dict:
 
 @dataclass
 class EdgeScores:
-    """Scores [dst, src] over a graph (zero off the graph) and what produced them."""
+    """Scores [dst, src] over a graph (zero off the graph) and what produced them; position-aware scores
+    (`score_edges(..., positions=)`) are [dst, src, T, T] over (query span, key span), on their `units`."""
 
     scores: Tensor
     graph: Graph
@@ -154,15 +86,39 @@ class EdgeScores:
     # [dst, src] or None (how often each edge is in a resample's top k), "level", "resamples", "seed", "k";
     # saved as ci.safetensors beside the scores
     intervals: dict | None = field(default=None, repr=False, compare=False)
+    # position-aware scores: the span names (T), "spans" or "tokens", and which (edge, t, s) units exist
+    # (bool [dst, src, T, T]: a query span reads a key span somewhere in the task)
+    spans: tuple[str, ...] = ()
+    positions: str | None = None
+    units: Tensor | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
         expected = (self.graph.n_receivers, self.graph.n_senders)
+        if self.spans:
+            self.spans, T = tuple(self.spans), len(self.spans)
+            full = expected + (T, T)
+            if self.units is None or tuple(self.units.shape) != full or tuple(self.scores.shape) != full:
+                raise ConfigError(f"position-aware scores and units must be [dst, src, T, T] = {full}; got "
+                                  f"{tuple(self.scores.shape)}")
+            self.units = self.units.bool().cpu() & self.graph.edge_mask[..., None, None]
+            self.scores = self.scores.detach().float().cpu() * self.units
+            return
         if tuple(self.scores.shape) != expected:
             raise ConfigError(f"scores must be [dst, src] = {expected} for this graph; got {tuple(self.scores.shape)}")
         self.scores = self.scores.detach().float().cpu() * self.graph.edge_mask
         if self.per_example is not None and (self.per_example.ndim != 3 or tuple(self.per_example.shape[1:]) != expected):
             raise ConfigError(f"per-example scores must be [n, dst, src] with [dst, src] = {expected}; got "
                               f"{tuple(self.per_example.shape)}")
+
+    @property
+    def unit_mask(self) -> Tensor:
+        """Where a score may be: the graph's edges [dst, src], or the (edge, span) units [dst, src, T, T]."""
+        return self.units if self.spans else self.graph.edge_mask
+
+    @property
+    def n_edges(self) -> int:
+        """How many edges (position-aware: (edge, span) units) the scores cover."""
+        return int(self.unit_mask.sum())
 
     @property
     def level(self) -> str:
@@ -177,20 +133,26 @@ class EdgeScores:
         return self.scores.sum(0) / self.graph.edge_mask.sum(0)
 
     def values(self) -> Tensor:
-        """The score of every edge, in `graph.edge_names()` order: [n_edges]."""
-        return self.scores[self.graph.edge_mask]
+        """The score of every edge, in `graph.edge_names()` order: [n_edges] (position-aware: of every unit)."""
+        return self.scores[self.unit_mask]
 
     def top(self, n: int = 10, absolute: bool = True) -> list[tuple[str, float]]:
-        """The n highest-scoring edges as (name, score)."""
+        """The n highest-scoring edges (position-aware: units) as (name, score)."""
         key = self.scores.abs() if absolute else self.scores
-        key = key.masked_fill(~self.graph.edge_mask, float("-inf"))
-        idx = key.flatten().topk(min(count(n, "n (the count of edges top() returns)"), self.graph.n_edges)).indices
-        return [(self.graph.edge_name(*divmod(int(i), self.graph.n_senders)), float(self.scores.flatten()[i]))
-                for i in idx]
+        key = key.masked_fill(~self.unit_mask, float("-inf"))
+        idx = key.flatten().topk(min(count(n, "n (the count of edges top() returns)"), self.n_edges)).indices
+        return [(self.name_of(int(i)), float(self.scores.flatten()[i])) for i in idx]
+
+    def name_of(self, flat: int) -> str:
+        """The name of the edge (or unit) at this index of the flattened scores."""
+        if not self.spans:
+            return self.graph.edge_name(*divmod(flat, self.graph.n_senders))
+        return unit_name(self.graph, self.spans, *_unravel(flat, self.scores.shape))
 
     def metadata(self) -> dict:
-        return {"format": FORMAT_VERSION, "kind": "edge-scores", "method": self.method, "model": self.model,
+        meta = {"format": FORMAT_VERSION, "kind": "edge-scores", "method": self.method, "model": self.model,
                 "task": self.task, "ablation": self.ablation, "config": self.config, "graph": _graph_dict(self.graph)}
+        return meta | ({"spans": list(self.spans), "positions": self.positions} if self.spans else {})
 
     def save(self, directory: str | os.PathLike) -> None:
         from safetensors.torch import save_file
@@ -200,7 +162,10 @@ class EdgeScores:
             raise ConfigError(f"{bad} of the {self.method or 'edge'} scores are NaN or infinite; they are not saved "
                               "(the model's activations may overflow: load it in float32 or bfloat16)")
         d = Path(directory)
-        _atomic_write(d / "scores.safetensors", lambda p: save_file({"scores": self.scores.contiguous()}, p))
+        tensors = {"scores": self.scores.contiguous()}
+        if self.spans:
+            tensors["units"] = self.units.to(torch.uint8).contiguous()
+        _atomic_write(d / "scores.safetensors", lambda p: save_file(tensors, p))
         meta = self.metadata()
         if self.intervals is not None:
             tensors = {k: self.intervals[k].contiguous() for k in ("low", "high", "frequency", "circuits")
@@ -227,6 +192,11 @@ class EdgeScores:
             raise ConfigError(f"{meta_path} is damaged: method, model, task and ablation must be strings and "
                               "config an object")
         shape = (graph.n_receivers, graph.n_senders)
+        spans, positions = _spans_from(meta, meta_path)
+        if spans:
+            scores, units = _read_scores(d / "scores.safetensors", shape + (len(spans),) * 2, with_units=True)
+            return cls(scores, graph, **names, config=meta.get("config", {}), spans=spans, positions=positions,
+                       units=units)
         scores = _read_scores(d / "scores.safetensors", shape)
         return cls(scores, graph, **names, config=filled_config(names["method"], meta.get("config", {})),
                    intervals=_read_intervals(d, meta, shape))
@@ -234,7 +204,8 @@ class EdgeScores:
     def __repr__(self) -> str:  # not the tensor: a notebook cell showing a Run would print all of it
         made = " / ".join(part for part in (self.model, self.task, self.method) if part) or "unnamed"
         ablation = f", {self.ablation} ablation" if self.ablation else ""
-        return f"EdgeScores({made}: {self.graph.n_edges} edges, {self.level} scores{ablation})"
+        at = f" at {len(self.spans)} spans ({self.n_edges} units)" if self.spans else ""
+        return f"EdgeScores({made}: {self.graph.n_edges} edges{at}, {self.level} scores{ablation})"
 
 
 INTERVAL_FIELDS = ("level", "resamples", "seed", "k")  # scores.json's "intervals": what made ci.safetensors
@@ -265,59 +236,59 @@ def _read_intervals(d: Path, meta: dict, shape: tuple[int, int]) -> dict | None:
             "circuits": circuits} | described
 
 
-def _read_scores(path: Path, shape: tuple[int, int]) -> Tensor:
-    """The `scores` tensor of a safetensors file, [dst, src] of this shape and finite, or a ConfigError naming
-    the file and what is wrong."""
-    from safetensors import safe_open
-
-    if not path.exists():
-        raise ConfigError(f"{path} does not exist; a run directory holds its scores there")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            if "scores" not in f.keys():
-                raise ConfigError(f"{path} holds no 'scores' tensor (it has {sorted(f.keys())})")
-            scores = f.get_tensor("scores")
-    except ConfigError:
-        raise
-    except Exception as e:  # noqa: BLE001 — safetensors raises its own errors (and OSError) on a damaged file
-        raise ConfigError(f"{path} is damaged: not a readable safetensors file ({type(e).__name__}: {e})") from None
-    if tuple(scores.shape) != shape or not scores.is_floating_point():
-        raise ConfigError(f"{path} is damaged: its scores are {scores.dtype} {tuple(scores.shape)}, but scores.json's "
-                          f"graph needs float [dst, src] = {shape}")
-    if not bool(scores.isfinite().all()):
-        raise ConfigError(f"{path} is damaged: {int((~scores.isfinite()).sum())} of its scores are NaN or infinite")
-    return scores
+def _unravel(flat: int, shape) -> tuple[int, ...]:
+    out = []
+    for size in reversed(shape):
+        flat, i = divmod(flat, size)
+        out.append(i)
+    return tuple(reversed(out))
 
 
 @dataclass
 class Circuit:
-    """A boolean edge mask [dst, src] over a graph, and where it came from."""
+    """A boolean edge mask [dst, src] over a graph, and where it came from; a position-aware circuit's mask is
+    [dst, src, T, T] over (query span, key span) units (`spans`, `positions`)."""
 
     mask: Tensor
     graph: Graph
     provenance: dict = field(default_factory=dict)
+    spans: tuple[str, ...] = ()
+    positions: str | None = None
 
     def __post_init__(self):
-        expected = (self.graph.n_receivers, self.graph.n_senders)
+        expected = (self.graph.n_receivers, self.graph.n_senders) + (len(self.spans),) * 2 * bool(self.spans)
         if tuple(self.mask.shape) != expected:
-            raise ConfigError(f"circuit mask must be [dst, src] = {expected}; got {tuple(self.mask.shape)}")
-        self.mask = self.mask.bool().cpu() & self.graph.edge_mask
+            raise ConfigError(f"circuit mask must be {'[dst, src, T, T]' if self.spans else '[dst, src]'} = "
+                              f"{expected}; got {tuple(self.mask.shape)}")
+        self.spans = tuple(self.spans)
+        edges = self.graph.edge_mask[..., None, None] if self.spans else self.graph.edge_mask
+        self.mask = self.mask.bool().cpu() & edges
 
     @property
     def n_edges(self) -> int:
+        """Edges kept (position-aware: (edge, span) units)."""
         return int(self.mask.sum())
 
+    @property
+    def edge_mask(self) -> Tensor:
+        """The node graph's edges [dst, src] kept at some span (the mask itself without positions)."""
+        return self.mask.any(-1).any(-1) if self.spans else self.mask
+
     def edges(self) -> list[str]:
-        return self.graph.edge_names(self.mask)
+        if not self.spans:
+            return self.graph.edge_names(self.mask)
+        return [unit_name(self.graph, self.spans, *map(int, i)) for i in self.mask.nonzero().tolist()]
 
     def nodes(self) -> list[str]:
         """Senders with at least one edge in the circuit."""
-        used = self.mask.any(0)
+        used = self.edge_mask.any(0)
         return [n for n, u in zip(self.graph.senders, used.tolist()) if u]
 
     def save(self, path: str | os.PathLike) -> None:
         data = {"format": FORMAT_VERSION, "kind": "circuit", "graph": _graph_dict(self.graph),
                 "n_edges": self.n_edges, "provenance": self.provenance, "edges": self.edges()}
+        if self.spans:
+            data |= {"spans": list(self.spans), "positions": self.positions}
         _atomic_write(Path(path), lambda p: Path(p).write_text(json.dumps(data, indent=1)))
 
     @classmethod
@@ -329,22 +300,32 @@ class Circuit:
         data = read_json(path, "a circuitfind circuit (circuit.json)")
         check_format(data, path, "circuit")
         graph = graph_from(data, path)
+        spans, positions = _spans_from(data, path)
         edges = data.get("edges")
         if not isinstance(edges, list) or not all(isinstance(e, str) for e in edges):
             raise ConfigError(f"{path} is damaged: 'edges' must be a list of edge names, got {type(edges).__name__}")
         try:
-            mask = graph.mask_from_edges(edges)
-        except ConfigError as e:
+            if spans:
+                mask = torch.zeros(graph.n_receivers, graph.n_senders, len(spans), len(spans), dtype=torch.bool)
+                for name in edges:
+                    mask[unit_index(graph, spans, name)] = True
+            else:
+                mask = graph.mask_from_edges(edges)
+        except CircuitfindError as e:
             raise ConfigError(f"{path} is damaged: {e}") from None
         provenance = data.get("provenance", {})
-        return cls(mask, graph, provenance if isinstance(provenance, dict) else {})
+        return cls(mask, graph, provenance if isinstance(provenance, dict) else {}, spans, positions)
 
     def __repr__(self) -> str:
+        if self.spans:
+            return (f"Circuit({self.n_edges} (edge, span) units at {len(self.spans)} spans, on "
+                    f"{int(self.edge_mask.sum())} of {self.graph.n_edges} edges, {len(self.nodes())} nodes)")
         return f"Circuit({self.n_edges} of {self.graph.n_edges} edges, {len(self.nodes())} nodes)"
 
     # set algebra over the edges of one graph: a & b (shared), a | b (either), a - b (only in a)
     def _combine(self, other: "Circuit", op: str, mask: Tensor) -> "Circuit":
-        return Circuit(mask, self.graph, {"combined": op, "a": self.provenance, "b": other.provenance})
+        return Circuit(mask, self.graph, {"combined": op, "a": self.provenance, "b": other.provenance}, self.spans,
+                       self.positions)
 
     def __and__(self, other: "Circuit") -> "Circuit":
         return self._combine(other, "and", self.mask & _same_graph(self, other).mask)
@@ -364,6 +345,9 @@ def _same_graph(a, b) -> Circuit:
     if a.graph != b.graph:
         raise ConfigError(f"the circuits are over different graphs ({a.graph} and {b.graph}); compare circuits "
                           f"of one model")
+    if a.spans != b.spans:
+        raise ConfigError(f"the circuits are over different spans ({', '.join(a.spans) or 'none'} and "
+                          f"{', '.join(b.spans) or 'none'}); compare circuits of one positions setting")
     return b
 
 
@@ -371,7 +355,7 @@ def depth_profile(circuit: Circuit, bins: int = 5) -> dict:
     """Where a circuit's nodes sit, comparable across models of any depth: for heads and for MLPs, the
     fraction of the graph's nodes of that kind in the circuit within each of `bins` equal slices of depth
     (layer / n_layers): {"heads": [bins], "mlps": [bins], "bins": bins}."""
-    g, kept = circuit.graph, circuit.mask.any(0)  # a node is in when one of its out-edges is
+    g, kept = circuit.graph, circuit.edge_mask.any(0)  # a node is in when one of its out-edges is
     out = {"heads": [0.0] * bins, "mlps": [0.0] * bins, "bins": bins}
     totals = {"heads": [0] * bins, "mlps": [0] * bins}
     for l in range(g.n_layers):

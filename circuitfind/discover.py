@@ -29,6 +29,7 @@ from circuitfind.circuit import INCOMPLETE, Circuit, EdgeScores, _atomic_write, 
 from circuitfind.errors import ConfigError
 from circuitfind.evaluate import MIB_FRACTIONS, evaluate, faithfulness_curve, roc_auc
 from circuitfind.methods import METHODS, PER_EXAMPLE, check_options, score_edges
+from circuitfind.methods.positional import POSITIONAL
 from circuitfind.prune import prune
 from circuitfind.report import render
 from circuitfind.report.data import collect
@@ -154,6 +155,8 @@ def check_run(graph=None, *, method: str, options: dict, out=None, overwrite: bo
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
     check_options(method, options)
+    if values.get("positions") is not None and method not in POSITIONAL:
+        raise ConfigError(f"position-aware circuits are scored by {', '.join(POSITIONAL)}; got method {method!r}")
     if out is not None:
         check_out(out, overwrite)
 
@@ -202,7 +205,8 @@ def _rerun_intervals(model, task, method, ablation, seed, quiet, batch_size, opt
 def discover(model, task: Task | str, method: str = "eap-ig", ablation: str = "corrupted", *, out=None,
              edges: int | None = None, target: float = 0.9, n: int | None = None, seed: int = 0, quiet: bool = False,
              report: bool = True, batch_size: int | None = None, provenance: dict | None = None,
-             overwrite: bool = False, resamples: int = 0, level: float = LEVEL, reruns: int = 0, **options) -> Run:
+             overwrite: bool = False, resamples: int = 0, level: float = LEVEL, reruns: int = 0,
+             positions: str | None = None, **options) -> Run:
     """Score every edge with `method`, pick the smallest MIB-size circuit whose faithfulness on the
     test split (a quarter of n, no prompt shared with the train split) reaches `target` (or the top
     `edges`), evaluate it, and, with `out=`, write the run directory and its report. ACDC's circuit is
@@ -224,10 +228,16 @@ def discover(model, task: Task | str, method: str = "eap-ig", ablation: str = "c
     (reruns times its cost), for every edge's interval (percentiles of its re-run scores), its frequency in the
     re-runs' circuits (chosen as the run's own: ACDC's threshold, else its size) and their Jaccard overlaps
     (result.json's `ci["stability"]`).
+    positions: "spans" or "tokens", a position-aware circuit (`score_edges(..., positions=)`): scored, sized,
+    evaluated and reported in (edge, span) units (eap, eap-ig, exact).
     """
     check_run(model=model, task=task, method=method, ablation=ablation, out=out, edges=edges, target=target, n=n,
               seed=seed, quiet=quiet, report=report, batch_size=batch_size, provenance=provenance,
-              overwrite=overwrite, resamples=resamples, level=level, reruns=reruns, options=options)
+              overwrite=overwrite, resamples=resamples, level=level, reruns=reruns, positions=positions,
+              options=options)
+    if positions is not None and (resamples or reruns):
+        raise ConfigError("error bars (resamples, reruns) are not computed for position-aware circuits yet; run "
+                          "without positions for them, or without resamples")
     if reruns and method in PER_EXAMPLE:
         raise ConfigError(f"method {method!r} averages over examples: its intervals come from the same passes with "
                           "resamples=N (--resamples N), no re-runs needed (reruns is for acdc, edge-pruning, ifr)")
@@ -244,7 +254,7 @@ def discover(model, task: Task | str, method: str = "eap-ig", ablation: str = "c
     start = time.perf_counter()
     per_example = bool(resamples) and method in PER_EXAMPLE
     scores = score_edges(model, task, method, ablation, seed=seed, quiet=quiet, batch_size=batch_size,
-                         per_example=per_example, **options)
+                         per_example=per_example, positions=positions, **options)
     curve = faithfulness_curve(model, test, scores, ablation=ablation, seed=seed, quiet=quiet, batch_size=batch_size,
                                resamples=resamples, level=level)
     sized_by = "edges"
@@ -254,7 +264,7 @@ def discover(model, task: Task | str, method: str = "eap-ig", ablation: str = "c
     elif edges is None:
         reached = [i for i, f in enumerate(curve.faithfulness_absolute) if f >= target]
         at = reached[0] if reached else -1
-        edges = int(MIB_FRACTIONS[at] * model.graph.n_edges)
+        edges = int(MIB_FRACTIONS[at] * scores.n_edges)  # (position-aware: in units)
         sized_by = "target" if reached else "target not reached: all edges"
         if at == len(MIB_FRACTIONS) - 1 or not reached:
             log.warning("no MIB size below the whole graph reached faithfulness %s, so the circuit is the whole "
@@ -290,14 +300,16 @@ def discover(model, task: Task | str, method: str = "eap-ig", ablation: str = "c
     truth = task.ground_truth(model)
     result = {"model": model.name, "task": task.name, "metric_name": metric_name(task), "method": method,
               "ablation": ablation,
-              "n_edges_total": model.graph.n_edges, "n_edges": circuit.n_edges, "n_nodes": len(circuit.nodes()),
+              "n_edges_total": scores.n_edges, "n_edges": circuit.n_edges, "n_nodes": len(circuit.nodes()),
               "target": target, "sized_by": sized_by,
               "faithfulness": result["faithfulness"], "cpr": curve.cpr, "cmd": curve.cmd,
-              "roc_auc": roc_auc(scores, truth) if truth else None,
+              "roc_auc": roc_auc(scores, truth) if truth and not positions else None,
               "metric": {k: result[k] for k in ("metric_circuit", "metric_full", "metric_empty")},
               "curve": {"fractions": curve.fractions, "faithfulness_signed": curve.faithfulness_signed,
                         "faithfulness_absolute": curve.faithfulness_absolute},
               "ci": ci,
+              **({"positions": positions, "spans": list(scores.spans), "n_graph_edges": int(circuit.edge_mask.sum()),
+                  "n_graph_edges_total": model.graph.n_edges} if positions else {}),
               "seconds": round(time.perf_counter() - start, 2), "seed": seed, "n": task.n,
               "provenance": {"command": None, "python": platform.python_version(), "torch": torch.__version__,
                              "transformers": _version("transformers"), "circuitfind": _version("circuitfind"),

@@ -20,9 +20,11 @@ from tqdm.auto import tqdm
 import circuitfind.arguments as arguments
 from circuitfind.circuit import Circuit, EdgeScores
 from circuitfind.engine.patching import Workspace, clean_logits, masked_forward
+from circuitfind.engine.positional import span_forward
 from circuitfind.errors import ConfigError, count
 from circuitfind.methods.common import setups
 from circuitfind.prune import prune
+from circuitfind.spans import batch_spans
 from circuitfind.task import Task, load_task
 from circuitfind.uncertainty import LEVEL, curve_intervals, faithfulness_interval
 
@@ -64,20 +66,27 @@ def _test_task(task: Task | str, split: str) -> Task:
     return task if task.split == split else task.with_split(split)
 
 
-def _metric_of_masks(model, parts, masks: Tensor, chunk: int, quiet: bool = True, examples: list | None = None):
+def _metric_of_masks(model, parts, masks: Tensor, chunk: int, quiet: bool = True, examples: list | None = None,
+                     spans: tuple[str, ...] = (), positions: str | None = None):
     """Mean metric over the task of each mask [k, dst, src] → [k], a few masks per forward, and of the
     full model; parts: the task's Setups (`setups`), each weighted by its share of the examples. examples: a
-    list that receives the same forwards' metric per example, ([k, n], the full model's [n]) (for intervals)."""
+    list that receives the same forwards' metric per example, ([k, n], the full model's [n]) (for intervals).
+    Position-aware masks [k, dst, src, T, T] over these spans run through the position-aware forward."""
     total, full, workspace = 0, 0.0, Workspace()
     each, each_full = [], []
     with torch.no_grad(), tqdm(total=len(masks) * len(parts), desc="faithfulness", unit="circuit",
                                disable=quiet) as bar:
         for setup in parts:
             out = []
+            at = _spans_of(setup, spans, positions) if spans else None
             for chunk_masks in masks.split(chunk):
                 chunk_masks = chunk_masks.to(model.device, model.dtype)
-                out.append(setup.per_example(masked_forward(model, setup.batch.clean, setup.ablated, chunk_masks,
-                                                            workspace=workspace, shared=setup.shared)))
+                if at is not None:
+                    logits = span_forward(model, setup.batch.clean, setup.ablated, at, chunk_masks)
+                else:
+                    logits = masked_forward(model, setup.batch.clean, setup.ablated, chunk_masks, workspace=workspace,
+                                            shared=setup.shared)
+                out.append(setup.per_example(logits))
                 bar.update(len(chunk_masks))
             values = torch.cat(out)  # [k, batch]
             clean = setup.per_example(setup.targets.clean_logits[None])[0]  # [batch]
@@ -90,6 +99,15 @@ def _metric_of_masks(model, parts, masks: Tensor, chunk: int, quiet: bool = True
     return total, full
 
 
+def _spans_of(setup, spans: tuple[str, ...], positions: str) -> Tensor:
+    """A Setup's span of each position [batch, pos], checked to be over the spans a circuit or its scores name."""
+    at, names = batch_spans(setup.batch, positions)
+    if names != tuple(spans):
+        raise ConfigError(f"the circuit is over the spans {', '.join(spans)} but these prompts' are "
+                          f"{', '.join(names)}; evaluate it on prompts of the task it was found on")
+    return at.to(setup.ablated.device)
+
+
 def evaluate(model, task: Task | str, circuit: Circuit, *, ablation: str = "corrupted", split: str = "test",
              seed: int = 0, batch_size: int | None = None, resamples: int = 0, level: float = LEVEL) -> dict:
     """Metric of the circuit, the full model and the empty circuit, and the faithfulness, in one forward
@@ -100,14 +118,18 @@ def evaluate(model, task: Task | str, circuit: Circuit, *, ablation: str = "corr
                     batch_size=batch_size, resamples=resamples, level=level)
     g = model.graph
     _check_graph("circuit is", circuit.graph, g)
-    parts = setups(model, _test_task(task, split), ablation, seed, batch_size)
-    masks = torch.stack([circuit.mask, torch.zeros_like(g.edge_mask)]).float()
+    parts = setups(model, _test_task(task, split), ablation, seed, batch_size, share_prefix=not circuit.spans)
+    masks = torch.stack([circuit.mask, torch.zeros_like(circuit.mask)]).float()
     examples: list = []
-    values, m_full = _metric_of_masks(model, parts, masks, chunk=2, examples=examples)  # (full: the clean run)
+    values, m_full = _metric_of_masks(model, parts, masks, chunk=2, examples=examples, spans=circuit.spans,
+                                      positions=circuit.positions)  # (full: the clean run)
     m_c, m_empty = values.tolist()
     out = {"metric_circuit": m_c, "metric_full": m_full, "metric_empty": m_empty,
            "faithfulness": faithfulness(m_c, m_full, m_empty), "n_edges": circuit.n_edges,
            "n_edges_total": g.n_edges}
+    if circuit.spans:  # sized in (edge, span) units; the node-graph edges it touches beside
+        out |= {"positions": circuit.positions, "spans": list(circuit.spans),
+                "n_graph_edges": int(circuit.edge_mask.sum())}
     if resamples:
         (each, each_full) = examples
         out["ci"] = {"faithfulness": list(faithfulness_interval(each[0], each_full, each[1], resamples, seed, level)),
@@ -171,12 +193,13 @@ def faithfulness_curve(model, task: Task | str, scores: EdgeScores, *, ablation:
                           f"under the curve is taken over them); got {fractions}")
     default = 1 if model.cfg.d_model >= 256 else 8  # see chunk above
     chunk = default if chunk is None else count(chunk, "chunk (circuits a forward)", least=1)
-    parts = setups(model, _test_task(task, split), ablation, seed, batch_size)
-    circuits = {absolute: [prune(scores, edges=int(f * g.n_edges), absolute=absolute) for f in fractions]
+    parts = setups(model, _test_task(task, split), ablation, seed, batch_size, share_prefix=not scores.spans)
+    circuits = {absolute: [prune(scores, edges=int(f * scores.n_edges), absolute=absolute) for f in fractions]
                 if absolute in RANKINGS[ranking] else [] for absolute in (False, True)}
-    wanted = [torch.zeros_like(g.edge_mask)] + [c.mask for c in circuits[False]] + [c.mask for c in circuits[True]]
+    units = scores.unit_mask
+    wanted = [torch.zeros_like(units)] + [c.mask for c in circuits[False]] + [c.mask for c in circuits[True]]
     # Each distinct circuit is run once; the full graph is the clean run, whose logits setups() made.
-    full, keys = g.edge_mask.numpy().tobytes(), [m.numpy().tobytes() for m in wanted]
+    full, keys = units.numpy().tobytes(), [m.numpy().tobytes() for m in wanted]
     distinct: dict[bytes, int] = {}  # circuit → its row among the masks run
     unique = []
     for key, m in zip(keys, wanted):
@@ -184,7 +207,8 @@ def faithfulness_curve(model, task: Task | str, scores: EdgeScores, *, ablation:
             distinct[key] = len(unique)
             unique.append(m)
     examples: list = []
-    run, m_full = _metric_of_masks(model, parts, torch.stack(unique).float(), chunk, quiet, examples)
+    run, m_full = _metric_of_masks(model, parts, torch.stack(unique).float(), chunk, quiet, examples, scores.spans,
+                                   scores.positions)
     run = run.tolist()
     values = [m_full if key == full else run[distinct[key]] for key in keys]
     m_empty, rest = values[0], values[1:]

@@ -33,6 +33,9 @@ def to_eap_ig(scores: EdgeScores, circuit: Circuit | None = None, d_model: int |
     if g.n_experts:
         raise ConfigError("the EAP-IG / MIB graph format has no expert nodes: export scores of the node graph "
                           "(the model loaded without experts=True)")
+    if scores.spans:
+        raise ConfigError("the EAP-IG / MIB graph format has no positions: export a run scored without positions "
+                          "(its scores summed over the spans are those: EdgeScores(scores.scores.sum((-1, -2)), ...))")
     mask = circuit.mask if circuit is not None else torch.zeros_like(g.edge_mask)
     if circuit is not None and circuit.graph != g:
         raise ConfigError("the circuit and the scores are over different graphs")

@@ -45,9 +45,14 @@ def prune(scores: EdgeScores, edges: int | None = None, *, nodes: int | None = N
     if ratio is not None and strategy != "ratio":
         raise ConfigError(f"ratio= is for strategy='ratio'; strategy {strategy!r} takes none")
     g = scores.graph
-    key = (scores.scores.abs() if absolute else scores.scores).masked_fill(~g.edge_mask, float("-inf"))
+    key = (scores.scores.abs() if absolute else scores.scores).masked_fill(~scores.unit_mask, float("-inf"))
     if strategy not in ("topn", "threshold", "greedy", "ilp", "ratio"):
         raise ConfigError(f"unknown strategy {strategy!r}; use topn, threshold, greedy, ilp or ratio")
+    if scores.spans:
+        if ratio is not None:
+            raise ConfigError("position-aware scores are pruned by edges= or threshold= (strategy topn or threshold); "
+                              "got strategy=ratio")
+        return _prune_units(scores, key, edges, nodes, threshold, strategy, absolute, remove_dangling)
     sizes = {"edges": edges, "nodes": nodes, "threshold": threshold}
     given = [name for name, value in sizes.items() if value is not None]
     if len(given) != 1:  # one way to size a circuit; a second one would be ignored
@@ -85,6 +90,51 @@ def prune(scores: EdgeScores, edges: int | None = None, *, nodes: int | None = N
     provenance = scores.metadata() | {"kind": "circuit", "strategy": strategy, "absolute": absolute, **chosen,
                                       "dangling_removed": before - int(mask.sum())}
     return Circuit(mask, g, provenance)
+
+
+def _prune_units(scores: EdgeScores, key: Tensor, edges, nodes, threshold, strategy: str, absolute: bool,
+                 remove_dangling: bool) -> Circuit:
+    """`prune` of position-aware scores: the top (edge, span) units, or those scoring ≥ threshold, then
+    units on no path from the input to the logits through the (node, span) graph removed."""
+    if nodes is not None or strategy in ("greedy", "ilp"):
+        raise ConfigError(f"position-aware scores are pruned by edges= or threshold= (strategy topn or threshold); "
+                          f"got {'nodes=' if nodes is not None else 'strategy=' + strategy}")
+    if (edges is None) == (threshold is None):
+        raise ConfigError("give exactly one of edges= or threshold= for position-aware scores")
+    if threshold is not None:
+        mask, chosen, strategy = key >= float(threshold), {"threshold": float(threshold)}, "threshold"
+    else:
+        edges = count(edges, "edges (units)", most=scores.n_edges)
+        mask, chosen = top_n(key, edges), {"edges": edges}
+    before = int(mask.sum())
+    if remove_dangling:
+        mask = units_without_dangling(scores.graph, mask)
+    provenance = scores.metadata() | {"kind": "circuit", "strategy": strategy, "absolute": absolute, **chosen,
+                                      "dangling_removed": before - int(mask.sum())}
+    return Circuit(mask, scores.graph, provenance, scores.spans, scores.positions)
+
+
+def units_without_dangling(g: Graph, mask: Tensor) -> Tensor:
+    """Keep only the units [dst, src, T, T] on some path from the input to the logits through (node, span)
+    pairs: unit (v ← u, t, s) joins u at span s to v's node at span t."""
+    node, T = g.receiver_node, mask.shape[-1]
+    reached = torch.zeros(g.n_senders, T, dtype=torch.bool)  # (sender, span) fed from the input
+    reached[0] = True
+    for w in range(1, g.n_senders):  # senders are in topological order
+        rows = (node == w).nonzero()[:, 0]
+        reached[w] = (mask[rows] & reached[None, :, None, :]).any(-1).any(1).any(0)  # over (rows, u, s) → [t]
+    useful = torch.zeros(g.n_senders, T, dtype=torch.bool)  # (sender, span) that reaches the logits
+    useful |= mask[g.logits_receiver].any(1)  # [src, s]: read by the logits at span s
+    for u in range(g.n_senders - 1, -1, -1):
+        dsts = mask[:, u].any(-1).any(-1).nonzero()[:, 0]  # receivers u feeds at some span
+        for v in dsts.tolist():
+            w = int(node[v])
+            if w >= 0:  # (the logits' units seeded above)
+                useful[u] |= (mask[v, u] & useful[w][:, None]).any(0)  # [t, s] with node w useful at t → s
+    keep_dst = torch.ones(g.n_receivers, T, dtype=torch.bool)  # the receiver's node at the query span is useful
+    feeds = node >= 0
+    keep_dst[feeds] = useful[node[feeds]] & reached[node[feeds]]
+    return mask & reached[None, :, None, :] & keep_dst[:, None, :, None]
 
 
 def top_n(key: Tensor, n: int) -> Tensor:

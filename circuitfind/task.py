@@ -35,6 +35,7 @@ from torch import Tensor
 from circuitfind.types import Inputs
 from circuitfind.errors import MetricError, TaskError
 from circuitfind.metrics import METRICS, Targets, checked, non_finite_message, resolve_metric
+from circuitfind.spans import span_ids, span_names
 
 SINGLE_TOKEN_METRICS = {"logit-diff", "prob-diff", "ce"}
 Prompt = str | Sequence[int]
@@ -54,6 +55,9 @@ class Example:
     # the token position (0-based, in both prompts) whose output the metric reads; default the last. A tracr
     # program's output at every position is its answer there, and some depend on what follows (non-causal models)
     answer_pos: int | None = None
+    # named parts of the clean prompt {label: (start, end)}, in characters of a text prompt or tokens of a token-id
+    # prompt (`circuitfind.spans.labelled` builds both); what position-aware scoring aligns examples by
+    spans: dict[str, tuple[int, int]] | None = None
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,9 @@ class Batch:
     corrupt: Inputs
     targets: Targets
     examples: list[Example]
+    # each clean position's span [batch, pos] (index into span_names; -1 padding), where the examples label spans
+    spans: Tensor | None = None
+    span_names: tuple[str, ...] = ()
 
     @property
     def size(self) -> int:
@@ -72,7 +79,8 @@ class Batch:
     def split(self, size: int) -> list["Batch"]:
         """Consecutive batches of at most `size` examples, padded as this one (same positions)."""
         cuts = [slice(start, start + size) for start in range(0, self.size, size)]
-        return [Batch(self.clean.rows(s), self.corrupt.rows(s), self.targets.rows(s), self.examples[s]) for s in cuts]
+        return [Batch(self.clean.rows(s), self.corrupt.rows(s), self.targets.rows(s), self.examples[s],
+                      None if self.spans is None else self.spans[s], self.span_names) for s in cuts]
 
 
 class Words:
@@ -124,6 +132,7 @@ class Task:
     aligned: ClassVar[bool] = True  # clean and corrupted prompts must have equal token length
     test_fraction: ClassVar[float] = 0.2
     models: ClassVar[tuple[str, ...]] = ()  # a token-level task written for these models' vocabularies only
+    schema: ClassVar[tuple[str, ...]] = ()  # the order of the span names its examples label (`Example.spans`)
 
     def __init__(self, n: int = 100, seed: int = 0, split: str = "train"):
         if split not in ("train", "test"):
@@ -246,7 +255,12 @@ class Task:
         targets = Targets(_pad(correct).to(device), _pad(wrong).to(device),
                           values=None if values is None else values.to(device))
         at = _answer_positions(examples, clean)
-        return Batch(_inputs(model, clean, at).to(device), _inputs(model, corrupt, at).to(device), targets, examples)
+        spans, names = None, ()
+        if any(e.spans for e in examples):
+            names = span_names(examples, self.schema)
+            spans = span_ids(model, examples, clean, names).to(device)
+        return Batch(_inputs(model, clean, at).to(device), _inputs(model, corrupt, at).to(device), targets, examples,
+                     spans, names)
 
     def check_metric(self, model, batch: Batch | None = None, logits: Tensor | None = None) -> Tensor:
         """Evaluate the metric once on the clean prompts (logits [batch, vocab] if already computed);

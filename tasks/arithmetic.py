@@ -6,6 +6,7 @@ the wrong answer. Operands and sums are kept to what the tokenizer holds as sing
 
 from __future__ import annotations
 
+from circuitfind.spans import formatted
 from circuitfind.task import Example, Task
 
 
@@ -20,4 +21,5 @@ class Arithmetic(Task):
             a, b, c = rng.randint(10, 49), rng.randint(10, 49), rng.randint(10, 49)
             if a != c and words.single([str(a + b), str(c + b)]) == [str(a + b), str(c + b)]:
                 break
-        return Example(clean=f"{a} + {b} =", corrupt=f"{c} + {b} =", correct=f" {a + b}", wrong=f" {c + b}")
+        clean, spans = formatted("{a} + {b} =", {"a": "A", "b": "B"}, end="END", a=a, b=b)
+        return Example(clean=clean, corrupt=f"{c} + {b} =", correct=f" {a + b}", wrong=f" {c + b}", spans=spans)

@@ -6,6 +6,7 @@ the wrong answer.
 
 from __future__ import annotations
 
+from circuitfind.spans import formatted
 from circuitfind.task import Example, Task
 
 PAIRS = [("France", "Paris"), ("Germany", "Berlin"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Japan", "Tokyo"),
@@ -26,5 +27,6 @@ class CapitalCountry(Task):
         usable = [(c, k) for c, k in PAIRS if words.single([c, k]) == [c, k]]
         (country, city), (other, wrong) = rng.sample(usable, 2)
         template = rng.choice(TEMPLATES)
-        return Example(clean=template.format(c=country), corrupt=template.format(c=other),
+        clean, spans = formatted(template, {"c": "COUNTRY"}, end="END", c=country)
+        return Example(clean=clean, corrupt=template.format(c=other), spans=spans,
                        correct=" " + city, wrong=" " + wrong)

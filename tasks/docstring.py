@@ -7,6 +7,7 @@ parameter can no longer be copied from it; the wrong answers are the other param
 
 from __future__ import annotations
 
+from circuitfind.spans import formatted
 from circuitfind.task import Example, Task
 
 WORDS = ["load", "size", "files", "last", "port", "data", "text", "name", "mode", "path", "user", "line", "page",
@@ -27,8 +28,11 @@ class Docstring(Task):
         d1, d2 = rng.sample(DESCRIPTIONS, 2)
 
         def prompt(args):
-            return (f"def {func}(self, {', '.join(args)}):\n    \"\"\"Compute the value.\n\n"
-                    f"    :param {params[0]}: {d1}\n    :param {params[1]}: {d2}\n    :param")
+            template = ("def {func}(self, {args}):\n    \"\"\"Compute the value.\n\n"
+                        "    :param {p0}: {d1}\n    :param {p1}: {d2}\n    :param")
+            return formatted(template, {"func": "FUNC", "args": "ARGS", "p0": "P1", "p1": "P2"}, end="END",
+                             func=func, args=", ".join(args), p0=params[0], d1=d1, p1=params[1], d2=d2)
 
-        return Example(clean=prompt(params), corrupt=prompt(others), correct=" " + params[2],
+        clean, spans = prompt(params)
+        return Example(clean=clean, corrupt=prompt(others)[0], spans=spans, correct=" " + params[2],
                        wrong=[" " + p for p in (params[0], params[1], params[3])])

@@ -6,6 +6,7 @@ other gender, which flips the pronoun.
 
 from __future__ import annotations
 
+from circuitfind.spans import formatted
 from circuitfind.task import Example, Task
 
 FEMALE = ["Mary", "Alice", "Sarah", "Anna", "Emma", "Laura", "Kate", "Lisa", "Rachel", "Jane", "Amy", "Helen"]
@@ -26,5 +27,6 @@ class GenderedPronoun(Task):
         template, role = rng.choice(TEMPLATES), rng.choice(words.single(ROLES))
         she = rng.random() < 0.5
         name, other = (rng.choice(female), rng.choice(male)) if she else (rng.choice(male), rng.choice(female))
-        return Example(clean=template.format(name=name, role=role), corrupt=template.format(name=other, role=role),
+        clean, spans = formatted(template, {"name": "NAME", "role": "ROLE"}, end="END", name=name, role=role)
+        return Example(clean=clean, corrupt=template.format(name=other, role=role), spans=spans,
                        correct=" she" if she else " he", wrong=" he" if she else " she")

@@ -7,6 +7,7 @@ the probability of endings greater than the start minus that of endings not grea
 
 from __future__ import annotations
 
+from circuitfind.spans import formatted
 from circuitfind.task import Example, Task
 
 NOUNS = ["war", "dynasty", "expedition", "empire", "reign", "drought", "revolution", "siege", "treaty", "festival",
@@ -30,7 +31,9 @@ class GreaterThan(Task):
         noun, century = rng.choice(words.single(NOUNS)), rng.choice(centuries)
         start = rng.choice(starts)
         prompt = "The {noun} lasted from the year {c}{yy} to the year {c}"
-        return Example(clean=prompt.format(noun=noun, c=century, yy=f"{start:02d}"),
+        clean, spans = formatted(prompt, {"noun": "NOUN", "c": ["XX1", "XX2"], "yy": "YY"}, noun=noun, c=century,
+                                 yy=f"{start:02d}")
+        return Example(clean=clean, spans=spans,
                        corrupt=prompt.format(noun=noun, c=century, yy="01"),
                        correct=[e for e in endings[start + 1:] if e in usable],
                        wrong=[e for e in endings[:start + 1] if e in usable])

@@ -7,6 +7,7 @@ slots with other names (the "ABC" distribution), which keeps the length and remo
 
 from __future__ import annotations
 
+from circuitfind.spans import formatted
 from circuitfind.task import Example, Task
 
 NAMES = ["Mary", "John", "Alice", "Bob", "Sarah", "Tom", "James", "Anna", "David", "Emma", "Michael", "Laura",
@@ -27,6 +28,7 @@ class IOI(Task):
     description = "Indirect object identification: complete 'When A and B went…, B gave a drink to' with A."
     citation = "Wang et al. 2023, Interpretability in the Wild (arXiv:2211.00593)"
     metric = "logit-diff"
+    schema = ("IO", "S1", "S2", "END")
 
     def example(self, rng, words):
         names = words.single(NAMES)
@@ -35,6 +37,7 @@ class IOI(Task):
         template = rng.choice(TEMPLATES)
         place, obj = rng.choice(places), rng.choice(objects)
         first, second = (io, s) if rng.random() < 0.5 else (s, io)  # ABBA or BABA
-        clean = template.format(A=first, B=second, S=s, place=place, obj=obj)
+        roles = {"A": "IO" if first == io else "S1", "B": "S1" if first == io else "IO", "S": "S2"}
+        clean, spans = formatted(template, roles, end="END", A=first, B=second, S=s, place=place, obj=obj)
         corrupt = template.format(A=c1, B=c2, S=c3, place=place, obj=obj)
-        return Example(clean=clean, corrupt=corrupt, correct=" " + io, wrong=" " + s)
+        return Example(clean=clean, corrupt=corrupt, correct=" " + io, wrong=" " + s, spans=spans)

@@ -7,6 +7,7 @@ is the letter where the correct option now stands.
 
 from __future__ import annotations
 
+from circuitfind.spans import formatted
 from circuitfind.task import Example, Task
 
 QUESTIONS = [
@@ -41,7 +42,9 @@ class MultipleChoice(Task):
 
         def prompt(perm):
             listed = " ".join(f"{LETTERS[i]}. {options[j]}" for i, j in enumerate(perm))
-            return f"Question: {question} {listed} Answer:"
+            return formatted("Question: {q} {listed} Answer:", {"q": "QUESTION", "listed": "OPTIONS"}, end="END",
+                             q=question, listed=listed)
 
-        return Example(clean=prompt(order), corrupt=prompt(other), correct=" " + LETTERS[order.index(0)],
+        clean, spans = prompt(order)
+        return Example(clean=clean, corrupt=prompt(other)[0], spans=spans, correct=" " + LETTERS[order.index(0)],
                        wrong=" " + LETTERS[other.index(0)])

@@ -6,6 +6,7 @@ head noun's number ("The keys to the cabinets"), flipping the correct verb form.
 
 from __future__ import annotations
 
+from circuitfind.spans import formatted
 from circuitfind.task import Example, Task
 
 NOUNS = [("key", "keys"), ("author", "authors"), ("dog", "dogs"), ("teacher", "teachers"), ("car", "cars"),
@@ -28,5 +29,6 @@ class SubjectVerbAgreement(Task):
         sg, pl = rng.choice([v for v in VERBS if words.single(v, prefix="") == list(v)])
         plural_subject = rng.random() < 0.5
         subject, other = (plural, singular) if plural_subject else (singular, plural)
-        return Example(clean=f"The {subject} {prep} {attractor}", corrupt=f"The {other} {prep} {attractor}",
+        clean, spans = formatted("The {s} {p} {a}", {"s": "SUBJECT", "a": "ATTRACTOR"}, s=subject, p=prep, a=attractor)
+        return Example(clean=clean, corrupt=f"The {other} {prep} {attractor}", spans=spans,
                        correct=pl if plural_subject else sg, wrong=sg if plural_subject else pl)

@@ -201,3 +201,76 @@ def clean_outputs(model, inputs, ablated):
     _, _, outs = reference_run(model, inputs.tokens, inputs.attention_mask, inputs.answer_pos, ablated)
     clean = torch.stack([o.detach() for o in outs])
     return clean, clean - ablated.expand_as(clean)
+
+
+def reference_span_logits(model, inputs, ablated, spans, mask):
+    """Logits [batch, vocab] with position-aware mask [dst, src, T, T] (query span, key span), by loops over
+    positions: receiver v's input at position j of example i reads sender u with weight mask[v, u, t, s(j)],
+    t = s(j) except for keys and values, which are made once per query span t and read by those queries alone.
+    spans [batch, pos] (−1: padding, which reads no sender). Shares only the model's primitives with the engine."""
+    g, cfg = model.graph, model.cfg
+    tokens, attention_mask, answer_pos = inputs.tokens, inputs.attention_mask, inputs.answer_pos
+    b, p = tokens.shape
+    positions = model.positions(attention_mask)
+    abl = ablated.expand(g.n_senders, b, p, cfg.d_model)
+    outs = [model.embed(tokens, positions)]
+    bias = torch.zeros(cfg.d_model, dtype=model.dtype)
+    T = mask.shape[-1]
+
+    def receiver_input(dst, query_span=None):
+        x = bias.clone().expand(b, p, cfg.d_model).clone()
+        for src in range(len(outs)):
+            if not g.edge_mask[dst, src]:
+                continue
+            for i in range(b):
+                for j in range(p):
+                    s = int(spans[i, j])
+                    w = 0.0 if s < 0 else float(mask[dst, src, s if query_span is None else query_span, s])
+                    x[i, j] = x[i, j] + w * outs[src][i, j] + (1 - w) * abl[src][i, j]
+        return x
+
+    def head_part(block, kind, h, x):
+        attn, kv = block.attn, h // cfg.group_size
+        W, bvec, idx = {"q": (attn.W_Q, attn.b_q, h), "k": (attn.W_K, attn.b_k, kv), "v": (attn.W_V, attn.b_v, kv)}[kind]
+        xn = block.ln1(x)
+        if cfg.qk_norm_width == "all" and kind != "v":
+            full = xn @ (attn.w_q if kind == "q" else attn.w_k)
+            full = full if bvec is None else full + bvec
+            return attn.full_norm(kind, full).view(b, p, -1, cfg.d_head)[:, :, idx][:, None]
+        y = xn @ W[idx]
+        return (y if bvec is None else y + bvec.view(-1, cfg.d_head)[idx])[:, None]
+
+    for l, block in enumerate(model.blocks):
+        attn = block.attn
+        allowed = model.allowed(attention_mask, l)
+        rope = model.rope(positions, l)
+        rope = None if rope is None else tuple(t[:, None] for t in rope)
+        mlp_in = receiver_input(g.mlp_receiver(l)) if cfg.parallel else None
+        raw = []
+        for h in range(cfg.n_heads):
+            q = head_part(block, "q", h, receiver_input(g.qkv_receiver(l, "q", h)))
+            z = torch.zeros(b, p, cfg.d_head, dtype=model.dtype)
+            for t in range(T):
+                k = head_part(block, "k", h, receiver_input(g.qkv_receiver(l, "k", h), t))
+                v = head_part(block, "v", h, receiver_input(g.qkv_receiver(l, "v", h), t))
+                zt, _ = attn.attend(q, k, v, rope, allowed, heads=torch.tensor([h]))
+                for i in range(b):
+                    for j in range(p):
+                        if int(spans[i, j]) == t:
+                            z[i, j] = zt[i, 0, j]
+            raw.append(z @ attn.W_O[h])
+        if attn.post_norm is not None:
+            total = torch.stack(raw).sum(0)
+            norm = attn.post_norm
+            scale = torch.rsqrt(total.pow(2).mean(-1, keepdim=True) + norm.eps) * (norm.offset + norm.w)
+            raw = [r * scale for r in raw]
+        outs += raw
+        if attn.b_o is not None and attn.post_norm is None:
+            bias = bias + attn.b_o
+        if not cfg.parallel:
+            mlp_in = receiver_input(g.mlp_receiver(l))
+        outs.append(block.mlp(block.ln2(mlp_in)))
+        if block.mlp.b_out is not None and block.mlp.post_norm is None:
+            bias = bias + block.mlp.b_out
+    x = receiver_input(g.logits_receiver)
+    return model.unembed(x)[torch.arange(b), answer_pos]

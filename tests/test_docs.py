@@ -34,7 +34,7 @@ def test_the_site_builds_offline_with_warnings_as_errors(tmp_path):
 def test_every_tutorial_page_is_in_the_site_and_has_code():
     nav = (ROOT / "mkdocs.yml").read_text()
     tutorials = sorted(p.relative_to(DOCS).as_posix() for p in (DOCS / "tutorials").glob("*.md"))
-    assert len(tutorials) == 7 and all(t in nav for t in tutorials)
+    assert len(tutorials) == 8 and all(t in nav for t in tutorials)
     assert all(DOCS / t in _pages_with_code() for t in tutorials)
 
 

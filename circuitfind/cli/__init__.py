@@ -122,7 +122,7 @@ def _discover(args) -> int:
     # every argument, the method's options and the run directory, before anything loads
     check_run(method=args.method, options=options, out=args.out, overwrite=args.overwrite, ablation=args.ablation,
               edges=args.edges, target=args.target, n=args.n, seed=args.seed, batch_size=args.batch_size,
-              resamples=args.resamples, level=args.level, reruns=reruns)
+              resamples=args.resamples, level=args.level, reruns=reruns, positions=args.positions)
     held = args.out is not None and Path(args.out).is_dir() and any(Path(args.out).iterdir())
     task = load_task(args.task, n=args.n, seed=args.seed, metric=args.metric, path=args.task_path)
     model = load_model(args.model, tokenizer=args.tokenizer, dtype=args.dtype, device=args.device,
@@ -131,7 +131,7 @@ def _discover(args) -> int:
         run = discover(model, task, args.method, args.ablation, out=args.out, edges=args.edges, target=args.target,
                        n=args.n, seed=args.seed, quiet=args.quiet, report=not args.no_report,
                        batch_size=args.batch_size, overwrite=args.overwrite, resamples=args.resamples,
-                       level=args.level, reruns=reruns,
+                       level=args.level, reruns=reruns, positions=args.positions,
                        provenance={"command": "circuitfind " + shlex.join(args.argv)}, **options)
     except KeyboardInterrupt:  # discover wrote nothing half-way: say what is on disk
         kept = (f"{args.out} keeps the run that was there" if held else
@@ -146,7 +146,8 @@ def _discover(args) -> int:
         low_high = ci.get(key)
         return f"{r[key]:.3f}" + (f" [{low_high[0]:.3f}, {low_high[1]:.3f}]" if low_high else "")
     print(f"{r['model']} / {r['task']} ({r['metric_name']}) / {r['method']}: "
-          f"{r['n_edges']} of {r['n_edges_total']} edges ({r['n_nodes']} nodes), "
+          f"{r['n_edges']} of {r['n_edges_total']} {'(edge, span) units' if r.get('positions') else 'edges'} "
+          f"({r['n_nodes']} nodes), "
           f"faithfulness {shown('faithfulness')}, CPR {shown('cpr')}, CMD {shown('cmd')}{auc}"
           + (f" ({100 * ci['level']:g}% bootstrap intervals, {ci['resamples']} resamples)" if ci.get("resamples")
              else ""))
@@ -306,6 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--reruns", type=int, default=0, help="acdc, edge-pruning, ifr: run again on this many bootstrap "
                    "resamples of the examples (each edge's interval and in-circuit frequency; also written "
                    "--option resamples=N; default 0)")
+    d.add_argument("--positions", choices=("spans", "tokens"), help="a position-aware circuit: every edge at every "
+                   "span the task labels (spans) or token position (tokens, prompts of one length); eap, eap-ig, exact")
     d.set_defaults(run=_discover)
     st = sub.add_parser("stability", help="how much of a circuit is the prompts' noise: circuits on bootstrap "
                                           "resamples of the examples (and task seeds), their Jaccard overlaps")

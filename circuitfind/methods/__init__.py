@@ -17,7 +17,7 @@ import typing
 import circuitfind.arguments as arguments
 from circuitfind.circuit import EdgeScores
 from circuitfind.errors import ConfigError, MetricError
-from circuitfind.methods import acdc, atp_star, eap, eap_ig, edge_pruning, ensemble, exact, ifr, relp
+from circuitfind.methods import acdc, atp_star, eap, eap_ig, edge_pruning, ensemble, exact, ifr, positional, relp
 from circuitfind.metrics import non_finite_message, non_finite_node
 from circuitfind.task import Task, load_task
 
@@ -130,16 +130,19 @@ def _describe(hint) -> str:
 
 def score_edges(model, task: Task | str, method: str = "eap-ig", ablation: str = "corrupted", *, seed: int = 0,
                 quiet: bool = True, batch_size: int | None = None, per_example: bool = False,
-                **options) -> EdgeScores:
+                positions: str | None = None, **options) -> EdgeScores:
     """Score every edge of `model.graph` for `task` with `method`; options go to the method's config.
 
     batch_size: examples a pass (default: all), for tasks whose ablated outputs, held for every
     example at once, would not fit in memory; the scores are the same (up to float rounding).
     per_example: also keep each example's scores, `EdgeScores.per_example` [n, dst, src] (whose mean is the
     scores), from the same passes, for the methods that average over examples (`PER_EXAMPLE`): 4·n·dst·src
-    bytes (GPT-2 small, 64 examples: 18 MB), in a memory-mapped temporary file past 2 GiB."""
+    bytes (GPT-2 small, 64 examples: 18 MB), in a memory-mapped temporary file past 2 GiB.
+    positions: "spans" scores every edge at every span the task labels (`Example.spans`), "tokens" at every
+    position of prompts of one length: scores [dst, src, T, T] over (query span, key span) units
+    (`methods.positional`; eap, eap-ig and exact)."""
     arguments.check(model=model, task=task, method=method, ablation=ablation, seed=seed, quiet=quiet,
-                    batch_size=batch_size, per_example=per_example, options=options)
+                    batch_size=batch_size, per_example=per_example, positions=positions, options=options)
     options = check_options(method, options)
     if batch_size is not None and method not in BATCHED:
         raise ConfigError(f"method {method!r} takes the task whole (batch_size is for {', '.join(BATCHED)}); "
@@ -148,10 +151,19 @@ def score_edges(model, task: Task | str, method: str = "eap-ig", ablation: str =
         raise ConfigError(f"method {method!r} does not average over examples, so it has no per-example scores "
                           f"(those are for {', '.join(PER_EXAMPLE)}); its stability comes from re-running it on "
                           "resamples: cf.stability(..., resamples=N)")
+    if positions is not None and (per_example or method not in positional.POSITIONAL):
+        raise ConfigError(f"positions={positions!r} scores with {', '.join(positional.POSITIONAL)}, without "
+                          f"per_example; got method {method!r}{' and per_example=True' if per_example else ''}")
     fn, config_cls, fixed = METHODS[method]
     cfg = config_cls(**{**options, **fixed})
     task = load_task(task) if isinstance(task, str) else task
     start = time.perf_counter()
+    if positions is not None:
+        raw, spans, units = positional.score(model, task, method, cfg, positions, ablation, seed, batch_size, quiet)
+        config = dataclasses.asdict(cfg) | {"seed": seed, "n": task.n, "positions": positions,
+                                            "seconds": round(time.perf_counter() - start, 3)}
+        return EdgeScores(raw, model.graph, method=method, model=model.name, task=task.name, ablation=ablation,
+                          config=config, spans=spans, positions=positions, units=units)
     extra = {"quiet": quiet} if method in LONG_RUNNING else {}
     if batch_size is not None:
         extra["batch_size"] = batch_size

@@ -88,7 +88,7 @@ def optimal_for(model, task: Task, prompts: list) -> Tensor:
 
 
 def setups(model, task: Task, ablation: str, seed: int = 0, batch_size: int | None = None, *,
-           denoising: bool = False) -> Batches:
+           denoising: bool = False, share_prefix: bool = True) -> Batches:
     """The task a batch of at most `batch_size` examples at a time (all at once by default): one Setup
     per batch, each weighted by its share of the examples, so that a method's mean over the task is
     Σ weight · its mean over each batch. Everything is checked, and the clean runs made, before the
@@ -96,7 +96,8 @@ def setups(model, task: Task, ablation: str, seed: int = 0, batch_size: int | No
     batching saves). Mean ablations average over the whole task, a batch at a time; resample draws
     its donors from the whole task, so it runs unbatched. denoising: each Setup's `ablated` holds the
     clean run's outputs instead, what an edge is given when the corrupted run is patched toward the
-    clean one (corrupted ablation only)."""
+    clean one (corrupted ablation only). share_prefix=False: no shared prefix, the ablated outputs at every
+    position (the position-aware engine takes them so)."""
     if ablation not in ABLATIONS:
         raise ConfigError(f"unknown ablation {ablation!r}; choose one of {', '.join(ABLATIONS)}")
     if denoising and ablation != "corrupted":
@@ -111,7 +112,8 @@ def setups(model, task: Task, ablation: str, seed: int = 0, batch_size: int | No
         raise ConfigError("resample ablation draws each example's donor from the whole task, which batch_size "
                           f"splits ({len(parts)} batches); use another ablation, or no batch_size")
     with torch.no_grad():  # the clean runs, and the prefix each batch shares with its corrupted prompts
-        runs = [clean_run(model, part.clean, part.corrupt if ablation == "corrupted" else None) for part in parts]
+        runs = [clean_run(model, part.clean, part.corrupt if ablation == "corrupted" and share_prefix else None)
+                for part in parts]
         logits = [part_logits for part_logits, _ in runs]
         for part, part_logits in zip(parts, logits):
             task.check_metric(model, part, part_logits)  # before the long work

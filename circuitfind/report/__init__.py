@@ -16,6 +16,7 @@ from pathlib import Path
 from circuitfind.circuit import Circuit, EdgeScores, _atomic_write, read_json, refuse_incomplete
 from circuitfind.errors import ConfigError
 from circuitfind.report import figures, html, tables
+from circuitfind.report import spans as span_report
 
 
 def _write(path: Path, text: str) -> None:
@@ -109,6 +110,12 @@ def render(d: Path, scores: EdgeScores, circuit: Circuit, result: dict, inspect:
     """The report of a run, from its artifacts in memory, into d (discover renders a run it has not yet put in
     place); → the page's path."""
     fig_dir, tab_dir = d / "figures", d / "tables"
+    units_section = span_report.section(scores, circuit)  # position-aware runs: their units, spans as columns
+    if scores.spans:
+        units = tables.units_rows(scores, 20)
+        _write_table(tab_dir / "top_units", ("#", "unit", "score"), units, f"Top (edge, span) units ({result['method']}).",
+                     "tab:top-units")
+    scores, circuit = span_report.flat(scores, circuit)  # every other figure and table: the node-graph view
     label = f"{result['task']} · {result['model']} · {result['method']}"
     frequency = None if scores.intervals is None else scores.intervals.get("frequency")
     figures.circuit(scores, circuit, fig_dir / "circuit", title=f"{label}: {circuit.n_edges} edges",
@@ -129,7 +136,7 @@ def render(d: Path, scores: EdgeScores, circuit: Circuit, result: dict, inspect:
     _write_table(tab_dir / f"top_{kind}s", tables.top_header(scores, kind), top, f"Top {kind}s ({result['method']}).",
                  f"tab:top-{kind}s")
     page = d / "report.html"
-    _write(page, html.page(scores, circuit, result, inspect, fig_dir))
+    _write(page, html.page(scores, circuit, result, inspect, fig_dir, extra=units_section))
     return page
 
 

@@ -199,7 +199,16 @@ def _img(path: Path, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
-def page(scores, circuit, result: dict, inspect: dict | None, figures: Path) -> str:
+def _size(result: dict, circuit, g) -> str:
+    """The circuit's size as the run counts it: edges, or (edge, span) units for a position-aware run."""
+    if result.get("positions"):
+        return (f"{result['n_edges']} of {result['n_edges_total']} (edge, span) units, on {circuit.n_edges} of "
+                f"{g.n_edges} edges")
+    return f"{circuit.n_edges} of {g.n_edges} edges"
+
+
+def page(scores, circuit, result: dict, inspect: dict | None, figures: Path, extra: str = "") -> str:
+    """The report page; extra: a section of HTML after the circuit's (the circuit over spans)."""
     g = scores.graph
     key = scores.scores.abs().masked_fill(~g.edge_mask, -1.0)
     order = key.flatten().argsort(descending=True)[:min(g.n_edges, max(MAX_SLIDER_EDGES, circuit.n_edges))]
@@ -263,7 +272,7 @@ def page(scores, circuit, result: dict, inspect: dict | None, figures: Path) -> 
 <style>{STYLE}</style></head><body>
 <h1>{esc(result['task'])} on {esc(result['model'])}</h1>
 <p class="muted">method <b>{esc(result['method'])}</b>, ablation <b>{esc(result['ablation'])}</b>;
-circuit of {circuit.n_edges} of {g.n_edges} edges, faithfulness {result['faithfulness']:.3f}</p>
+circuit of {_size(result, circuit, g)}, faithfulness {result['faithfulness']:.3f}</p>
 <h2>Task</h2>
 <p>{esc(task.get('description', ''))} <span class="muted">{esc(task.get('citation', ''))}</span> Metric: <code>{esc(str(task.get('metric', '')))}</code>.</p>
 {_table(("clean prompt", "corrupted prompt", "correct", "wrong"), prompt_rows) if prompt_rows else ""}
@@ -278,6 +287,7 @@ circuit of {circuit.n_edges} of {g.n_edges} edges, faithfulness {result['faithfu
 suppresses, and the examples where it matters most. Hover an edge for its score. Red edges support the
 task, blue oppose it; q inputs dashed, k dotted.</p></div></div>
 </div>
+{extra}
 {flow_section}
 {token_section}
 <h2>Faithfulness and scores</h2>

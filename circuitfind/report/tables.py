@@ -45,6 +45,11 @@ def top_header(scores, kind: str) -> tuple[str, ...]:
                                                           is not None else ())
 
 
+def units_rows(scores, n: int = 20) -> list[list[str]]:
+    """Rows (#, unit, score) of the n highest-|score| (edge, span) units of position-aware scores."""
+    return [[str(i + 1), name, f"{value:.4g}"] for i, (name, value) in enumerate(scores.top(n))]
+
+
 def top_rows(scores, n: int = 20) -> tuple[str, list[list[str]]]:
     """("edge", rows) of the n highest-|score| edges (with their bootstrap interval and in-circuit frequency
     where the scores have them, `top_header`); for node scores ("node", rows) of the n highest-|score| nodes
