@@ -164,6 +164,14 @@ def _fractions(value, name, graph):
     return value
 
 
+def _share(value, name, graph):
+    number = _number()(value, name, graph)
+    if not 0 <= number <= 1:
+        raise ConfigError(f"{name} must be a fraction in [0, 1] (the share of the circuit's edges taken from the "
+                          f"positive scores), got {value!r}")
+    return number
+
+
 def _level(value, name, graph):
     number = _number()(value, name, graph)
     if not 0 < number < 1:
@@ -208,7 +216,7 @@ RULES = {
     "n": _optional(_at_least(1)), "seed": SEED, "batch_size": _optional(_at_least(1)),
     "chunk": _optional(_at_least(1)), "workers": _at_least(1), "fractions": _fractions,
     "resamples": _at_least(0), "level": _level, "reruns": _at_least(0),  # (bootstrap resamples, re-runs; 0: none)
-    "tau": _number(least=0.0), "max_memory": _optional(_memory),
+    "tau": _number(least=0.0), "max_memory": _optional(_memory), "ratio": _optional(_share),
     # switches and places
     "quiet": _flag, "report": _flag, "overwrite": _flag, "per_example": _flag, "absolute": _flag,
     "remove_dangling": _flag,

@@ -102,6 +102,12 @@ def mib_path(directory, task: str, model: str) -> Path:
     return Path(directory) / f"{task}_{model}" / "importances.json"
 
 
+def mib_task_name(task: str) -> str:
+    """A task's name in a MIB submission's folder: MIB's data read from disk ("mib:ioi", "mib:arc-easy/<column>")
+    go under MIB's own task name (ioi, arc-easy, ...); every other task under its own."""
+    return task.removeprefix("mib:").split("/")[0] if task.startswith("mib:") else task
+
+
 def write_mib_submission(directory, entries: dict[tuple[str, str], EdgeScores]) -> list[Path]:
     """entries: {(task, model): scores} → `mib_path(directory, task, model)` each."""
     return [save_eap_ig(mib_path(directory, task, model), scores) for (task, model), scores in entries.items()]

@@ -4,6 +4,7 @@
     circuit = cf.prune(scores, threshold=0.01, absolute=False)  # every edge scoring ≥ 0.01
     circuit = cf.prune(scores, edges=200, strategy="greedy")    # grown backwards from the logits
     circuit = cf.prune(scores, edges=200, strategy="ilp")       # the best circuit of ≤ 200 edges, none dangling
+    circuit = cf.prune(scores, edges=200, strategy="ratio", ratio=0.8)  # 160 most positive, 40 most negative
     circuit = cf.prune(node_scores, nodes=5)                    # the 5 best nodes and the edges among them
 
 Node scores (`eap-node`, `eap-ig-node`: each node's score written on all its out-edges) are sized
@@ -30,23 +31,33 @@ from circuitfind.graph import Graph
 
 
 def prune(scores: EdgeScores, edges: int | None = None, *, nodes: int | None = None, threshold: float | None = None,
-          strategy: str = "topn", absolute: bool = True, remove_dangling: bool = True) -> Circuit:
+          strategy: str = "topn", absolute: bool = True, remove_dangling: bool = True,
+          ratio: float | None = None) -> Circuit:
     """A circuit from scores: `edges=N` top edges, `nodes=K` top nodes (a node ranks by its best
     out-edge; the circuit is every edge among the K), or every edge with score ≥ `threshold`. Node
-    scores (`eap-node`, `eap-ig-node`) given `edges=N` make the largest top-node circuit of ≤ N edges."""
+    scores (`eap-node`, `eap-ig-node`) given `edges=N` make the largest top-node circuit of ≤ N edges.
+    strategy="ratio" with ratio=ρ: `by_sign` (the signed scores, whatever `absolute` says)."""
     arguments.check(scores=scores, edges=edges, nodes=nodes, threshold=threshold, strategy=strategy, absolute=absolute,
-                    remove_dangling=remove_dangling)
+                    remove_dangling=remove_dangling, ratio=ratio)
+    if strategy == "ratio" and ratio is None:
+        raise ConfigError("strategy='ratio' takes ratio=, the share of the edges taken from the positive scores "
+                          "(e.g. ratio=0.8)")
+    if ratio is not None and strategy != "ratio":
+        raise ConfigError(f"ratio= is for strategy='ratio'; strategy {strategy!r} takes none")
     g = scores.graph
     key = (scores.scores.abs() if absolute else scores.scores).masked_fill(~scores.unit_mask, float("-inf"))
-    if strategy not in ("topn", "threshold", "greedy", "ilp"):
-        raise ConfigError(f"unknown strategy {strategy!r}; use topn, threshold, greedy or ilp")
+    if strategy not in ("topn", "threshold", "greedy", "ilp", "ratio"):
+        raise ConfigError(f"unknown strategy {strategy!r}; use topn, threshold, greedy, ilp or ratio")
     if scores.spans:
+        if ratio is not None:
+            raise ConfigError("position-aware scores are pruned by edges= or threshold= (strategy topn or threshold); "
+                              "got strategy=ratio")
         return _prune_units(scores, key, edges, nodes, threshold, strategy, absolute, remove_dangling)
     sizes = {"edges": edges, "nodes": nodes, "threshold": threshold}
     given = [name for name, value in sizes.items() if value is not None]
     if len(given) != 1:  # one way to size a circuit; a second one would be ignored
         raise ConfigError(f"give exactly one of edges=, nodes= or threshold=; got {', '.join(given) or 'none'}")
-    takes = {"greedy": "edges", "ilp": "edges", "threshold": "threshold"}.get(strategy)  # topn, the default, takes any
+    takes = {"greedy": "edges", "ilp": "edges", "ratio": "edges", "threshold": "threshold"}.get(strategy)  # topn, the default, takes any
     if takes not in (None, given[0]):
         raise ConfigError(f"the {strategy} strategy takes {takes}=, not {given[0]}=")
     if nodes is not None:
@@ -66,6 +77,9 @@ def prune(scores: EdgeScores, edges: int | None = None, *, nodes: int | None = N
             raise ConfigError(f"threshold must be a number, got {threshold!r}")
         threshold = value
         mask, strategy, chosen = key >= threshold, "threshold", {"threshold": threshold}
+    elif strategy == "ratio":
+        edges = count(edges, "edges", most=g.n_edges)
+        mask, chosen = by_sign(g, scores.scores, edges, ratio), {"edges": edges, "ratio": ratio}
     else:
         edges = count(edges, "edges", most=g.n_edges)
         mask = {"greedy": greedy, "ilp": best_connected}.get(strategy, lambda g, k, n: top_n(k, n))(g, key, edges)
@@ -129,6 +143,29 @@ def top_n(key: Tensor, n: int) -> Tensor:
     if n:
         mask[key.flatten().topk(n).indices] = True
     return mask.view_as(key)
+
+
+def by_sign(g: Graph, scores: Tensor, n: int, ratio: float) -> Tensor:
+    """The positive-negative ratio selection (PNR) of the Technion team's BlackboxNLP 2025 MIB shared-task paper
+    (Nikankin et al. 2025, "Improving Circuit Faithfulness via Better Edge Selection", arXiv 2510.25786): of n
+    edges, round(ratio·n) are the highest positive scores and the rest the most negative (largest |score| below
+    0), instead of the n largest |score| whatever their sign: edges that help the metric first (CPR), some that
+    hurt it kept for faithfulness (CMD). Where one sign has too few edges, the other fills the n (ours: the paper
+    does not say). Zero scores count as neither and come last. Test: tests/test_prune_ratio.py."""
+    s = scores.masked_fill(~g.edge_mask, float("nan")).flatten()
+    pos = (s > 0).nonzero()[:, 0]
+    neg = (s < 0).nonzero()[:, 0]
+    want = min(round(ratio * n), len(pos))
+    want = max(want, n - len(neg))  # too few negatives: more positives
+    pos = pos[s[pos].argsort(descending=True, stable=True)][: max(want, 0)]
+    neg = neg[s[neg].argsort(stable=True)][: n - len(pos)]
+    mask = torch.zeros(s.numel(), dtype=torch.bool)
+    mask[pos], mask[neg] = True, True
+    rest = n - int(mask.sum())  # too few non-zero scores: zeros by position
+    if rest > 0:
+        zeros = ((s == 0) & ~mask).nonzero()[:, 0][:rest]
+        mask[zeros] = True
+    return mask.view_as(scores)
 
 
 def node_order(key: Tensor) -> Tensor:

@@ -403,8 +403,9 @@ def builtin_tasks() -> dict[str, type[Task]]:
 
 
 def load_task(name_or_path: str | Task, n: int = 100, seed: int = 0, split: str = "train",
-              metric: str | Callable | None = None) -> Task:
-    """A built-in task by name, or a user task as "path/to/file.py:ClassName".
+              metric: str | Callable | None = None, path: str | Path | None = None) -> Task:
+    """A built-in task by name, a user task as "path/to/file.py:ClassName", or one of MIB's circuit-track
+    datasets as "mib:ioi" (mcqa, arithmetic-addition, ...) from its local copy in `path` (`circuitfind.mib_tasks`).
 
     metric: score and evaluate this task under another metric than its own (a built-in name or
     fn(logits, targets) -> [batch]), e.g. "logit-diff" where the task's prob-diff or KL saturates."""
@@ -415,6 +416,15 @@ def load_task(name_or_path: str | Task, n: int = 100, seed: int = 0, split: str 
             raise TaskError("metric= is for a task loaded by name; set it on a Task instance you built yourself")
         return name_or_path
     spec = str(name_or_path)
+    if path is not None and not spec.startswith("mib:"):
+        raise TaskError(f"path= is for MIB's datasets ('mib:ioi', ...), not task {spec!r}")
+    if spec.startswith("mib:"):
+        from circuitfind.mib_tasks import mib_task
+
+        task = mib_task(spec, path, n=n, seed=seed, split=split)
+        if metric is not None:
+            task.metric = metric
+        return task
     if ":" in spec and spec.split(":")[0].endswith(".py"):
         cls = _task_from_file(*spec.rsplit(":", 1))
     elif spec.endswith(".py") and Path(spec).is_file():  # the class is missing: name the file's tasks

@@ -118,6 +118,22 @@ def test_graddrop_is_the_mean_magnitude_over_dropped_layers_and_one_layer_is_ref
     s = next(iter(cf.methods.common.setups(model, task, "corrupted")))
     parts = [attribute(model, s.batch.clean, s.ablated, s.objective, drop_layer=l).abs() for l in range(2)]
     assert star.min() >= 0 and star.max() > 1e-3
-    assert torch.allclose(star, sum(parts) / 1, atol=1e-6)  # L − 1 = 1
+    logits = model.graph.logits_receiver
+    assert torch.allclose(star[:logits], sum(parts)[:logits] / 1, atol=1e-6)  # into a layer: L − 1 = 1
+    assert torch.allclose(star[logits], sum(parts)[logits] / 2, atol=1e-6)  # into the logits: in no layer, L = 2
     with pytest.raises(ConfigError, match="graddrop=false"):
         cf.score_edges(_linear_model(), Copy(n=3), "atp-star")
+
+
+def test_graddrop_is_the_magnitude_of_eap_on_edges_no_dropped_layer_reaches():
+    """The paper's normalisation, (1/(L − 1)) Σ_l over a node's L − 1 non-zero terms, leaves a score that no pass
+    changes at |ĉ|: so edges into the last layer and into the logits (whose gradients no dropped layer cuts)
+    score |EAP| exactly, the logits' too (mean over all L of its passes, none zero)."""
+    model = cf.from_hf(tiny_hf("gpt2")).double()  # (two layers)
+    task = cf.load_task("induction", n=4, metric="logit-diff")
+    star = cf.score_edges(model, task, "atp-star", qk_fix=False).scores
+    eap = cf.score_edges(model, task, "eap").scores
+    g = model.graph
+    last = [r for r in range(g.n_receivers) if int(g.receiver_layer[r]) >= model.cfg.n_layers - 1]
+    assert g.logits_receiver in last and eap[last].abs().max() > 1e-3
+    assert torch.allclose(star[last], eap[last].abs(), atol=1e-6)

@@ -27,7 +27,7 @@ LEVELS = {
     "evaluate": 4, "prune": 4, "inspect": 4, "uncertainty": 4, "plan": 4,  # (bootstrap intervals: evaluate and discover read them)
     "methods": 5, "arguments": 5,  # the public calls' argument rules: beside methods, which score_edges lives in
     "engine": 6,
-    "graph": 7, "task": 7, "metrics": 7, "circuit": 7, "tasks": 7, "spans": 7, "files": 7,
+    "graph": 7, "task": 7, "metrics": 7, "circuit": 7, "tasks": 7, "spans": 7, "files": 7, "mib_tasks": 7,
     "models": 8, "zoo_models": 8,
     "types": 9, "errors": 9,
 }

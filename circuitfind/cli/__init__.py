@@ -46,7 +46,7 @@ def _tasks(args) -> int:
     from circuitfind.task import builtin_tasks, load_task, metric_name
 
     if args.action == "show":
-        task = load_task(args.task, n=args.n, seed=args.seed, split=args.split, metric=args.metric)
+        task = load_task(args.task, n=args.n, seed=args.seed, split=args.split, metric=args.metric, path=args.task_path)
         model = None
         if args.model:  # the examples this model sees (a task may keep the words it holds as one token)
             from circuitfind.models.loading import load_model
@@ -99,7 +99,7 @@ def _stability(args) -> int:
     # every argument before the task or the model loads (the size against the graph once it is known)
     arguments.check(method=args.method, edges=args.edges, nodes=args.nodes, resamples=args.resamples, seeds=seeds,
                     ablation=args.ablation, seed=args.seed, level=args.level, n=args.n, options=options)
-    task = load_task(args.task, n=args.n, metric=args.metric)
+    task = load_task(args.task, n=args.n, metric=args.metric, path=args.task_path)
     model = load_model(args.model, experts=args.experts)
     st = stability(model, task, args.method, edges=args.edges, nodes=args.nodes, resamples=args.resamples,
                    seeds=seeds, ablation=args.ablation, seed=args.seed, level=args.level, quiet=False, **options)
@@ -127,7 +127,7 @@ def _discover(args) -> int:
               max_memory=args.max_memory)
     check_fits_before_loading(args)
     held = args.out is not None and Path(args.out).is_dir() and any(Path(args.out).iterdir())
-    task = load_task(args.task, n=args.n, seed=args.seed, metric=args.metric)
+    task = load_task(args.task, n=args.n, seed=args.seed, metric=args.metric, path=args.task_path)
     model = load_model(args.model, tokenizer=args.tokenizer, dtype=args.dtype, device=args.device,
                        experts=args.experts)
     try:
@@ -256,6 +256,7 @@ def _method_names() -> list[str]:
 
 EDGES_HELP = "circuit size (default: smallest MIB size reaching --target; acdc: the edges it kept)"
 METRIC_HELP = "score and evaluate under this metric instead of the task's own: logit-diff, prob-diff, kl, ce"
+TASK_PATH_HELP = "with --task mib:NAME: the directory of MIB's data for it (the hub dataset's files, e.g. mib-bench/ioi)"
 
 
 RESAMPLES_HELP = ("bootstrap resamples of the examples for error bars (e.g. 1000; default 0: none): intervals of "
@@ -275,8 +276,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("task", nargs="?", help="built-in name or path/to/file.py:ClassName (with show)")
     t.add_argument("-n", type=int, default=3)
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--split", default="train", choices=["train", "test"])
+    t.add_argument("--split", default="train", choices=["train", "validation", "test"],
+                   help="train or test (MIB's data: also validation)")
     t.add_argument("--metric", help=METRIC_HELP)
+    t.add_argument("--task-path", metavar="DIR", help=TASK_PATH_HELP)
     t.add_argument("--model", help="show: the examples this model sees, checked as discover checks them")
     t.add_argument("--tokenizer", help="show: the tokenizer's directory or hub id (default: the model's own)")
     t.set_defaults(run=_tasks)
@@ -284,9 +287,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--model", required=True, help="zoo name, local directory or hub id")
     d.add_argument("--tokenizer", help="directory or hub id of the tokenizer (default: the model's own)")
     d.add_argument("--experts", action="store_true", help=EXPERTS_HELP)
-    d.add_argument("--task", required=True, help="built-in task or path/to/file.py:ClassName")
+    d.add_argument("--task", required=True, help="built-in task, path/to/file.py:ClassName or mib:ioi (MIB's data)")
+    d.add_argument("--task-path", metavar="DIR", help=TASK_PATH_HELP)
     d.add_argument("--method", default="eap-ig", help="one of: " + ", ".join(_method_names()))
-    d.add_argument("--ablation", default="corrupted", help="corrupted, mean, mean-positional, zero, resample")
+    d.add_argument("--ablation", default="corrupted", help="corrupted, mean, mean-positional, zero, resample, optimal")
     d.add_argument("--metric", help=METRIC_HELP)
     d.add_argument("--out", help="run directory to write (written whole when the run is complete)")
     d.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
@@ -315,9 +319,10 @@ def build_parser() -> argparse.ArgumentParser:
                                           "resamples of the examples (and task seeds), their Jaccard overlaps")
     st.add_argument("--model", required=True, help="zoo name, local directory or hub id")
     st.add_argument("--experts", action="store_true", help=EXPERTS_HELP)
-    st.add_argument("--task", required=True, help="built-in task or path/to/file.py:ClassName")
+    st.add_argument("--task", required=True, help="built-in task, path/to/file.py:ClassName or mib:ioi (MIB's data)")
+    st.add_argument("--task-path", metavar="DIR", help=TASK_PATH_HELP)
     st.add_argument("--method", default="eap-ig", help="one of: " + ", ".join(_method_names()))
-    st.add_argument("--ablation", default="corrupted", help="corrupted, mean, mean-positional, zero, resample")
+    st.add_argument("--ablation", default="corrupted", help="corrupted, mean, mean-positional, zero, resample, optimal")
     st.add_argument("--metric", help=METRIC_HELP)
     size = st.add_mutually_exclusive_group(required=True)
     size.add_argument("--edges", type=int, help="the circuit's size in edges")

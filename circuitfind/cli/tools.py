@@ -100,21 +100,22 @@ def inspect(args) -> int:
 def export(args) -> int:
     from circuitfind.circuit import Circuit, EdgeScores
     from circuitfind.errors import ConfigError
-    from circuitfind.interop import mib_path, save_eap_ig, write_mib_submission
+    from circuitfind.interop import mib_path, mib_task_name, save_eap_ig, write_mib_submission
 
     if not (args.eap_ig or args.mib):
         raise ConfigError("say where to write: --eap-ig FILE and/or --mib DIR")
     scores = EdgeScores.load(args.dir)
     name = args.model_name or scores.model.split("/")[-1]
+    task = mib_task_name(scores.task)
     held = [p for p in ([Path(args.eap_ig)] if args.eap_ig else [])
-            + ([mib_path(args.mib, scores.task, name)] if args.mib else []) if p.exists()]
+            + ([mib_path(args.mib, task, name)] if args.mib else []) if p.exists()]
     if held and not args.overwrite:  # an earlier export is data, as a run directory is: replaced only when asked
         raise ConfigError(f"{held[0]} exists; pass --overwrite to replace it, or write elsewhere")
     if args.eap_ig:
         circuit = Circuit.load(Path(args.dir) / "circuit.json")
         print(f"wrote {save_eap_ig(args.eap_ig, scores, circuit)}")
     if args.mib:
-        print(f"wrote {write_mib_submission(args.mib, {(scores.task, name): scores})[0]}")
+        print(f"wrote {write_mib_submission(args.mib, {(task, name): scores})[0]}")
     return 0
 
 

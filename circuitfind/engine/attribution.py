@@ -93,7 +93,8 @@ class _Scorer:
 
 def attribute(model, inputs: Inputs, ablated: Tensor, objective: Objective, *,
               alphas: Sequence[float] = (1.0,), interpolate: str = "inputs", consume: bool = False,
-              shared: SharedPrefix | None = None, per_example: bool = False, drop_layer: int | None = None):
+              shared: SharedPrefix | None = None, per_example: bool = False, drop_layer: int | None = None,
+              relevance: str | None = None):
     """First-order edge scores [dst, src] (zero off the graph), averaged over the interpolation alphas.
 
     alphas: where to take gradients, as fractions of the way from the ablated run (0) to the clean
@@ -109,6 +110,8 @@ def attribute(model, inputs: Inputs, ablated: Tensor, objective: Objective, *,
     the same passes: the backward's products are split by example (4·batch·dst·src bytes more, no more FLOPs).
     drop_layer: AtP*'s GradDrop — the backward with layer `drop_layer`'s outputs treated as constants, so
     no gradient reaches a receiver through that layer (its own receivers score 0).
+    relevance: RelP's backward in place of the gradient ("lrp", or "lrp-ah" with attention patterns held
+    constant; `walk_grad.RELEVANCE`): g_v is then v's LRP propagation coefficient.
     """
     if not alphas:
         raise ConfigError("alphas must name at least one interpolation point")
@@ -132,14 +135,15 @@ def attribute(model, inputs: Inputs, ablated: Tensor, objective: Objective, *,
         with torch.enable_grad():  # whatever the caller's grad mode, this pass needs gradients
             if interpolate == "activations" and alpha != 1.0:
                 masks = (float(alpha) * g.edge_mask.to(model.device, model.dtype))[None]
-                walk = Walk(model, inputs, ablated, masks, on_grad=scorer, shared=shared, drop_layer=drop_layer)
+                walk = Walk(model, inputs, ablated, masks, on_grad=scorer, shared=shared, drop_layer=drop_layer,
+                            relevance=relevance)
             elif scorer.D is None:  # the clean run, recording D
                 walk = Walk(model, inputs, ablated, None, on_grad=scorer, record=True, overwrite_ablated=reuse,
-                            shared=shared, drop_layer=drop_layer)
+                            shared=shared, drop_layer=drop_layer, relevance=relevance)
             else:  # an interpolated input; no other sender's ablated output is read
                 zeros = ablated.new_zeros(g.n_senders, 1, 1, ablated.shape[-1])
                 walk = Walk(model, inputs, zeros, None, on_grad=scorer, input_alpha=float(alpha), input_ablated=input_abl,
-                            shared=shared, drop_layer=drop_layer)
+                            shared=shared, drop_layer=drop_layer, relevance=relevance)
             logits = walk.run()[0]
             if scorer.D is None:
                 scorer.D = walk.diffs().reshape(g.n_senders, -1)

@@ -26,7 +26,7 @@ from circuitfind.engine.shared_prefix import SharedPrefix
 from circuitfind.engine.store import DiffStore, Workspace, take
 from circuitfind.engine.walk_answer import AnswerPositions
 from circuitfind.engine.walk_experts import Experts
-from circuitfind.engine.walk_grad import Gradients
+from circuitfind.engine.walk_grad import Gradients, check_relevance
 from circuitfind.engine.walk_heads import Heads
 from circuitfind.engine.walk_ops import gather_at, spread
 from circuitfind.errors import ConfigError
@@ -47,7 +47,8 @@ class Walk(Heads, AnswerPositions, Gradients, Experts):
     input sender's difference (integrated gradients over the embeddings). overwrite_ablated (a
     recorded clean run over dense, contiguous ablated outputs [src, batch, pos, d]) writes D over
     the ablated outputs, each sender's after its last use: the caller gives that memory up and reads
-    D from `diffs()`. input_ablated [batch|1, pos|1, d]: the input sender's ablated output, in place
+    D from `diffs()`. relevance ("lrp" or "lrp-ah"; with on_grad): the backward RelP's, `walk_grad.RELEVANCE`.
+    input_ablated [batch|1, pos|1, d]: the input sender's ablated output, in place
     of ablated[0] (an unmasked, unrecorded walk reads no other ablated output: theirs cancel in the
     residual, so `ablated` may then be zeros [src, 1, 1, d]).
     """
@@ -56,8 +57,9 @@ class Walk(Heads, AnswerPositions, Gradients, Experts):
                  record: bool = False, on_grad: Callable[[Tensor, Tensor, slice | None], None] | None = None,
                  input_alpha: float = 1.0, branchable: bool = False, overwrite_ablated: bool = False,
                  input_ablated: Tensor | None = None, workspace: Workspace | None = None,
-                 shared: SharedPrefix | None = None, drop_layer: int | None = None):
+                 shared: SharedPrefix | None = None, drop_layer: int | None = None, relevance: str | None = None):
         self.model, self.cfg, self.g = model, model.cfg, model.graph
+        self.relevance = check_relevance(model, relevance, on_grad)
         # GradDrop (AtP*): layer drop_layer's outputs join the residual stream detached, so no receiver
         # gradient flows back through that layer (its own receivers' gradients are then zero)
         self.drop_layer = drop_layer
@@ -376,8 +378,9 @@ class Walk(Heads, AnswerPositions, Gradients, Experts):
                 x = x.view_as(x)  # a node of its own: its gradient is this receiver's alone
                 on_grad = self.on_grad  # not self: see _tracked_qkv
                 x.register_hook(lambda g: on_grad(rows, g.reshape(1, -1), None))
-        x = self.model.blocks[l].ln2(x.reshape(K, self.bp, self.p, self.d))
-        out = mlp(x)  # [K, b', pos, d]
+        lrp = self.relevance is not None
+        x = self.model.blocks[l].ln2(x.reshape(K, self.bp, self.p, self.d), lrp)
+        out = mlp(x, lrp) if lrp else mlp(x)  # [K, b', pos, d]
         diff = self._diff(torch.tensor([s]), out[None], abl[None], l)[0]
         self.resid, self.base = self.resid + add + self._kept(diff, l), self.base + add
 
@@ -393,7 +396,7 @@ class Walk(Heads, AnswerPositions, Gradients, Experts):
             x = x.view_as(x)
             on_grad, shape = self.on_grad, (self.bp, self.p, self.d)  # not self: see _tracked_qkv
             x.register_hook(lambda g: on_grad(rows, spread(g, pos, shape), None))
-        logits = self.model.unembed(x, wide=True)  # [K, b', vocab], float32 (the metric's resolution)
+        logits = self.model.unembed(x, wide=True, detach_scale=self.relevance is not None)  # [K, b', vocab], float32
         return logits.expand(self.k, -1, -1) if logits.shape[0] != self.k else logits
 
     def diffs(self) -> Tensor:

@@ -9,6 +9,30 @@ from torch import Tensor
 
 from circuitfind.engine.store import take
 from circuitfind.engine.walk_ops import out_minus, proj, transposed
+from circuitfind.errors import ConfigError
+
+# The backward's rules besides the gradient (`Walk(relevance=)`), RelP's (Jafari et al. 2025): every norm's
+# scale a constant (LRP's LN-rule), an activation's coefficient act(x)/x (identity rule), a gate's product
+# halved (half rule); "lrp-ah" also holds each attention pattern constant (AH-rule). Values are unchanged.
+RELEVANCE = ("lrp", "lrp-ah")
+
+
+def check_relevance(model, relevance: str | None, on_grad) -> str | None:
+    """`relevance` if the walk can take it; a ConfigError where it cannot, saying what to use instead."""
+    if relevance is None:
+        return None
+    if relevance not in RELEVANCE:
+        raise ConfigError(f"relevance must be one of {', '.join(RELEVANCE)} or None, got {relevance!r}")
+    if on_grad is None:
+        raise ConfigError("relevance rules change the backward only: give the walk on_grad")
+    cfg = model.cfg
+    quirks = [name for name, present in (("q/k norms", cfg.qk_norm), ("post-norms", cfg.post_norms),
+                                         ("mixture-of-experts MLPs", cfg.n_experts)) if present]
+    if quirks:
+        raise ConfigError(f"relevance rules are implemented for pre-norm dense models; {model.name!r} has "
+                          f"{', '.join(quirks)}: use eap or eap-ig on it")
+    return relevance
+
 
 # q/k/v receiver gradients are handed out this many elements at a time (16 MiB in fp32): a chunk of
 # positions, consumed by on_grad while still in cache, and no [3·heads, batch·pos, d] buffer
@@ -41,7 +65,8 @@ class Gradients:
         dh, a, B, p = self.cfg.d_head, len(heads), x.shape[0], x.shape[1]
         groups = heads // self.cfg.group_size
         parts = ((attn.w_q, attn.b_q, heads), (attn.w_k, attn.b_k, groups), (attn.w_v, attn.b_v, groups))
-        xn = ln(x)
+        lrp = self.relevance is not None
+        xn = ln(x, lrp)
         # separate products: autograd keeps the weights by reference, no gathered copies
         y = torch.cat([take(proj(xn, w, b, dh), idx, 1) for w, b, idx in parts], dim=1)  # [B, 3a, pos, d_head]
         bias = None if all(b is None for _, b, _ in parts) else torch.cat(
@@ -63,7 +88,8 @@ class Gradients:
             WT = workspace.get("weights", (3 * a, dh, d), g)
             torch.cat([transposed(w, dh, idx) for w, _, idx in parts], out=WT)  # [3a, d_head, d]
             for span, grad in ln.input_grads(x_flat, heads_first(g), WT, projected=projected, chunk=chunk,
-                                             buffer=workspace.get("grads", (3 * a * chunk * d,), g)):
+                                             buffer=workspace.get("grads", (3 * a * chunk * d,), g),
+                                             detach_scale=lrp):
                 on_grad(rows, grad.view(3 * a, -1), span)
 
         y.register_hook(pull_back)

@@ -125,7 +125,8 @@ class Heads:
             kv_heads = groups
         k, v = self._with_prefix(l, k, v, kv_heads)  # a shared prefix's keys and values in front
         z, _ = attn.attend(q, k, v, self._rope_rows(K, l), self._allowed_rows(l, K),
-                           q_rope=self._rope_query_rows(K, l), heads=heads)  # [B, a, pos, d_head]
+                           q_rope=self._rope_query_rows(K, l), heads=heads,
+                           detach_pattern=self.relevance == "lrp-ah")  # [B, a, pos, d_head]
         if self.on_grad is not None and self.masks is None and attn.post_norm is None:
             return self._tracked_head_diffs(l, attn, heads, z, senders, abl, K)
         z = z.transpose(0, 1).reshape(a, B * p, dh)

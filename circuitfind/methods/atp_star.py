@@ -6,14 +6,18 @@ components"), at the level of edges: EAP with its two fixes.
                every other edge is EAP's first-order score.
     GradDrop   the backward repeated L times, the l-th with layer l's outputs treated as constants
                (`attribute(..., drop_layer=l)`), and the score the mean magnitude over them,
-               (1 / (L − 1)) Σ_l |ĉ_l| (an edge into layer l scores 0 in pass l, hence L − 1): a score that
-               cancels along one path but not along the others is no longer ranked near 0. It is a
-               magnitude, so scores are ≥ 0 (graddrop=False keeps the signed QK-fixed EAP score).
+               (1 / (L − 1)) Σ_l |ĉ_l| for a node in layer l (the paper's eq.: its l-th term is 0, hence
+               L − 1; so a score no pass changes stays |ĉ|): a score that cancels along one path but not along
+               the others is no longer ranked near 0. In edge form the l-th term is 0 for an edge *into*
+               layer l; an edge into the logits is in no layer, has no zero term, and takes the mean over all
+               L, (1 / L) Σ_l |ĉ_l| (not 1/(L − 1), which would rank it L/(L − 1) times its magnitude). It is
+               a magnitude, so scores are ≥ 0 (graddrop=False keeps the signed QK-fixed EAP score).
 
 Cost: without GradDrop, EAP's two forwards and one backward plus one forward and backward of the plain model
 and, per layer, its heads' attention recomputed once per sender; GradDrop multiplies that by L.
 Tests: tests/test_atp_star.py (the QK fix equals exact patching on an attention-only model; the dropped
-layer's gradient against the edge-mask gradient of a masked forward that holds that layer constant).
+layer's gradient against the edge-mask gradient of a masked forward that holds that layer constant; GradDrop
+equal to |EAP| on the edges no dropped layer can reach: into the last layer and into the logits).
 """
 
 from __future__ import annotations
@@ -43,6 +47,9 @@ def score(model, task, cfg: AtPStarConfig, ablation: str = "corrupted", seed: in
                           f"{model.name!r} has {L} layer: use graddrop=false")
     refuse_gradient_at_clean_of_kl(task, "atp-star")
     drops = list(range(L)) if cfg.graddrop else [None]
+    # the passes in which an edge can score: all L but its receiver's own layer's (the logits: all L)
+    g = model.graph
+    passes = (L - (g.receiver_layer < L).long()).to(model.device)[:, None]  # [dst, 1]
     edges = 0
     for s in setups(model, task, ablation, seed, batch_size):
         D = _dense_diffs(model, s)
@@ -51,7 +58,7 @@ def score(model, task, cfg: AtPStarConfig, ablation: str = "corrupted", seed: in
             if cfg.qk_fix:
                 fixed, rows = qk_fixed(model, s.batch.clean, D, s.objective, drop_layer=drop)
                 raw[rows.to(raw.device)] = fixed[rows.to(fixed.device)].to(raw.device)
-            part = raw.abs() / (L - 1) if cfg.graddrop else -s.sign * raw
+            part = raw.abs() / passes if cfg.graddrop else -s.sign * raw
             edges = edges + s.weight * part
     return warn_if_all_zero(edges, task, "atp-star")
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from circuitfind.engine.ablation import ABLATIONS, ablated_outputs, mean_outputs
+from circuitfind.engine.ablation import ABLATIONS, ablated_outputs, mean_outputs, optimal_outputs
 from circuitfind.engine.patching import clean_logits, masked_forward
 from circuitfind.engine.shared_prefix import SharedPrefix, clean_run
 from circuitfind.errors import ConfigError, TaskError, count
@@ -77,6 +77,16 @@ class Batches:
         return (self._make(i) for i in range(self._n))
 
 
+def optimal_for(model, task: Task, prompts: list) -> Tensor:
+    """`optimal_outputs` over the task's prompts, trained once per (model, task): kept on the task instance,
+    keyed by the model and the prompts' shape (another split or size is another task instance)."""
+    cache = task.__dict__.setdefault("_optimal_ablation", {})
+    key = (id(model), model.name, str(model.dtype), tuple(tuple(p.tokens.shape) for p in prompts))
+    if key not in cache:
+        cache[key] = optimal_outputs(model, prompts)
+    return cache[key]
+
+
 def setups(model, task: Task, ablation: str, seed: int = 0, batch_size: int | None = None, *,
            denoising: bool = False, share_prefix: bool = True) -> Batches:
     """The task a batch of at most `batch_size` examples at a time (all at once by default): one Setup
@@ -110,6 +120,8 @@ def setups(model, task: Task, ablation: str, seed: int = 0, batch_size: int | No
         means = None
         if ablation in ("mean", "mean-positional"):  # over the whole task, whatever the batches
             means = mean_outputs(model, [part.clean for part in parts], positional=ablation == "mean-positional")
+        if ablation == "optimal":  # trained over the whole task once, kept on the task for this model
+            means = optimal_for(model, task, [part.clean for part in parts])
     name = task.metric if isinstance(task.metric, str) else None
     higher = HIGHER_IS_BETTER.get(name, task.higher_is_better)  # a built-in metric knows its direction
     metric, sign = resolve_metric(task.metric), 1.0 if higher else -1.0

@@ -222,16 +222,16 @@ class CircuitModel(nn.Module):
             return block.attn.b_o if block.attn.post_norm is None else None
         return block.mlp.b_out if block.mlp.post_norm is None else None
 
-    def unembed(self, resid: Tensor, wide: bool = False) -> Tensor:
+    def unembed(self, resid: Tensor, wide: bool = False, detach_scale: bool = False) -> Tensor:
         """resid [..., d_model] → logits [..., vocab] (final norm, unembedding, soft-capping).
 
         wide: in float32 whatever the model's dtype, for the few rows a metric reads. A metric is a
         difference of logits: in bfloat16, whose step at a logit of 8 is 0.03, most edges' exact effects
         would be rounding (on toy-lm IOI the median |effect| is 0.004; the median error against float32
-        falls from 0.012 to 0.003 with these logits)."""
+        falls from 0.012 to 0.003 with these logits). detach_scale: the final norm's, as `Norm.forward`'s."""
         if wide and resid.dtype.itemsize < 4:
             resid = resid.float()
-        x = self._hook("ln_final.hook_normalized", self.ln_final(resid))
+        x = self._hook("ln_final.hook_normalized", self.ln_final(resid, detach_scale))
         if self.W_U.dtype == x.dtype:
             logits = x @ self.W_U
         else:  # the weights widened a slice of the vocabulary at a time: no float32 copy of them is kept

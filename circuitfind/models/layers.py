@@ -55,9 +55,13 @@ class Norm(nn.Module):
         self.w = nn.Parameter(torch.ones(d)) if kind != "none" else None
         self.b = nn.Parameter(torch.zeros(d)) if kind == "layernorm" and bias else None
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, detach_scale: bool = False) -> Tensor:
+        """detach_scale: the normalisation factor (1/σ, 1/rms) a constant of the backward, the norm linear in x
+        (LRP's LN-rule, Ali et al. 2022, as RelP uses it); the value is the same."""
         if self.kind == "none":
             return x
+        if detach_scale:
+            return self._linear_in_scale(x)
         if self.kind == "layernorm":  # (weights cast to x: a half-precision model's final norm on float32 rows)
             w, b = self.w.to(x.dtype), None if self.b is None else self.b.to(x.dtype)
             return F.layer_norm(x, x.shape[-1:], w, b, self.eps)
@@ -65,6 +69,18 @@ class Norm(nn.Module):
         x32 = x.to(wide)
         normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return (normed * (self.offset + self.w.to(wide))).to(x.dtype)
+
+    def _linear_in_scale(self, x: Tensor) -> Tensor:
+        """forward(x) with the scale detached (`forward`'s detach_scale)."""
+        wide = torch.promote_types(x.dtype, torch.float32)
+        x32 = x.to(wide)
+        if self.kind == "layernorm":
+            x32 = x32 - x32.mean(-1, keepdim=True)
+            w = self.w.to(wide)
+        else:
+            w = self.offset + self.w.to(wide)
+        y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps).detach() * w
+        return (y if self.b is None else y + self.b.to(wide)).to(x.dtype)
 
     def project(self, x: Tensor, W: Tensor, bias: Tensor | None = None) -> Tensor:
         """forward(x) @ W (+ bias) without materialising forward(x): x [n, m, d], W [n, d, e] → [n, m, e].
@@ -90,7 +106,7 @@ class Norm(nn.Module):
         return y if bias is None else y + bias[:, None]
 
     def input_grads(self, x: Tensor, g: Tensor, WT: Tensor, *, projected: Tensor | None = None, chunk: int = 0,
-                    buffer: Tensor | None = None) -> Iterator[tuple[slice, Tensor]]:
+                    buffer: Tensor | None = None, detach_scale: bool = False) -> Iterator[tuple[slice, Tensor]]:
         """Gradients w.r.t. x [m, d] of y[a] = forward(x) @ W[a], given g [a, m, e] w.r.t. each y[a]
         and the weights transposed, WT [a, e, d] (a scratch copy: it is scaled in place by the norm's
         weight). One gradient per head a. Yields (rows, grad [a, len(rows), d]) for `chunk` rows of x
@@ -101,7 +117,8 @@ class Norm(nn.Module):
         gh = (inv·g) @ (w⊙W)ᵀ,  grad = gh − mean_d(gh) − mean_d(gh ⊙ x̂)·x̂  (RMSNorm: no mean term).
         Both means are computed at width e, so the only full-width product is gh. `projected`, the
         forward's forward(x) @ W[a] [a, m, e] if the caller kept it, saves recomputing x̂ @ (w⊙W).
-        Chunks keep gh small enough to be consumed from cache.
+        Chunks keep gh small enough to be consumed from cache. detach_scale: the VJP of `forward(x,
+        detach_scale=True)` (1/σ a constant): grad = gh − mean_d(gh) (RMSNorm: gh).
         """
         m, d = x.shape
         chunk = chunk or m
@@ -123,10 +140,12 @@ class Norm(nn.Module):
                 xs = xs - xs.mean(-1, keepdim=True)
             inv = torch.rsqrt(xs.pow(2).mean(-1, keepdim=True) + self.eps)  # [n, 1]
             xhat = (xs * inv).to(g.dtype)
-            xhat_W = torch.matmul(xhat, WT.transpose(1, 2)) if projected is None else projected[:, rows]  # [a, n, e]
+            xhat_W = None if detach_scale else torch.matmul(xhat, WT.transpose(1, 2)) if projected is None \
+                else projected[:, rows]  # [a, n, e]
             gi = g[:, rows] * inv.to(g.dtype)  # [a, n, e]
             grad = torch.bmm(gi, WT, out=out)  # gh [a, n, d]
-            grad.addcmul_((gi * xhat_W).sum(-1, keepdim=True), xhat, value=-1 / d)
+            if not detach_scale:
+                grad.addcmul_((gi * xhat_W).sum(-1, keepdim=True), xhat, value=-1 / d)
             if w_mean is not None:
                 grad.sub_(gi @ w_mean)
             yield rows, grad
@@ -233,7 +252,7 @@ class Attention(nn.Module):
     def attend(self, q: Tensor, k: Tensor, v: Tensor, rope: tuple[Tensor, Tensor] | None,
                allowed: Tensor, want_pattern: bool = False,
                q_rope: tuple[Tensor, Tensor] | None = None,
-               heads: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+               heads: Tensor | None = None, detach_pattern: bool = False) -> tuple[Tensor, Tensor | None]:
         """Attention from projected queries/keys/values to per-head mixed values.
 
         q: [..., head, q_pos, d_head]; k, v: [..., head or kv_head, pos, d_head] (biases added).
@@ -242,7 +261,8 @@ class Attention(nn.Module):
         than the keys (queries at the answer positions alone); allowed: bool, broadcastable to
         [..., head, q_pos, k_pos]; heads: which heads q holds ([a] long; None: all, in order), for
         per-head q/k norms and ALiBi slopes (k then holds one head per query head, or every kv head).
-        Returns z [..., head, q_pos, d_head] and, if asked, the pattern.
+        detach_pattern: the pattern a constant of the backward (LRP's AH-rule, Ali et al. 2022): no gradient
+        reaches q or k. Returns z [..., head, q_pos, d_head] and, if asked, the pattern.
         """
         cfg = self.cfg
         if self.q_norm is not None and cfg.qk_norm_width == "head":
@@ -262,7 +282,7 @@ class Attention(nn.Module):
         if k.shape[-3] != q.shape[-3]:
             k = k.repeat_interleave(q.shape[-3] // k.shape[-3], dim=-3)
             v = v.repeat_interleave(q.shape[-3] // v.shape[-3], dim=-3)
-        if not want_pattern and cfg.attn_softcap is None and self.sinks is None:
+        if not want_pattern and not detach_pattern and cfg.attn_softcap is None and self.sinks is None:
             z = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=cfg.scale)
             return z, None
         scores = (q @ k.transpose(-1, -2)) * cfg.scale
@@ -272,10 +292,12 @@ class Attention(nn.Module):
         scores = scores.to(torch.promote_types(scores.dtype, torch.float32))
         if self.sinks is None:
             pattern = torch.softmax(scores, dim=-1).to(q.dtype)
+            pattern = pattern.detach() if detach_pattern else pattern
             return pattern @ v, pattern
         sink = (self.sinks if heads is None else self.sinks[heads]).to(scores.dtype)  # [a]
         sink = sink[:, None, None].expand(*scores.shape[:-1], 1)  # a column in every row of the pattern
         pattern = torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1)[..., :-1].to(q.dtype)  # (rows sum < 1)
+        pattern = pattern.detach() if detach_pattern else pattern
         return pattern @ v, pattern
 
 
@@ -291,13 +313,18 @@ class MLP(nn.Module):
         self.post_norm = Norm("rmsnorm", cfg.d_model, cfg.norm_eps, cfg.norm_offset) if cfg.post_norms else None
         self.act = ACTIVATIONS[cfg.act_fn]
 
-    def hidden(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """x [..., d_model] (normed) → (pre-activation, post-activation), each [..., d_mlp]."""
+    def hidden(self, x: Tensor, relevance: bool = False) -> tuple[Tensor, Tensor]:
+        """x [..., d_model] (normed) → (pre-activation, post-activation), each [..., d_mlp].
+
+        relevance: the same values, with RelP's backward (Jafari et al. 2025): the activation by LRP's
+        identity rule (`identity_rule`), a gate's product by the half rule (`half_rule`)."""
         up = x @ self.w_in if self.b_in is None else torch.addmm(self.b_in, x.flatten(0, -2), self.w_in).view(*x.shape[:-1], -1)
+        act = (lambda t: identity_rule(self.act, t)) if relevance and self.act is not F.relu else self.act
         if self.w_gate is None:
-            return up, self.act(up)
+            return up, act(up)
         gate = x @ self.w_gate
-        return gate, self.act(gate) * up
+        post = act(gate) * up
+        return gate, half_rule(post) if relevance else post
 
     def output(self, post: Tensor) -> Tensor:
         """post [..., d_mlp] → block output [..., d_model] (bias excluded, post-norm included).
@@ -307,9 +334,26 @@ class MLP(nn.Module):
         out = post @ self.w_out
         return out if self.post_norm is None else self.post_norm(out)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """x [..., d_model] (normed) → block output [..., d_model] (bias excluded, as `output`)."""
-        return self.output(self.hidden(x)[1])
+    def forward(self, x: Tensor, relevance: bool = False) -> Tensor:
+        """x [..., d_model] (normed) → block output [..., d_model] (bias excluded, as `output`); relevance as
+        `hidden`."""
+        return self.output(self.hidden(x, relevance)[1])
+
+
+def identity_rule(act: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """act(x), whose backward passes act(x)/x (LRP's identity rule for an element-wise activation, Jafari et al.
+    2024, as in RelP: relevance passes through unchanged, R_in = R_out). x is stabilised away from 0 by 1e-6 as
+    the RelP code does (lrp_utils.stabilize), which leaves ReLU to its gradient (already relu(x)/x): so does `MLP`."""
+    z = act(x.detach())
+    xs = x.detach()
+    xs = xs + ((xs == 0).to(xs) + xs.sign()) * 1e-6
+    return z + (x - x.detach()) * (z / xs)
+
+
+def half_rule(y: Tensor) -> Tensor:
+    """y (a product of two factors, both depending on the input), whose backward is halved: each factor gets
+    half the relevance (LRP's half rule for multiplicative gates, Jafari et al. 2024; Arras et al. 2019)."""
+    return 0.5 * y + 0.5 * y.detach()
 
 
 class MoE(nn.Module):
