@@ -176,3 +176,18 @@ def tiny_model(family: str):
 @pytest.fixture(params=FAMILIES)
 def family(request):
     return request.param
+
+
+def no_norm_model(n_layers: int, act_fn: str):
+    """A small canonical model without norms, learned positions and random weights (float64): where first-order
+    scores are exact (act_fn "identity") or where LRP's rules are the gradient ("relu")."""
+    from circuitfind.models.canonical import CanonicalConfig, CircuitModel
+
+    torch.manual_seed(0)
+    cfg = CanonicalConfig(family="toy", n_layers=n_layers, d_model=16, n_heads=2, n_kv_heads=2, d_head=8, d_mlp=24,
+                          d_vocab=VOCAB, n_ctx=32, act_fn=act_fn, norm="none", positional="learned")
+    model = CircuitModel(cfg, qkv_bias=True, out_bias=True, mlp_bias=True, unembed_bias=False)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(std=0.3)
+    return model.double().eval().requires_grad_(False)

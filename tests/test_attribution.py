@@ -9,8 +9,7 @@ import circuitfind as cf
 from circuitfind.engine.ablation import ablated_outputs
 from circuitfind.engine.attribution import attribute
 from circuitfind.engine.patching import Inputs, masked_forward
-from circuitfind.models.canonical import CanonicalConfig, CircuitModel
-from tests.conftest import VOCAB, tiny_hf, tiny_model
+from tests.conftest import VOCAB, no_norm_model, tiny_hf, tiny_model
 
 
 def _objective(logits):
@@ -50,14 +49,7 @@ def test_scores_are_minus_mask_gradients_and_match_finite_differences(family):
 
 def _linear_model():
     """One layer, no norms, a linear MLP: everything downstream of v, m0 and logits is linear."""
-    torch.manual_seed(0)
-    cfg = CanonicalConfig(family="toy", n_layers=1, d_model=16, n_heads=2, n_kv_heads=2, d_head=8, d_mlp=24,
-                          d_vocab=VOCAB, n_ctx=32, act_fn="identity", norm="none", positional="learned")
-    model = CircuitModel(cfg, qkv_bias=True, out_bias=True, mlp_bias=True, unembed_bias=False)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(std=0.3)
-    return model.double().eval().requires_grad_(False)
+    return no_norm_model(1, "identity")
 
 
 def test_first_order_equals_exact_patching_where_linear():

@@ -12,8 +12,7 @@ import torch
 import circuitfind as cf
 from circuitfind.engine.attribution import attribute
 from circuitfind.errors import ConfigError
-from circuitfind.models.canonical import CanonicalConfig, CircuitModel
-from tests.conftest import VOCAB
+from tests.conftest import no_norm_model
 from tests.conftest import tiny_model
 from tests.reference import clean_outputs, reference_scores
 from tests.test_attribution import _linear_model
@@ -23,14 +22,7 @@ from tests.test_methods import Copy
 
 def _relu_model():
     """Two layers, no norms, ReLU MLPs (whose LRP rule is their gradient, as in the paper's code)."""
-    torch.manual_seed(0)
-    cfg = CanonicalConfig(family="toy", n_layers=2, d_model=16, n_heads=2, n_kv_heads=2, d_head=8, d_mlp=24,
-                          d_vocab=VOCAB, n_ctx=32, act_fn="relu", norm="none", positional="learned")
-    model = CircuitModel(cfg, qkv_bias=True, out_bias=True, mlp_bias=True, unembed_bias=False)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(std=0.3)
-    return model.double().eval().requires_grad_(False)
+    return no_norm_model(2, "relu")
 
 
 def test_relp_is_eap_where_its_rules_are_the_gradient():
