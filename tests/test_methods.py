@@ -625,7 +625,7 @@ def test_circuits_combine_and_overlap_as_edge_sets(model, tmp_path, capsys):
 
 BATCHED_CASES = [("eap", {}), ("eap-node", {}), ("eap-ig", {"steps": 3}), ("eap-ig-activations", {"steps": 2}),
                  ("eap-ig-node", {"steps": 2}), ("clean-corrupted", {}), ("exact", {}), ("exact-node", {}),
-                 ("ifr", {}), ("ifr", {"positions": "answer"}), ("acdc", {"threshold": 0.01})]
+                 ("ifr", {}), ("ifr", {"over": "answer"}), ("acdc", {"threshold": 0.01})]
 
 
 @pytest.mark.parametrize("ablation", ["corrupted", "mean", "mean-positional", "zero"])

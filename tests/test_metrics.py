@@ -84,7 +84,7 @@ def test_cmd_is_the_area_of_the_distance_from_one_on_either_side():
     task = cf.load_task("induction", n=8)
     scores = cf.score_edges(model, task, "exact")
 
-    def metrics(model, parts, masks, chunk, quiet, examples=None):  # (metric per mask, full's): the empty mask first
+    def metrics(model, parts, masks, chunk, quiet, examples=None, *spans):  # (metric per mask, full's): the empty mask first
         return torch.tensor([0.0] + [1.5] * (len(masks) - 1)), 1.0
     with mock.patch("circuitfind.evaluate._metric_of_masks", side_effect=metrics):
         curve = cf.faithfulness_curve(model, task, scores)

@@ -5,9 +5,9 @@ its proximity to that sum, max(‖x_v‖₁ − ‖x_v − y_u‖₁, 0), normal
 
     w[v, u] = prox(y_u, x_v) / Σ_u' prox(y_u', x_v)     at each example and position
 
-Edge scores average w over examples and positions (`positions="all"`) or take the answer position
-(`positions="answer"`); the routes are the edges with w ≥ τ (default 0.04):
-`prune(scores, threshold=0.04, absolute=False)`. `contribution_graph` gives one prompt's graph at
+Edge scores average w over examples and positions (`over="all"`) or take the answer position
+(`over="answer"`; named `positions` before position-aware scoring took the name); the routes are the edges
+with w ≥ τ (default 0.04): `prune(scores, threshold=0.04, absolute=False)`. `contribution_graph` gives one prompt's graph at
 one position, as the LLM Transparency Tool shows it. No ablation is involved.
 """
 
@@ -26,7 +26,7 @@ from circuitfind.methods.common import setups
 
 @dataclass(frozen=True)
 class IFRConfig:
-    positions: Literal["all", "answer"] = "all"  # mean share over every real token, or at the answer only
+    over: Literal["all", "answer"] = "all"  # mean share over every real token, or at the answer only
 
 
 def proximity_weights(model, inputs: Inputs) -> Tensor:
@@ -73,13 +73,13 @@ def contribution_graph(model, tokens: Tensor, position: int = -1) -> Tensor:
 
 
 def score(model, task, cfg: IFRConfig, ablation: str = "corrupted", seed: int = 0, batch_size: int | None = None):
-    if cfg.positions not in ("all", "answer"):
-        raise ConfigError(f"positions must be 'all' or 'answer', got {cfg.positions!r}")
+    if cfg.over not in ("all", "answer"):
+        raise ConfigError(f"over must be 'all' or 'answer', got {cfg.over!r}")
     total, count = 0, 0  # Σ of the shares averaged, and over how many (examples, or real tokens)
     for setup in setups(model, task, "zero", seed, batch_size):  # the batch and metric checks; IFR patches nothing
         inputs = setup.batch.clean
         w = proximity_weights(model, inputs)  # [dst, src, batch, pos]
-        if cfg.positions == "answer":
+        if cfg.over == "answer":
             total, count = total + w[:, :, torch.arange(inputs.batch), inputs.answer_pos].sum(-1), count + inputs.batch
         else:
             real = inputs.attention_mask.to(w.dtype)
