@@ -12,9 +12,10 @@ output at span s in v's input at span s, and for keys and values (u → v, t, s)
 the head's queries at span t: the cross-position edge of PEAP (Haklay et al. 2025, arXiv:2502.04577), taken
 through the sender that writes it. Summed over (t, s) a unit's first-order effect is the edge's.
 
-A head's keys and values are made once per query span (T copies), so a pass costs about T attention
-computations per layer; the mixing is dense, per position (`_mix`). This is the plain engine for position-aware
-circuits: it keeps every D [src, k, b, pos, d] and none of `walk.py`'s shortcuts. Tests: the full-span mask
+A head's keys and values are made once per query span (T copies, one where the mask rows agree), so a pass
+costs about T attention computations per layer; the mixing is per position, one product per span (`_mix`), and
+the clean run (every mask one) reads the residual stream instead. This is the plain engine for position-aware
+circuits: it keeps every D [src, k, b, pos, d] and none of `walk.py`'s other shortcuts. Tests: the full-span mask
 equals `masked_forward` (tests/test_positions.py), per-span exact patching equals a slow loop with the spans
 patched by hand, and per-span EAP summed over spans equals EAP.
 """
@@ -45,13 +46,17 @@ def _check(model, inputs: Inputs, ablated: Tensor, spans: Tensor, masks: Tensor,
 
 
 class _SpanWalk:
-    """One position-aware pass over k masks; with `track`, each receiver input is kept for its gradient."""
+    """One position-aware pass over k masks."""
 
     def __init__(self, model, inputs: Inputs, ablated: Tensor, spans: Tensor, masks: Tensor, T: int,
-                 input_alpha: float = 1.0, track: bool = False, residual: bool = False):
-        """residual: every mask is all ones (the clean run, gradients of attribution), so each receiver reads
-        the residual stream itself, one copy per read (its own gradient), and nothing is mixed."""
+                 input_alpha: float = 1.0, track: bool = False):
+        """Where every mask is all ones (the clean run) each receiver reads the residual stream itself and nothing
+        is mixed. track: that run with gradients, for attribution: one copy of the stream per read, kept
+        (`received`) for its own gradient."""
         _check(model, inputs, ablated, spans, masks, T)
+        self.clean = bool((masks == 1).all())
+        if track and not self.clean:
+            raise ConfigError("receiver gradients of the position-aware walk are taken in the clean run (masks of ones)")
         self.model, self.cfg, self.g = model, model.cfg, model.graph
         self.inputs, self.T, self.track = inputs, T, track
         b, p = inputs.tokens.shape
@@ -62,8 +67,8 @@ class _SpanWalk:
         pad[..., :T, :T] = masks.to(model.dtype) * self.g.edge_mask.to(masks.device, model.dtype)[..., None, None]
         self.M = pad  # [k, dst, src, T+1, T+1]
         self.abl = ablated.expand(self.g.n_senders, b, p, self.d)
-        self.input_alpha, self.residual = input_alpha, residual
-        self.resid: Tensor | None = None  # residual mode: the stream so far [k, b, p, d]
+        self.input_alpha = input_alpha
+        self.resid: Tensor | None = None  # the stream so far [k, b, p, d] (read in the clean run)
         self.D: list[Tensor] = []  # per sender [k, b, p, d]
         self.bias = torch.zeros(self.d, dtype=model.dtype, device=model.device)
         self.received: dict[int, list] = {}  # receiver → [(query span or None, its inputs [r, k, b, p, d], row)]
@@ -74,6 +79,7 @@ class _SpanWalk:
         self.unsort[order] = torch.arange(len(order), device=flat.device)
         self.abl_flat = self.abl.reshape(self.g.n_senders, -1)  # [src, b·p·d]
         self._base_cache: tuple = (None, None)
+        self._span_cache: tuple = (None, None)  # (senders then, per span (idx, D there))
         self._copies: dict = {}  # key/value rows → (senders then, their mask rows at the first query span, input)
 
     def _base(self, rows: Tensor) -> Tensor:
@@ -88,11 +94,11 @@ class _SpanWalk:
     def _by_span(self) -> list[tuple[Tensor, Tensor]]:
         """Per span s: its flat positions idx [n_s] (of b·p) and every stored D there as [k, S, n_s·d], made
         once per layer (D grows between layers only)."""
-        if getattr(self, "_cached", (None,))[0] != len(self.D):
+        if self._span_cache[0] != len(self.D):
             D = torch.stack(self.D).flatten(2, 3)  # [S, k, b·p, d]
             parts = [(idx, D[:, :, idx].permute(1, 0, 2, 3).flatten(2)) for idx in self.positions_of]
-            self._cached = (len(self.D), parts)
-        return self._cached[1]
+            self._span_cache = (len(self.D), parts)
+        return self._span_cache[1]
 
     def _mix(self, rows: Tensor, query_span: int | None) -> Tensor:
         """Inputs [r, k, b, p, d] of these receivers; query_span t: the copy keys and values of the queries at
@@ -109,27 +115,25 @@ class _SpanWalk:
         return x.reshape(r, self.k, self.b, self.p, self.d)
 
     def _read(self, rows: Tensor, query_span: int | None = None) -> Tensor:
-        x = None
-        if self.residual:
-            x = self.resid[None].expand(len(rows), -1, -1, -1, -1) + 0  # [r, k, b, p, d], a node of its own
-        elif query_span is not None:  # keys and values: the copy of an earlier query span whose mask rows agree
-            key = tuple(rows.tolist())
-            S, cached = len(self.D), self._copies.get(key)
-            M = self.M[:, rows, :S, query_span]  # [k, r, S, T+1]
-            if cached is not None and cached[0] == S and bool((cached[1] == M).all()):
-                x = cached[2] if not self.track else cached[2] + 0  # (its own node: its gradient is its queries')
-            elif cached is None or cached[0] != S:
-                self._copies[key] = (S, M, None)
-        if x is None:
-            x = self._mix(rows, query_span)
-            if query_span is not None and self._copies[tuple(rows.tolist())][2] is None:
-                S, M, _ = self._copies[tuple(rows.tolist())]
-                self._copies[tuple(rows.tolist())] = (S, M, x)
-                x = x + 0 if self.track else x  # (the shared input itself is no query span's)
-        if self.track:
-            x.retain_grad()
-            for i, r in enumerate(rows.tolist()):
-                self.received.setdefault(r, []).append((query_span, x, i))
+        """The inputs [r, k, b, p, d] of these receivers (`_mix`); for keys and values, the copy made for an
+        earlier query span where these rows' mask entries at this one agree with its."""
+        if self.clean:
+            x = self.resid[None].expand(len(rows), -1, -1, -1, -1)  # [r, k, b, p, d]
+            if self.track:
+                x = x + 0  # a node of its own: its gradient is this read's
+                x.retain_grad()
+                for i, r in enumerate(rows.tolist()):
+                    self.received.setdefault(r, []).append((query_span, x, i))
+            return x
+        if query_span is None:
+            return self._mix(rows, None)
+        key, S = tuple(rows.tolist()), len(self.D)
+        M = self.M[:, rows, :S, query_span]  # [k, r, S, T+1]
+        cached = self._copies.get(key)
+        if cached is not None and cached[0] == S:
+            return cached[2] if torch.equal(cached[1], M) else self._mix(rows, query_span)
+        x = self._mix(rows, query_span)
+        self._copies[key] = (S, M, x)
         return x
 
     def run(self) -> Tensor:
@@ -211,10 +215,10 @@ class _SpanWalk:
         self._add_bias(self.model.block_bias(l, "mlp"), out)
 
     def _add_bias(self, bias: Tensor | None, out: Tensor | None = None):
-        """Add a block's constant to the biases and (residual mode) its output and constant to the stream."""
+        """Add a block's constant to the biases and (the clean run) its output and constant to the stream."""
         if bias is not None:
             self.bias = self.bias + bias
-        if self.residual:
+        if self.clean:
             self.resid = self.resid + out + (0 if bias is None else bias)
 
 
@@ -246,7 +250,7 @@ def span_attribution(model, inputs: Inputs, ablated: Tensor, spans: Tensor, T: i
     at_span = [(s, idx, flat[:, idx].flatten(1)) for s, idx in enumerate(clean.positions_of) if len(idx)]
     scores = torch.zeros(g.n_receivers, g.n_senders, T, T, dtype=torch.float32, device=D.device)
     for alpha in alphas:
-        walk = _SpanWalk(model, inputs, ablated, spans, ones, T, input_alpha=alpha, track=True, residual=True)
+        walk = _SpanWalk(model, inputs, ablated, spans, ones, T, input_alpha=alpha, track=True)
         with torch.enable_grad():
             objective(walk.run()[0]).backward()
         for v, reads in walk.received.items():
@@ -275,8 +279,8 @@ def span_units(model, inputs: Inputs, spans: Tensor, T: int) -> Tensor:
     answer = torch.zeros(T, dtype=torch.bool)
     answer[spans[torch.arange(len(spans)), inputs.answer_pos.cpu()]] = True
     units = torch.zeros(g.n_receivers, T, T, dtype=torch.bool)
-    kinds = {g.qkv_receiver(l, kind, h): kind for l in range(g.n_layers) for kind in "kv" for h in range(g.n_heads)}
+    keys_values = {g.qkv_receiver(l, kind, h) for l in range(g.n_layers) for kind in "kv" for h in range(g.n_heads)}
     diagonal = torch.diag(present)
     for v in range(g.n_receivers):
-        units[v] = pairs if v in kinds else torch.diag(answer) if v == g.logits_receiver else diagonal
+        units[v] = pairs if v in keys_values else torch.diag(answer) if v == g.logits_receiver else diagonal
     return g.edge_mask[:, :, None, None] & units[:, None]
