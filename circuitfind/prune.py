@@ -49,9 +49,6 @@ def prune(scores: EdgeScores, edges: int | None = None, *, nodes: int | None = N
     if strategy not in ("topn", "threshold", "greedy", "ilp", "ratio"):
         raise ConfigError(f"unknown strategy {strategy!r}; use topn, threshold, greedy, ilp or ratio")
     if scores.spans:
-        if ratio is not None:
-            raise ConfigError("position-aware scores are pruned by edges= or threshold= (strategy topn or threshold); "
-                              "got strategy=ratio")
         return _prune_units(scores, key, edges, nodes, threshold, strategy, absolute, remove_dangling)
     sizes = {"edges": edges, "nodes": nodes, "threshold": threshold}
     given = [name for name, value in sizes.items() if value is not None]
@@ -96,7 +93,7 @@ def _prune_units(scores: EdgeScores, key: Tensor, edges, nodes, threshold, strat
                  remove_dangling: bool) -> Circuit:
     """`prune` of position-aware scores: the top (edge, span) units, or those scoring ≥ threshold, then
     units on no path from the input to the logits through the (node, span) graph removed."""
-    if nodes is not None or strategy in ("greedy", "ilp"):
+    if nodes is not None or strategy not in ("topn", "threshold"):
         raise ConfigError(f"position-aware scores are pruned by edges= or threshold= (strategy topn or threshold); "
                           f"got {'nodes=' if nodes is not None else 'strategy=' + strategy}")
     if (edges is None) == (threshold is None):
