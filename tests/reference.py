@@ -34,19 +34,7 @@ def reference_masked_logits(model, tokens, attention_mask, answer_pos, ablated, 
         rope = None if rope is None else tuple(t[:, None] for t in rope)
         raw = []
         for h in range(cfg.n_heads):
-            kv = h // cfg.group_size
-            qkv = []
-            for t, W, bvec, idx in (("q", attn.W_Q, attn.b_q, h), ("k", attn.W_K, attn.b_k, kv), ("v", attn.W_V, attn.b_v, kv)):
-                xn = block.ln1(receiver_input(g.qkv_receiver(l, t, h)))
-                if cfg.qk_norm_width == "all" and t != "v":  # normed over every head's projection of this input
-                    full = xn @ (attn.w_q if t == "q" else attn.w_k)
-                    full = full if bvec is None else full + bvec
-                    x = attn.full_norm(t, full).view(b, p, -1, cfg.d_head)[:, :, idx]
-                else:
-                    x = xn @ W[idx]
-                    if bvec is not None:
-                        x = x + bvec.view(-1, cfg.d_head)[idx]
-                qkv.append(x[:, None])  # [b, 1, p, d_head]
+            qkv = [head_part(model, block, t, h, receiver_input(g.qkv_receiver(l, t, h))) for t in "qkv"]
             z, _ = attn.attend(*qkv, rope, allowed, heads=torch.tensor([h]))
             raw.append(z[:, 0] @ attn.W_O[h])
         if attn.post_norm is not None:
@@ -69,6 +57,21 @@ def reference_masked_logits(model, tokens, attention_mask, answer_pos, ablated, 
             bias = bias + block.mlp.b_out
     x = receiver_input(g.logits_receiver)
     return model.unembed(x)[torch.arange(b), answer_pos]
+
+
+def head_part(model, block, kind: str, h: int, x):
+    """Head h's query, key or value ("q" | "k" | "v") from its receiver's input x [b, p, d]: [b, 1, p, d_head]
+    (q/k norms over every head's projection where the family has them)."""
+    cfg, attn = model.cfg, block.attn
+    kv = h // cfg.group_size
+    W, bvec, idx = {"q": (attn.W_Q, attn.b_q, h), "k": (attn.W_K, attn.b_k, kv), "v": (attn.W_V, attn.b_v, kv)}[kind]
+    xn = block.ln1(x)
+    if cfg.qk_norm_width == "all" and kind != "v":  # normed over every head's projection of this input
+        full = xn @ (attn.w_q if kind == "q" else attn.w_k)
+        full = full if bvec is None else full + bvec
+        return attn.full_norm(kind, full).view(*x.shape[:2], -1, cfg.d_head)[:, :, idx][:, None]
+    y = xn @ W[idx]
+    return (y if bvec is None else y + bvec.view(-1, cfg.d_head)[idx])[:, None]
 
 
 def expert_outputs(model, l, read):
@@ -229,17 +232,6 @@ def reference_span_logits(model, inputs, ablated, spans, mask):
                     x[i, j] = x[i, j] + w * outs[src][i, j] + (1 - w) * abl[src][i, j]
         return x
 
-    def head_part(block, kind, h, x):
-        attn, kv = block.attn, h // cfg.group_size
-        W, bvec, idx = {"q": (attn.W_Q, attn.b_q, h), "k": (attn.W_K, attn.b_k, kv), "v": (attn.W_V, attn.b_v, kv)}[kind]
-        xn = block.ln1(x)
-        if cfg.qk_norm_width == "all" and kind != "v":
-            full = xn @ (attn.w_q if kind == "q" else attn.w_k)
-            full = full if bvec is None else full + bvec
-            return attn.full_norm(kind, full).view(b, p, -1, cfg.d_head)[:, :, idx][:, None]
-        y = xn @ W[idx]
-        return (y if bvec is None else y + bvec.view(-1, cfg.d_head)[idx])[:, None]
-
     for l, block in enumerate(model.blocks):
         attn = block.attn
         allowed = model.allowed(attention_mask, l)
@@ -248,11 +240,11 @@ def reference_span_logits(model, inputs, ablated, spans, mask):
         mlp_in = receiver_input(g.mlp_receiver(l)) if cfg.parallel else None
         raw = []
         for h in range(cfg.n_heads):
-            q = head_part(block, "q", h, receiver_input(g.qkv_receiver(l, "q", h)))
+            q = head_part(model, block, "q", h, receiver_input(g.qkv_receiver(l, "q", h)))
             z = torch.zeros(b, p, cfg.d_head, dtype=model.dtype)
             for t in range(T):
-                k = head_part(block, "k", h, receiver_input(g.qkv_receiver(l, "k", h), t))
-                v = head_part(block, "v", h, receiver_input(g.qkv_receiver(l, "v", h), t))
+                k = head_part(model, block, "k", h, receiver_input(g.qkv_receiver(l, "k", h), t))
+                v = head_part(model, block, "v", h, receiver_input(g.qkv_receiver(l, "v", h), t))
                 zt, _ = attn.attend(q, k, v, rope, allowed, heads=torch.tensor([h]))
                 for i in range(b):
                     for j in range(p):
