@@ -6,9 +6,10 @@
 Units (`engine/positional.py`): (u → v, s), sender u's output at span s in receiver v's input at span s; for a
 key or value receiver (u → v, t, s), u at the key span s read by the head's queries at span t. Methods:
     eap     −⟨D_u, g_v⟩ over each unit's positions, one backward (per query span for keys and values); summed
-            over (t, s) it is EAP's score (test_span_eap_sums_to_eap).
+            over (t, s) it is EAP's score (test_span_eap_sums_to_eap_on_prompts_of_unequal_length).
     eap-ig  the same with g averaged over the input embedding interpolated at alpha = k/n (EAP-IG inputs,
-            `eap_ig.alphas`: MIB's points k = 1..n by default); sums to eap-ig (test_span_eap_ig_sums_to_eap_ig).
+            `eap_ig.alphas`: MIB's points k = 1..n by default); sums to eap-ig
+            (test_span_scores_sum_to_the_scores_without_positions).
     exact   each unit ablated alone, m(clean) − m(unit ablated) (test_span_exact_matches_a_slow_reference).
 Signs as every method's (`methods.common`): positive = the unit supports the task.
 """
