@@ -232,6 +232,12 @@ ABOUT = {"target": "the faithfulness the circuit must reach", "edges": "the circ
          "chunk": "circuits a forward", "max_memory": "the memory a run may use", "workers": "worker processes", "threshold": "the score an edge must reach"}
 
 
+def _sized(graph, n_edges: int):
+    """The sizes a graph bounds, with n_edges (edge, span) units in place of its edges."""
+    from types import SimpleNamespace
+    return SimpleNamespace(n_edges=n_edges, n_senders=graph.n_senders)
+
+
 def check(graph=None, **values) -> dict:
     """Each value checked by the rule of its name → the values as the call should use them (counts as
     ints, numbers as floats). `model` or `scores` (checked first) gives the graph sizes are checked
@@ -244,13 +250,11 @@ def check(graph=None, **values) -> dict:
     for name in ("model", "scores"):  # first: the graph the sizes are checked against
         if name in values:
             out[name] = RULES[name](values[name], name, None)
-            if graph is None and getattr(out[name], "spans", ()):  # sized in (edge, span) units
-                from types import SimpleNamespace
-                graph = SimpleNamespace(n_edges=out[name].n_edges, n_senders=out[name].graph.n_senders)
+            if graph is None and getattr(out[name], "spans", ()):  # scores sized in their (edge, span) units
+                graph = _sized(out[name].graph, out[name].n_edges)
             graph = graph if graph is not None else out[name].graph
-    if values.get("positions") is not None and graph is not None:  # a circuit sized in (edge, span) units
-        from types import SimpleNamespace
-        graph = SimpleNamespace(n_edges=2**62, n_senders=graph.n_senders)
+    if values.get("positions") is not None and graph is not None:  # units not counted yet: no bound on edges=
+        graph = _sized(graph, 2**62)
     for name, value in values.items():
         if name not in out:
             out[name] = RULES[name](value, label(name), graph)
