@@ -22,7 +22,7 @@ import circuitfind as cf  # noqa: E402
 TASKS = ("ioi", "greater-than", "sva", "gendered-pronoun", "capital-country", "arithmetic", "docstring", "mcqa",
          "induction")
 METHODS = [("eap", {}), ("eap-ig", {}), ("eap-ig-activations", {}), ("atp-star", {}),
-           ("atp-star", {"graddrop": False}), ("relp", {}), ("ensemble", {})]
+           ("atp-star", {"graddrop": False}), ("relp", {}), ("ensemble", {}), ("eap-gp", {})]
 
 
 def pearson(a, b) -> float:

@@ -94,7 +94,7 @@ class _Scorer:
 def attribute(model, inputs: Inputs, ablated: Tensor, objective: Objective, *,
               alphas: Sequence[float] = (1.0,), interpolate: str = "inputs", consume: bool = False,
               shared: SharedPrefix | None = None, per_example: bool = False, drop_layer: int | None = None,
-              relevance: str | None = None):
+              relevance: str | None = None, input_points: Sequence[Tensor] | None = None):
     """First-order edge scores [dst, src] (zero off the graph), averaged over the interpolation alphas.
 
     alphas: where to take gradients, as fractions of the way from the ablated run (0) to the clean
@@ -112,7 +112,11 @@ def attribute(model, inputs: Inputs, ablated: Tensor, objective: Objective, *,
     no gradient reaches a receiver through that layer (its own receivers score 0).
     relevance: RelP's backward in place of the gradient ("lrp", or "lrp-ah" with attention patterns held
     constant; `walk_grad.RELEVANCE`): g_v is then v's LRP propagation coefficient.
+    input_points: the input sender's output at each gradient pass [batch, pos, d] (EAP-GP's path,
+    `engine.gradient_path`), in place of alphas: the mean over these passes, D from a clean run of its own.
     """
+    if input_points is not None:
+        return _attribute_at_points(model, inputs, ablated, objective, list(input_points), per_example)
     if not alphas:
         raise ConfigError("alphas must name at least one interpolation point")
     if interpolate not in ("inputs", "activations"):
@@ -156,6 +160,33 @@ def attribute(model, inputs: Inputs, ablated: Tensor, objective: Objective, *,
     if per_example:
         return scores * on_graph, scorer.per_example * on_graph
     return scores * on_graph
+
+
+def _attribute_at_points(model, inputs: Inputs, ablated: Tensor, objective: Objective, points: list[Tensor],
+                         per_example: bool):
+    """`attribute` with the input sender's output given for each pass (input_points): D from the clean run,
+    then one backward a point, the input at that point and every other sender computed from it."""
+    g = model.graph
+    b, p = inputs.tokens.shape
+    if not points or any(tuple(x.shape) != (b, p, model.cfg.d_model) for x in points):
+        raise ConfigError(f"input_points must be one or more inputs [batch={b}, pos={p}, d_model={model.cfg.d_model}]")
+    scorer = _Scorer(g, model.device, 1.0 / len(points), b if per_example else None, model.cfg.d_model)
+    clean = Walk(model, inputs, ablated, None, record=True)
+    with torch.no_grad():
+        clean.run()
+    scorer.D = clean.diffs().reshape(g.n_senders, -1)
+    zeros = ablated.new_zeros(g.n_senders, 1, 1, ablated.shape[-1])  # an unmasked walk reads no other
+    for x in points:
+        with torch.enable_grad():
+            walk = Walk(model, inputs, zeros, None, on_grad=scorer, input_alpha=0.0, input_ablated=x.detach())
+            value = objective(walk.run()[0])
+            if value.ndim != 0:
+                raise ConfigError(f"the objective must return a scalar; got shape {tuple(value.shape)}")
+            value.backward()
+    on_graph = g.edge_mask.to(model.device)
+    if per_example:
+        return scorer.scores * on_graph, scorer.per_example * on_graph
+    return scorer.scores * on_graph
 
 
 def edge_mask_integrated_gradients(model, inputs: Inputs, ablated: Tensor, objective: Objective, *, steps: int = 5,

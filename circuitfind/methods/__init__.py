@@ -17,7 +17,7 @@ import typing
 import circuitfind.arguments as arguments
 from circuitfind.circuit import EdgeScores
 from circuitfind.errors import ConfigError, MetricError
-from circuitfind.methods import acdc, atp_star, eap, eap_ig, edge_pruning, ensemble, exact, ifr, positional, relp
+from circuitfind.methods import acdc, atp_star, eap, eap_gp, eap_ig, edge_pruning, ensemble, exact, ifr, positional, relp
 from circuitfind.metrics import non_finite_message, non_finite_node
 from circuitfind.task import Task, load_task
 
@@ -41,15 +41,17 @@ METHODS = {
     "atp-star": (atp_star.score, atp_star.AtPStarConfig, {}),
     "ensemble": (ensemble.score, ensemble.EnsembleConfig, {}),
     "relp": (relp.score, relp.RelPConfig, {}),
+    "eap-gp": (eap_gp.score, eap_gp.EAPGPConfig, {}),
 }
 LONG_RUNNING = ("exact", "exact-denoising", "acdc", "edge-pruning", "ensemble")  # methods with a progress bar
 # methods that take the task a batch of examples at a time (batch_size=): their scores, and ACDC's
 # metric of each circuit, are means over examples; edge pruning's training needs the whole task at once
 BATCHED = ("eap", "eap-ig", "eap-ig-activations", "eap-ig-edges", "eap-node", "eap-ig-node", "clean-corrupted", "exact",
-           "exact-node", "exact-denoising", "exact-node-denoising", "acdc", "ifr", "atp-star", "relp")
+           "exact-node", "exact-denoising", "exact-node-denoising", "acdc", "ifr", "atp-star", "relp",
+           "eap-gp")
 # methods whose scores are means over examples, each example's kept from the same passes (per_example=True)
 PER_EXAMPLE = ("eap", "eap-ig", "eap-ig-activations", "eap-node", "eap-ig-node", "clean-corrupted", "exact",
-               "exact-node", "exact-denoising", "exact-node-denoising", "relp")
+               "exact-node", "exact-denoising", "exact-node-denoising", "relp", "eap-gp")
 
 
 def takes_batches(method: str, ablation: str) -> bool:
