@@ -3,7 +3,8 @@ noising and denoising, CPR and CMD (MIB's faithfulness curve, the task's metric)
 EAP's, measured in the same run. atp-star with GradDrop scores magnitudes (≥ 0), so its r against signed exact
 patching is r against |exact| (marked); atp-star graddrop=false is signed. Prints a Markdown table.
 Run from the repository root: .venv/bin/python benchmarks/methods_table.py [n] [method,...|all] [task,...] (eap
-and eap-ig are always run: the time base and the CPR/CMD to beat). Prints the load average before and after.
+and eap-ig are always run: the time base and the CPR/CMD to beat; "eap-gp:step=0.25;steps=10" adds a method with
+options of its own). Prints the load average before and after.
 induction is scored on logit-diff (its KL is at its minimum at the clean run, where first-order methods refuse)."""
 
 from __future__ import annotations
@@ -31,6 +32,11 @@ def pearson(a, b) -> float:
 
 def main(n: int = 40, only: list[str] | None = None, tasks: list[str] | None = None):
     methods = [(m, o) for m, o in METHODS if only is None or m in only or m in ("eap", "eap-ig")]
+    for item in only or []:  # "eap-gp:step=0.25": a method with options of its own, beside the defaults
+        if ":" in item:
+            method, _, opts = item.partition(":")
+            methods.append((method, {k: float(v) if "." in v else int(v)
+                                     for k, v in (o.split("=") for o in opts.split(";"))}))
     methods = [(m, o) for m, o in methods if m in cf.methods.METHODS]
     model = cf.load_model("toy-lm").double()
     print(f"toy-lm, {model.graph.n_edges} edges, n={n}, corrupted ablation; load average {os.getloadavg()}\n")
@@ -46,7 +52,7 @@ def main(n: int = 40, only: list[str] | None = None, tasks: list[str] | None = N
         both = (noising + denoising) / 2
         rows, base = {}, None
         for method, opts in methods:
-            label = method + ("" if not opts else " (graddrop=false)")
+            label = method + ("" if not opts else " (" + ", ".join(f"{k}={str(v).lower()}" for k, v in opts.items()) + ")")
             start = time.perf_counter()
             scores = cf.score_edges(model, task, method, **opts)
             seconds = time.perf_counter() - start

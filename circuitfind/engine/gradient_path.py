@@ -30,7 +30,7 @@ from torch import Tensor
 from circuitfind.engine.walk import Inputs, Walk
 
 
-def _output_at(model, inputs: Inputs, x: Tensor) -> Tensor:
+def output_at(model, inputs: Inputs, x: Tensor) -> Tensor:
     """G(x): logits at the answer position [batch, vocab] with the input sender's output x [batch, pos, d]."""
     zeros = x.new_zeros(model.graph.n_senders, 1, 1, x.shape[-1])  # an unmasked walk reads no other ablated output
     return Walk(model, inputs, zeros, None, input_alpha=0.0, input_ablated=x).run()[0]
@@ -43,13 +43,13 @@ def gradient_path(model, inputs: Inputs, ablated: Tensor, steps: int, step: floa
     b, p = inputs.tokens.shape
     x_abl = ablated[0].expand(b, p, ablated.shape[-1])
     with torch.no_grad():
-        target = _output_at(model, inputs, x_abl)  # G(x')  [batch, vocab]
+        target = output_at(model, inputs, x_abl)  # G(x')  [batch, vocab]
         gamma = model.embed(inputs.tokens, model.positions(inputs.attention_mask))  # γ_0 = x
     path = []
     for _ in range(steps):
         with torch.enable_grad():
             gamma = gamma.detach().requires_grad_(True)
-            distance = (_output_at(model, inputs, gamma) - target).pow(2).sum()
+            distance = (output_at(model, inputs, gamma) - target).pow(2).sum()
             (grad,) = torch.autograd.grad(distance, gamma)
         norm = grad.flatten(1).norm(dim=1).clamp_min(1e-30).view(b, 1, 1)  # a zero gradient: no step
         gamma = (gamma - step * grad / norm).detach()
