@@ -107,29 +107,94 @@ def test_neurons_sum_to_the_mlps_direct_effect(toy):
     assert abs(n["neurons"][0]["contribution"]) >= abs(n["neurons"][-1]["contribution"])
 
 
-def test_intervention_matches_ci_compare(toy):
-    r = explore.intervene(toy, PROMPT, "m3", "scale", "-1", new_tokens=5)
-    iv = [ci.Intervention("m3", "scale", -1.0)]
+@pytest.fixture(scope="module")
+def sae(toy, tmp_path_factory):
+    """An SAE file on toy-lm's stream entering layer 3: 64 random latents, latent 0 decoding to the direction of
+    " store" (so steering it is steering resid:3, or m2, along that direction)."""
+    from safetensors.torch import save_file
+
+    d, n = toy.cfg.d_model, 64
+    g = torch.Generator().manual_seed(0)
+    W_dec = torch.randn(n, d, generator=g)
+    W_dec = W_dec / W_dec.norm(dim=1, keepdim=True)
+    W_dec[0] = ci.token_direction(toy, " store")
+    path = tmp_path_factory.mktemp("sae") / "toy-lm-resid3.safetensors"
+    save_file({"W_enc": torch.randn(d, n, generator=g) / d**0.5, "b_enc": torch.zeros(n), "W_dec": W_dec,
+               "b_dec": torch.zeros(d)}, str(path), metadata={"hook": "blocks.3.hook_resid_pre"})
+    return path
+
+
+def _intervened(model, iv, prompt=PROMPT, n=5):
+    """Python's answer for an intervention: the new top-1 (a forward under its hooks) and ci.compare's generation."""
     from circuitfind.inspect.interventions import hooks_for
 
-    with toy.hooks(hooks_for(toy, iv)):
-        after = toy(explore.prompt_tokens(toy, PROMPT))[0, -1]
-    assert r["top_after"][0][0] == toy.tokenizer.decode([int(after.argmax())])
-    assert r["intervened"] == ci.compare(toy, PROMPT, iv, 5)["intervened"]
-    for bad, match in ((("input", "zero"), "intervenes on a head"), (("m9", "zero"), "4 layers"),
-                       (("m1", "steer"), "'zero' or 'scale'")):
+    with model.hooks(hooks_for(model, [iv])):
+        after = model(model.to_tokens(prompt))[0, -1]
+    return model.tokenizer.decode([int(after.argmax())]), ci.compare(model, prompt, [iv], n)["intervened"]
+
+
+def _cases(toy, sae):
+    """(the page's fields, the ci.Intervention they stand for): every kind the panel offers."""
+    _, cache = toy.run_with_cache(toy.to_tokens(PROMPT), names_filter=[sae.hook])
+    top = int(sae.encode(cache[sae.hook])[0, -1].argmax())  # the latent most active at the last token
+    return [({"node": "m3", "kind": "scale", "value": "-1"}, ci.Intervention("m3", "scale", -1.0)),
+            ({"node": "a2.h1", "kind": "steer", "value": "40", "toward": " store", "away": " Mary"},
+             ci.Intervention("a2.h1", "steer", 40 * ci.token_direction(toy, " store", " Mary"))),
+            ({"node": "m2", "kind": "steer", "value": "30", "toward": " store"},
+             ci.Intervention("m2", "steer", 30 * ci.token_direction(toy, " store"))),
+            ({"node": "m1.n212", "kind": "steer", "value": "40"}, ci.Intervention("m1.n212", "steer", 40.0)),
+            ({"node": f"sae:{top}", "kind": "zero"}, ci.Intervention(f"sae:{top}", "zero", sae=sae)),
+            ({"node": f"sae:{top}", "kind": "scale", "value": "3"}, ci.Intervention(f"sae:{top}", "scale", 3.0, sae=sae)),
+            ({"node": "sae:0", "kind": "steer", "value": "30"}, ci.Intervention("sae:0", "steer", 30.0, sae=sae))]
+
+
+def test_interventions_match_ci_compare(toy, sae):
+    sae = ci.SAE.load(sae, model=toy)
+    for fields, iv in _cases(toy, sae):
+        r = explore.intervene(toy, PROMPT, new_tokens=5, sae=sae, **fields)
+        top1, generated = _intervened(toy, iv)
+        assert (r["top_after"][0][0], r["intervened"]) == (top1, generated), fields
+        assert r["top_after"] != r["top_before"], fields  # (each changes the prediction's distribution)
+    # latent 0 decodes to the direction of " store" at the stream entering layer 3: steering it is steering resid:3
+    # (and m2, which writes just before) by the same amount along that direction
+    latent = explore.intervene(toy, PROMPT, "sae:0", "steer", "30", 5, sae=sae)
+    for node in ("resid:3", "m2"):
+        r = explore.intervene(toy, PROMPT, node, "steer", "30", 5, toward=" store")
+        assert r["intervened"] == latent["intervened"] == " store store store store store"
+        for (w, p, _), (w2, p2, _) in zip(r["top_after"], latent["top_after"]):
+            assert w == w2 and p == pytest.approx(p2, abs=1e-4)
+    for args, kw, match in ((("input", "zero"), {}, "intervenes on a head"), (("m9", "zero"), {}, "4 layers"),
+                            (("m1", "flip"), {}, "'zero', 'scale' or 'steer'"),
+                            (("m1", "steer", "nan"), {"toward": " store"}, "finite number"),
+                            (("m1", "scale", "inf"), {}, "finite number"), (("m1", "steer", "x"), {}, "must be a number"),
+                            (("m1", "steer", "2"), {}, "give the token"),
+                            (("a0.h0", "steer", "2"), {"toward": "zzzqqq"}, "not in the vocabulary"),
+                            (("resid:2", "zero"), {}, "steered, not zeroed"),
+                            (("sae:3", "zero"), {}, "no SAE is loaded for toy-lm"),
+                            (("sae:64", "zero"), {"sae": sae}, "between 0 and 63"),
+                            (("sae:0", "steer", "-inf"), {"sae": sae}, "finite number")):
         with pytest.raises(ConfigError, match=match):
-            explore.intervene(toy, PROMPT, *bad)
+            explore.intervene(toy, PROMPT, *args, **kw)
 
 
 def test_examples_and_patchscope_are_ci_s(toy):
     r = explore.examples(toy, "m1.n212", "ioi", n=20)
     top = ci.top_activations(toy, cf.load_task("ioi", n=20, seed=0), "m1.n212", k=5)
     assert [e["context"] for e in r["examples"]] == [a.context for a in top] and len(top) == 5
-    p = explore.patchscope(toy, PROMPT, 4, -1)
-    assert p["layer"] == 1 and p["said"] == ci.patchscope(toy, PROMPT, 1, source_position=-1)
-    with pytest.raises(ConfigError, match="rows 2, 4"):
-        explore.patchscope(toy, PROMPT, 3, 0)
+    said = {}
+    for source, token in (("resid:2", -1), ("resid_mid:1", 4), ("a2.h1", -1), ("m0", 3), ("input", 2)):
+        p = explore.patchscope(toy, PROMPT, source, token)
+        said[source] = p["said"]
+        assert p["said"] == ci.patchscope(toy, PROMPT, source, source_position=token), source
+    assert said["resid:2"] == ci.patchscope(toy, PROMPT, 1)  # the stream entering layer 2 is the one after layer 1
+    assert len(set(said.values())) > 2  # (different states read differently)
+    assert explore.state_name(toy, 3) == "resid_mid:1" and explore.state_name(toy, 8) == "resid:4"
+    for source, match in (("m1.n5", "is a neuron"), ("resid_mid:4", "resid_mid:L with L in 0..3"), ("", "needs a source"),
+                          ("a9.h0", "4 layers")):
+        with pytest.raises(ConfigError, match=match):
+            explore.patchscope(toy, PROMPT, source)
+    with pytest.raises(ConfigError, match="not a row"):
+        explore.state_name(toy, 9)
     with pytest.raises(ConfigError, match="1..200"):
         explore.examples(toy, "m1.n2", "ioi", n=0)
 

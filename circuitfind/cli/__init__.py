@@ -11,7 +11,7 @@
     circuitfind inspect lens|why|generate|patchscope|top|flow ...   circuitfind.inspect.*
     circuitfind export DIR --eap-ig FILE                             circuitfind.interop.save_eap_ig
     circuitfind compare A B [C ...]    cf.overlap(Circuit.load(A), Circuit.load(B)) for each pair
-    circuitfind serve [--model M] [--runs DIR | --sweep S]          circuitfind.serve.serve(...)
+    circuitfind serve [--model M] [--sae M=PATH] [--runs DIR | --sweep S]  circuitfind.serve.serve(...)
 """
 
 from __future__ import annotations
@@ -432,6 +432,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; any other needs --token)")
     v.add_argument("--port", type=int, default=8765)
     v.add_argument("--token", help="the secret every request must carry (default off loopback: a generated one)")
+    v.add_argument("--sae", action="append", metavar="[MODEL=]PATH",
+                   help="an SAE (safetensors: W_enc, b_enc, W_dec, b_dec; the hook in its metadata) whose latents "
+                        "the intervention panel offers as sae:i for MODEL (repeatable; MODEL= may be left out "
+                        "with one --model)")
     v.add_argument("--device", default="cpu", help=DEVICE_HELP)
     v.set_defaults(run=serve)
     return parser

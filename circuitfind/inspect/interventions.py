@@ -162,9 +162,7 @@ def hooks_for(model, interventions) -> list:
     out = []
     for iv in interventions:
         if iv.node.startswith("sae:"):
-            if iv.sae.hook not in model.hook_names() or iv.sae.W_dec.shape[1] != model.cfg.d_model:
-                raise ConfigError(f"the SAE of {iv.node!r} reads {iv.sae.hook} at width {iv.sae.W_dec.shape[1]}, "
-                                  f"which {model.name!r} does not have")
+            iv.sae.check(model)
             out.append((iv.sae.hook, _sae_hook(iv, _latent(iv), _value(model, iv, number=True))))
             continue
         name, idx, constant = _site(model, iv.node)
