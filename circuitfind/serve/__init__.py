@@ -46,8 +46,8 @@ def loopback_host(header: str | None) -> bool:
         if end < 0 or (rest and not (rest.startswith(":") and rest[1:].isdigit())):
             return False
     else:
-        host, _, port = header.partition(":")
-        if ":" in port or (port and not port.isdigit()):
+        host, colon, port = header.partition(":")
+        if colon and not port.isdigit():
             return False
     return bool(host) and is_loopback(host)
 
@@ -97,15 +97,20 @@ def _saes(saes) -> dict:
 
 
 def sae_arguments(given, models) -> dict:
-    """`--sae MODEL=PATH` (repeatable), or `--sae PATH` when exactly one --model is named: {model: path}."""
+    """`--sae MODEL=PATH` (repeatable; MODEL any model the page offers), or `--sae PATH` when exactly one --model is
+    named: {model: path}."""
+    from pathlib import Path
+
     out = {}
     for text in given or []:
         name, eq, path = text.partition("=")
-        if not eq or name not in (models or []):
+        if not eq or not name or Path(text).is_file():  # a bare path (which may hold "=")
             if len(models or []) != 1:
-                raise ConfigError(f"--sae {text}: say which model the SAE is for, as --sae MODEL=PATH (MODEL one of "
-                                  f"the --model names: {', '.join(models or []) or 'none given'})")
+                raise ConfigError(f"--sae {text}: say which model the SAE is for, as --sae MODEL=PATH (or name "
+                                  f"exactly one --model; given: {', '.join(models or []) or 'none'})")
             name, path = models[0], text
+        if name in out:
+            raise ConfigError(f"two SAEs for {name!r}; the page takes one per model")
         out[name] = path
     return out
 
