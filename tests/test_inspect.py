@@ -419,12 +419,18 @@ def test_inspect_command_line(capsys, tmp_path):
     assert "a0.h0->a1.h0<k>" in capsys.readouterr().out and (tmp_path / "flow.pdf").exists()
     assert main(["inspect", "generate", "--model", "toy-induction", "--prompt", ids, "--ablate", "a1.h0", "-n", "2"]) == 0
     assert "intervened" in capsys.readouterr().out
+    import circuitfind as cf
+    for layer in ("resid_mid:1", "a1.h0", "1"):  # a Patchscope's source by layer or by name, as in Python
+        assert main(["inspect", "patchscope", "--model", "toy-induction", "--prompt", ids, "--layer", layer,
+                     "--target-prompt", "ids:3,4,5", "-n", "2"]) == 0
+        want = patchscope(cf.load_model("toy-induction"), ids, int(layer) if layer.isdigit() else layer,
+                          target_prompt="ids:3,4,5", max_new_tokens=2)
+        assert capsys.readouterr().out.strip() == str(want)
     assert main(["inspect", "top", "--model", "toy-induction", "--task", "induction", "--examples", "5", "--node",
                  "a1.h0", "-k", "2"]) == 0
     assert len(capsys.readouterr().out.strip().splitlines()) == 2
     assert main(["inspect", "why", "--model", "toy-induction", "--prompt", "ids:1,x"]) == 2
     # --position reaches why and flow as position= does in Python
-    import circuitfind as cf
     assert main(["inspect", "why", "--model", "toy-induction", "--prompt", ids, "--a", "12", "--b", "3",
                  "--position", "2"]) == 0
     want = why(cf.load_model("toy-induction"), ids, "12", "3", position=2).logit_diff

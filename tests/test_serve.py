@@ -146,7 +146,8 @@ def _cases(toy, sae):
              ci.Intervention("m2", "steer", 30 * ci.token_direction(toy, " store"))),
             ({"node": "m1.n212", "kind": "steer", "value": "40"}, ci.Intervention("m1.n212", "steer", 40.0)),
             ({"node": f"sae:{top}", "kind": "zero"}, ci.Intervention(f"sae:{top}", "zero", sae=sae)),
-            ({"node": f"sae:{top}", "kind": "scale", "value": "3"}, ci.Intervention(f"sae:{top}", "scale", 3.0, sae=sae)),
+            ({"node": f"sae:{top}", "kind": "scale", "value": "3"},
+             ci.Intervention(f"sae:{top}", "scale", 3.0, sae=sae)),
             ({"node": "sae:0", "kind": "steer", "value": "30"}, ci.Intervention("sae:0", "steer", 30.0, sae=sae))]
 
 
@@ -169,7 +170,8 @@ def test_interventions_match_ci_compare(toy, sae):
     for args, kw, match in ((("input", "zero"), {}, "intervenes on a head"), (("m9", "zero"), {}, "4 layers"),
                             (("m1", "flip"), {}, "'zero', 'scale' or 'steer'"),
                             (("m1", "steer", "nan"), {"toward": " store"}, "finite number"),
-                            (("m1", "scale", "inf"), {}, "finite number"), (("m1", "steer", "x"), {}, "must be a number"),
+                            (("m1", "scale", "inf"), {}, "finite number"),
+                            (("m1", "steer", "x"), {}, "must be a number"),
                             (("m1", "steer", "2"), {}, "give the token"),
                             (("a0.h0", "steer", "2"), {"toward": "zzzqqq"}, "not in the vocabulary"),
                             (("resid:2", "zero"), {}, "steered, not zeroed"),
@@ -192,8 +194,8 @@ def test_examples_and_patchscope_are_ci_s(toy):
     assert said["resid:2"] == ci.patchscope(toy, PROMPT, 1)  # the stream entering layer 2 is the one after layer 1
     assert len(set(said.values())) > 2  # (different states read differently)
     assert explore.state_name(toy, 3) == "resid_mid:1" and explore.state_name(toy, 8) == "resid:4"
-    for source, match in (("m1.n5", "is a neuron"), ("resid_mid:4", "resid_mid:L with L in 0..3"), ("", "needs a source"),
-                          ("a9.h0", "4 layers")):
+    for source, match in (("m1.n5", "is a neuron"), ("resid_mid:4", "resid_mid:L with L in 0..3"),
+                          ("", "needs a source"), ("a9.h0", "4 layers")):
         with pytest.raises(ConfigError, match=match):
             explore.patchscope(toy, PROMPT, source)
     with pytest.raises(ConfigError, match="not a row"):
@@ -629,7 +631,8 @@ def _intervene_in_page(page, fields):
             page.fill(f"#iv-{key}", fields[key])
     page.evaluate("document.getElementById('iv-out').replaceChildren()")
     page.click("#iv-run")
-    page.wait_for_function("document.querySelector('#iv-after td.next') || document.getElementById('error').textContent")
+    page.wait_for_function("document.querySelector('#iv-after td.next') || "
+                           "document.getElementById('error').textContent")
     assert not page.inner_text("#error"), page.inner_text("#error")
     probs = page.locator("#iv-after td.num").evaluate_all("cs => cs.map(c => +c.dataset.value)")
     return page.locator("#iv-after td.next").first.inner_text(), page.inner_text("#iv-after .generation"), probs
