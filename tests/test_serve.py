@@ -592,6 +592,10 @@ def test_prompt_view_in_a_real_browser(server, browser, toy, tmp_path):
         shot = SHOTS / "explorer.png" if os.environ.get("CIRCUITFIND_SCREENSHOTS") == "1" else tmp_path / "explorer.png"
         page.screenshot(path=str(shot))
         assert shot.stat().st_size > 20_000
+        page.click("#head-patchscope")  # the head's output at its query token, read by a Patchscope
+        page.wait_for_function("document.getElementById('head-patchscope-out').textContent.length > 0")
+        said = ci.patchscope(toy, PROMPT, "a2.h1", source_position=-1)
+        assert page.inner_text("#head-patchscope-out").endswith(f"the model says {json.dumps(said)}")
 
 
 
@@ -642,7 +646,7 @@ def _error_shown(page, message):
     page.wait_for_function(f"document.getElementById('error').textContent.includes({json.dumps(message)})")
 
 
-def test_steering_sae_latents_and_patchscopes_in_a_real_browser(server, browser, toy, sae):
+def test_steering_sae_latents_and_patchscopes_in_a_real_browser(server, browser, toy, sae, tmp_path):
     """Every kind of the panel (steer a head, an MLP, a neuron; zero, scale, steer an SAE latent) gives Python's new
     top-1 and generation; the Patchscope form reads a head's output and a state after attention as ci.patchscope
     does; bad input is shown in the page and the next request is answered."""
@@ -658,11 +662,20 @@ def test_steering_sae_latents_and_patchscopes_in_a_real_browser(server, browser,
             assert (shown_top1, shown_generated) == (top1, generated.strip()), fields
             assert shown_probs == pytest.approx(probs, abs=1e-5), fields  # (the top-5 probabilities too)
             assert page.inner_text("#iv-after h3").startswith(fields["node"])
-        page.fill("#iv-node", "a2.h1")
-        page.select_option("#iv-kind", "steer")
-        assert page.is_visible("#iv-toward") and "token_direction" in page.inner_text("#iv-help")
         page.fill("#iv-node", "sae:3")
+        page.select_option("#iv-kind", "steer")
         assert not page.is_visible("#iv-toward") and "decoder row" in page.inner_text("#iv-help")
+        page.set_viewport_size({"width": 1400, "height": 760})
+        page.click("#why-run")
+        page.wait_for_selector("#why-table tbody tr")
+        fields, _ = _cases(toy, sae)[1]  # steer a2.h1 toward " store", away from " Mary"
+        _intervene_in_page(page, fields)
+        assert page.is_visible("#iv-toward") and "token_direction" in page.inner_text("#iv-help")
+        # the docs' picture of the panel: CIRCUITFIND_SCREENSHOTS=1 writes it into docs/images/
+        shot = SHOTS / "explorer-intervene.png" if os.environ.get("CIRCUITFIND_SCREENSHOTS") == "1" \
+            else tmp_path / "explorer-intervene.png"
+        page.screenshot(path=str(shot))
+        assert shot.stat().st_size > 20_000
 
         for fields, message in (({"node": "sae:64", "kind": "zero"}, "between 0 and 63"),
                                 ({"node": "m1", "kind": "steer", "value": "inf", "toward": " store"}, "finite number"),
