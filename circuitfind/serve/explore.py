@@ -176,9 +176,9 @@ def intervention(model, node: str, kind: str = "zero", value=None, toward=None, 
                           "toward (and, if you like, one to steer away from)")
     away = away if isinstance(away, str) and away != "" else None
     direction = ci.token_direction(model, toward, away)
-    said = repr(toward) + ("" if away is None else f" − {away!r}")
+    said = f"toward {toward!r}" + ("" if away is None else f", away from {away!r}")
     return (ci.Intervention(node, "steer", coefficient * direction, sae=sae),
-            f"{node} steered: {coefficient:+g} × the direction of {said}")
+            f"{node} steered {said}: {coefficient:+g} × ci.token_direction")
 
 
 @torch.no_grad()
