@@ -2,10 +2,12 @@
 
     from circuitfind.serve import create_app, serve
     serve(models=["toy-lm"], runs="runs/", port=8765)       # blocks; http://127.0.0.1:8765/
+    serve(models=["toy-lm"], saes={"toy-lm": "sae.safetensors"})   # its latents in the intervention panel
 
 Views: a prompt's prediction and token-by-layer graph (click a state for its logit lens, an attention edge for its
 heads, their patterns and why they attend, an FFN edge for the MLP's top neurons), "why A not B" with an
-intervention panel, and the runs under `runs` (or a sweep store's jobs) drawn as report.html draws them.
+intervention panel (zero, scale or steer a head, an MLP, a neuron or an SAE latent) and a Patchscope from any state
+or node, and the runs under `runs` (or a sweep store's jobs) drawn as report.html draws them.
 Starlette and uvicorn (`pip install circuitfind[serve]`); every asset is shipped in the package.
 """
 

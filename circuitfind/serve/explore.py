@@ -1,6 +1,7 @@
 """What the explorer's prompt and contrast views compute, each a plain function of (model, request) → JSON-ready
 dict, checked before any work: the prompt's prediction and token-by-layer graph, a residual state's logit lens, an
-MLP's top neurons, "why A not B", and an intervention's new top-k and generation."""
+MLP's top neurons, "why A not B", an intervention's new top-k and generation (zero, scale or steer; SAE latents), and
+a Patchscope from any residual state or a head's or an MLP's output."""
 
 from __future__ import annotations
 
