@@ -21,6 +21,7 @@ from circuitfind.inspect import (
     logit_lens,
     mean_of,
     patchscope,
+    token_direction,
     top_activations,
     why,
 )
@@ -195,6 +196,144 @@ def test_patchscope_identity_and_across_models(model):
         patchscope(model, PROMPT, 0, mapping=lambda h: h[:4])
 
 
+def _greedy(model, tokens, n, hooks):
+    """A plain greedy loop under hooks (the reference for generation under an intervention): new ids."""
+    with model.hooks(hooks):
+        for _ in range(n):
+            tokens = torch.cat([tokens, model(tokens)[0, -1].argmax()[None, None]], dim=-1)
+    return tokens[0, -n:].tolist()
+
+
+def _said(model, tokens, ids):
+    """New ids as generate writes them (reading on from the prompt's text)."""
+    from circuitfind.inspect.common import text_after
+
+    return text_after(model, tokens[0].tolist(), ids)
+
+
+def test_patchscope_from_a_state_after_attention_and_from_a_head(model):
+    """The source vector rebuilt without the hooks it is read at (resid_mid = resid_pre + attention output; a head's
+    output = its z times its W_O), patched by hand into the target's state after that layer's attention."""
+    tokens = model.to_tokens(PROMPT)
+    target = model.to_tokens("The students behind the cars")
+    _, cache = model.run_with_cache(tokens, names_filter=["blocks.1.hook_resid_pre", "blocks.1.hook_attn_out",
+                                                          "blocks.1.attn.hook_z"])
+    mid = (cache["blocks.1.hook_resid_pre"] + cache["blocks.1.hook_attn_out"])[0, 4]
+    head = cache["blocks.1.attn.hook_z"][0, -1, 1] @ model.blocks[1].attn.W_O[1]
+    for source, position, vector in (("resid_mid:1", 4, mid), ("a1.h1", -1, head)):
+        def patch(x, name, vector=vector):
+            x = x.clone()
+            x[:, -1 if x.shape[1] == target.shape[1] else target.shape[1] - 1] = vector
+            return x
+        want = _said(model, target, _greedy(model, target, 3, {"blocks.1.hook_resid_mid": patch}))
+        got = patchscope(model, PROMPT, source, source_position=position, target_prompt="The students behind the cars",
+                         max_new_tokens=3)
+        assert got == want, source
+    assert patchscope(model, PROMPT, "m0", target_prompt=PROMPT, target_layer=0) != patchscope(model, PROMPT, 0,
+                                                                                               target_prompt=PROMPT)
+    assert patchscope(model, PROMPT, "resid:2") == patchscope(model, PROMPT, 1)  # entering layer 2 = after layer 1
+    assert patchscope(model, PROMPT, "input") == patchscope(model, PROMPT, "resid:0")
+    for source, target_layer, match in (("m0.n3", None, "is a neuron"), ("resid_mid:2", None, "resid_mid:L with L"),
+                                        ("resid:3", None, "resid:L with L in 0..2"), ("a1.h1", "a0.h0", "writes into")):
+        with pytest.raises(ConfigError, match=match):
+            patchscope(model, PROMPT, source, target_layer=target_layer)
+
+
+def test_token_direction_is_the_gradient_through_the_frozen_final_norm(model):
+    """The unit direction raising logit(A) − logit(B) most: the gradient of that difference w.r.t. the final
+    residual, with the norm's scale held at its value (by autograd, the norm written out here)."""
+    from tests.conftest import tiny_model
+
+    for m, a, b in ((model, " Mary", " John"), (model, " Mary", None), (tiny_model("llama").double(), 7, 11)):
+        x = torch.randn(m.cfg.d_model, dtype=m.dtype, requires_grad=True)
+        norm = m.ln_final
+        if norm.kind == "layernorm":
+            y = (x - x.mean()) / (x.var(unbiased=False) + norm.eps).sqrt().detach() * norm.w
+        else:
+            y = x / (x.pow(2).mean() + norm.eps).sqrt().detach() * (norm.offset + norm.w)
+        logits = y @ m.W_U
+        ia, ib = (None if t is None else t if isinstance(t, int) else m.tokenizer(t, add_special_tokens=False)
+                  ["input_ids"][0] for t in (a, b))
+        (logits[ia] - (logits[ib] if ib is not None else 0)).backward()
+        d = token_direction(m, a, b)
+        assert float(d.norm()) == pytest.approx(1.0, abs=1e-9)
+        torch.testing.assert_close(d, x.grad / x.grad.norm(), atol=1e-9, rtol=1e-7)
+    with pytest.raises(ConfigError, match="same token"):
+        token_direction(model, " Mary", " Mary")
+
+
+def test_steering_a_head_an_mlp_and_a_neuron(model):
+    """A steer's vector (or number) lands where the node writes: a head's on the attention output, an MLP's on the
+    stream after its layer, a neuron's c times its output row W_out[i] there too (plain hooks, no intervention)."""
+    from circuitfind.inspect.interventions import hooks_for
+
+    tokens = model.to_tokens(PROMPT)
+    v = 5 * token_direction(model, " Mary", " John")
+    W_out = model.blocks[0].mlp.w_out  # [d_mlp, d]
+    add = lambda u: lambda x, name: x + u  # noqa: E731
+    for iv, reference in ((Intervention("a1.h0", "steer", v), {"blocks.1.hook_attn_out": add(v)}),
+                          (Intervention("m1", "steer", v), {"blocks.1.hook_resid_post": add(v)}),
+                          (Intervention("m0.n7", "steer", 3.0), {"blocks.0.hook_resid_post": add(3.0 * W_out[7])})):
+        with model.hooks(hooks_for(model, [iv])):
+            got = model(tokens)[0, -1]
+        with model.hooks(reference):
+            want = model(tokens)[0, -1]
+        torch.testing.assert_close(got, want, atol=1e-9, rtol=1e-9)
+        assert not torch.allclose(got, model(tokens)[0, -1])
+        want = _said(model, tokens, _greedy(model, tokens, 4, reference))
+        assert compare(model, PROMPT, [iv], 4)["intervened"] == want
+    for iv, match in ((Intervention("m0.n7", "steer", v), "a number here"), (Intervention("a0.h1", "steer", 2.0),
+                      "adds a vector of d_model = 32"), (Intervention("m0", "scale", float("inf")), "must be finite"),
+                      (Intervention("a0.h1", "steer", v * float("nan")), "must be finite")):
+        with pytest.raises(ConfigError, match=match):
+            generate(model, PROMPT, 1, [iv])
+
+
+def test_sae_latent_interventions(model, tmp_path):
+    """On an exact SAE (latent i = relu(x_i), latent d + i = relu(−x_i)): zeroing latent c clamps x_c at 0 from
+    above, scaling it by 3 adds 2 relu(x_c), steering latent d + c by 1.5 subtracts 1.5 from x_c — edited by hand."""
+    d = model.cfg.d_model
+    hook = "blocks.0.hook_resid_post"
+    eye = torch.eye(d)
+    save_file({"W_enc": torch.cat([eye, -eye], 1), "b_enc": torch.zeros(2 * d), "W_dec": torch.cat([eye, -eye], 0),
+               "b_dec": torch.zeros(d)}, str(tmp_path / "sae.safetensors"), metadata={"hook": hook})
+    sae = SAE.load(tmp_path / "sae.safetensors", model=model)
+    from circuitfind.inspect.interventions import hooks_for
+
+    tokens = model.to_tokens(PROMPT)
+    _, cache = model.run_with_cache(tokens, names_filter=[hook])
+    x = cache[hook][0]
+    c = int(((x > 0).any(0) & (x < 0).any(0)).nonzero()[0])  # a coordinate of both signs: both its latents fire
+
+    def edit(fn):
+        def change(x, name):
+            x = x.clone()
+            x[..., c] = fn(x[..., c])
+            return x
+        return {hook: change}
+    mean = mean_of(model, f"sae:{c}", [PROMPT], sae=sae)
+    assert float(mean) == pytest.approx(float(x[:, c].clamp(min=0).mean()), abs=1e-7)  # (an SAE encodes in float32)
+    for iv, reference in ((Intervention(f"sae:{c}", "zero", sae=sae), edit(lambda x: x.clamp(max=0))),
+                          (Intervention(f"sae:{c}", "scale", 3.0, sae=sae), edit(lambda x: x + 2 * x.clamp(min=0))),
+                          (Intervention(f"sae:{d + c}", "steer", 1.5, sae=sae), edit(lambda x: x - 1.5)),
+                          (Intervention(f"sae:{c}", "mean", mean, sae=sae),
+                           edit(lambda x: x - x.clamp(min=0) + mean))):
+        with model.hooks(hooks_for(model, [iv])):
+            got = model(tokens)[0, -1]
+        with model.hooks(reference):
+            want = model(tokens)[0, -1]
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+        assert not torch.allclose(got, model(tokens)[0, -1])
+        want = _said(model, tokens, _greedy(model, tokens, 3, reference))
+        assert compare(model, PROMPT, [iv], 3)["intervened"] == want
+    for iv, match in ((lambda: Intervention("sae:3", "zero"), "give the SAE as sae="),
+                      (lambda: Intervention(f"sae:{2 * d}", "zero", sae=sae), f"between 0 and {2 * d - 1}"),
+                      (lambda: Intervention("sae:x", "zero", sae=sae), "named sae:i"),
+                      (lambda: Intervention("sae:3", "steer", float("nan"), sae=sae), "must be finite")):
+        with pytest.raises(ConfigError, match=match):
+            generate(model, PROMPT, 1, [iv()])
+
+
 def test_top_activations_of_a_neuron(model):
     prompts = [PROMPT, "The students behind the cars", "Mary gave a drink to John"]
     top = top_activations(model, prompts, "m1.n5", k=3)
@@ -280,12 +419,18 @@ def test_inspect_command_line(capsys, tmp_path):
     assert "a0.h0->a1.h0<k>" in capsys.readouterr().out and (tmp_path / "flow.pdf").exists()
     assert main(["inspect", "generate", "--model", "toy-induction", "--prompt", ids, "--ablate", "a1.h0", "-n", "2"]) == 0
     assert "intervened" in capsys.readouterr().out
+    import circuitfind as cf
+    for layer in ("resid_mid:1", "a1.h0", "1"):  # a Patchscope's source by layer or by name, as in Python
+        assert main(["inspect", "patchscope", "--model", "toy-induction", "--prompt", ids, "--layer", layer,
+                     "--target-prompt", "ids:3,4,5", "-n", "2"]) == 0
+        want = patchscope(cf.load_model("toy-induction"), ids, int(layer) if layer.isdigit() else layer,
+                          target_prompt="ids:3,4,5", max_new_tokens=2)
+        assert capsys.readouterr().out.strip() == str(want)
     assert main(["inspect", "top", "--model", "toy-induction", "--task", "induction", "--examples", "5", "--node",
                  "a1.h0", "-k", "2"]) == 0
     assert len(capsys.readouterr().out.strip().splitlines()) == 2
     assert main(["inspect", "why", "--model", "toy-induction", "--prompt", "ids:1,x"]) == 2
     # --position reaches why and flow as position= does in Python
-    import circuitfind as cf
     assert main(["inspect", "why", "--model", "toy-induction", "--prompt", ids, "--a", "12", "--b", "3",
                  "--position", "2"]) == 0
     want = why(cf.load_model("toy-induction"), ids, "12", "3", position=2).logit_diff

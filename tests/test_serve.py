@@ -107,29 +107,99 @@ def test_neurons_sum_to_the_mlps_direct_effect(toy):
     assert abs(n["neurons"][0]["contribution"]) >= abs(n["neurons"][-1]["contribution"])
 
 
-def test_intervention_matches_ci_compare(toy):
-    r = explore.intervene(toy, PROMPT, "m3", "scale", "-1", new_tokens=5)
-    iv = [ci.Intervention("m3", "scale", -1.0)]
+@pytest.fixture(scope="module")
+def sae(toy, tmp_path_factory):
+    """An SAE file on toy-lm's stream entering layer 3: 64 random latents, latent 0 decoding to the direction of
+    " store" (so steering it is steering resid:3, or m2, along that direction)."""
+    from safetensors.torch import save_file
+
+    d, n = toy.cfg.d_model, 64
+    g = torch.Generator().manual_seed(0)
+    W_dec = torch.randn(n, d, generator=g)
+    W_dec = W_dec / W_dec.norm(dim=1, keepdim=True)
+    W_dec[0] = ci.token_direction(toy, " store")
+    path = tmp_path_factory.mktemp("sae") / "toy-lm-resid3.safetensors"
+    save_file({"W_enc": torch.randn(d, n, generator=g) / d**0.5, "b_enc": torch.zeros(n), "W_dec": W_dec,
+               "b_dec": torch.zeros(d)}, str(path), metadata={"hook": "blocks.3.hook_resid_pre"})
+    return path
+
+
+def _intervened(model, iv, prompt=PROMPT, n=5, k=5):
+    """Python's answer for an intervention: the new top-1 (a forward under its hooks) and ci.compare's generation;
+    and the top-k probabilities."""
     from circuitfind.inspect.interventions import hooks_for
 
-    with toy.hooks(hooks_for(toy, iv)):
-        after = toy(explore.prompt_tokens(toy, PROMPT))[0, -1]
-    assert r["top_after"][0][0] == toy.tokenizer.decode([int(after.argmax())])
-    assert r["intervened"] == ci.compare(toy, PROMPT, iv, 5)["intervened"]
-    for bad, match in ((("input", "zero"), "intervenes on a head"), (("m9", "zero"), "4 layers"),
-                       (("m1", "steer"), "'zero' or 'scale'")):
+    with model.hooks(hooks_for(model, [iv])):
+        after = model(model.to_tokens(prompt))[0, -1]
+    probs = after.softmax(-1).topk(k).values.tolist()
+    return model.tokenizer.decode([int(after.argmax())]), ci.compare(model, prompt, [iv], n)["intervened"], probs
+
+
+def _cases(toy, sae):
+    """(the page's fields, the ci.Intervention they stand for): every kind the panel offers."""
+    _, cache = toy.run_with_cache(toy.to_tokens(PROMPT), names_filter=[sae.hook])
+    top = int(sae.encode(cache[sae.hook])[0, -1].argmax())  # the latent most active at the last token
+    return [({"node": "m3", "kind": "scale", "value": "-1"}, ci.Intervention("m3", "scale", -1.0)),
+            ({"node": "a2.h1", "kind": "steer", "value": "40", "toward": " store", "away": " Mary"},
+             ci.Intervention("a2.h1", "steer", 40 * ci.token_direction(toy, " store", " Mary"))),
+            ({"node": "m2", "kind": "steer", "value": "30", "toward": " store"},
+             ci.Intervention("m2", "steer", 30 * ci.token_direction(toy, " store"))),
+            ({"node": "m1.n212", "kind": "steer", "value": "40"}, ci.Intervention("m1.n212", "steer", 40.0)),
+            ({"node": f"sae:{top}", "kind": "zero"}, ci.Intervention(f"sae:{top}", "zero", sae=sae)),
+            ({"node": f"sae:{top}", "kind": "scale", "value": "3"},
+             ci.Intervention(f"sae:{top}", "scale", 3.0, sae=sae)),
+            ({"node": "sae:0", "kind": "steer", "value": "30"}, ci.Intervention("sae:0", "steer", 30.0, sae=sae))]
+
+
+def test_interventions_match_ci_compare(toy, sae):
+    sae = ci.SAE.load(sae, model=toy)
+    for fields, iv in _cases(toy, sae):
+        r = explore.intervene(toy, PROMPT, new_tokens=5, sae=sae, **fields)
+        top1, generated, probs = _intervened(toy, iv)
+        assert (r["top_after"][0][0], r["intervened"]) == (top1, generated), fields
+        assert [p for _, p, _ in r["top_after"]] == pytest.approx(probs, abs=1e-5), fields
+        assert r["top_after"] != r["top_before"], fields  # (each changes the prediction's distribution)
+    # latent 0 decodes to the direction of " store" at the stream entering layer 3: steering it is steering resid:3
+    # (and m2, which writes just before) by the same amount along that direction
+    latent = explore.intervene(toy, PROMPT, "sae:0", "steer", "30", 5, sae=sae)
+    for node in ("resid:3", "m2"):
+        r = explore.intervene(toy, PROMPT, node, "steer", "30", 5, toward=" store")
+        assert r["intervened"] == latent["intervened"] == " store store store store store"
+        for (w, p, _), (w2, p2, _) in zip(r["top_after"], latent["top_after"]):
+            assert w == w2 and p == pytest.approx(p2, abs=1e-4)
+    for args, kw, match in ((("input", "zero"), {}, "intervenes on a head"), (("m9", "zero"), {}, "4 layers"),
+                            (("m1", "flip"), {}, "'zero', 'scale' or 'steer'"),
+                            (("m1", "steer", "nan"), {"toward": " store"}, "finite number"),
+                            (("m1", "scale", "inf"), {}, "finite number"),
+                            (("m1", "steer", "x"), {}, "must be a number"),
+                            (("m1", "steer", "2"), {}, "give the token"),
+                            (("a0.h0", "steer", "2"), {"toward": "zzzqqq"}, "not in the vocabulary"),
+                            (("resid:2", "zero"), {}, "steered, not zeroed"),
+                            (("sae:3", "zero"), {}, "no SAE is loaded for toy-lm"),
+                            (("sae:64", "zero"), {"sae": sae}, "between 0 and 63"),
+                            (("sae:0", "steer", "-inf"), {"sae": sae}, "finite number")):
         with pytest.raises(ConfigError, match=match):
-            explore.intervene(toy, PROMPT, *bad)
+            explore.intervene(toy, PROMPT, *args, **kw)
 
 
 def test_examples_and_patchscope_are_ci_s(toy):
     r = explore.examples(toy, "m1.n212", "ioi", n=20)
     top = ci.top_activations(toy, cf.load_task("ioi", n=20, seed=0), "m1.n212", k=5)
     assert [e["context"] for e in r["examples"]] == [a.context for a in top] and len(top) == 5
-    p = explore.patchscope(toy, PROMPT, 4, -1)
-    assert p["layer"] == 1 and p["said"] == ci.patchscope(toy, PROMPT, 1, source_position=-1)
-    with pytest.raises(ConfigError, match="rows 2, 4"):
-        explore.patchscope(toy, PROMPT, 3, 0)
+    said = {}
+    for source, token in (("resid:2", -1), ("resid_mid:1", 4), ("a2.h1", -1), ("m0", 3), ("input", 2)):
+        p = explore.patchscope(toy, PROMPT, source, token)
+        said[source] = p["said"]
+        assert p["said"] == ci.patchscope(toy, PROMPT, source, source_position=token), source
+    assert said["resid:2"] == ci.patchscope(toy, PROMPT, 1)  # the stream entering layer 2 is the one after layer 1
+    assert len(set(said.values())) > 2  # (different states read differently)
+    assert explore.state_name(toy, 3) == "resid_mid:1" and explore.state_name(toy, 8) == "resid:4"
+    for source, match in (("m1.n5", "is a neuron"), ("resid_mid:4", "resid_mid:L with L in 0..3"),
+                          ("", "needs a source"), ("a9.h0", "4 layers")):
+        with pytest.raises(ConfigError, match=match):
+            explore.patchscope(toy, PROMPT, source)
+    with pytest.raises(ConfigError, match="not a row"):
+        explore.state_name(toy, 9)
     with pytest.raises(ConfigError, match="1..200"):
         explore.examples(toy, "m1.n2", "ioi", n=0)
 
@@ -152,19 +222,53 @@ def test_access_rules():
     assert main(["serve", "--model", "no-such-model-anywhere"]) == 2  # (loaded before the server starts)
 
 
+
+def test_sae_arguments_and_an_sae_that_does_not_fit(toy, sae, tmp_path, capsys):
+    from circuitfind.serve import sae_arguments
+
+    assert sae_arguments([f"toy-lm={sae}"], None) == {"toy-lm": str(sae)}
+    assert sae_arguments([str(sae)], ["toy-lm"]) == {"toy-lm": str(sae)}
+    for given, models, match in (([str(sae)], None, "say which model"), ([str(sae)], ["a", "b"], "say which model"),
+                                 ([f"a={sae}", f"a={sae}"], None, "two SAEs for 'a'")):
+        with pytest.raises(ConfigError, match=match):
+            sae_arguments(given, models)
+    assert main(["serve", "--sae", str(sae)]) == 2 and "say which model" in capsys.readouterr().err
+    assert main(["serve", "--sae", f"toy-lm={tmp_path / 'none.safetensors'}"]) == 2
+    assert "no SAE file" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="does not offer"):
+        build(models=[toy], saes={"gpt-17": sae})
+    wide = ci.SAE.load(sae)
+    for other, match in ((ci.SAE(wide.W_enc, wide.b_enc, wide.W_dec, wide.b_dec, "blocks.9.hook_resid_pre"),
+                          "not a hook point of 'toy-lm'"),
+                         (ci.SAE(wide.W_enc[:64], wide.b_enc, wide.W_dec[:, :64], wide.b_dec[:64], wide.hook),
+                          "reads width 64")):
+        with pytest.raises(ConfigError, match=match):
+            build(models=[toy], saes={"toy-lm": other})
+
+
 # ---------------------------------------------------------------- over HTTP
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+def _free_port(host="127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def _ipv6() -> bool:
+    """Whether this machine can bind the IPv6 loopback address."""
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
 
 
 @contextmanager
 def running(app, host="127.0.0.1"):
     import uvicorn
 
-    port = _free_port()
+    port = _free_port("::1" if host == "::1" else "127.0.0.1")
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -173,7 +277,7 @@ def running(app, host="127.0.0.1"):
             break
         time.sleep(0.02)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://[::1]:{port}" if host == "::1" else f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(10)
@@ -203,8 +307,9 @@ def runs(toy, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(toy, runs):
-    app, _ = build(models=[toy, _hostile_model()], runs=runs)  # (the second has a token that is markup)
+def server(toy, runs, sae):
+    # (the second model has a token that is markup, and no SAE)
+    app, _ = build(models=[toy, _hostile_model()], runs=runs, saes={"toy-lm": sae})
     with running(app) as url:
         yield url
 
@@ -217,6 +322,11 @@ def test_bad_input_is_answered_and_the_server_stays_up(server):
            ("neurons", {"model": "toy-lm", "prompt": PROMPT, "node": "m1", "token": 99}, "outside the prompt"),
            ("state", {"model": "toy-lm", "prompt": PROMPT, "row": "x", "token": 0}, "row must be an integer"),
            ("contrast", {"model": "toy-lm", "prompt": PROMPT, "a": "zzzqqq"}, "not in the vocabulary"),
+           ("intervene", {"model": "toy-lm", "prompt": PROMPT, "node": "sae:64"}, "between 0 and 63"),
+           ("intervene", {"model": "hostile-gpt2", "prompt": "a b", "node": "sae:1"}, "no SAE is loaded"),
+           ("intervene", {"model": "toy-lm", "prompt": PROMPT, "node": "m1", "kind": "steer", "value": "Infinity",
+                          "toward": " store"}, "finite number"),
+           ("patchscope", {"model": "toy-lm", "prompt": PROMPT, "source": "m0.n3"}, "is a neuron"),
            ("nothing", {}, "no operation 'nothing'")]
     for op, body, match in bad:
         status, answer = _request(f"{server}/api/{op}", body)
@@ -255,8 +365,45 @@ def test_concurrent_requests_are_queued_not_lost(server, toy):
 
 
 def test_loopback_refuses_other_host_names(server):
-    status, _ = _request(f"{server}/api/models", headers={"Host": "attacker.example"})
-    assert status == 400  # (a page on another site cannot reach the explorer through DNS rebinding)
+    for host in ("attacker.example", "attacker.example:8765", "127.0.0.1.attacker.example", "[::2]:8765"):
+        status, answer = _request(f"{server}/api/models", headers={"Host": host})
+        assert status == 400 and "addressed to this machine" in answer["error"], host  # (no DNS rebinding)
+    port = server.rsplit(":", 1)[1]
+    for host in (f"[::1]:{port}", "[::1]", f"localhost:{port}", f"127.0.0.1:{port}"):
+        status, answer = _request(f"{server}/api/models", headers={"Host": host})
+        assert status == 200 and "toy-lm" in answer["models"], host
+
+
+def test_ipv6_loopback_is_loopback(toy):
+    """::1 and [::1] bind without a token, as 127.0.0.1 and localhost do; a Host header [::1]:PORT is this machine.
+    The rules are checked as functions (and the bind decision without binding); where the machine has IPv6, a
+    server on ::1 answers the page's requests too."""
+    from circuitfind.serve import bare, is_loopback, loopback_host
+    from circuitfind.serve.app import TokenGate
+
+    for host in ("127.0.0.1", "localhost", "LOCALHOST", "::1", "[::1]", "127.0.0.2", "0:0:0:0:0:0:0:1"):
+        assert is_loopback(host) and access(host, None) is None, host
+    for host in ("0.0.0.0", "::", "[::]", "192.168.1.5", "example.com", "[::2]", "", "[::1"):
+        assert not is_loopback(host), host
+        assert access(host, None), host  # (a generated token)
+    assert bare("[::1]") == "::1" and bare("127.0.0.1") == "127.0.0.1"
+    for header in ("[::1]:8765", "[::1]", "127.0.0.1:8765", "localhost", "localhost:80", "[0:0:0:0:0:0:0:1]:9"):
+        assert loopback_host(header), header
+    for header in ("attacker.example", "[::1]:x", "[::1", "::1:80", "::1", "127.0.0.1.evil.com", "", None,
+                   "[::2]:80", "localhost:80:90", "[::1]junk", "127.0.0.1:"):
+        assert not loopback_host(header), header
+    for host in ("::1", "[::1]"):  # the bind decision: no token, the app answers loopback hosts only
+        app, token = build(models=[toy], host=host)
+        assert token is None and not isinstance(app, TokenGate)
+    app, token = build(models=[toy], host="::")
+    assert token and isinstance(app, TokenGate)
+    if _ipv6():
+        app, _ = build(models=[toy], host="[::1]")
+        with running(app, host="::1") as url:
+            status, answer = _request(f"{url}/api/models")  # (urllib sends Host: [::1]:PORT)
+            assert status == 200 and "toy-lm" in answer["models"]
+            assert _request(f"{url}/api/analyse", {"model": "toy-lm", "prompt": PROMPT})[0] == 200
+            assert _request(f"{url}/api/models", headers={"Host": "attacker.example"})[0] == 400
 
 
 def test_a_server_off_loopback_refuses_requests_without_its_token(toy):
@@ -394,6 +541,15 @@ def test_prompt_view_in_a_real_browser(server, browser, toy, tmp_path):
         page.wait_for_function("document.getElementById('patchscope-out').textContent.length > 0")
         said = ci.patchscope(toy, LONG, row // 2 - 1, source_position=token)
         assert json.dumps(said) in page.inner_text("#patchscope-out")
+        mid = page.locator("#flow .flow-node[data-state^='3,']").first  # a state after layer 1's attention
+        token = int(mid.get_attribute("data-state").split(",")[1])
+        mid.click()
+        page.wait_for_selector("#detail td.lens-up")
+        page.click("#patchscope")
+        page.wait_for_function("document.getElementById('patchscope-out').textContent.length > 0")
+        said = ci.patchscope(toy, LONG, "resid_mid:1", source_position=token)
+        assert json.dumps(said) in page.inner_text("#patchscope-out")
+        assert "after layer 1's attention" in page.inner_text("#patchscope-out")
 
         page.locator("#flow line.flow-edge[data-kind='ffn']").first.dispatch_event("click")
         page.wait_for_selector("table.neurons td")
@@ -436,6 +592,10 @@ def test_prompt_view_in_a_real_browser(server, browser, toy, tmp_path):
         shot = SHOTS / "explorer.png" if os.environ.get("CIRCUITFIND_SCREENSHOTS") == "1" else tmp_path / "explorer.png"
         page.screenshot(path=str(shot))
         assert shot.stat().st_size > 20_000
+        page.click("#head-patchscope")  # the head's output at its query token, read by a Patchscope
+        page.wait_for_function("document.getElementById('head-patchscope-out').textContent.length > 0")
+        said = ci.patchscope(toy, PROMPT, "a2.h1", source_position=-1)
+        assert page.inner_text("#head-patchscope-out").endswith(f"the model says {json.dumps(said)}")
 
 
 
@@ -463,6 +623,100 @@ def test_contrast_and_intervention_in_a_real_browser(server, browser, toy):
         r = explore.intervene(toy, PROMPT, "m3", "scale", -1.0, new_tokens=5)
         assert page.locator("#iv-after td.next").first.inner_text() == r["top_after"][0][0]
         assert page.inner_text("#iv-after .generation") == r["intervened"].strip()
+
+
+def _intervene_in_page(page, fields):
+    """Fill the panel as a researcher would and apply; → (the new top-1, the intervened generation) shown."""
+    page.evaluate("['iv-toward', 'iv-away'].forEach(id => { document.getElementById(id).value = ''; })")
+    page.fill("#iv-node", fields["node"])
+    page.select_option("#iv-kind", fields["kind"])
+    for key in ("value", "toward", "away"):
+        if key in fields:
+            page.fill(f"#iv-{key}", fields[key])
+    page.evaluate("document.getElementById('iv-out').replaceChildren()")
+    page.click("#iv-run")
+    page.wait_for_function("document.querySelector('#iv-after td.next') || "
+                           "document.getElementById('error').textContent")
+    assert not page.inner_text("#error"), page.inner_text("#error")
+    probs = page.locator("#iv-after td.num").evaluate_all("cs => cs.map(c => +c.dataset.value)")
+    return page.locator("#iv-after td.next").first.inner_text(), page.inner_text("#iv-after .generation"), probs
+
+
+def _error_shown(page, message):
+    page.wait_for_function(f"document.getElementById('error').textContent.includes({json.dumps(message)})")
+
+
+def test_steering_sae_latents_and_patchscopes_in_a_real_browser(server, browser, toy, sae, tmp_path):
+    """Every kind of the panel (steer a head, an MLP, a neuron; zero, scale, steer an SAE latent) gives Python's new
+    top-1 and generation; the Patchscope form reads a head's output and a state after attention as ci.patchscope
+    does; bad input is shown in the page and the next request is answered."""
+    sae = ci.SAE.load(sae, model=toy)
+    with page_of(browser, server) as page:
+        page.fill("#prompt", PROMPT)
+        page.click(".tab[data-view='contrast']")
+        page.fill("#iv-tokens", "5")
+        assert "64 latents at blocks.3.hook_resid_pre" in page.inner_text("#iv-sae")
+        for fields, iv in _cases(toy, sae):
+            top1, generated, probs = _intervened(toy, iv)
+            shown_top1, shown_generated, shown_probs = _intervene_in_page(page, fields)
+            assert (shown_top1, shown_generated) == (top1, generated.strip()), fields
+            assert shown_probs == pytest.approx(probs, abs=1e-5), fields  # (the top-5 probabilities too)
+            assert page.inner_text("#iv-after h3").startswith(fields["node"])
+        page.fill("#iv-node", "sae:3")
+        page.select_option("#iv-kind", "steer")
+        assert not page.is_visible("#iv-toward") and "decoder row" in page.inner_text("#iv-help")
+        page.set_viewport_size({"width": 1400, "height": 760})
+        page.click("#why-run")
+        page.wait_for_selector("#why-table tbody tr")
+        fields, _ = _cases(toy, sae)[1]  # steer a2.h1 toward " store", away from " Mary"
+        _intervene_in_page(page, fields)
+        assert page.is_visible("#iv-toward") and "token_direction" in page.inner_text("#iv-help")
+        # the docs' picture of the panel: CIRCUITFIND_SCREENSHOTS=1 writes it into docs/images/
+        shot = SHOTS / "explorer-intervene.png" if os.environ.get("CIRCUITFIND_SCREENSHOTS") == "1" \
+            else tmp_path / "explorer-intervene.png"
+        page.screenshot(path=str(shot))
+        assert shot.stat().st_size > 20_000
+
+        for fields, message in (({"node": "sae:64", "kind": "zero"}, "between 0 and 63"),
+                                ({"node": "m1", "kind": "steer", "value": "inf", "toward": " store"}, "finite number"),
+                                ({"node": "sae:2", "kind": "steer", "value": "nan"}, "finite number"),
+                                ({"node": "m1", "kind": "steer", "value": "4", "toward": ""}, "give the token")):
+            page.fill("#iv-node", fields["node"])
+            page.select_option("#iv-kind", fields["kind"])
+            for key in ("value", "toward"):
+                if key in fields:
+                    page.fill(f"#iv-{key}", fields[key])
+            page.click("#iv-run")
+            _error_shown(page, message)
+        top1, generated, _ = _intervened(toy, ci.Intervention("m3", "zero"))  # the server still answers
+        assert _intervene_in_page(page, {"node": "m3", "kind": "zero"})[:2] == (top1, generated.strip())
+
+        for source, token in (("a2.h1", "-1"), ("resid_mid:2", "3")):
+            page.fill("#ps-source", source)
+            page.fill("#ps-token", token)
+            page.evaluate("document.getElementById('ps-out').textContent = ''")
+            page.click("#ps-run")
+            page.wait_for_function("document.getElementById('ps-out').textContent.length > 0")
+            said = ci.patchscope(toy, PROMPT, source, source_position=int(token))
+            assert page.inner_text("#ps-out").endswith(f"the model says {json.dumps(said)}"), source
+        page.fill("#ps-source", "m1.n5")
+        page.click("#ps-run")
+        _error_shown(page, "is a neuron")
+
+        page.click(".tab[data-view='prompt']")
+        page.select_option("#model", "hostile-gpt2")  # a model without an SAE
+        page.fill("#prompt", "a b c")
+        page.click(".tab[data-view='contrast']")
+        assert "no SAE loaded for hostile-gpt2" in page.inner_text("#iv-sae")
+        page.fill("#iv-node", "sae:1")
+        page.select_option("#iv-kind", "zero")
+        page.click("#iv-run")
+        _error_shown(page, "no SAE is loaded for hostile-gpt2")
+        fields = {"node": "m0", "kind": "steer", "value": "50", "toward": HOSTILE}  # markup as the token: shown as text
+        hostile = _hostile_model()  # (the server's: the same seeded weights)
+        iv = ci.Intervention("m0", "steer", 50 * ci.token_direction(hostile, HOSTILE))
+        assert _intervene_in_page(page, fields)[0] == _intervened(hostile, iv, "a b c")[0] == HOSTILE
+        assert HOSTILE in page.inner_text("#iv-after h3") and page.locator("#iv-out script").count() == 0
 
 
 def test_two_pages_at_once(server, browser, toy):

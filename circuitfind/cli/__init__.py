@@ -11,7 +11,7 @@
     circuitfind inspect lens|why|generate|patchscope|top|flow ...   circuitfind.inspect.*
     circuitfind export DIR --eap-ig FILE                             circuitfind.interop.save_eap_ig
     circuitfind compare A B [C ...]    cf.overlap(Circuit.load(A), Circuit.load(B)) for each pair
-    circuitfind serve [--model M] [--runs DIR | --sweep S]          circuitfind.serve.serve(...)
+    circuitfind serve [--model M] [--sae M=PATH] [--runs DIR | --sweep S]  circuitfind.serve.serve(...)
 """
 
 from __future__ import annotations
@@ -266,6 +266,11 @@ DTYPE_HELP = "float32 (default), float64, float16 or bfloat16 (the logits a metr
 DEVICE_HELP = "cpu (default), cuda, cuda:1, mps"
 
 
+def _state(text: str):
+    """A Patchscope's layer (an int) or a state or node name, as given on the command line."""
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="circuitfind", description="Automated circuit discovery in transformers.")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -390,13 +395,15 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--scale", action="append", metavar="NODE=FACTOR", help="generate: scale a node or neuron")
     i.add_argument("-n", type=int, default=10, help="tokens to generate")
     i.add_argument("-k", type=int, default=10, help="how many to show")
-    i.add_argument("--layer", type=int, default=0, help="patchscope: source layer")
+    i.add_argument("--layer", type=_state, default=0, help="patchscope: the source, a layer (the stream after it) "
+                                                          "or a name: resid:L, resid_mid:L, input, a1.h2, m0")
     i.add_argument("--position", type=int, default=-1,
                    help="why, flow: the position explained; patchscope: the source position (default: the last)")
     i.add_argument("--target-model", help="patchscope: another model of the same width")
     i.add_argument("--target-prompt", default="cat -> cat; 1135 -> 1135; hello -> hello; ?",
                    help="patchscope: the prompt whose last position receives the state (default: an identity prompt)")
-    i.add_argument("--target-layer", type=int, help="patchscope: layer the state is written at (default: --layer)")
+    i.add_argument("--target-layer", type=_state, help="patchscope: the state written (a layer, resid:L, resid_mid:L; "
+                                                        "default: where the source sits in the stream)")
     i.add_argument("--task", help="top: search this task's prompts; why --ablation mean: average over them")
     i.add_argument("--examples", type=int, default=100, help="top, why: how many task examples")
     i.add_argument("--threshold", type=float, default=0.04, help="flow: τ")
@@ -432,6 +439,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; any other needs --token)")
     v.add_argument("--port", type=int, default=8765)
     v.add_argument("--token", help="the secret every request must carry (default off loopback: a generated one)")
+    v.add_argument("--sae", action="append", metavar="[MODEL=]PATH",
+                   help="an SAE (safetensors: W_enc, b_enc, W_dec, b_dec; the hook in its metadata) whose latents "
+                        "the intervention panel offers as sae:i for MODEL (repeatable; MODEL= may be left out "
+                        "with one --model)")
     v.add_argument("--device", default="cpu", help=DEVICE_HELP)
     v.set_defaults(run=serve)
     return parser

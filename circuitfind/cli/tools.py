@@ -179,6 +179,7 @@ def _depth_profiles(args, labels, circuits) -> int:
 
 def serve(args) -> int:
     from circuitfind.errors import ConfigError
+    from circuitfind.serve import sae_arguments
     from circuitfind.serve import serve as run
 
     if not 0 <= args.port <= 65535:
@@ -186,8 +187,9 @@ def serve(args) -> int:
 
     def ready(url):
         print(f"circuitfind explorer at {url}  (Ctrl-C stops it)", flush=True)
+    saes = sae_arguments(args.sae, args.model)
     run(models=args.model, runs=args.runs, sweep=args.sweep, host=args.host, port=args.port, token=args.token,
-        device=args.device, on_ready=ready)
+        device=args.device, on_ready=ready, saes=saes)
     return 0
 
 

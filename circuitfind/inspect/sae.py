@@ -55,12 +55,19 @@ class SAE:
             raise ConfigError(f"SAE shapes disagree: W_enc {tuple(tensors['W_enc'].shape)}, W_dec "
                               f"{tuple(tensors['W_dec'].shape)}, b_enc {tuple(tensors['b_enc'].shape)}, "
                               f"b_dec {tuple(tensors['b_dec'].shape)}")
+        sae = cls(**tensors, hook=hook)
         if model is not None:
-            if hook not in model.hook_names():
-                raise ConfigError(f"{hook!r} is not a hook point of {model.name!r}")
-            if d != model.cfg.d_model:
-                raise ConfigError(f"the SAE reads width {d} but the model's d_model is {model.cfg.d_model}")
-        return cls(**tensors, hook=hook)
+            sae.check(model)
+        return sae
+
+    def check(self, model) -> "SAE":
+        """This SAE, if it reads a hook point of `model` at its width; else a ConfigError saying which differs."""
+        if self.hook not in model.hook_names():
+            raise ConfigError(f"the SAE's hook {self.hook!r} is not a hook point of {model.name!r}")
+        if self.W_enc.shape[0] != model.cfg.d_model:
+            raise ConfigError(f"the SAE reads width {self.W_enc.shape[0]} but {model.name!r} has d_model "
+                              f"{model.cfg.d_model}")
+        return self
 
     def encode(self, x: Tensor) -> Tensor:
         return torch.relu((x.float() - self.b_dec) @ self.W_enc + self.b_enc)

@@ -21,7 +21,6 @@ from importlib import resources
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -47,7 +46,7 @@ def _asset(name: str) -> str:
 class Explorer:
     """The server's state: which models the page may pick (and the ones loaded), where runs are, and the queue."""
 
-    def __init__(self, models=None, runs: Runs | None = None, device: str = "cpu"):
+    def __init__(self, models=None, runs: Runs | None = None, device: str = "cpu", saes=None):
         from circuitfind.models.zoo import ZOO, is_cached
 
         self.loaded = {}
@@ -61,6 +60,11 @@ class Explorer:
         offline = [n for n, e in ZOO.items() if e.source != "hub" or is_cached(e)]
         self.models = list(dict.fromkeys(names + offline))
         self.runs, self.device = runs, device
+        self.saes = dict(saes or {})  # model name → its SAE (checked against the model when it loads)
+        unknown = sorted(set(self.saes) - set(self.models))
+        if unknown:
+            raise ConfigError(f"an SAE is given for {', '.join(map(repr, unknown))}, which the page does not offer; "
+                              f"name one of: {', '.join(self.models)}")
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="circuitfind-serve")
         self.lock = threading.Lock()
         self.waiting, self.running = 0, None
@@ -73,7 +77,13 @@ class Explorer:
 
             self.running = f"loading {name}"
             self.loaded[name] = load_model(name, device=self.device)
+        if name in self.saes:
+            self.saes[name].check(self.loaded[name])
         return self.loaded[name]
+
+    def sae(self, model):
+        """The SAE given for this model, or None."""
+        return self.saes.get(model.name)
 
     async def run(self, what: str, fn):
         """fn() on the worker thread, after the work queued before it."""
@@ -114,7 +124,7 @@ def _int(body: dict, key: str, default=None):
         raise ConfigError(f"{key} must be an integer; got {value!r}") from None
 
 
-def _head(model, body: dict) -> dict:
+def _head(state, model, body: dict) -> dict:
     node = str(body.get("node", ""))
     kind, layer, head = explore.parse_node(model, node)
     if kind != "head":
@@ -125,7 +135,7 @@ def _head(model, body: dict) -> dict:
                                None if src is None else _int(body, "src"))
 
 
-def _neurons(model, body: dict) -> dict:
+def _neurons(state, model, body: dict) -> dict:
     node = str(body.get("node", ""))
     kind, layer, _ = explore.parse_node(model, node)
     if kind != "mlp":
@@ -133,17 +143,24 @@ def _neurons(model, body: dict) -> dict:
     return explore.neurons(model, body.get("prompt"), layer, _int(body, "token", -1))
 
 
-OPS = {  # POST /api/<op>: what each computes from the model and the request's body
-    "analyse": lambda m, b: explore.analyse(m, b.get("prompt"), _int(b, "k", 10)),
-    "state": lambda m, b: explore.state(m, b.get("prompt"), _int(b, "row"), _int(b, "token")),
+def _patchscope(state, model, body: dict) -> dict:
+    """From a graph row (the page's state click) or a named source (the panel's form)."""
+    source = explore.state_name(model, _int(body, "row")) if body.get("row") is not None else body.get("source")
+    return explore.patchscope(model, body.get("prompt"), source, _int(body, "token", -1),
+                              body.get("target") or explore.ci.IDENTITY_PROMPT, _int(body, "new_tokens", 5))
+
+
+OPS = {  # POST /api/<op>: what each computes from the server's state, the model and the request's body
+    "analyse": lambda s, m, b: explore.analyse(m, b.get("prompt"), _int(b, "k", 10)),
+    "state": lambda s, m, b: explore.state(m, b.get("prompt"), _int(b, "row"), _int(b, "token")),
     "head": _head,
     "neurons": _neurons,
-    "contrast": lambda m, b: explore.contrast(m, b.get("prompt"), b.get("a"), b.get("b")),
-    "intervene": lambda m, b: explore.intervene(m, b.get("prompt"), b.get("node"), b.get("kind", "zero"),
-                                                b.get("value"), _int(b, "new_tokens", 8)),
-    "examples": lambda m, b: explore.examples(m, b.get("node"), b.get("task", "ioi"), _int(b, "n", 40)),
-    "patchscope": lambda m, b: explore.patchscope(m, b.get("prompt"), _int(b, "row"), _int(b, "token"),
-                                                  b.get("target") or explore.ci.IDENTITY_PROMPT),
+    "contrast": lambda s, m, b: explore.contrast(m, b.get("prompt"), b.get("a"), b.get("b")),
+    "intervene": lambda s, m, b: explore.intervene(m, b.get("prompt"), b.get("node"), b.get("kind", "zero"),
+                                                   b.get("value"), _int(b, "new_tokens", 8), toward=b.get("toward"),
+                                                   away=b.get("away"), sae=s.sae(m)),
+    "examples": lambda s, m, b: explore.examples(m, b.get("node"), b.get("task", "ioi"), _int(b, "n", 40)),
+    "patchscope": _patchscope,
 }
 
 
@@ -156,10 +173,11 @@ def _error(e: Exception) -> JSONResponse:
 
 
 def create_app(models=None, runs: Runs | None = None, token: str | None = None, *, loopback: bool = True,
-               device: str = "cpu") -> Starlette:
+               device: str = "cpu", saes=None) -> Starlette:
     """The explorer as an ASGI app. models: zoo names or loaded CircuitModels the page may pick (the zoo's offline
-    models are always offered); runs: what the runs view shows; token: required of every request when given."""
-    state = Explorer(models, runs, device)
+    models are always offered); runs: what the runs view shows; token: required of every request when given;
+    saes: {model name: ci.SAE} whose latents the intervention panel offers (`sae:i`)."""
+    state = Explorer(models, runs, device, saes)
 
     async def index(request):
         return Response(_asset("index.html"), media_type="text/html; charset=utf-8")
@@ -171,7 +189,9 @@ def create_app(models=None, runs: Runs | None = None, token: str | None = None, 
         return Response(_asset(name), media_type=ASSETS.get(name, "application/javascript"))
 
     async def models_(request):
-        return JSONResponse({"models": state.models, "loaded": list(state.loaded), "runs": state.runs is not None})
+        saes = {name: {"hook": sae.hook, "n_latents": sae.n_latents} for name, sae in state.saes.items()}
+        return JSONResponse({"models": state.models, "loaded": list(state.loaded), "runs": state.runs is not None,
+                             "saes": saes})
 
     async def status(request):
         return JSONResponse(state.status())
@@ -182,7 +202,7 @@ def create_app(models=None, runs: Runs | None = None, token: str | None = None, 
             if name not in OPS:
                 raise ConfigError(f"no operation {name!r}; known: {', '.join(OPS)}")
             body = await _body(request)
-            return JSONResponse(await state.run(name, lambda: OPS[name](state.model(body.get("model")), body)))
+            return JSONResponse(await state.run(name, lambda: OPS[name](state, state.model(body.get("model")), body)))
         except Exception as e:  # noqa: BLE001 — every failure becomes an answer; the server stays up
             return _error(e)
 
@@ -201,10 +221,31 @@ def create_app(models=None, runs: Runs | None = None, token: str | None = None, 
 
     routes = [Route("/", index), Route("/assets/{name}", asset), Route("/api/models", models_),
               Route("/api/status", status), Route("/api/runs", runs_), Route("/api/{op}", op, methods=["POST"])]
-    middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=["127.0.0.1", "localhost"])] if loopback else []
+    middleware = [Middleware(LoopbackHosts)] if loopback else []
     app = Starlette(routes=routes, middleware=middleware)
     app.state.explorer = state
     return TokenGate(app, token) if token else app
+
+
+class LoopbackHosts:
+    """ASGI middleware of a server on loopback: answer only requests addressed to a loopback host (`localhost`,
+    127.0.0.1, [::1], ...; `serve.loopback_host`), so a page of another site cannot reach the server by rebinding
+    a DNS name to 127.0.0.1."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        from circuitfind.serve import loopback_host
+
+        if scope["type"] in ("http", "websocket"):
+            host = dict(scope.get("headers", [])).get(b"host", b"").decode("latin-1")
+            if not loopback_host(host):
+                response = JSONResponse({"error": f"this explorer answers only requests addressed to this machine "
+                                                  f"(localhost, 127.0.0.1, [::1]); the Host was {host!r}"},
+                                        status_code=400)
+                return await response(scope, receive, send)
+        await self.app(scope, receive, send)
 
 
 class TokenGate:

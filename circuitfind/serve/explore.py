@@ -1,6 +1,7 @@
 """What the explorer's prompt and contrast views compute, each a plain function of (model, request) → JSON-ready
 dict, checked before any work: the prompt's prediction and token-by-layer graph, a residual state's logit lens, an
-MLP's top neurons, "why A not B", and an intervention's new top-k and generation."""
+MLP's top neurons, "why A not B", an intervention's new top-k and generation (zero, scale or steer; SAE latents), and
+a Patchscope from any residual state or a head's or an MLP's output."""
 
 from __future__ import annotations
 
@@ -125,38 +126,79 @@ def contrast(model, prompt, a: str | None = None, b: str | None = None) -> dict:
             "nodes": [{"node": r.node, "direct": r.direct, "total": r.total} for r in c.nodes]}
 
 
-def _intervention(model, node: str, kind: str, value) -> ci.Intervention:
-    if kind not in ("zero", "scale"):
-        raise ConfigError(f"the page intervenes by 'zero' or 'scale'; got {kind!r}")
-    if kind == "scale":
-        try:
-            value = float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"a scale needs a number; got {value!r}") from None
-        if not math.isfinite(value):
-            raise ConfigError(f"a scale must be a finite number; got {value}")
+def _number(value, what: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what} must be a number; got {value!r}") from None
+    if not math.isfinite(number):
+        raise ConfigError(f"{what} must be a finite number; got {value!r}")
+    return number
+
+
+def _is_neuron(model, node: str) -> bool:
+    return not node.startswith("resid:") and parse_node(model, node)[0] == "neuron"
+
+
+def intervention(model, node: str, kind: str = "zero", value=None, toward=None, away=None,
+                 sae=None) -> tuple[ci.Intervention, str]:
+    """The page's intervention as the `ci.Intervention` it stands for, and its description. zero and scale (by a
+    factor) take a head, an MLP, a neuron or an SAE latent `sae:i`; steer takes those and `resid:L`: a head, an
+    MLP or the stream get coefficient × `ci.token_direction(model, toward, away)` added to their output, a neuron
+    or a latent the coefficient added to its activation."""
+    if kind not in ("zero", "scale", "steer"):
+        raise ConfigError(f"the page intervenes by 'zero', 'scale' or 'steer'; got {kind!r}")
     node = (node or "").strip()
-    if node.startswith("resid:") or node == "input":
-        raise ConfigError(f"{node!r}: the page intervenes on a head (a1.h2), an MLP (m0) or a neuron (m0.n17)")
-    parse_node(model, node)  # names a node that exists, or says which do
-    return ci.Intervention(node, kind, value if kind == "scale" else None)
+    if node.startswith("sae:"):
+        if sae is None:
+            raise ConfigError(f"{node!r} is an SAE latent, but no SAE is loaded for {model.name}: start the server "
+                              f"with --sae {model.name}=PATH (a safetensors file with W_enc, b_enc, W_dec, b_dec)")
+    elif node == "input":
+        raise ConfigError("'input': the page intervenes on a head (a1.h2), an MLP (m0), a neuron (m0.n17), an SAE "
+                          "latent (sae:12), or steers the residual stream (resid:2)")
+    elif node.startswith("resid:"):
+        if kind != "steer":
+            raise ConfigError(f"{node!r}: the residual stream is steered, not zeroed or scaled (that would remove "
+                              "what every earlier node wrote); zero or scale a head, an MLP, a neuron or a latent")
+    else:
+        parse_node(model, node)  # names a node that exists, or says which do
+    if kind == "zero":
+        return ci.Intervention(node, "zero", sae=sae), f"{node} zeroed"
+    if kind == "scale":
+        factor = _number(value, "a scale's factor")
+        return ci.Intervention(node, "scale", factor, sae=sae), f"{node} scaled × {factor:g}"
+    coefficient = _number(value, "a steer's coefficient")
+    one_number = "latent" if node.startswith("sae:") else "neuron" if _is_neuron(model, node) else None
+    if one_number:
+        return (ci.Intervention(node, "steer", coefficient, sae=sae),
+                f"{node} steered: {coefficient:+g} added to the {one_number}'s activation")
+    if not isinstance(toward, str) or toward == "":  # (a token keeps its leading space: " Paris")
+        raise ConfigError(f"steering {node} adds coefficient × the direction toward a token: give the token to steer "
+                          "toward (and, if you like, one to steer away from)")
+    away = away if isinstance(away, str) and away != "" else None
+    direction = ci.token_direction(model, toward, away)
+    said = f"toward {toward!r}" + ("" if away is None else f", away from {away!r}")
+    return (ci.Intervention(node, "steer", coefficient * direction, sae=sae),
+            f"{node} steered {said}: {coefficient:+g} × ci.token_direction")
 
 
 @torch.no_grad()
-def intervene(model, prompt, node: str, kind: str = "zero", value=None, new_tokens: int = 8, k: int = 5) -> dict:
+def intervene(model, prompt, node: str, kind: str = "zero", value=None, new_tokens: int = 8, k: int = 5, *,
+              toward=None, away=None, sae=None) -> dict:
     """The top-k next tokens and a greedy continuation with and without the intervention (`ci.compare`)."""
     tokens = prompt_tokens(model, prompt)
     if isinstance(new_tokens, bool) or not isinstance(new_tokens, int) or not 1 <= new_tokens <= MAX_NEW_TOKENS:
         raise ConfigError(f"tokens to generate: 1..{MAX_NEW_TOKENS}; got {new_tokens!r}")
-    iv = _intervention(model, node, kind, value)
+    iv, what = intervention(model, node, kind, value, toward, away, sae)
+    hooks = hooks_for(model, [iv])  # (checks the latent, the vector, the node's layer)
     before = model(tokens)[0, -1]
-    with model.hooks(hooks_for(model, [iv])):
+    with model.hooks(hooks):
         after = model(tokens)[0, -1]
     generated = ci.compare(model, tokens, [iv], new_tokens)
 
     def text(g):
         return g if isinstance(g, str) else " ".join(token_str(model, t) for t in g)
-    return {"node": iv.node, "kind": kind, "value": iv.value, "top_before": _top(model, before, k),
+    return {"node": iv.node, "kind": kind, "what": what, "top_before": _top(model, before, k),
             "top_after": _top(model, after, k), "baseline": text(generated["baseline"]),
             "intervened": text(generated["intervened"])}
 
@@ -178,17 +220,41 @@ def examples(model, node: str, task: str, n: int = 40, k: int = 5) -> dict:
             "examples": [{"context": a.context, "token": a.token, "value": round(a.value, 4)} for a in top]}
 
 
-@torch.no_grad()
-def patchscope(model, prompt, row: int, token: int, target: str = ci.IDENTITY_PROMPT, new_tokens: int = 5) -> dict:
-    """A Patchscope of state (row, token): the residual stream after layer l (row 2l + 2) patched into the last
-    position of the target prompt at the same layer, and what the model then says (`ci.patchscope`)."""
-    tokens = prompt_tokens(model, prompt)
+def state_name(model, row: int) -> str:
+    """The graph's row as a residual state's name: row 2l is `resid:l` (the stream entering layer l; row 0 the
+    embeddings, row 2L the stream entering the final norm), row 2l + 1 is `resid_mid:l` (after layer l's attention)."""
     R = 2 * model.cfg.n_layers + 1
-    if isinstance(row, bool) or not isinstance(row, int) or not 2 <= row < R or row % 2:
-        raise ConfigError(f"a Patchscope reads a state after a layer's FFN: rows 2, 4, .., {R - 1}; got {row!r}")
+    if isinstance(row, bool) or not isinstance(row, int) or not 0 <= row < R:
+        raise ConfigError(f"row {row!r} is not a row of the graph (0..{R - 1})")
+    return f"resid:{row // 2}" if row % 2 == 0 else f"resid_mid:{row // 2}"
+
+
+def _stream_words(model, hook: str) -> str:
+    """A residual hook as the page says it."""
+    layer, _, name = hook[len("blocks."):].partition(".")
+    return {"hook_resid_pre": f"the stream entering layer {layer}", "hook_resid_mid": f"the stream after layer "
+            f"{layer}'s attention", "hook_resid_post": f"the stream after layer {layer}"}[name]
+
+
+@torch.no_grad()
+def patchscope(model, prompt, source: str, token: int = -1, target: str = ci.IDENTITY_PROMPT,
+               new_tokens: int = 5) -> dict:
+    """A Patchscope from `source` at a token — a residual state (resid:L, resid_mid:L, input) or a head's or an
+    MLP's output (a1.h2, m0) — patched into the last position of the target prompt where it sits in the stream,
+    and what the model then says (`ci.patchscope(model, prompt, source, ...)`)."""
+    from circuitfind.inspect.patchscope import source_site
+
+    tokens = prompt_tokens(model, prompt)
+    source = source.strip() if isinstance(source, str) else source
+    if not isinstance(source, str) or not source:
+        raise ConfigError("a Patchscope needs a source: a state (resid:2, resid_mid:1, input) or a node (a1.h2, m0)")
     token = position_in(token, tokens.shape[-1], "token")
+    _, _, lands = source_site(model, source)  # (refuses a neuron, or a name that is no state or node, by name)
     target = target if isinstance(target, str) and target.strip() else ci.IDENTITY_PROMPT
-    said = ci.patchscope(model, tokens, row // 2 - 1, source_position=token, target_prompt=target,
+    if not isinstance(new_tokens, int) or isinstance(new_tokens, bool) or not 1 <= new_tokens <= MAX_NEW_TOKENS:
+        raise ConfigError(f"tokens to generate: 1..{MAX_NEW_TOKENS}; got {new_tokens!r}")
+    said = ci.patchscope(model, tokens, source, source_position=token, target_prompt=target,
                          max_new_tokens=new_tokens)
-    return {"row": row, "token": token, "layer": row // 2 - 1, "target": target,
+    return {"source": source, "token": token, "text": token_str(model, int(tokens[0, token])), "target": target,
+            "into": _stream_words(model, lands),
             "said": said if isinstance(said, str) else " ".join(token_str(model, t) for t in said)}

@@ -44,6 +44,8 @@ function guarded(fn){ return async (...args) => { try { await fn(...args); } cat
 async function loadModels(){
   const m = await api('/api/models');
   for(const name of m.models) $('model').appendChild(node('option', name, {value: name}));
+  $('model').addEventListener('change', () => showSaes(m));
+  showSaes(m); ivForm();
   if(m.runs) loadRuns();
 }
 const runPrompt = guarded(async () => {
@@ -76,14 +78,12 @@ const showState = guarded(async key => {
   const d = detail(`${s.where}, token ${JSON.stringify(s.text)} (${s.token})`);
   d.appendChild(table(['promotes', 'logit'], s.promoted.map(([w, v]) => [node('td', w, {class: 'lens-up'}), num(v, 3)])));
   d.appendChild(table(['suppresses', 'logit'], s.suppressed.map(([w, v]) => [node('td', w, {class: 'lens-down'}), num(v, 3)])));
-  if(row >= 2 && row % 2 === 0){  // after a layer's FFN: what the model says of this state, patched into a target
-    const b = d.appendChild(node('button', 'Patchscope', {id: 'patchscope'}));
-    const out = d.appendChild(node('p', '', {id: 'patchscope-out'}));
-    b.addEventListener('click', guarded(async () => {
-      const r = await api('/api/patchscope', {model: current.model, prompt: current.prompt, row, token});
-      out.textContent = `patched into ${JSON.stringify(r.target)} at layer ${r.layer}, the model says: ${JSON.stringify(r.said)}`;
-    }));
-  }
+  const b = d.appendChild(node('button', 'Patchscope', {id: 'patchscope'}));  // what the model says of this state
+  const out = d.appendChild(node('p', '', {id: 'patchscope-out'}));
+  b.addEventListener('click', guarded(async () => {
+    const r = await api('/api/patchscope', {model: current.model, prompt: current.prompt, row, token});
+    out.textContent = `${r.source}, patched into ${JSON.stringify(r.target)} at ${r.into}: the model says ${JSON.stringify(r.said)}`;
+  }));
 });
 function showEdge(e){
   const F = current.data.flow;
@@ -97,6 +97,12 @@ const showHead = guarded(async (name, dst, src) => {
   const a = await api('/api/head', {model: current.model, prompt: current.prompt, node: name, dst, src});
   const T = current.data.flow.tokens;
   const d = detail(`${a.node} at ${JSON.stringify(T[a.dst])} (${a.dst}): its attention`);
+  const ps = d.appendChild(node('p'));
+  ps.appendChild(node('button', `Patchscope of ${a.node}'s output here`, {id: 'head-patchscope'})).addEventListener('click', guarded(async () => {
+    const r = await api('/api/patchscope', {model: current.model, prompt: current.prompt, source: a.node, token: a.dst});
+    ps.lastChild.textContent = ` patched into ${JSON.stringify(r.target)} at ${r.into}: the model says ${JSON.stringify(r.said)}`;
+  }));
+  ps.appendChild(node('span', '', {id: 'head-patchscope-out'}));
   const keys = d.appendChild(node('div', undefined, {class: 'scroll keys'}));
   keys.appendChild(table(['key token (click: why)', 'attention', ''], a.pattern.slice(0, a.dst + 1).map((p, i) => [
     node('span', `${JSON.stringify(T[i])} (${i})`, {class: 'pick key-pick', 'data-src': i}), num(p, 3),
@@ -125,7 +131,7 @@ const showNeurons = guarded(async (name, token) => {
   ex.append(' (click a neuron)');
   const list = d.appendChild(node('div', undefined, {id: 'examples'}));
   d.querySelectorAll('.neuron-pick').forEach(b => b.addEventListener('click', guarded(async () => {
-    $('iv-node').value = b.textContent;
+    $('iv-node').value = b.textContent; ivForm();
     const r = await api('/api/examples', {model: current.model, node: b.textContent, task: task.value});
     list.replaceChildren(node('h3', `${r.node} on ${r.task}`));
     list.appendChild(table(['context', 'activation'], r.examples.map(e => [node('td', e.context, {class: 'example'}), num(e.value, 3)])));
@@ -153,19 +159,42 @@ function drawWhy(){
   const key = r => sortKey === 'node' ? r.node : Math.abs(r[sortKey]);
   const rows = why.nodes.slice().sort((x, y) => (key(x) < key(y) ? -1 : key(x) > key(y) ? 1 : 0) * sortDir);
   for(const r of rows){ const tr = node('tr'); tr.appendChild(node('td', r.node, {class: 'pick'})); tr.appendChild(num(r.direct)); tr.appendChild(num(r.total));
-    tr.firstChild.addEventListener('click', () => { $('iv-node').value = r.node; }); body.appendChild(tr); }
+    tr.firstChild.addEventListener('click', () => { $('iv-node').value = r.node; ivForm(); }); body.appendChild(tr); }
+}
+// the panel's form says what each choice does; the server checks it all again (and says what is wrong)
+function ivForm(){
+  const kind = $('iv-kind').value, name = $('iv-node').value.trim();
+  const oneNumber = /^m\d+\.n\d+$/.test(name) || /^sae:/.test(name);
+  $('iv-value-label').hidden = kind === 'zero';
+  $('iv-value-name').textContent = kind === 'scale' ? 'by a factor' : 'coefficient';
+  $('iv-direction').hidden = kind !== 'steer' || oneNumber;
+  $('iv-help').textContent = kind === 'zero' ? 'zero: the node writes nothing (an MLP keeps its constant output bias; a latent is set to 0).'
+    : kind === 'scale' ? 'scale: the node\'s output (a neuron\'s or a latent\'s activation) times the factor.'
+    : oneNumber ? 'steer: the coefficient is added to the activation (a latent then writes coefficient × its decoder row).'
+    : 'steer: coefficient × the unit direction that raises logit(toward) − logit(away) (ci.token_direction) is added to the output of the head, the MLP or the residual stream (resid:L).';
+}
+function showSaes(m){
+  const sae = (m.saes || {})[$('model').value];
+  $('iv-sae').textContent = sae ? `SAE on ${$('model').value}: ${sae.n_latents} latents at ${sae.hook} (sae:0 … sae:${sae.n_latents - 1})`
+    : `no SAE loaded for ${$('model').value} (start the server with --sae MODEL=PATH for its latents, sae:i)`;
 }
 const runIntervention = guarded(async () => {
   const r = await api('/api/intervene', {model: $('model').value, prompt: $('prompt').value, node: $('iv-node').value,
-    kind: $('iv-kind').value, value: $('iv-value').value, new_tokens: parseInt($('iv-tokens').value)});
+    kind: $('iv-kind').value, value: $('iv-value').value, toward: $('iv-toward').value, away: $('iv-away').value,
+    new_tokens: parseInt($('iv-tokens').value)});
   const out = $('iv-out'); out.replaceChildren();
   const side = (title, top, gen, id) => { const div = node('div', undefined, {id}); div.appendChild(node('h3', title));
     div.appendChild(table(['next token', 'probability'], top.map(([w, p]) => [node('td', w, {class: 'next'}), num(p)])));
     div.appendChild(node('p', gen, {class: 'generation'})); return div; };
   const row = node('div', undefined, {class: 'row'});
   row.appendChild(side('as it is', r.top_before, r.baseline, 'iv-before'));
-  row.appendChild(side(`${r.node} ${r.kind}${r.kind === 'scale' ? ' × ' + r.value : 'ed'}`, r.top_after, r.intervened, 'iv-after'));
+  row.appendChild(side(r.what, r.top_after, r.intervened, 'iv-after'));
   out.appendChild(row);
+});
+const runPatchscope = guarded(async () => {
+  const r = await api('/api/patchscope', {model: $('model').value, prompt: $('prompt').value, source: $('ps-source').value,
+    token: parseInt($('ps-token').value), target: $('ps-target').value});
+  $('ps-out').textContent = `${r.source} at ${JSON.stringify(r.text)} (${r.token}), patched into ${JSON.stringify(r.target)} at ${r.into}: the model says ${JSON.stringify(r.said)}`;
 });
 
 // ---- runs view: the circuit drawing of report.html, the curve, the summary; two runs with their overlap
@@ -224,6 +253,9 @@ $('why-run').addEventListener('click', runWhy);
 document.querySelectorAll('#why-table th[data-key]').forEach(th => th.addEventListener('click', () => {
   sortDir = sortKey === th.dataset.key ? -sortDir : (th.dataset.key === 'node' ? 1 : -1); sortKey = th.dataset.key; if(why) drawWhy(); }));
 $('iv-run').addEventListener('click', runIntervention);
+$('iv-kind').addEventListener('change', ivForm);
+$('iv-node').addEventListener('input', ivForm);
+$('ps-run').addEventListener('click', runPatchscope);
 $('runs-show').addEventListener('click', showRuns);
 guarded(loadModels)();
 })();
