@@ -33,6 +33,8 @@ from circuitfind.cli import main
 d = sys.modules["circuitfind.discover"]  # (the package's attribute of that name is the function)
 
 phase, sig = sys.argv[1], getattr(signal, sys.argv[2])
+# Ctrl-C as in a terminal, even where the suite runs in the background (a shell's `&` starts it with SIGINT ignored)
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 def hit(*args, **kwargs):
     os.kill(os.getpid(), sig)
