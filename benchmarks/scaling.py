@@ -20,6 +20,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -62,6 +63,7 @@ def main():
             "model size": [(s, base_b, base_p) for s in args.shapes.split(",")]}
     size = {s: params_of(s) for s in args.shapes.split(",")}
     cache: dict = {}
+    start = time.perf_counter()
     print(f"load at start {os.getloadavg()[0]:.2f}; each point a fresh process, one run")
     for method in args.methods.split(","):
         for axis, cases in axes.items():
@@ -78,6 +80,7 @@ def main():
                       f"load {os.getloadavg()[0]:.2f}", flush=True)
             print(f"{method:<7} against {axis:<11}: time ∝ x^{slope(xs, secs):.2f}, peak ∝ x^{slope(xs, peaks):.2f}, "
                   f"method's memory ∝ x^{slope(xs, work):.2f}", flush=True)
+    print(f"{len(cache)} points in {(time.perf_counter() - start) / 60:.1f} min; load at the end {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":
