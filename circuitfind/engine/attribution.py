@@ -78,6 +78,7 @@ class _Scorer:
                 D = D.view(last - first, -1, grad.shape[1] // (span.stop - span.start))[:, span].flatten(1)
             D = self._read(D, grad.device, grad.dtype)
             self._scores[rows, first:last] -= move(self.weight * (grad @ D.T).float(), self._scores.device)
+            del D  # (one chunk on the device at a time)
 
     def _by_example(self, rows: Tensor, n: int, grad: Tensor, span: slice | None) -> None:
         """The products of __call__ split by example, into per_example. Token rows are of width
@@ -114,6 +115,7 @@ class _Scorer:
                     part = -self.weight * (grad[:, cols] @ D[:, cols].T).float()  # [r, s]
                     self.per_example[example, index, u0:u1] += move(part, self.per_example.device)
                     e0 += take
+            del D  # (one chunk on the device at a time)
 
 
 def _zeros(shape, dtype, device) -> Tensor:
@@ -159,7 +161,9 @@ def attribute(model, inputs: Inputs, ablated: Tensor, objective: Objective, *,
     reuse = consume and interpolate == "inputs" and ablated.is_contiguous() \
         and ablated.shape[1:3] == (b, p - (0 if shared is None else shared.n))
     interpolated = any(alpha != 1.0 for alpha in alphas)
-    input_abl = ablated[0].clone() if reuse and interpolated else ablated[0]
+    input_abl = ablated[0]
+    if reuse and interpolated:  # (kept aside where the store lives: off the device, it stays off)
+        input_abl = ablated[0].clone() if place is None or not place.holds(ablated) else place.put(ablated[0], copy=True)
     if 1.0 not in alphas:  # D comes from the clean run; the alpha = 1 pass records it itself
         clean = Walk(model, inputs, ablated, None, record=True, overwrite_ablated=reuse, shared=shared, place=place)
         with torch.no_grad():

@@ -67,6 +67,7 @@ class Place:
         self.where, self.dtype, self.directory = where, dtype, directory
         self.moved = self.written = 0  # bytes read from the place into the device, and written to it
         self._folder: str | None = None
+        self._storages: set[int] = set()  # the memory of the tensors the place made (`holds`)
 
     @property
     def remote(self) -> bool:
@@ -94,10 +95,17 @@ class Place:
         dtype = self.dtype_for(dtype)
         device = torch.device(device)
         if self.where == "device":
-            return torch.empty(shape, dtype=dtype, device=device)
-        if self.where == "cpu":
-            return torch.empty(shape, dtype=dtype, pin_memory=device.type == "cuda")
-        return self._mapped(shape, dtype)
+            out = torch.empty(shape, dtype=dtype, device=device)
+        elif self.where == "cpu":
+            out = torch.empty(shape, dtype=dtype, pin_memory=device.type == "cuda")
+        else:
+            out = self._mapped(shape, dtype)
+        self._storages.add(out.untyped_storage().data_ptr())
+        return out
+
+    def holds(self, t: Tensor) -> bool:
+        """Is t (a view of) a tensor this place made? Only those are fetched through it (and counted)."""
+        return t.untyped_storage().data_ptr() in self._storages
 
     def zeros(self, shape: tuple[int, ...], dtype: torch.dtype, device) -> Tensor:
         """Zeros in the place (per-example scores: float32 whatever the store's dtype)."""
@@ -122,9 +130,10 @@ class Place:
             os.close(fd)
             os.unlink(name)
 
-    def put(self, t: Tensor) -> Tensor:
-        """t copied into the place (in the store's dtype); t itself on the device when nothing changes."""
-        if not self.remote and (self.dtype is None or t.dtype == self.dtype):
+    def put(self, t: Tensor, copy: bool = False) -> Tensor:
+        """t copied into the place (in the store's dtype); t itself on the device when nothing changes (unless
+        `copy`)."""
+        if not copy and not self.remote and (self.dtype is None or t.dtype == self.dtype):
             return t
         out = self.empty(tuple(t.shape), t.dtype, t.device)
         out.copy_(t)
@@ -144,7 +153,8 @@ class Place:
 
 
 def fetch(place: Place | None, t: Tensor, device, dtype: torch.dtype) -> Tensor:
-    """`place.fetch`, or for no place: t on `device` in `dtype` (a copy only where it is not there)."""
-    if place is not None:
+    """`place.fetch` for a tensor the place holds; otherwise t on `device` in `dtype` (a copy only where it is not
+    there)."""
+    if place is not None and place.holds(t):
         return place.fetch(t, device, dtype)
     return t if t.device == torch.device(device) and t.dtype == dtype else t.to(device, dtype)

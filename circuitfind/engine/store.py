@@ -196,7 +196,7 @@ class DiffStore:
         if self.grad:
             return None
         seg = self._segment(1, like)
-        if seg.K > 1 or seg.buf.device != like.device or seg.buf.dtype != like.dtype:
+        if seg.K > 1 or self.place is not None or seg.buf.device != like.device or seg.buf.dtype != like.dtype:
             return None  # written once per mask, or copied off the device (or to the store's dtype), by append_diff
         s = len(senders)
         view = seg.buf[0, seg.n: seg.n + s]
