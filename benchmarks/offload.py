@@ -13,6 +13,7 @@
 
     python benchmarks/offload.py                     # b × p = 4 × 16 on the GPT-2 shape, 2 rounds
     python benchmarks/offload.py --batch 8 --positions 32 --rounds 3
+    python benchmarks/offload.py --plans             # what the plan frees on a GPU at full sizes (configs only)
 """
 
 from __future__ import annotations
@@ -75,12 +76,40 @@ def error(name, model, task, method, **options):
           f"{((a - b)[top].abs() / a[top].abs()).max().item():.2e}  load {os.getloadavg()[0]:.2f}", flush=True)
 
 
+def plans():
+    """What the plan says the store off the device, and in bf16, frees on the device at sizes where it matters
+    (from the configs alone: no weights)."""
+    import transformers
+    from plan import SHAPES
+    llama8b = transformers.LlamaConfig(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                                       num_attention_heads=32, num_key_value_heads=8, vocab_size=128256,
+                                       max_position_embeddings=131072, rope_theta=5e5, bos_token_id=0, eos_token_id=0)
+    cases = [("gpt2", SHAPES["gpt2"](), torch.float32, 8, 128), ("llama-3.2-1b", SHAPES["llama-3.2-1b"](), torch.float32, 8, 128),
+             ("llama-3.1-8b", llama8b, torch.bfloat16, 8, 128)]
+    for name, config, dtype, b, p in cases:
+        for method in ("eap", "eap-ig"):
+            rows = []
+            for store_on, store_dtype in (("device", None), ("cpu", None), ("device", "bfloat16"), ("cpu", "bfloat16")):
+                if store_dtype == "bfloat16" and dtype == torch.bfloat16:
+                    continue
+                pl = cf.plan(config, None, method, positions=p, examples=b, dtype=dtype, store_on=store_on,
+                             store_dtype=store_dtype, device="cuda")
+                rows.append(f"{store_on}{'/bf16' if store_dtype else ''} {pl.total / 2**30:.2f} GiB"
+                            + (f" (+{pl.off_device / 2**30:.2f} GiB off, {pl.moved / 2**30:.1f} GiB sent)"
+                               if pl.off_device else ""))
+            print(f"plan (cuda) {name:<13}{method:<7}{str(dtype).removeprefix('torch.'):<9}{b}×{p}: " + "; ".join(rows),
+                  flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--positions", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--plans", action="store_true", help="only the plans at full sizes (no runs)")
     args = parser.parse_args()
+    if args.plans:
+        return plans()
     torch.set_grad_enabled(False)
     print(f"load at start {os.getloadavg()[0]:.2f}; CPU, fp32; ratios to the store on the device, in turns")
     gpt2 = cf.from_hf(gpt2_small_random())

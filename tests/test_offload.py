@@ -20,17 +20,26 @@ from tests.test_methods import Copy
 METHODS = [("eap", {}), ("eap-ig", {"steps": 3}), ("exact", {"max_masks": 64}), ("eap-ig-node", {"steps": 2})]
 
 
-@pytest.fixture(scope="module", params=["gpt2", "llama"])
-def tiny(request):
-    """A tiny random model (GPT-2: learned positions, layer norm; Llama: rotary, grouped-query attention)."""
-    return cf.from_hf(tiny_hf(request.param)).double()
+_MODELS: dict = {}
 
 
-@pytest.mark.parametrize("method,options,store_on", [(m, o, s) for m, o in METHODS for s in ("cpu", "disk")])
-def test_the_store_off_the_device_gives_the_same_scores_bit_for_bit(tiny, method, options, store_on, monkeypatch):
+def _tiny(family: str):
+    """A tiny random model, made once (GPT-2: learned positions, layer norm; Llama: rotary, grouped-query attention)."""
+    if family not in _MODELS:
+        _MODELS[family] = cf.from_hf(tiny_hf(family)).double()
+    return _MODELS[family]
+
+
+CASES = [("gpt2", m, o, s) for m, o in METHODS for s in ("cpu", "disk")] + \
+        [("llama", "eap-ig", {"steps": 3}, "disk"), ("llama", "exact", {"max_masks": 64}, "cpu")]
+
+
+@pytest.mark.parametrize("family,method,options,store_on", CASES)
+def test_the_store_off_the_device_gives_the_same_scores_bit_for_bit(family, method, options, store_on, monkeypatch):
     """eap, eap-ig and exact with the ablated-output store (D, for attribution) and per-example scores in CPU
     memory or a memory-mapped file: torch.equal to the store on the device, scores and per-example scores; D read
     several chunks of senders a call (a small STREAM_CHUNK_BYTES), and bytes really sent through the place."""
+    tiny = _tiny(family)
     monkeypatch.setattr(attribution, "STREAM_CHUNK_BYTES", 3 * 5 * 7 * tiny.cfg.d_model * 8)  # 3 senders a chunk
     task = Copy(n=5)
     mapped = []
@@ -157,16 +166,17 @@ def test_a_device_map_runs_the_moving_code_and_gives_the_same_scores(family, mon
     moves the residual stream at each layer boundary (`move` is called for every layer), and eap, eap-ig and
     exact give the same scores bit for bit as the unplaced model."""
     import circuitfind.engine.walk as walk
+    import circuitfind.engine.walk_devices as walk_devices
     import circuitfind.models.canonical as canonical
     hf = tiny_hf(family)
     plain = cf.from_hf(hf).double()
     placed = cf.from_hf(hf).double().place(_every_layer_on_cpu(plain))
     calls = []
-    for module in (walk, canonical):
+    for module in (walk, walk_devices, canonical):
         real = module.move
         monkeypatch.setattr(module, "move", lambda t, d, real=real: calls.append(d) or real(t, d))
     task = Copy(n=4)
-    for method, options in METHODS[:3]:
+    for method, options in METHODS[:3] if family == "gpt2" else METHODS[1:2]:
         calls.clear()
         assert torch.equal(cf.score_edges(plain, task, method, **options).scores,
                            cf.score_edges(placed, task, method, **options).scores)

@@ -26,6 +26,7 @@ from circuitfind.engine.offload import Place, fetch, move
 from circuitfind.engine.shared_prefix import SharedPrefix
 from circuitfind.engine.store import DiffStore, Workspace, take
 from circuitfind.engine.walk_answer import AnswerPositions
+from circuitfind.engine.walk_devices import Devices
 from circuitfind.engine.walk_experts import Experts
 from circuitfind.engine.walk_grad import Gradients, check_relevance
 from circuitfind.engine.walk_heads import Heads
@@ -36,7 +37,7 @@ from circuitfind.types import Inputs
 __all__ = ["Inputs", "Walk"]
 
 
-class Walk(Heads, AnswerPositions, Gradients, Experts):
+class Walk(Heads, AnswerPositions, Gradients, Experts, Devices):
     """Layer-by-layer state of one (masked) forward.
 
     masks None means every receiver reads the real residual stream (the clean run).
@@ -140,26 +141,6 @@ class Walk(Heads, AnswerPositions, Gradients, Experts):
         self._facts: tuple[list[bool], list[bool]] | None = None  # see _row_facts
 
     # ------------------------------------------------------------------ set-up helpers
-    def _abl(self, senders) -> Tensor:
-        """The ablated outputs of these senders (an int, or ids [s]) on the device of the layer computed now, in
-        the model's dtype: [K|1, b'|1, pos|1, d] or [s, K|1, b'|1, pos|1, d] (fetched from the place off it)."""
-        part = self.abl[senders] if isinstance(senders, int) else take(self.abl, senders, 0)
-        return fetch(self.place, part, self._device, self.model.dtype)
-
-    @property
-    def _device(self) -> torch.device:
-        """The device of the layer computed now (the model's, unless its layers are placed over several)."""
-        return self.model.layer_device(min(self.layer, self.cfg.n_layers))
-
-    def _to_layer_device(self) -> None:
-        """At a layer boundary of a model placed over several devices: the residual-stream tensors to the next
-        layer's device (the rows of the store are moved as they are mixed, `_mix`)."""
-        device = self._device
-        self.resid, self.base = move(self.resid, device), move(self.base, device)
-        self._attn_const = move(self._attn_const, device)
-        if self._mlp_partial is not None:
-            self._mlp_partial = (move(self._mlp_partial[0], device), self._mlp_partial[1])
-
     def _active_senders(self) -> Tensor:
         if self.masks is None or self.masks.requires_grad:  # a zero mask entry still has a gradient
             return torch.ones(self.g.n_senders, dtype=torch.bool)
@@ -197,16 +178,6 @@ class Walk(Heads, AnswerPositions, Gradients, Experts):
             return x
         return x.repeat(K, *([1] * (x.ndim - 1)))
 
-    def _allowed_rows(self, layer: int, K: int) -> Tensor:
-        """Which keys each attention row may read, [K·b', 1, pos, keys], on the layer's device."""
-        rows = self._allowed_here(layer, K)
-        if self.model.layer_devices is not None:  # (over several devices: the rows on the layer's, cached)
-            key = ("placed", layer in self.cfg.sliding_layers, K, self._device)
-            if key not in self._allowed:
-                self._allowed[key] = rows.to(self._device)
-            return self._allowed[key]
-        return rows
-
     def _allowed_here(self, layer: int, K: int) -> Tensor:
         key = (layer in self.cfg.sliding_layers, K)
         if key not in self._allowed:
@@ -217,18 +188,6 @@ class Walk(Heads, AnswerPositions, Gradients, Experts):
             else:  # the walk's query rows, every key (the shared prefix's first)
                 self._allowed[key] = self.model.allowed(self.full_mask, layer)[:, :, self.shared.n:].contiguous()
         return self._allowed[key]
-
-    def _rope_rows(self, K: int, layer: int):
-        """(cos, sin) of the layer as attention rows [K·b', 1, pos, rotary_dim] at the keys' positions
-        (a shared prefix's too), computed once per K (and per kind of layer where sliding layers rotate
-        by frequencies of their own)."""
-        if self.model.layer_devices is not None:  # (over several devices: the rows on the layer's, cached)
-            key = ("placed rope", K, self.model.rope_key(layer), self._device)
-            if key not in self._allowed:
-                rope = self._rope_here(K, layer)
-                self._allowed[key] = None if rope is None else tuple(t.to(self._device) for t in rope)
-            return self._allowed[key]
-        return self._rope_here(K, layer)
 
     def _rope_here(self, K: int, layer: int):
         key = ("rope", K, self.model.rope_key(layer))
