@@ -201,3 +201,12 @@ def test_device_maps_name_modules_as_transformers_does_and_bad_ones_are_refused(
         resolve_device_map({"model.rotary": 0}, 2)
     with pytest.raises(ConfigError, match="give device='cuda' or device_map="):
         cf.load_model("toy-lm", device="cuda", device_map="auto")
+
+
+def test_a_sweep_gives_its_store_options_to_the_jobs_that_take_them(tmp_path):
+    from circuitfind.sweep.jobs import Settings
+    settings = Settings(tmp_path, store_on="disk", store_dtype="bfloat16")
+    assert settings.store_of("eap-ig") == {"store_on": "disk", "store_dtype": "bfloat16"}
+    assert settings.store_of("exact") == {"store_on": "disk"}  # (no store dtype: its sums are the model's dtype)
+    assert settings.store_of("acdc") == {}
+    assert Settings(tmp_path).store_of("eap") == {}
