@@ -107,6 +107,8 @@ def main():
     parser.add_argument("--positions", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--plans", action="store_true", help="only the plans at full sizes (no runs)")
+    parser.add_argument("--methods", default="eap,eap-ig,exact", help="whose cost to measure")
+    parser.add_argument("--no-error", action="store_true", help="skip the bf16 store's error")
     args = parser.parse_args()
     if args.plans:
         return plans()
@@ -117,10 +119,14 @@ def main():
     toy = cf.load_model("toy-lm")
     ioi = cf.load_task("ioi", n=16, seed=0)
     cf.score_edges(gpt2, random_pairs(1, 4), "eap")  # (first-call costs out of the measured turns)
-    cost("gpt2", gpt2, pairs, "eap", args.rounds)
-    cost("gpt2", gpt2, pairs, "eap-ig", args.rounds, steps=5)
-    cost("toy-lm", toy, ioi, "exact", args.rounds)
-    for name, model, task in (("gpt2", gpt2, pairs), ("toy-lm", toy, ioi)):
+    methods = args.methods.split(",")
+    if "eap" in methods:
+        cost("gpt2", gpt2, pairs, "eap", args.rounds)
+    if "eap-ig" in methods:
+        cost("gpt2", gpt2, pairs, "eap-ig", args.rounds, steps=5)
+    if "exact" in methods:
+        cost("toy-lm", toy, ioi, "exact", args.rounds)
+    for name, model, task in () if args.no_error else (("gpt2", gpt2, pairs), ("toy-lm", toy, ioi)):
         error(name, model, task, "eap")
         error(name, model, task, "eap-ig", steps=5)
 
