@@ -26,6 +26,7 @@ import torch
 
 import circuitfind.arguments as arguments
 from circuitfind.circuit import INCOMPLETE, Circuit, EdgeScores, _atomic_write, reproduces
+from circuitfind.engine.offload import store_dtype_of
 from circuitfind.errors import ConfigError
 from circuitfind.evaluate import MIB_FRACTIONS, evaluate, faithfulness_curve, roc_auc
 from circuitfind.methods import METHODS, PER_EXAMPLE, check_options, check_store, score_edges
@@ -245,7 +246,9 @@ def discover(model, task: Task | str, method: str = "eap-ig", ablation: str = "c
               seed=seed, quiet=quiet, report=report, batch_size=batch_size, provenance=provenance,
               overwrite=overwrite, resamples=resamples, level=level, reruns=reruns, positions=positions,
               max_memory=max_memory, store_on=store_on, store_dtype=store_dtype, options=options)
-    store = {k: v for k, v in (("store_on", store_on), ("store_dtype", store_dtype)) if v not in ("device", None)}
+    store = {"store_on": store_on} if store_on != "device" else {}
+    if store_dtype is not None:  # (by name: it goes to result.json's provenance)
+        store["store_dtype"] = str(store_dtype_of(store_dtype)).removeprefix("torch.")
     if positions is not None and (resamples or reruns):
         raise ConfigError("error bars (resamples, reruns) are not computed for position-aware circuits yet; run "
                           "without positions for them, or without resamples")
