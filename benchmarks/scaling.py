@@ -8,7 +8,8 @@ exponent is the slope of log(value) against log(axis) by least squares, the othe
 (prompts 8, positions 16, GPT-2 small). Memory is reported both whole (parameters included) and as what the
 method adds to the loaded model.
 
-    python benchmarks/scaling.py                          # the reduced default grid (about 10 minutes, 2 cores)
+    python benchmarks/scaling.py                          # the reduced default grid: 21 points (RESULTS.md,
+                                                          # session 20: 69 min at load 4-10 on 2 shared cores)
     python benchmarks/scaling.py --prompts 8,16,32,64,128 --positions 16,32,64,128,256   # the issue's grid
 """
 
@@ -20,6 +21,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -62,6 +64,7 @@ def main():
             "model size": [(s, base_b, base_p) for s in args.shapes.split(",")]}
     size = {s: params_of(s) for s in args.shapes.split(",")}
     cache: dict = {}
+    start = time.perf_counter()
     print(f"load at start {os.getloadavg()[0]:.2f}; each point a fresh process, one run")
     for method in args.methods.split(","):
         for axis, cases in axes.items():
@@ -78,6 +81,7 @@ def main():
                       f"load {os.getloadavg()[0]:.2f}", flush=True)
             print(f"{method:<7} against {axis:<11}: time ∝ x^{slope(xs, secs):.2f}, peak ∝ x^{slope(xs, peaks):.2f}, "
                   f"method's memory ∝ x^{slope(xs, work):.2f}", flush=True)
+    print(f"{len(cache)} points in {(time.perf_counter() - start) / 60:.1f} min; load at the end {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -198,6 +198,21 @@ def _memory(value, name, graph):
     return parse_memory(value, name)
 
 
+def _store_on(value, name, graph):
+    from circuitfind.engine.offload import STORES
+
+    if value not in STORES:
+        raise ConfigError(f"{name} must be one of {', '.join(map(repr, STORES))} (where the ablated-output store "
+                          f"and per-example scores live); got {value!r}")
+    return value
+
+
+def _store_dtype(value, name, graph):
+    from circuitfind.engine.offload import store_dtype_of
+
+    return store_dtype_of(value)
+
+
 SEED = _at_least(0)
 RULES = {
     # what is computed on
@@ -217,6 +232,7 @@ RULES = {
     "chunk": _optional(_at_least(1)), "workers": _at_least(1), "fractions": _fractions,
     "resamples": _at_least(0), "level": _level, "reruns": _at_least(0),  # (bootstrap resamples, re-runs; 0: none)
     "tau": _number(least=0.0), "max_memory": _optional(_memory), "ratio": _optional(_share),
+    "store_on": _store_on, "store_dtype": _store_dtype,
     # switches and places
     "quiet": _flag, "report": _flag, "overwrite": _flag, "per_example": _flag, "absolute": _flag,
     "remove_dangling": _flag,

@@ -26,9 +26,10 @@ import torch
 
 import circuitfind.arguments as arguments
 from circuitfind.circuit import INCOMPLETE, Circuit, EdgeScores, _atomic_write, reproduces
+from circuitfind.engine.offload import store_dtype_of
 from circuitfind.errors import ConfigError
 from circuitfind.evaluate import MIB_FRACTIONS, evaluate, faithfulness_curve, roc_auc
-from circuitfind.methods import METHODS, PER_EXAMPLE, check_options, score_edges
+from circuitfind.methods import METHODS, PER_EXAMPLE, check_options, check_store, score_edges
 from circuitfind.methods.positional import POSITIONAL
 from circuitfind.plan import batch_size_for
 from circuitfind.prune import prune
@@ -156,6 +157,7 @@ def check_run(graph=None, *, method: str, options: dict, out=None, overwrite: bo
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
     check_options(method, options)
+    check_store(method, values.get("store_on", "device"), values.get("store_dtype"), values.get("positions"))
     if values.get("positions") is not None and method not in POSITIONAL:
         raise ConfigError(f"position-aware circuits are scored by {', '.join(POSITIONAL)}; got method {method!r}")
     if out is not None:
@@ -207,7 +209,8 @@ def discover(model, task: Task | str, method: str = "eap-ig", ablation: str = "c
              edges: int | None = None, target: float = 0.9, n: int | None = None, seed: int = 0, quiet: bool = False,
              report: bool = True, batch_size: int | None = None, provenance: dict | None = None,
              overwrite: bool = False, resamples: int = 0, level: float = LEVEL, reruns: int = 0,
-             positions: str | None = None, max_memory=None, **options) -> Run:
+             positions: str | None = None, max_memory=None, store_on: str = "device", store_dtype=None,
+             **options) -> Run:
     """Score every edge with `method`, pick the smallest MIB-size circuit whose faithfulness on the
     test split (a quarter of n, no prompt shared with the train split) reaches `target` (or the top
     `edges`), evaluate it, and, with `out=`, write the run directory and its report. ACDC's circuit is
@@ -235,11 +238,17 @@ def discover(model, task: Task | str, method: str = "eap-ig", ablation: str = "c
     run is planned (`cf.plan`): with no batch_size, the largest batch whose plan fits is taken (all examples
     where they fit); a batch_size, or a run, that fits at no batch size is refused (`MemoryPlanError`). The plan
     does not cover position-aware runs (their engine is `engine/positional.py`), which are not planned.
+    store_on, store_dtype: where the scoring's ablated-output store and per-example scores live ("device", "cpu",
+    "disk") and its dtype (None, "bfloat16"), as `score_edges`'; the plan counts them (the store off the device
+    frees its bytes there). The curve and the evaluation keep theirs on the device.
     """
     check_run(model=model, task=task, method=method, ablation=ablation, out=out, edges=edges, target=target, n=n,
               seed=seed, quiet=quiet, report=report, batch_size=batch_size, provenance=provenance,
               overwrite=overwrite, resamples=resamples, level=level, reruns=reruns, positions=positions,
-              max_memory=max_memory, options=options)
+              max_memory=max_memory, store_on=store_on, store_dtype=store_dtype, options=options)
+    store = {"store_on": store_on} if store_on != "device" else {}
+    if store_dtype is not None:  # (by name: it goes to result.json's provenance)
+        store["store_dtype"] = str(store_dtype_of(store_dtype)).removeprefix("torch.")
     if positions is not None and (resamples or reruns):
         raise ConfigError("error bars (resamples, reruns) are not computed for position-aware circuits yet; run "
                           "without positions for them, or without resamples")
@@ -257,11 +266,11 @@ def discover(model, task: Task | str, method: str = "eap-ig", ablation: str = "c
         raise ConfigError(f"resample ablation draws from other examples, but the test split has {test.n} "
                           f"(a quarter of n={task.n}); use n ≥ 8")
     if positions is None:  # (the plan covers the node-graph engine)
-        batch_size = batch_size_for(model, task, method, ablation, batch_size, max_memory, options=options)
+        batch_size = batch_size_for(model, task, method, ablation, batch_size, max_memory, options=options | store)
     start = time.perf_counter()
     per_example = bool(resamples) and method in PER_EXAMPLE
     scores = score_edges(model, task, method, ablation, seed=seed, quiet=quiet, batch_size=batch_size,
-                         per_example=per_example, positions=positions, **options)
+                         per_example=per_example, positions=positions, **store, **options)
     curve = faithfulness_curve(model, test, scores, ablation=ablation, seed=seed, quiet=quiet, batch_size=batch_size,
                                resamples=resamples, level=level)
     sized_by = "edges"
@@ -321,7 +330,7 @@ def discover(model, task: Task | str, method: str = "eap-ig", ablation: str = "c
               "provenance": {"command": None, "python": platform.python_version(), "torch": torch.__version__,
                              "transformers": _version("transformers"), "circuitfind": _version("circuitfind"),
                              "dtype": str(model.dtype).removeprefix("torch."), "device": str(model.device),
-                             "batch_size": batch_size, "options": options}
+                             "batch_size": batch_size, "options": options} | store
               | {k: v for k, v in [("reproduces", reproduces(method, scores.config))] if v}  # EAP-IG's reference
               | (provenance or {})}
     if out is not None:

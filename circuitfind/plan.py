@@ -21,7 +21,8 @@ import torch
 
 import circuitfind.arguments as arguments
 from circuitfind.arguments import parse_memory
-from circuitfind.engine.memory import Shape, Work, breakdown, forwards
+from circuitfind.engine.memory import Shape, Work, breakdown, forwards, moved, off_device
+from circuitfind.engine.offload import store_dtype_of
 from circuitfind.errors import ConfigError, MemoryPlanError, count
 
 # the plan of each method name: the masked methods by their engine call, the variants by their family's
@@ -63,6 +64,9 @@ class Plan:
     positions: int
     parts: dict[str, int] = field(default_factory=dict)
     forwards: float = 0.0
+    store_on: str = "device"  # where the store lives; off the device, `off_device` bytes there and `moved` sent
+    off_device: int = 0  # bytes in pinned CPU memory or on disk (not in `total`, which is the device's)
+    moved: int = 0  # bytes read from there into the device over the run (gradient methods)
 
     @property
     def total(self) -> int:
@@ -81,6 +85,9 @@ class Plan:
                 f"{self.examples} examples × {self.positions} positions, batch {self.batch_size}"]
         rows += [f"  {name:<16} {_size(v):>12}" for name, v in self.parts.items() if v]
         rows.append(f"  {'total':<16} {_size(self.total):>12}   time ≈ {self.forwards:.1f} plain forwards")
+        if self.store_on != "device":
+            rows.append(f"  {'store on ' + self.store_on:<16} {_size(self.off_device):>12}   off the device"
+                        + (f"; {_size(self.moved)} sent to it" if self.moved else ""))
         return "\n".join(rows)
 
 
@@ -189,14 +196,22 @@ def _task_size(model, task, split: str | None) -> tuple[int, int, str]:
 
 def plan(model_or_config, task, method: str = "eap-ig", batch_size: int | None = None, device="cpu", *,
          dtype=torch.float32, steps: int = 5, max_masks: int = 32, per_example: bool = False,
-         positions: int | None = None, examples: int | None = None, store_dtype=None) -> Plan:
+         positions: int | None = None, examples: int | None = None, store_on: str = "device",
+         store_dtype=None) -> Plan:
     """The planned peak memory and time of `method` ("curve": the faithfulness curve of discover's test split)
     on this model and task, a batch of `batch_size` examples a pass (default: all). No weights are loaded.
 
-    positions, examples: override what the task gives (e.g. a length the task's prompts will have)."""
-    arguments.check(method=method, batch_size=batch_size, per_example=per_example)
+    positions, examples: override what the task gives (e.g. a length the task's prompts will have).
+    store_on, store_dtype: as `score_edges`'; off the device the store and per-example scores leave the device's
+    total (a layer's columns, and a chunk of D, are staged there) for `off_device`."""
+    arguments.check(method=method, batch_size=batch_size, per_example=per_example, store_on=store_on,
+                    store_dtype=store_dtype)
+    if method != "curve":
+        from circuitfind.methods import check_store
+        check_store(method, store_on, store_dtype)
     return _planner(model_or_config, task, method, device, dtype, positions, examples)(
-        batch_size, steps=steps, max_masks=max_masks, per_example=per_example, store_dtype=store_dtype)
+        batch_size, steps=steps, max_masks=max_masks, per_example=per_example, store_on=store_on,
+        store_dtype=store_dtype)
 
 
 def _planner(model_or_config, task, method, device, dtype, positions=None, examples=None):
@@ -216,12 +231,15 @@ def _planner(model_or_config, task, method, device, dtype, positions=None, examp
     device_type = torch.device(device).type
 
     def at(batch_size: int | None, *, steps: int = 5, max_masks: int = 32, per_example: bool = False,
-           store_dtype=None) -> Plan:
+           store_on: str = "device", store_dtype=None) -> Plan:
         b = n if batch_size is None else min(count(batch_size, "batch_size (examples a pass)", least=1), n)
+        store_dtype = store_dtype_of(store_dtype) if method != "curve" else None  # (the curve's walks: the model's)
         store_bytes = None if store_dtype is None else torch.empty(0, dtype=store_dtype).element_size()
         work = Work(PLANNED_AS[method], b, n, p, steps=steps, max_masks=max_masks, per_example=per_example,
-                    dtype_bytes=dtype_bytes, device_type=device_type, store_dtype_bytes=store_bytes)
-        return Plan(name, task_name, method, str(device), b, n, p, breakdown(shape, work), forwards(shape, work))
+                    dtype_bytes=dtype_bytes, device_type=device_type, store_dtype_bytes=store_bytes,
+                    offload=store_on != "device" and method != "curve")
+        return Plan(name, task_name, method, str(device), b, n, p, breakdown(shape, work), forwards(shape, work),
+                    store_on if work.offload else "device", off_device(shape, work), moved(shape, work))
     return at
 
 
@@ -238,8 +256,8 @@ def fit(model_or_config, task, method: str, max_memory=None, device="cpu", *, dt
     if not one.fits(budget):
         raise MemoryPlanError(f"{method} does not fit {_size(budget)} on {device} even at one example a pass:\n"
                               f"{one}\nit needs about {_size(math.ceil(one.total / HEADROOM))}: give it more "
-                              f"(max_memory=), use fewer positions, a smaller dtype (dtype='bfloat16'), or a device "
-                              f"with more memory")
+                              f"(max_memory=), use fewer positions, a smaller dtype (dtype='bfloat16'), the store "
+                              f"off the device (store_on='cpu'), or a device with more memory")
     lo, hi, best = 1, whole.examples, one  # the largest batch known to fit, the smallest known not to
     while hi - lo > 1:
         mid = (lo + hi) // 2
@@ -273,7 +291,7 @@ def batch_size_for(model, task, method: str, ablation: str, batch_size: int | No
     dtype = getattr(model, "dtype", torch.float32) if dtype is None else dtype
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype  # (a sweep's "bfloat16")
     budget = budget_of(model, max_memory, device)
-    extra = {k: options[k] for k in ("steps", "max_masks") if k in options}
+    extra = {k: options[k] for k in ("steps", "max_masks", "store_on", "store_dtype", "per_example") if k in options}
     names = [m for m in ([method] + (["curve"] if curve else [])) if m in PLANNED_AS]
     chosen = batch_size
     for name in names:

@@ -111,6 +111,29 @@ def _stability(args) -> int:
     return 0
 
 
+def _store_arguments(parser) -> None:
+    """--store-on and --store-dtype, as score_edges' store_on and store_dtype."""
+    parser.add_argument("--store-on", default="device", help="where the ablated-output store and per-example "
+                        "scores live: device (default), cpu (pinned on CUDA) or disk (memory-mapped, under TMPDIR); "
+                        "the same scores bit for bit (eap, eap-ig, exact and their variants)")
+    parser.add_argument("--store-dtype", help="the store's dtype for eap and eap-ig: bfloat16 (half the bytes; every "
+                        "product and sum float32) or float32 (default: the model's dtype)")
+
+
+def _device_map(value):
+    """--device-map: None, "auto", or a JSON object of module name → device."""
+    if value is None or value == "auto":
+        return value
+    import json
+
+    from circuitfind.errors import ConfigError
+    try:
+        return json.loads(value)
+    except ValueError as e:
+        raise ConfigError(f"--device-map must be auto or a JSON object such as '{{\"model.layers.0\": 0, ...}}'; "
+                          f"got {value!r} ({e})") from None
+
+
 def _discover(args) -> int:
     from circuitfind.discover import check_run, discover, split_reruns
     from circuitfind.errors import ConfigError
@@ -124,18 +147,18 @@ def _discover(args) -> int:
     check_run(method=args.method, options=options, out=args.out, overwrite=args.overwrite, ablation=args.ablation,
               edges=args.edges, target=args.target, n=args.n, seed=args.seed, batch_size=args.batch_size,
               resamples=args.resamples, level=args.level, reruns=reruns, positions=args.positions,
-              max_memory=args.max_memory)
+              max_memory=args.max_memory, store_on=args.store_on, store_dtype=args.store_dtype)
     check_fits_before_loading(args)
     held = args.out is not None and Path(args.out).is_dir() and any(Path(args.out).iterdir())
     task = load_task(args.task, n=args.n, seed=args.seed, metric=args.metric, path=args.task_path)
     model = load_model(args.model, tokenizer=args.tokenizer, dtype=args.dtype, device=args.device,
-                       experts=args.experts)
+                       experts=args.experts, device_map=_device_map(args.device_map))
     try:
         run = discover(model, task, args.method, args.ablation, out=args.out, edges=args.edges, target=args.target,
                        n=args.n, seed=args.seed, quiet=args.quiet, report=not args.no_report,
                        batch_size=args.batch_size, overwrite=args.overwrite, resamples=args.resamples,
                        level=args.level, reruns=reruns, positions=args.positions, max_memory=args.max_memory,
-                       provenance={"command": "circuitfind " + shlex.join(args.argv)}, **options)
+                       store_on=args.store_on, store_dtype=args.store_dtype, provenance={"command": "circuitfind " + shlex.join(args.argv)}, **options)
     except KeyboardInterrupt:  # discover wrote nothing half-way: say what is on disk
         kept = (f"{args.out} keeps the run that was there" if held else
                 f"nothing was written to {args.out}" if args.out else "nothing was written")
@@ -237,7 +260,8 @@ def _sweep(args) -> int:
                store=args.store, executor=args.executor, workers=args.workers,
                n=args.n, edges=args.edges, target=args.target, options=options, dtype=args.dtype, device=args.device,
                resources=resources, metric=args.metric, quiet=args.quiet, batch_size=args.batch_size,
-               resamples=args.resamples, max_memory=args.max_memory)
+               resamples=args.resamples, max_memory=args.max_memory, store_on=args.store_on,
+               store_dtype=args.store_dtype)
     done = df[df.status == "done"] if len(df) else df
     if len(done):
         cols = ["model", "task", "method", "ablation", "seed", "n_edges", "faithfulness", "cpr", "cmd", "roc_auc"]
@@ -306,6 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--max-memory", help="what the run may use, e.g. 20GiB (default: what the device has free); "
                    "the batch size is chosen to fit, or the run refused before the model loads")
+    _store_arguments(d)
+    d.add_argument("--device-map", help="the layers over several devices, as transformers places them: auto, or "
+                   "a JSON object of module name to device (in place of --device; run on CPU only, never on GPUs)")
     d.add_argument("--option", action="append", metavar="KEY=VALUE",
                    help="method option, e.g. steps=10 or receivers=logits,m3 "
                         "(an unknown key lists the method's options)")
@@ -362,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--resamples", type=int, default=0, help=RESAMPLES_HELP)
     w.add_argument("--max-memory", help="what the run may use, e.g. 20GiB (default: what the device has free); "
                    "the batch size is chosen to fit, or the run refused before the model loads")
+    _store_arguments(w)
     w.add_argument("--edges", type=int, help=EDGES_HELP)
     w.add_argument("--target", type=float, default=0.9)
     w.add_argument("--option", action="append", metavar="METHOD:KEY=VALUE", help="method option, e.g. eap-ig:steps=10")
@@ -379,6 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--positions", type=int, help="token positions (default: the task's, by the model's tokenizer)")
     pl.add_argument("--examples", type=int, help="examples (with --positions: the task need not be tokenized)")
     pl.add_argument("--max-memory", help="also the largest batch size that fits this, e.g. 20GiB")
+    _store_arguments(pl)
     pl.add_argument("--dtype", default="float32", help=DTYPE_HELP)
     pl.add_argument("--device", default="cpu", help=DEVICE_HELP)
     pl.set_defaults(run=plan)

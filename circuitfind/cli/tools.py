@@ -202,13 +202,14 @@ def plan(args) -> int:
     from circuitfind.task import load_task
 
     task = load_task(args.task, n=args.n, seed=args.seed)
+    store = {"store_on": args.store_on, "store_dtype": args.store_dtype}
     options = {"dtype": getattr(torch, args.dtype, None) or torch.float32, "steps": args.steps,
-               "positions": args.positions, "examples": args.examples}
+               "positions": args.positions, "examples": args.examples} | store
     p = make_plan(args.model, task, args.method, args.batch_size, args.device, **options)
     print(p)
     if args.max_memory is not None:
         best = fit(args.model, task, args.method, args.max_memory, args.device, dtype=options["dtype"],
-                   steps=args.steps)
+                   steps=args.steps, **store)
         print(f"fits {args.max_memory} at batch_size={best.batch_size} (of {best.examples} examples): "
               f"{_size(best.total)}")
     return 0
@@ -226,8 +227,10 @@ def check_fits_before_loading(args) -> None:
         return
     try:
         task = load_task(args.task, n=args.n, seed=args.seed, metric=args.metric)
+        store = {k: v for k, v in (("store_on", args.store_on), ("store_dtype", args.store_dtype))
+                 if v not in ("device", None)}
         batch_size_for(args.model, task, args.method, args.ablation, args.batch_size, args.max_memory,
-                       device=args.device, dtype=args.dtype)
+                       device=args.device, dtype=args.dtype, options=store)
     except MemoryPlanError:
         raise
     except (CircuitfindError, OSError, ValueError):

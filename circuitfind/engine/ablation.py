@@ -29,7 +29,7 @@ OPTIMAL_STEPS, OPTIMAL_LR = 100, 0.05  # Adam steps, and its rate in units of ea
 
 def ablated_outputs(model, ablation: str, clean: Inputs, corrupt: Inputs | None = None, *,
                     reference: Inputs | None = None, seed: int = 0, shared: SharedPrefix | None = None,
-                    with_logits: bool = False):
+                    with_logits: bool = False, place=None):
     """Ablated sender outputs [src, batch|1, pos|1, d_model] for the clean prompts.
 
     corrupt: the corrupted prompts (needed for "corrupted"); reference: the prompts means are
@@ -37,13 +37,16 @@ def ablated_outputs(model, ablation: str, clean: Inputs, corrupt: Inputs | None 
     prompts share (`shared_prefix`): the corrupted run's outputs only past it, [src, batch, pos − n,
     d_model], for walks given the same prefix (corrupted ablation only). with_logits: (outputs, logits), the
     logits [batch, vocab] of the run every ablated edge reads, where one pass gives both (the corrupted run's),
-    else None: the empty circuit's, for free.
+    else None: the empty circuit's, for free. place (`offload.Place`): where the per-example outputs of
+    corrupted and resample ablation are kept (off the device, or in a store dtype); the others are a few
+    vectors a sender and stay on the device.
     """
     if with_logits:
         if ablation == "corrupted":
             _check_aligned(clean, corrupt)
-            return sender_outputs(model, corrupt, shared, with_logits=True)
-        return ablated_outputs(model, ablation, clean, corrupt, reference=reference, seed=seed, shared=shared), None
+            return sender_outputs(model, corrupt, shared, with_logits=True, place=place)
+        return ablated_outputs(model, ablation, clean, corrupt, reference=reference, seed=seed, shared=shared,
+                               place=place), None
     if ablation not in ABLATIONS:
         raise ConfigError(f"unknown ablation {ablation!r}; choose one of {', '.join(ABLATIONS)}")
     g, d = model.graph, model.cfg.d_model
@@ -53,11 +56,13 @@ def ablated_outputs(model, ablation: str, clean: Inputs, corrupt: Inputs | None 
         return torch.zeros(g.n_senders, 1, 1, d, dtype=model.dtype, device=model.device)
     if ablation == "corrupted":
         _check_aligned(clean, corrupt)
-        return sender_outputs(model, corrupt, shared)
+        return sender_outputs(model, corrupt, shared, place=place)
     if ablation == "resample":
         if clean.batch < 2:
             raise ConfigError("resample ablation needs at least 2 examples to draw from")
-        return sender_outputs(model, clean)[:, _donors(clean.attention_mask.bool(), seed)]
+        donors = _donors(clean.attention_mask.bool(), seed)
+        outputs = sender_outputs(model, clean)[:, donors]
+        return outputs if place is None else place.put(outputs)
     ref = clean if reference is None else reference
     if ablation == "optimal":
         return optimal_outputs(model, [ref])

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from circuitfind.engine.offload import STREAM_CHUNK_BYTES, Place, fetch, move
 from circuitfind.engine.shared_prefix import SharedPrefix
 from circuitfind.engine.walk import Inputs, Walk
 from circuitfind.errors import ConfigError
@@ -30,14 +31,22 @@ class _Scorer:
     """Turns receiver gradients into edge scores as the backward pass produces them.
 
     D [src, batch·pos·d] is the clean run's sender differences; scores[v, u] −= weight·⟨g_v, D_u⟩,
-    one GEMM per batch of receivers (a layer's q/k/v arrive together, so D is read once for them);
-    each receiver reads a prefix of the sender order (`reads`). examples=b: also each example's part of
-    the scores, `per_example` [b, dst, src] (the same products, split by example: no more FLOPs)."""
+    one GEMM per batch of receivers and chunk of senders (a layer's q/k/v arrive together, so D is read once
+    for them); each receiver reads a prefix of the sender order (`reads`). examples=b: also each example's part
+    of the scores, `per_example` [b, dst, src] (the same products, split by example: no more FLOPs).
 
-    def __init__(self, graph, device, weight: float, examples: int | None = None, d_model: int = 0):
-        self.g, self.weight, self.d = graph, weight, d_model
+    place (`offload.Place`): where D and the per-example scores live. D is read `chunk` senders at a time
+    (`offload.STREAM_CHUNK_BYTES` of D, the same chunks wherever D lives, so the scores are the same bit for
+    bit), each chunk fetched to the gradients' device off it. With a store dtype (bf16) each chunk is widened
+    to float32 and the gradient with it: every product and sum is float32 (`wide`)."""
+
+    def __init__(self, graph, device, weight: float, examples: int | None = None, d_model: int = 0,
+                 place: Place | None = None):
+        self.g, self.weight, self.d, self.place = graph, weight, d_model, place
+        self.wide = place is not None and place.dtype is not None
         self.per_example = None if examples is None else \
-            torch.zeros(examples, graph.n_receivers, graph.n_senders, dtype=torch.float32, device=device)
+            (place.zeros if place is not None else _zeros)((examples, graph.n_receivers, graph.n_senders),
+                                                           torch.float32, device)
         self._scores = None if examples is not None else \
             torch.zeros(graph.n_receivers, graph.n_senders, dtype=torch.float32, device=device)
         self.reads = graph.edge_mask.sum(1)
@@ -48,18 +57,30 @@ class _Scorer:
         """[dst, src]; with per-example parts, their sum (taken once, not by each product as it arrives)."""
         return self._scores if self.per_example is None else self.per_example.sum(0)
 
+    def _chunks(self, n: int, width: int):
+        """(first, last) sender ranges of D [:n] whose columns of `width` elements fill a chunk."""
+        step = max(1, STREAM_CHUNK_BYTES // max(1, width * self.D.element_size()))
+        return [(c, min(c + step, n)) for c in range(0, n, step)]
+
+    def _read(self, D: Tensor, device, dtype) -> Tensor:
+        """A chunk of D on the gradients' device (in float32 with a store dtype): a view where it is there."""
+        return fetch(self.place, D, device, torch.float32 if self.wide else dtype)
+
     def __call__(self, rows: Tensor, grad: Tensor, span: slice | None) -> None:
         """grad [r, len(span)·d]: the receivers' input gradients at token rows span (None: all)."""
         n = int(self.reads[rows].max())
-        D = self.D[:n]
-        if span is not None:  # these token rows of every sender: a strided view, no copy
-            D = D.view(n, -1, grad.shape[1] // (span.stop - span.start))[:, span].flatten(1)
-        if self.per_example is None:
-            self._scores[rows, :n] -= self.weight * (grad.detach() @ D.T).float()
-            return
-        self._by_example(rows, n, grad.detach(), D, span)
+        grad = grad.detach().float() if self.wide else grad.detach()
+        if self.per_example is not None:
+            return self._by_example(rows, n, grad, span)
+        for first, last in self._chunks(n, grad.shape[1]):
+            D = self.D[first:last]
+            if span is not None:  # these token rows of every sender: a strided view, no copy
+                D = D.view(last - first, -1, grad.shape[1] // (span.stop - span.start))[:, span].flatten(1)
+            D = self._read(D, grad.device, grad.dtype)
+            self._scores[rows, first:last] -= move(self.weight * (grad @ D.T).float(), self._scores.device)
+            del D  # (one chunk on the device at a time)
 
-    def _by_example(self, rows: Tensor, n: int, grad: Tensor, D: Tensor, span: slice | None) -> None:
+    def _by_example(self, rows: Tensor, n: int, grad: Tensor, span: slice | None) -> None:
         """The products of __call__ split by example, into per_example. Token rows are of width
         d_model; an example has pos of them. The examples wholly inside the span take one batched product (one
         GEMM each, as fast as the point estimate's one); a span that begins or ends inside an example (small
@@ -72,29 +93,40 @@ class _Scorer:
         if len(rows) and bool((rows.diff() == 1).all()):
             index = slice(int(rows[0]), int(rows[-1]) + 1)  # a run of receivers: a strided add, no index_put
         lo, hi = -(-first // tokens), stop // tokens  # the examples wholly inside [first, stop)
-        if hi > lo:
-            c0, c1, length = (lo * tokens - start) * width, (hi * tokens - start) * width, tokens * width
-            g = grad[:, c0:c1].reshape(len(rows), hi - lo, length).transpose(0, 1)  # [e, r, pos·d] (a view)
-            d = D[:, c0:c1].reshape(n, hi - lo, length).permute(1, 2, 0)  # [e, pos·d, n] (a view)
-            parts = -self.weight * torch.bmm(g, d).float()  # [e, r, n]
-            self.per_example[lo:hi, index, :n] += parts
-            ends = [(first, lo * tokens), (hi * tokens, stop)]
-        else:
-            ends = [(first, stop)]
-        for first, last in ends:  # the ragged rows, example by example
-            while first < last:
-                example, row = divmod(first, tokens)
-                take = min(last - first, tokens - row)
-                cols = slice((first - start) * width, (first - start + take) * width)
-                part = -self.weight * (grad[:, cols] @ D[:, cols].T).float()  # [r, n]
-                self.per_example[example, index, :n] += part
-                first += take
+        ends = [(first, lo * tokens), (hi * tokens, stop)] if hi > lo else [(first, stop)]
+        total = self.D.shape[1]
+        for u0, u1 in self._chunks(n, grad.shape[1]):
+            D = self.D[u0:u1]  # [s, b·pos·d]
+            if span is not None:  # these token rows of every sender (a strided view)
+                D = D.view(u1 - u0, -1, total // (b * tokens))[:, span].flatten(1)
+            D = self._read(D, grad.device, grad.dtype)
+            s = u1 - u0
+            if hi > lo:
+                c0, c1, length = (lo * tokens - start) * width, (hi * tokens - start) * width, tokens * width
+                g = grad[:, c0:c1].reshape(len(rows), hi - lo, length).transpose(0, 1)  # [e, r, pos·d] (a view)
+                d = D[:, c0:c1].reshape(s, hi - lo, length).permute(1, 2, 0)  # [e, pos·d, s] (a view)
+                parts = -self.weight * torch.bmm(g, d).float()  # [e, r, s]
+                self.per_example[lo:hi, index, u0:u1] += move(parts, self.per_example.device)
+            for e0, e1 in ends:  # the ragged rows, example by example
+                while e0 < e1:
+                    example, row = divmod(e0, tokens)
+                    take = min(e1 - e0, tokens - row)
+                    cols = slice((e0 - start) * width, (e0 - start + take) * width)
+                    part = -self.weight * (grad[:, cols] @ D[:, cols].T).float()  # [r, s]
+                    self.per_example[example, index, u0:u1] += move(part, self.per_example.device)
+                    e0 += take
+            del D  # (one chunk on the device at a time)
+
+
+def _zeros(shape, dtype, device) -> Tensor:
+    return torch.zeros(shape, dtype=dtype, device=device)
 
 
 def attribute(model, inputs: Inputs, ablated: Tensor, objective: Objective, *,
               alphas: Sequence[float] = (1.0,), interpolate: str = "inputs", consume: bool = False,
               shared: SharedPrefix | None = None, per_example: bool = False, drop_layer: int | None = None,
-              relevance: str | None = None, input_points: Sequence[Tensor] | None = None):
+              relevance: str | None = None, place: Place | None = None,
+              input_points: Sequence[Tensor] | None = None):
     """First-order edge scores [dst, src] (zero off the graph), averaged over the interpolation alphas.
 
     alphas: where to take gradients, as fractions of the way from the ablated run (0) to the clean
@@ -112,26 +144,36 @@ def attribute(model, inputs: Inputs, ablated: Tensor, objective: Objective, *,
     no gradient reaches a receiver through that layer (its own receivers score 0).
     relevance: RelP's backward in place of the gradient ("lrp", or "lrp-ah" with attention patterns held
     constant; `walk_grad.RELEVANCE`): g_v is then v's LRP propagation coefficient.
+    place: where `ablated` (the store, D written over it) and the per-example scores live (`offload.Place`:
+    pinned CPU memory or a memory-mapped file, streamed to the device a layer, or a chunk of senders, at a
+    time; or the device in a store dtype, bf16, with every product and sum in float32). The same scores bit
+    for bit as on the device (tests/test_offload.py).
     input_points: the input sender's output at each gradient pass [batch, pos, d] (EAP-GP's path,
-    `engine.gradient_path`), in place of alphas: the mean over these passes, D from a clean run of its own.
+    `engine.gradient_path`), in place of alphas: the mean over these passes, D from a clean run of its own
+    (on the device: no place).
     """
     if input_points is not None:
+        if place is not None:
+            raise ConfigError("the store of EAP-GP's path stays on the device (no place)")
         return _attribute_at_points(model, inputs, ablated, objective, list(input_points), per_example)
     if not alphas:
         raise ConfigError("alphas must name at least one interpolation point")
     if interpolate not in ("inputs", "activations"):
         raise ConfigError(f"interpolate must be 'inputs' or 'activations', got {interpolate!r}")
     g = model.graph
-    scorer = _Scorer(g, model.device, 1.0 / len(alphas), inputs.batch if per_example else None, model.cfg.d_model)
+    scorer = _Scorer(g, model.device, 1.0 / len(alphas), inputs.batch if per_example else None, model.cfg.d_model,
+                     place)
     # consume: the recording pass writes D over `ablated`; the input's ablated output, which the
     # interpolated passes still read, is kept aside first if there are any
     b, p = inputs.tokens.shape
     reuse = consume and interpolate == "inputs" and ablated.is_contiguous() \
         and ablated.shape[1:3] == (b, p - (0 if shared is None else shared.n))
     interpolated = any(alpha != 1.0 for alpha in alphas)
-    input_abl = ablated[0].clone() if reuse and interpolated else ablated[0]
+    input_abl = ablated[0]
+    if reuse and interpolated:  # (kept aside where the store lives: off the device, it stays off)
+        input_abl = ablated[0].clone() if place is None or not place.holds(ablated) else place.put(ablated[0], copy=True)
     if 1.0 not in alphas:  # D comes from the clean run; the alpha = 1 pass records it itself
-        clean = Walk(model, inputs, ablated, None, record=True, overwrite_ablated=reuse, shared=shared)
+        clean = Walk(model, inputs, ablated, None, record=True, overwrite_ablated=reuse, shared=shared, place=place)
         with torch.no_grad():
             clean.run()
         scorer.D = clean.diffs().reshape(g.n_senders, -1)
@@ -140,14 +182,14 @@ def attribute(model, inputs: Inputs, ablated: Tensor, objective: Objective, *,
             if interpolate == "activations" and alpha != 1.0:
                 masks = (float(alpha) * g.edge_mask.to(model.device, model.dtype))[None]
                 walk = Walk(model, inputs, ablated, masks, on_grad=scorer, shared=shared, drop_layer=drop_layer,
-                            relevance=relevance)
+                            relevance=relevance, place=place)
             elif scorer.D is None:  # the clean run, recording D
                 walk = Walk(model, inputs, ablated, None, on_grad=scorer, record=True, overwrite_ablated=reuse,
-                            shared=shared, drop_layer=drop_layer, relevance=relevance)
+                            shared=shared, drop_layer=drop_layer, relevance=relevance, place=place)
             else:  # an interpolated input; no other sender's ablated output is read
-                zeros = ablated.new_zeros(g.n_senders, 1, 1, ablated.shape[-1])
+                zeros = torch.zeros(g.n_senders, 1, 1, ablated.shape[-1], dtype=model.dtype, device=model.device)
                 walk = Walk(model, inputs, zeros, None, on_grad=scorer, input_alpha=float(alpha), input_ablated=input_abl,
-                            shared=shared, drop_layer=drop_layer, relevance=relevance)
+                            shared=shared, drop_layer=drop_layer, relevance=relevance, place=place)
             logits = walk.run()[0]
             if scorer.D is None:
                 scorer.D = walk.diffs().reshape(g.n_senders, -1)
@@ -155,10 +197,10 @@ def attribute(model, inputs: Inputs, ablated: Tensor, objective: Objective, *,
             if value.ndim != 0:
                 raise ConfigError(f"the objective must return a scalar; got shape {tuple(value.shape)}")
             value.backward()
-    scores = scorer.scores
+    scores = move(scorer.scores, model.device)
     on_graph = g.edge_mask.to(scores.device)
-    if per_example:
-        return scores * on_graph, scorer.per_example * on_graph
+    if per_example:  # (in place: per-example scores off the device stay there)
+        return scores * on_graph, scorer.per_example.mul_(g.edge_mask.to(scorer.per_example.device))
     return scores * on_graph
 
 

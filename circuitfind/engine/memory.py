@@ -36,6 +36,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from circuitfind.engine.offload import STREAM_CHUNK_BYTES
 from circuitfind.engine.walk_grad import GRAD_CHUNK_ELEMENTS
 
 GRADIENT_METHODS = ("eap", "eap-ig", "eap-node", "eap-ig-node", "clean-corrupted", "atp-star")
@@ -121,7 +122,7 @@ def breakdown(s: Shape, w: Work) -> dict[str, int]:
     n_parts = math.ceil(w.examples / b)
     logits = f32 * s.d_vocab * (w.examples + b)  # every batch's clean logits, kept from the start, and ∅'s
     scores = 4 * f32 * R * S  # the scores, the running sum over batches, the level's and EdgeScores' copies
-    if w.per_example:
+    if w.per_example and not w.offload:  # (off the device with the store: `off_device`)
         scores += f32 * R * S * (w.examples + b)
     store_cols = s.d_model * tokens * SE
     ablated = S * store_cols
@@ -140,12 +141,20 @@ def breakdown(s: Shape, w: Work) -> dict[str, int]:
             parts["method buffers"] += W * SE  # the input's ablated output, kept aside from D
             if w.device_type != "cpu":  # (an interpolated pass's store is reserved whole on an accelerator)
                 parts["method buffers"] += (S - 1) * W * E
-        if w.offload:
+        if w.offload or SE != E:  # fetched from the store (off the device, or widened from its dtype): a layer's
+            # columns in the forward (`Walk._abl`), then one chunk of D at a time in the backward (`_Scorer`,
+            # float32 with a store dtype: STREAM_CHUNK_BYTES of the store's elements)
+            wide = f32 if w.store_dtype_bytes else E
+            staged = max((s.n_heads + 1) * d * tokens * E, min(S * d * tokens * wide, STREAM_CHUNK_BYTES * wide // SE))
+            parts["method buffers"] += staged
+        if w.offload:  # the store off the device (`off_device`)
             parts["ablated outputs"] = 0
-            parts["store"] = 0
-            parts["method buffers"] += 2 * (hd // s.d_head + 1) * store_cols  # a layer's columns, double-buffered
+            if w.method != "eap" and w.steps > 1 or w.method == "clean-corrupted":
+                parts["method buffers"] -= W * SE  # (the input's ablated output is kept aside in the place too)
     else:
         parts["store"] = S * W * E
+        if w.offload:  # the ablated outputs off the device, a layer's fetched as each walk reaches it
+            parts["ablated outputs"] = 2 * (s.n_heads + 1) * d * tokens * E
         masks = CURVE_MASKS if w.method == "curve" else w.max_masks
         parts["method buffers"] += f32 * masks * R * S
         if w.method == "curve":  # one circuit a forward: receiver inputs [3H + 1, 1, W] and the layer's projections
@@ -158,6 +167,35 @@ def breakdown(s: Shape, w: Work) -> dict[str, int]:
             parts["method buffers"] += k * tokens * E * max(per_mask, (3 if s.gated else 2) * s.d_mlp + 8 * d)
     del n_parts
     return parts
+
+
+def off_device(s: Shape, w: Work) -> int:
+    """Bytes the run keeps off the device (store_on="cpu"|"disk"): the ablated outputs of a batch (D, for the
+    gradient methods, written over them) and the per-example scores; 0 with the store on the device."""
+    if not w.offload:
+        return 0
+    SE = w.store_dtype_bytes or w.dtype_bytes
+    store = s.n_senders * w.batch * w.positions * s.d_model * SE
+    if w.method in GRADIENT_METHODS and (w.method != "eap" and w.steps > 1 or w.method == "clean-corrupted"):
+        store += w.batch * w.positions * s.d_model * SE  # the input's ablated output, kept aside
+    examples = 4 * s.n_receivers * s.n_senders * (w.examples + w.batch) if w.per_example else 0
+    return store + examples
+
+
+def moved(s: Shape, w: Work) -> int:
+    """Bytes a gradient method with its store off the device reads from it into the device (`Place.moved`), the
+    whole task: the recording pass fetches each sender's ablated output once (S columns of b·p·d); each pass's
+    backward reads, for a layer's q/k/v receivers, D of the 1 + l(H+1) senders before layer l, for its MLP H more,
+    for the logits all S; each interpolated pass the input's ablated output (one column). 0 for the masked methods
+    (each walk fetches the layers it computes: not planned) and with the store on the device."""
+    if not w.offload or w.method not in GRADIENT_METHODS:
+        return 0
+    SE = w.store_dtype_bytes or w.dtype_bytes
+    col = w.positions * s.d_model * SE  # one sender's column, per example
+    H, L, S = s.n_heads, s.n_layers, s.n_senders
+    passes = 2 if w.method == "clean-corrupted" else w.steps if w.method in ("eap-ig", "eap-ig-node") else 1
+    backward = L * (2 + H) + (H + 1) * L * (L - 1) + S
+    return (S + passes * backward + (passes - 1)) * col * w.examples
 
 
 def forwards(s: Shape, w: Work) -> float:

@@ -45,6 +45,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from circuitfind.engine.offload import Place
 from circuitfind.engine.shared_prefix import SharedPrefix, shared_prefix
 from circuitfind.engine.store import Workspace
 from circuitfind.engine.walk import Inputs, Walk
@@ -129,12 +130,14 @@ def prefixes(model, inputs: Inputs, ablated: Tensor, shared: SharedPrefix | None
     return out, walk.run()[0]
 
 
-def sender_outputs(model, inputs: Inputs, shared: SharedPrefix | None = None, *, with_logits: bool = False):
+def sender_outputs(model, inputs: Inputs, shared: SharedPrefix | None = None, *, with_logits: bool = False,
+                   place: Place | None = None):
     """What every sender writes to the residual stream in the clean run: [src, batch, pos, d_model]
     (only at the positions past `shared`, where given). with_logits: also the run's logits [batch, vocab] at the
-    answer positions, which the same pass computes: (outputs, logits)."""
+    answer positions, which the same pass computes: (outputs, logits). place: where the outputs are written, a
+    layer at a time as they are computed (`offload.Place`: off the device, or in a store dtype)."""
     zero = torch.zeros(model.graph.n_senders, 1, 1, model.cfg.d_model, dtype=model.dtype, device=model.device)
-    walk = Walk(model, inputs, zero, None, record=True, shared=shared)
+    walk = Walk(model, inputs, zero, None, record=True, shared=shared, place=place)
     logits = walk.run()
     return (walk.diffs(), logits[0]) if with_logits else walk.diffs()
 
@@ -146,21 +149,23 @@ def clean_logits(model, inputs: Inputs) -> Tensor:
 
 def edge_effects(model, inputs: Inputs, ablated: Tensor, objective: Callable[[Tensor], Tensor], *,
                  receivers: list[int] | None = None, max_masks: int = 64, quiet: bool = True,
-                 shared: SharedPrefix | None = None, per_example: bool = False) -> Tensor:
+                 shared: SharedPrefix | None = None, per_example: bool = False, place: Place | None = None) -> Tensor:
     """Exact effect of ablating each edge alone: objective(patched) − objective(clean), [dst, src].
 
     objective: logits [k, batch, vocab] → [k] (one value per mask); per_example=True: → [k, batch] (one per
     mask and example), and the effects are each example's, [dst, src, batch]. Receivers are taken layer by
     layer from one clean run: a patch into layer l reuses everything below l, and within layer l
     only the patched head (or MLP) is recomputed per edge. receivers: restrict to these ids. shared:
-    the prefix the prompts share with the ablated run, not computed (`shared_prefix`).
+    the prefix the prompts share with the ablated run, not computed (`shared_prefix`). place: where `ablated`
+    lives (`offload.Place`; each walk fetches a layer's ablated outputs as it reaches it) and the per-example
+    effects [dst, src, batch] are kept; the masked walks' own store of D stays on the device.
     """
     g = model.graph
     wanted = set(range(g.n_receivers) if receivers is None else receivers)
     full = g.edge_mask.to(model.device, model.dtype)
     with torch.no_grad():
-        walk = Walk(model, inputs, ablated, None, record=True, branchable=True, shared=shared)
-        out = _effects_buffer(g.n_receivers, g.n_senders, per_example, inputs.batch, model.device)
+        walk = Walk(model, inputs, ablated, None, record=True, branchable=True, shared=shared, place=place)
+        out = _effects_buffer(g.n_receivers, g.n_senders, per_example, inputs.batch, model.device, place)
         total = int(g.edge_mask[sorted(wanted)].sum())
         bar = tqdm(total=total, desc="exact patching", unit="edge", disable=quiet)
         for layer in range(g.n_layers + 1):
@@ -181,19 +186,19 @@ def edge_effects(model, inputs: Inputs, ablated: Tensor, objective: Callable[[Te
 
 def node_effects(model, inputs: Inputs, ablated: Tensor, objective: Callable[[Tensor], Tensor], *,
                  max_masks: int | None = None, shared: SharedPrefix | None = None,
-                 per_example: bool = False) -> Tensor:
+                 per_example: bool = False, place: Place | None = None) -> Tensor:
     """Exact effect of ablating each node (all its out-edges) alone: objective(patched) − objective(clean), [src].
 
     objective: logits [k, batch, vocab] → [k] (per_example=True: → [k, batch], the effects [src, batch], as
     edge_effects gives them). A layer's nodes are ablated together in batches of
     masks (at most max_masks; default all of the layer's) that continue the clean run from that
-    layer, so nothing below a node is recomputed for it.
+    layer, so nothing below a node is recomputed for it. place: as `edge_effects`'.
     """
     g = model.graph
-    out = _effects_buffer(g.n_senders, None, per_example, inputs.batch, model.device)  # (as in edge_effects)
+    out = _effects_buffer(g.n_senders, None, per_example, inputs.batch, model.device, place)  # (as in edge_effects)
     full = g.edge_mask.to(model.device, model.dtype)
     with torch.no_grad():
-        walk = Walk(model, inputs, ablated, None, record=True, branchable=True, shared=shared)
+        walk = Walk(model, inputs, ablated, None, record=True, branchable=True, shared=shared, place=place)
         for layer in range(g.n_layers):
             walk.run(stop=layer)
             nodes = torch.arange(g.head_sender(layer, 0), g.senders_before(layer + 1))  # its heads, then its MLP
@@ -207,9 +212,12 @@ def node_effects(model, inputs: Inputs, ablated: Tensor, objective: Callable[[Te
     return out.float()
 
 
-def _effects_buffer(rows: int, cols: int | None, per_example: bool, batch: int, device) -> Tensor:
-    """Zeros for the effects [rows(, cols)], [rows(, cols), batch] per example."""
+def _effects_buffer(rows: int, cols: int | None, per_example: bool, batch: int, device,
+                    place: Place | None = None) -> Tensor:
+    """Zeros for the effects [rows(, cols)], [rows(, cols), batch] per example (per example: in `place`)."""
     shape = ((rows,) if cols is None else (rows, cols)) + ((batch,) if per_example else ())
     # patched values first, the clean value subtracted at the end: in float64, so that the difference
     # of two nearby values loses nothing to the float32 scores
+    if per_example and place is not None:
+        return place.zeros(shape, torch.float64, device)
     return torch.zeros(shape, device=device, dtype=torch.float64)

@@ -41,9 +41,12 @@ class Workspace:
 
 
 class _Segment:
-    def __init__(self, K: int, capacity: int, W: int, like: Tensor, buf: Tensor | None = None):
+    def __init__(self, K: int, capacity: int, W: int, like: Tensor, buf: Tensor | None = None, place=None):
         self.K, self.n = K, 0
-        self.buf = torch.empty(K, capacity, W, dtype=like.dtype, device=like.device) if buf is None else buf
+        if buf is None:
+            buf = torch.empty(K, capacity, W, dtype=like.dtype, device=like.device) if place is None \
+                else place.empty((K, capacity, W), like.dtype, like.device)
+        self.buf = buf
         self.blocks: list[Tensor] = []  # the differentiable blocks, when gradients are tracked
         self.frozen = False  # a branch's copy of another store's segment: never appended to
 
@@ -148,14 +151,15 @@ class _SegmentMix(torch.autograd.Function):
 
 class DiffStore:
     def __init__(self, k: int, shape: tuple[int, int, int], capacity: int, grad: bool, buffer: Tensor | None = None,
-                 workspace: Workspace | None = None):
+                 workspace: Workspace | None = None, place=None):
         """k masks; shape (b', pos, d_model) of one sender's output; room for `capacity` senders.
 
         buffer: memory [1, capacity, b'·pos·d_model] for the first segment, which the caller gives
         up (attribution writes D over the ablated outputs it no longer needs). workspace: where new
-        segments live, for a store that dies with its pass."""
+        segments live, for a store that dies with its pass. place: an `offload.Place` new segments
+        are allocated in (off the device, or in another dtype: a store only read back whole, by `dense`)."""
         self.k, self.shape, self.capacity, self.grad, self.buffer = k, shape, capacity, grad, buffer
-        self.workspace = workspace
+        self.workspace, self.place = workspace, place
         self.W = shape[0] * shape[1] * shape[2]
         self.shape_full = (1, *shape)
         self.segments: list[_Segment] = []
@@ -182,7 +186,7 @@ class DiffStore:
             capacity = self.capacity - len(self._cols)
             if buf is None and self.workspace is not None:
                 buf = self.workspace.get(f"segment {len(self.segments)}", (K, capacity, self.W), like)
-            seg = _Segment(K, capacity, self.W, like, buf)
+            seg = _Segment(K, capacity, self.W, like, buf, None if buf is not None else self.place)
             self.segments.append(seg)
         return seg
 
@@ -192,8 +196,8 @@ class DiffStore:
         if self.grad:
             return None
         seg = self._segment(1, like)
-        if seg.K > 1:  # written once per mask by append_diff
-            return None
+        if seg.K > 1 or self.place is not None or seg.buf.device != like.device or seg.buf.dtype != like.dtype:
+            return None  # written once per mask, or copied off the device (or to the store's dtype), by append_diff
         s = len(senders)
         view = seg.buf[0, seg.n: seg.n + s]
         seg.n += s
@@ -217,7 +221,10 @@ class DiffStore:
         s, K = diff.shape[0], diff.shape[1]
         seg = self._segment(K, diff)
         block = diff.reshape(s, K, self.W).transpose(0, 1)  # [K, s, W]
-        seg.buf[:, seg.n: seg.n + s] = block.detach()  # (gradients of a clean run flow through diff itself)
+        # (gradients of a clean run flow through diff itself; off the device, or in the store's dtype, a copy)
+        seg.buf[:, seg.n: seg.n + s].copy_(block.detach(), non_blocking=seg.buf.is_pinned())
+        if self.place is not None:  # (a store in a place: off the device, or in the store's dtype)
+            self.place.written += block.numel() * seg.buf.element_size()
         if seg.K > K:  # the same D in every mask's copy
             self._shared.update(senders.tolist())
         if self.grad:

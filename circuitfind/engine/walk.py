@@ -22,9 +22,11 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from circuitfind.engine.offload import Place, fetch, move
 from circuitfind.engine.shared_prefix import SharedPrefix
 from circuitfind.engine.store import DiffStore, Workspace, take
 from circuitfind.engine.walk_answer import AnswerPositions
+from circuitfind.engine.walk_devices import Devices
 from circuitfind.engine.walk_experts import Experts
 from circuitfind.engine.walk_grad import Gradients, check_relevance
 from circuitfind.engine.walk_heads import Heads
@@ -35,7 +37,7 @@ from circuitfind.types import Inputs
 __all__ = ["Inputs", "Walk"]
 
 
-class Walk(Heads, AnswerPositions, Gradients, Experts):
+class Walk(Heads, AnswerPositions, Gradients, Experts, Devices):
     """Layer-by-layer state of one (masked) forward.
 
     masks None means every receiver reads the real residual stream (the clean run).
@@ -51,14 +53,20 @@ class Walk(Heads, AnswerPositions, Gradients, Experts):
     input_ablated [batch|1, pos|1, d]: the input sender's ablated output, in place
     of ablated[0] (an unmasked, unrecorded walk reads no other ablated output: theirs cancel in the
     residual, so `ablated` may then be zeros [src, 1, 1, d]).
+    place (`offload.Place`): where `ablated` lives; a layer's ablated outputs are fetched to the device as the
+    layer is computed (`_abl`), and a recorded clean run's store (read back whole by `diffs()`, never mixed) is
+    kept there too. A model placed over several devices (`CircuitModel.place`) runs each layer on its own:
+    the walk's residual-stream tensors move at each layer boundary (`offload.move`).
     """
 
     def __init__(self, model, inputs: Inputs, ablated: Tensor, masks: Tensor | None, *, per_example: bool = False,
                  record: bool = False, on_grad: Callable[[Tensor, Tensor, slice | None], None] | None = None,
                  input_alpha: float = 1.0, branchable: bool = False, overwrite_ablated: bool = False,
                  input_ablated: Tensor | None = None, workspace: Workspace | None = None,
-                 shared: SharedPrefix | None = None, drop_layer: int | None = None, relevance: str | None = None):
+                 shared: SharedPrefix | None = None, drop_layer: int | None = None, relevance: str | None = None,
+                 place: Place | None = None):
         self.model, self.cfg, self.g = model, model.cfg, model.graph
+        self.place = place
         self.relevance = check_relevance(model, relevance, on_grad)
         # GradDrop (AtP*): layer drop_layer's outputs join the residual stream detached, so no receiver
         # gradient flows back through that layer (its own receivers' gradients are then zero)
@@ -119,8 +127,10 @@ class Walk(Heads, AnswerPositions, Gradients, Experts):
         # branches share them, running one at a time. A store that outlives the pass has its own.
         self.workspace = workspace or Workspace()
         own = record or branchable
+        # off the device (or in the store's dtype) only a store nothing mixes: a recorded clean run's, read by diffs()
+        placed = place is not None and masks is None and record and not branchable
         self.store = DiffStore(self.k, (self.bp, p, self.d), self.g.n_senders, grad, buffer,
-                               None if own else self.workspace)
+                               None if own else self.workspace, place if placed else None)
         self.layer = 0
         # biases + Σ abl_u over the senders so far: what a receiver reads besides its masked D  [K|1, b'|1, pos|1, d]
         self.base: Tensor | None = None
@@ -168,21 +178,18 @@ class Walk(Heads, AnswerPositions, Gradients, Experts):
             return x
         return x.repeat(K, *([1] * (x.ndim - 1)))
 
-    def _allowed_rows(self, layer: int, K: int) -> Tensor:
+    def _allowed_here(self, layer: int, K: int) -> Tensor:
         key = (layer in self.cfg.sliding_layers, K)
         if key not in self._allowed:
             if K > 1:
-                self._allowed[key] = self._rows(self._allowed_rows(layer, 1), K)
+                self._allowed[key] = self._rows(self._allowed_here(layer, 1), K)
             elif self.shared is None:
                 self._allowed[key] = self.model.allowed(self.inputs.attention_mask, layer)
             else:  # the walk's query rows, every key (the shared prefix's first)
                 self._allowed[key] = self.model.allowed(self.full_mask, layer)[:, :, self.shared.n:].contiguous()
         return self._allowed[key]
 
-    def _rope_rows(self, K: int, layer: int):
-        """(cos, sin) of the layer as attention rows [K·b', 1, pos, rotary_dim] at the keys' positions
-        (a shared prefix's too), computed once per K (and per kind of layer where sliding layers rotate
-        by frequencies of their own)."""
+    def _rope_here(self, K: int, layer: int):
         key = ("rope", K, self.model.rope_key(layer))
         if key not in self._allowed:
             rope = self.model.rope(self.positions if self.shared is None else self.key_positions, layer)
@@ -245,7 +252,11 @@ class Walk(Heads, AnswerPositions, Gradients, Experts):
         """Walk to layer `stop` (exclusive) and return None, or to the end and return logits [k, b', vocab]."""
         if self.layer == 0 and self.base is None:
             self._embed()
+        placed = self.model.layer_devices is not None
         for l in range(self.layer, self.cfg.n_layers if stop is None else stop):
+            if placed:
+                self.layer = l
+                self._to_layer_device()
             resid_pre, base_pre = self.resid, self.base
             self._attention(l)
             if self.cfg.parallel:  # the MLP reads what attention read
@@ -253,12 +264,15 @@ class Walk(Heads, AnswerPositions, Gradients, Experts):
             else:
                 self._mlp(l, self.resid, self.base)
             self.layer = l + 1
+        if placed and stop is None:
+            self._to_layer_device()  # (the unembedding's device)
         return None if stop is not None else self._logits()
 
     def _embed(self):
         x = self.model.embed(self.inputs.tokens, self.positions)  # [batch, pos, d]
         x = x.view(self.data_k, self.bp, self.p, self.d)
-        abl = self.abl[0] if self.input_abl is None else self.input_abl  # [K|1, b'|1, pos|1, d]
+        abl = self._abl(0) if self.input_abl is None else fetch(self.place, self.input_abl, self._device,
+                                                                self.model.dtype)  # [K|1, b'|1, pos|1, d]
         out = x if self.input_alpha == 1.0 else abl + (x - abl) * self.input_alpha
         if self.on_grad is not None:  # weights are frozen: gradients start from the input sender
             out = out.detach().requires_grad_(True)
@@ -316,6 +330,7 @@ class Walk(Heads, AnswerPositions, Gradients, Experts):
         """base + Σ_u M[·, ·, u] D_u over the stored senders from column `start` on: mask rows M
         [k|1, r, src] → [r, K, b'·pos·d], into `out` where it can be."""
         x = self.store.mix(take(M, self.store.cols[start:], 2), start, out)
+        x = move(x, base.device)  # (a model over several devices: the store's rows mixed where they are)
         r, K = x.shape[:2]
         shaped = x.view(r, K, self.bp, self.p, self.d)
         if x.requires_grad or out is None or x.data_ptr() != out.data_ptr():
@@ -325,7 +340,7 @@ class Walk(Heads, AnswerPositions, Gradients, Experts):
 
     def _mix_at(self, M: Tensor, base: Tensor, pos: Tensor) -> Tensor:
         """Like `_mix`, at one position per example: pos [K|1, b'] → [r, K, b', d]."""
-        return self.store.mix_at(take(M, self.store.cols, 2), pos) + gather_at(base, pos)
+        return move(self.store.mix_at(take(M, self.store.cols, 2), pos), base.device) + gather_at(base, pos)
 
     def _receiver_inputs(self, rows: Tensor, resid: Tensor, base: Tensor, scratch: str,
                          offset: int = 0, each: bool = False) -> tuple[Tensor | None, int, Tensor]:
@@ -355,7 +370,7 @@ class Walk(Heads, AnswerPositions, Gradients, Experts):
         if g.n_experts:
             return self._experts(l, resid, base)
         s = g.mlp_sender(l)
-        abl = self.abl[s]
+        abl = self._abl(s)
         bias = self.model.block_bias(l, "mlp")
         add = abl + (bias if bias is not None else 0)
         if not self.active[s]:
@@ -387,7 +402,7 @@ class Walk(Heads, AnswerPositions, Gradients, Experts):
     def _logits(self) -> Tensor:
         rows = torch.tensor([self.g.logits_receiver])
         M, K = self._mask_rows(rows)
-        pos = self.inputs.answer_pos.view(self.data_k, self.bp)
+        pos = move(self.inputs.answer_pos.view(self.data_k, self.bp), self.resid.device)
         if M is None:
             x = gather_at(self.resid, pos)  # [K, b', d]
         else:

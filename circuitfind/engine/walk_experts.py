@@ -24,7 +24,7 @@ class Experts:
         g, block = self.g, self.model.blocks[l]
         moe, E = block.mlp, g.n_experts
         senders = torch.tensor(list(g.mlp_senders(l)))
-        abl = self.abl[senders]  # [s, K|1, b'|1, pos|1, d]
+        abl = self._abl(senders)  # [s, K|1, b'|1, pos|1, d]
         add = abl.sum(0)
         live = self.active[senders]
         if not bool(live.any()):

@@ -49,10 +49,13 @@ class Gradients:
         a, B, p, dh = len(heads), z.shape[0], z.shape[2], self.cfg.d_head
         abl_sum = abl.sum(0)  # before D may overwrite the ablated outputs
         if self.record:
-            target = self.store.reserve(senders, z).view(a, B * p, self.d)
+            target = self.store.reserve(senders, z)  # None for a store off the device (or in another dtype)
             abl3 = abl.expand(a, K, self.bp, p, self.d).reshape(a, B * p, self.d) if abl.shape[2:4] != (1, 1) \
                 else abl.reshape(a, 1, self.d)
-            out_minus(abl3, z.detach().transpose(0, 1).reshape(a, B * p, dh), attn.W_O, target)
+            diff = out_minus(abl3, z.detach().transpose(0, 1).reshape(a, B * p, dh), attn.W_O,
+                             None if target is None else target.view(a, B * p, self.d))
+            if target is None:  # computed on the device in the model's dtype, then copied to the store
+                self.store.append_diff(senders, diff.view(a, K, self.bp, p, self.d))
         total = z.transpose(1, 2).reshape(B * p, a * dh) @ attn.w_o  # Σ_h out_h  [B·pos, d]
         return (total.view(K, self.bp, p, self.d) - abl_sum)[None]
 

@@ -18,7 +18,7 @@ class Heads:
         g, attn = self.g, self.model.blocks[l].attn
         heads = torch.tensor([h for h in range(g.n_heads) if self.active[g.head_sender(l, h)]], dtype=torch.long)
         senders = torch.tensor([g.head_sender(l, h) for h in range(g.n_heads)])
-        abl = take(self.abl, senders, 0)  # [h, K|1, b'|1, pos|1, d]
+        abl = self._abl(senders)  # [h, K|1, b'|1, pos|1, d]
         bias = self.model.block_bias(l, "attn")
         inc = abl.sum(0) + (bias if bias is not None else 0)
         outs = []

@@ -16,6 +16,7 @@ import typing
 
 import circuitfind.arguments as arguments
 from circuitfind.circuit import EdgeScores
+from circuitfind.engine.offload import Place, store_dtype_of
 from circuitfind.errors import ConfigError, MetricError
 from circuitfind.methods import acdc, atp_star, eap, eap_gp, eap_ig, edge_pruning, ensemble, exact, ifr, positional, relp
 from circuitfind.metrics import non_finite_message, non_finite_node
@@ -52,6 +53,11 @@ BATCHED = ("eap", "eap-ig", "eap-ig-activations", "eap-ig-edges", "eap-node", "e
 # methods whose scores are means over examples, each example's kept from the same passes (per_example=True)
 PER_EXAMPLE = ("eap", "eap-ig", "eap-ig-activations", "eap-node", "eap-ig-node", "clean-corrupted", "exact",
                "exact-node", "exact-denoising", "exact-node-denoising", "relp", "eap-gp")
+# methods whose store can live off the device (store_on="cpu"|"disk"), and those that take a store dtype
+# (store_dtype="bfloat16": the gradient methods, whose products and sums are then float32)
+OFFLOADED = ("eap", "eap-node", "eap-ig", "eap-ig-node", "clean-corrupted", "exact", "exact-node", "exact-denoising",
+             "exact-node-denoising")
+STORE_DTYPE = ("eap", "eap-node", "eap-ig", "eap-ig-node", "clean-corrupted")
 
 
 def takes_batches(method: str, ablation: str) -> bool:
@@ -132,7 +138,7 @@ def _describe(hint) -> str:
 
 def score_edges(model, task: Task | str, method: str = "eap-ig", ablation: str = "corrupted", *, seed: int = 0,
                 quiet: bool = True, batch_size: int | None = None, per_example: bool = False,
-                positions: str | None = None, **options) -> EdgeScores:
+                positions: str | None = None, store_on: str = "device", store_dtype=None, **options) -> EdgeScores:
     """Score every edge of `model.graph` for `task` with `method`; options go to the method's config.
 
     batch_size: examples a pass (default: all), for tasks whose ablated outputs, held for every
@@ -142,9 +148,18 @@ def score_edges(model, task: Task | str, method: str = "eap-ig", ablation: str =
     bytes (GPT-2 small, 64 examples: 18 MB), in a memory-mapped temporary file past 2 GiB.
     positions: "spans" scores every edge at every span the task labels (`Example.spans`), "tokens" at every
     position of prompts of one length: scores [dst, src, T, T] over (query span, key span) units
-    (`methods.positional`; eap, eap-ig and exact)."""
+    (`methods.positional`; eap, eap-ig and exact).
+    store_on: where the ablated-output store (for eap and eap-ig, the sender differences D written over it) and the
+    per-example scores live: "device" (default), "cpu" (pinned when the model is on a CUDA device) or "disk" (memory-
+    mapped files in a temporary directory, under TMPDIR, removed when the call returns), streamed to the device a
+    layer (or a chunk of senders) at a time: the same scores bit for bit, for the methods in `OFFLOADED`.
+    store_dtype: the store's dtype, None (the model's) or "bfloat16" (half the bytes of float32), for the gradient
+    methods (`STORE_DTYPE`): every difference, product and sum of scores stays float32 (benchmarks/offload.py gives
+    the error against float32)."""
     arguments.check(model=model, task=task, method=method, ablation=ablation, seed=seed, quiet=quiet,
-                    batch_size=batch_size, per_example=per_example, positions=positions, options=options)
+                    batch_size=batch_size, per_example=per_example, positions=positions, store_on=store_on,
+                    store_dtype=store_dtype, options=options)
+    check_store(method, store_on, store_dtype, positions)
     options = check_options(method, options)
     if batch_size is not None and method not in BATCHED:
         raise ConfigError(f"method {method!r} takes the task whole (batch_size is for {', '.join(BATCHED)}); "
@@ -171,7 +186,14 @@ def score_edges(model, task: Task | str, method: str = "eap-ig", ablation: str =
         extra["batch_size"] = batch_size
     if per_example:
         extra["per_example"] = True
-    raw = fn(model, task, cfg, ablation=ablation, seed=seed, **extra)
+    place = None
+    if store_on != "device" or store_dtype is not None:
+        place = extra["place"] = Place(store_on, store_dtype_of(store_dtype))
+    try:
+        raw = fn(model, task, cfg, ablation=ablation, seed=seed, **extra)
+    finally:
+        if place is not None:
+            place.close()
     raw, examples = raw if per_example else (raw, None)
     if not bool(raw.isfinite().all()):  # never handed on (nor saved): name where the run overflowed
         batch = task.batch(model)
@@ -182,9 +204,24 @@ def score_edges(model, task: Task | str, method: str = "eap-ig", ablation: str =
     config = dataclasses.asdict(cfg) | {"seed": seed, "n": task.n, "seconds": round(time.perf_counter() - start, 3)}
     if batch_size is not None:
         config["batch_size"] = batch_size
+    if place is not None:  # where the store lived, and the bytes it sent to the device and took from it
+        config["store"] = {"on": store_on, "dtype": str(place.dtype).removeprefix("torch.") if place.dtype else None,
+                           "moved_bytes": place.moved, "written_bytes": place.written}
     return EdgeScores(raw, model.graph, method=method, model=model.name, task=task.name, ablation=ablation, config=config,
                       per_example=examples)
 
 
-__all__ = ["BATCHED", "METHODS", "PER_EXAMPLE", "check_options", "score_edges", "takes_batches"]
+def check_store(method: str, store_on: str, store_dtype, positions: str | None = None) -> None:
+    """A ConfigError, before any work, where `method` cannot keep its store off the device or in another dtype."""
+    if store_on != "device" and (method not in OFFLOADED or positions is not None):
+        raise ConfigError(f"store_on={store_on!r} is for the methods {', '.join(OFFLOADED)} (without positions=); "
+                          f"method {method!r}{' with positions=' if positions else ''} keeps its store on the device")
+    if store_dtype is not None and (method not in STORE_DTYPE or positions is not None):
+        raise ConfigError(f"store_dtype={store_dtype!r} is for the gradient methods {', '.join(STORE_DTYPE)} (without "
+                          f"positions=), whose sums are float32; method {method!r} keeps the model's dtype (load the "
+                          "model in bfloat16 for a smaller store everywhere)")
+
+
+__all__ = ["BATCHED", "METHODS", "OFFLOADED", "PER_EXAMPLE", "STORE_DTYPE", "check_options", "check_store",
+           "score_edges", "takes_batches"]
 

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from circuitfind.engine.ablation import ABLATIONS, ablated_outputs, mean_outputs, optimal_outputs
+from circuitfind.engine.offload import Place
 from circuitfind.engine.patching import clean_logits, masked_forward
 from circuitfind.engine.shared_prefix import SharedPrefix, clean_run
 from circuitfind.errors import ConfigError, TaskError, count
@@ -40,6 +41,7 @@ class Setup:
     weight: float = 1.0  # this batch's share of the task's examples (batch_size=: one Setup per batch)
     shared: SharedPrefix | None = None  # the positions the clean and corrupted prompts share: masked forwards skip them
     empty_logits: Tensor | None = None  # [batch, vocab] every edge ablated (the empty circuit ∅)
+    place: Place | None = None  # where `ablated` lives (`offload.Place`): the methods' walks fetch from it
 
     def per_example(self, logits: Tensor, metric=None) -> Tensor:
         """The metric (the task's, or the one given) per mask and example: logits [k, batch, vocab] → [k, batch]."""
@@ -88,7 +90,7 @@ def optimal_for(model, task: Task, prompts: list) -> Tensor:
 
 
 def setups(model, task: Task, ablation: str, seed: int = 0, batch_size: int | None = None, *,
-           denoising: bool = False, share_prefix: bool = True) -> Batches:
+           denoising: bool = False, share_prefix: bool = True, place: Place | None = None) -> Batches:
     """The task a batch of at most `batch_size` examples at a time (all at once by default): one Setup
     per batch, each weighted by its share of the examples, so that a method's mean over the task is
     Σ weight · its mean over each batch. Everything is checked, and the clean runs made, before the
@@ -97,7 +99,8 @@ def setups(model, task: Task, ablation: str, seed: int = 0, batch_size: int | No
     its donors from the whole task, so it runs unbatched. denoising: each Setup's `ablated` holds the
     clean run's outputs instead, what an edge is given when the corrupted run is patched toward the
     clean one (corrupted ablation only). share_prefix=False: no shared prefix, the ablated outputs at every
-    position (the position-aware engine takes them so)."""
+    position (the position-aware engine takes them so). place: where each batch's ablated outputs are kept
+    (`offload.Place`, `score_edges(store_on=, store_dtype=)`)."""
     if ablation not in ABLATIONS:
         raise ConfigError(f"unknown ablation {ablation!r}; choose one of {', '.join(ABLATIONS)}")
     if denoising and ablation != "corrupted":
@@ -133,12 +136,12 @@ def setups(model, task: Task, ablation: str, seed: int = 0, batch_size: int | No
             # the empty circuit's logits come with the corrupted run's outputs; else one pass that computes no sender
             if denoising:  # the roles swapped: the clean run's outputs, patched into the corrupted run
                 ablated, empty = ablated_outputs(model, "corrupted", part.corrupt, part.clean, shared=shared,
-                                                 with_logits=True)
+                                                 with_logits=True, place=place)
             elif means is not None:
                 ablated, empty = means, None
             else:
                 ablated, empty = ablated_outputs(model, ablation, part.clean, part.corrupt, seed=seed, shared=shared,
-                                                 with_logits=True)
+                                                 with_logits=True, place=place)
             run = part.corrupt if denoising else part.clean
             if empty is None:
                 empty = masked_forward(model, run, ablated, torch.zeros_like(model.graph.edge_mask, dtype=model.dtype),
@@ -146,7 +149,7 @@ def setups(model, task: Task, ablation: str, seed: int = 0, batch_size: int | No
             # denoising patches the corrupted run, whose every edge given its clean value is the clean run
             unpatched = clean_logits(model, part.corrupt) if denoising else logits[i]
         setup = Setup(part, ablated, part.targets.with_clean(logits[i]), metric, sign, part.size / batch.size, shared,
-                      empty)
+                      empty, place)
         refuse_degenerate(setup.per_example(torch.stack([unpatched, empty])), task, ablation, setup.weight < 1)
         return setup
     return Batches(len(parts), make)
@@ -248,11 +251,14 @@ def on_out_edges(graph, node_scores: Tensor) -> Tensor:
 EXAMPLE_MEMORY_BOUND = 2 << 30  # bytes of per-example scores held in memory; past it, a memory-mapped file
 
 
-def example_buffer(n: int, graph) -> Tensor:
+def example_buffer(n: int, graph, place: Place | None = None) -> Tensor:
     """Zeros [n, dst, src] (float32) for each example's scores: in memory up to EXAMPLE_MEMORY_BOUND bytes, past it
-    in a memory-mapped temporary file (unlinked at once: the mapping holds it until the tensor is freed)."""
+    in a memory-mapped temporary file (unlinked at once: the mapping holds it until the tensor is freed); in the
+    place's memory-mapped files with store_on="disk"."""
     shape = (n, graph.n_receivers, graph.n_senders)
     elements = n * graph.n_receivers * graph.n_senders
+    if place is not None and place.where == "disk":
+        return place.zeros(shape, torch.float32, "cpu")
     if 4 * elements <= EXAMPLE_MEMORY_BOUND:
         return torch.zeros(shape)
     with tempfile.NamedTemporaryFile(prefix="circuitfind-examples-", suffix=".f32", delete=False) as f:
@@ -267,8 +273,8 @@ class Examples:
     """Each example's scores [n, dst, src] of a method, gathered a batch of Setups at a time (in the order
     `setups` gives them), at the method's level; their mean over the task's examples is its scores."""
 
-    def __init__(self, graph, level: str = "edge"):
-        self.graph, self.level = graph, level
+    def __init__(self, graph, level: str = "edge", place: Place | None = None):
+        self.graph, self.level, self.place = graph, level, place
         self.data: Tensor | None = None
         self.at = 0
 
@@ -276,6 +282,6 @@ class Examples:
         """scores [b, dst, src]: this batch's examples' own scores (edge level)."""
         b = scores.shape[0]
         if self.data is None:  # the task's size, from this batch's share of it
-            self.data = example_buffer(round(b / setup.weight), self.graph)
+            self.data = example_buffer(round(b / setup.weight), self.graph, self.place)
         self.data[self.at: self.at + b] = to_level(scores.detach().float(), self.graph, self.level).cpu()
         self.at += b

@@ -67,7 +67,7 @@ def alphas(cfg: EAPIGConfig) -> list[float]:
 
 
 def score(model, task, cfg: EAPIGConfig, ablation: str = "corrupted", seed: int = 0, batch_size: int | None = None,
-          per_example: bool = False):
+          per_example: bool = False, place=None):
     """Scores [dst, src]; per_example: (scores, each example's [n, dst, src]), from the same passes (not the
     edges variant, whose masks are shared by all examples)."""
     if cfg.steps < 1:
@@ -86,8 +86,11 @@ def score(model, task, cfg: EAPIGConfig, ablation: str = "corrupted", seed: int 
         raise ConfigError("eap-ig-edges sets every edge's mask at once for all examples, so its mask gradients are "
                           "the batch's, not each example's: no per-example scores (eap-ig and eap-ig-activations "
                           "have them)")
-    edges, examples = 0, Examples(model.graph, cfg.level)
-    for s in setups(model, task, ablation, seed, batch_size):
+    if place is not None and cfg.variant not in ("inputs", "clean-corrupted"):
+        raise ConfigError(f"store_on and store_dtype are for eap-ig and clean-corrupted (one store, streamed); the "
+                          f"{cfg.variant} variant keeps its store on the device in the model's dtype")
+    edges, examples = 0, Examples(model.graph, cfg.level, place)
+    for s in setups(model, task, ablation, seed, batch_size, place=place):
         if cfg.variant == "node-outputs":
             raw = node_integrated_gradients(model, s.batch.clean, s.ablated, s.objective, steps=cfg.steps,
                                             shared=s.shared, per_example=per_example)
@@ -96,10 +99,10 @@ def score(model, task, cfg: EAPIGConfig, ablation: str = "corrupted", seed: int 
                                                  shared=s.shared)
         else:
             raw = attribute(model, s.batch.clean, s.ablated, s.objective, alphas=alphas(cfg), consume=True,
-                            shared=s.shared, per_example=per_example)
+                            shared=s.shared, per_example=per_example, place=place)
         if per_example:  # each example's part of the batch's mean, times the batch's size: its own score
             raw, parts = raw
-            examples.add(s, -s.sign * s.batch.size * parts)
+            examples.add(s, parts.mul_(-s.sign * s.batch.size))  # (in place: off the device it stays there)
         edges = edges - s.sign * s.weight * raw
     if at_clean_alone:
         warn_if_all_zero(edges, task, "eap-ig (one step)")

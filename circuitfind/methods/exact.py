@@ -42,22 +42,23 @@ class ExactConfig:
 
 
 def score(model, task, cfg: ExactConfig, ablation: str = "corrupted", seed: int = 0, quiet: bool = True,
-          batch_size: int | None = None, per_example: bool = False):
+          batch_size: int | None = None, per_example: bool = False, place=None):
     """Scores [dst, src]; per_example: (scores, each example's [n, dst, src]) from the same forwards (the metric
-    kept per example; the scores are its mean)."""
+    kept per example; the scores are its mean). place: where the ablated outputs and per-example effects live
+    (`engine.offload.Place`; the masked walks' store of D stays on the device)."""
     denoising = cfg.direction == "denoising"
-    effects, examples = 0, Examples(model.graph)
-    for s in setups(model, task, ablation, seed, batch_size, denoising=denoising):  # Σ weight · each batch's
+    effects, examples = 0, Examples(model.graph, place=place)
+    for s in setups(model, task, ablation, seed, batch_size, denoising=denoising, place=place):  # Σ weight · each batch's
         # noising: the clean run, each edge given its ablated value; denoising: the roles swapped, the
         # corrupted run, each edge given its clean value (s.ablated holds the clean run's outputs then)
         run = s.batch.corrupt if denoising else s.batch.clean
         objective = s.per_example if per_example else s.per_mask
         if cfg.level == "node":
             part = node_effects(model, run, s.ablated, objective, max_masks=cfg.max_masks, shared=s.shared,
-                                per_example=per_example)
+                                per_example=per_example, place=place)
         else:
             part = edge_effects(model, run, s.ablated, objective, max_masks=cfg.max_masks, quiet=quiet,
-                                shared=s.shared, per_example=per_example)
+                                shared=s.shared, per_example=per_example, place=place)
         # part: m(patched) − m(run); noising's score is the behaviour lost, denoising's the behaviour restored
         part = (1 if denoising else -1) * s.sign * part
         if per_example:  # [(dst,) src, batch]: each example's, whose mean is the batch's

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from circuitfind.errors import ConfigError
 from circuitfind.models.layers import ACTIVATIONS, Attention, Block, Norm, _maybe_bias, apply_rotary
+from circuitfind.models.placement import move
 
 __all__ = ["ACTIVATIONS", "Attention", "Block", "CanonicalConfig", "CircuitModel", "Norm", "apply_rotary",
            "pad_token_ids"]
@@ -156,6 +157,33 @@ class CircuitModel(nn.Module):
     def device(self) -> torch.device:
         return self.W_E.device
 
+    layer_devices: list[torch.device] | None = None  # per layer, then the head's, where `place` spread them
+
+    def layer_device(self, layer: int) -> torch.device:
+        """The device layer `layer` computes on (layer n_layers: the final norm and unembedding)."""
+        return self.device if self.layer_devices is None else self.layer_devices[layer]
+
+    def place(self, device_map) -> "CircuitModel":
+        """This model with its embedding, layers and head on the devices of a transformers-style `device_map`
+        (`models.placement`); the walks and the plain forward move the residual stream at layer boundaries."""
+        from circuitfind.models.placement import resolve_device_map
+
+        embed, devices = resolve_device_map(device_map, self.cfg.n_layers)
+        for name in ("W_E", "W_pos"):
+            if getattr(self, name) is not None:
+                setattr(self, name, nn.Parameter(getattr(self, name).data.to(embed), requires_grad=False))
+        self.inv_freq, self.inv_freq_local = self.inv_freq.to(embed), self.inv_freq_local.to(embed)
+        if self.ln_embed is not None:
+            self.ln_embed.to(embed)
+        for block, device in zip(self.blocks, devices):
+            block.to(device)
+        self.ln_final.to(devices[-1])
+        self.W_U = nn.Parameter(self.W_U.to(devices[-1]), requires_grad=False)
+        if self.b_U is not None:
+            self.b_U = nn.Parameter(self.b_U.to(devices[-1]), requires_grad=False)
+        self.layer_devices = devices
+        return self
+
     @property
     def dtype(self) -> torch.dtype:
         return self.W_E.dtype
@@ -263,7 +291,12 @@ class CircuitModel(nn.Module):
                 ropes[self.rope_key(l)] = None if rope is None else tuple(t[:, None] for t in rope)  # over heads
         resid = self.embed(tokens, positions)
         for l, block in enumerate(self.blocks):
-            resid = self._block_forward(l, block, resid, ropes[self.rope_key(l)], self.allowed(attention_mask, l))
+            rope, allowed = ropes[self.rope_key(l)], self.allowed(attention_mask, l)
+            if self.layer_devices is not None:  # layers over several devices: the stream moves to the layer's
+                resid, allowed = move(resid, self.layer_devices[l]), allowed.to(self.layer_devices[l])
+                rope = None if rope is None else tuple(t.to(self.layer_devices[l]) for t in rope)
+            resid = self._block_forward(l, block, resid, rope, allowed)
+        resid = move(resid, self.layer_device(self.cfg.n_layers))
         if at is not None:  # the rows a metric reads: their logits in float32 (`unembed`)
             resid = resid[torch.arange(resid.shape[0], device=resid.device), at.to(resid.device)]
         return self.unembed(resid, wide=at is not None)

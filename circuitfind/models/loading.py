@@ -64,7 +64,8 @@ def quiet_loading():
 
 
 def load_model(name_or_path: str | os.PathLike | None = None, *, hf_model=None, state_dict=None, config=None,
-               tokenizer=None, dtype=torch.float32, device="cpu", experts: bool = False) -> CircuitModel:
+               tokenizer=None, dtype=torch.float32, device="cpu", experts: bool = False,
+               device_map=None) -> CircuitModel:
     """Load a model and convert it to canonical form.
 
     name_or_path: a zoo name (`circuitfind zoo`), a local directory (saved or fine-tuned
@@ -77,7 +78,16 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, hf_model=None, 
         its tokenizer: the base model's); by default the checkpoint's own.
     experts: for a mixture of experts, the expert-level graph: each expert a sender `m{l}.e{j}` with its
         input and router input as receivers (`circuitfind.graph`), so a circuit says which experts it uses.
+    device_map: the layers over several devices, as `transformers`' device_map places them ("auto", or a dict
+        of module name → device: `models.placement`); in place of `device`. Run on the CPU alone (every layer
+        on "cpu", tests/test_offload.py), never on several GPUs.
     """
+    if device_map is not None:
+        if str(device) != "cpu":
+            raise ConfigError(f"give device={device!r} or device_map=, not both (device_map places every module)")
+        model = load_model(name_or_path, hf_model=hf_model, state_dict=state_dict, config=config, tokenizer=tokenizer,
+                           dtype=dtype, experts=experts)
+        return model.place(device_map)
     dtype, device = resolve_dtype(dtype), resolve_device(device)
     if not isinstance(experts, bool):
         raise ConfigError(f"experts must be True or False, got {experts!r}")

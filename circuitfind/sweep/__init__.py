@@ -102,7 +102,7 @@ def sweep(models, tasks, methods, ablations=("corrupted",), seeds=(0,), *, store
           executor: str = "local", workers: int = 1, n: int = 100, edges: int | None = None, target: float = 0.9,
           options: dict | None = None, dtype: str = "float32", device: str = "cpu", resources: dict | None = None,
           metric: str | None = None, quiet: bool = False, batch_size: int | None = None, resamples: int = 0,
-          max_memory=None):
+          max_memory=None, store_on: str = "device", store_dtype=None):
     """Run every combination not yet done, storing each as it finishes; return `load_sweep(store)`.
 
     options: per-method options, e.g. {"eap-ig": {"steps": 10}}. metric: every task under this built-in
@@ -113,11 +113,15 @@ def sweep(models, tasks, methods, ablations=("corrupted",), seeds=(0,), *, store
     `faithfulness_low`, `faithfulness_high`, `cpr_low`, ... hold them); not part of the keys either.
     max_memory: what a job may use ("20GiB"; default: what the device has free): each job's batch size is chosen
     to fit (`cf.plan`), and a job that fits at no batch size fails with its plan, its model not loaded for it.
+    store_on, store_dtype: where each job's ablated-output store and per-example scores live and its dtype (as
+    `score_edges`'), for the jobs whose method takes them (`methods.OFFLOADED`, `methods.STORE_DTYPE`); the other
+    jobs keep theirs on the device. How jobs run, not part of their keys (the scores are the same bit for bit
+    off the device).
     """
     arguments.check(models=models, tasks=tasks, methods=methods, ablations=ablations, seeds=seeds, store=store,
                     executor=executor, workers=workers, n=n, edges=edges, target=target, options=options, dtype=dtype,
                     device=device, resources=resources, metric=metric, quiet=quiet, batch_size=batch_size,
-                    resamples=resamples, max_memory=max_memory)
+                    resamples=resamples, max_memory=max_memory, store_on=store_on, store_dtype=store_dtype)
     if executor not in ("local", "ray"):
         raise ConfigError(f"executor must be 'local' or 'ray', got {executor!r}")
     if workers < 1:
@@ -134,7 +138,8 @@ def sweep(models, tasks, methods, ablations=("corrupted",), seeds=(0,), *, store
     except OSError as e:  # a file where a folder should be, or no permission: said before any job
         raise ConfigError(f"cannot make the folder of the store {str(store)!r}: {e.strerror}: {e.filename!r}") from None
     with _exclusive(Path(store)):
-        settings = Settings(Store.runs_dir_of(store), dtype, device, batch_size, quiet, resamples, max_memory)
+        settings = Settings(Store.runs_dir_of(store), dtype, device, batch_size, quiet, resamples, max_memory,
+                            store_on, store_dtype)
         failures, done_before, ran = _run_jobs(jobs, store, executor, workers, settings, resources)
     log.info("sweep: %d already done, %d ran, %d failed", done_before, ran - len(failures), len(failures))
     for label, error in failures:  # a warning: shown without any logging set up, as a finished bar would hide them

@@ -136,6 +136,15 @@ class Settings:
     quiet: bool = True
     resamples: int = 0
     max_memory: int | str | None = None  # what a job may use (default: what the device has free; `cf.plan`)
+    store_on: str = "device"  # where a job's store lives, for the methods that take it (`store_of`)
+    store_dtype: str | None = None  # the store's dtype, for the gradient methods
+
+    def store_of(self, method: str) -> dict:
+        """discover's store_on and store_dtype for a job of this method: the sweep's, where the method takes them."""
+        from circuitfind.methods import OFFLOADED, STORE_DTYPE
+
+        out = {"store_on": self.store_on} if self.store_on != "device" and method in OFFLOADED else {}
+        return out | ({"store_dtype": self.store_dtype} if self.store_dtype is not None and method in STORE_DTYPE else {})
 
 
 def _checked_options(method: str, options: dict) -> dict:
@@ -161,7 +170,8 @@ def run_job(model, job: Job, settings: Settings) -> dict:
         run = discover(model, task, job.method, job.ablation, out=final, overwrite=True, edges=job.edges,
                        target=job.target, n=job.n, seed=job.seed, quiet=settings.quiet,
                        batch_size=settings.batch_size if takes_batches(job.method, job.ablation) else None,
-                       resamples=settings.resamples, reruns=reruns, max_memory=settings.max_memory, **options)
+                       resamples=settings.resamples, reruns=reruns, max_memory=settings.max_memory,
+                       **settings.store_of(job.method), **options)
         return {"status": "done", "result": run.result, "started": start, "finished": time.time(),
                 "seconds": round(time.time() - start, 3), "peak_mb": round(_peak_mb(model.device), 1),
                 "run_dir": str(final.relative_to(runs_dir.parent))}
@@ -197,7 +207,8 @@ def refused_by_plan(job: Job, settings: Settings) -> str | None:
         from circuitfind.plan import shape_of
         shape_of(job.model)  # (a config the planner cannot read: planned after loading)
         batch_size_for(job.model, task, job.method, job.ablation, settings.batch_size, settings.max_memory,
-                       options=split_reruns(job.method, job.options)[1], device=settings.device, dtype=settings.dtype)
+                       options=split_reruns(job.method, job.options)[1] | settings.store_of(job.method),
+                       device=settings.device, dtype=settings.dtype)
     except MemoryPlanError as e:
         return f"MemoryPlanError: {e}"
     except (CircuitfindError, OSError, ValueError):
