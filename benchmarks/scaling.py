@@ -8,8 +8,8 @@ exponent is the slope of log(value) against log(axis) by least squares, the othe
 (prompts 8, positions 16, GPT-2 small). Memory is reported both whole (parameters included) and as what the
 method adds to the loaded model.
 
-    python benchmarks/scaling.py                          # the reduced default grid: 21 points (RESULTS.md,
-                                                          # session 20: 69 min at load 4-10 on 2 shared cores)
+    python benchmarks/scaling.py                          # the reduced default grid: 21 points, 7.5 min on
+                                                          # 2 quiet cores (RESULTS.md, session 20)
     python benchmarks/scaling.py --prompts 8,16,32,64,128 --positions 16,32,64,128,256   # the issue's grid
 """
 
