@@ -11,6 +11,8 @@ method adds to the loaded model.
     python benchmarks/scaling.py                          # the reduced default grid: 21 points, 7.5 min on
                                                           # 2 quiet cores (RESULTS.md, session 20)
     python benchmarks/scaling.py --prompts 8,16,32,64,128 --positions 16,32,64,128,256   # the issue's grid
+    python benchmarks/scaling.py --shapes gpt2 --prompts 8,16,32,64,128 --positions 16,32,64,128,256
+                                                          # its prompts and positions axes alone (on GPT-2 small)
 """
 
 from __future__ import annotations
@@ -68,6 +70,8 @@ def main():
     print(f"load at start {os.getloadavg()[0]:.2f}; each point a fresh process, one run")
     for method in args.methods.split(","):
         for axis, cases in axes.items():
+            if len(cases) < 2:  # (e.g. --shapes gpt2: no model-size axis to fit)
+                continue
             xs, secs, peaks, work = [], [], [], []
             for shape, b, p in cases:
                 key = (shape, method, b, p)
