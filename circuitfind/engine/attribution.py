@@ -152,32 +152,38 @@ def attribute(model, inputs: Inputs, ablated: Tensor, objective: Objective, *,
     `engine.gradient_path`), in place of alphas: the mean over these passes, D from a clean run of its own
     (on the device: no place).
     """
-    if input_points is not None:
-        if place is not None:
-            raise ConfigError("the store of EAP-GP's path stays on the device (no place)")
-        return _attribute_at_points(model, inputs, ablated, objective, list(input_points), per_example)
-    if not alphas:
-        raise ConfigError("alphas must name at least one interpolation point")
+    g = model.graph
+    b, p = inputs.tokens.shape
+    if input_points is not None:  # each point an input alone: a pass at alpha 0 with the point as its ablated input
+        if place is not None or interpolate != "inputs":
+            raise ConfigError("input_points move the input alone (interpolate='inputs'), with the store on the device "
+                              "(no place)")
+        points = list(input_points)
+        if not points or any(tuple(x.shape) != (b, p, model.cfg.d_model) for x in points):
+            raise ConfigError(f"input_points must be one or more inputs [batch={b}, pos={p}, d_model={model.cfg.d_model}]")
+        passes = [(0.0, x.detach()) for x in points]
+    else:
+        if not alphas:
+            raise ConfigError("alphas must name at least one interpolation point")
+        passes = [(alpha, None) for alpha in sorted(alphas, key=lambda a: a != 1.0)]  # the clean pass first
     if interpolate not in ("inputs", "activations"):
         raise ConfigError(f"interpolate must be 'inputs' or 'activations', got {interpolate!r}")
-    g = model.graph
-    scorer = _Scorer(g, model.device, 1.0 / len(alphas), inputs.batch if per_example else None, model.cfg.d_model,
+    scorer = _Scorer(g, model.device, 1.0 / len(passes), inputs.batch if per_example else None, model.cfg.d_model,
                      place)
     # consume: the recording pass writes D over `ablated`; the input's ablated output, which the
     # interpolated passes still read, is kept aside first if there are any
-    b, p = inputs.tokens.shape
     reuse = consume and interpolate == "inputs" and ablated.is_contiguous() \
         and ablated.shape[1:3] == (b, p - (0 if shared is None else shared.n))
-    interpolated = any(alpha != 1.0 for alpha in alphas)
+    interpolated = any(alpha != 1.0 for alpha, _ in passes)
     input_abl = ablated[0]
-    if reuse and interpolated:  # (kept aside where the store lives: off the device, it stays off)
+    if reuse and interpolated and input_points is None:  # (kept aside where the store lives: off the device, it stays off)
         input_abl = ablated[0].clone() if place is None or not place.holds(ablated) else place.put(ablated[0], copy=True)
-    if 1.0 not in alphas:  # D comes from the clean run; the alpha = 1 pass records it itself
+    if all(alpha != 1.0 for alpha, _ in passes):  # D comes from the clean run; an alpha = 1 pass records it itself
         clean = Walk(model, inputs, ablated, None, record=True, overwrite_ablated=reuse, shared=shared, place=place)
         with torch.no_grad():
             clean.run()
         scorer.D = clean.diffs().reshape(g.n_senders, -1)
-    for alpha in sorted(alphas, key=lambda a: a != 1.0):  # the clean pass first
+    for alpha, point in passes:
         with torch.enable_grad():  # whatever the caller's grad mode, this pass needs gradients
             if interpolate == "activations" and alpha != 1.0:
                 masks = (float(alpha) * g.edge_mask.to(model.device, model.dtype))[None]
@@ -186,9 +192,10 @@ def attribute(model, inputs: Inputs, ablated: Tensor, objective: Objective, *,
             elif scorer.D is None:  # the clean run, recording D
                 walk = Walk(model, inputs, ablated, None, on_grad=scorer, record=True, overwrite_ablated=reuse,
                             shared=shared, drop_layer=drop_layer, relevance=relevance, place=place)
-            else:  # an interpolated input; no other sender's ablated output is read
+            else:  # an interpolated input (or a given one); no other sender's ablated output is read
                 zeros = torch.zeros(g.n_senders, 1, 1, ablated.shape[-1], dtype=model.dtype, device=model.device)
-                walk = Walk(model, inputs, zeros, None, on_grad=scorer, input_alpha=float(alpha), input_ablated=input_abl,
+                walk = Walk(model, inputs, zeros, None, on_grad=scorer, input_alpha=float(alpha),
+                            input_ablated=input_abl if point is None else point,
                             shared=shared, drop_layer=drop_layer, relevance=relevance, place=place)
             logits = walk.run()[0]
             if scorer.D is None:
@@ -202,33 +209,6 @@ def attribute(model, inputs: Inputs, ablated: Tensor, objective: Objective, *,
     if per_example:  # (in place: per-example scores off the device stay there)
         return scores * on_graph, scorer.per_example.mul_(g.edge_mask.to(scorer.per_example.device))
     return scores * on_graph
-
-
-def _attribute_at_points(model, inputs: Inputs, ablated: Tensor, objective: Objective, points: list[Tensor],
-                         per_example: bool):
-    """`attribute` with the input sender's output given for each pass (input_points): D from the clean run,
-    then one backward a point, the input at that point and every other sender computed from it."""
-    g = model.graph
-    b, p = inputs.tokens.shape
-    if not points or any(tuple(x.shape) != (b, p, model.cfg.d_model) for x in points):
-        raise ConfigError(f"input_points must be one or more inputs [batch={b}, pos={p}, d_model={model.cfg.d_model}]")
-    scorer = _Scorer(g, model.device, 1.0 / len(points), b if per_example else None, model.cfg.d_model)
-    clean = Walk(model, inputs, ablated, None, record=True)
-    with torch.no_grad():
-        clean.run()
-    scorer.D = clean.diffs().reshape(g.n_senders, -1)
-    zeros = ablated.new_zeros(g.n_senders, 1, 1, ablated.shape[-1])  # an unmasked walk reads no other
-    for x in points:
-        with torch.enable_grad():
-            walk = Walk(model, inputs, zeros, None, on_grad=scorer, input_alpha=0.0, input_ablated=x.detach())
-            value = objective(walk.run()[0])
-            if value.ndim != 0:
-                raise ConfigError(f"the objective must return a scalar; got shape {tuple(value.shape)}")
-            value.backward()
-    on_graph = g.edge_mask.to(model.device)
-    if per_example:
-        return scorer.scores * on_graph, scorer.per_example * on_graph
-    return scorer.scores * on_graph
 
 
 def edge_mask_integrated_gradients(model, inputs: Inputs, ablated: Tensor, objective: Objective, *, steps: int = 5,
