@@ -262,11 +262,24 @@ def test_token_direction_is_the_gradient_through_the_frozen_final_norm(model):
         token_direction(model, " Mary", " Mary")
 
 
+def _matches_the_hooks(model, tokens, iv, reference, new_tokens, tol):
+    """The intervention's logits equal those under the reference hooks (and differ from the plain run's), and
+    `compare`'s intervened generation equals a greedy loop under them."""
+    from circuitfind.inspect.interventions import hooks_for
+
+    with model.hooks(hooks_for(model, [iv])):
+        got = model(tokens)[0, -1]
+    with model.hooks(reference):
+        want = model(tokens)[0, -1]
+    torch.testing.assert_close(got, want, atol=tol, rtol=tol)
+    assert not torch.allclose(got, model(tokens)[0, -1])
+    want = _said(model, tokens, _greedy(model, tokens, new_tokens, reference))
+    assert compare(model, PROMPT, [iv], new_tokens)["intervened"] == want
+
+
 def test_steering_a_head_an_mlp_and_a_neuron(model):
     """A steer's vector (or number) lands where the node writes: a head's on the attention output, an MLP's on the
     stream after its layer, a neuron's c times its output row W_out[i] there too (plain hooks, no intervention)."""
-    from circuitfind.inspect.interventions import hooks_for
-
     tokens = model.to_tokens(PROMPT)
     v = 5 * token_direction(model, " Mary", " John")
     W_out = model.blocks[0].mlp.w_out  # [d_mlp, d]
@@ -274,14 +287,7 @@ def test_steering_a_head_an_mlp_and_a_neuron(model):
     for iv, reference in ((Intervention("a1.h0", "steer", v), {"blocks.1.hook_attn_out": add(v)}),
                           (Intervention("m1", "steer", v), {"blocks.1.hook_resid_post": add(v)}),
                           (Intervention("m0.n7", "steer", 3.0), {"blocks.0.hook_resid_post": add(3.0 * W_out[7])})):
-        with model.hooks(hooks_for(model, [iv])):
-            got = model(tokens)[0, -1]
-        with model.hooks(reference):
-            want = model(tokens)[0, -1]
-        torch.testing.assert_close(got, want, atol=1e-9, rtol=1e-9)
-        assert not torch.allclose(got, model(tokens)[0, -1])
-        want = _said(model, tokens, _greedy(model, tokens, 4, reference))
-        assert compare(model, PROMPT, [iv], 4)["intervened"] == want
+        _matches_the_hooks(model, tokens, iv, reference, new_tokens=4, tol=1e-9)
     for iv, match in ((Intervention("m0.n7", "steer", v), "a number here"), (Intervention("a0.h1", "steer", 2.0),
                       "adds a vector of d_model = 32"), (Intervention("m0", "scale", float("inf")), "must be finite"),
                       (Intervention("a0.h1", "steer", v * float("nan")), "must be finite")):
@@ -298,8 +304,6 @@ def test_sae_latent_interventions(model, tmp_path):
     save_file({"W_enc": torch.cat([eye, -eye], 1), "b_enc": torch.zeros(2 * d), "W_dec": torch.cat([eye, -eye], 0),
                "b_dec": torch.zeros(d)}, str(tmp_path / "sae.safetensors"), metadata={"hook": hook})
     sae = SAE.load(tmp_path / "sae.safetensors", model=model)
-    from circuitfind.inspect.interventions import hooks_for
-
     tokens = model.to_tokens(PROMPT)
     _, cache = model.run_with_cache(tokens, names_filter=[hook])
     x = cache[hook][0]
@@ -318,14 +322,7 @@ def test_sae_latent_interventions(model, tmp_path):
                           (Intervention(f"sae:{d + c}", "steer", 1.5, sae=sae), edit(lambda x: x - 1.5)),
                           (Intervention(f"sae:{c}", "mean", mean, sae=sae),
                            edit(lambda x: x - x.clamp(min=0) + mean))):
-        with model.hooks(hooks_for(model, [iv])):
-            got = model(tokens)[0, -1]
-        with model.hooks(reference):
-            want = model(tokens)[0, -1]
-        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
-        assert not torch.allclose(got, model(tokens)[0, -1])
-        want = _said(model, tokens, _greedy(model, tokens, 3, reference))
-        assert compare(model, PROMPT, [iv], 3)["intervened"] == want
+        _matches_the_hooks(model, tokens, iv, reference, new_tokens=3, tol=1e-6)
     for iv, match in ((lambda: Intervention("sae:3", "zero"), "give the SAE as sae="),
                       (lambda: Intervention(f"sae:{2 * d}", "zero", sae=sae), f"between 0 and {2 * d - 1}"),
                       (lambda: Intervention("sae:x", "zero", sae=sae), "named sae:i"),
